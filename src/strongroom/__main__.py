@@ -1,0 +1,3 @@
+from strongroom.cli.main import main
+
+raise SystemExit(main())

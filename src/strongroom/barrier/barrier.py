@@ -1,0 +1,154 @@
+"""The barrier: every persistent record is AES-256-GCM encrypted under the cluster key.
+
+Everything above the barrier handles plaintext values; everything below it (the
+store, backups, the operator) only ever sees ciphertext. The associated data binds
+the record's key and its per-key version (the store's modification counter), so:
+
+* a value moved to another key fails to open (swap),
+* an older value put back under the same key fails to open, because the store's
+  version has moved on since (rollback),
+* a cut or edited value fails the GCM tag (truncation, modification).
+
+Each failure raises :class:`RecordTampered` naming the key; nothing tampered is
+ever returned to the layers above.
+
+Values above the barrier are msgpack maps (see :meth:`Barrier.get`).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from strongroom.errors import CKR, HsmError
+from strongroom.store.base import Check, Delete, Put, Record, Store
+
+MAGIC = b"SRB1"
+_HEADER = struct.Struct(">4sI12s")  # magic, key epoch, nonce
+AAD_PREFIX = b"strongroom/barrier/v1\0"
+
+
+class RecordTampered(HsmError):
+    """A stored record failed authentication: altered, truncated, swapped or rolled back."""
+
+    code = CKR.DEVICE_ERROR
+
+    def __init__(self, key: str, why: str = "failed authentication") -> None:
+        super().__init__(
+            f"stored record {key!r} {why} (altered, truncated, swapped or rolled back); refusing to use it"
+        )
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A decrypted record: its value and the store metadata needed to write it back."""
+
+    key: str
+    value: dict[str, Any]
+    record: Record
+
+    @property
+    def revision(self) -> int:
+        return self.record.mod_revision
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Write ``value`` at ``key``; ``previous`` is the entry read before (None = must not exist)."""
+
+    key: str
+    value: dict[str, Any]
+    previous: Entry | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    key: str
+    previous: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """Fail the commit unless ``key`` is still as read (``None`` = still absent)."""
+
+    key: str
+    previous: Entry | None
+
+
+Change = Write | Remove | Unchanged
+
+
+def _aad(key: str, version: int) -> bytes:
+    return AAD_PREFIX + key.encode() + b"\0" + version.to_bytes(8, "big")
+
+
+class Barrier:
+    def __init__(self, store: Store, cluster_key: bytearray, epoch: int = 1) -> None:
+        self._store = store
+        self._aead = AESGCM(bytes(cluster_key))
+        self._epoch = epoch
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    def seal(self, key: str, version: int, plaintext: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return _HEADER.pack(MAGIC, self._epoch, nonce) + self._aead.encrypt(nonce, plaintext, _aad(key, version))
+
+    def open(self, record: Record) -> bytes:
+        blob = record.value
+        if len(blob) < _HEADER.size + 16:
+            raise RecordTampered(record.key, "is truncated")
+        magic, epoch, nonce = _HEADER.unpack_from(blob)
+        if magic != MAGIC or epoch != self._epoch:
+            raise RecordTampered(record.key, "has an unknown format or key epoch")
+        try:
+            return self._aead.decrypt(nonce, blob[_HEADER.size :], _aad(record.key, record.version))
+        except InvalidTag:
+            raise RecordTampered(record.key) from None
+
+    def decode(self, record: Record) -> Entry:
+        plaintext = self.open(record)
+        try:
+            value = msgpack.unpackb(plaintext, raw=False)
+        except Exception:
+            raise RecordTampered(record.key, "does not decode") from None
+        if not isinstance(value, dict):
+            raise RecordTampered(record.key, "does not decode to a map")
+        return Entry(record.key, value, record)
+
+    async def get(self, key: str) -> Entry | None:
+        record = await self._store.get(key)
+        return None if record is None else self.decode(record)
+
+    async def list_prefix(self, prefix: str) -> tuple[list[Entry], int]:
+        listing = await self._store.list_prefix(prefix)
+        return [self.decode(record) for record in listing.records], listing.revision
+
+    def _encrypted(self, write: Write) -> Put:
+        version = 1 if write.previous is None else write.previous.record.version + 1
+        plaintext = msgpack.packb(write.value, use_bin_type=True)
+        expect = 0 if write.previous is None else write.previous.revision
+        return Put(write.key, self.seal(write.key, version, plaintext), expect)
+
+    async def commit(self, changes: Sequence[Change]) -> int:
+        """Apply every change atomically, each conditional on what was read (optimistic locking)."""
+        operations: list[Put | Delete | Check] = []
+        for change in changes:
+            if isinstance(change, Write):
+                operations.append(self._encrypted(change))
+            elif isinstance(change, Remove):
+                operations.append(Delete(change.key, change.previous.revision))
+            else:
+                expect = 0 if change.previous is None else change.previous.revision
+                operations.append(Check(change.key, expect))
+        return await self._store.commit(operations)

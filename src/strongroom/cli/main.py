@@ -1,0 +1,344 @@
+"""The ``strongroom`` command, modelled on CloudHSM CLI.
+
+Single-command mode takes credentials from ``STRONGROOM_PIN=username:password``
+(and ``STRONGROOM_ROLE`` to name the role); ``strongroom interactive`` keeps a
+login across commands. Every command accepts ``--json`` and then prints
+``{"error_code": 0, "data": ...}`` or ``{"error_code": N, "error": ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from strongroom.cli.output import CliError, emit, emit_error, table
+from strongroom.client import Client, ClientError, ProfileError
+
+Handler = Callable[[argparse.Namespace, "Context"], None]
+
+
+class Context:
+    """What a command needs: where the cluster is and, lazily, a logged-in client."""
+
+    def __init__(self, interactive: bool = False) -> None:
+        self.interactive = interactive
+        self.client: Client | None = None
+        self.directory: Path | None = None
+
+    def connect(self, args: argparse.Namespace) -> Client:
+        directory = getattr(args, "dir", None) or os.environ.get("STRONGROOM_DIR")
+        if not directory:
+            raise CliError("no cluster given: pass --dir DIR or set STRONGROOM_DIR (see the env file of `strongroom up`)")
+        directory = Path(directory)
+        if self.client is None or self.directory != directory:
+            if self.client is not None:
+                self.client.close()
+            try:
+                self.client = Client.from_dir(directory)
+            except ProfileError as exc:
+                raise CliError(str(exc)) from None
+            self.directory = directory
+        return self.client
+
+    def logged_in(self, args: argparse.Namespace) -> Client:
+        client = self.connect(args)
+        if client.session is not None:
+            return client
+        if self.interactive:
+            raise CliError("log in first: login --username NAME --role admin|crypto-user")
+        pin = os.environ.get("STRONGROOM_PIN")
+        if not pin or ":" not in pin:
+            raise CliError("set STRONGROOM_PIN=username:password (and STRONGROOM_ROLE if needed) to run this command")
+        username, _, password = pin.partition(":")
+        client.login(username, password, os.environ.get("STRONGROOM_ROLE") or None)
+        return client
+
+    def close(self) -> None:
+        if self.client is not None:
+            if not self.interactive:
+                try:
+                    self.client.logout()
+                except ClientError:
+                    pass
+            self.client.close()
+            self.client = None
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace, _ctx: Context) -> None:
+    from strongroom.local import cluster
+
+    summary = _local(lambda: cluster.up(Path(args.dir), nodes=args.nodes, workers=args.workers))
+    # `up` always prints one JSON object: scripts and tests read it.
+    emit(summary, as_json=args.json, text=_json_text(summary))
+
+
+def cmd_down(args: argparse.Namespace, _ctx: Context) -> None:
+    from strongroom.local import cluster
+
+    result = _local(lambda: cluster.down(Path(args.dir)))
+    stopped = ", ".join(f"{n['id']} (pid {n['pid']})" for n in result["stopped"]) or "nothing was running"
+    emit(result, as_json=args.json, text=f"stopped: {stopped}")
+
+
+def cmd_status(args: argparse.Namespace, _ctx: Context) -> None:
+    from strongroom.local import cluster
+
+    result = _local(lambda: cluster.status(Path(args.dir)))
+    text = f"cluster {result['cluster_name']}: {'healthy' if result['healthy'] else 'NOT healthy'}\n"
+    text += table(result["nodes"], ["id", "zone", "address", "pid", "health", "state", "error"])
+    emit(result, as_json=args.json, text=text)
+    if not result["healthy"]:
+        raise SystemExit(1)
+
+
+def cmd_node_serve(args: argparse.Namespace, _ctx: Context) -> None:
+    from strongroom.node.config import ConfigError
+    from strongroom.node.main import serve
+
+    try:
+        raise SystemExit(serve(Path(args.config)))
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_cluster_status(args: argparse.Namespace, ctx: Context) -> None:
+    result = ctx.connect(args).cluster_status()
+    text = f"cluster {result['name']} ({result['cluster_id']}): {result['state']}\n"
+    text += table(result["nodes"], ["id", "zone", "address", "state"])
+    emit(result, as_json=args.json, text=text)
+
+
+def cmd_cluster_activate(args: argparse.Namespace, ctx: Context) -> None:
+    password = args.password or _ask_password("new admin password: ")
+    result = ctx.connect(args).cluster_activate(password, args.username)
+    emit(result, as_json=args.json, text=f"cluster {result['cluster_id']} is active")
+
+
+def cmd_login(args: argparse.Namespace, ctx: Context) -> None:
+    password = args.password or _ask_password("password: ")
+    result = ctx.connect(args).login(args.username, password, args.role)
+    emit({"username": result["username"], "role": result["role"]}, as_json=args.json,
+         text=f"logged in as {result['username']} ({result['role']})")
+
+
+def cmd_logout(args: argparse.Namespace, ctx: Context) -> None:
+    if ctx.client is not None:
+        ctx.client.logout()
+    emit({}, as_json=args.json, text="logged out")
+
+
+def cmd_user_create(args: argparse.Namespace, ctx: Context) -> None:
+    password = args.password or _ask_password(f"password for {args.username}: ")
+    user = ctx.logged_in(args).user_create(args.username, args.role, password)
+    emit(user, as_json=args.json, text=f"created {user['role']} {user['username']}")
+
+
+def cmd_user_delete(args: argparse.Namespace, ctx: Context) -> None:
+    user = ctx.logged_in(args).user_delete(args.username)
+    emit(user, as_json=args.json, text=f"deleted {user['role']} {user['username']}")
+
+
+def cmd_user_list(args: argparse.Namespace, ctx: Context) -> None:
+    users = ctx.logged_in(args).user_list()
+    emit({"users": users}, as_json=args.json,
+         text=table(users, ["username", "role", "locked", "activated", "failed_logins"]))
+
+
+def cmd_user_change_password(args: argparse.Namespace, ctx: Context) -> None:
+    password = args.password or _ask_password(f"new password for {args.username}: ")
+    user = ctx.logged_in(args).user_change_password(args.username, password)
+    emit(user, as_json=args.json, text=f"password of {user['username']} changed")
+
+
+def cmd_audit_verify(args: argparse.Namespace, _ctx: Context) -> None:
+    from strongroom.audit import verify
+
+    paths = [Path(args.file)] if args.file else _audit_logs(args)
+    results = []
+    for path in paths:
+        try:
+            result = verify(path)
+        except OSError as exc:
+            raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+        entry: dict[str, Any] = {"file": str(path), "ok": result.ok, "records": result.records,
+                                 "last_seq": result.last_seq, "last_hash": result.last_hash}
+        if result.first_break is not None:
+            brk = result.first_break
+            entry["first_break"] = {"line": brk.line, "seq": brk.seq, "reason": brk.reason}
+        results.append(entry)
+    lines = []
+    for entry in results:
+        if entry["ok"]:
+            lines.append(f"{entry['file']}: OK, {entry['records']} records, last seq {entry['last_seq']}")
+        else:
+            brk = entry["first_break"]
+            lines.append(f"{entry['file']}: BROKEN at line {brk['line']} (seq {brk['seq']}): {brk['reason']}")
+    emit({"logs": results}, as_json=args.json, text="\n".join(lines))
+    if not all(entry["ok"] for entry in results):
+        raise SystemExit(1)
+
+
+def _audit_logs(args: argparse.Namespace) -> list[Path]:
+    directory = getattr(args, "dir", None) or os.environ.get("STRONGROOM_DIR")
+    if not directory:
+        raise CliError("give a log with --file FILE, or a cluster directory with --dir DIR")
+    logs = sorted(Path(directory).glob("nodes/*/audit.log"))
+    if not logs:
+        raise CliError(f"no audit log under {directory}/nodes/*/")
+    return logs
+
+
+def cmd_interactive(args: argparse.Namespace, _ctx: Context) -> None:
+    ctx = Context(interactive=True)
+    parser = build_parser(interactive=True)
+    default_dir = getattr(args, "dir", None)
+    print("Strongroom interactive shell; 'help' lists commands, 'quit' leaves.")
+    try:
+        while True:
+            try:
+                line = input("strongroom> " if ctx.client is None or ctx.client.username is None
+                             else f"strongroom [{ctx.client.username}]> ")
+            except EOFError:
+                print()
+                break
+            words = shlex.split(line, comments=True)
+            if not words:
+                continue
+            if words[0] in ("quit", "exit"):
+                break
+            if words[0] == "help":
+                parser.print_help()
+                continue
+            if default_dir and "--dir" not in words:
+                words += ["--dir", default_dir]
+            run(words, ctx, parser)
+    finally:
+        ctx.interactive = False
+        ctx.close()
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _ask_password(prompt: str) -> str:
+    if not sys.stdin.isatty():
+        raise CliError("give the password with --password (no terminal to ask on)")
+    return getpass.getpass(prompt)
+
+
+def _local(action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    from strongroom.local.cluster import LocalClusterError
+
+    try:
+        return action()
+    except LocalClusterError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _json_text(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=2)
+
+
+def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a subcommand's parser must not reset a value given before the subcommand.
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON ({error_code, data} / {error_code, error})")
+    common.add_argument("--dir", default=argparse.SUPPRESS, help="cluster directory (default: $STRONGROOM_DIR)")
+
+    parser = argparse.ArgumentParser(
+        prog="strongroom", description="Strongroom: a self-hosted, clustered software HSM.", parents=[common],
+        exit_on_error=not interactive,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(parent: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_text, parents=[common], description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    if not interactive:
+        p = add(sub, "up", cmd_up, "start (and on first use create and initialize) a local cluster in DIR")
+        p.add_argument("--nodes", type=int, default=1, help="number of nodes (1 = embedded SQLite store)")
+        p.add_argument("--workers", type=int, default=None, help="worker processes per node (default: cores)")
+        add(sub, "down", cmd_down, "stop everything `up` started in DIR")
+        add(sub, "status", cmd_status, "health of the local cluster in DIR")
+        node = sub.add_parser("node", help="run an HSM node").add_subparsers(dest="node_command", required=True)
+        p = add(node, "serve", cmd_node_serve, "run a node in the foreground")
+        p.add_argument("--config", required=True, help="node configuration file (TOML)")
+        add(sub, "interactive", cmd_interactive, "an interactive shell that keeps a login")
+    else:
+        p = add(sub, "login", cmd_login, "log in")
+        p.add_argument("--username", required=True)
+        p.add_argument("--role", choices=["admin", "crypto-user"])
+        p.add_argument("--password", help="(asked for when omitted)")
+        add(sub, "logout", cmd_logout, "log out")
+
+    cluster = sub.add_parser("cluster", help="cluster life cycle and status").add_subparsers(
+        dest="cluster_command", required=True)
+    add(cluster, "status", cmd_cluster_status, "state of the cluster and its nodes")
+    p = add(cluster, "activate", cmd_cluster_activate, "set the first admin's password (activates the cluster)")
+    p.add_argument("--username", default="admin")
+    p.add_argument("--password")
+
+    user = sub.add_parser("user", help="manage users (admins)").add_subparsers(dest="user_command", required=True)
+    p = add(user, "create", cmd_user_create, "create a user")
+    p.add_argument("--username", required=True)
+    p.add_argument("--role", required=True, choices=["admin", "crypto-user"])
+    p.add_argument("--password", help="7 to 32 characters (asked for when omitted)")
+    p = add(user, "delete", cmd_user_delete, "delete a user")
+    p.add_argument("--username", required=True)
+    add(user, "list", cmd_user_list, "list users")
+    p = add(user, "change-password", cmd_user_change_password,
+            "change a password (admins: anyone's, which also unlocks; others: their own)")
+    p.add_argument("--username", required=True)
+    p.add_argument("--password")
+
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_command", required=True)
+    p = add(audit, "verify", cmd_audit_verify, "check audit log hash chains offline (no key needed)")
+    p.add_argument("--file", help="one audit log file (default: every node's log under --dir)")
+    return parser
+
+
+def run(argv: list[str], ctx: Context, parser: argparse.ArgumentParser) -> int:
+    as_json = "--json" in argv
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the usage error
+        return int(exc.code or 0)
+    except argparse.ArgumentError as exc:
+        emit_error(CliError(str(exc), name="USAGE"), as_json=as_json)
+        return 2
+    args.json = getattr(args, "json", False)
+    args.dir = getattr(args, "dir", None)
+    try:
+        args.handler(args, ctx)
+        return 0
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except ClientError as exc:
+        emit_error(CliError(exc.message, int(exc.raw_code), exc.code.spec_name), as_json=args.json)
+    except CliError as exc:
+        emit_error(exc, as_json=args.json)
+    except KeyboardInterrupt:
+        emit_error(CliError("interrupted"), as_json=args.json)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ctx = Context()
+    try:
+        return run(list(sys.argv[1:] if argv is None else argv), ctx, build_parser())
+    finally:
+        ctx.close()

@@ -1,0 +1,6 @@
+"""Operation handlers, one module per op group (``user.create`` lives in ``user.py``).
+
+Importing this package registers every operation in :data:`strongroom.dispatch.table.OPERATIONS`.
+"""
+
+from strongroom.dispatch.ops import cluster, node, session, user  # noqa: F401

@@ -1,0 +1,41 @@
+"""``node.*``: health of this node; served without login, even in the error state."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from strongroom import __version__
+from strongroom.dispatch.table import ALL_STATES, operation
+from strongroom.errors import HsmError
+
+
+@operation("node.status", states=ALL_STATES, in_error_state=True)
+async def status(call: Any, _args: None) -> dict[str, Any]:
+    services = call.services
+    config = services.config
+    try:
+        state = "error" if services.error else await services.cluster_state()
+    except HsmError as exc:
+        state, services.error = "error", services.error or exc.message
+    report = services.selftest
+    return {
+        "node_id": config.node_id,
+        "zone": config.zone,
+        "address": config.address,
+        "version": __version__,
+        "state": state,
+        "cluster_state": None if state == "error" else state,
+        "cluster_id": services.cluster_id,
+        "error": services.error,
+        "self_tests": {
+            "passed": list(report.passed),
+            "failed": [{"name": f.name, "reason": f.reason} for f in report.failed],
+        },
+        "boot": services.boot,
+        "pid": os.getpid(),
+        "uptime_seconds": round(time.time() - services.started, 3),
+        "sessions": len(services.sessions),
+        "requests": services.counters["requests"],
+    }

@@ -1,0 +1,102 @@
+"""``user.*``: user management (admins), password changes, listing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from strongroom.auth.users import Role, normalize_username
+from strongroom.dispatch.table import operation
+from strongroom.errors import ActionProhibited, HsmError
+
+ADMIN = (Role.ADMIN.value,)
+ANY_ROLE = (Role.ADMIN.value, Role.CRYPTO_USER.value)
+
+
+@dataclass
+class CreateArgs:
+    username: str
+    role: str
+    password: str
+
+
+@operation("user.create", args=CreateArgs, roles=ADMIN)
+async def create(call: Any, args: CreateArgs) -> dict[str, Any]:
+    services = call.services
+    role = Role.parse(args.role)
+    name = normalize_username(args.username)
+    users = services.require_users()
+    details = {"username": name, "role": role.value}
+    try:
+        user = await users.create(name, role, args.password, witness=_witness(call, "user.create", details))
+    except HsmError as exc:
+        await _audit_failure(call, "user.create", exc, details)
+        raise
+    return user.public()
+
+
+@dataclass
+class DeleteArgs:
+    username: str
+
+
+@operation("user.delete", args=DeleteArgs, roles=ADMIN)
+async def delete(call: Any, args: DeleteArgs) -> dict[str, Any]:
+    services = call.services
+    name = normalize_username(args.username)
+    details = {"username": name}
+    try:
+        user = await services.require_users().delete(
+            name, acting_user=call.actor, witness=_witness(call, "user.delete", details)
+        )
+    except HsmError as exc:
+        await _audit_failure(call, "user.delete", exc, details)
+        raise
+    services.sessions.close_user(name)
+    return user.public()
+
+
+@operation("user.list", roles=ANY_ROLE)
+async def list_users(call: Any, _args: None) -> dict[str, Any]:
+    users = await call.services.require_users().list()
+    return {"users": [user.public() for user in users]}
+
+
+@dataclass
+class ChangePasswordArgs:
+    username: str
+    password: str
+
+
+@operation("user.change_password", args=ChangePasswordArgs, roles=ANY_ROLE)
+async def change_password(call: Any, args: ChangePasswordArgs) -> dict[str, Any]:
+    """Admins may reset anyone's password (which also unlocks); others only their own."""
+    services = call.services
+    name = normalize_username(args.username)
+    details = {"username": name}
+    try:
+        if call.session.role is not Role.ADMIN and name != call.actor:
+            raise ActionProhibited("a crypto user can only change its own password")
+        user = await services.require_users().set_password(
+            name, args.password, witness=_witness(call, "user.change_password", details)
+        )
+    except HsmError as exc:
+        await _audit_failure(call, "user.change_password", exc, details)
+        raise
+    return user.public()
+
+
+def _witness(call: Any, event: str, details: dict[str, Any]) -> Any:
+    async def write() -> None:
+        await call.services.audit(event, actor=call.actor, details=details)
+
+    return write
+
+
+async def _audit_failure(call: Any, event: str, exc: HsmError, details: dict[str, Any]) -> None:
+    # A refused attempt is audited with its CKR code (after a success record only if the
+    # commit itself failed). If even this write fails the original error still reaches the caller.
+    try:
+        await call.services.audit(event, actor=call.actor, outcome=exc.code.spec_name, details=details)
+    except HsmError:
+        pass

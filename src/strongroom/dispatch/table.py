@@ -1,0 +1,150 @@
+"""The operation table: op name -> handler, and the one place errors become CKR codes.
+
+Handlers live in :mod:`strongroom.dispatch.ops`, one module per op group (the
+part of the name before the dot: ``user.create`` is in ``ops/user.py``). Each
+declares, with :func:`operation`, who may call it (no login, or which roles),
+in which cluster states, and the dataclass its arguments must match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import types
+import typing
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from strongroom.errors import CKR, ActionProhibited, ArgumentsBad, FunctionNotSupported, HsmError
+
+log = logging.getLogger(__name__)
+
+# Cluster life cycle (as CloudHSM): uninitialized -> initialized -> active.
+UNINITIALIZED = "uninitialized"
+INITIALIZED = "initialized"
+ACTIVE = "active"
+ALL_STATES = frozenset({UNINITIALIZED, INITIALIZED, ACTIVE})
+
+Handler = Callable[[Any, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class OperationSpec:
+    name: str
+    handler: Handler
+    args: type | None
+    roles: frozenset[str] | None  # None: no login needed
+    states: frozenset[str]
+    in_error_state: bool  # still served when self-tests failed (status only)
+
+
+OPERATIONS: dict[str, OperationSpec] = {}
+
+
+def operation(
+    name: str,
+    *,
+    args: type | None = None,
+    roles: Iterable[str] | None = None,
+    states: Iterable[str] = (ACTIVE,),
+    in_error_state: bool = False,
+) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        if name in OPERATIONS:
+            raise RuntimeError(f"operation {name!r} registered twice")
+        OPERATIONS[name] = OperationSpec(
+            name,
+            handler,
+            args,
+            None if roles is None else frozenset(roles),
+            frozenset(states),
+            in_error_state,
+        )
+        return handler
+
+    return register
+
+
+def lookup(name: str) -> OperationSpec:
+    spec = OPERATIONS.get(name)
+    if spec is None:
+        raise FunctionNotSupported(f"unknown operation {name!r}")
+    return spec
+
+
+def check_role(spec: OperationSpec, role: str) -> None:
+    if spec.roles is not None and role not in spec.roles:
+        wanted = " or ".join(sorted(spec.roles))
+        raise ActionProhibited(f"{spec.name} needs the {wanted} role; this session is {role}")
+
+
+# --- argument checking -------------------------------------------------------------
+
+MAX_STRING = 4096
+MAX_BYTES = 1 << 20
+MAX_ITEMS = 1024
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str) and len(value) <= MAX_STRING
+    if hint is bytes:
+        return isinstance(value, bytes) and len(value) <= MAX_BYTES
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and len(value) <= MAX_ITEMS and all(_matches(v, item) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict) and len(value) <= MAX_ITEMS
+    return isinstance(value, hint)
+
+
+def parse_args(cls: type | None, raw: dict[str, Any]) -> Any:
+    """Build the handler's argument dataclass, refusing unknown, missing and mistyped fields."""
+    if cls is None:
+        if raw:
+            raise ArgumentsBad(f"this operation takes no arguments (got {sorted(raw)[:5]})")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise ArgumentsBad(f"unknown argument(s): {', '.join(sorted(map(str, unknown))[:5])}")
+    values: dict[str, Any] = {}
+    for name, field in fields.items():
+        if name not in raw:
+            no_default = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+            if no_default:
+                raise ArgumentsBad(f"missing argument {name!r}")
+            continue
+        if not _matches(raw[name], hints[name]):
+            raise ArgumentsBad(f"argument {name!r} has the wrong type or size (expected {hints[name]})")
+        values[name] = raw[name]
+    return cls(**values)
+
+
+def error_reply(exc: BaseException, op: str) -> tuple[int, str]:
+    """Map any exception to (CKR code, message). Unexpected ones never leak details."""
+    if isinstance(exc, HsmError):
+        return int(exc.code), exc.message
+    from strongroom.store.base import OutcomeUnknownError, StoreError, UnavailableError
+
+    if isinstance(exc, UnavailableError):
+        return int(CKR.DEVICE_ERROR), f"the store is unavailable (lost quorum?): {exc}"
+    if isinstance(exc, OutcomeUnknownError):
+        return int(CKR.DEVICE_ERROR), f"the store did not answer in time; the outcome is unknown: {exc}"
+    if isinstance(exc, StoreError):
+        return int(CKR.DEVICE_ERROR), f"store error: {exc}"
+    log.exception("internal error in %s", op, exc_info=exc)
+    return int(CKR.GENERAL_ERROR), f"internal error in {op}; see the node log"

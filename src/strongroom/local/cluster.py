@@ -1,0 +1,364 @@
+"""``strongroom up / down / status``: a working local cluster in one directory.
+
+Layout of DIR (created on the first ``up``, reused afterwards)::
+
+    ca/ca.key, ca/ca.crt          stand-in for the customer's CA (keep ca.key offline in production)
+    client/client.{key,crt}       the client identity of the CLI/SDK (later: the agent)
+    nodes/<id>/                   node.toml, tls/, sealed cluster key, audit.log, node.log, node.pid
+    store/strongroom.db           the embedded SQLite store (encrypted records only)
+    client.json                   client profile: node addresses + certificate paths
+    credentials.json              the generated first admin's password (0600, local use only)
+    strongroom.env                export lines for a shell
+    cluster.json                  what ``up`` printed last
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from strongroom import pki
+from strongroom.barrier.seal import write_private_file
+from strongroom.client import Client, ClientError, ClientProfile, NodeAddress
+from strongroom.errors import CKR
+from strongroom.node.config import NodeConfig
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+
+
+class LocalClusterError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def ca_key(self) -> Path:
+        return self.root / "ca" / "ca.key"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / "ca" / "ca.crt"
+
+    @property
+    def client_key(self) -> Path:
+        return self.root / "client" / "client.key"
+
+    @property
+    def client_cert(self) -> Path:
+        return self.root / "client" / "client.crt"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store" / "strongroom.db"
+
+    @property
+    def profile(self) -> Path:
+        return self.root / "client.json"
+
+    @property
+    def credentials(self) -> Path:
+        return self.root / "credentials.json"
+
+    @property
+    def env_file(self) -> Path:
+        return self.root / "strongroom.env"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "cluster.json"
+
+    def node_dir(self, node_id: str) -> Path:
+        return self.root / "nodes" / node_id
+
+    def node_config(self, node_id: str) -> Path:
+        return self.node_dir(node_id) / "node.toml"
+
+    def node_pid(self, node_id: str) -> Path:
+        return self.node_dir(node_id) / "node.pid"
+
+    def node_ids(self) -> list[str]:
+        nodes = self.root / "nodes"
+        return sorted(p.name for p in nodes.iterdir() if (p / "node.toml").exists()) if nodes.exists() else []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _create(layout: Layout, nodes: int, workers: int, cluster_name: str) -> None:
+    if nodes != 1:
+        raise LocalClusterError("--nodes above 1 needs the etcd store, which is not built yet; use --nodes 1")
+    layout.root.mkdir(parents=True, exist_ok=True)
+    for sub in ("ca", "client", "store", "nodes"):
+        (layout.root / sub).mkdir(mode=0o700, exist_ok=True)
+    ca_key, ca_cert = pki.create_ca(f"{cluster_name} local customer CA")
+    pki.write_private_key(layout.ca_key, ca_key)
+    pki.write_cert(layout.ca_cert, ca_cert)
+    client_key, client_cert = pki.issue_client_certificate(ca_key, ca_cert, "strongroom-cli")
+    pki.write_private_key(layout.client_key, client_key)
+    pki.write_cert(layout.client_cert, client_cert)
+    addresses = []
+    for index in range(1, nodes + 1):
+        node_id = f"node{index}"
+        node_dir = layout.node_dir(node_id)
+        (node_dir / "tls").mkdir(parents=True, mode=0o700, exist_ok=True)
+        os.chmod(node_dir, 0o700)
+        key, cert = pki.issue_node_certificate(ca_key, ca_cert, node_id, hosts=[HOST, "localhost", node_id])
+        pki.write_private_key(node_dir / "tls" / "node.key", key)
+        pki.write_cert(node_dir / "tls" / "node.crt", cert)
+        config = NodeConfig(
+            node_id=node_id,
+            node_dir=node_dir,
+            host=HOST,
+            port=_free_port(),
+            tls_cert=node_dir / "tls" / "node.crt",
+            tls_key=node_dir / "tls" / "node.key",
+            ca_cert=layout.ca_cert,
+            store_path=layout.store,
+            zone="abcdefgh"[index - 1],
+            cluster_name=cluster_name,
+            workers=workers,
+        )
+        layout.node_config(node_id).write_text(config.to_toml())
+        addresses.append(NodeAddress(node_id, HOST, config.port, config.zone))
+    ClientProfile(cluster_name, layout.ca_cert, layout.client_cert, layout.client_key, tuple(addresses)).write(
+        layout.profile
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def _start_node(layout: Layout, node_id: str) -> int:
+    pid = _read_pid(layout.node_pid(node_id))
+    if pid is not None:
+        return pid
+    node_dir = layout.node_dir(node_id)
+    with open(node_dir / "node.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "strongroom", "node", "serve", "--config", str(layout.node_config(node_id))],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: `down` stops the node and all its workers
+            close_fds=True,
+        )
+    layout.node_pid(node_id).write_text(f"{process.pid}\n")
+    return process.pid
+
+
+def _log_tail(layout: Layout, node_id: str, lines: int = 15) -> str:
+    try:
+        text = (layout.node_dir(node_id) / "node.log").read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _wait_ready(layout: Layout, node: NodeAddress, pid: int) -> dict[str, Any]:
+    deadline = time.monotonic() + START_TIMEOUT
+    last_error = ""
+    profile = ClientProfile.load(layout.profile)
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            raise LocalClusterError(
+                f"node {node.node_id} exited during start-up; its log ends with:\n{_log_tail(layout, node.node_id)}"
+            )
+        try:
+            with Client(profile, node, timeout=10) as client:
+                return client.node_status()
+        except ClientError as exc:
+            last_error = exc.message
+        time.sleep(0.1)
+    raise LocalClusterError(f"node {node.node_id} did not answer within {START_TIMEOUT:.0f} s: {last_error}")
+
+
+def _credentials(layout: Layout) -> dict[str, str]:
+    try:
+        return json.loads(layout.credentials.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def _initialize(layout: Layout, profile: ClientProfile, cluster_name: str) -> dict[str, str]:
+    """Initialize and activate a fresh cluster, or finish an activation that was interrupted."""
+    credentials = _credentials(layout)
+    with Client(profile) as client:
+        state = client.cluster_status()["state"]
+        if state == "uninitialized":
+            client.cluster_initialize(cluster_name)
+            state = "initialized"
+        if state == "initialized":
+            if not credentials:
+                credentials = {"admin_user": "admin", "admin_password": secrets.token_urlsafe(18)}
+                write_private_file(layout.credentials, json.dumps(credentials).encode())
+            client.cluster_activate(credentials["admin_password"], credentials["admin_user"])
+    return credentials
+
+
+def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_name: str = "strongroom") -> dict[str, Any]:
+    layout = Layout(directory.resolve())
+    workers = workers or min(os.cpu_count() or 1, 8)
+    if not layout.profile.exists():
+        _create(layout, nodes, workers, cluster_name)
+    profile = ClientProfile.load(layout.profile)
+    cluster_name = profile.cluster_name
+    started = []
+    for node in profile.nodes:
+        pid = _start_node(layout, node.node_id)
+        status = _wait_ready(layout, node, pid)
+        if status["state"] == "error":
+            raise LocalClusterError(f"node {node.node_id} is in the error state: {status['error']}")
+        started.append({"id": node.node_id, "zone": node.zone, "address": node.address, "pid": pid})
+    credentials = _initialize(layout, profile, cluster_name)
+    env_lines = [
+        f"export STRONGROOM_DIR={layout.root}",
+        # The agent and the PKCS#11 module arrive with the next milestones (issue 4); these
+        # variables are reserved for them and left empty until then.
+        "export STRONGROOM_AGENT_SOCKET=",
+        "export STRONGROOM_PKCS11_MODULE=",
+    ]
+    layout.env_file.write_text("\n".join(env_lines) + "\n")
+    summary = {
+        "dir": str(layout.root),
+        "cluster_name": cluster_name,
+        "token_label": cluster_name,
+        "agent_socket": None,
+        "pkcs11_module": None,
+        "admin_user": credentials.get("admin_user"),
+        "admin_password": credentials.get("admin_password"),
+        "env_file": str(layout.env_file),
+        "client_profile": str(layout.profile),
+        "ca_cert": str(layout.ca_cert),
+        "nodes": started,
+    }
+    write_private_file(layout.summary, json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def down(directory: Path) -> dict[str, Any]:
+    layout = Layout(directory.resolve())
+    if not layout.profile.exists():
+        raise LocalClusterError(f"{directory} holds no Strongroom cluster")
+    stopped = []
+    for node_id in layout.node_ids():
+        pid = _read_pid(layout.node_pid(node_id))
+        if pid is not None:
+            _stop_group(pid)
+            stopped.append({"id": node_id, "pid": pid})
+        layout.node_pid(node_id).unlink(missing_ok=True)
+    return {"dir": str(layout.root), "stopped": stopped}
+
+
+def _stop_group(pid: int) -> None:
+    """SIGTERM the node's process group (supervisor and workers), then SIGKILL what is left."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        if not _group_alive(pgid):
+            return
+        _reap(pid)
+        time.sleep(0.05)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    # Only zombies left in the group count as stopped.
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def status(directory: Path) -> dict[str, Any]:
+    layout = Layout(directory.resolve())
+    if not layout.profile.exists():
+        raise LocalClusterError(f"{directory} holds no Strongroom cluster")
+    profile = ClientProfile.load(layout.profile)
+    nodes = []
+    for node in profile.nodes:
+        pid = _read_pid(layout.node_pid(node.node_id))
+        entry: dict[str, Any] = {"id": node.node_id, "zone": node.zone, "address": node.address, "pid": pid}
+        if pid is None:
+            entry["health"] = "stopped"
+        else:
+            try:
+                with Client(profile, node, timeout=5) as client:
+                    node_status = client.node_status()
+                entry["health"] = "error" if node_status["state"] == "error" else "healthy"
+                entry["state"] = node_status["state"]
+                entry["error"] = node_status["error"]
+                entry["self_tests_failed"] = node_status["self_tests"]["failed"]
+            except ClientError as exc:
+                entry["health"] = "unreachable"
+                entry["error"] = exc.message
+        nodes.append(entry)
+    healthy = all(n["health"] == "healthy" for n in nodes)
+    return {"dir": str(layout.root), "cluster_name": profile.cluster_name, "healthy": healthy, "nodes": nodes}
+
+
+__all__ = ["CKR", "Layout", "LocalClusterError", "down", "status", "up"]

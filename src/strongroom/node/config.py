@@ -1,0 +1,112 @@
+"""A node's configuration file (TOML)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from strongroom.transport.protocol import DEFAULT_MAX_FRAME
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class Limits:
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_in_flight: int = 128  # per connection; reading pauses beyond it
+    max_connections: int = 1024
+    session_idle_seconds: float = 900.0
+    max_sessions_per_user: int = 1024
+    max_sessions: int = 8192
+
+
+@dataclass
+class NodeConfig:
+    node_id: str
+    node_dir: Path
+    host: str
+    port: int
+    tls_cert: Path
+    tls_key: Path
+    ca_cert: Path
+    store_path: Path
+    zone: str = "a"
+    cluster_name: str = "strongroom"
+    workers: int = 1
+    limits: Limits = field(default_factory=Limits)
+    # Test-only fault injection: names of self-tests to treat as failed. Empty in production.
+    fail_selftests: list[str] = field(default_factory=list)
+
+    @property
+    def audit_path(self) -> Path:
+        return self.node_dir / "audit.log"
+
+    @property
+    def boot_counter_path(self) -> Path:
+        return self.node_dir / "boot.counter"
+
+    @property
+    def log_path(self) -> Path:
+        return self.node_dir / "node.log"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def to_toml(self) -> str:
+        document: dict[str, Any] = {
+            "node_id": self.node_id,
+            "zone": self.zone,
+            "cluster_name": self.cluster_name,
+            "node_dir": str(self.node_dir),
+            "listen": {"host": self.host, "port": self.port},
+            "workers": self.workers,
+            "tls": {"cert": str(self.tls_cert), "key": str(self.tls_key), "ca": str(self.ca_cert)},
+            "store": {"backend": "sqlite", "path": str(self.store_path)},
+            "limits": {f.name: getattr(self.limits, f.name) for f in fields(Limits)},
+        }
+        if self.fail_selftests:
+            document["testing"] = {"fail_selftests": list(self.fail_selftests)}
+        return tomli_w.dumps(document)
+
+    @classmethod
+    def load(cls, path: Path) -> NodeConfig:
+        try:
+            document = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        try:
+            limits_doc = document.get("limits", {})
+            unknown = set(limits_doc) - {f.name for f in fields(Limits)}
+            if unknown:
+                raise ConfigError(f"{path}: unknown [limits] keys {sorted(unknown)}")
+            store = document["store"]
+            if store.get("backend", "sqlite") != "sqlite":
+                raise ConfigError(f"{path}: store backend {store.get('backend')!r} is not supported yet")
+            return cls(
+                node_id=str(document["node_id"]),
+                zone=str(document.get("zone", "a")),
+                cluster_name=str(document.get("cluster_name", "strongroom")),
+                node_dir=Path(document["node_dir"]),
+                host=str(document["listen"]["host"]),
+                port=int(document["listen"]["port"]),
+                workers=int(document.get("workers", 1)),
+                tls_cert=Path(document["tls"]["cert"]),
+                tls_key=Path(document["tls"]["key"]),
+                ca_cert=Path(document["tls"]["ca"]),
+                store_path=Path(store["path"]),
+                limits=Limits(**limits_doc),
+                fail_selftests=list(document.get("testing", {}).get("fail_selftests", [])),
+            )
+        except KeyError as exc:
+            raise ConfigError(f"{path}: missing setting {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: bad value: {exc}") from None

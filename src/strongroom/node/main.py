@@ -1,0 +1,166 @@
+"""The node process: harden, self-test, then serve with one or more worker processes.
+
+pyca/cryptography holds the GIL during RSA and EC operations, so a node runs
+several worker processes (about one per core) that accept on one shared listening
+socket. Each worker has its own store connection, caches and login sessions; a
+client connection stays on the worker that accepted it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from strongroom.audit import AuditLog
+from strongroom.dispatch import ops  # noqa: F401  (registers every operation)
+from strongroom.errors import HsmError
+from strongroom.node import selftest
+from strongroom.node.config import NodeConfig
+from strongroom.node.hardening import harden_process
+from strongroom.node.services import NodeServices
+from strongroom.store.sqlite import SqliteStore
+from strongroom.transport.server import NodeListener
+from strongroom.transport.tls import server_context
+
+log = logging.getLogger("strongroom.node")
+
+
+def _next_boot(config: NodeConfig) -> int:
+    path = config.boot_counter_path
+    try:
+        boot = int(path.read_text().strip()) + 1
+    except FileNotFoundError:
+        boot = 1
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{boot}\n")
+    os.replace(tmp, path)
+    return boot
+
+
+def _prepare_audit_log(config: NodeConfig, boot: int) -> str | None:
+    """Create the log on first boot; a log missing later means it was deleted: refuse to serve."""
+    if config.audit_path.exists():
+        return None
+    if boot == 1:
+        AuditLog.create(config.audit_path)
+        return None
+    return f"the audit log {config.audit_path} is missing (deleted?); the node refuses to serve"
+
+
+def _listen(config: NodeConfig) -> socket.socket:
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.host, config.port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def _worker(config: NodeConfig, sock: socket.socket, report: selftest.SelfTestReport, boot: int,
+                  error: str | None) -> None:
+    store = SqliteStore(config.store_path)
+    services = NodeServices(config, store, report, boot, error)
+    if services.error is None:
+        try:
+            services.try_unseal()
+        except HsmError as exc:
+            log.error("%s", exc.message)
+    listener = NodeListener(
+        services.handle,
+        max_frame=config.limits.max_frame,
+        max_in_flight=config.limits.max_in_flight,
+        max_connections=config.limits.max_connections,
+    )
+    await listener.start(sock, server_context(config.tls_cert, config.tls_key, config.ca_cert))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("worker %d serving on %s", os.getpid(), config.address)
+    await stop.wait()
+    await listener.close()
+    await store.close()
+
+
+def _run_worker(config: NodeConfig, sock: socket.socket, report: selftest.SelfTestReport, boot: int,
+                error: str | None) -> None:
+    asyncio.run(_worker(config, sock, report, boot, error))
+
+
+def serve(config_path: Path) -> int:
+    config = NodeConfig.load(config_path)
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s {config.node_id} %(process)d %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    hardening = harden_process()
+    log.info("hardening: %s", hardening)
+    report = selftest.run_all(fail=frozenset(config.fail_selftests))
+    error = None
+    if not report.ok:
+        error = "power-on self-test failed: " + "; ".join(f.reason for f in report.failed)
+        log.error("%s; the node stays in the error state and refuses every operation", error)
+    boot = _next_boot(config)
+    error = error or _prepare_audit_log(config, boot)
+    if config.audit_path.exists():
+        AuditLog(config.audit_path, node_id=config.node_id, boot=boot).append(
+            "node.start",
+            actor=None,
+            outcome="ok" if error is None else "CKR_DEVICE_ERROR",
+            details={"self_tests": "passed" if report.ok else f"failed: {', '.join(report.failed_names)}",
+                     "error": error, "workers": config.workers},
+        )
+    sock = _listen(config)
+    if config.workers <= 1:
+        _run_worker(config, sock, report, boot, error)
+        return 0
+    return _supervise(config, sock, report, boot, error)
+
+
+def _supervise(config: NodeConfig, sock: socket.socket, report: selftest.SelfTestReport, boot: int,
+               error: str | None) -> int:
+    children: list[int] = []
+    for _ in range(config.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _run_worker(config, sock, report, boot, error)
+            except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
+                log.exception("worker crashed")
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+    sock.close()
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    while children:
+        try:
+            pid, code = os.wait()
+        except ChildProcessError:
+            break
+        if pid in children:
+            children.remove(pid)
+            if os.waitstatus_to_exitcode(code) != 0:
+                status = 1
+                # One worker dying takes the node down: a supervisor (systemd, `strongroom up`)
+                # restarts it whole, rather than running with less capacity unnoticed.
+                forward(signal.SIGTERM, None)
+    return status

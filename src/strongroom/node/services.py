@@ -1,0 +1,183 @@
+"""What one worker process of a node holds, and the request pipeline through it.
+
+:class:`NodeServices` wires the layers together (store -> barrier -> auth ->
+dispatch) and :meth:`NodeServices.handle` is the path of every request:
+error state -> operation lookup -> cluster state -> session and role -> argument
+check -> handler. Handlers receive a :class:`Call`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from strongroom.audit import AuditLog, AuditWriteError
+from strongroom.auth.sessions import Session, SessionTable
+from strongroom.auth.users import UserDirectory
+from strongroom.barrier import Barrier
+from strongroom.barrier.seal import SealError, destroy_seal, seal_exists, unseal_cluster_key
+from strongroom.dispatch import table
+from strongroom.dispatch.table import ACTIVE, INITIALIZED, UNINITIALIZED
+from strongroom.errors import CKR, CryptokiNotInitialized, DeviceError, HsmError
+from strongroom.node.config import NodeConfig
+from strongroom.node.selftest import SelfTestReport
+from strongroom.store.base import Store
+from strongroom.transport.protocol import Request
+
+log = logging.getLogger(__name__)
+
+CLUSTER_META_KEY = "cluster/meta"
+
+
+@dataclass
+class Call:
+    """One request being served: who asks, through which connection, in which session."""
+
+    services: NodeServices
+    request: Request
+    connection_id: int
+    peer_name: str
+    session: Session | None
+
+    @property
+    def actor(self) -> str | None:
+        return None if self.session is None else self.session.username
+
+
+class NodeServices:
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: Store,
+        selftest: SelfTestReport,
+        boot: int,
+        error: str | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.selftest = selftest
+        self.boot = boot
+        self.started = time.time()
+        self.error = error  # set when the node must refuse everything (self-test failure)
+        self.barrier: Barrier | None = None
+        self.users: UserDirectory | None = None
+        self.cluster_id: str | None = None
+        self._state: str | None = None
+        self.sessions = SessionTable(
+            idle_timeout=config.limits.session_idle_seconds,
+            max_per_user=config.limits.max_sessions_per_user,
+            max_total=config.limits.max_sessions,
+        )
+        self._audit = AuditLog(config.audit_path, node_id=config.node_id, boot=boot)
+        self.counters: dict[str, int] = {"requests": 0, "errors": 0}
+
+    # --- cluster key and state ---------------------------------------------------
+
+    def install_cluster_key(self, cluster_id: str, key: bytearray) -> None:
+        self.barrier = Barrier(self.store, key)
+        key[:] = bytes(len(key))  # the AEAD object keeps its own copy; wipe ours
+        self.users = UserDirectory(self.barrier)
+        self.cluster_id = cluster_id
+
+    def forget_cluster_key(self) -> None:
+        """Drop the cluster key from memory and destroy this node's sealed copy (zeroize)."""
+        destroy_seal(self.config.node_dir)
+        self.barrier = None
+        self.users = None
+        self.cluster_id = None
+        self._state = None
+
+    def try_unseal(self) -> None:
+        """Open the sealed cluster key if this worker has not yet (another worker may have initialized)."""
+        if self.barrier is not None or not seal_exists(self.config.node_dir):
+            return
+        try:
+            identity, key = unseal_cluster_key(self.config.node_dir)
+        except SealError as exc:
+            self.error = str(exc)
+            raise DeviceError(str(exc)) from None
+        self.install_cluster_key(identity.cluster_id, key)
+
+    async def cluster_state(self) -> str:
+        # Once active a cluster stays active, so only the set-up phase reads the store per call.
+        if self._state == ACTIVE:
+            return ACTIVE
+        self.try_unseal()
+        if self.barrier is None:
+            if await self.store.get(CLUSTER_META_KEY) is not None:
+                raise DeviceError(
+                    "the store holds an initialized cluster but this node has no cluster key; "
+                    "add the node to the cluster instead of initializing it"
+                )
+            self._state = UNINITIALIZED
+            return UNINITIALIZED
+        meta = await self.barrier.get(CLUSTER_META_KEY)
+        if meta is None:
+            raise DeviceError("this node has a cluster key but the store holds no cluster; wrong store?")
+        if meta.value.get("cluster_id") != self.cluster_id:
+            raise DeviceError("the store belongs to another cluster than this node's sealed key")
+        self._state = str(meta.value["state"])
+        return self._state
+
+    def require_barrier(self) -> Barrier:
+        if self.barrier is None:
+            raise CryptokiNotInitialized("the cluster is not initialized")
+        return self.barrier
+
+    def require_users(self) -> UserDirectory:
+        if self.users is None:
+            raise CryptokiNotInitialized("the cluster is not initialized")
+        return self.users
+
+    # --- audit -------------------------------------------------------------------
+
+    async def audit(
+        self, event: str, *, actor: str | None, outcome: str = "ok", details: dict[str, Any] | None = None
+    ) -> None:
+        """Append to the audit log before the caller acknowledges; failure fails the operation."""
+        try:
+            await asyncio.to_thread(self._audit.append, event, actor=actor, outcome=outcome, details=details or {})
+        except AuditWriteError as exc:
+            log.error("audit log write failed: %s", exc)
+            raise DeviceError(f"the audit log cannot be written ({exc}); the operation was not performed") from None
+
+    # --- the request pipeline ------------------------------------------------------
+
+    async def handle(self, request: Request, connection_id: int, peer_name: str) -> tuple[int, Any]:
+        self.counters["requests"] += 1
+        spec = None
+        try:
+            spec = table.lookup(request.op)
+            if self.error is not None and not spec.in_error_state:
+                raise HsmError(f"the node is in the error state: {self.error}", CKR.DEVICE_ERROR)
+            if self.error is None:
+                state = await self.cluster_state()
+                if state not in spec.states:
+                    raise _state_error(state, spec.name)
+            session = None
+            if spec.roles is not None:
+                session = self.sessions.resolve(request.session)
+                table.check_role(spec, session.role.value)
+            args = table.parse_args(spec.args, request.args)
+            call = Call(self, request, connection_id, peer_name, session)
+            result = await spec.handler(call, args)
+            return CKR.OK, result
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every failure must become a reply
+            self.counters["errors"] += 1
+            return table.error_reply(exc, request.op)
+
+
+def _state_error(state: str, op: str) -> HsmError:
+    if state == UNINITIALIZED:
+        return CryptokiNotInitialized(f"{op}: the cluster is not initialized (run cluster.initialize first)")
+    if state == INITIALIZED:
+        return CryptokiNotInitialized(
+            f"{op}: the cluster is initialized but not activated; "
+            "only activation works now (strongroom cluster activate)"
+        )
+    return HsmError(f"{op} is not available once the cluster is {state}", CKR.ACTION_PROHIBITED)

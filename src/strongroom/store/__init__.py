@@ -1,0 +1,1 @@
+"""Store layer: a strongly consistent key/value store of opaque (encrypted) records."""

@@ -1,0 +1,152 @@
+"""The store interface every backend implements (SQLite now, etcd for clusters).
+
+The model is etcd's, so that both backends behave the same:
+
+* every successful write (a single put/delete or a whole :meth:`Store.commit`)
+  creates one new store-wide **revision**;
+* each key carries ``create_revision``, ``mod_revision`` and ``version`` (how many
+  times it was written since it was created: 1 after creation, reset by delete);
+* conditional writes compare the ``mod_revision`` the caller read: ``expect=0``
+  means "must not exist", ``expect=None`` means unconditional.
+
+The store only ever sees opaque bytes: the barrier encrypts values before they
+arrive here. All methods are coroutines; blocking backends run their I/O off the
+event loop.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+
+class StoreError(Exception):
+    """Base class of every store failure."""
+
+
+class ConflictError(StoreError):
+    """A compared revision did not match; nothing was written."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"revision conflict on {key!r}")
+        self.key = key
+
+
+class CompactedError(StoreError):
+    """A watch asked for a revision the store no longer keeps; list again and re-watch."""
+
+    def __init__(self, requested: int, compacted: int) -> None:
+        super().__init__(f"revision {requested} is compacted (oldest kept: {compacted + 1})")
+        self.requested = requested
+        self.compacted = compacted
+
+
+class UnavailableError(StoreError):
+    """The store refused the request (e.g. etcd lost quorum); nothing was written."""
+
+
+class OutcomeUnknownError(StoreError):
+    """The request timed out; it may or may not have been applied."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    key: str
+    value: bytes
+    version: int
+    create_revision: int
+    mod_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: str
+    value: bytes
+    expect: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+    expect: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """Compare only: the commit fails unless ``key`` is at ``expect`` (0 = absent)."""
+
+    key: str
+    expect: int
+
+
+Operation = Put | Delete | Check
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    records: list[Record]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """A change seen by a watch. ``record.value`` is ``b""`` for deletes."""
+
+    revision: int
+    deleted: bool
+    record: Record
+
+
+#: Largest number of operations in one :meth:`Store.commit` (etcd's default max-txn-ops is 128).
+MAX_COMMIT_OPERATIONS = 64
+
+
+class Store(abc.ABC):
+    """A strongly consistent key/value store with revisions."""
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> Record | None: ...
+
+    @abc.abstractmethod
+    async def put(self, key: str, value: bytes, expect: int | None = None) -> int:
+        """Write ``key``; returns the new store revision. Raises :class:`ConflictError`."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str, expect: int | None = None) -> int:
+        """Delete ``key``; returns the new store revision (the current one if nothing was deleted)."""
+
+    @abc.abstractmethod
+    async def commit(self, operations: Sequence[Operation]) -> int:
+        """Apply all operations atomically, or none; returns the new revision.
+
+        Raises :class:`ConflictError` naming the first key whose comparison failed,
+        and :class:`ValueError` for an empty list, more than
+        :data:`MAX_COMMIT_OPERATIONS` operations, or a key named twice.
+        """
+
+    @abc.abstractmethod
+    async def list_prefix(self, prefix: str) -> Listing:
+        """Every record whose key starts with ``prefix``, sorted by key, at one revision."""
+
+    @abc.abstractmethod
+    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+        """Changes to keys under ``prefix`` from ``start_revision`` (inclusive) on, in order.
+
+        Raises :class:`CompactedError` (from the iterator) when ``start_revision``
+        is older than what the store keeps.
+        """
+
+    @abc.abstractmethod
+    async def revision(self) -> int:
+        """The current store revision (0 for an empty, never-written store)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+def prefix_end(prefix: str) -> str:
+    """The smallest key greater than every key that starts with ``prefix`` (etcd's range_end)."""
+    if not prefix:
+        return "\U0010ffff"
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)

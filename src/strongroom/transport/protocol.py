@@ -1,0 +1,164 @@
+"""The wire protocol between clients (agent, CLI, SDK) and a node.
+
+A connection carries **frames**: a 4-byte big-endian length followed by that many
+bytes of msgpack. Each frame is one message; both directions use the same
+framing, and a connection carries many requests in flight whose replies may come
+back in any order (they are matched by request id).
+
+Messages are msgpack arrays, versioned by their first element::
+
+    request:  [PROTOCOL_VERSION, request_id, op, session, args]
+    reply:    [PROTOCOL_VERSION, request_id, code, body]
+
+``request_id`` is an unsigned 64-bit integer chosen by the client; ``op`` a string
+naming an operation of the dispatch table; ``session`` ``None`` or the bytes token
+that ``session.login`` returned; ``args`` a map of string keys. ``code`` is a
+PKCS#11 return code (0 = CKR_OK); ``body`` is the result when ``code`` is 0 and
+a human-readable message string otherwise.
+
+Arrays rather than maps keep the per-call overhead small: for ECDSA and AES the
+framing and parsing is most of the cost of a call.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from strongroom.errors import CKR
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct(">I")
+#: Default largest frame a peer accepts (header excluded). Configurable per node.
+DEFAULT_MAX_FRAME = 1 << 20
+MAX_REQUEST_ID = (1 << 64) - 1
+MAX_OP_LENGTH = 64
+MAX_SESSION_TOKEN = 64
+
+
+class ProtocolError(Exception):
+    """A message that cannot be understood; ``request_id`` is set when it could be read."""
+
+    def __init__(self, message: str, code: CKR = CKR.ARGUMENTS_BAD, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+class FrameTooLarge(ProtocolError):
+    """The peer announced a frame above the limit; the stream cannot be resynchronised."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"frame of {size} bytes exceeds the limit of {limit} bytes", CKR.DATA_LEN_RANGE)
+        self.size = size
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    request_id: int
+    op: str
+    session: bytes | None
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    request_id: int
+    code: int
+    body: Any
+
+    @property
+    def ok(self) -> bool:
+        return self.code == CKR.OK
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame payloads; feed it whatever the socket returned."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._max_frame = max_frame
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Return every complete payload now available; raise :class:`FrameTooLarge` early.
+
+        The size check happens as soon as a header is complete, so an oversized
+        frame is refused before its body is buffered.
+        """
+        self._buffer += data
+        frames: list[bytes] = []
+        view = self._buffer
+        offset = 0
+        while len(view) - offset >= HEADER.size:
+            (size,) = HEADER.unpack_from(view, offset)
+            if size > self._max_frame:
+                raise FrameTooLarge(size, self._max_frame)
+            end = offset + HEADER.size + size
+            if len(view) < end:
+                break
+            frames.append(bytes(view[offset + HEADER.size : end]))
+            offset = end
+        if offset:
+            del self._buffer[:offset]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+
+def frame(payload: bytes) -> bytes:
+    return HEADER.pack(len(payload)) + payload
+
+
+def _unpack(payload: bytes) -> Any:
+    try:
+        # strict_map_key keeps map keys to str/bytes; raw=False decodes strings as UTF-8.
+        return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise ProtocolError(f"undecodable message: {exc.__class__.__name__}") from None
+    except Exception as exc:  # msgpack raises a few other types on garbage (e.g. TypeError)
+        raise ProtocolError(f"undecodable message: {exc.__class__.__name__}") from None
+
+
+def encode_request(request_id: int, op: str, session: bytes | None, args: dict[str, Any]) -> bytes:
+    return frame(msgpack.packb([PROTOCOL_VERSION, request_id, op, session, args], use_bin_type=True))
+
+
+def decode_request(payload: bytes) -> Request:
+    message = _unpack(payload)
+    if not isinstance(message, list) or len(message) != 5:
+        raise ProtocolError("a request is an array of 5 elements")
+    version, request_id, op, session, args = message
+    if not isinstance(request_id, int) or isinstance(request_id, bool) or not 0 <= request_id <= MAX_REQUEST_ID:
+        raise ProtocolError("request id must be an unsigned 64-bit integer")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {version!r} is not supported (this node speaks {PROTOCOL_VERSION})",
+            request_id=request_id,
+        )
+    if not isinstance(op, str) or not 0 < len(op) <= MAX_OP_LENGTH:
+        raise ProtocolError("operation name must be a non-empty string", request_id=request_id)
+    if session is not None and (not isinstance(session, bytes) or len(session) > MAX_SESSION_TOKEN):
+        raise ProtocolError("session must be null or a token of bytes", request_id=request_id)
+    if not isinstance(args, dict):
+        raise ProtocolError("arguments must be a map", request_id=request_id)
+    return Request(request_id, op, session, args)
+
+
+def encode_reply(request_id: int, code: int, body: Any) -> bytes:
+    return frame(msgpack.packb([PROTOCOL_VERSION, request_id, int(code), body], use_bin_type=True))
+
+
+def decode_reply(payload: bytes) -> Reply:
+    message = _unpack(payload)
+    if not isinstance(message, list) or len(message) != 4 or message[0] != PROTOCOL_VERSION:
+        raise ProtocolError("a reply is an array of 4 elements of protocol version 1")
+    _, request_id, code, body = message
+    if not isinstance(request_id, int) or not isinstance(code, int):
+        raise ProtocolError("reply id and code must be integers")
+    return Reply(request_id, code, body)

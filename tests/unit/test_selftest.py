@@ -1,0 +1,281 @@
+"""Power-on self-tests (KATs) and process hardening."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import strongroom
+from strongroom.node import hardening, selftest
+from strongroom.node.hardening import harden_process, wipe
+from strongroom.node.selftest import (
+    INJECTED_FAILURE,
+    SelfTestError,
+    known_answer_test,
+    register,
+    registered,
+    run_all,
+    unregister,
+)
+
+BUILTIN_KATS = (
+    "aes-256-gcm",
+    "aes-256-kw",
+    "sha-256",
+    "sha-384",
+    "sha-512",
+    "hmac-sha-256",
+    "hkdf-sha-256",
+    "argon2id",
+    "ecdsa-p256",
+    "ed25519",
+    "rsa-2048-pkcs1v15-sha256",
+    "csprng",
+)
+
+
+def _flip_first_byte(value: bytes) -> bytes:
+    return bytes([value[0] ^ 0x01]) + value[1:]
+
+
+# For each KAT: the module constant holding its vector, the field to corrupt,
+# and the algorithm label the failure reason must mention.
+CORRUPTIONS: dict[str, tuple[str, str, str]] = {
+    "aes-256-gcm": ("AES_256_GCM_VECTOR", "ciphertext", "AES-256-GCM"),
+    "aes-256-kw": ("AES_256_KW_VECTOR", "wrapped", "AES-KW"),
+    "sha-256": ("SHA_256_VECTOR", "digest", "SHA-256"),
+    "sha-384": ("SHA_384_VECTOR", "digest", "SHA-384"),
+    "sha-512": ("SHA_512_VECTOR", "digest", "SHA-512"),
+    "hmac-sha-256": ("HMAC_SHA_256_VECTOR", "mac", "HMAC-SHA-256"),
+    "hkdf-sha-256": ("HKDF_SHA_256_VECTOR", "okm", "HKDF-SHA-256"),
+    "argon2id": ("ARGON2ID_VECTOR", "tag", "Argon2id"),
+    "ecdsa-p256": ("ECDSA_P256_VECTOR", "s", "ECDSA P-256"),
+    "ed25519": ("ED25519_VECTOR", "signature", "Ed25519"),
+    "rsa-2048-pkcs1v15-sha256": ("RSA_2048_VECTOR", "signature", "RSA-2048"),
+}
+
+
+@pytest.fixture
+def temporary_kats() -> Iterator[list[str]]:
+    """Names registered here are removed afterwards so tests don't leak KATs."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        unregister(name)
+
+
+# --------------------------------------------------------------------------- KATs
+
+
+def test_all_builtin_kats_pass_quickly() -> None:
+    report = run_all()
+    assert report.ok, report.failed
+    assert report.failed == ()
+    assert set(BUILTIN_KATS) <= set(report.passed)
+    assert report.duration < 0.3
+
+
+def test_builtin_kats_are_registered_in_a_stable_order() -> None:
+    assert registered()[: len(BUILTIN_KATS)] == BUILTIN_KATS
+
+
+@pytest.mark.parametrize("name", BUILTIN_KATS)
+def test_injected_failure_is_reported_by_name(name: str) -> None:
+    report = run_all(fail={name})
+    assert not report.ok
+    assert report.failed_names == (name,)
+    reason = report.reason(name)
+    assert reason is not None and name in reason and INJECTED_FAILURE in reason
+    assert name not in report.passed
+    assert set(report.passed) == set(registered()) - {name}
+
+
+def test_injecting_several_failures() -> None:
+    report = run_all(fail=frozenset({"sha-256", "csprng"}))
+    assert set(report.failed_names) == {"sha-256", "csprng"}
+
+
+def test_fault_injection_is_off_by_default() -> None:
+    assert run_all().failed == ()
+
+
+def test_injecting_an_unknown_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="no-such-test"):
+        run_all(fail={"no-such-test"})
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_corrupted_vector_makes_the_kat_fail(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    constant, field, label = CORRUPTIONS[name]
+    vector = getattr(selftest, constant)
+    original = getattr(vector, field)
+    corrupted = original ^ 1 if isinstance(original, int) else _flip_first_byte(original)
+    monkeypatch.setattr(selftest, constant, dataclasses.replace(vector, **{field: corrupted}))
+
+    report = run_all()
+
+    assert report.failed_names == (name,)
+    reason = report.reason(name)
+    assert reason is not None and label in reason
+
+
+@pytest.mark.parametrize(
+    ("name", "source", "message"),
+    [
+        ("stuck", lambda n: b"\x00" * n, "constant"),
+        ("repeating", lambda n: bytes(range(n)), "repeated"),
+        ("short", lambda n: os.urandom(n - 1), "short"),
+    ],
+)
+def test_csprng_health_check_catches_broken_sources(
+    name: str, source: object, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(selftest, "_entropy", source)
+    report = run_all()
+    assert report.failed_names == ("csprng",), name
+    reason = report.reason("csprng")
+    assert reason is not None and "CSPRNG" in reason and message in reason
+
+
+def test_exception_inside_a_kat_is_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A forged tag that decrypts means the AEAD check is broken; a wrong IV
+    # length makes the backend raise. Both must become report lines, not crashes.
+    vector = selftest.AES_256_GCM_VECTOR
+    monkeypatch.setattr(selftest, "AES_256_GCM_VECTOR", dataclasses.replace(vector, iv=b""))
+    report = run_all()
+    assert report.failed_names == ("aes-256-gcm",)
+    reason = report.reason("aes-256-gcm")
+    assert reason is not None and reason.startswith("aes-256-gcm: ValueError")
+
+
+def test_registered_extra_kat_runs(temporary_kats: list[str]) -> None:
+    calls: list[str] = []
+
+    @known_answer_test("extra-decorated")
+    def _extra() -> None:
+        calls.append("decorated")
+
+    temporary_kats.append("extra-decorated")
+
+    def _failing() -> None:
+        raise SelfTestError("EXTRA-ALG tag differs from the known answer")
+
+    register("extra-failing", _failing)
+    temporary_kats.append("extra-failing")
+
+    report = run_all()
+    assert calls == ["decorated"]
+    assert "extra-decorated" in report.passed
+    assert report.failed_names == ("extra-failing",)
+    assert report.reason("extra-failing") == "extra-failing: EXTRA-ALG tag differs from the known answer"
+    assert "extra-decorated" in report.timings
+
+    # Injection also works for tests registered later by mechanism modules.
+    assert run_all(fail={"extra-decorated"}).reason("extra-decorated") is not None
+
+
+def test_duplicate_registration_is_refused(temporary_kats: list[str]) -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register("sha-256", lambda: None)
+    register("extra-dup", lambda: None)
+    temporary_kats.append("extra-dup")
+    register("extra-dup", lambda: None, replace=True)
+
+
+def test_selftest_module_does_not_import_the_vectors_package() -> None:
+    source = Path(selftest.__file__).read_text()
+    assert "import cryptography_vectors" not in source
+    assert "from cryptography_vectors" not in source
+
+
+# --------------------------------------------------------------------------- hardening
+
+_HARDEN_PROBE = textwrap.dedent(
+    """
+    import ctypes, json, os, resource
+    from strongroom.node.hardening import get_dumpable, harden_process
+
+    before = get_dumpable()
+    report = harden_process()
+    libc = ctypes.CDLL(None, use_errno=True)
+    # Read back with a fresh prctl call, independent of the module under test.
+    dumpable = libc.prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
+    print(json.dumps({
+        "before": before,
+        "dumpable": dumpable,
+        "rlimit_core": list(resource.getrlimit(resource.RLIMIT_CORE)),
+        "ok": report.ok,
+        "succeeded": list(report.succeeded),
+        "again_ok": harden_process().ok,
+    }))
+    """
+)
+
+
+def _run_probe(script: str) -> dict[str, object]:
+    src_dir = str(Path(strongroom.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src_dir, env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux-only")
+def test_harden_process_in_a_subprocess() -> None:
+    result = _run_probe(_HARDEN_PROBE)
+    assert result["before"] == 1  # sanity: the probe starts dumpable
+    assert result["dumpable"] == 0
+    assert result["rlimit_core"] == [0, 0]
+    assert result["ok"] is True
+    assert set(result["succeeded"]) == {hardening.STEP_RLIMIT_CORE, hardening.STEP_NOT_DUMPABLE}
+    assert result["again_ok"] is True  # idempotent
+
+
+def test_harden_process_reports_rather_than_raises_without_prctl(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Simulate a platform without prctl; run in a subprocess so the real
+    # RLIMIT_CORE of the test runner is left alone.
+    script = textwrap.dedent(
+        """
+        import json, sys
+        sys.platform = "darwin"
+        from strongroom.node import hardening
+        report = hardening.harden_process()
+        step = report.step(hardening.STEP_NOT_DUMPABLE)
+        print(json.dumps({"ok": report.ok, "step_ok": step.ok, "detail": step.detail,
+                          "dumpable": hardening.get_dumpable()}))
+        """
+    )
+    result = _run_probe(script)
+    assert result["ok"] is False
+    assert result["step_ok"] is False
+    assert "prctl unavailable" in str(result["detail"])
+    assert result["dumpable"] is None
+
+
+def test_wipe_zeroes_in_place() -> None:
+    secret = bytearray(b"correct horse battery staple")
+    alias = memoryview(secret)  # same storage: proves no copy was made
+    wipe(secret)
+    assert secret == bytearray(len(b"correct horse battery staple"))
+    assert bytes(alias) == b"\x00" * len(secret)
+    alias.release()
+    secret.extend(b"!")  # the buffer export was released, so resizing still works
+    assert secret[-1:] == b"!"
+
+
+def test_wipe_handles_empty_and_refuses_immutable() -> None:
+    empty = bytearray()
+    wipe(empty)
+    assert empty == bytearray()
+    with pytest.raises(TypeError):
+        wipe(b"immutable")  # type: ignore[arg-type]
