@@ -83,6 +83,9 @@ class SessionTable:
             del self._sessions[token]
         return len(doomed)
 
+    def usernames(self) -> set[str]:
+        return {s.username for s in self._sessions.values()}
+
     def expire_idle(self) -> int:
         now = self._clock()
         doomed = [t for t, s in self._sessions.items() if now - s.last_used > self._idle_timeout]

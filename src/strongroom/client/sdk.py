@@ -116,3 +116,8 @@ class Client:
 
     def user_change_password(self, username: str, password: str) -> dict[str, Any]:
         return self.call("user.change_password", username=username, password=password)
+
+    # --- crypto (crypto users) ---------------------------------------------------------------
+
+    def generate_random(self, length: int) -> bytes:
+        return self.call("random.generate", length=length)["random"]

@@ -78,12 +78,14 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: selftest.Self
         max_connections=config.limits.max_connections,
     )
     await listener.start(sock, server_context(config.tls_cert, config.tls_key, config.ca_cert))
+    watcher = asyncio.create_task(services.watch_users())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     log.info("worker %d serving on %s", os.getpid(), config.address)
     await stop.wait()
+    watcher.cancel()
     await listener.close()
     await store.close()
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from strongroom.audit import AuditLog, AuditWriteError
 from strongroom.auth.sessions import Session, SessionTable
+from strongroom.auth.users import PREFIX as USERS_PREFIX
 from strongroom.auth.users import UserDirectory
 from strongroom.barrier import Barrier
 from strongroom.barrier.seal import SealError, destroy_seal, seal_exists, unseal_cluster_key
@@ -24,7 +25,7 @@ from strongroom.dispatch.table import ACTIVE, INITIALIZED, UNINITIALIZED
 from strongroom.errors import CKR, CryptokiNotInitialized, DeviceError, HsmError
 from strongroom.node.config import NodeConfig
 from strongroom.node.selftest import SelfTestReport
-from strongroom.store.base import Store
+from strongroom.store.base import CompactedError, Store
 from strongroom.transport.protocol import Request
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,24 @@ class NodeServices:
         if self.users is None:
             raise CryptokiNotInitialized("the cluster is not initialized")
         return self.users
+
+    async def watch_users(self) -> None:
+        """Close this worker's sessions of users deleted anywhere (another worker or node)."""
+        prefix = USERS_PREFIX
+        revision = await self.store.revision() + 1
+        while True:
+            try:
+                async for event in self.store.watch(prefix, revision):
+                    revision = event.revision + 1
+                    if event.deleted:
+                        self.sessions.close_user(event.record.key[len(prefix):])
+            except CompactedError:
+                # Missed events: the sessions to drop are those whose user no longer exists.
+                revision = await self.store.revision() + 1
+                listing = await self.store.list_prefix(prefix)
+                existing = {record.key[len(prefix):] for record in listing.records}
+                for name in self.sessions.usernames() - existing:
+                    self.sessions.close_user(name)
 
     # --- audit -------------------------------------------------------------------
 

@@ -270,7 +270,7 @@ class SqliteStore(Store):
 
     def _apply(self, operations: list[Operation]) -> int:
         db = self._connection()
-        with _transaction(db, "BEGIN"):
+        with _transaction(db, "BEGIN IMMEDIATE"):
             meta = _meta(db)
             current = {op.key: _fetch(db, op.key) for op in operations}
             _check_expectations(operations, current)

@@ -68,12 +68,17 @@ def async_test(test: AsyncTest) -> Callable[..., None]:
 async def collect(store: Store, prefix: str, start: int, count: int, timeout: float = 5.0) -> list[WatchEvent]:
     """The first ``count`` events of a watch; the watch is closed afterwards."""
     events: list[WatchEvent] = []
-    async with contextlib.aclosing(store.watch(prefix, start)) as watch:
+    watch = store.watch(prefix, start)
+    try:
         async with asyncio.timeout(timeout):
             async for event in watch:
                 events.append(event)
                 if len(events) == count:
                     break
+    finally:
+        aclose = getattr(watch, "aclose", None)  # the interface promises only an AsyncIterator
+        if aclose is not None:
+            await aclose()
     return events
 
 
@@ -676,7 +681,6 @@ async def test_sqlite_non_database_file_is_a_store_error(tmp_path: Path, content
     with pytest.raises(StoreError) as caught:
         await SqliteStore.open(path)
     assert str(path) in str(caught.value)
-    assert not isinstance(caught.value.__cause__, type(None))
     lazy = SqliteStore(path)
     try:
         with pytest.raises(StoreError, match="not a valid database"):
@@ -726,7 +730,7 @@ async def test_sqlite_close_ends_running_watches(tmp_path: Path) -> None:
 
 def _sqlite_error(code: int, message: str) -> sqlite3.Error:
     error = sqlite3.OperationalError(message)
-    error.sqlite_errorcode = code  # type: ignore[attr-defined]
+    error.sqlite_errorcode = code
     return error
 
 
@@ -742,9 +746,7 @@ def _sqlite_error(code: int, message: str) -> sqlite3.Error:
         (sqlite3.SQLITE_READONLY, True, StoreError, "not writable"),
     ],
 )
-def test_sqlite_errors_become_store_errors(
-    code: int, writing: bool, expected: type[StoreError], words: str
-) -> None:
+def test_sqlite_errors_become_store_errors(code: int, writing: bool, expected: type[StoreError], words: str) -> None:
     error = _translate(_sqlite_error(code, "disk I/O error"), Path("/var/lib/x.db"), 10.0, writing=writing)
     assert type(error) is expected
     assert "/var/lib/x.db" in str(error) and words in str(error)

@@ -3,4 +3,4 @@
 Importing this package registers every operation in :data:`strongroom.dispatch.table.OPERATIONS`.
 """
 
-from strongroom.dispatch.ops import cluster, node, session, user  # noqa: F401
+from strongroom.dispatch.ops import cluster, node, random, session, user  # noqa: F401
