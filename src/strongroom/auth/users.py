@@ -32,7 +32,7 @@ from strongroom.errors import (
 from strongroom.store.base import ConflictError
 
 PREFIX = "users/"
-USERNAME_RE = re.compile(r"^[A-Za-z0-9_]{1,31}$")
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_]{1,31}\Z")  # \Z, not $: "$" also matches before a final "\n"
 PASSWORD_MIN = 7
 PASSWORD_MAX = 32
 MAX_FAILED_LOGINS = 5

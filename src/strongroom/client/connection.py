@@ -1,14 +1,19 @@
-"""A thread-safe, pipelined connection to one node.
+"""Pipelined connections to one node: :class:`AsyncConnection` and the thread-safe :class:`Connection`.
 
-Many threads may call at once: each request gets an id, goes out as one frame,
-and a reader thread hands each reply to the caller waiting on that id, in
-whatever order the node answers.
+Each request gets an id and goes out as one frame; a reader task hands each reply
+to whoever waits on that id, in whatever order the node answers.
+
+The blocking :class:`Connection` runs an :class:`AsyncConnection` on a private
+event-loop thread. It does not share one ``ssl.SSLSocket`` between a reader
+thread and writer threads: OpenSSL forbids concurrent use of one SSL object, and
+doing it anyway loses replies under TLS 1.3 (session tickets arrive while a
+write is in progress).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-import socket
 import ssl
 import threading
 from concurrent.futures import Future
@@ -26,6 +31,7 @@ from strongroom.transport.protocol import (
 )
 
 DEFAULT_TIMEOUT = 60.0
+READ_CHUNK = 256 * 1024
 
 
 class ClientError(HsmError):
@@ -40,7 +46,105 @@ class ClientError(HsmError):
         self.raw_code = code
 
 
+class AsyncConnection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_frame: int) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self._decoder = FrameDecoder(max_frame)
+        self.closed: str | None = None
+        self.unattributed: list[Reply] = []
+        self._read_task = asyncio.create_task(self._read_loop())
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        context: ssl.SSLContext,
+        *,
+        server_hostname: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_frame: int = 4 * DEFAULT_MAX_FRAME,
+    ) -> AsyncConnection:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=context, server_hostname=server_hostname or host, limit=READ_CHUNK
+            )
+        return cls(reader, writer, max_frame)
+
+    def send(self, op: str, args: dict[str, Any], session: bytes | None) -> asyncio.Future[Reply]:
+        """Queue one request; the returned future resolves to its reply."""
+        if self.closed is not None:
+            raise ClientError(CKR.DEVICE_REMOVED, f"connection closed: {self.closed}")
+        request_id = next(self._ids)
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        self._writer.write(encode_request(request_id, op, session, args))
+        return future
+
+    def send_raw(self, data: bytes) -> None:
+        self._writer.write(data)
+
+    def expect_reply(self, request_id: int) -> asyncio.Future[Reply]:
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        return future
+
+    async def call(self, op: str, args: dict[str, Any] | None = None, session: bytes | None = None) -> Any:
+        reply = await self.send(op, args or {}, session)
+        if not reply.ok:
+            raise ClientError(reply.code, str(reply.body))
+        return reply.body
+
+    async def _read_loop(self) -> None:
+        why = "the node closed the connection"
+        try:
+            while True:
+                data = await self._reader.read(READ_CHUNK)
+                if not data:
+                    break
+                for payload in self._decoder.feed(data):
+                    reply = decode_reply(payload)
+                    future = self._pending.pop(reply.request_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(reply)
+                    elif reply.request_id == 0:
+                        self.unattributed.append(reply)
+        except ProtocolError as exc:
+            why = f"bad reply from node: {exc}"
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            why = f"receive failed: {exc}"
+        except asyncio.CancelledError:
+            why = "closed by client"
+        finally:
+            self._fail_all(why)
+
+    def _fail_all(self, why: str) -> None:
+        if self.closed is None:
+            self.closed = why
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_result(Reply(0, int(CKR.DEVICE_REMOVED), f"connection lost: {why}"))
+
+    async def close(self) -> None:
+        self._read_task.cancel()
+        try:
+            await self._read_task
+        except asyncio.CancelledError:
+            pass
+        self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except (ConnectionError, ssl.SSLError, OSError):
+            pass
+
+
 class Connection:
+    """A blocking, thread-safe facade: many threads may call at once and share the pipeline."""
+
     def __init__(
         self,
         host: str,
@@ -52,49 +156,39 @@ class Connection:
         max_frame: int = 4 * DEFAULT_MAX_FRAME,
     ) -> None:
         self._timeout = timeout
-        raw = socket.create_connection((host, port), timeout=timeout)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="strongroom-client", daemon=True)
+        self._thread.start()
         try:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sock = context.wrap_socket(raw, server_hostname=server_hostname or host)
+            self._async: AsyncConnection = self._run(
+                AsyncConnection.open(host, port, context, server_hostname=server_hostname, timeout=timeout,
+                                     max_frame=max_frame),
+                timeout + 1,
+            )
         except BaseException:
-            raw.close()
+            self._stop_loop()
             raise
-        self._sock.settimeout(None)
-        self._ids = itertools.count(1)
-        self._pending: dict[int, Future[Reply]] = {}
-        self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
-        self._decoder = FrameDecoder(max_frame)
-        self._closed: str | None = None
-        self._reader = threading.Thread(target=self._read_loop, name="strongroom-reader", daemon=True)
-        self._reader.start()
+
+    def _run(self, coro: Any, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def submit(self, op: str, args: dict[str, Any] | None = None, session: bytes | None = None) -> Future[Reply]:
-        future: Future[Reply] = Future()
-        with self._lock:
-            if self._closed is not None:
-                raise ClientError(CKR.DEVICE_REMOVED, f"connection closed: {self._closed}")
-            request_id = next(self._ids)
-            self._pending[request_id] = future
-        frame = encode_request(request_id, op, session, args or {})
-        try:
-            with self._send_lock:
-                self._sock.sendall(frame)
-        except OSError as exc:
-            self._fail_all(f"send failed: {exc}")
-        return future
+        async def send() -> Reply:
+            return await self._async.send(op, args or {}, session)
+
+        return asyncio.run_coroutine_threadsafe(send(), self._loop)
 
     def send_raw(self, data: bytes) -> None:
         """Send bytes as they are (tests use it to send malformed frames)."""
-        with self._send_lock:
-            self._sock.sendall(data)
+        self._loop.call_soon_threadsafe(self._async.send_raw, data)
 
     def expect_reply(self, request_id: int) -> Future[Reply]:
         """Register interest in a reply id the caller sent itself with :meth:`send_raw`."""
-        future: Future[Reply] = Future()
-        with self._lock:
-            self._pending[request_id] = future
-        return future
+
+        async def wait() -> Reply:
+            return await self._async.expect_reply(request_id)
+
+        return asyncio.run_coroutine_threadsafe(wait(), self._loop)
 
     def call(
         self,
@@ -112,60 +206,31 @@ class Connection:
         try:
             return future.result(timeout or self._timeout)
         except FutureTimeout:
+            future.cancel()
             raise ClientError(CKR.DEVICE_ERROR, "the node did not answer in time") from None
+        except ClientError:
+            raise
 
-    def _read_loop(self) -> None:
-        while True:
-            try:
-                data = self._sock.recv(256 * 1024)
-            except (OSError, ValueError) as exc:
-                self._fail_all(f"receive failed: {exc}")
-                return
-            if not data:
-                self._fail_all("the node closed the connection")
-                return
-            try:
-                for payload in self._decoder.feed(data):
-                    self._deliver(decode_reply(payload))
-            except ProtocolError as exc:
-                self._fail_all(f"bad reply from node: {exc}")
-                return
-
-    def _deliver(self, reply: Reply) -> None:
-        with self._lock:
-            future = self._pending.pop(reply.request_id, None)
-        if future is not None:
-            future.set_result(reply)
-        elif reply.request_id == 0:
-            # A complaint about a frame the node could not attribute to a request.
-            with self._lock:
-                self.unattributed.append(reply)
-
-    unattributed: list[Reply] = []
-
-    def _fail_all(self, why: str) -> None:
-        with self._lock:
-            if self._closed is None:
-                self._closed = why
-            pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_result(Reply(0, int(CKR.DEVICE_REMOVED), f"connection lost: {why}"))
+    @property
+    def unattributed(self) -> list[Reply]:
+        return self._async.unattributed
 
     @property
     def closed(self) -> str | None:
-        return self._closed
+        return self._async.closed
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed is None:
-                self._closed = "closed by client"
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
-        self._reader.join(timeout=5)
+        if not self._loop.is_closed():
+            try:
+                self._run(self._async.close(), 5)
+            except (FutureTimeout, RuntimeError):
+                pass
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
 
     def __enter__(self) -> Connection:
         return self

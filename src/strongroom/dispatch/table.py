@@ -114,7 +114,7 @@ def parse_args(cls: type | None, raw: dict[str, Any]) -> Any:
     """Build the handler's argument dataclass, refusing unknown, missing and mistyped fields."""
     if cls is None:
         if raw:
-            raise ArgumentsBad(f"this operation takes no arguments (got {sorted(raw)[:5]})")
+            raise ArgumentsBad(f"this operation takes no arguments (got {sorted(map(str, raw))[:5]})")
         return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -175,7 +175,7 @@ class NodeServices:
             if self.error is None:
                 state = await self.cluster_state()
                 if state not in spec.states:
-                    raise _state_error(state, spec.name)
+                    raise _state_error(state, spec.name, spec.states)
             session = None
             if spec.roles is not None:
                 session = self.sessions.resolve(request.session)
@@ -191,7 +191,12 @@ class NodeServices:
             return table.error_reply(exc, request.op)
 
 
-def _state_error(state: str, op: str) -> HsmError:
+_LIFE_CYCLE = (UNINITIALIZED, INITIALIZED, ACTIVE)
+
+
+def _state_error(state: str, op: str, allowed: frozenset[str]) -> HsmError:
+    if all(_LIFE_CYCLE.index(s) < _LIFE_CYCLE.index(state) for s in allowed):
+        return HsmError(f"{op}: the cluster is already {state}", CKR.ACTION_PROHIBITED)
     if state == UNINITIALIZED:
         return CryptokiNotInitialized(f"{op}: the cluster is not initialized (run cluster.initialize first)")
     if state == INITIALIZED:
@@ -199,4 +204,4 @@ def _state_error(state: str, op: str) -> HsmError:
             f"{op}: the cluster is initialized but not activated; "
             "only activation works now (strongroom cluster activate)"
         )
-    return HsmError(f"{op} is not available once the cluster is {state}", CKR.ACTION_PROHIBITED)
+    return HsmError(f"{op} is not available while the cluster is {state}", CKR.ACTION_PROHIBITED)

@@ -1,0 +1,400 @@
+"""Login sessions (idle expiry, limits) and users (rules, lockout, admin protection) over a real store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from strongroom.auth.sessions import TOKEN_BYTES, SessionTable
+from strongroom.auth.users import (
+    MAX_FAILED_LOGINS,
+    PASSWORD_MAX,
+    PASSWORD_MIN,
+    Role,
+    UserDirectory,
+    UserExists,
+    UserNotFound,
+    check_password_rules,
+    normalize_username,
+)
+from strongroom.barrier import Barrier
+from strongroom.errors import (
+    CKR,
+    ActionProhibited,
+    ArgumentsBad,
+    PinIncorrect,
+    PinInvalid,
+    PinLenRange,
+    PinLocked,
+    SessionCount,
+    SessionHandleInvalid,
+    UserNotLoggedIn,
+)
+from strongroom.store.sqlite import SqliteStore
+
+CLUSTER_KEY = bytearray(b"\x42" * 32)
+PASSWORD = "correct-horse"
+WRONG = "wrong-password"
+
+# --------------------------------------------------------------------------- sessions
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def table(clock: Clock, *, idle: float = 60.0, per_user: int = 3, total: int = 10) -> SessionTable:
+    return SessionTable(idle_timeout=idle, max_per_user=per_user, max_total=total, clock=clock)
+
+
+def test_session_open_and_resolve():
+    clock = Clock()
+    sessions = table(clock)
+    a = sessions.open("alice", Role.CRYPTO_USER, connection_id=7)
+    b = sessions.open("alice", Role.CRYPTO_USER, connection_id=8)
+    assert len(a.token) == TOKEN_BYTES and a.token != b.token
+    assert sessions.resolve(a.token) is a
+    assert (a.username, a.role, a.connection_id, a.created) == ("alice", Role.CRYPTO_USER, 7, clock.now)
+    assert len(sessions) == 2
+    with pytest.raises(UserNotLoggedIn):
+        sessions.resolve(None)
+    with pytest.raises(SessionHandleInvalid):
+        sessions.resolve(b"\x00" * TOKEN_BYTES)
+    sessions.close(a.token)
+    with pytest.raises(SessionHandleInvalid):
+        sessions.resolve(a.token)
+    sessions.close(a.token)  # closing twice is harmless
+    assert len(sessions) == 1
+
+
+def test_idle_expiry_with_an_injected_clock():
+    clock = Clock()
+    sessions = table(clock, idle=60)
+    session = sessions.open("alice", Role.ADMIN, 1)
+    clock.now += 60  # exactly the timeout: still alive
+    assert sessions.resolve(session.token) is session
+    clock.now += 59  # resolving touched it: the timer restarted
+    assert sessions.resolve(session.token) is session
+    assert session.last_used == clock.now and session.created == 1000.0
+    clock.now += 60.001
+    with pytest.raises(SessionHandleInvalid, match="idle"):
+        sessions.resolve(session.token)
+    assert len(sessions) == 0
+    with pytest.raises(SessionHandleInvalid):  # gone for good, even if the clock went back
+        clock.now -= 100
+        sessions.resolve(session.token)
+
+
+def test_expire_idle_removes_only_idle_sessions():
+    clock = Clock()
+    sessions = table(clock, idle=10)
+    old = sessions.open("alice", Role.CRYPTO_USER, 1)
+    clock.now += 8
+    fresh = sessions.open("bob", Role.CRYPTO_USER, 2)
+    clock.now += 5  # old idle 13 s, fresh idle 5 s
+    assert sessions.expire_idle() == 1
+    assert sessions.resolve(fresh.token) is fresh
+    with pytest.raises(SessionHandleInvalid):
+        sessions.resolve(old.token)
+    assert sessions.expire_idle() == 0
+
+
+def test_per_user_limit():
+    clock = Clock()
+    sessions = table(clock, per_user=2, total=10)
+    sessions.open("alice", Role.CRYPTO_USER, 1)
+    second = sessions.open("alice", Role.CRYPTO_USER, 1)
+    with pytest.raises(SessionCount) as info:
+        sessions.open("alice", Role.CRYPTO_USER, 2)
+    assert info.value.code == CKR.SESSION_COUNT
+    sessions.open("bob", Role.CRYPTO_USER, 3)  # other users are not affected
+    sessions.close(second.token)
+    sessions.open("alice", Role.CRYPTO_USER, 2)
+    assert len(sessions) == 3
+
+
+def test_total_limit_and_idle_sessions_free_their_slots():
+    clock = Clock()
+    sessions = table(clock, idle=30, per_user=5, total=3)
+    first = sessions.open("a", Role.CRYPTO_USER, 1)
+    clock.now += 20
+    sessions.open("b", Role.CRYPTO_USER, 1)
+    sessions.open("c", Role.ADMIN, 1)
+    with pytest.raises(SessionCount):
+        sessions.open("d", Role.CRYPTO_USER, 1)
+    assert len(sessions) == 3
+    clock.now += 11  # only the first session is now idle for more than 30 s
+    sessions.open("d", Role.CRYPTO_USER, 1)
+    assert len(sessions) == 3
+    with pytest.raises(SessionHandleInvalid):
+        sessions.resolve(first.token)
+
+
+def test_close_user():
+    clock = Clock()
+    sessions = table(clock)
+    alice = [sessions.open("alice", Role.CRYPTO_USER, i) for i in range(3)]
+    bob = sessions.open("bob", Role.CRYPTO_USER, 9)
+    assert sessions.close_user("alice") == 3
+    for session in alice:
+        with pytest.raises(SessionHandleInvalid):
+            sessions.resolve(session.token)
+    assert sessions.resolve(bob.token) is bob
+    assert sessions.close_user("alice") == 0
+    assert sessions.close_user("nobody") == 0
+    assert len(sessions) == 1
+
+
+# --------------------------------------------------------------------------- username / password rules
+
+
+@pytest.mark.parametrize(
+    "name, normalized",
+    [
+        ("a", "a"),
+        ("Z", "z"),
+        ("7", "7"),
+        ("_", "_"),
+        ("a" * 31, "a" * 31),
+        ("Crypto_User_01", "crypto_user_01"),
+        ("ADMIN", "admin"),
+    ],
+)
+def test_usernames_accepted(name, normalized):
+    assert normalize_username(name) == normalized
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "a" * 32,
+        "a-b",
+        "a b",
+        " ab",
+        "a:b",
+        "a.b",
+        "a/b",
+        "é",
+        "josé",
+        "Ä",
+        "名前",
+        "\u212a",  # KELVIN SIGN, lower() is "k"
+        "\uff11",  # FULLWIDTH DIGIT ONE
+        "alice\n",  # "$" alone would accept a trailing newline
+        "\nalice",
+        "alice\x00",
+        None,
+        1,
+        b"alice",
+        ["alice"],
+    ],
+)
+def test_usernames_refused(name):
+    with pytest.raises(ArgumentsBad):
+        normalize_username(name)
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["x" * PASSWORD_MIN, "x" * PASSWORD_MAX, "correct horse", "pässwörd", "€" * PASSWORD_MAX, "-_:;!@#$%^&*()"],
+)
+def test_passwords_accepted(password):
+    assert check_password_rules(password) == password
+
+
+@pytest.mark.parametrize("password", ["", "x", "x" * (PASSWORD_MIN - 1), "x" * (PASSWORD_MAX + 1), "é" * (PASSWORD_MAX + 1)])
+def test_passwords_of_the_wrong_length_refused(password):
+    with pytest.raises(PinLenRange):
+        check_password_rules(password)
+
+
+@pytest.mark.parametrize("password", ["password\n", "pass\x00word", "\tpassword", "passw\x7ford", "pass\u2028word"])
+def test_passwords_with_control_characters_refused(password):
+    with pytest.raises(PinInvalid):
+        check_password_rules(password)
+
+
+@pytest.mark.parametrize("password", [None, 1234567, b"password", ["password"]])
+def test_non_string_passwords_refused(password):
+    with pytest.raises(ArgumentsBad):
+        check_password_rules(password)
+
+
+# --------------------------------------------------------------------------- users over a real store
+
+
+def with_users(tmp_path: Path, body: Callable[..., Awaitable[Any]], workers: int = 1) -> Any:
+    """Run ``body(dir1, dir2, ...)``: one UserDirectory per worker, each with its own store connection."""
+    path = tmp_path / "store.db"
+
+    async def main() -> Any:
+        stores = [await SqliteStore.open(path) for _ in range(workers)]
+        try:
+            return await body(*[UserDirectory(Barrier(store, CLUSTER_KEY)) for store in stores])
+        finally:
+            for store in stores:
+                await store.close()
+
+    return asyncio.run(main())
+
+
+def test_authenticate_counts_failures_and_locks_at_five(tmp_path):
+    async def body(users: UserDirectory) -> None:
+        await users.create("alice", Role.CRYPTO_USER, PASSWORD)
+        assert (await users.authenticate("Alice", PASSWORD)).name == "alice"  # case-insensitive
+        for attempt in range(1, MAX_FAILED_LOGINS + 1):
+            with pytest.raises(PinIncorrect) as info:
+                await users.authenticate("alice", WRONG)
+            user = await users.require("alice")
+            assert user.failed_logins == attempt
+            assert user.locked is (attempt == MAX_FAILED_LOGINS)
+        assert "locked" in info.value.message  # the attempt that locked says so
+        # Locked: refused even with the right password, and no further counting.
+        for password in (PASSWORD, WRONG):
+            with pytest.raises(PinLocked):
+                await users.authenticate("alice", password)
+        assert (await users.require("alice")).failed_logins == MAX_FAILED_LOGINS
+        assert (await users.require("alice")).public()["locked"] is True
+
+        # An admin resetting the password unlocks the account.
+        await users.set_password("alice", "new-password")
+        assert (await users.require("alice")).failed_logins == 0
+        assert (await users.authenticate("alice", "new-password")).name == "alice"
+        with pytest.raises(PinIncorrect):
+            await users.authenticate("alice", PASSWORD)
+
+    with_users(tmp_path, body)
+
+
+def test_a_successful_login_resets_the_counter(tmp_path):
+    async def body(users: UserDirectory) -> None:
+        await users.create("bob", Role.CRYPTO_USER, PASSWORD)
+        for _ in range(MAX_FAILED_LOGINS - 1):
+            with pytest.raises(PinIncorrect):
+                await users.authenticate("bob", WRONG)
+        assert (await users.require("bob")).failed_logins == MAX_FAILED_LOGINS - 1
+        await users.authenticate("bob", PASSWORD)
+        assert (await users.require("bob")).failed_logins == 0
+
+    with_users(tmp_path, body)
+
+
+@pytest.mark.parametrize("name", ["nobody", "a-b", "", None, 5, "alice\n", "a" * 32])
+def test_unknown_or_malformed_users_get_the_same_error(tmp_path, name):
+    async def body(users: UserDirectory) -> None:
+        await users.create("alice", Role.CRYPTO_USER, PASSWORD)
+        with pytest.raises(PinIncorrect) as info:
+            await users.authenticate(name, PASSWORD)
+        assert info.value.message == "wrong username or password"
+        with pytest.raises(PinIncorrect):
+            await users.authenticate("alice", None)
+        assert (await users.require("alice")).failed_logins == 0
+
+    with_users(tmp_path, body)
+
+
+def test_create_rules(tmp_path):
+    async def body(users: UserDirectory) -> None:
+        created = await users.create("Carol", Role.ADMIN, PASSWORD)
+        assert created.name == "carol" and created.role is Role.ADMIN and created.failed_logins == 0
+        with pytest.raises(UserExists):
+            await users.create("CAROL", Role.CRYPTO_USER, PASSWORD)
+        with pytest.raises(ArgumentsBad):
+            await users.create("carol\n", Role.CRYPTO_USER, PASSWORD)
+        with pytest.raises(PinLenRange):
+            await users.create("dave", Role.CRYPTO_USER, "short")
+        assert [u.name for u in await users.list()] == ["carol"]
+        with pytest.raises(UserNotFound):
+            await users.set_password("nobody", PASSWORD)
+
+    with_users(tmp_path, body)
+
+
+def test_last_admin_cannot_be_deleted_and_nobody_deletes_themselves(tmp_path):
+    async def body(users: UserDirectory) -> None:
+        await users.create("root", Role.ADMIN, PASSWORD)
+        await users.create("bob", Role.CRYPTO_USER, PASSWORD)
+
+        with pytest.raises(ActionProhibited, match="last admin"):
+            await users.delete("root", acting_user="bob")
+        with pytest.raises(ActionProhibited, match="logged in as"):
+            await users.delete("root", acting_user="root")
+        with pytest.raises(ActionProhibited, match="logged in as"):
+            await users.delete("ROOT", acting_user="root")  # the name is normalized first
+        with pytest.raises(UserNotFound):
+            await users.delete("nobody", acting_user="root")
+
+        await users.create("root2", Role.ADMIN, PASSWORD)
+        with pytest.raises(ActionProhibited, match="logged in as"):
+            await users.delete("root2", acting_user="root2")
+        deleted = await users.delete("root", acting_user="root2")  # another admin remains
+        assert deleted.name == "root"
+        with pytest.raises(ActionProhibited, match="last admin"):
+            await users.delete("root2", acting_user="bob")
+        assert (await users.delete("bob", acting_user="root2")).name == "bob"  # crypto users are fine
+        assert [u.name for u in await users.list()] == ["root2"]
+
+    with_users(tmp_path, body)
+
+
+def test_concurrent_deletes_of_the_last_two_admins_keep_one(tmp_path):
+    async def body(users_a: UserDirectory, users_b: UserDirectory) -> None:
+        await users_a.create("admin1", Role.ADMIN, PASSWORD)
+        await users_a.create("admin2", Role.ADMIN, PASSWORD)
+        results = await asyncio.gather(
+            users_a.delete("admin1", acting_user="admin2"),
+            users_b.delete("admin2", acting_user="admin1"),
+            return_exceptions=True,
+        )
+        assert sum(isinstance(r, ActionProhibited) for r in results) == 1, results
+        remaining = await users_a.list()
+        assert len(remaining) == 1 and remaining[0].role is Role.ADMIN
+
+    with_users(tmp_path, body, workers=2)
+
+
+def _check_race(results: list[Any], failed_logins: int, attempts: int) -> None:
+    unexpected = [r for r in results if not isinstance(r, (PinIncorrect, PinLocked))]
+    assert not unexpected, unexpected
+    counted = sum(type(r) is PinIncorrect for r in results)
+    refused = sum(type(r) is PinLocked for r in results)
+    # No lost increments: every attempt that got to check the password was counted...
+    assert failed_logins == counted
+    # ...and no more than the limit got to check it before the lock took effect.
+    assert failed_logins == MAX_FAILED_LOGINS
+    assert counted + refused == attempts
+
+
+def test_concurrent_wrong_passwords_lock_without_lost_increments(tmp_path):
+    async def body(users: UserDirectory) -> None:
+        await users.create("target", Role.CRYPTO_USER, PASSWORD)
+        results = await asyncio.gather(*(users.authenticate("target", WRONG) for _ in range(10)), return_exceptions=True)
+        user = await users.require("target")
+        assert user.locked
+        _check_race(results, user.failed_logins, 10)
+        with pytest.raises(PinLocked):
+            await users.authenticate("target", PASSWORD)
+
+    with_users(tmp_path, body)
+
+
+def test_concurrent_wrong_passwords_from_two_workers(tmp_path):
+    # Two store connections on one file, as two worker processes of a node have.
+    async def body(users_a: UserDirectory, users_b: UserDirectory) -> None:
+        await users_a.create("target", Role.CRYPTO_USER, PASSWORD)
+        attempts = [(users_a if i % 2 else users_b).authenticate("target", WRONG) for i in range(10)]
+        results = await asyncio.gather(*attempts, return_exceptions=True)
+        user = await users_b.require("target")
+        assert user.locked
+        _check_race(results, user.failed_logins, 10)
+
+    with_users(tmp_path, body, workers=2)
