@@ -82,6 +82,8 @@ def seal_exists(node_dir: Path) -> bool:
 
 
 def seal_cluster_key(node_dir: Path, identity: SealedIdentity, cluster_key: bytearray) -> None:
+    if len(cluster_key) != CLUSTER_KEY_BYTES:
+        raise SealError(f"a cluster key is {CLUSTER_KEY_BYTES} bytes, not {len(cluster_key)}")
     if seal_exists(node_dir):
         raise SealError(f"{node_dir / SEAL_FILE} already exists; refusing to overwrite a cluster key")
     kek = _load_or_create_kek(node_dir, create=True)

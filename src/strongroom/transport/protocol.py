@@ -136,7 +136,7 @@ def decode_request(payload: bytes) -> Request:
     version, request_id, op, session, args = message
     if not isinstance(request_id, int) or isinstance(request_id, bool) or not 0 <= request_id <= MAX_REQUEST_ID:
         raise ProtocolError("request id must be an unsigned 64-bit integer")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(
             f"protocol version {version!r} is not supported (this node speaks {PROTOCOL_VERSION})",
             request_id=request_id,
@@ -145,8 +145,8 @@ def decode_request(payload: bytes) -> Request:
         raise ProtocolError("operation name must be a non-empty string", request_id=request_id)
     if session is not None and (not isinstance(session, bytes) or len(session) > MAX_SESSION_TOKEN):
         raise ProtocolError("session must be null or a token of bytes", request_id=request_id)
-    if not isinstance(args, dict):
-        raise ProtocolError("arguments must be a map", request_id=request_id)
+    if not isinstance(args, dict) or not all(isinstance(key, str) for key in args):
+        raise ProtocolError("arguments must be a map with string keys", request_id=request_id)
     return Request(request_id, op, session, args)
 
 
