@@ -151,3 +151,23 @@ def test_seal_and_key_files_are_private(cluster: LocalCluster) -> None:
     values = b"".join(row[0] for row in db.execute("SELECT value FROM kv"))
     db.close()
     assert b"plaintextprobe" not in values and b"argon2id" not in values
+
+
+def test_a_corrupted_store_file_is_reported_not_used(cluster: LocalCluster) -> None:
+    cluster.down()
+    store = cluster.dir / "store" / "strongroom.db"
+    original = store.read_bytes()
+    with open(store, "r+b") as handle:
+        handle.write(b"not a database" * 8)
+    result = cluster.up(check=False)
+    assert result.returncode == 1
+    assert "strongroom.db" in result.stderr and "corrupted" in result.stderr
+    client = cluster.client()
+    assert client.node_status()["state"] == "error"
+    with pytest.raises(ClientError) as failure:
+        client.login("admin", cluster.summary["admin_password"])
+    assert failure.value.code == CKR.DEVICE_ERROR and "strongroom.db" in failure.value.message
+    cluster.down()
+    store.write_bytes(original)
+    cluster.up()
+    assert cluster.admin().cluster_status()["state"] == "active"

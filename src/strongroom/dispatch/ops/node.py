@@ -7,18 +7,18 @@ import time
 from typing import Any
 
 from strongroom import __version__
-from strongroom.dispatch.table import ALL_STATES, operation
-from strongroom.errors import HsmError
+from strongroom.dispatch.table import ALL_STATES, error_reply, operation
 
 
 @operation("node.status", states=ALL_STATES, in_error_state=True)
 async def status(call: Any, _args: None) -> dict[str, Any]:
     services = call.services
     config = services.config
+    problem = services.error
     try:
-        state = "error" if services.error else await services.cluster_state()
-    except HsmError as exc:
-        state, services.error = "error", services.error or exc.message
+        state = "error" if problem else await services.cluster_state()
+    except Exception as exc:  # noqa: BLE001 - status must describe any failure, not fail itself
+        state, problem = "error", error_reply(exc, "node.status")[1]
     report = services.selftest
     return {
         "node_id": config.node_id,
@@ -28,7 +28,7 @@ async def status(call: Any, _args: None) -> dict[str, Any]:
         "state": state,
         "cluster_state": None if state == "error" else state,
         "cluster_id": services.cluster_id,
-        "error": services.error,
+        "error": problem,
         "self_tests": {
             "passed": list(report.passed),
             "failed": [{"name": f.name, "reason": f.reason} for f in report.failed],
