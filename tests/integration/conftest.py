@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from strongroom.client import Client
+from strongroom.local.cluster import process_group_members as group_members
 
 STRONGROOM = [sys.executable, "-m", "strongroom"]
 
@@ -97,20 +98,6 @@ class LocalCluster:
         """Every live process of the node's process group (supervisor and workers)."""
         pid = int((self.node_dir / "node.pid").read_text())
         return group_members(os.getpgid(pid))
-
-
-def group_members(pgid: int) -> set[int]:
-    members = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.add(int(entry.name))
-    return members
 
 
 @pytest.fixture

@@ -317,11 +317,12 @@ def _reap(pid: int) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    # Only zombies left in the group count as stopped.
+    return bool(process_group_members(pgid))
+
+
+def process_group_members(pgid: int) -> set[int]:
+    """Live (non-zombie) processes of a process group: a node's supervisor and workers."""
+    members = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -330,8 +331,8 @@ def _group_alive(pgid: int) -> bool:
         except (OSError, IndexError):
             continue
         if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+            members.add(int(entry.name))
+    return members
 
 
 def status(directory: Path) -> dict[str, Any]:

@@ -1,37 +1,4 @@
-"""PKI for the cluster's mTLS: the CA, node and client certificates, and their files."""
+"""PKI: the customer's CA (or its local stand-in), node and client certificates."""
 
-from strongroom.pki.certs import (
-    CAPrivateKey,
-    KeyPair,
-    PkiError,
-    cert_to_pem,
-    create_ca,
-    fingerprint_sha256,
-    issue_client_certificate,
-    issue_node_certificate,
-    key_to_pem,
-    load_certificate,
-    load_private_key,
-    sign_csr,
-    verify_issued_by,
-    write_cert,
-    write_private_key,
-)
-
-__all__ = [
-    "CAPrivateKey",
-    "KeyPair",
-    "PkiError",
-    "cert_to_pem",
-    "create_ca",
-    "fingerprint_sha256",
-    "issue_client_certificate",
-    "issue_node_certificate",
-    "key_to_pem",
-    "load_certificate",
-    "load_private_key",
-    "sign_csr",
-    "verify_issued_by",
-    "write_cert",
-    "write_private_key",
-]
+from strongroom.pki.certs import *  # noqa: F403
+from strongroom.pki.certs import __all__  # noqa: F401
