@@ -152,3 +152,37 @@ AttributeValueInvalid = _error(
     "AttributeValueInvalid", CKR.ATTRIBUTE_VALUE_INVALID, "A field's value breaks the rules."
 )
 FipsSelfTestFailed = _error("FipsSelfTestFailed", CKR.FIPS_SELF_TEST_FAILED, "A power-on self-test failed.")
+MechanismInvalid = _error("MechanismInvalid", CKR.MECHANISM_INVALID, "Unknown mechanism or not allowed here.")
+MechanismParamInvalid = _error(
+    "MechanismParamInvalid", CKR.MECHANISM_PARAM_INVALID, "Mechanism parameters are malformed or out of range."
+)
+KeyTypeInconsistent = _error("KeyTypeInconsistent", CKR.KEY_TYPE_INCONSISTENT, "Wrong key type for the mechanism.")
+KeySizeRange = _error("KeySizeRange", CKR.KEY_SIZE_RANGE, "Key size outside what the mechanism supports.")
+KeyFunctionNotPermitted = _error(
+    "KeyFunctionNotPermitted", CKR.KEY_FUNCTION_NOT_PERMITTED, "The key's attributes forbid this use."
+)
+KeyHandleInvalid = _error("KeyHandleInvalid", CKR.KEY_HANDLE_INVALID, "No such key (or not visible to you).")
+ObjectHandleInvalid = _error("ObjectHandleInvalid", CKR.OBJECT_HANDLE_INVALID, "No such object (or not visible).")
+DataInvalid = _error("DataInvalid", CKR.DATA_INVALID, "Input data is invalid for the mechanism.")
+EncryptedDataInvalid = _error("EncryptedDataInvalid", CKR.ENCRYPTED_DATA_INVALID, "Ciphertext is invalid.")
+EncryptedDataLenRange = _error(
+    "EncryptedDataLenRange", CKR.ENCRYPTED_DATA_LEN_RANGE, "Ciphertext length is invalid."
+)
+SignatureInvalid = _error("SignatureInvalid", CKR.SIGNATURE_INVALID, "The signature does not verify.")
+SignatureLenRange = _error("SignatureLenRange", CKR.SIGNATURE_LEN_RANGE, "The signature has the wrong length.")
+WrappedKeyInvalid = _error("WrappedKeyInvalid", CKR.WRAPPED_KEY_INVALID, "The wrapped key does not unwrap.")
+WrappedKeyLenRange = _error("WrappedKeyLenRange", CKR.WRAPPED_KEY_LEN_RANGE, "Wrapped key length is invalid.")
+KeyNotWrappable = _error("KeyNotWrappable", CKR.KEY_NOT_WRAPPABLE, "This key cannot be wrapped.")
+KeyUnextractable = _error("KeyUnextractable", CKR.KEY_UNEXTRACTABLE, "The key is not extractable.")
+CurveNotSupported = _error("CurveNotSupported", CKR.CURVE_NOT_SUPPORTED, "Unsupported elliptic curve.")
+DomainParamsInvalid = _error("DomainParamsInvalid", CKR.DOMAIN_PARAMS_INVALID, "Invalid domain parameters.")
+TemplateIncomplete = _error("TemplateIncomplete", CKR.TEMPLATE_INCOMPLETE, "A required attribute is missing.")
+TemplateInconsistent = _error("TemplateInconsistent", CKR.TEMPLATE_INCONSISTENT, "Attributes contradict each other.")
+AttributeTypeInvalid = _error("AttributeTypeInvalid", CKR.ATTRIBUTE_TYPE_INVALID, "Unknown attribute.")
+AttributeReadOnly = _error("AttributeReadOnly", CKR.ATTRIBUTE_READ_ONLY, "The attribute cannot be set or changed.")
+AttributeSensitive = _error("AttributeSensitive", CKR.ATTRIBUTE_SENSITIVE, "The attribute value is never revealed.")
+OperationActive = _error("OperationActive", CKR.OPERATION_ACTIVE, "Another operation is active in the session.")
+OperationNotInitialized = _error(
+    "OperationNotInitialized", CKR.OPERATION_NOT_INITIALIZED, "No such operation was initialized."
+)
+PublicKeyInvalid = _error("PublicKeyInvalid", CKR.PUBLIC_KEY_INVALID, "The public key (or point) is invalid.")

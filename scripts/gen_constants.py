@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Generate src/strongroom/constants.py from the maintained PKCS#11 header of p11-kit.
+
+Run after upgrading the header (Debian package libp11-kit-dev):
+    python3 scripts/gen_constants.py [/usr/include/p11-kit-1/p11-kit/pkcs11.h]
+tests/unit/test_constants.py checks that the committed file matches the header.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+HEADER = Path("/usr/include/p11-kit-1/p11-kit/pkcs11.h")
+OUTPUT = Path(__file__).resolve().parent.parent / "src" / "strongroom" / "constants.py"
+PREFIXES = ["CKA", "CKM", "CKK", "CKO", "CKF", "CKG", "CKD", "CKZ", "CKC", "CKU", "CKS", "CKP"]
+DEFINE = re.compile(r"^#define\s+(CK[A-Z]_[A-Za-z0-9_]+)\s+(.+?)\s*$", re.M)
+
+
+def parse(header: str) -> dict[str, dict[str, int]]:
+    values: dict[str, int] = {}
+    for name, expr in DEFINE.findall(header):
+        expr = re.sub(r"/\*.*?\*/", "", expr).strip()
+        py = re.sub(r"\(\s*unsigned long\s*\)", "", expr)
+        py = re.sub(r"\b(0x[0-9a-fA-F]+|\d+)[uU]?[lL]{0,2}\b", r"\1", py)
+        py = re.sub(r"\b(CK[A-Z]_[A-Za-z0-9_]+)\b", lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), py)
+        if re.fullmatch(r"[0-9xa-fA-F()|<>\s+~]+", py):
+            try:
+                values[name] = eval(py, {"__builtins__": {}})  # noqa: S307 - digits and operators only
+            except SyntaxError:
+                pass
+    groups: dict[str, dict[str, int]] = {p: {} for p in PREFIXES}
+    for name, value in values.items():
+        prefix, _, rest = name.partition("_")
+        if prefix in groups and value >= 0 and rest and not rest[0].isdigit() or (prefix in groups and rest[:1].isdigit()):
+            groups[prefix][rest] = value
+    return groups
+
+
+def render(groups: dict[str, dict[str, int]]) -> str:
+    lines = [
+        '"""PKCS#11 constants (v2.40 + the 3.0 additions p11-kit knows), generated from p11-kit\'s header.',
+        "",
+        "Do not edit: run scripts/gen_constants.py. Names drop the prefix (``CKA.LABEL`` is ``CKA_LABEL``);",
+        "names that start with a digit keep a leading underscore. Aliases share a value; IntEnum keeps",
+        "the first name as canonical.",
+        '"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "import enum",
+    ]
+    for prefix in PREFIXES:
+        members = groups[prefix]
+        if not members:
+            continue
+        lines += ["", "", f"class {prefix}(enum.IntEnum):"]
+        for name, value in members.items():
+            ident = name if not name[0].isdigit() else "_" + name
+            lines.append(f"    {ident} = {value:#x}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    header = Path(sys.argv[1]) if len(sys.argv) > 1 else HEADER
+    OUTPUT.write_text(render(parse(header.read_text())))
+    print(f"wrote {OUTPUT}")
+
+
+if __name__ == "__main__":
+    main()
