@@ -68,15 +68,26 @@ def test_wrong_argument_types_are_refused_with_arguments_bad(shared_cluster: Loc
     assert "typed" not in [u["username"] for u in admin.user_list()]
 
 
-def test_an_oversized_frame_is_refused_and_the_connection_closed(shared_cluster: LocalCluster) -> None:
+def test_an_oversized_request_gets_data_len_range_and_the_connection_survives(shared_cluster: LocalCluster) -> None:
+    user = shared_cluster.crypto_user("bigsender")
+    conn = user.connection
+    big = encode_request(8001, "random.generate", user.session, {"length": 8, "pad": b"x" * (20 << 20)})
+    future = conn.expect_reply(8001)
+    time.sleep(0.05)
+    conn.send_raw(big)  # 20 MiB: skipped as it streams, never buffered by the node
+    reply = conn.wait(future, 30)
+    assert reply.code == CKR.DATA_LEN_RANGE and "limit" in reply.body
+    assert len(user.generate_random(8)) == 8  # same connection, still in sync
+
+
+def test_a_frame_beyond_any_reason_closes_the_connection(shared_cluster: LocalCluster) -> None:
     conn = _connect(shared_cluster)
-    conn.send_raw(struct.pack(">I", 64 << 20))  # announces 64 MiB; the node must not wait for it
+    conn.send_raw(struct.pack(">I", 1 << 30))  # announces 1 GiB: not our protocol; the node hangs up
     deadline = time.monotonic() + 5
     while conn.closed is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert conn.closed is not None
     assert [r.code for r in conn.unattributed] == [CKR.DATA_LEN_RANGE]
-    # The node itself is fine.
     assert shared_cluster.client().node_status()["state"] == "active"
 
 

@@ -140,7 +140,6 @@ def test_mistyped_fields_are_refused(name, value):
     [
         ("label", "s" * (MAX_STRING + 1)),
         ("note", "s" * (MAX_STRING + 1)),
-        ("blob", b"b" * (MAX_BYTES + 1)),
         ("items", [0] * (MAX_ITEMS + 1)),
         ("attrs", {str(i): i for i in range(MAX_ITEMS + 1)}),
     ],
@@ -148,6 +147,14 @@ def test_mistyped_fields_are_refused(name, value):
 def test_oversize_fields_are_refused(name, value):
     message = refused(SampleArgs, {**GOOD, name: value}).message
     assert len(message) < 200  # the oversized value is not echoed back
+
+
+def test_oversize_bytes_are_a_data_length_error():
+    from strongroom.errors import DataLenRange
+
+    with pytest.raises(DataLenRange) as info:
+        parse_args(SampleArgs, {**GOOD, "blob": b"b" * (MAX_BYTES + 1)})
+    assert info.value.code == CKR.DATA_LEN_RANGE and len(info.value.message) < 200
 
 
 @pytest.mark.parametrize("raw", [{"a": 1}, {b"a": 1}, {"a": 1, b"b": 2}, {"z": 1, b"y": 2, "x": None}])

@@ -77,11 +77,14 @@ class SessionTable:
     def close(self, token: bytes) -> None:
         self._sessions.pop(token, None)
 
-    def close_user(self, username: str) -> int:
+    def close_user(self, username: str) -> list[bytes]:
         doomed = [t for t, s in self._sessions.items() if s.username == username]
         for token in doomed:
             del self._sessions[token]
-        return len(doomed)
+        return doomed
+
+    def tokens(self) -> set[bytes]:
+        return set(self._sessions)
 
     def usernames(self) -> set[str]:
         return {s.username for s in self._sessions.values()}

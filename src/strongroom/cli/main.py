@@ -308,6 +308,10 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_command", required=True)
     p = add(audit, "verify", cmd_audit_verify, "check audit log hash chains offline (no key needed)")
     p.add_argument("--file", help="one audit log file (default: every node's log under --dir)")
+
+    from strongroom.cli import keys
+
+    keys.register(sub, add)
     return parser
 
 

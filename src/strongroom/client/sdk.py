@@ -15,6 +15,13 @@ from strongroom.client.profile import ClientProfile, NodeAddress, ProfileError, 
 from strongroom.errors import CKR
 from strongroom.transport.tls import client_context
 
+Template = dict[int, Any]
+
+
+def pairs(template: Template) -> list[list[Any]]:
+    """Templates travel as [type, value] pairs; nested templates likewise."""
+    return [[int(k), pairs(v) if isinstance(v, dict) else v] for k, v in template.items()]
+
 
 class Client:
     def __init__(self, profile: ClientProfile, node: NodeAddress | None = None, *, timeout: float = 60.0) -> None:
@@ -117,7 +124,114 @@ class Client:
     def user_change_password(self, username: str, password: str) -> dict[str, Any]:
         return self.call("user.change_password", username=username, password=password)
 
+    # --- PKCS#11 sessions, objects, keys (the node's PKCS#11 object model) ---------------------
+
+    def open_session(self) -> int:
+        return self.call("p11session.open")["session"]
+
+    def close_session(self, session: int) -> None:
+        self.call("p11session.close", session=session)
+
+    def create_object(self, template: Template, session: int | None = None) -> int:
+        return self.call("object.create", template=pairs(template), session=session)["handle"]
+
+    def find_objects(self, template: Template | None = None) -> list[int]:
+        return self.call("object.find", template=pairs(template or {}))["handles"]
+
+    def list_objects(self, template: Template | None = None) -> list[dict[str, Any]]:
+        return self.call("object.list", template=pairs(template or {}))["objects"]
+
+    def get_attributes(self, handle: int, types: list[int]) -> dict[int, Any]:
+        """Readable attributes as a map; raises ClientError with the call's CKR code if any was refused."""
+        result = self.call("object.get_attributes", handle=handle, types=[int(t) for t in types])
+        if result["error"] is not None:
+            raise ClientError(result["error"], f"attributes of object {handle}: {result['attributes']}")
+        return {k: v for k, v in result["attributes"]}
+
+    def get_attribute(self, handle: int, cka: int) -> Any:
+        return self.get_attributes(handle, [cka])[cka]
+
+    def set_attributes(self, handle: int, template: Template) -> None:
+        self.call("object.set_attributes", handle=handle, template=pairs(template))
+
+    def destroy_object(self, handle: int) -> None:
+        self.call("object.destroy", handle=handle)
+
+    def copy_object(self, handle: int, template: Template, session: int | None = None) -> int:
+        return self.call("object.copy", handle=handle, template=pairs(template), session=session)["handle"]
+
+    def share(self, handle: int, username: str) -> list[str]:
+        return self.call("object.share", handle=handle, username=username)["shared_with"]
+
+    def unshare(self, handle: int, username: str) -> list[str]:
+        return self.call("object.unshare", handle=handle, username=username)["shared_with"]
+
+    def generate_key(self, mechanism: int, template: Template, params: Any = None,
+                     session: int | None = None) -> int:
+        return self.call("key.generate", mechanism=int(mechanism), template=pairs(template), params=params,
+                         session=session)["handle"]
+
+    def generate_key_pair(self, mechanism: int, public_template: Template, private_template: Template,
+                          params: Any = None, session: int | None = None) -> tuple[int, int]:
+        result = self.call("key.generate_pair", mechanism=int(mechanism), public_template=pairs(public_template),
+                           private_template=pairs(private_template), params=params, session=session)
+        return result["public"], result["private"]
+
+    def wrap_key(self, mechanism: int, wrapping_key: int, key: int, params: Any = None) -> bytes:
+        return self.call("key.wrap", mechanism=int(mechanism), wrapping_key=wrapping_key, key=key,
+                         params=params)["wrapped"]
+
+    def unwrap_key(self, mechanism: int, unwrapping_key: int, wrapped: bytes, template: Template,
+                   params: Any = None, session: int | None = None) -> int:
+        return self.call("key.unwrap", mechanism=int(mechanism), unwrapping_key=unwrapping_key, wrapped=wrapped,
+                         template=pairs(template), params=params, session=session)["handle"]
+
+    def derive_key(self, mechanism: int, base_key: int, template: Template, params: Any = None,
+                   session: int | None = None) -> int:
+        return self.call("key.derive", mechanism=int(mechanism), base_key=base_key, template=pairs(template),
+                         params=params, session=session)["handle"]
+
+    def mechanisms(self) -> list[dict[str, Any]]:
+        return self.call("mechanism.list")["mechanisms"]
+
     # --- crypto (crypto users) ---------------------------------------------------------------
 
     def generate_random(self, length: int) -> bytes:
         return self.call("random.generate", length=length)["random"]
+
+    def encrypt(self, key: int, mechanism: int, data: bytes, params: Any = None) -> dict[str, Any]:
+        """Returns {"data": ciphertext} plus {"iv": ...} when the node generated a GCM IV."""
+        return self.call("crypto.encrypt", key=key, mechanism=int(mechanism), data=data, params=params)
+
+    def decrypt(self, key: int, mechanism: int, data: bytes, params: Any = None) -> bytes:
+        return self.call("crypto.decrypt", key=key, mechanism=int(mechanism), data=data, params=params)["data"]
+
+    def sign(self, key: int, mechanism: int, data: bytes, params: Any = None) -> bytes:
+        return self.call("crypto.sign", key=key, mechanism=int(mechanism), data=data, params=params)["signature"]
+
+    def verify(self, key: int, mechanism: int, data: bytes, signature: bytes, params: Any = None) -> None:
+        """Raises ClientError (CKR_SIGNATURE_INVALID …) when the signature does not verify."""
+        self.call("crypto.verify", key=key, mechanism=int(mechanism), data=data, signature=signature,
+                  params=params)
+
+    def digest(self, mechanism: int, data: bytes) -> bytes:
+        return self.call("crypto.digest", mechanism=int(mechanism), data=data)["digest"]
+
+    def multipart(self, kind: str, session: int, mechanism: int, parts: list[bytes], key: int | None = None,
+                  params: Any = None, signature: bytes | None = None) -> dict[str, Any]:
+        """Run ``kind`` (encrypt/decrypt/sign/verify/digest) in parts; returns outputs joined."""
+        started = self.call(f"crypto.{kind}_init", session=session, mechanism=int(mechanism), key=key,
+                            params=params)
+        output = b""
+        for part in parts:
+            output += self.call(f"crypto.{kind}_update", session=session, data=part).get("data", b"")
+        if kind == "verify":
+            self.call("crypto.verify_final", session=session, signature=signature)
+            return {"valid": True}
+        final = self.call(f"crypto.{kind}_final", session=session)
+        result: dict[str, Any] = dict(started)
+        if kind in ("encrypt", "decrypt"):
+            result["data"] = output + final["data"]
+        else:
+            result.update(final)
+        return result

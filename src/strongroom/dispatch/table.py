@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from strongroom.errors import CKR, ActionProhibited, ArgumentsBad, FunctionNotSupported, HsmError
+from strongroom.errors import CKR, ActionProhibited, ArgumentsBad, DataLenRange, FunctionNotSupported, HsmError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def check_role(spec: OperationSpec, role: str) -> None:
 # --- argument checking -------------------------------------------------------------
 
 MAX_STRING = 4096
-MAX_BYTES = 1 << 20
+MAX_BYTES = 3 << 19  # 1.5 MiB: above what a mechanism takes per call, below the frame limit
 MAX_ITEMS = 1024
 
 
@@ -128,6 +128,8 @@ def parse_args(cls: type | None, raw: dict[str, Any]) -> Any:
             if no_default:
                 raise ArgumentsBad(f"missing argument {name!r}")
             continue
+        if isinstance(raw[name], bytes) and len(raw[name]) > MAX_BYTES:
+            raise DataLenRange(f"argument {name!r} is {len(raw[name])} bytes; the limit is {MAX_BYTES} per call")
         if not _matches(raw[name], hints[name]):
             raise ArgumentsBad(f"argument {name!r} has the wrong type or size (expected {hints[name]})")
         values[name] = raw[name]

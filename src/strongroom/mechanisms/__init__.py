@@ -1,1 +1,6 @@
-"""Mechanism layer: one module per family, each registering its mechanisms (see base.py)."""
+"""Mechanism layer: one module per family, each registering its mechanisms (see base.py).
+
+Importing this package registers every mechanism.
+"""
+
+from strongroom.mechanisms import aes, digest, ec, eddsa, generic, hmac, rsa  # noqa: F401

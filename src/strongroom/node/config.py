@@ -24,6 +24,8 @@ class Limits:
     session_idle_seconds: float = 900.0
     max_sessions_per_user: int = 1024
     max_sessions: int = 8192
+    max_p11_sessions_per_login: int = 1024
+    max_objects: int = 16000  # token objects in the cluster (CloudHSM hsm2m: 16,666 keys)
 
 
 @dataclass

@@ -79,6 +79,7 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: selftest.Self
     )
     await listener.start(sock, server_context(config.tls_cert, config.tls_key, config.ca_cert))
     watcher = asyncio.create_task(services.watch_users())
+    reaper = asyncio.create_task(services.reap_sessions())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -86,6 +87,7 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: selftest.Self
     log.info("worker %d serving on %s", os.getpid(), config.address)
     await stop.wait()
     watcher.cancel()
+    reaper.cancel()
     await listener.close()
     await store.close()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,9 @@ from strongroom.dispatch import table
 from strongroom.dispatch.table import ACTIVE, INITIALIZED, UNINITIALIZED
 from strongroom.errors import CKR, CryptokiNotInitialized, DeviceError, HsmError
 from strongroom.node.config import NodeConfig
+from strongroom.objects.keys import KeyLoader
+from strongroom.objects.p11sessions import P11SessionTable
+from strongroom.objects.repository import ObjectRepository
 from strongroom.node.selftest import SelfTestReport
 from strongroom.store.base import CompactedError, Store
 from strongroom.transport.protocol import Request
@@ -74,6 +78,12 @@ class NodeServices:
         )
         self._audit = AuditLog(config.audit_path, node_id=config.node_id, boot=boot)
         self.counters: dict[str, int] = {"requests": 0, "errors": 0}
+        self.objects: ObjectRepository | None = None
+        self.keys = KeyLoader()
+        self.p11 = P11SessionTable(max_per_login=config.limits.max_p11_sessions_per_login)
+        #: Crypto operations per key handle (metrics; crypto operations are counted, not audited).
+        self.key_use: Counter[int] = Counter()
+        self._background: list[asyncio.Task[None]] = []
 
     # --- cluster key and state ---------------------------------------------------
 
@@ -81,13 +91,19 @@ class NodeServices:
         self.barrier = Barrier(self.store, key)
         key[:] = bytes(len(key))  # the AEAD object keeps its own copy; wipe ours
         self.users = UserDirectory(self.barrier)
+        self.objects = ObjectRepository(self.barrier, max_objects=self.config.limits.max_objects)
         self.cluster_id = cluster_id
+        self._background.append(asyncio.get_running_loop().create_task(self.objects.follow()))
 
     def forget_cluster_key(self) -> None:
         """Drop the cluster key from memory and destroy this node's sealed copy (zeroize)."""
         destroy_seal(self.config.node_dir)
+        for task in self._background:
+            task.cancel()
+        self._background.clear()
         self.barrier = None
         self.users = None
+        self.objects = None
         self.cluster_id = None
         self._state = None
 
@@ -128,6 +144,34 @@ class NodeServices:
             raise CryptokiNotInitialized("the cluster is not initialized")
         return self.barrier
 
+    def require_objects(self) -> ObjectRepository:
+        if self.objects is None:
+            raise CryptokiNotInitialized("the cluster is not initialized")
+        return self.objects
+
+    def close_user_sessions(self, username: str) -> None:
+        for token in self.sessions.close_user(username):
+            self.end_login(token)
+
+    def end_login(self, token: bytes) -> None:
+        """A login ended: its PKCS#11 sessions and their session objects go with it."""
+        for handle in self.p11.of_login(token):
+            self.close_p11_session(handle)
+
+    def close_p11_session(self, handle: int) -> None:
+        self.p11.close(handle)
+        if self.objects is not None:
+            self.objects.drop_session_objects(handle)
+
+    async def reap_sessions(self) -> None:
+        """Background task: idle logins expire; their PKCS#11 sessions and session objects go too."""
+        while True:
+            await asyncio.sleep(min(30.0, self.config.limits.session_idle_seconds / 2))
+            self.sessions.expire_idle()
+            for handle in self.p11.reap(self.sessions.tokens()):
+                if self.objects is not None:
+                    self.objects.drop_session_objects(handle)
+
     def require_users(self) -> UserDirectory:
         if self.users is None:
             raise CryptokiNotInitialized("the cluster is not initialized")
@@ -142,14 +186,14 @@ class NodeServices:
                 async for event in self.store.watch(prefix, revision):
                     revision = event.revision + 1
                     if event.deleted:
-                        self.sessions.close_user(event.record.key[len(prefix):])
+                        self.close_user_sessions(event.record.key[len(prefix):])
             except CompactedError:
                 # Missed events: the sessions to drop are those whose user no longer exists.
                 revision = await self.store.revision() + 1
                 listing = await self.store.list_prefix(prefix)
                 existing = {record.key[len(prefix):] for record in listing.records}
                 for name in self.sessions.usernames() - existing:
-                    self.sessions.close_user(name)
+                    self.close_user_sessions(name)
 
     # --- audit -------------------------------------------------------------------
 

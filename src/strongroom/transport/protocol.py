@@ -33,7 +33,7 @@ from strongroom.errors import CKR
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">I")
 #: Default largest frame a peer accepts (header excluded). Configurable per node.
-DEFAULT_MAX_FRAME = 1 << 20
+DEFAULT_MAX_FRAME = 2 << 20
 MAX_REQUEST_ID = (1 << 64) - 1
 MAX_OP_LENGTH = 64
 MAX_SESSION_TOKEN = 64
@@ -76,27 +76,86 @@ class Reply:
         return self.code == CKR.OK
 
 
+@dataclass(frozen=True, slots=True)
+class OversizedFrame:
+    """A frame above the limit that was skipped without being buffered; ``head`` is its start."""
+
+    size: int
+    head: bytes
+
+    def request_id(self) -> int:
+        """The request id, read from the first bytes of the message, or 0 if they don't show one."""
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(self.head)
+        try:
+            if unpacker.read_array_header() != 5:
+                return 0
+            unpacker.unpack()  # version
+            request_id = unpacker.unpack()
+        except Exception:  # noqa: BLE001 - any garbage means "unknown id"
+            return 0
+        return request_id if isinstance(request_id, int) and 0 <= request_id <= MAX_REQUEST_ID else 0
+
+
 class FrameDecoder:
-    """Splits a byte stream into frame payloads; feed it whatever the socket returned."""
+    """Splits a byte stream into frame payloads; feed it whatever the socket returned.
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    A frame above ``max_frame`` but at most ``skip_limit`` is skipped as it streams by
+    (never buffered) and reported as an :class:`OversizedFrame`, so the peer gets an
+    error naming its request and the connection survives; above ``skip_limit`` the
+    stream is given up with :class:`FrameTooLarge`.
+    """
+
+    HEAD_BYTES = 32
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, skip_limit: int = 0) -> None:
         self._max_frame = max_frame
+        self._skip_limit = skip_limit
         self._buffer = bytearray()
+        self._skipping = 0  # bytes of an oversized frame still to discard
+        self._skip_size = 0
+        self._skip_head = bytearray()
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def _skip(self, data: bytes | bytearray) -> tuple[OversizedFrame | None, int]:
+        """Consume the oversized frame in progress; returns (finished frame, bytes consumed)."""
+        take = min(self._skipping, len(data))
+        room = self.HEAD_BYTES - len(self._skip_head)
+        if room > 0:
+            self._skip_head += data[: min(room, take)]
+        self._skipping -= take
+        if self._skipping:
+            return None, take
+        return OversizedFrame(self._skip_size, bytes(self._skip_head)), take
+
+    def feed(self, data: bytes) -> list[bytes | OversizedFrame]:
         """Return every complete payload now available; raise :class:`FrameTooLarge` early.
 
         The size check happens as soon as a header is complete, so an oversized
         frame is refused before its body is buffered.
         """
+        frames: list[bytes | OversizedFrame] = []
+        if self._skipping:
+            done, used = self._skip(data)
+            data = data[used:]
+            if done is None:
+                return frames
+            frames.append(done)
         self._buffer += data
-        frames: list[bytes] = []
         view = self._buffer
         offset = 0
         while len(view) - offset >= HEADER.size:
             (size,) = HEADER.unpack_from(view, offset)
             if size > self._max_frame:
-                raise FrameTooLarge(size, self._max_frame)
+                if size > self._skip_limit:
+                    raise FrameTooLarge(size, self._max_frame)
+                self._skipping, self._skip_size, self._skip_head = size, size, bytearray()
+                offset += HEADER.size
+                done, used = self._skip(view[offset:])
+                offset += used
+                if done is None:
+                    break
+                frames.append(done)
+                continue
             end = offset + HEADER.size + size
             if len(view) < end:
                 break

@@ -22,6 +22,7 @@ from strongroom.errors import CKR
 from strongroom.transport.protocol import (
     FrameDecoder,
     FrameTooLarge,
+    OversizedFrame,
     ProtocolError,
     Request,
     decode_request,
@@ -35,6 +36,9 @@ RequestHandler = Callable[[Request, int, str], Awaitable[tuple[int, Any]]]
 READ_CHUNK = 256 * 1024
 #: Replies queued in the socket buffer beyond this make the writer wait for the peer.
 WRITE_HIGH_WATER = 1 << 20
+#: Frames above the limit but below this are skipped (an error names the request); above it the
+#: connection is closed, as the peer is not speaking the protocol.
+SKIP_LIMIT = 256 << 20
 
 
 class NodeListener:
@@ -92,7 +96,7 @@ class _Connection:
         self._drain_lock = asyncio.Lock()
 
     async def run(self, reader: asyncio.StreamReader) -> None:
-        decoder = FrameDecoder(self._listener._max_frame)
+        decoder = FrameDecoder(self._listener._max_frame, skip_limit=SKIP_LIMIT)
         while True:
             try:
                 data = await reader.read(READ_CHUNK)
@@ -108,6 +112,11 @@ class _Connection:
                 await self._send(0, exc.code, str(exc))
                 return
             for payload in payloads:
+                if isinstance(payload, OversizedFrame):
+                    await self._send(payload.request_id(), CKR.DATA_LEN_RANGE,
+                                     f"request of {payload.size} bytes exceeds the node's limit of "
+                                     f"{self._listener._max_frame} bytes; send large data in parts")
+                    continue
                 await self._in_flight.acquire()
                 try:
                     request = decode_request(payload)

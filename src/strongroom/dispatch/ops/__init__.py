@@ -3,4 +3,15 @@
 Importing this package registers every operation in :data:`strongroom.dispatch.table.OPERATIONS`.
 """
 
-from strongroom.dispatch.ops import cluster, node, random, session, user  # noqa: F401
+from strongroom.dispatch.ops import (  # noqa: F401
+    cluster,
+    crypto,
+    key,
+    mechanism,
+    node,
+    object,
+    p11session,
+    random,
+    session,
+    user,
+)

@@ -43,6 +43,7 @@ async def login(call: Any, args: LoginArgs) -> dict[str, Any]:
 @operation("session.logout", roles=ANY_ROLE)
 async def logout(call: Any, _args: None) -> dict[str, Any]:
     call.services.sessions.close(call.session.token)
+    call.services.end_login(call.session.token)
     await call.services.audit("auth.logout", actor=call.actor)
     return {}
 

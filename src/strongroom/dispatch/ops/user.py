@@ -46,13 +46,18 @@ async def delete(call: Any, args: DeleteArgs) -> dict[str, Any]:
     name = normalize_username(args.username)
     details = {"username": name}
     try:
+        objects = services.objects
+        if objects is not None:
+            await objects.sync()
+            if objects.owned_count(name):
+                raise ActionProhibited(f"user {name!r} owns {objects.owned_count(name)} key(s); delete them first")
         user = await services.require_users().delete(
             name, acting_user=call.actor, witness=_witness(call, "user.delete", details)
         )
     except HsmError as exc:
         await _audit_failure(call, "user.delete", exc, details)
         raise
-    services.sessions.close_user(name)
+    services.close_user_sessions(name)
     return user.public()
 
 

@@ -1,0 +1,231 @@
+"""``crypto.*``: encryption, decryption, signing, verification and digests (crypto users only).
+
+Single-part calls (``crypto.sign`` …) carry everything and keep no state: the fast
+path. Multi-part calls (``crypto.sign_init`` / ``_update`` / ``_final``) keep their
+state in a PKCS#11 session of the worker that serves the connection. As the spec
+says, a failed call ends the operation, and an operation of a kind that is already
+active in the session is ``CKR_OPERATION_ACTIVE``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from strongroom.auth.users import Role
+from strongroom.dispatch.ops.key import usable_key
+from strongroom.dispatch.table import operation
+from strongroom.mechanisms.base import Mechanism, lookup
+from strongroom.objects.p11sessions import ActiveOperation, P11Session
+
+CRYPTO_USER = (Role.CRYPTO_USER.value,)
+
+
+@dataclass
+class OneShotArgs:
+    key: int
+    mechanism: int
+    data: bytes
+    params: Any = None
+
+
+@dataclass
+class VerifyArgs:
+    key: int
+    mechanism: int
+    data: bytes
+    signature: bytes
+    params: Any = None
+
+
+@dataclass
+class DigestArgs:
+    mechanism: int
+    data: bytes
+    params: Any = None
+
+
+async def _start(call: Any, kind: str, key_handle: int, mechanism_id: int, raw_params: Any) -> Any:
+    mechanism: Mechanism = lookup(mechanism_id)
+    params = mechanism.parse_params(raw_params)
+    obj, key = await usable_key(call, key_handle, kind, mechanism_id)
+    call.services.key_use[obj.handle] += 1
+    return getattr(mechanism, kind)(key, params)
+
+
+def _cipher_result(operation: Any, data: bytes) -> dict[str, Any]:
+    result: dict[str, Any] = {"data": data}
+    if getattr(operation, "iv", None) is not None:
+        result["iv"] = operation.iv
+    return result
+
+
+@operation("crypto.encrypt", args=OneShotArgs, roles=CRYPTO_USER)
+async def encrypt(call: Any, args: OneShotArgs) -> dict[str, Any]:
+    cipher = await _start(call, "encrypt", args.key, args.mechanism, args.params)
+    return _cipher_result(cipher, cipher.one_shot(args.data))
+
+
+@operation("crypto.decrypt", args=OneShotArgs, roles=CRYPTO_USER)
+async def decrypt(call: Any, args: OneShotArgs) -> dict[str, Any]:
+    cipher = await _start(call, "decrypt", args.key, args.mechanism, args.params)
+    return {"data": cipher.one_shot(args.data)}
+
+
+@operation("crypto.sign", args=OneShotArgs, roles=CRYPTO_USER)
+async def sign(call: Any, args: OneShotArgs) -> dict[str, Any]:
+    signer = await _start(call, "sign", args.key, args.mechanism, args.params)
+    return {"signature": signer.one_shot(args.data)}
+
+
+@operation("crypto.verify", args=VerifyArgs, roles=CRYPTO_USER)
+async def verify(call: Any, args: VerifyArgs) -> dict[str, Any]:
+    verifier = await _start(call, "verify", args.key, args.mechanism, args.params)
+    verifier.one_shot(args.data, args.signature)
+    return {"valid": True}
+
+
+@operation("crypto.digest", args=DigestArgs, roles=CRYPTO_USER)
+async def digest(call: Any, args: DigestArgs) -> dict[str, Any]:
+    mechanism = lookup(args.mechanism)
+    return {"digest": mechanism.digest(mechanism.parse_params(args.params)).one_shot(args.data)}
+
+
+# --- multi-part ---------------------------------------------------------------------------------
+
+
+@dataclass
+class InitArgs:
+    session: int
+    mechanism: int
+    key: int | None = None
+    params: Any = None
+
+
+@dataclass
+class UpdateArgs:
+    session: int
+    data: bytes
+
+
+@dataclass
+class FinalArgs:
+    session: int
+
+
+@dataclass
+class SingleArgs:
+    session: int
+    data: bytes
+    signature: bytes | None = None
+
+
+@dataclass
+class VerifyFinalArgs:
+    session: int
+    signature: bytes
+
+
+def _p11(call: Any, handle: int) -> P11Session:
+    return call.services.p11.get(handle, call.session.token)
+
+
+def _register_multipart(kind: str) -> None:
+    """Register ``crypto.<kind>_init/_update/_final`` for one kind of operation."""
+
+    async def init(call: Any, args: InitArgs) -> dict[str, Any]:
+        session = _p11(call, args.session)
+        if kind in session.operations:
+            from strongroom.errors import OperationActive
+
+            raise OperationActive(f"a {kind} operation is already active in this session")
+        if kind == "digest":
+            mechanism = lookup(args.mechanism)
+            state = mechanism.digest(mechanism.parse_params(args.params))
+        else:
+            if args.key is None:
+                from strongroom.errors import ArgumentsBad
+
+                raise ArgumentsBad(f"{kind}_init needs a key")
+            state = await _start(call, kind, args.key, args.mechanism, args.params)
+        session.start(ActiveOperation(kind, state, args.mechanism, args.key))
+        iv = getattr(state, "iv", None)
+        return {} if iv is None else {"iv": iv}
+
+    async def update(call: Any, args: UpdateArgs) -> dict[str, Any]:
+        session = _p11(call, args.session)
+        active = session.current(kind)
+        active.parts += 1
+        try:
+            output = active.operation.update(args.data)
+        except BaseException:
+            session.end(kind)  # a failed call ends the operation
+            raise
+        return {"data": output} if kind in ("encrypt", "decrypt") else {}
+
+    async def final(call: Any, args: FinalArgs) -> dict[str, Any]:
+        session = _p11(call, args.session)
+        active = session.current(kind)
+        try:
+            output = active.operation.final()
+        finally:
+            session.end(kind)
+        name = {"encrypt": "data", "decrypt": "data", "sign": "signature", "digest": "digest"}[kind]
+        return {name: output}
+
+    async def verify_final(call: Any, args: VerifyFinalArgs) -> dict[str, Any]:
+        session = _p11(call, args.session)
+        active = session.current(kind)
+        try:
+            active.operation.final(args.signature)
+        finally:
+            session.end(kind)
+        return {"valid": True}
+
+    async def single(call: Any, args: SingleArgs) -> dict[str, Any]:
+        """C_Encrypt/C_Sign/… after C_*Init: the whole input at once, then the operation ends."""
+        session = _p11(call, args.session)
+        active = session.current(kind)
+        if active.parts:
+            from strongroom.errors import OperationActive
+
+            raise OperationActive(f"a multi-part {kind} is in progress; finish it with {kind}_final")
+        try:
+            if kind == "verify":
+                if args.signature is None:
+                    from strongroom.errors import ArgumentsBad
+
+                    raise ArgumentsBad("verify needs the signature")
+                active.operation.one_shot(args.data, args.signature)
+                return {"valid": True}
+            output = active.operation.one_shot(args.data)
+        finally:
+            session.end(kind)
+        if kind in ("encrypt", "decrypt"):
+            return _cipher_result(active.operation, output)
+        return {"signature" if kind == "sign" else "digest": output}
+
+    operation(f"crypto.{kind}_init", args=InitArgs, roles=CRYPTO_USER)(init)
+    operation(f"crypto.{kind}_single", args=SingleArgs, roles=CRYPTO_USER)(single)
+    operation(f"crypto.{kind}_update", args=UpdateArgs, roles=CRYPTO_USER)(update)
+    if kind == "verify":
+        operation("crypto.verify_final", args=VerifyFinalArgs, roles=CRYPTO_USER)(verify_final)
+    else:
+        operation(f"crypto.{kind}_final", args=FinalArgs, roles=CRYPTO_USER)(final)
+
+
+for _kind in ("encrypt", "decrypt", "sign", "verify", "digest"):
+    _register_multipart(_kind)
+
+
+@dataclass
+class CancelArgs:
+    session: int
+    kind: str
+
+
+@operation("crypto.cancel", args=CancelArgs, roles=CRYPTO_USER)
+async def cancel(call: Any, args: CancelArgs) -> dict[str, Any]:
+    """End an active operation without finishing it (C_*Final with a NULL buffer is not this)."""
+    _p11(call, args.session).end(args.kind)
+    return {}

@@ -1,0 +1,41 @@
+"""``mechanism.*``: what this node can do (C_GetMechanismList / C_GetMechanismInfo)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from strongroom.auth.users import Role
+from strongroom.constants import CKF
+from strongroom.dispatch.table import operation
+from strongroom.mechanisms.base import Capability, all_mechanisms
+
+_FLAGS = {
+    Capability.ENCRYPT: CKF.ENCRYPT,
+    Capability.DECRYPT: CKF.DECRYPT,
+    Capability.SIGN: CKF.SIGN,
+    Capability.VERIFY: CKF.VERIFY,
+    Capability.DIGEST: CKF.DIGEST,
+    Capability.GENERATE: CKF.GENERATE,
+    Capability.GENERATE_KEY_PAIR: CKF.GENERATE_KEY_PAIR,
+    Capability.WRAP: CKF.WRAP,
+    Capability.UNWRAP: CKF.UNWRAP,
+    Capability.DERIVE: CKF.DERIVE,
+}
+
+
+@operation("mechanism.list", roles=(Role.ADMIN.value, Role.CRYPTO_USER.value))
+async def list_mechanisms(_call: Any, _args: None) -> dict[str, Any]:
+    mechanisms = []
+    for mechanism in all_mechanisms():
+        flags = 0
+        for capability, flag in _FLAGS.items():
+            if capability in mechanism.capabilities:
+                flags |= flag
+        mechanisms.append({
+            "mechanism": int(mechanism.ckm),
+            "name": "CKM_" + mechanism.ckm.name,
+            "min_key_size": mechanism.min_key_size,
+            "max_key_size": mechanism.max_key_size,
+            "flags": flags,
+        })
+    return {"mechanisms": mechanisms}

@@ -1,0 +1,306 @@
+"""``object.*``: object management (PKCS#11 chapter "Object management functions") and sharing.
+
+C_CreateObject imports only what may travel in clear — public keys, certificates and
+data objects; secret and private keys enter only wrapped (``key.unwrap``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from strongroom.auth.users import Role, normalize_username
+from strongroom.constants import CKA, CKK, CKO
+from strongroom.dispatch.table import operation
+from strongroom.errors import (
+    ActionProhibited,
+    ArgumentsBad,
+    AttributeValueInvalid,
+    HsmError,
+    ObjectHandleInvalid,
+    TemplateIncomplete,
+)
+from strongroom.objects import templates
+from strongroom.objects.attributes import Op, coerce_template
+from strongroom.objects.keys import public_key_from_attributes
+from strongroom.objects.model import StoredObject
+from strongroom.objects.usage import check_visible
+
+CRYPTO_USER = (Role.CRYPTO_USER.value,)
+ANY_ROLE = (Role.ADMIN.value, Role.CRYPTO_USER.value)
+IMPORTABLE = (CKO.PUBLIC_KEY, CKO.CERTIFICATE, CKO.DATA)
+
+
+def is_admin(call: Any) -> bool:
+    return call.session.role is Role.ADMIN
+
+
+def p11_session_of(call: Any, session: int | None, template: dict[int, Any]) -> int | None:
+    """Session objects need the PKCS#11 session that will hold them."""
+    if template.get(CKA.TOKEN, False):
+        return None
+    if session is None:
+        raise ArgumentsBad("a session object (CKA_TOKEN false) needs the 'session' argument")
+    call.services.p11.get(session, call.session.token)
+    return session
+
+
+def witness(call: Any, event: str, details: dict[str, Any]) -> Any:
+    async def write() -> None:
+        await call.services.audit(event, actor=call.actor, details=details)
+
+    return write
+
+
+async def audit_refusal(call: Any, event: str, exc: HsmError, details: dict[str, Any]) -> None:
+    try:
+        await call.services.audit(event, actor=call.actor, outcome=exc.code.spec_name, details=details)
+    except HsmError:
+        pass
+
+
+async def visible_object(call: Any, handle: int) -> StoredObject:
+    objects = call.services.require_objects()
+    # Another worker or node may have changed sharing or attributes a moment ago: catch up first.
+    await objects.sync()
+    obj = await objects.get(handle)
+    check_visible(obj, call.session.username, is_admin(call))
+    if obj.p11_session is not None and obj.p11_session not in call.services.p11.of_login(call.session.token):
+        raise ObjectHandleInvalid(f"no object with handle {handle}")
+    return obj
+
+
+async def owned_object(call: Any, handle: int) -> StoredObject:
+    obj = await visible_object(call, handle)
+    if not obj.manageable_by(call.session.username, is_admin(call)):
+        raise ActionProhibited(f"only the owner of object {handle} may change or delete it")
+    return obj
+
+
+def describe(obj: StoredObject) -> dict[str, Any]:
+    return {"handle": obj.handle, "class": obj.object_class.name, "label": obj.label(), "token": obj.token}
+
+
+# --- C_CreateObject -----------------------------------------------------------------------
+
+
+@dataclass
+class CreateArgs:
+    template: list[Any]
+    session: int | None = None
+
+
+@operation("object.create", args=CreateArgs, roles=CRYPTO_USER)
+async def create(call: Any, args: CreateArgs) -> dict[str, Any]:
+    template = coerce_template(args.template)
+    object_class = template.get(CKA.CLASS)
+    if object_class is None:
+        raise TemplateIncomplete("CKA_CLASS is required")
+    if object_class in (CKO.SECRET_KEY, CKO.PRIVATE_KEY):
+        raise ActionProhibited("secret and private keys enter the HSM only wrapped: use key unwrap")
+    if object_class not in IMPORTABLE:
+        raise AttributeValueInvalid(f"objects of class {object_class} are not supported")
+    object_class = CKO(object_class)
+    computed: dict[int, Any] = {}
+    if object_class is CKO.PUBLIC_KEY:
+        key_type = template.get(CKA.KEY_TYPE)
+        if key_type is None:
+            raise TemplateIncomplete("CKA_KEY_TYPE is required for a public key")
+        public_key_from_attributes(CKK(key_type), template)  # validates modulus/point before storing
+    if object_class is CKO.CERTIFICATE:
+        _check_certificate(template)
+    session = p11_session_of(call, args.session, template)
+    attributes = templates.build(Op.CREATE, object_class, template, computed, is_admin=False)
+    obj = StoredObject(0, call.session.username, attributes, p11_session=session)
+    details = {"class": object_class.name, "label": obj.label(), "token": obj.token}
+    try:
+        (obj,) = await call.services.require_objects().add([obj], witness(call, "object.create", details))
+    except HsmError as exc:
+        await audit_refusal(call, "object.create", exc, details)
+        raise
+    return {"handle": obj.handle}
+
+
+def _check_certificate(template: dict[int, Any]) -> None:
+    from cryptography import x509
+
+    if template.get(CKA.CERTIFICATE_TYPE, 0) != 0:  # CKC_X_509
+        raise AttributeValueInvalid("only X.509 certificates (CKC_X_509) are supported")
+    value = template.get(CKA.VALUE)
+    if not value:
+        raise TemplateIncomplete("a certificate needs CKA_VALUE (the DER certificate)")
+    try:
+        x509.load_der_x509_certificate(value)
+    except ValueError:
+        raise AttributeValueInvalid("CKA_VALUE is not a DER X.509 certificate") from None
+    template.setdefault(CKA.CERTIFICATE_TYPE, 0)
+
+
+# --- C_FindObjects ---------------------------------------------------------------------------
+
+
+@dataclass
+class FindArgs:
+    template: list[Any]
+    limit: int = 100_000
+
+
+@operation("object.find", args=FindArgs, roles=ANY_ROLE)
+async def find(call: Any, args: FindArgs) -> dict[str, Any]:
+    template = coerce_template(args.template)
+    own_sessions = call.services.p11.of_login(call.session.token)
+    username, admin = call.session.username, is_admin(call)
+
+    def visible(obj: StoredObject) -> bool:
+        if obj.p11_session is not None and obj.p11_session not in own_sessions:
+            return False
+        return obj.visible_to(username, admin)
+
+    handles = await call.services.require_objects().search(template, visible)
+    return {"handles": handles[: max(0, args.limit)]}
+
+
+@operation("object.list", args=FindArgs, roles=ANY_ROLE)
+async def list_objects(call: Any, args: FindArgs) -> dict[str, Any]:
+    """A readable listing for people (the CLI): public facts only, never key material."""
+    found = await find(call, args)
+    objects = call.services.require_objects()
+    return {"objects": [(await objects.get(h)).public_view() for h in found["handles"]]}
+
+
+# --- C_GetAttributeValue / C_SetAttributeValue ---------------------------------------------------
+
+
+@dataclass
+class GetAttributesArgs:
+    handle: int
+    types: list[int]
+
+
+@operation("object.get_attributes", args=GetAttributesArgs, roles=ANY_ROLE)
+async def get_attributes(call: Any, args: GetAttributesArgs) -> dict[str, Any]:
+    obj = await visible_object(call, args.handle)
+    values, error = templates.read(obj, args.types)
+    return {"attributes": values, "error": error}
+
+
+@dataclass
+class SetAttributesArgs:
+    handle: int
+    template: list[Any]
+
+
+@operation("object.set_attributes", args=SetAttributesArgs, roles=ANY_ROLE)
+async def set_attributes(call: Any, args: SetAttributesArgs) -> dict[str, Any]:
+    changes = coerce_template(args.template)
+    objects = call.services.require_objects()
+    obj = await visible_object(call, args.handle)
+    admin = is_admin(call)
+    if not admin and not obj.manageable_by(call.session.username, admin):
+        raise ActionProhibited(f"only the owner of object {args.handle} may change it")
+    details = {"handle": obj.handle, "attributes": sorted(f"CKA_{CKA(k).name}" for k in changes)}
+    try:
+        obj = await objects.fresh(obj)
+        updated_attributes = templates.check_set(obj, changes, is_admin=admin)
+        await objects.replace(obj, obj.with_changes(attributes=updated_attributes),
+                              witness(call, "object.set_attributes", details))
+    except HsmError as exc:
+        await audit_refusal(call, "object.set_attributes", exc, details)
+        raise
+    call.services.keys.forget(obj.handle)
+    return {}
+
+
+# --- C_DestroyObject / C_CopyObject ---------------------------------------------------------------
+
+
+@dataclass
+class HandleArgs:
+    handle: int
+
+
+@operation("object.destroy", args=HandleArgs, roles=CRYPTO_USER)
+async def destroy(call: Any, args: HandleArgs) -> dict[str, Any]:
+    objects = call.services.require_objects()
+    details: dict[str, Any] = {"handle": args.handle}
+    try:
+        obj = await objects.fresh(await owned_object(call, args.handle))
+        details["label"] = obj.label()
+        if not obj.flag(CKA.DESTROYABLE):
+            raise ActionProhibited(f"object {args.handle} has CKA_DESTROYABLE false")
+        await objects.destroy(obj, witness(call, "object.destroy", details))
+    except HsmError as exc:
+        await audit_refusal(call, "object.destroy", exc, details)
+        raise
+    call.services.keys.forget(args.handle)
+    return {}
+
+
+@dataclass
+class CopyArgs:
+    handle: int
+    template: list[Any]
+    session: int | None = None
+
+
+@operation("object.copy", args=CopyArgs, roles=CRYPTO_USER)
+async def copy(call: Any, args: CopyArgs) -> dict[str, Any]:
+    changes = coerce_template(args.template)
+    source = await owned_object(call, args.handle)
+    attributes = templates.copy_attributes(source, changes, is_admin=False)
+    session = p11_session_of(call, args.session, attributes)
+    new = StoredObject(0, call.session.username, attributes, material=source.material, p11_session=session)
+    details = {"source": source.handle, "token": new.token}
+    try:
+        (new,) = await call.services.require_objects().add([new], witness(call, "object.copy", details))
+    except HsmError as exc:
+        await audit_refusal(call, "object.copy", exc, details)
+        raise
+    return {"handle": new.handle}
+
+
+# --- sharing (CloudHSM's key share / unshare) ----------------------------------------------------------
+
+
+@dataclass
+class ShareArgs:
+    handle: int
+    username: str
+
+
+async def _change_sharing(call: Any, args: ShareArgs, share: bool) -> dict[str, Any]:
+    event = "object.share" if share else "object.unshare"
+    services = call.services
+    objects = services.require_objects()
+    username = normalize_username(args.username)
+    details = {"handle": args.handle, "username": username}
+    try:
+        obj = await objects.fresh(await owned_object(call, args.handle))
+        if not obj.token:
+            raise ActionProhibited("session objects cannot be shared")
+        if share:
+            target = await services.require_users().require(username)
+            if target.role is not Role.CRYPTO_USER:
+                raise ActionProhibited("keys can only be shared with crypto users")
+            if username == obj.owner:
+                raise ActionProhibited("the owner already has the key")
+            shared = obj.shared | {username}
+        else:
+            if username not in obj.shared:
+                raise ActionProhibited(f"object {args.handle} is not shared with {username!r}")
+            shared = obj.shared - {username}
+        await objects.replace(obj, obj.with_changes(shared=frozenset(shared)), witness(call, event, details))
+    except HsmError as exc:
+        await audit_refusal(call, event, exc, details)
+        raise
+    return {"handle": args.handle, "shared_with": sorted(shared)}
+
+
+@operation("object.share", args=ShareArgs, roles=CRYPTO_USER)
+async def share(call: Any, args: ShareArgs) -> dict[str, Any]:
+    return await _change_sharing(call, args, share=True)
+
+
+@operation("object.unshare", args=ShareArgs, roles=CRYPTO_USER)
+async def unshare(call: Any, args: ShareArgs) -> dict[str, Any]:
+    return await _change_sharing(call, args, share=False)

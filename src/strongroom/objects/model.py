@@ -1,0 +1,127 @@
+"""A PKCS#11 object as the node stores it, and who may see, use and manage it.
+
+Ownership follows CloudHSM: the crypto user who creates a key owns it; only the
+owner modifies, deletes, shares or unshares it; users it is shared with may use it
+and find it; admins may list every token object and read its public attributes
+but never use one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from strongroom.barrier import Entry
+from strongroom.constants import CKA, CKK, CKO
+from strongroom.objects.attributes import RULES, Kind, is_secret, to_wire
+
+PREFIX = "objects/"
+#: Token object handles are random in [1, 2**30); session objects use the range above.
+TOKEN_HANDLE_LIMIT = 1 << 30
+SESSION_HANDLE_BASE = 1 << 30
+
+
+def key_of(handle: int) -> str:
+    return f"{PREFIX}{handle:08x}"
+
+
+@dataclass
+class StoredObject:
+    handle: int
+    owner: str
+    attributes: dict[int, Any]
+    #: Secret value or PKCS#8 DER private key; lives only above the barrier, never leaves the node.
+    material: bytes | None = None
+    shared: frozenset[str] = frozenset()
+    created: float = field(default_factory=time.time)
+    #: PKCS#11 session that holds a session object (None for token objects).
+    p11_session: int | None = None
+    entry: Entry | None = None  # the store record it was read from (for compare-and-swap)
+
+    @property
+    def object_class(self) -> CKO:
+        return CKO(self.attributes[CKA.CLASS])
+
+    @property
+    def key_type(self) -> CKK | None:
+        value = self.attributes.get(CKA.KEY_TYPE)
+        return None if value is None else CKK(value)
+
+    @property
+    def token(self) -> bool:
+        return bool(self.attributes.get(CKA.TOKEN, False))
+
+    @property
+    def revision(self) -> int:
+        return 0 if self.entry is None else self.entry.revision
+
+    def flag(self, cka: int) -> bool:
+        return bool(self.attributes.get(cka, False))
+
+    def label(self) -> str:
+        return self.attributes.get(CKA.LABEL, b"").decode("utf-8", "replace")
+
+    def with_changes(self, **changes: Any) -> StoredObject:
+        return replace(self, **changes)
+
+    # -- access rules -------------------------------------------------------------------
+    def visible_to(self, username: str, is_admin: bool) -> bool:
+        if is_admin:
+            return self.p11_session is None
+        return username == self.owner or username in self.shared
+
+    def usable_by(self, username: str, is_admin: bool) -> bool:
+        return not is_admin and (username == self.owner or username in self.shared)
+
+    def manageable_by(self, username: str, is_admin: bool) -> bool:
+        return not is_admin and username == self.owner
+
+    # -- persistence ------------------------------------------------------------------------
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "handle": self.handle,
+            "owner": self.owner,
+            "shared": sorted(self.shared),
+            "attributes": to_wire(self.attributes),
+            "material": self.material,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_entry(cls, entry: Entry) -> StoredObject:
+        value = entry.value
+        return cls(
+            handle=int(value["handle"]),
+            owner=str(value["owner"]),
+            attributes=from_wire(value["attributes"]),
+            material=value.get("material"),
+            shared=frozenset(value.get("shared", ())),
+            created=float(value.get("created", 0.0)),
+            entry=entry,
+        )
+
+    def public_view(self) -> dict[str, Any]:
+        """What listings show: never key material."""
+        return {
+            "handle": self.handle,
+            "class": self.object_class.name,
+            "key_type": None if self.key_type is None else self.key_type.name,
+            "label": self.label(),
+            "id": self.attributes.get(CKA.ID, b"").hex(),
+            "owner": self.owner,
+            "shared_with": sorted(self.shared),
+            "token": self.token,
+        }
+
+    def readable(self, cka: int) -> bool:
+        return not is_secret(cka, self.object_class)
+
+
+def from_wire(pairs: list[list[Any]]) -> dict[int, Any]:
+    """Stored and wire form of attributes: [type, value] pairs; nested templates likewise."""
+    result: dict[int, Any] = {}
+    for key, value in pairs:
+        rule = RULES.get(key)
+        result[int(key)] = from_wire(value) if rule is not None and rule.kind is Kind.TEMPLATE else value
+    return result

@@ -1,0 +1,271 @@
+"""Where objects live: token objects in the store (through the barrier), session objects in memory.
+
+Each worker keeps every token object it may need decrypted in memory, indexed by
+handle, class, label and CKA_ID, and follows the store's watch to stay current. A
+search first catches the cache up to the store's current revision, so an object
+created through any worker or node is found as soon as its creator was answered
+(read-your-writes); a lookup by handle that misses the cache reads the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from strongroom.barrier import Barrier, Remove, Write
+from strongroom.barrier.barrier import Entry, RecordTampered
+from strongroom.constants import CKA
+from strongroom.errors import CKR, HsmError, ObjectHandleInvalid
+from strongroom.objects.model import PREFIX, SESSION_HANDLE_BASE, TOKEN_HANDLE_LIMIT, StoredObject, key_of
+from strongroom.store.base import CompactedError, ConflictError
+
+log = logging.getLogger(__name__)
+
+Witness = Callable[[], Awaitable[None]]
+#: Attributes with their own index; any other attribute in a search template filters the candidates.
+INDEXED = (CKA.CLASS, CKA.LABEL, CKA.ID, CKA.KEY_TYPE)
+
+
+class ObjectLimit(HsmError):
+    code = CKR.DEVICE_MEMORY
+
+
+class ObjectIndex:
+    """Objects by handle plus secondary indexes on a few attributes."""
+
+    def __init__(self) -> None:
+        self.by_handle: dict[int, StoredObject] = {}
+        self._by_attribute: dict[tuple[int, Any], set[int]] = defaultdict(set)
+
+    def __len__(self) -> int:
+        return len(self.by_handle)
+
+    def put(self, obj: StoredObject) -> None:
+        self.remove(obj.handle)
+        self.by_handle[obj.handle] = obj
+        for cka in INDEXED:
+            if cka in obj.attributes:
+                self._by_attribute[(cka, _hashable(obj.attributes[cka]))].add(obj.handle)
+
+    def remove(self, handle: int) -> None:
+        old = self.by_handle.pop(handle, None)
+        if old is None:
+            return
+        for cka in INDEXED:
+            if cka in old.attributes:
+                bucket = self._by_attribute.get((cka, _hashable(old.attributes[cka])))
+                if bucket is not None:
+                    bucket.discard(handle)
+                    if not bucket:
+                        del self._by_attribute[(cka, _hashable(old.attributes[cka]))]
+
+    def candidates(self, template: dict[int, Any]) -> Iterable[StoredObject]:
+        """Objects that can match: the smallest index bucket the template names, else all."""
+        buckets = [self._by_attribute.get((cka, _hashable(template[cka])), set())
+                   for cka in INDEXED if cka in template]
+        if not buckets:
+            return list(self.by_handle.values())
+        smallest = min(buckets, key=len)
+        return [self.by_handle[h] for h in smallest if h in self.by_handle]
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+class ObjectRepository:
+    def __init__(self, barrier: Barrier, *, max_objects: int) -> None:
+        self._barrier = barrier
+        self._store = barrier.store
+        self.max_objects = max_objects
+        self.tokens = ObjectIndex()
+        self.sessions = ObjectIndex()  # session objects of this worker
+        self._revision = 0
+        self._sync_lock = asyncio.Lock()
+        self._advanced = asyncio.Condition()
+        self._following = False
+
+    # --- keeping the cache current -----------------------------------------------------
+    async def load(self) -> None:
+        entries, revision = await self._barrier.list_prefix(PREFIX)
+        index = ObjectIndex()
+        for entry in entries:
+            index.put(StoredObject.from_entry(entry))
+        self.tokens, self._revision = index, max(self._revision, revision)
+
+    async def sync(self, timeout: float = 5.0) -> None:
+        """Catch up with every change committed to the store so far (anyone's)."""
+        current = await self._store.revision()
+        if current <= self._revision:
+            return
+        if self._following:
+            try:
+                async with asyncio.timeout(timeout):
+                    async with self._advanced:
+                        await self._advanced.wait_for(lambda: self._revision >= current)
+                return
+            except TimeoutError:
+                log.warning("object cache lagging behind revision %d; reloading", current)
+        async with self._sync_lock:
+            await self.load()
+
+    def _apply(self, deleted: bool, record: Any) -> None:
+        handle = int(record.key[len(PREFIX):], 16)
+        if deleted:
+            self.tokens.remove(handle)
+            return
+        try:
+            self.tokens.put(StoredObject.from_entry(self._barrier.decode(record)))
+        except RecordTampered as exc:
+            # Keep serving the rest; the tampered object is refused when it is used.
+            log.error("%s", exc.message)
+            self.tokens.remove(handle)
+
+    async def follow(self) -> None:
+        """Background task: apply every committed change as the store's watch reports it.
+
+        It watches the whole keyspace, not only objects, so that its revision tracks the
+        store's and :meth:`sync` knows when the cache has caught up.
+        """
+        while True:
+            try:
+                async with self._sync_lock:
+                    await self.load()
+                self._following = True
+                async for event in self._store.watch("", self._revision + 1):
+                    if event.record.key.startswith(PREFIX):
+                        self._apply(event.deleted, event.record)
+                    if event.revision > self._revision:
+                        self._revision = event.revision
+                        async with self._advanced:
+                            self._advanced.notify_all()
+            except CompactedError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the follower must survive store hiccups
+                log.exception("object watch failed; retrying")
+                await asyncio.sleep(1)
+            finally:
+                self._following = False
+
+    # --- reading ---------------------------------------------------------------------------
+    async def get(self, handle: int) -> StoredObject:
+        if handle >= SESSION_HANDLE_BASE:
+            obj = self.sessions.by_handle.get(handle)
+        else:
+            obj = self.tokens.by_handle.get(handle)
+            if obj is None and 0 < handle < TOKEN_HANDLE_LIMIT:
+                entry = await self._barrier.get(key_of(handle))  # created elsewhere a moment ago?
+                if entry is not None:
+                    obj = StoredObject.from_entry(entry)
+                    self.tokens.put(obj)
+        if obj is None:
+            raise ObjectHandleInvalid(f"no object with handle {handle}")
+        return obj
+
+    async def fresh(self, obj: StoredObject) -> StoredObject:
+        """Re-read a token object from the store (before a change: compare-and-swap on it)."""
+        if not obj.token:
+            return obj
+        entry = await self._barrier.get(key_of(obj.handle))
+        if entry is None:
+            self.tokens.remove(obj.handle)
+            raise ObjectHandleInvalid(f"object {obj.handle} was destroyed")
+        current = StoredObject.from_entry(entry)
+        self.tokens.put(current)
+        return current
+
+    async def search(self, template: dict[int, Any], visible: Callable[[StoredObject], bool]) -> list[int]:
+        from strongroom.objects.templates import matches
+
+        await self.sync()
+        token_flag = template.get(CKA.TOKEN)
+        found: list[int] = []
+        for index, is_token in ((self.tokens, True), (self.sessions, False)):
+            if token_flag is not None and token_flag != is_token:
+                continue
+            found += [o.handle for o in index.candidates(template) if visible(o) and matches(o, template)]
+        return sorted(found)
+
+    # --- writing -----------------------------------------------------------------------------
+    async def add(self, objects: list[StoredObject], witness: Witness) -> list[StoredObject]:
+        """Store new objects (a key pair together, atomically). Handles are assigned here."""
+        tokens = [o for o in objects if o.token]
+        if tokens:
+            await self.sync()
+            if len(self.tokens) + len(tokens) > self.max_objects:
+                raise ObjectLimit(f"the cluster already holds the maximum of {self.max_objects} objects")
+        for obj in objects:
+            if obj.token:
+                obj.handle = secrets.randbelow(TOKEN_HANDLE_LIMIT - 1) + 1
+            else:
+                obj.handle = SESSION_HANDLE_BASE + secrets.randbelow(SESSION_HANDLE_BASE - 1) + 1
+                while obj.handle in self.sessions.by_handle:
+                    obj.handle = SESSION_HANDLE_BASE + secrets.randbelow(SESSION_HANDLE_BASE - 1) + 1
+        await witness()
+        if tokens:
+            for _ in range(5):
+                try:
+                    await self._barrier.commit([Write(key_of(o.handle), o.to_record()) for o in tokens])
+                    break
+                except ConflictError:  # a random handle collided: draw again
+                    for obj in tokens:
+                        obj.handle = secrets.randbelow(TOKEN_HANDLE_LIMIT - 1) + 1
+            else:
+                raise HsmError("could not allocate object handles", CKR.FUNCTION_FAILED)
+            for obj in tokens:
+                obj.entry = await self._barrier.get(key_of(obj.handle))
+                self.tokens.put(obj)
+        for obj in objects:
+            if not obj.token:
+                self.sessions.put(obj)
+        return objects
+
+    async def replace(self, obj: StoredObject, updated: StoredObject, witness: Witness) -> StoredObject:
+        """Write ``updated`` over ``obj`` if nobody changed ``obj`` since it was read."""
+        await witness()
+        if not obj.token:
+            self.sessions.put(updated)
+            return updated
+        previous = obj.entry
+        if previous is None:
+            raise ObjectHandleInvalid(f"object {obj.handle} has no stored record")
+        try:
+            await self._barrier.commit([Write(key_of(obj.handle), updated.to_record(), previous)])
+        except ConflictError:
+            raise HsmError("the object was changed concurrently; read it again and retry",
+                           CKR.FUNCTION_FAILED) from None
+        updated.entry = await self._barrier.get(key_of(obj.handle))
+        self.tokens.put(updated)
+        return updated
+
+    async def destroy(self, obj: StoredObject, witness: Witness) -> None:
+        await witness()
+        if not obj.token:
+            self.sessions.remove(obj.handle)
+            return
+        if obj.entry is None:
+            raise ObjectHandleInvalid(f"object {obj.handle} has no stored record")
+        try:
+            await self._barrier.commit([Remove(key_of(obj.handle), obj.entry)])
+        except ConflictError:
+            raise HsmError("the object was changed concurrently; try again", CKR.FUNCTION_FAILED) from None
+        self.tokens.remove(obj.handle)
+
+    def drop_session_objects(self, p11_session: int) -> int:
+        doomed = [h for h, o in self.sessions.by_handle.items() if o.p11_session == p11_session]
+        for handle in doomed:
+            self.sessions.remove(handle)
+        return len(doomed)
+
+    def owned_count(self, username: str) -> int:
+        return sum(1 for o in self.tokens.by_handle.values() if o.owner == username)
+
+
+def entry_of(obj: StoredObject) -> Entry | None:
+    return obj.entry

@@ -1,0 +1,174 @@
+"""Applying the attribute rules: making objects, changing them, reading them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from strongroom.constants import CKA, CKO
+from strongroom.errors import (
+    ActionProhibited,
+    AttributeReadOnly,
+    AttributeSensitive,
+    AttributeTypeInvalid,
+    TemplateIncomplete,
+    TemplateInconsistent,
+)
+from strongroom.objects.attributes import RULES, Direction, Op, rule_for
+from strongroom.objects.model import StoredObject
+
+#: Attributes that describe what an object is; a caller may repeat them but not contradict them.
+IDENTITY = (CKA.CLASS, CKA.KEY_TYPE)
+
+
+def _name(cka: int) -> str:
+    try:
+        return "CKA_" + CKA(cka).name
+    except ValueError:
+        return hex(cka)
+
+
+def check_supplied(op: Op, object_class: int, supplied: dict[int, Any], *, is_admin: bool) -> None:
+    """Refuse attributes the caller may not give in this call (before anything is computed)."""
+    for cka, value in supplied.items():
+        rule = rule_for(cka)
+        if object_class not in rule.classes:
+            raise AttributeTypeInvalid(f"{_name(cka)} does not apply to {CKO(object_class).name} objects")
+        if rule.maintained:
+            raise AttributeReadOnly(f"{_name(cka)} is maintained by the HSM and cannot be set")
+        if rule.admin_only and value != rule.default and not is_admin:
+            raise AttributeReadOnly(f"only an admin may set {_name(cka)}")
+        if not (rule.settable & op):
+            raise AttributeReadOnly(f"{_name(cka)} cannot be given when the object is made this way ({op.name})")
+
+
+def build(
+    op: Op,
+    object_class: CKO,
+    supplied: dict[int, Any],
+    computed: dict[int, Any],
+    *,
+    is_admin: bool = False,
+    key_gen_mechanism: int | None = None,
+) -> dict[int, Any]:
+    """The attributes of a new object: caller's values, rule defaults, computed and maintained ones.
+
+    ``computed`` are values the node determined (key type, public values of a generated
+    key, lengths); a supplied value that contradicts one is TEMPLATE_INCONSISTENT.
+    """
+    check_supplied(op, object_class, {k: v for k, v in supplied.items() if k not in computed or k in IDENTITY},
+                   is_admin=is_admin)
+    for cka, value in computed.items():
+        if cka in supplied and supplied[cka] != value:
+            raise TemplateInconsistent(f"{_name(cka)} contradicts what the HSM determined for this object")
+    attributes: dict[int, Any] = {}
+    for cka, rule in RULES.items():
+        if object_class not in rule.classes:
+            continue
+        if cka in computed:
+            attributes[cka] = computed[cka]
+        elif cka in supplied:
+            attributes[cka] = supplied[cka]
+        elif rule.default is not None:
+            attributes[cka] = rule.default
+    attributes[CKA.CLASS] = object_class
+    if object_class in (CKO.SECRET_KEY, CKO.PUBLIC_KEY, CKO.PRIVATE_KEY):
+        if CKA.KEY_TYPE not in attributes:
+            raise TemplateIncomplete("CKA_KEY_TYPE is required")
+        local = op is Op.GENERATE
+        attributes[CKA.LOCAL] = local
+        if key_gen_mechanism is not None:
+            attributes[CKA.KEY_GEN_MECHANISM] = key_gen_mechanism
+        else:
+            attributes.setdefault(CKA.KEY_GEN_MECHANISM, 0xFFFFFFFFFFFFFFFF)  # CK_UNAVAILABLE_INFORMATION
+    if object_class in (CKO.SECRET_KEY, CKO.PRIVATE_KEY):
+        # A key made outside the HSM (unwrapped, derived from one that was not) was not always
+        # sensitive and may have been extractable at some point.
+        fresh = op is Op.GENERATE
+        attributes[CKA.ALWAYS_SENSITIVE] = fresh and attributes[CKA.SENSITIVE]
+        attributes[CKA.NEVER_EXTRACTABLE] = fresh and not attributes[CKA.EXTRACTABLE]
+    return attributes
+
+
+def copy_attributes(source: StoredObject, supplied: dict[int, Any], *, is_admin: bool) -> dict[int, Any]:
+    """C_CopyObject: the source's attributes with the allowed changes applied."""
+    if not source.flag(CKA.COPYABLE):
+        raise ActionProhibited("the object has CKA_COPYABLE false")
+    check_supplied(Op.COPY, source.object_class, supplied, is_admin=is_admin)
+    attributes = dict(source.attributes)
+    for cka, value in supplied.items():
+        _check_direction(cka, attributes.get(cka), value)
+        attributes[cka] = value
+    return attributes
+
+
+def check_set(obj: StoredObject, changes: dict[int, Any], *, is_admin: bool) -> dict[int, Any]:
+    """C_SetAttributeValue: who may change what, and in which direction."""
+    if not obj.flag(CKA.MODIFIABLE):
+        raise ActionProhibited("the object has CKA_MODIFIABLE false")
+    for cka, value in changes.items():
+        rule = rule_for(cka)
+        if obj.object_class not in rule.classes:
+            raise AttributeTypeInvalid(f"{_name(cka)} does not apply to {obj.object_class.name} objects")
+        if rule.maintained or not (rule.settable & Op.SET) or cka in IDENTITY:
+            raise AttributeReadOnly(f"{_name(cka)} cannot be changed")
+        if rule.admin_only != is_admin:
+            if is_admin:
+                raise ActionProhibited(f"an admin may change only CKA_TRUSTED, not {_name(cka)}")
+            raise AttributeReadOnly(f"only an admin may set {_name(cka)}")
+        _check_direction(cka, obj.attributes.get(cka), value)
+    updated = dict(obj.attributes)
+    updated.update(changes)
+    return updated
+
+
+def _check_direction(cka: int, current: Any, new: Any) -> None:
+    rule = RULES[cka]
+    if rule.direction is Direction.TO_TRUE and current is True and new is False:
+        raise AttributeReadOnly(f"{_name(cka)} can only change from false to true")
+    if rule.direction is Direction.TO_FALSE and current is False and new is True:
+        raise AttributeReadOnly(f"{_name(cka)} can only change from true to false")
+
+
+def read(obj: StoredObject, types: list[int]) -> tuple[list[list[Any]], int | None]:
+    """C_GetAttributeValue: [type, value-or-None] per type, and the error code of the call if any.
+
+    As the spec asks, every attribute is processed even after an error; an unreadable
+    one comes back as None and the call reports the (last) error.
+    """
+    from strongroom.errors import CKR
+
+    values: list[list[Any]] = []
+    error: int | None = None
+    for cka in types:
+        rule = RULES.get(cka)
+        if rule is None or obj.object_class not in rule.classes:
+            values.append([cka, None])
+            error = CKR.ATTRIBUTE_TYPE_INVALID
+        elif not obj.readable(cka):
+            values.append([cka, None])
+            error = CKR.ATTRIBUTE_SENSITIVE
+        else:
+            value = obj.attributes.get(cka)
+            if value is None:
+                value = [] if rule.kind.value in ("mechanisms", "template") else b""
+            values.append([cka, _wire(value)])
+    return values, error
+
+
+def _wire(value: Any) -> Any:
+    if isinstance(value, dict):
+        return [[k, _wire(v)] for k, v in value.items()]
+    return value
+
+
+def matches(obj: StoredObject, template: dict[int, Any]) -> bool:
+    """C_FindObjects: every attribute of the template is present with that exact value (secrets never match)."""
+    for cka, value in template.items():
+        if not obj.readable(cka) or obj.attributes.get(cka) != value:
+            return False
+    return True
+
+
+def require_sensitive_readable(obj: StoredObject, cka: int) -> None:
+    if not obj.readable(cka):
+        raise AttributeSensitive(f"{_name(cka)} of a key is never revealed")
