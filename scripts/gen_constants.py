@@ -38,6 +38,11 @@ def parse(header: str) -> dict[str, dict[str, int]]:
     return groups
 
 
+#: Names the spec deprecated in favour of another with the same value; the current name is
+#: listed first so that it is the one IntEnum reports (CKK.EC, not CKK.ECDSA).
+DEPRECATED = {"CKK": {"ECDSA", "CAST5"}, "CKA": {"ECDSA_PARAMS"}, "CKM": {"ECDSA_KEY_PAIR_GEN"}}
+
+
 def render(groups: dict[str, dict[str, int]]) -> str:
     lines = [
         '"""PKCS#11 constants (v2.40 + the 3.0 additions p11-kit knows), generated from p11-kit\'s header.',
@@ -52,7 +57,8 @@ def render(groups: dict[str, dict[str, int]]) -> str:
         "import enum",
     ]
     for prefix in PREFIXES:
-        members = groups[prefix]
+        deprecated = DEPRECATED.get(prefix, set())
+        members = dict(sorted(groups[prefix].items(), key=lambda item: item[0] in deprecated))
         if not members:
             continue
         lines += ["", "", f"class {prefix}(enum.IntEnum):"]

@@ -72,7 +72,6 @@ class CKA(enum.IntEnum):
     MODIFIABLE = 0x170
     COPYABLE = 0x171
     DESTROYABLE = 0x172
-    ECDSA_PARAMS = 0x180
     EC_PARAMS = 0x180
     EC_POINT = 0x181
     SECONDARY_AUTH = 0x200
@@ -118,6 +117,7 @@ class CKA(enum.IntEnum):
     DERIVE_TEMPLATE = 0x40000213
     ALLOWED_MECHANISMS = 0x40000600
     VENDOR_DEFINED = 0x80000000
+    ECDSA_PARAMS = 0x180
 
 
 class CKM(enum.IntEnum):
@@ -364,7 +364,6 @@ class CKM(enum.IntEnum):
     BATON_COUNTER = 0x1034
     BATON_SHUFFLE = 0x1035
     BATON_WRAP = 0x1036
-    ECDSA_KEY_PAIR_GEN = 0x1040
     EC_KEY_PAIR_GEN = 0x1040
     ECDSA = 0x1041
     ECDSA_SHA1 = 0x1042
@@ -455,13 +454,13 @@ class CKM(enum.IntEnum):
     RSA_PKCS_OAEP_TPM_1_1 = 0x4002
     EC_EDWARDS_KEY_PAIR_GEN = 0x1055
     EDDSA = 0x1057
+    ECDSA_KEY_PAIR_GEN = 0x1040
 
 
 class CKK(enum.IntEnum):
     RSA = 0x0
     DSA = 0x1
     DH = 0x2
-    ECDSA = 0x3
     EC = 0x3
     X9_42_DH = 0x4
     KEA = 0x5
@@ -502,6 +501,7 @@ class CKK(enum.IntEnum):
     GOST28147 = 0x32
     EC_EDWARDS = 0x40
     VENDOR_DEFINED = 0x80000000
+    ECDSA = 0x3
 
 
 class CKO(enum.IntEnum):

@@ -396,3 +396,19 @@ def test_key_events_are_audited_and_keys_survive_restart(cluster: LocalCluster) 
     user.verify(public, CKM.ECDSA_SHA256, b"after restart", signature)
     events = [json.loads(line)["event"] for line in (cluster.node_dir / "audit.log").read_text().splitlines()]
     assert "key.generate_pair" in events
+
+
+def test_object_limit_and_metrics(cluster: LocalCluster) -> None:
+    cluster.down()
+    config = cluster.config_path.read_text()
+    cluster.config_path.write_text(config.replace("max_objects = 16000", "max_objects = 2"))
+    cluster.up()
+    user = cluster.crypto_user("limited")
+    first = aes_key(user, "one")
+    aes_key(user, "two")
+    assert _code(lambda: aes_key(user, "three")) == CKR.DEVICE_MEMORY
+    assert len(user.find_objects()) == 2
+    user.encrypt(first, CKM.AES_GCM, b"x", GCM)
+    metrics = user.call("node.metrics")
+    assert metrics["token_objects"] == 2 and metrics["crypto_operations"] >= 1
+    assert "limited" not in json.dumps(metrics) and "one" not in json.dumps(metrics)

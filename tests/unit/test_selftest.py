@@ -28,39 +28,74 @@ from strongroom.node.selftest import (
 
 BUILTIN_KATS = (
     "aes-256-gcm",
+    "aes-256-cbc",
+    "aes-128-ctr",
     "aes-256-kw",
+    "aes-kwp",
+    "aes-128-cmac",
+    "sha-1",
+    "sha-224",
     "sha-256",
     "sha-384",
     "sha-512",
     "hmac-sha-256",
+    "hmac-sha-512",
     "hkdf-sha-256",
     "argon2id",
     "ecdsa-p256",
+    "ecdh-p256",
     "ed25519",
     "rsa-2048-pkcs1v15-sha256",
+    "rsa-pss-verify",
+    "rsa-oaep-sha256",
     "csprng",
 )
+
+# KATs with no published vector to corrupt (randomness has no known answer).
+KATS_WITHOUT_VECTORS = frozenset({"csprng"})
 
 
 def _flip_first_byte(value: bytes) -> bytes:
     return bytes([value[0] ^ 0x01]) + value[1:]
 
 
-# For each KAT: the module constant holding its vector, the field to corrupt,
-# and the algorithm label the failure reason must mention.
-CORRUPTIONS: dict[str, tuple[str, str, str]] = {
-    "aes-256-gcm": ("AES_256_GCM_VECTOR", "ciphertext", "AES-256-GCM"),
-    "aes-256-kw": ("AES_256_KW_VECTOR", "wrapped", "AES-KW"),
-    "sha-256": ("SHA_256_VECTOR", "digest", "SHA-256"),
-    "sha-384": ("SHA_384_VECTOR", "digest", "SHA-384"),
-    "sha-512": ("SHA_512_VECTOR", "digest", "SHA-512"),
-    "hmac-sha-256": ("HMAC_SHA_256_VECTOR", "mac", "HMAC-SHA-256"),
-    "hkdf-sha-256": ("HKDF_SHA_256_VECTOR", "okm", "HKDF-SHA-256"),
-    "argon2id": ("ARGON2ID_VECTOR", "tag", "Argon2id"),
-    "ecdsa-p256": ("ECDSA_P256_VECTOR", "s", "ECDSA P-256"),
-    "ed25519": ("ED25519_VECTOR", "signature", "Ed25519"),
-    "rsa-2048-pkcs1v15-sha256": ("RSA_2048_VECTOR", "signature", "RSA-2048"),
-}
+# For each corruption case: the KAT that must fail, the module constant holding
+# its vector, the field to corrupt, and the algorithm label the failure reason
+# must mention. A KAT that checks more than one vector (or both directions of
+# one) has a case per vector so each check is proven to be live.
+CORRUPTIONS: tuple[tuple[str, str, str, str], ...] = (
+    ("aes-256-gcm", "AES_256_GCM_VECTOR", "ciphertext", "AES-256-GCM"),
+    ("aes-256-cbc", "AES_256_CBC_VECTOR", "ciphertext", "AES-256-CBC encrypt"),
+    ("aes-256-cbc", "AES_256_CBC_VECTOR", "plaintext", "AES-256-CBC"),
+    ("aes-128-ctr", "AES_128_CTR_VECTOR", "ciphertext", "AES-128-CTR encrypt"),
+    ("aes-128-ctr", "AES_128_CTR_VECTOR", "iv", "AES-128-CTR"),
+    ("aes-256-kw", "AES_256_KW_VECTOR", "wrapped", "AES-KW"),
+    ("aes-kwp", "AES_KWP_VECTOR", "wrapped", "AES-KWP (RFC 5649) wrap"),
+    ("aes-kwp", "AES_KWP_VECTOR", "key_data", "AES-KWP"),
+    ("aes-128-cmac", "AES_128_CMAC_VECTOR", "mac", "AES-128-CMAC"),
+    ("aes-128-cmac", "AES_128_CMAC_VECTOR", "message", "AES-128-CMAC"),
+    ("sha-1", "SHA_1_VECTOR", "digest", "SHA-1"),
+    ("sha-224", "SHA_224_VECTOR", "digest", "SHA-224"),
+    ("sha-256", "SHA_256_VECTOR", "digest", "SHA-256"),
+    ("sha-384", "SHA_384_VECTOR", "digest", "SHA-384"),
+    ("sha-512", "SHA_512_VECTOR", "digest", "SHA-512"),
+    ("hmac-sha-256", "HMAC_SHA_256_VECTOR", "mac", "HMAC-SHA-256"),
+    ("hmac-sha-512", "HMAC_SHA_512_VECTOR", "mac", "HMAC-SHA-512"),
+    ("hkdf-sha-256", "HKDF_SHA_256_VECTOR", "okm", "HKDF-SHA-256"),
+    ("argon2id", "ARGON2ID_VECTOR", "tag", "Argon2id"),
+    ("ecdsa-p256", "ECDSA_P256_VECTOR", "s", "ECDSA P-256"),
+    ("ecdh-p256", "ECDH_P256_VECTOR", "shared_secret", "ECDH P-256 shared secret"),
+    ("ecdh-p256", "ECDH_P256_VECTOR", "private_value", "ECDH P-256 public key derivation"),
+    ("ecdh-p256", "X963_KDF_SHA_256_VECTOR", "key_data", "X9.63-KDF SHA-256"),
+    ("ecdh-p256", "X963_KDF_SHA_256_VECTOR", "shared_info", "X9.63-KDF SHA-256"),
+    ("ed25519", "ED25519_VECTOR", "signature", "Ed25519"),
+    ("rsa-2048-pkcs1v15-sha256", "RSA_2048_VECTOR", "signature", "RSA-2048"),
+    ("rsa-pss-verify", "RSA_PSS_VECTOR", "signature", "RSA-PSS SHA-256 verify rejected"),
+    ("rsa-pss-verify", "RSA_PSS_VECTOR", "message", "RSA-PSS SHA-256 verify rejected"),
+    ("rsa-oaep-sha256", "RSA_OAEP_SHA256_VECTOR", "ciphertext", "RSA-OAEP SHA-256 decrypt rejected"),
+    ("rsa-oaep-sha256", "RSA_OAEP_SHA256_VECTOR", "message", "RSA-OAEP SHA-256 decrypt"),
+    ("rsa-oaep-sha256", "RSA_OAEP_SHA256_VECTOR", "q", "RSA-OAEP SHA-256 test key primes"),
+)
 
 
 @pytest.fixture
@@ -112,11 +147,22 @@ def test_injecting_an_unknown_name_is_refused() -> None:
         run_all(fail={"no-such-test"})
 
 
-@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
-def test_corrupted_vector_makes_the_kat_fail(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    constant, field, label = CORRUPTIONS[name]
+def test_every_vector_kat_has_a_corruption_case() -> None:
+    covered = {name for name, *_ in CORRUPTIONS}
+    assert covered == set(BUILTIN_KATS) - KATS_WITHOUT_VECTORS
+
+
+@pytest.mark.parametrize(
+    ("name", "constant", "field", "label"),
+    CORRUPTIONS,
+    ids=[f"{name}:{constant}.{field}" for name, constant, field, _ in CORRUPTIONS],
+)
+def test_corrupted_vector_makes_the_kat_fail(
+    name: str, constant: str, field: str, label: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vector = getattr(selftest, constant)
     original = getattr(vector, field)
+    # Flip the low bit of an integer (q ^ 1 is even, so no longer a prime factor).
     corrupted = original ^ 1 if isinstance(original, int) else _flip_first_byte(original)
     monkeypatch.setattr(selftest, constant, dataclasses.replace(vector, **{field: corrupted}))
 
@@ -143,6 +189,18 @@ def test_csprng_health_check_catches_broken_sources(
     assert report.failed_names == ("csprng",), name
     reason = report.reason("csprng")
     assert reason is not None and "CSPRNG" in reason and message in reason
+
+
+def test_rsa_pss_kat_checks_the_salt_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the salt's length is a verification input, so flipping a byte of it
+    # proves nothing; a wrong length must make the known-good signature fail
+    # (i.e. the KAT pins sLen rather than letting the verifier recover it).
+    vector = selftest.RSA_PSS_VECTOR
+    monkeypatch.setattr(selftest, "RSA_PSS_VECTOR", dataclasses.replace(vector, salt=vector.salt[:-1]))
+    report = run_all()
+    assert report.failed_names == ("rsa-pss-verify",)
+    reason = report.reason("rsa-pss-verify")
+    assert reason is not None and "RSA-PSS SHA-256 verify rejected" in reason
 
 
 def test_exception_inside_a_kat_is_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -922,12 +922,16 @@ def _key_options(p: argparse.ArgumentParser, attributes_help: str = ATTRIBUTES_H
     p.add_argument("--attributes", nargs="+", metavar="NAME=VALUE", help=attributes_help)
 
 
-def _cipher_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--iv", help="hex; aes-cbc/aes-cbc-pad/aes-ctr (16 bytes) and aes-gcm")
-    p.add_argument("--aad", help="aes-gcm additional authenticated data, hex")
-    p.add_argument("--tag-bits", type=int, default=128, help="aes-gcm tag length (default 128)")
-    p.add_argument("--counter-bits", type=int, default=128, help="aes-ctr counter width (default 128)")
-    p.add_argument("--hash", choices=list(HASHES), help="rsa-oaep / rsa-pkcs-pss hash (default sha256)")
+def _cipher_options(p: argparse.ArgumentParser, ciphers: bool = True) -> None:
+    if ciphers:
+        p.add_argument("--iv", help="hex; aes-cbc/aes-cbc-pad/aes-ctr (16 bytes) and aes-gcm "
+                                    "(encryption: generated and reported when omitted)")
+        p.add_argument("--aad", help="aes-gcm additional authenticated data, hex")
+        p.add_argument("--tag-bits", type=int, default=128, help="aes-gcm tag length (default 128)")
+        p.add_argument("--counter-bits", type=int, default=128, help="aes-ctr counter width (default 128)")
+    p.add_argument("--hash", choices=list(HASHES),
+                   help="hash of rsa-oaep and rsa-pkcs-pss (default sha256; MGF1 with the same hash, "
+                        "PSS salt as long as the hash)")
 
 
 def register(sub: Any, add: AddCommand) -> None:
@@ -1014,7 +1018,9 @@ def register(sub: Any, add: AddCommand) -> None:
     for kind in ("sign", "verify", "encrypt", "decrypt"):
         p = add(crypto, kind, _crypto(kind), f"{kind} a file with a key in the HSM")
         _filter_arg(p, "--filter", "--key-filter")
-        p.add_argument("--mechanism", required=True, help=", ".join(mechanisms_for(kind)))
+        note = ("; rsa-pkcs, rsa-pkcs-pss and ecdsa take prepared input (a DigestInfo for rsa-pkcs, "
+                "a digest for the others), the rest hash the data themselves") if kind in ("sign", "verify") else ""
+        p.add_argument("--mechanism", required=True, help=", ".join(mechanisms_for(kind)) + note)
         p.add_argument("--data-path", required=True, help="input file")
         if kind == "sign":
             p.add_argument("--signature-path", help="write the signature here (default: print it, base64)")
@@ -1022,4 +1028,4 @@ def register(sub: Any, add: AddCommand) -> None:
             p.add_argument("--signature-path", required=True, help="file with the signature")
         else:
             p.add_argument("--output-path", required=True, help="output file")
-        _cipher_options(p)
+        _cipher_options(p, ciphers=kind in ("encrypt", "decrypt"))

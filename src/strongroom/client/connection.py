@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import ssl
 import threading
+import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -168,6 +169,8 @@ class Connection:
         except BaseException:
             self._stop_loop()
             raise
+        # A client dropped without close() (a script that just exits) still shuts down quietly.
+        self._finalizer = weakref.finalize(self, _shutdown, self._loop, self._thread, self._async)
 
     def _run(self, coro: Any, timeout: float | None = None) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -220,20 +223,32 @@ class Connection:
         return self._async.closed
 
     def close(self) -> None:
-        if not self._loop.is_closed():
-            try:
-                self._run(self._async.close(), 5)
-            except (FutureTimeout, RuntimeError):
-                pass
-            self._stop_loop()
+        self._finalizer.detach()
+        _shutdown(self._loop, self._thread, self._async)
 
     def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()
+        _stop(self._loop, self._thread)
 
     def __enter__(self) -> Connection:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    if loop.is_closed():
+        return
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=5)
+    loop.close()
+
+
+def _shutdown(loop: asyncio.AbstractEventLoop, thread: threading.Thread, connection: AsyncConnection) -> None:
+    if loop.is_closed():
+        return
+    try:
+        asyncio.run_coroutine_threadsafe(connection.close(), loop).result(5)
+    except (FutureTimeout, RuntimeError):
+        pass
+    _stop(loop, thread)

@@ -149,6 +149,11 @@ def read(obj: StoredObject, types: list[int]) -> tuple[list[list[Any]], int | No
             error = CKR.ATTRIBUTE_SENSITIVE
         else:
             value = obj.attributes.get(cka)
+            if value is None and rule.kind.value in ("bool", "ulong"):
+                # A number or flag the object does not carry: the spec's "invalid for this object".
+                values.append([cka, None])
+                error = CKR.ATTRIBUTE_TYPE_INVALID
+                continue
             if value is None:
                 value = [] if rule.kind.value in ("mechanisms", "template") else b""
             values.append([cka, _wire(value)])

@@ -39,3 +39,25 @@ async def status(call: Any, _args: None) -> dict[str, Any]:
         "sessions": len(services.sessions),
         "requests": services.counters["requests"],
     }
+
+
+@operation("node.metrics", states=ALL_STATES)
+async def metrics(call: Any, _args: None) -> dict[str, Any]:
+    """Operator metrics of this worker: counts only, never key material or labels.
+
+    Crypto operations are counted per key handle rather than audited one by one.
+    """
+    services = call.services
+    objects = services.objects
+    return {
+        "node_id": services.config.node_id,
+        "pid": os.getpid(),
+        "requests": services.counters["requests"],
+        "errors": services.counters["errors"],
+        "login_sessions": len(services.sessions),
+        "p11_sessions": len(services.p11),
+        "token_objects": 0 if objects is None else len(objects.tokens),
+        "session_objects": 0 if objects is None else len(objects.sessions),
+        "crypto_operations": sum(services.key_use.values()),
+        "crypto_operations_by_key": {str(handle): count for handle, count in services.key_use.most_common(100)},
+    }

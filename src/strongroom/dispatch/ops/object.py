@@ -106,7 +106,9 @@ async def create(call: Any, args: CreateArgs) -> dict[str, Any]:
         key_type = template.get(CKA.KEY_TYPE)
         if key_type is None:
             raise TemplateIncomplete("CKA_KEY_TYPE is required for a public key")
-        public_key_from_attributes(CKK(key_type), template)  # validates modulus/point before storing
+        public = public_key_from_attributes(CKK(key_type), template)  # validates modulus/point before storing
+        if key_type == CKK.RSA:
+            computed[CKA.MODULUS_BITS] = public.key_size
     if object_class is CKO.CERTIFICATE:
         _check_certificate(template)
     session = p11_session_of(call, args.session, template)
