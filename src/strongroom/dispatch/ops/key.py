@@ -13,7 +13,8 @@ from typing import Any
 
 from strongroom.auth.users import Role
 from strongroom.constants import CKA, CKK, CKO
-from strongroom.dispatch.ops.object import audit_refusal, p11_session_of, visible_object, witness
+from strongroom.dispatch.auditing import audit_refusal, witness
+from strongroom.dispatch.ops.object import p11_session_of, visible_object
 from strongroom.dispatch.table import operation
 from strongroom.errors import (
     HsmError,

@@ -11,6 +11,7 @@ from typing import Any
 
 from strongroom.auth.users import Role, normalize_username
 from strongroom.constants import CKA, CKK, CKO
+from strongroom.dispatch.auditing import audit_refusal, witness
 from strongroom.dispatch.table import operation
 from strongroom.errors import (
     ActionProhibited,
@@ -43,20 +44,6 @@ def p11_session_of(call: Any, session: int | None, template: dict[int, Any]) -> 
         raise ArgumentsBad("a session object (CKA_TOKEN false) needs the 'session' argument")
     call.services.p11.get(session, call.session.token)
     return session
-
-
-def witness(call: Any, event: str, details: dict[str, Any]) -> Any:
-    async def write() -> None:
-        await call.services.audit(event, actor=call.actor, details=details)
-
-    return write
-
-
-async def audit_refusal(call: Any, event: str, exc: HsmError, details: dict[str, Any]) -> None:
-    try:
-        await call.services.audit(event, actor=call.actor, outcome=exc.code.spec_name, details=details)
-    except HsmError:
-        pass
 
 
 async def visible_object(call: Any, handle: int) -> StoredObject:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from strongroom.auth.users import Role, normalize_username
+from strongroom.dispatch.auditing import audit_refusal, witness
 from strongroom.dispatch.table import operation
 from strongroom.errors import ActionProhibited, HsmError
 
@@ -28,9 +29,9 @@ async def create(call: Any, args: CreateArgs) -> dict[str, Any]:
     users = services.require_users()
     details = {"username": name, "role": role.value}
     try:
-        user = await users.create(name, role, args.password, witness=_witness(call, "user.create", details))
+        user = await users.create(name, role, args.password, witness=witness(call, "user.create", details))
     except HsmError as exc:
-        await _audit_failure(call, "user.create", exc, details)
+        await audit_refusal(call, "user.create", exc, details)
         raise
     return user.public()
 
@@ -52,10 +53,10 @@ async def delete(call: Any, args: DeleteArgs) -> dict[str, Any]:
             if objects.owned_count(name):
                 raise ActionProhibited(f"user {name!r} owns {objects.owned_count(name)} key(s); delete them first")
         user = await services.require_users().delete(
-            name, acting_user=call.actor, witness=_witness(call, "user.delete", details)
+            name, acting_user=call.actor, witness=witness(call, "user.delete", details)
         )
     except HsmError as exc:
-        await _audit_failure(call, "user.delete", exc, details)
+        await audit_refusal(call, "user.delete", exc, details)
         raise
     services.close_user_sessions(name)
     return user.public()
@@ -83,25 +84,9 @@ async def change_password(call: Any, args: ChangePasswordArgs) -> dict[str, Any]
         if call.session.role is not Role.ADMIN and name != call.actor:
             raise ActionProhibited("a crypto user can only change its own password")
         user = await services.require_users().set_password(
-            name, args.password, witness=_witness(call, "user.change_password", details)
+            name, args.password, witness=witness(call, "user.change_password", details)
         )
     except HsmError as exc:
-        await _audit_failure(call, "user.change_password", exc, details)
+        await audit_refusal(call, "user.change_password", exc, details)
         raise
     return user.public()
-
-
-def _witness(call: Any, event: str, details: dict[str, Any]) -> Any:
-    async def write() -> None:
-        await call.services.audit(event, actor=call.actor, details=details)
-
-    return write
-
-
-async def _audit_failure(call: Any, event: str, exc: HsmError, details: dict[str, Any]) -> None:
-    # A refused attempt is audited with its CKR code (after a success record only if the
-    # commit itself failed). If even this write fails the original error still reaches the caller.
-    try:
-        await call.services.audit(event, actor=call.actor, outcome=exc.code.spec_name, details=details)
-    except HsmError:
-        pass
