@@ -9,6 +9,7 @@ in which cluster states, and the dataclass its arguments must match.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import types
 import typing
@@ -110,14 +111,19 @@ def _matches(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
+@functools.cache
+def _schema(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    # Resolving type hints is slow (it evaluates annotations); do it once per argument class.
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+
+
 def parse_args(cls: type | None, raw: dict[str, Any]) -> Any:
     """Build the handler's argument dataclass, refusing unknown, missing and mistyped fields."""
     if cls is None:
         if raw:
             raise ArgumentsBad(f"this operation takes no arguments (got {sorted(map(str, raw))[:5]})")
         return None
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints, fields = _schema(cls)
     unknown = set(raw) - set(fields)
     if unknown:
         raise ArgumentsBad(f"unknown argument(s): {', '.join(sorted(map(str, unknown))[:5])}")

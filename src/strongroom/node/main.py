@@ -88,6 +88,8 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: selftest.Self
     await stop.wait()
     watcher.cancel()
     reaper.cancel()
+    await asyncio.gather(watcher, reaper, return_exceptions=True)
+    await services.stop_background()
     await listener.close()
     await store.close()
 

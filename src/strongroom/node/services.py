@@ -95,6 +95,13 @@ class NodeServices:
         self.cluster_id = cluster_id
         self._background.append(asyncio.get_running_loop().create_task(self.objects.follow()))
 
+    async def stop_background(self) -> None:
+        """Stop the tasks that use the store, before the store closes."""
+        tasks, self._background = self._background, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def forget_cluster_key(self) -> None:
         """Drop the cluster key from memory and destroy this node's sealed copy (zeroize)."""
         destroy_seal(self.config.node_dir)

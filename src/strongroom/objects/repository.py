@@ -88,6 +88,9 @@ class ObjectRepository:
         self._sync_lock = asyncio.Lock()
         self._advanced = asyncio.Condition()
         self._following = False
+        self._check: asyncio.Future[None] | None = None
+        self._checks_started = 0
+        self._check_number = 0
 
     # --- keeping the cache current -----------------------------------------------------
     async def load(self) -> None:
@@ -97,8 +100,34 @@ class ObjectRepository:
             index.put(StoredObject.from_entry(entry))
         self.tokens, self._revision = index, max(self._revision, revision)
 
-    async def sync(self, timeout: float = 5.0) -> None:
-        """Catch up with every change committed to the store so far (anyone's)."""
+    async def sync(self) -> None:
+        """Catch up with every change committed to the store before this call (anyone's).
+
+        Concurrent callers share one store query, but only one that started after they
+        arrived: a batch of pipelined requests costs one query, and none of them can
+        miss a change committed before it was received.
+        """
+        arrival = self._checks_started
+        while True:
+            check = self._check
+            if check is not None and check.done():  # its done-callback may not have run yet
+                check = self._check = None
+            if check is not None and self._check_number > arrival:
+                await asyncio.shield(check)
+                return
+            if check is None:
+                self._checks_started += 1
+                self._check_number = self._checks_started
+                check = self._check = asyncio.ensure_future(self._catch_up())
+                check.add_done_callback(self._check_done)
+                await asyncio.shield(check)
+                return
+            await asyncio.shield(check)  # started before we arrived: it may not cover us
+
+    def _check_done(self, _task: asyncio.Future[None]) -> None:
+        self._check = None
+
+    async def _catch_up(self, timeout: float = 5.0) -> None:
         current = await self._store.revision()
         if current <= self._revision:
             return
