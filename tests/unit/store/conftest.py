@@ -1,14 +1,21 @@
 """Backends for the store conformance suite.
 
 Every test takes ``store_factory``, parametrized over :data:`BACKENDS`. To run the
-suite against another backend (etcd), add a :class:`StoreBackend` subclass to
+suite against another backend, add a :class:`StoreBackend` subclass to
 :data:`BACKENDS`; skip in its constructor when the service is not available.
+
+The etcd backend shares one single-member etcd (started on first use, once per
+test session) between all tests; each test gets a namespace of its own and a
+``revision_base`` equal to etcd's revision when the test began, so that to the
+test the store looks new (revision 0, first write at revision 1). That relies on
+tests running one at a time against it, as they do.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import uuid
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -17,6 +24,7 @@ import pytest
 
 from strongroom.store.base import Store
 from strongroom.store.sqlite import SqliteStore
+from tests.etcd_cluster import EtcdCluster, require_etcd
 
 _T = TypeVar("_T")
 
@@ -30,7 +38,7 @@ class StoreBackend(abc.ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, runner: asyncio.Runner, tmp_path: Path) -> None:
+    def __init__(self, runner: asyncio.Runner, tmp_path: Path, request: pytest.FixtureRequest) -> None:
         self._runner = runner
         self._opened: list[Store] = []
 
@@ -62,8 +70,8 @@ class StoreBackend(abc.ABC):
 class SqliteBackend(StoreBackend):
     name = "sqlite"
 
-    def __init__(self, runner: asyncio.Runner, tmp_path: Path) -> None:
-        super().__init__(runner, tmp_path)
+    def __init__(self, runner: asyncio.Runner, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        super().__init__(runner, tmp_path, request)
         self.path = tmp_path / "store.db"
 
     async def _open(self) -> Store:
@@ -82,13 +90,64 @@ class SqliteBackend(StoreBackend):
         )
 
 
-BACKENDS: dict[str, type[StoreBackend]] = {"sqlite": SqliteBackend}
+class EtcdBackend(StoreBackend):
+    """A fresh namespace on the session's single-member etcd (see the module docstring)."""
+
+    name = "etcd"
+
+    def __init__(self, runner: asyncio.Runner, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        super().__init__(runner, tmp_path, request)
+        cluster: EtcdCluster = request.getfixturevalue("etcd_session_cluster")
+        self.endpoints = cluster.endpoints
+        self.namespace = f"/strongroom-test/{uuid.uuid4().hex}/"
+        self.revision_base = self.run(self._etcd_revision())
+
+    async def _etcd_revision(self) -> int:
+        from strongroom.store.etcd import EtcdStore
+
+        store = EtcdStore(self.endpoints, namespace=self.namespace)
+        try:
+            return await store.revision()
+        finally:
+            await store.close()
+
+    def _options(self) -> dict[str, Any]:
+        return {"namespace": self.namespace, "revision_base": self.revision_base}
+
+    async def _open(self) -> Store:
+        from strongroom.store.etcd import EtcdStore
+
+        return await EtcdStore.open(self.endpoints, **self._options())
+
+    async def compact(self, store: Store, revision: int) -> None:
+        from strongroom.store.etcd import EtcdStore
+
+        assert isinstance(store, EtcdStore)
+        await store.compact(revision)
+
+    def child_prelude(self) -> str:
+        return (
+            "from strongroom.store.etcd import EtcdStore\n"
+            "async def open_store():\n"
+            f"    return await EtcdStore.open({self.endpoints!r}, **{self._options()!r})\n"
+        )
+
+
+@pytest.fixture(scope="session")
+def etcd_session_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """One single-member etcd for the whole session, started on first use; skips without etcd."""
+    require_etcd()
+    with EtcdCluster(tmp_path_factory.mktemp("etcd-session"), size=1) as cluster:
+        yield cluster
+
+
+BACKENDS: dict[str, type[StoreBackend]] = {"sqlite": SqliteBackend, "etcd": EtcdBackend}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBackend]:
     with asyncio.Runner() as runner:
-        backend = BACKENDS[request.param](runner, tmp_path)
+        backend = BACKENDS[request.param](runner, tmp_path, request)
         try:
             yield backend
         finally:
