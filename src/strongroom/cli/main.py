@@ -95,6 +95,8 @@ def cmd_status(args: argparse.Namespace, _ctx: Context) -> None:
     result = _local(lambda: cluster.status(Path(args.dir)))
     text = f"cluster {result['cluster_name']}: {'healthy' if result['healthy'] else 'NOT healthy'}\n"
     text += table(result["nodes"], ["id", "zone", "address", "pid", "health", "state", "error"])
+    agent = result["agent"]
+    text += f"\nagent: {agent['health']} (pid {agent['pid']}, socket {agent['socket']})"
     emit(result, as_json=args.json, text=text)
     if not result["healthy"]:
         raise SystemExit(1)
@@ -108,6 +110,12 @@ def cmd_node_serve(args: argparse.Namespace, _ctx: Context) -> None:
         raise SystemExit(serve(Path(args.config)))
     except ConfigError as exc:
         raise CliError(str(exc)) from None
+
+
+def cmd_agent(args: argparse.Namespace, _ctx: Context) -> None:
+    from strongroom.agent.main import run
+
+    raise SystemExit(run(Path(args.config)))
 
 
 def cmd_cluster_status(args: argparse.Namespace, ctx: Context) -> None:
@@ -277,6 +285,8 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
         node = sub.add_parser("node", help="run an HSM node").add_subparsers(dest="node_command", required=True)
         p = add(node, "serve", cmd_node_serve, "run a node in the foreground")
         p.add_argument("--config", required=True, help="node configuration file (TOML)")
+        p = add(sub, "agent", cmd_agent, "run the PKCS#11 agent in the foreground (logs to stderr)")
+        p.add_argument("--config", required=True, help="agent configuration file (TOML)")
         add(sub, "interactive", cmd_interactive, "an interactive shell that keeps a login")
     else:
         p = add(sub, "login", cmd_login, "log in")

@@ -8,6 +8,8 @@ Layout of DIR (created on the first ``up``, reused afterwards)::
     store/strongroom.db           the embedded SQLite store (encrypted records only)
     client.json                   client profile: node addresses + certificate paths
     credentials.json              the generated first admin's password (0600, local use only)
+    agent.toml, agent.sock        the client agent's configuration and its Unix socket (PKCS#11 path)
+    agent.pid, agent.log
     strongroom.env                export lines for a shell
     cluster.json                  what ``up`` printed last
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from strongroom import pki
+from strongroom.agent.local import AgentStartError, agent_status, socket_path, start_agent, stop_agent
 from strongroom.barrier.seal import write_private_file
 from strongroom.client import Client, ClientError, ClientProfile, NodeAddress
 from strongroom.errors import CKR
@@ -247,20 +250,25 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
             raise LocalClusterError(f"node {node.node_id} is in the error state: {status['error']}")
         started.append({"id": node.node_id, "zone": node.zone, "address": node.address, "pid": pid})
     credentials = _initialize(layout, profile, cluster_name)
+    try:
+        agent_pid = start_agent(layout.root)
+    except AgentStartError as exc:
+        raise LocalClusterError(str(exc)) from None
+    agent_socket = str(socket_path(layout.root))
+    module = _module_path()
     env_lines = [
         f"export STRONGROOM_DIR={layout.root}",
-        # The agent and the PKCS#11 module arrive with the next milestones (issue 4); these
-        # variables are reserved for them and left empty until then.
-        "export STRONGROOM_AGENT_SOCKET=",
-        "export STRONGROOM_PKCS11_MODULE=",
+        f"export STRONGROOM_AGENT_SOCKET={agent_socket}",
+        f"export STRONGROOM_PKCS11_MODULE={module or ''}",
     ]
     layout.env_file.write_text("\n".join(env_lines) + "\n")
     summary = {
         "dir": str(layout.root),
         "cluster_name": cluster_name,
         "token_label": cluster_name,
-        "agent_socket": None,
-        "pkcs11_module": None,
+        "agent_socket": agent_socket,
+        "agent_pid": agent_pid,
+        "pkcs11_module": module,
         "admin_user": credentials.get("admin_user"),
         "admin_password": credentials.get("admin_password"),
         "env_file": str(layout.env_file),
@@ -277,6 +285,9 @@ def down(directory: Path) -> dict[str, Any]:
     if not layout.profile.exists():
         raise LocalClusterError(f"{directory} holds no Strongroom cluster")
     stopped = []
+    agent_pid = stop_agent(layout.root)  # first: it logs out of the nodes cleanly
+    if agent_pid is not None:
+        stopped.append({"id": "agent", "pid": agent_pid})
     for node_id in layout.node_ids():
         pid = _read_pid(layout.node_pid(node_id))
         if pid is not None:
@@ -358,8 +369,19 @@ def status(directory: Path) -> dict[str, Any]:
                 entry["health"] = "unreachable"
                 entry["error"] = exc.message
         nodes.append(entry)
-    healthy = all(n["health"] == "healthy" for n in nodes)
-    return {"dir": str(layout.root), "cluster_name": profile.cluster_name, "healthy": healthy, "nodes": nodes}
+    agent = agent_status(layout.root)
+    healthy = all(n["health"] == "healthy" for n in nodes) and agent["health"] == "running"
+    return {"dir": str(layout.root), "cluster_name": profile.cluster_name, "healthy": healthy, "nodes": nodes,
+            "agent": agent}
+
+
+def _module_path() -> str | None:
+    from strongroom.cli.pkcs11 import candidate_paths
+
+    for path in candidate_paths():
+        if path.is_file():
+            return str(path)
+    return None
 
 
 __all__ = ["CKR", "Layout", "LocalClusterError", "down", "status", "up"]

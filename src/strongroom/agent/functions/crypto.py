@@ -1,0 +1,270 @@
+"""Encryption, decryption, message digesting, signing and verifying (PKCS#11 v2.40 §5.8–5.13).
+
+``C_<Kind>Init`` becomes ``crypto.<kind>_init`` on the session's node p11session
+(opened on first use), the single-part call ``crypto.<kind>_single``, and
+``C_<Kind>Update`` / ``C_<Kind>Final`` ``crypto.<kind>_update`` / ``_final``.
+
+Output capacity (§5.2): a computed output is kept across a size query (cap -1) or a
+too-small buffer, so the operation is neither repeated nor ended; the next call of the
+same function with the same input hands it over. Errors end the operation as the spec
+says: any error of a single-part or final call but CKR_BUFFER_TOO_SMALL, any error of
+an update call (for encrypt/decrypt updates, but CKR_BUFFER_TOO_SMALL).
+
+Node-side state that vanished (the node restarted, the connection was re-opened, the
+login expired) is re-created when nothing was lost with it: an operation that has
+taken no update yet is initialized again on a new node session and the call goes on,
+transparently. An operation that has taken updates cannot be rebuilt (the node held
+its intermediate state): the call answers CKR_FUNCTION_FAILED and the operation ends;
+the application starts it again with C_<Kind>Init.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from strongroom.agent.functions.common import deliver, ensure_binding, in_session, require_user
+from strongroom.agent.functions.registry import BYTES, CAP, MECHANISM, ULONG, Context, Result, function
+from strongroom.agent.nodes import NodeError, StateLost
+from strongroom.agent.returns import AgentError
+from strongroom.agent.state import Operation, Pending, Session, fingerprint
+from strongroom.constants import CKM
+from strongroom.errors import CKR
+
+log = logging.getLogger("strongroom.agent")
+
+OUTPUT_KEY = {"encrypt": "data", "decrypt": "data", "sign": "signature", "digest": "digest"}
+
+
+class OperationLost(AgentError):
+    def __init__(self, kind: str) -> None:
+        super().__init__(CKR.FUNCTION_FAILED,
+                         f"the node that held this {kind} operation's state was lost; start it again")
+
+
+# --- node side ----------------------------------------------------------------------------------
+
+
+async def _node_init(ctx: Context, session: Session, op: Operation) -> None:
+    args: dict[str, Any] = {"mechanism": op.mechanism, "params": op.params}
+    if op.key is not None:
+        args["key"] = op.key
+    for attempt in (1, 2):
+        binding = await ensure_binding(ctx, session)
+        try:
+            await in_session(ctx, session, binding, f"crypto.{op.kind}_init", args)
+        except StateLost:
+            if attempt == 2:
+                raise
+            continue
+        op.binding = binding
+        return
+
+
+async def _node_step(ctx: Context, session: Session, op: Operation, step: str, args: dict[str, Any]) -> Any:
+    """One update/final/single call of ``op``, re-initializing it on a new node session if the old
+    one is gone and the operation has taken no update yet."""
+    logins = ctx.app.logins
+    for attempt in (1, 2):
+        if op.binding is None or op.binding is not session.binding or not op.binding.valid(logins):
+            op.binding = None
+            if op.parts:
+                raise OperationLost(op.kind)
+            log.info("%s: re-creating the %s operation on a new node session", ctx.function, op.kind)
+            await _node_init(ctx, session, op)
+        assert op.binding is not None
+        try:
+            return await in_session(ctx, session, op.binding, f"crypto.{op.kind}_{step}", args)
+        except NodeError:
+            op.binding = None  # a failed call ends the operation on the node
+            raise
+        except StateLost:
+            op.binding = None
+            if op.parts or attempt == 2:
+                raise OperationLost(op.kind) from None
+    raise AssertionError("unreachable")
+
+
+async def _abort(ctx: Context, session: Session, op: Operation) -> None:
+    """End ``op`` here and, if the node still runs it, there too."""
+    if session.operations.get(op.kind) is op:
+        del session.operations[op.kind]
+    binding, op.binding = op.binding, None
+    if binding is not None and binding.valid(ctx.app.logins):
+        try:
+            await in_session(ctx, session, binding, "crypto.cancel", {"kind": op.kind})
+        except Exception:  # noqa: BLE001 - best effort: the node ends it with the session anyway
+            pass
+
+
+def _current(session: Session, kind: str) -> Operation:
+    op = session.operations.get(kind)
+    if op is None:
+        raise AgentError(CKR.OPERATION_NOT_INITIALIZED, f"no {kind} operation is active")
+    return op
+
+
+def _deliver(session: Session, op: Operation, pending: Pending, cap: int) -> Result | list[Any]:
+    result = deliver(op, "pending", pending, cap)
+    if op.pending is None and pending.finishes and session.operations.get(op.kind) is op:
+        del session.operations[op.kind]
+    return result
+
+
+def _ends_operation(exc: BaseException) -> bool:
+    return not (isinstance(exc, AgentError) and exc.code == CKR.BUFFER_TOO_SMALL)
+
+
+# --- generic shapes ---------------------------------------------------------------------------------
+
+
+async def _init(ctx: Context, handle: int, kind: str, mechanism: tuple[int, Any], key: int | None) -> list[Any]:
+    session = ctx.session(handle)
+    async with session.lock:
+        if kind in session.operations:
+            raise AgentError(CKR.OPERATION_ACTIVE, f"a {kind} operation is already active in this session")
+        require_user(ctx)
+        ckm, params = mechanism
+        if kind == "encrypt" and ckm == CKM.AES_GCM and isinstance(params, dict) and not params.get("iv"):
+            # The node would choose the IV, but PKCS#11 v2.40 has no way to hand it back.
+            raise AgentError(CKR.MECHANISM_PARAM_INVALID, "AES_GCM encryption needs an IV (pIv/ulIvLen)")
+        op = Operation(kind, ckm, params, key, None)
+        await _node_init(ctx, session, op)
+        session.operations[kind] = op
+    return []
+
+
+async def _single(ctx: Context, handle: int, kind: str, data: bytes, cap: int) -> Result | list[Any]:
+    session = ctx.session(handle)
+    async with session.lock:
+        op = _current(session, kind)
+        stamp = fingerprint(ctx.function, data)
+        try:
+            if op.pending is not None:
+                if op.pending.function != ctx.function:
+                    raise AgentError(CKR.OPERATION_ACTIVE, "finish the output of the previous call first")
+                if op.pending.fingerprint != stamp:
+                    raise AgentError(CKR.ARGUMENTS_BAD, "call again with the same input to get the kept output")
+                return _deliver(session, op, op.pending, cap)
+            if op.parts:
+                raise AgentError(CKR.OPERATION_ACTIVE, f"a multi-part {kind} is in progress: finish it with "
+                                                       f"C_{kind.capitalize()}Final")
+            body = await _node_step(ctx, session, op, "single", {"data": data})
+            op.binding = None  # the node ended it
+            return _deliver(session, op, Pending(ctx.function, stamp, body[OUTPUT_KEY[kind]], True), cap)
+        except BaseException as exc:
+            if _ends_operation(exc):
+                await _abort(ctx, session, op)
+            raise
+
+
+async def _update(ctx: Context, handle: int, kind: str, data: bytes, cap: int | None) -> Result | list[Any]:
+    session = ctx.session(handle)
+    async with session.lock:
+        op = _current(session, kind)
+        stamp = fingerprint(ctx.function, data)
+        try:
+            if op.pending is not None:
+                if op.pending.function != ctx.function:
+                    raise AgentError(CKR.OPERATION_ACTIVE, "finish the output of the previous call first")
+                if op.pending.fingerprint != stamp:
+                    raise AgentError(CKR.ARGUMENTS_BAD, "call again with the same input to get the kept output")
+                return _deliver(session, op, op.pending, cap if cap is not None else -1)
+            body = await _node_step(ctx, session, op, "update", {"data": data})
+            op.parts += 1
+            if cap is None:
+                return []
+            return _deliver(session, op, Pending(ctx.function, stamp, body.get("data", b""), False), cap)
+        except BaseException as exc:
+            if _ends_operation(exc):
+                await _abort(ctx, session, op)
+            raise
+
+
+async def _final(ctx: Context, handle: int, kind: str, cap: int) -> Result | list[Any]:
+    session = ctx.session(handle)
+    async with session.lock:
+        op = _current(session, kind)
+        stamp = fingerprint(ctx.function)
+        try:
+            if op.pending is not None:
+                if op.pending.function != ctx.function:
+                    raise AgentError(CKR.OPERATION_ACTIVE, "finish the output of the previous call first")
+                return _deliver(session, op, op.pending, cap)
+            body = await _node_step(ctx, session, op, "final", {})
+            op.binding = None
+            return _deliver(session, op, Pending(ctx.function, stamp, body[OUTPUT_KEY[kind]], True), cap)
+        except BaseException as exc:
+            if _ends_operation(exc):
+                await _abort(ctx, session, op)
+            raise
+
+
+async def _verify(ctx: Context, handle: int, step: str, args: dict[str, Any]) -> list[Any]:
+    session = ctx.session(handle)
+    async with session.lock:
+        op = _current(session, "verify")
+        try:
+            if step == "single" and op.parts:
+                raise AgentError(CKR.OPERATION_ACTIVE, "a multi-part verification is in progress")
+            await _node_step(ctx, session, op, step, args)
+            op.binding = None
+        finally:
+            # C_Verify and C_VerifyFinal always end the operation, whatever the outcome.
+            await _abort(ctx, session, op)
+    return []
+
+
+# --- the functions ------------------------------------------------------------------------------------
+
+
+def _register(kind: str, title: str) -> None:
+    if kind == "digest":
+        async def init(ctx: Context, handle: int, mechanism: tuple[int, Any]) -> list[Any]:
+            return await _init(ctx, handle, kind, mechanism, None)
+
+        function("C_DigestInit", ULONG, MECHANISM)(init)
+    else:
+        async def init_with_key(ctx: Context, handle: int, mechanism: tuple[int, Any], key: int) -> list[Any]:
+            return await _init(ctx, handle, kind, mechanism, key)
+
+        function(f"C_{title}Init", ULONG, MECHANISM, ULONG)(init_with_key)
+
+    if kind == "verify":
+        async def verify(ctx: Context, handle: int, data: bytes, signature: bytes) -> list[Any]:
+            return await _verify(ctx, handle, "single", {"data": data, "signature": signature})
+
+        async def verify_update(ctx: Context, handle: int, data: bytes) -> Any:
+            return await _update(ctx, handle, kind, data, None)
+
+        async def verify_final(ctx: Context, handle: int, signature: bytes) -> list[Any]:
+            return await _verify(ctx, handle, "final", {"signature": signature})
+
+        function("C_Verify", ULONG, BYTES, BYTES)(verify)
+        function("C_VerifyUpdate", ULONG, BYTES)(verify_update)
+        function("C_VerifyFinal", ULONG, BYTES)(verify_final)
+        return
+
+    async def single(ctx: Context, handle: int, data: bytes, cap: int) -> Any:
+        return await _single(ctx, handle, kind, data, cap)
+
+    async def final(ctx: Context, handle: int, cap: int) -> Any:
+        return await _final(ctx, handle, kind, cap)
+
+    function(f"C_{title}", ULONG, BYTES, CAP)(single)
+    function(f"C_{title}Final", ULONG, CAP)(final)
+    if kind in ("encrypt", "decrypt"):
+        async def update_with_output(ctx: Context, handle: int, data: bytes, cap: int) -> Any:
+            return await _update(ctx, handle, kind, data, cap)
+
+        function(f"C_{title}Update", ULONG, BYTES, CAP)(update_with_output)
+    else:
+        async def update(ctx: Context, handle: int, data: bytes) -> Any:
+            return await _update(ctx, handle, kind, data, None)
+
+        function(f"C_{title}Update", ULONG, BYTES)(update)
+
+
+for _kind, _title in (("encrypt", "Encrypt"), ("decrypt", "Decrypt"), ("sign", "Sign"), ("verify", "Verify"),
+                      ("digest", "Digest")):
+    _register(_kind, _title)

@@ -1,0 +1,221 @@
+"""One table of PKCS#11 functions, filled by the chapter modules, and the dispatch through it.
+
+Each handler is registered with :func:`function` under its PKCS#11 name with the
+types of its arguments (docs/agent-protocol.md); :func:`dispatch` checks them, calls
+the handler, and turns every outcome into ``(rv, outputs)`` with an rv the function
+may return (:mod:`strongroom.agent.returns`). Nothing an application sends can make
+the agent answer with a traceback: unexpected exceptions are logged and answered
+with CKR_GENERAL_ERROR.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from strongroom.agent.attrcodec import MAX_TEMPLATE_ATTRIBUTES, CodecError, Layout
+from strongroom.agent.nodes import NodeError, NodeTimeout, NodeUnavailable, StateLost
+from strongroom.agent.returns import AgentError, finish, translate
+from strongroom.errors import CKR
+
+if TYPE_CHECKING:
+    from strongroom.agent.runtime import Agent
+    from strongroom.agent.state import App, Session
+
+log = logging.getLogger("strongroom.agent")
+
+MAX_ULONG = (1 << 64) - 1
+MAX_BYTES = 4 << 20
+
+
+@dataclass
+class Result:
+    """A reply whose rv is not CKR_OK but still carries outputs (BUFFER_TOO_SMALL, C_GetAttributeValue)."""
+
+    rv: int
+    outputs: list[Any]
+
+
+class Connection:
+    """What a handler knows about the client connection it serves."""
+
+    app: App | None
+    peer_uid: int | None
+    peer_pid: int | None
+
+
+@dataclass
+class Context:
+    agent: Agent
+    connection: Connection
+    function: str
+
+    @property
+    def app(self) -> App:
+        app = self.connection.app
+        if app is None or app.finalized:
+            raise AgentError(CKR.CRYPTOKI_NOT_INITIALIZED, "call C_Initialize first")
+        return app
+
+    @property
+    def layout(self) -> Layout:
+        return self.app.layout
+
+    def session(self, handle: int) -> Session:
+        session = self.app.sessions.get(handle)
+        if session is None:
+            raise AgentError(CKR.SESSION_HANDLE_INVALID, f"no session {handle}")
+        return session
+
+    def check_slot(self, slot: int) -> None:
+        if slot != self.agent.config.slot_id:
+            raise AgentError(CKR.SLOT_ID_INVALID, f"no slot {slot}")
+
+
+# --- argument types ----------------------------------------------------------------------------
+
+
+def _bad(what: str) -> AgentError:
+    return AgentError(CKR.ARGUMENTS_BAD, what)
+
+
+def ULONG(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ULONG:
+        raise _bad("expected an unsigned integer")
+    return value
+
+
+def BOOL(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _bad("expected a boolean")
+    return value
+
+
+def BYTES(value: Any) -> bytes:
+    if not isinstance(value, bytes) or len(value) > MAX_BYTES:
+        raise _bad("expected a byte string")
+    return value
+
+
+def CAP(value: Any) -> int:
+    """Output capacity: -1 for a NULL buffer (size query), else the buffer's length."""
+    if not isinstance(value, int) or isinstance(value, bool) or not -1 <= value <= MAX_ULONG:
+        raise _bad("expected an output capacity (-1 or a length)")
+    return value
+
+
+def TEMPLATE(value: Any) -> list[Any]:
+    """Checked for shape here; decoded against the application's layout by the handler."""
+    if not isinstance(value, list) or len(value) > MAX_TEMPLATE_ATTRIBUTES:
+        raise _bad(f"expected a template of at most {MAX_TEMPLATE_ATTRIBUTES} attributes")
+    return value
+
+
+def MECHANISM(value: Any) -> tuple[int, Any]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise _bad("a mechanism is [type, params]")
+    mechanism, params = value
+    mechanism = ULONG(mechanism)
+    if params is None or isinstance(params, bytes):
+        return mechanism, params
+    if isinstance(params, dict) and all(isinstance(k, str) for k in params) and len(params) <= 16:
+        for inner in params.values():
+            if not (inner is None or isinstance(inner, (bytes, bool)) or
+                    (isinstance(inner, int) and 0 <= inner <= MAX_ULONG)):
+                raise _bad("mechanism parameters are integers or byte strings")
+        return mechanism, params
+    raise _bad("mechanism parameters are nil, bytes or a map")
+
+
+def ATTRIBUTE_REQUESTS(value: Any) -> list[tuple[int, int]]:
+    if not isinstance(value, list) or len(value) > MAX_TEMPLATE_ATTRIBUTES:
+        raise _bad(f"expected at most {MAX_TEMPLATE_ATTRIBUTES} [type, cap] pairs")
+    requests = []
+    for pair in value:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise _bad("expected [type, cap] pairs")
+        requests.append((ULONG(pair[0]), CAP(pair[1])))
+    return requests
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    handler: Handler
+    args: tuple[Callable[[Any], Any], ...]
+    needs_app: bool
+
+
+FUNCTIONS: dict[str, Spec] = {}
+
+
+def function(name: str, *args: Callable[[Any], Any], needs_app: bool = True) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        if name in FUNCTIONS:
+            raise RuntimeError(f"{name} registered twice")
+        FUNCTIONS[name] = Spec(name, handler, args, needs_app)
+        return handler
+
+    return register
+
+
+async def dispatch(agent: Agent, connection: Connection, name: str, args: Any) -> tuple[int, list[Any]]:
+    spec = FUNCTIONS.get(name)
+    if spec is None:
+        return int(CKR.FUNCTION_NOT_SUPPORTED), []
+    rv, outputs = await _run(spec, Context(agent, connection, name), args)
+    final = finish(name, rv)
+    if final != CKR.OK and final != rv:
+        outputs = []
+    if final not in (CKR.OK, CKR.BUFFER_TOO_SMALL) and name != "C_GetAttributeValue":
+        outputs = []
+    return final, outputs
+
+
+async def _run(spec: Spec, ctx: Context, args: Any) -> tuple[int, list[Any]]:
+    name = spec.name
+    try:
+        if spec.needs_app:
+            ctx.app  # noqa: B018 - raises CRYPTOKI_NOT_INITIALIZED
+        if not isinstance(args, list) or len(args) != len(spec.args):
+            raise _bad(f"{name} takes {len(spec.args)} arguments")
+        converted = [kind(value) for kind, value in zip(spec.args, args, strict=True)]
+        result = await spec.handler(ctx, *converted)
+    except AgentError as exc:
+        log.debug("%s: %s (%s)", name, _code_name(exc.code), exc.message)
+        return exc.code, []
+    except NodeError as exc:
+        code = translate(name, exc.code)
+        log.debug("%s: node answered %s -> %s (%s)", name, _code_name(exc.code), _code_name(code), exc)
+        return code, []
+    except CodecError as exc:
+        return exc.code, []
+    except NodeUnavailable as exc:
+        log.warning("%s: %s", name, exc)
+        return int(CKR.DEVICE_REMOVED), []
+    except NodeTimeout as exc:
+        log.warning("%s: %s", name, exc)
+        return int(CKR.DEVICE_ERROR), []
+    except StateLost as exc:
+        log.warning("%s: node-side state lost: %s", name, exc)
+        return int(CKR.FUNCTION_FAILED), []
+    except Exception:  # noqa: BLE001 - never a traceback to the application
+        log.exception("unexpected error in %s", name)
+        return int(CKR.GENERAL_ERROR), []
+    if isinstance(result, Result):
+        return int(result.rv), result.outputs
+    return int(CKR.OK), list(result)
+
+
+def _code_name(code: int) -> str:
+    try:
+        return CKR(code).spec_name
+    except ValueError:
+        return hex(code)

@@ -1,0 +1,73 @@
+"""``strongroom agent --config FILE``: the agent in the foreground, logging to stderr.
+
+SIGTERM and SIGINT stop it cleanly: the socket stops accepting, every application's
+node logins end, the connections to the nodes close and the socket file is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+from strongroom.agent.config import AgentConfig, ConfigError
+from strongroom.agent.nodes import NodePool
+from strongroom.agent.runtime import Agent
+from strongroom.agent.server import AgentServer, AgentSocketError
+from strongroom.pki import PkiError
+
+log = logging.getLogger("strongroom.agent")
+
+
+async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> int:
+    try:
+        pool = NodePool(config)
+    except (OSError, ssl.SSLError, PkiError) as exc:
+        log.error("cannot load the client certificate, key or CA (%s, %s, %s): %s",
+                  config.cert, config.key, config.ca, exc)
+        return 2
+    agent = Agent(config, pool)
+    server = AgentServer(agent, config.socket)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await server.start()
+    except AgentSocketError as exc:
+        log.error("%s", exc)
+        return 1
+    await pool.start()
+    reachable = [link.name for link in pool.links if link.connected]
+    log.info("agent ready: slot %d, token %r, nodes reachable: %s", config.slot_id, config.cluster_name,
+             ", ".join(reachable) or "none yet")
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await server.close()
+        await agent.shutdown()
+        await pool.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("stopped")
+    return 0
+
+
+def run(config_path: Path) -> int:
+    try:
+        config = AgentConfig.load(config_path)
+    except ConfigError as exc:
+        print(f"strongroom agent: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, config.log_level.upper()),
+        format="%(asctime)s agent %(process)d %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return asyncio.run(serve(config))

@@ -1,0 +1,467 @@
+"""The agent's connections to the cluster's nodes, and the logins it holds on them.
+
+:class:`NodeLink` is one pipelined mTLS connection (:class:`AsyncConnection`) to one
+node, re-opened when it drops (its ``epoch`` counts the connections it has had: state
+the node keeps per connection — logins, PKCS#11 sessions, multi-part operations,
+session objects — lives in the worker process that accepted that connection and is
+gone when the epoch changes). :class:`NodePool` keeps the links, checks their health
+with ``node.status``, reconnects with exponential backoff, and picks the least loaded
+link (fewest requests in flight) for a call.
+
+:class:`Logins` holds one application's credentials (memory only) and its login on
+each link, made lazily the first time a link is used. :meth:`NodePool.call` is the
+single place where node replies meet re-authentication:
+
+- a reply CKR_SESSION_HANDLE_INVALID / CKR_USER_NOT_LOGGED_IN whose login turns out
+  to be dead (probe: ``session.info``) means the node forgot the login (idle expiry,
+  worker restart): log in again and, for a call that holds no node-side state, retry
+  it once — the node refused it before doing anything, so this is safe for any call;
+- a connection lost while the call was in flight: retry once, on another link or
+  the reconnected one, only if the call is idempotent (reads, single-part crypto,
+  find, attributes, random); otherwise the outcome is unknown (CKR_DEVICE_REMOVED);
+- a call that depends on node-side state (``stateful=True``: it names a PKCS#11
+  session of the node) is never retried here; it raises :class:`StateLost` and the
+  caller re-creates what it can (see :mod:`strongroom.agent.functions.crypto`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from strongroom.agent.config import AgentConfig
+from strongroom.client.connection import AsyncConnection, ClientError
+from strongroom.client.profile import NodeAddress
+from strongroom.errors import CKR
+from strongroom.transport.protocol import Reply
+from strongroom.transport.tls import client_context
+
+log = logging.getLogger("strongroom.agent.nodes")
+
+#: A call never opens connections more often than this, per link (the health loop backs off further).
+MIN_CONNECT_INTERVAL = 0.2
+BACKOFF_START = 0.25
+BACKOFF_MAX = 10.0
+LOGIN_CODES = (int(CKR.SESSION_HANDLE_INVALID), int(CKR.USER_NOT_LOGGED_IN))
+
+
+class NodeUnavailable(Exception):
+    """No node could take the call, or the connection was lost while it was in flight."""
+
+
+class NodeTimeout(Exception):
+    """The node did not answer in time; the outcome of the call is unknown."""
+
+
+class NodeError(Exception):
+    """The node answered with an error code."""
+
+    def __init__(self, code: int, message: Any) -> None:
+        super().__init__(str(message))
+        self.code = int(code)
+
+
+class StateLost(Exception):
+    """Node-side state a call depended on is gone (login forgotten or connection re-opened)."""
+
+
+# --- one connection -------------------------------------------------------------------------
+
+
+class NodeLink:
+    def __init__(self, node: NodeAddress, context: ssl.SSLContext, config: AgentConfig) -> None:
+        self.node = node
+        self._context = context
+        self._timeouts = config.timeouts
+        self.conn: AsyncConnection | None = None
+        self.epoch = 0
+        self.in_flight = 0
+        self.healthy = False
+        self.status: dict[str, Any] = {}
+        self.last_error: str | None = None
+        self._lock = asyncio.Lock()
+        self._last_attempt = 0.0
+        self.next_retry = 0.0
+        self.backoff = BACKOFF_START
+        self.next_health = 0.0
+
+    def __repr__(self) -> str:
+        return f"<NodeLink {self.node.node_id} {self.node.address} epoch={self.epoch}>"
+
+    @property
+    def name(self) -> str:
+        return self.node.node_id
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None and self.conn.closed is None
+
+    async def connect(self, *, force: bool = False) -> bool:
+        """Make sure a connection is open; False if the node cannot be reached now."""
+        if self.connected:
+            return True
+        async with self._lock:
+            if self.connected:
+                return True
+            now = time.monotonic()
+            if not force and now - self._last_attempt < MIN_CONNECT_INTERVAL:
+                return False
+            self._last_attempt = now
+            try:
+                conn = await AsyncConnection.open(
+                    self.node.host, self.node.port, self._context, server_hostname=self.node.host,
+                    timeout=self._timeouts.connect,
+                )
+            except (OSError, ssl.SSLError, TimeoutError, ClientError) as exc:
+                if self.last_error is None or self.epoch and self.healthy:
+                    log.warning("node %s (%s) unreachable: %s", self.name, self.node.address, exc)
+                self.last_error = str(exc) or exc.__class__.__name__
+                self.healthy = False
+                return False
+            old, self.conn = self.conn, conn
+            self.epoch += 1
+            self.healthy = True  # until the health check says otherwise
+            self.last_error = None
+            self.backoff = BACKOFF_START
+            self.next_retry = 0.0
+            log.info("connected to node %s at %s (connection %d)", self.name, self.node.address, self.epoch)
+        if old is not None:
+            _in_background(_quiet_close(old))
+        return True
+
+    async def request(self, op: str, args: dict[str, Any], token: bytes | None,
+                      timeout: float | None = None) -> Reply:
+        """One request on the current connection; NodeUnavailable if it is (or gets) lost."""
+        if not self.connected and not await self.connect():
+            raise NodeUnavailable(f"node {self.name} is not reachable: {self.last_error or 'connection lost'}")
+        conn = self.conn
+        assert conn is not None
+        self.in_flight += 1
+        try:
+            try:
+                future = conn.send(op, args, token)
+            except ClientError as exc:
+                raise NodeUnavailable(f"node {self.name}: {exc.message}") from None
+            try:
+                reply = await asyncio.wait_for(future, timeout or self._timeouts.request)
+            except TimeoutError:
+                raise NodeTimeout(f"node {self.name} did not answer {op} within "
+                                  f"{timeout or self._timeouts.request:.0f} s") from None
+        finally:
+            self.in_flight -= 1
+        if reply.code == CKR.DEVICE_REMOVED and conn.closed is not None:
+            self.healthy = False
+            raise NodeUnavailable(f"node {self.name}: {reply.body}")
+        return reply
+
+    def drop(self, why: str) -> None:
+        """Forget a connection that failed its health check (the next call reconnects)."""
+        conn, self.conn = self.conn, None
+        self.healthy = False
+        self.last_error = why
+        if conn is not None:
+            log.warning("dropping connection to node %s: %s", self.name, why)
+            _in_background(_quiet_close(conn))
+
+    async def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            await _quiet_close(conn)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _in_background(coro: Any) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)  # keep a reference until it is done
+    task.add_done_callback(_background.discard)
+
+
+async def _quiet_close(conn: AsyncConnection) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), 5)
+    except (Exception, asyncio.CancelledError):  # noqa: BLE001 - closing must not fail anything
+        pass
+
+
+# --- logins held for an application -----------------------------------------------------------
+
+
+@dataclass
+class Identity:
+    """An application's credentials. Held in agent memory only, never written anywhere."""
+
+    username: str
+    password: str = field(repr=False)
+    role: str  # "crypto-user" (CKU_USER) or "admin" (CKU_SO)
+    user_type: int
+
+
+@dataclass
+class LoginState:
+    token: bytes | None = None
+    epoch: int = -1
+    serial: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+_serials = iter(range(1, 1 << 62))
+
+
+class Logins:
+    """One application's logins, one per link, made lazily from its :class:`Identity`."""
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+        self._states: dict[str, LoginState] = {}
+        #: Set when the login ended (C_Logout) or a re-login was refused: no more attempts are
+        #: made with these credentials, so a changed password cannot lock the account.
+        self.closed: str | None = None
+
+    def _state(self, link: NodeLink) -> LoginState:
+        state = self._states.get(link.name)
+        if state is None:
+            state = self._states[link.name] = LoginState()
+        return state
+
+    def current(self, link: NodeLink) -> tuple[bytes, int] | None:
+        """The live login on ``link``'s current connection, if any."""
+        state = self._states.get(link.name)
+        if state is None or state.token is None or state.epoch != link.epoch:
+            return None
+        return state.token, state.serial
+
+    def adopt(self, link: NodeLink, token: bytes, epoch: int) -> int:
+        state = self._state(link)
+        state.token, state.epoch, state.serial = token, epoch, next(_serials)
+        return state.serial
+
+    def forget(self, link: NodeLink, token: bytes) -> None:
+        state = self._states.get(link.name)
+        if state is not None and state.token == token:
+            state.token = None
+
+    async def token(self, link: NodeLink) -> tuple[bytes, int]:
+        """The login on ``link``, logging in now if its connection has none yet."""
+        state = self._state(link)
+        async with state.lock:
+            live = self.current(link)
+            if live is not None:
+                return live
+            if self.closed is not None:
+                raise NodeError(CKR.USER_NOT_LOGGED_IN, self.closed)
+            epoch = link.epoch
+            reply = await link.request("session.login", {
+                "username": self.identity.username, "password": self.identity.password,
+                "role": self.identity.role,
+            }, None)
+            if not reply.ok:
+                # The password changed elsewhere, the user was deleted or locked: the
+                # application's login is no longer valid.
+                log.warning("re-login of %s on node %s failed: %s", self.identity.username, link.name, reply.body)
+                if reply.code in (CKR.PIN_INCORRECT, CKR.PIN_LOCKED, CKR.USER_TYPE_INVALID):
+                    self.closed = f"the node refused the held credentials: {reply.body}; log in again"
+                    raise NodeError(CKR.USER_NOT_LOGGED_IN, self.closed)
+                raise NodeError(reply.code, reply.body)
+            if link.epoch != epoch:
+                raise NodeUnavailable(f"node {link.name}: the connection changed during login")
+            log.info("logged in %s (%s) on node %s", self.identity.username, self.identity.role, link.name)
+            return reply.body["session"], self.adopt(link, reply.body["session"], epoch)
+
+    def live(self) -> Iterable[tuple[str, bytes]]:
+        for name, state in self._states.items():
+            if state.token is not None:
+                yield name, state.token
+
+    def clear(self) -> list[tuple[str, bytes, int]]:
+        held = [(name, s.token, s.epoch) for name, s in self._states.items() if s.token is not None]
+        self._states.clear()
+        self.closed = "logged out"
+        self.identity.password = ""
+        return held
+
+
+# --- the pool ----------------------------------------------------------------------------------
+
+
+class NodePool:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        context = client_context(config.cert, config.key, config.ca)
+        self.links = [NodeLink(node, context, config) for node in config.nodes]
+        self._by_name = {link.name: link for link in self.links}
+        self._health_task: asyncio.Task[None] | None = None
+
+    def link(self, name: str) -> NodeLink | None:
+        return self._by_name.get(name)
+
+    async def start(self) -> None:
+        await asyncio.gather(*(link.connect(force=True) for link in self.links))
+        self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+
+    async def close(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            try:
+                await self._health_task
+            except asyncio.CancelledError:
+                pass
+        await asyncio.gather(*(link.close() for link in self.links))
+
+    # --- choosing a link ----------------------------------------------------------------
+
+    def _best(self, exclude: Iterable[NodeLink] = ()) -> NodeLink | None:
+        excluded = set(map(id, exclude))
+        live = [link for link in self.links if link.connected and id(link) not in excluded]
+        healthy = [link for link in live if link.healthy] or live
+        if not healthy:
+            return None
+        return min(healthy, key=lambda link: link.in_flight)
+
+    async def acquire(self, preferred: NodeLink | None = None, exclude: Iterable[NodeLink] = ()) -> NodeLink:
+        """A connected link: ``preferred`` if it is up, else the least loaded; waits for one to come back."""
+        exclude = list(exclude)
+        deadline = time.monotonic() + self.config.timeouts.reconnect_wait
+        while True:
+            if preferred is not None and preferred not in exclude and preferred.connected:
+                return preferred
+            best = self._best(exclude)
+            if best is not None:
+                return best
+            candidates = [link for link in self.links if link not in exclude] or self.links
+            results = await asyncio.gather(*(link.connect() for link in candidates))
+            if any(results):
+                exclude = []  # a reconnected link is a new connection: usable again
+                continue
+            if time.monotonic() >= deadline:
+                reasons = "; ".join(f"{link.name}: {link.last_error}" for link in self.links)
+                raise NodeUnavailable(f"no node of the cluster is reachable ({reasons})")
+            await asyncio.sleep(MIN_CONNECT_INTERVAL)
+
+    # --- calls -----------------------------------------------------------------------------
+
+    async def call(
+        self,
+        op: str,
+        args: dict[str, Any],
+        *,
+        logins: Logins | None,
+        link: NodeLink | None = None,
+        pinned: bool = False,
+        idempotent: bool = False,
+        stateful: bool = False,
+        serial: int | None = None,
+    ) -> tuple[Any, NodeLink, int]:
+        """Run ``op`` and return ``(body, link, login serial)``; node errors raise :class:`NodeError`.
+
+        ``link`` is preferred (``pinned``: required — a stateless call on the link that
+        holds an application's session objects). ``stateful`` calls name node-side state
+        and must run on ``link`` with the login they were made under (``serial``): any
+        loss of it raises :class:`StateLost` instead of being retried.
+        """
+        expected_serial = serial
+        tried: list[NodeLink] = []
+        attempts = 0
+        while True:
+            attempts += 1
+            if stateful or pinned:
+                assert link is not None
+                use = link
+                if not use.connected and not await use.connect():
+                    if stateful:
+                        raise StateLost(f"node {use.name} is not reachable")
+                    use = await self.acquire(use)
+            else:
+                use = await self.acquire(link, exclude=tried)
+            token: bytes | None = None
+            serial = 0
+            if logins is not None and stateful:
+                live = logins.current(use)
+                if live is None or (expected_serial is not None and live[1] != expected_serial):
+                    raise StateLost(f"the login on node {use.name} is gone")
+                token, serial = live
+            sent = False
+            try:
+                if logins is not None and not stateful:
+                    token, serial = await logins.token(use)
+                sent = True
+                reply = await use.request(op, args, token)
+            except NodeUnavailable:
+                tried.append(use)
+                if stateful:
+                    raise StateLost(f"the connection to node {use.name} was lost") from None
+                if (idempotent or not sent) and attempts < 2:
+                    log.info("%s: connection to node %s lost; retrying once", op, use.name)
+                    continue
+                raise
+            if reply.ok:
+                return reply.body, use, serial
+            if reply.code in LOGIN_CODES and token is not None and logins is not None:
+                if await self._login_dead(use, token):
+                    logins.forget(use, token)
+                    if stateful:
+                        raise StateLost(f"node {use.name} forgot the login")
+                    if attempts < 2:
+                        log.info("%s: node %s forgot the login of %s; logging in again", op, use.name,
+                                 logins.identity.username)
+                        continue
+                elif stateful:
+                    raise StateLost(f"node {use.name} no longer knows the PKCS#11 session")
+            raise NodeError(reply.code, reply.body)
+
+    async def _login_dead(self, link: NodeLink, token: bytes) -> bool:
+        try:
+            reply = await link.request("session.info", {}, token)
+        except (NodeUnavailable, NodeTimeout):
+            return True
+        return reply.code in LOGIN_CODES
+
+    async def request_any(self, op: str, args: dict[str, Any], token: bytes | None = None) -> Any:
+        """A call that needs no login (node.status, cluster.status) on any link, retried once."""
+        body, _link, _serial = await self.call(op, args, logins=None, idempotent=True)
+        return body
+
+    # --- health ------------------------------------------------------------------------------
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            await asyncio.gather(*(self._check(link, now) for link in self.links), return_exceptions=True)
+
+    async def _check(self, link: NodeLink, now: float) -> None:
+        if not link.connected:
+            if now < link.next_retry:
+                return
+            if not await link.connect(force=True):
+                link.next_retry = time.monotonic() + link.backoff
+                link.backoff = min(link.backoff * 2, BACKOFF_MAX)
+                return
+            link.next_health = 0.0
+        if now < link.next_health:
+            return
+        link.next_health = now + self.config.timeouts.health_interval
+        try:
+            reply = await link.request("node.status", {}, None, timeout=max(self.config.timeouts.connect, 5.0))
+        except NodeTimeout as exc:
+            link.drop(str(exc))
+            return
+        except NodeUnavailable:
+            link.healthy = False
+            return
+        if not reply.ok:
+            link.healthy = False
+            return
+        status = reply.body if isinstance(reply.body, dict) else {}
+        was = link.healthy
+        link.status = status
+        link.healthy = status.get("state") == "active"
+        if was and not link.healthy:
+            log.warning("node %s is not serving: state %s %s", link.name, status.get("state"),
+                        status.get("error") or "")

@@ -1,0 +1,132 @@
+"""The agent's state across connections: applications, caches, and ending logins and sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from strongroom.agent.config import AgentConfig
+from strongroom.agent.nodes import NodePool, NodeTimeout, NodeUnavailable
+from strongroom.agent.state import App, Session
+
+log = logging.getLogger("strongroom.agent")
+
+MECHANISM_CACHE_SECONDS = 3600.0
+CLUSTER_CACHE_SECONDS = 10.0
+LOGOUT_TIMEOUT = 5.0
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, pool: NodePool) -> None:
+        self.config = config
+        self.pool = pool
+        self.apps: dict[bytes, App] = {}
+        self.mechanisms: list[dict[str, Any]] | None = None
+        self.mechanisms_at = 0.0
+        self.cluster: dict[str, Any] | None = None
+        self.cluster_at = 0.0
+
+    # --- caches -------------------------------------------------------------------------
+
+    async def cluster_status(self) -> dict[str, Any] | None:
+        """``cluster.status`` (no login needed), cached for a few seconds; None if unreachable."""
+        now = time.monotonic()
+        if self.cluster is not None and now - self.cluster_at < CLUSTER_CACHE_SECONDS:
+            return self.cluster
+        try:
+            status = await self.pool.request_any("cluster.status", {})
+        except Exception as exc:  # noqa: BLE001 - a stale answer is better than none
+            log.warning("cluster.status failed: %s", exc)
+            return self.cluster
+        self.cluster, self.cluster_at = status, now
+        return status
+
+    async def mechanism_list(self, prefer: App | None) -> list[dict[str, Any]]:
+        """The cluster's mechanisms (``mechanism.list`` needs a login: any application's will do)."""
+        now = time.monotonic()
+        if self.mechanisms is not None and now - self.mechanisms_at < MECHANISM_CACHE_SECONDS:
+            return self.mechanisms
+        candidates = [prefer] if prefer is not None else []
+        candidates += [app for app in self.apps.values() if app is not prefer]
+        for app in candidates:
+            if app.logins is None or app.logins.closed:
+                continue
+            try:
+                body, _link, _serial = await self.pool.call("mechanism.list", {}, logins=app.logins,
+                                                            link=app.home, idempotent=True)
+            except Exception as exc:  # noqa: BLE001 - try the next login, then the local list
+                log.info("mechanism.list through %s failed: %s", app.logins.identity.username, exc)
+                continue
+            self.mechanisms, self.mechanisms_at = list(body["mechanisms"]), now
+            return self.mechanisms
+        if self.mechanisms is not None:
+            return self.mechanisms
+        # Nobody is logged in yet: this agent's own copy of the node software knows the same
+        # mechanisms. It is not cached, so the cluster's answer replaces it after a login.
+        from strongroom.dispatch.ops.mechanism import list_mechanisms
+
+        import strongroom.mechanisms  # noqa: F401 - registers every family
+
+        return list((await list_mechanisms(None, None))["mechanisms"])
+
+    # --- ending things --------------------------------------------------------------------
+
+    async def logout(self, app: App) -> None:
+        """The application's login state returns to public: node logins end, node state goes."""
+        logins, app.logins = app.logins, None
+        for session in app.sessions.values():
+            session.forget_node_state()
+            session.find = None
+        app.session_objects.clear()
+        if logins is None:
+            return
+        held = logins.clear()
+        await asyncio.gather(*(self._node_logout(name, token, epoch) for name, token, epoch in held))
+
+    async def _node_logout(self, name: str, token: bytes | None, epoch: int) -> None:
+        link = self.pool.link(name)
+        if token is None or link is None or not link.connected or link.epoch != epoch:
+            return
+        try:
+            # session.logout ends the login and, on the node, its PKCS#11 sessions and session objects.
+            await link.request("session.logout", {}, token, timeout=LOGOUT_TIMEOUT)
+        except (NodeUnavailable, NodeTimeout):
+            pass
+
+    async def close_session(self, app: App, session: Session) -> None:
+        app.sessions.pop(session.handle, None)
+        binding = session.binding
+        session.forget_node_state()
+        session.find = None
+        for handle in [h for h, owner in app.session_objects.items() if owner == session.handle]:
+            del app.session_objects[handle]
+        if binding is not None and binding.valid(app.logins):
+            live = app.logins.current(binding.link) if app.logins else None
+            if live is not None:
+                try:
+                    await binding.link.request("p11session.close", {"session": binding.handle}, live[0],
+                                               timeout=LOGOUT_TIMEOUT)
+                except (NodeUnavailable, NodeTimeout):
+                    pass
+        if not app.sessions and app.logins is not None:
+            # PKCS#11: closing an application's last session returns it to the public state.
+            await self.logout(app)
+
+    async def finalize(self, app: App) -> None:
+        """C_Finalize, or the application's last connection closed."""
+        if app.finalized:
+            return
+        app.finalized = True
+        if self.apps.get(app.app_id) is app:
+            del self.apps[app.app_id]
+        for connection in list(app.connections):
+            connection.app = None
+        app.connections.clear()
+        await self.logout(app)
+        app.sessions.clear()
+        log.info("application %s (pid %s) finalized", app.app_id.hex()[:8], app.pid)
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(self.finalize(app) for app in list(self.apps.values())), return_exceptions=True)
