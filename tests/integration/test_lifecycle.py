@@ -25,16 +25,20 @@ def test_up_prints_the_documented_json_and_down_leaves_nothing(tmp_path: Path) -
     (node,) = summary["nodes"]
     assert {"id", "address", "pid"} <= set(node)
     env = Path(summary["env_file"]).read_text()
-    assert "STRONGROOM_AGENT_SOCKET" in env and "STRONGROOM_PKCS11_MODULE" in env
+    assert f"export STRONGROOM_AGENT_SOCKET={summary['agent_socket']}" in env
+    assert f"export STRONGROOM_PKCS11_MODULE={summary['pkcs11_module']}" in env
+    assert Path(summary["pkcs11_module"]).is_file() and Path(summary["agent_socket"]).exists()
     pgid = os.getpgid(node["pid"])
+    agent_pgid = os.getpgid(summary["agent_pid"])
     assert len(group_members(pgid)) == 3  # supervisor + 2 workers
     assert local.admin().cluster_status()["state"] == "active"
     stopped = local.down()
-    assert [n["id"] for n in stopped["stopped"]] == ["node1"]
+    assert sorted(n["id"] for n in stopped["stopped"]) == ["agent", "node1"]
     deadline = time.monotonic() + 5
-    while group_members(pgid) and time.monotonic() < deadline:
+    while (group_members(pgid) or group_members(agent_pgid)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert group_members(pgid) == set()
+    assert group_members(pgid) == set() and group_members(agent_pgid) == set()
+    assert not Path(summary["agent_socket"]).exists()
     rc, status = local.cli("status")
     assert rc == 1 and status["data"]["nodes"][0]["health"] == "stopped"
 
