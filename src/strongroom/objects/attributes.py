@@ -22,7 +22,7 @@ from strongroom.errors import AttributeTypeInvalid, AttributeValueInvalid
 
 MAX_ATTRIBUTE_BYTES = 64 * 1024
 MAX_LABEL_BYTES = 256
-MAX_TEMPLATE_ATTRIBUTES = 64
+MAX_TEMPLATE_ATTRIBUTES = 256  # as the module-agent protocol allows
 
 
 class Kind(enum.Enum):
