@@ -39,7 +39,7 @@ def cmd_module_path(args: argparse.Namespace, _ctx: Any) -> None:
 
 def cmd_p11kit_config(args: argparse.Namespace, _ctx: Any) -> None:
     text = p11kit_config(module_path())
-    if args.install:
+    if args.install or args.install_dir:
         target_dir = Path(args.install_dir) if args.install_dir else P11KIT_SYSTEM_DIR
         try:
             target_dir.mkdir(parents=True, exist_ok=True)
@@ -60,4 +60,4 @@ def register(sub: Any, add: Any) -> None:
     p = add(group, "p11-kit-config", cmd_p11kit_config,
             "print (or --install) the p11-kit module file so GnuTLS and other p11-kit users find the module")
     p.add_argument("--install", action="store_true", help="write it to /etc/pkcs11/modules/strongroom.module")
-    p.add_argument("--install-dir", help="write it to this folder instead (e.g. ~/.config/pkcs11/modules)")
+    p.add_argument("--install-dir", help="write it to this folder instead (implies --install; e.g. ~/.config/pkcs11/modules)")

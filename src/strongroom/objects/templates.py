@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from strongroom.constants import CKA, CKO
+from strongroom.constants import CKA, CKK, CKO
 from strongroom.errors import (
     ActionProhibited,
     AttributeReadOnly,
@@ -15,6 +15,13 @@ from strongroom.errors import (
 )
 from strongroom.objects.attributes import RULES, Direction, Op, rule_for
 from strongroom.objects.model import StoredObject
+
+_CIPHER_USES = (CKA.ENCRYPT, CKA.DECRYPT, CKA.WRAP, CKA.UNWRAP)
+_UNABLE: dict[int, tuple[int, ...]] = {
+    CKK.EC: _CIPHER_USES,
+    CKK.EC_EDWARDS: (*_CIPHER_USES, CKA.DERIVE),
+    CKK.GENERIC_SECRET: _CIPHER_USES,
+}
 
 #: Attributes that describe what an object is; a caller may repeat them but not contradict them.
 IDENTITY = (CKA.CLASS, CKA.KEY_TYPE)
@@ -74,6 +81,11 @@ def build(
     if object_class in (CKO.SECRET_KEY, CKO.PUBLIC_KEY, CKO.PRIVATE_KEY):
         if CKA.KEY_TYPE not in attributes:
             raise TemplateIncomplete("CKA_KEY_TYPE is required")
+        # A usage the key type cannot perform defaults to false (an EC key never "decrypts").
+        unable = _UNABLE.get(attributes[CKA.KEY_TYPE], ())
+        for cka in unable:
+            if cka in attributes and cka not in supplied and cka not in computed:
+                attributes[cka] = False
         local = op is Op.GENERATE
         attributes[CKA.LOCAL] = local
         if key_gen_mechanism is not None:
