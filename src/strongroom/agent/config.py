@@ -69,6 +69,8 @@ class AgentConfig:
     cluster_name: str = "strongroom"
     slot_id: int = 0
     log_level: str = "info"
+    #: Group that may use the socket (mode 0660): e.g. "www-data" so nginx workers can reach the HSM.
+    socket_group: str | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     def __post_init__(self) -> None:
@@ -93,6 +95,7 @@ class AgentConfig:
                 "cluster_name": self.cluster_name,
                 "slot_id": self.slot_id,
                 "log_level": self.log_level,
+                **({"socket_group": self.socket_group} if self.socket_group else {}),
             },
             "tls": {"ca": str(self.ca), "cert": str(self.cert), "key": str(self.key)},
             "timeouts": {f.name: getattr(self.timeouts, f.name) for f in fields(Timeouts)},
@@ -137,6 +140,7 @@ class AgentConfig:
                 cluster_name=str(agent.get("cluster_name", "strongroom")),
                 slot_id=int(agent.get("slot_id", 0)),
                 log_level=str(agent.get("log_level", "info")).lower(),
+                socket_group=None if agent.get("socket_group") is None else str(agent["socket_group"]),
                 ca=resolve(tls["ca"]),
                 cert=resolve(tls["cert"]),
                 key=resolve(tls["key"]),

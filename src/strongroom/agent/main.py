@@ -30,7 +30,7 @@ async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> int:
                   config.cert, config.key, config.ca, exc)
         return 2
     agent = Agent(config, pool)
-    server = AgentServer(agent, config.socket)
+    server = AgentServer(agent, config.socket, config.socket_group)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

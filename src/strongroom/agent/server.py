@@ -109,9 +109,10 @@ def _oversized_id(head: bytes) -> int:
 
 
 class AgentServer:
-    def __init__(self, agent: Agent, path: Path) -> None:
+    def __init__(self, agent: Agent, path: Path, group: str | None = None) -> None:
         self.agent = agent
         self.path = Path(path)
+        self.group = group
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -125,6 +126,13 @@ class AgentServer:
         finally:
             os.umask(old_umask)
         os.chmod(self.path, SOCKET_MODE)
+        if self.group is not None:
+            import grp
+
+            try:
+                os.chown(self.path, -1, grp.getgrnam(self.group).gr_gid)
+            except (KeyError, PermissionError) as exc:
+                raise OSError(f"cannot give the agent socket to group {self.group!r}: {exc}") from None
         log.info("listening on %s", self.path)
 
     async def _clear_stale_socket(self) -> None:
