@@ -1,0 +1,156 @@
+"""Java 17 JCE through the JDK's own SunPKCS11 provider, over the Strongroom PKCS#11 module and agent.
+
+`java/StrongroomJce.java` is compiled once per session with `javac` and run with `java` against the
+module of a real `strongroom up` cluster: SunPKCS11 configured with `name = Strongroom`,
+`library = <module>`, `slot = 0` (no attribute overrides), the PKCS11 key store opened with the PIN
+`user:password` (and refused with a wrong one), RSA-2048 / EC P-256 / AES-256 generated through the
+provider, SHA256withRSA, SHA256withECDSA and RSASSA-PSS signatures, AES/GCM/NoPadding (where the JDK
+tries the two CK_GCM_PARAMS layouts) and AES/CBC/PKCS5Padding. The program prints one line per check;
+every line must be OK, and the signatures are verified again here with pyca/cryptography.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from ..conftest import LocalCluster
+
+ROOT = Path(__file__).resolve().parents[3]
+PKCS11_DIR = ROOT / "pkcs11"
+JAVA_SOURCE = Path(__file__).resolve().parent / "java" / "StrongroomJce.java"
+JAVA_TIMEOUT = 120  # the run takes a few seconds; this only bounds a hang
+USER, PASSWORD = "jce", "jce-password-1"
+TOKEN_AES = "jce-token-aes"
+
+EXPECTED_CHECKS = {
+    "provider", "keystore-wrong-pin", "keystore-login", "keystore-aliases", "token-aes-gcm",
+    "keygen-rsa-2048", "keygen-ec-p256", "keygen-aes-256", "sign-SHA256withRSA", "sign-SHA256withECDSA",
+    "sign-RSASSA-PSS", "aes-gcm", "aes-cbc-pkcs5", "logout",
+}
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"this test needs {name} from a JDK 17 (apt-get install openjdk-17-jdk-headless)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def jce_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """StrongroomJce.java compiled with javac, once per session."""
+    javac = _tool("javac")
+    out = tmp_path_factory.mktemp("jce-classes")
+    result = subprocess.run([javac, "-Xlint:all", "-Werror", "-d", str(out), str(JAVA_SOURCE)],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (out / "StrongroomJce.class").is_file()
+    return out
+
+
+@pytest.fixture(scope="session")
+def pkcs11_module() -> Path:
+    """The plain (non-sanitizer) build of the module: the one applications load."""
+    result = subprocess.run(["make", "-C", str(PKCS11_DIR)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    module = PKCS11_DIR / "build" / "libstrongroom-pkcs11.so"
+    assert module.is_file()
+    return module
+
+
+@pytest.fixture(scope="module")
+def jce_user(shared_cluster: LocalCluster) -> Iterator[str]:
+    """A crypto user with one token AES key (made with the CLI) for the key store to list."""
+    admin = shared_cluster.admin()
+    admin.user_create(USER, "crypto-user", PASSWORD)
+    admin.logout()
+    code, reply = shared_cluster.cli("key", "generate-symmetric", "aes", "--label", TOKEN_AES,
+                                     "--key-length-bytes", "32", pin=f"{USER}:{PASSWORD}")
+    assert code == 0, reply
+    yield f"{USER}:{PASSWORD}"
+
+
+def _run_java(classes: Path, config: Path, socket_path: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRONGROOM_", "JAVA_TOOL_OPTIONS", "_JAVA"))}
+    env["STRONGROOM_AGENT_SOCKET"] = socket_path
+    env["STRONGROOM_PKCS11_TIMEOUT"] = "60"
+    # subprocess.run kills the JVM if it outlives the timeout: no java is ever left behind.
+    return subprocess.run([_tool("java"), "-cp", str(classes), "StrongroomJce", str(config), *args],
+                          capture_output=True, text=True, env=env, timeout=JAVA_TIMEOUT)
+
+
+def _sunpkcs11_config(path: Path, module: Path) -> Path:
+    path.write_text(f"name = Strongroom\nlibrary = {module}\nslot = 0\n")
+    return path
+
+
+def _parse(stdout: str) -> tuple[dict[str, str], dict[str, bytes], list[str]]:
+    """(status per check, DATA values, unexpected lines)."""
+    checks: dict[str, str] = {}
+    data: dict[str, bytes] = {}
+    other: list[str] = []
+    for line in stdout.splitlines():
+        word, _, rest = line.partition(" ")
+        if word in ("OK", "FAIL", "SKIP"):
+            name = rest.split(":", 1)[0].split(" ", 1)[0]
+            checks[name] = word
+        elif word == "DATA":
+            name, _, value = rest.partition(" ")
+            data[name] = base64.b64decode(value)
+        elif word != "END":
+            other.append(line)
+    return checks, data, other
+
+
+def test_jce_through_sunpkcs11(shared_cluster: LocalCluster, jce_classes: Path, pkcs11_module: Path,
+                               jce_user: str, tmp_path: Path) -> None:
+    socket_path = shared_cluster.summary["agent_socket"]
+    assert socket_path, "strongroom up reported no agent socket"
+    config = _sunpkcs11_config(tmp_path / "strongroom-pkcs11.cfg", pkcs11_module)
+
+    result = _run_java(jce_classes, config, socket_path, jce_user, f"{USER}:not-the-password", TOKEN_AES)
+    report = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+    checks, data, other = _parse(result.stdout)
+    assert not other, report
+    failed = sorted(name for name, status in checks.items() if status != "OK")
+    assert not failed, f"checks not OK: {failed}\n{report}"
+    assert set(checks) == EXPECTED_CHECKS, f"missing: {sorted(EXPECTED_CHECKS - set(checks))}\n{report}"
+    assert "END failures=0" in result.stdout and result.returncode == 0, report
+
+    # The same signatures, checked outside the JVM with pyca/cryptography.
+    message = data["message"]
+    rsa_key = serialization.load_der_public_key(data["rsa-public"])
+    assert isinstance(rsa_key, rsa.RSAPublicKey) and rsa_key.key_size == 2048
+    rsa_key.verify(data["rsa-signature"], message, padding.PKCS1v15(), hashes.SHA256())
+    rsa_key.verify(data["pss-signature"], message,
+                   padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32), hashes.SHA256())
+    ec_key = serialization.load_der_public_key(data["ec-public"])
+    assert isinstance(ec_key, ec.EllipticCurvePublicKey) and ec_key.curve.name == "secp256r1"
+    ec_key.verify(data["ec-signature"], message, ec.ECDSA(hashes.SHA256()))
+    with pytest.raises(InvalidSignature):
+        ec_key.verify(data["ec-signature"], message + b"!", ec.ECDSA(hashes.SHA256()))
+
+    # The key store listed the user's token key by its label.
+    alias_line = next(line for line in result.stdout.splitlines() if line.startswith("OK keystore-aliases"))
+    assert TOKEN_AES in alias_line.split(" ", 2)[2].split(","), alias_line
+
+
+def test_jce_without_agent_fails_cleanly(jce_classes: Path, pkcs11_module: Path, tmp_path: Path) -> None:
+    """No agent behind the socket: the provider cannot initialize and the JVM reports it (no hang, no crash)."""
+    config = _sunpkcs11_config(tmp_path / "strongroom-pkcs11.cfg", pkcs11_module)
+    result = _run_java(jce_classes, config, str(tmp_path / "nobody.sock"), "u:p", "u:q")
+    assert result.returncode != 0
+    assert result.stdout.splitlines()[1].startswith("FAIL provider:"), result.stdout + result.stderr
+    assert "CKR_FUNCTION_FAILED" in result.stderr, result.stderr
+    assert "hs_err" not in result.stdout + result.stderr and "SIGSEGV" not in result.stderr
