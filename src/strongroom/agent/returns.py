@@ -171,8 +171,17 @@ ALLOWED: dict[str, frozenset[int]] = {
 }
 
 
+#: Multi-part calls on a mechanism that only works in one part. The spec (§5.1) makes
+#: CKR_FUNCTION_NOT_SUPPORTED the answer of anything the library cannot do, and clients
+#: (OpenSC's pkcs11-tool --test) rely on it here rather than on a generic failure.
+_PARTS = frozenset({"C_EncryptUpdate", "C_DecryptUpdate", "C_SignUpdate", "C_VerifyUpdate", "C_DigestUpdate",
+                    "C_EncryptFinal", "C_DecryptFinal", "C_SignFinal", "C_VerifyFinal", "C_DigestFinal"})
+_NOT_SUPPORTED = frozenset({int(CKR.FUNCTION_NOT_SUPPORTED)})
+
+
 def allowed(function: str) -> frozenset[int]:
-    return UNIVERSAL | ALLOWED.get(function, frozenset())
+    extra = _NOT_SUPPORTED if function in _PARTS else frozenset()
+    return UNIVERSAL | ALLOWED.get(function, frozenset()) | extra
 
 
 # --- node code -> the function's code -----------------------------------------------------

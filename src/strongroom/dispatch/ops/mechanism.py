@@ -27,7 +27,8 @@ _FLAGS = {
 async def list_mechanisms(_call: Any, _args: None) -> dict[str, Any]:
     mechanisms = []
     for mechanism in all_mechanisms():
-        flags = 0
+        # CKF_HW: the operation runs off the caller's host, inside the HSM (as CloudHSM reports).
+        flags = int(CKF.HW)
         for capability, flag in _FLAGS.items():
             if capability in mechanism.capabilities:
                 flags |= flag
