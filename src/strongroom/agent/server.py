@@ -29,6 +29,7 @@ from typing import Any
 import msgpack
 
 from strongroom.agent.functions import Connection, dispatch
+from strongroom.agent.passthrough import Passthrough
 from strongroom.agent.runtime import Agent
 from strongroom.errors import CKR
 from strongroom.transport.protocol import FrameDecoder, FrameTooLarge, OversizedFrame, frame
@@ -65,6 +66,16 @@ class ClientConnection(Connection):
             with contextlib.suppress(OSError):
                 creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
                 self.peer_pid, self.peer_uid, _gid = struct.unpack("3i", creds)
+
+
+def is_node_protocol(payload: bytes) -> bool:
+    """The SDK speaks the node protocol: a 5-element array (the module's messages have 4)."""
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(payload[:16])
+    try:
+        return unpacker.read_array_header() == 5
+    except Exception:  # noqa: BLE001 - not an array: let the module path report it
+        return False
 
 
 def decode_request(payload: bytes) -> tuple[int, str, list[Any]]:
@@ -166,6 +177,7 @@ class AgentServer:
             self._tasks.add(task)
         self._writers.add(writer)
         connection = ClientConnection(writer)
+        passthrough: Passthrough | None = None
         decoder = FrameDecoder(MAX_FRAME, skip_limit=SKIP_LIMIT)
         try:
             while True:
@@ -183,6 +195,10 @@ class AgentServer:
                         writer.write(encode_reply(_oversized_id(payload.head), CKR.DATA_LEN_RANGE, []))
                         stop = True
                         break
+                    if passthrough is not None or (connection.app is None and is_node_protocol(payload)):
+                        passthrough = passthrough or Passthrough(self.agent.pool, writer)
+                        passthrough.submit(payload)
+                        continue
                     try:
                         request_id, name, args = decode_request(payload)
                     except BadMessage as exc:
@@ -204,6 +220,8 @@ class AgentServer:
         except asyncio.CancelledError:
             pass
         finally:
+            if passthrough is not None:
+                await passthrough.close()
             self._writers.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()

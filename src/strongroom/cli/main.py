@@ -29,21 +29,31 @@ class Context:
     def __init__(self, interactive: bool = False) -> None:
         self.interactive = interactive
         self.client: Client | None = None
-        self.directory: Path | None = None
+        self.directory: Path | str | None = None
 
     def connect(self, args: argparse.Namespace) -> Client:
-        directory = getattr(args, "dir", None) or os.environ.get("STRONGROOM_DIR")
-        if not directory:
-            raise CliError("no cluster given: pass --dir DIR or set STRONGROOM_DIR (see the env file of `strongroom up`)")
-        directory = Path(directory)
-        if self.client is None or self.directory != directory:
+        """``--dir`` talks to a node directly (operator/admin tooling, needs the client certificate);
+        otherwise the host's agent (``STRONGROOM_AGENT_SOCKET``), else ``STRONGROOM_DIR``."""
+        explicit = getattr(args, "dir", None)
+        agent = os.environ.get("STRONGROOM_AGENT_SOCKET")
+        target: Path | str | None
+        if explicit:
+            target = Path(explicit)
+        elif agent:
+            target = agent
+        elif os.environ.get("STRONGROOM_DIR"):
+            target = Path(os.environ["STRONGROOM_DIR"])
+        else:
+            raise CliError("no cluster given: set STRONGROOM_AGENT_SOCKET (source the env file of `strongroom up`) "
+                           "or pass --dir DIR")
+        if self.client is None or self.directory != target:
             if self.client is not None:
                 self.client.close()
             try:
-                self.client = Client.from_dir(directory)
+                self.client = Client.from_agent(target) if isinstance(target, str) else Client.from_dir(target)
             except ProfileError as exc:
                 raise CliError(str(exc)) from None
-            self.directory = directory
+            self.directory = target
         return self.client
 
     def logged_in(self, args: argparse.Namespace) -> Client:

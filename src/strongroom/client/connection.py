@@ -75,6 +75,14 @@ class AsyncConnection:
             )
         return cls(reader, writer, max_frame)
 
+    @classmethod
+    async def open_unix(cls, path: str, *, timeout: float = DEFAULT_TIMEOUT,
+                        max_frame: int = 4 * DEFAULT_MAX_FRAME) -> AsyncConnection:
+        """Through the local agent's socket (it relays to a node with its own mTLS identity)."""
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_unix_connection(path, limit=READ_CHUNK)
+        return cls(reader, writer, max_frame)
+
     def send(self, op: str, args: dict[str, Any], session: bytes | None) -> asyncio.Future[Reply]:
         """Queue one request; the returned future resolves to its reply."""
         if self.closed is not None:
@@ -150,22 +158,25 @@ class Connection:
         self,
         host: str,
         port: int,
-        context: ssl.SSLContext,
+        context: ssl.SSLContext | None,
         *,
         server_hostname: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         max_frame: int = 4 * DEFAULT_MAX_FRAME,
+        unix_path: str | None = None,
     ) -> None:
         self._timeout = timeout
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="strongroom-client", daemon=True)
         self._thread.start()
         try:
-            self._async: AsyncConnection = self._run(
-                AsyncConnection.open(host, port, context, server_hostname=server_hostname, timeout=timeout,
-                                     max_frame=max_frame),
-                timeout + 1,
-            )
+            if unix_path is not None:
+                opening = AsyncConnection.open_unix(unix_path, timeout=timeout, max_frame=max_frame)
+            else:
+                assert context is not None
+                opening = AsyncConnection.open(host, port, context, server_hostname=server_hostname,
+                                               timeout=timeout, max_frame=max_frame)
+            self._async: AsyncConnection = self._run(opening, timeout + 1)
         except BaseException:
             self._stop_loop()
             raise

@@ -6,6 +6,7 @@ once the agent exists the same calls go through ``STRONGROOM_AGENT_SOCKET``.
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,16 @@ def pairs(template: Template) -> list[list[Any]]:
 
 
 class Client:
-    def __init__(self, profile: ClientProfile, node: NodeAddress | None = None, *, timeout: float = 60.0) -> None:
-        if not profile.nodes:
-            raise ProfileError("the profile names no node")
+    """A session with the cluster, either straight to a node (a profile with a client
+    certificate: operator and admin tooling) or through the host's agent (``agent_socket``)."""
+
+    def __init__(self, profile: ClientProfile | None = None, node: NodeAddress | None = None, *,
+                 timeout: float = 60.0, agent_socket: str | None = None) -> None:
+        if agent_socket is None and (profile is None or not profile.nodes):
+            raise ProfileError("give a profile that names a node, or the agent's socket")
         self.profile = profile
-        self.node = node or profile.nodes[0]
+        self.agent_socket = agent_socket
+        self.node = node or (profile.nodes[0] if profile is not None and profile.nodes else None)
         self._timeout = timeout
         self._context: ssl.SSLContext | None = None
         self._connection: Connection | None = None
@@ -41,17 +47,35 @@ class Client:
         return cls(ClientProfile.load(Path(directory)), **kwargs)
 
     @classmethod
+    def from_agent(cls, socket_path: str | None = None, **kwargs: Any) -> Client:
+        path = socket_path or os.environ.get("STRONGROOM_AGENT_SOCKET")
+        if not path:
+            raise ProfileError("set STRONGROOM_AGENT_SOCKET (source the env file written by `strongroom up`)")
+        return cls(agent_socket=path, **kwargs)
+
+    @classmethod
     def from_env(cls, **kwargs: Any) -> Client:
+        """The agent when ``STRONGROOM_AGENT_SOCKET`` is set (the default path), else ``STRONGROOM_DIR``."""
+        if os.environ.get("STRONGROOM_AGENT_SOCKET"):
+            return cls.from_agent(**kwargs)
         path = default_profile_path()
         if path is None:
-            raise ProfileError("set STRONGROOM_DIR (source the env file written by `strongroom up`) or pass --dir")
+            raise ProfileError("set STRONGROOM_AGENT_SOCKET or STRONGROOM_DIR (source the env file written by "
+                               "`strongroom up`) or pass --dir")
         return cls.from_dir(path, **kwargs)
 
     # --- plumbing ------------------------------------------------------------------
 
     @property
     def connection(self) -> Connection:
+        if (self._connection is None or self._connection.closed) and self.agent_socket is not None:
+            try:
+                self._connection = Connection("", 0, None, unix_path=self.agent_socket, timeout=self._timeout)
+            except OSError as exc:
+                raise ClientError(CKR.DEVICE_REMOVED,
+                                  f"cannot reach the agent at {self.agent_socket}: {exc.strerror or exc}") from None
         if self._connection is None or self._connection.closed:
+            assert self.profile is not None and self.node is not None
             if self._context is None:
                 self._context = client_context(self.profile.cert, self.profile.key, self.profile.ca)
             try:

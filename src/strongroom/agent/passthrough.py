@@ -1,0 +1,65 @@
+"""The SDK's path through the agent: node-protocol requests relayed to one node.
+
+A connection whose messages have the node protocol's shape
+(``[1, id, op, session, args]``, five elements; the module's have four) is an SDK or
+CLI client. Its requests go, unchanged and pipelined, to one node connection of the
+agent — the same one for the life of the Unix connection, so a login token it got
+stays valid there. If that node goes away the client gets ``CKR_DEVICE_REMOVED`` and
+logs in again (the SDK does not retry logins on its own). The agent's mTLS identity
+stands in for the client's: hosts that run applications need no client certificate
+of their own, only access to the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from strongroom.agent.nodes import NodeLink, NodeUnavailable
+from strongroom.errors import CKR
+from strongroom.transport.protocol import ProtocolError, decode_request, encode_reply
+
+log = logging.getLogger("strongroom.agent")
+
+#: Operator acts that must not be reachable by whoever can open the socket.
+REFUSED = frozenset({"cluster.initialize"})
+
+
+class Passthrough:
+    def __init__(self, pool: Any, writer: asyncio.StreamWriter) -> None:
+        self._pool = pool
+        self._writer = writer
+        self._link: NodeLink | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, payload: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._relay(payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _relay(self, payload: bytes) -> None:
+        try:
+            request = decode_request(payload)
+        except ProtocolError as exc:
+            self._writer.write(encode_reply(exc.request_id or 0, exc.code, str(exc)))
+            return
+        if request.op in REFUSED:
+            self._writer.write(encode_reply(request.request_id, CKR.ACTION_PROHIBITED,
+                                            f"{request.op} is not available through the agent; "
+                                            "run it against a node with the operator's certificate"))
+            return
+        try:
+            if self._link is None or not self._link.connected:
+                self._link = await self._pool.acquire(self._link)
+            reply = await self._link.request(request.op, request.args, request.session)
+            self._writer.write(encode_reply(request.request_id, reply.code, reply.body))
+        except NodeUnavailable as exc:
+            self._writer.write(encode_reply(request.request_id, CKR.DEVICE_REMOVED, str(exc)))
+        except Exception:  # noqa: BLE001 - a relay failure must reach the client as a code
+            log.exception("relaying %s failed", request.op)
+            self._writer.write(encode_reply(request.request_id, CKR.GENERAL_ERROR, "agent error; see its log"))
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
