@@ -73,6 +73,10 @@ class StateLost(Exception):
 # --- one connection -------------------------------------------------------------------------
 
 
+#: How often the agent asks the cluster which nodes it has.
+TOPOLOGY_INTERVAL = 5.0
+
+
 class NodeLink:
     def __init__(self, node: NodeAddress, context: ssl.SSLContext, config: AgentConfig) -> None:
         self.node = node
@@ -294,6 +298,7 @@ class NodePool:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         context = client_context(config.cert, config.key, config.ca)
+        self._context = context
         self.links = [NodeLink(node, context, config) for node in config.nodes]
         self._by_name = {link.name: link for link in self.links}
         self._health_task: asyncio.Task[None] | None = None
@@ -430,10 +435,42 @@ class NodePool:
     # --- health ------------------------------------------------------------------------------
 
     async def _health_loop(self) -> None:
+        next_topology = 0.0
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
             await asyncio.gather(*(self._check(link, now) for link in self.links), return_exceptions=True)
+            if now >= next_topology:
+                next_topology = now + TOPOLOGY_INTERVAL
+                try:
+                    await self.refresh_topology()
+                except Exception as exc:  # noqa: BLE001 - keep serving with the nodes we know
+                    log.debug("topology refresh failed: %s", exc)
+
+    async def refresh_topology(self) -> None:
+        """Learn added and removed nodes from the cluster's registry (cluster.status), without a restart."""
+        live = [link for link in self.links if link.connected]
+        if not live:
+            return
+        reply = await min(live, key=lambda link: link.in_flight).request("cluster.status", {}, None, timeout=10)
+        if not reply.ok or not isinstance(reply.body, dict):
+            return
+        listed = {str(n["id"]): n for n in reply.body.get("nodes", []) if isinstance(n, dict) and "address" in n}
+        if not listed:
+            return
+        for node_id, entry in listed.items():
+            if node_id not in self._by_name:
+                node = NodeAddress.parse(node_id, str(entry["address"]), str(entry.get("zone", "a")))
+                link = NodeLink(node, self._context, self.config)
+                self.links.append(link)
+                self._by_name[node_id] = link
+                log.info("learned about node %s at %s", node_id, node.address)
+                await link.connect(force=True)
+        for link in [link for link in self.links if link.name not in listed]:
+            log.info("node %s left the cluster; closing its connection", link.name)
+            self.links.remove(link)
+            del self._by_name[link.name]
+            await link.close()
 
     async def _check(self, link: NodeLink, now: float) -> None:
         if not link.connected:

@@ -32,6 +32,7 @@ from strongroom import pki
 from strongroom.agent.local import AgentStartError, agent_status, socket_path, start_agent, stop_agent
 from strongroom.barrier.seal import write_private_file
 from strongroom.client import Client, ClientError, ClientProfile, NodeAddress
+from strongroom.local import etcd
 from strongroom.errors import CKR
 from strongroom.node.config import NodeConfig
 
@@ -105,9 +106,16 @@ def _free_port() -> int:
 
 
 def _create(layout: Layout, nodes: int, workers: int, cluster_name: str) -> None:
-    if nodes != 1:
-        raise LocalClusterError("--nodes above 1 needs the etcd store, which is not built yet; use --nodes 1")
+    if not 1 <= nodes <= 8:
+        raise LocalClusterError("--nodes is 1 (embedded SQLite store) to 8 (one etcd member and node per zone)")
     layout.root.mkdir(parents=True, exist_ok=True)
+    endpoints: list[str] = []
+    if nodes > 1:
+        try:
+            etcd.etcd_binary()
+        except etcd.EtcdError as exc:
+            raise LocalClusterError(str(exc)) from None
+        endpoints = [m.client_url for m in etcd.plan(layout.root, nodes)]
     for sub in ("ca", "client", "store", "nodes"):
         (layout.root / sub).mkdir(mode=0o700, exist_ok=True)
     ca_key, ca_cert = pki.create_ca(f"{cluster_name} local customer CA")
@@ -137,6 +145,8 @@ def _create(layout: Layout, nodes: int, workers: int, cluster_name: str) -> None
             zone="abcdefgh"[index - 1],
             cluster_name=cluster_name,
             workers=workers,
+            store_backend="etcd" if endpoints else "sqlite",
+            store_endpoints=endpoints,
         )
         layout.node_config(node_id).write_text(config.to_toml())
         addresses.append(NodeAddress(node_id, HOST, config.port, config.zone))
@@ -212,6 +222,30 @@ def _wait_ready(layout: Layout, node: NodeAddress, pid: int) -> dict[str, Any]:
     raise LocalClusterError(f"node {node.node_id} did not answer within {START_TIMEOUT:.0f} s: {last_error}")
 
 
+def _start_and_check(layout: Layout, node: NodeAddress) -> dict[str, Any]:
+    pid = _start_node(layout, node.node_id)
+    status = _wait_ready(layout, node, pid)
+    if status["state"] == "error":
+        raise LocalClusterError(f"node {node.node_id} is in the error state: {status['error']}")
+    return {"id": node.node_id, "zone": node.zone, "address": node.address, "pid": pid}
+
+
+def _join_if_needed(layout: Layout, node: NodeAddress, peers: list[NodeAddress]) -> None:
+    from strongroom.barrier.seal import seal_exists
+
+    if seal_exists(layout.node_dir(node.node_id)):
+        return
+    import asyncio
+
+    from strongroom.node.join import JoinError, join_cluster
+
+    config = NodeConfig.load(layout.node_config(node.node_id))
+    try:
+        asyncio.run(join_cluster(config, [p.address for p in peers]))
+    except JoinError as exc:
+        raise LocalClusterError(f"node {node.node_id} could not join the cluster: {exc}") from None
+
+
 def _credentials(layout: Layout) -> dict[str, str]:
     try:
         return json.loads(layout.credentials.read_text())
@@ -242,14 +276,19 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
         _create(layout, nodes, workers, cluster_name)
     profile = ClientProfile.load(layout.profile)
     cluster_name = profile.cluster_name
-    started = []
-    for node in profile.nodes:
-        pid = _start_node(layout, node.node_id)
-        status = _wait_ready(layout, node, pid)
-        if status["state"] == "error":
-            raise LocalClusterError(f"node {node.node_id} is in the error state: {status['error']}")
-        started.append({"id": node.node_id, "zone": node.zone, "address": node.address, "pid": pid})
+    if etcd.load(layout.root):
+        try:
+            etcd.start(layout.root)
+        except etcd.EtcdError as exc:
+            raise LocalClusterError(str(exc)) from None
+    # The first node initializes a new cluster; the others receive the cluster key from a
+    # running node (authenticated key exchange) before they start.
+    first, *others = profile.nodes
+    started = [_start_and_check(layout, first)]
     credentials = _initialize(layout, profile, cluster_name)
+    for node in others:
+        _join_if_needed(layout, node, [first])
+        started.append(_start_and_check(layout, node))
     try:
         agent_pid = start_agent(layout.root)
     except AgentStartError as exc:
@@ -294,6 +333,7 @@ def down(directory: Path) -> dict[str, Any]:
             _stop_group(pid)
             stopped.append({"id": node_id, "pid": pid})
         layout.node_pid(node_id).unlink(missing_ok=True)
+    stopped += etcd.stop(layout.root)
     return {"dir": str(layout.root), "stopped": stopped}
 
 
@@ -370,9 +410,11 @@ def status(directory: Path) -> dict[str, Any]:
                 entry["error"] = exc.message
         nodes.append(entry)
     agent = agent_status(layout.root)
-    healthy = all(n["health"] == "healthy" for n in nodes) and agent["health"] == "running"
+    members = etcd.status(layout.root)
+    healthy = (all(n["health"] == "healthy" for n in nodes) and agent["health"] == "running"
+               and all(m["health"] == "healthy" for m in members))
     return {"dir": str(layout.root), "cluster_name": profile.cluster_name, "healthy": healthy, "nodes": nodes,
-            "agent": agent}
+            "agent": agent, "etcd": members}
 
 
 def _module_path() -> str | None:

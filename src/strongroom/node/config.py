@@ -41,6 +41,10 @@ class NodeConfig:
     zone: str = "a"
     cluster_name: str = "strongroom"
     workers: int = 1
+    #: "sqlite" (store_path, one host) or "etcd" (store_endpoints, replicated clusters).
+    store_backend: str = "sqlite"
+    store_endpoints: list[str] = field(default_factory=list)
+    store_namespace: str = "/strongroom/"
     limits: Limits = field(default_factory=Limits)
     # Test-only fault injection: names of self-tests to treat as failed. Empty in production.
     fail_selftests: list[str] = field(default_factory=list)
@@ -70,12 +74,27 @@ class NodeConfig:
             "listen": {"host": self.host, "port": self.port},
             "workers": self.workers,
             "tls": {"cert": str(self.tls_cert), "key": str(self.tls_key), "ca": str(self.ca_cert)},
-            "store": {"backend": "sqlite", "path": str(self.store_path)},
+            "store": self._store_document(),
             "limits": {f.name: getattr(self.limits, f.name) for f in fields(Limits)},
         }
         if self.fail_selftests:
             document["testing"] = {"fail_selftests": list(self.fail_selftests)}
         return tomli_w.dumps(document)
+
+    def _store_document(self) -> dict[str, Any]:
+        if self.store_backend == "etcd":
+            return {"backend": "etcd", "endpoints": list(self.store_endpoints), "namespace": self.store_namespace}
+        return {"backend": "sqlite", "path": str(self.store_path)}
+
+    def open_store(self) -> Any:
+        """The store this node's configuration names (one per worker process)."""
+        if self.store_backend == "etcd":
+            from strongroom.store.etcd import EtcdStore
+
+            return EtcdStore(self.store_endpoints, namespace=self.store_namespace)
+        from strongroom.store.sqlite import SqliteStore
+
+        return SqliteStore(self.store_path)
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -91,8 +110,11 @@ class NodeConfig:
             if unknown:
                 raise ConfigError(f"{path}: unknown [limits] keys {sorted(unknown)}")
             store = document["store"]
-            if store.get("backend", "sqlite") != "sqlite":
-                raise ConfigError(f"{path}: store backend {store.get('backend')!r} is not supported yet")
+            backend = store.get("backend", "sqlite")
+            if backend not in ("sqlite", "etcd"):
+                raise ConfigError(f"{path}: store backend {backend!r} is not supported (sqlite or etcd)")
+            if backend == "etcd" and not store.get("endpoints"):
+                raise ConfigError(f"{path}: the etcd store needs [store] endpoints")
             return cls(
                 node_id=str(document["node_id"]),
                 zone=str(document.get("zone", "a")),
@@ -104,7 +126,10 @@ class NodeConfig:
                 tls_cert=Path(document["tls"]["cert"]),
                 tls_key=Path(document["tls"]["key"]),
                 ca_cert=Path(document["tls"]["ca"]),
-                store_path=Path(store["path"]),
+                store_path=Path(store.get("path", "")),
+                store_backend=backend,
+                store_endpoints=[str(e) for e in store.get("endpoints", [])],
+                store_namespace=str(store.get("namespace", "/strongroom/")),
                 limits=Limits(**limits_doc),
                 fail_selftests=list(document.get("testing", {}).get("fail_selftests", [])),
             )

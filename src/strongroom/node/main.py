@@ -23,7 +23,6 @@ from strongroom.node import selftest
 from strongroom.node.config import NodeConfig
 from strongroom.node.hardening import harden_process
 from strongroom.node.services import NodeServices
-from strongroom.store.sqlite import SqliteStore
 from strongroom.transport.server import NodeListener
 from strongroom.transport.tls import server_context
 
@@ -64,13 +63,14 @@ def _listen(config: NodeConfig) -> socket.socket:
 
 async def _worker(config: NodeConfig, sock: socket.socket, report: selftest.SelfTestReport, boot: int,
                   error: str | None) -> None:
-    store = SqliteStore(config.store_path)
+    store = config.open_store()
     services = NodeServices(config, store, report, boot, error)
     if services.error is None:
         try:
             services.try_unseal()
         except HsmError as exc:
             log.error("%s", exc.message)
+        await services.register_node()
     listener = NodeListener(
         services.handle,
         max_frame=config.limits.max_frame,

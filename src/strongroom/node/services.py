@@ -151,6 +151,18 @@ class NodeServices:
             raise CryptokiNotInitialized("the cluster is not initialized")
         return self.barrier
 
+    async def register_node(self) -> None:
+        """Record this node's address in the cluster (agents discover nodes from it)."""
+        if self.barrier is None:
+            return
+        from strongroom.node import registry
+
+        try:
+            await registry.register(self.barrier, self.config.node_id, self.config.zone, self.config.address,
+                                    self.boot)
+        except Exception as exc:  # noqa: BLE001 - serving matters more than being listed
+            log.warning("could not record this node in the cluster registry: %s", exc)
+
     def require_objects(self) -> ObjectRepository:
         if self.objects is None:
             raise CryptokiNotInitialized("the cluster is not initialized")

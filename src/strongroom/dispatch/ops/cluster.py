@@ -15,6 +15,7 @@ from strongroom.barrier import Write
 from strongroom.barrier.seal import CLUSTER_KEY_BYTES, SealedIdentity, SealError, seal_cluster_key
 from strongroom.dispatch.table import ACTIVE, ALL_STATES, INITIALIZED, UNINITIALIZED, operation
 from strongroom.errors import ActionProhibited, ArgumentsBad, PinIncorrect
+from strongroom.node import registry
 from strongroom.node.services import CLUSTER_META_KEY
 from strongroom.store.base import ConflictError
 
@@ -55,6 +56,7 @@ async def initialize(call: Any, args: InitializeArgs) -> dict[str, Any]:
         # No cluster was created: the key sealed above belongs to nothing, destroy it.
         services.forget_cluster_key()
         raise
+    await services.register_node()
     return {"cluster_id": cluster_id, "state": INITIALIZED, "admin_username": FIRST_ADMIN}
 
 
@@ -101,5 +103,9 @@ async def status(call: Any, _args: None) -> dict[str, Any]:
             result["created"] = meta.value.get("created")
             result["activated"] = meta.value.get("activated")
     config = services.config
-    result["nodes"] = [{"id": config.node_id, "zone": config.zone, "address": config.address, "state": state}]
+    known = [] if services.barrier is None else await registry.nodes(services.barrier)
+    if not any(n["id"] == config.node_id for n in known):
+        known.append({"id": config.node_id, "zone": config.zone, "address": config.address})
+    result["nodes"] = known
+    result["answered_by"] = config.node_id
     return result
