@@ -106,6 +106,9 @@ def serve(config_path: Path) -> int:
         format=f"%(asctime)s {config.node_id} %(process)d %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # One line per etcd request would drown the node's log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     hardening = harden_process()
     log.info("hardening: %s", hardening)
     report = selftest.run_all(fail=frozenset(config.fail_selftests))
