@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -21,7 +22,7 @@ from strongroom.barrier.barrier import Entry, RecordTampered
 from strongroom.constants import CKA
 from strongroom.errors import CKR, HsmError, ObjectHandleInvalid
 from strongroom.objects.model import PREFIX, SESSION_HANDLE_BASE, TOKEN_HANDLE_LIMIT, StoredObject, key_of
-from strongroom.store.base import CompactedError, ConflictError
+from strongroom.store.base import CompactedError, ConflictError, OutcomeUnknownError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class ObjectRepository:
         self._advanced = asyncio.Condition()
         self._following = False
         self._check: asyncio.Future[None] | None = None
+        self._last_unavailable_log = 0.0
         self._checks_started = 0
         self._check_number = 0
 
@@ -128,7 +130,15 @@ class ObjectRepository:
         self._check = None
 
     async def _catch_up(self, timeout: float = 5.0) -> None:
-        current = await self._store.revision()
+        try:
+            current = await self._store.revision()
+        except (UnavailableError, OutcomeUnknownError) as exc:
+            # Lost quorum: keys already known keep working from this cache (writes fail on their own).
+            now = time.monotonic()
+            if now - self._last_unavailable_log > 10:
+                self._last_unavailable_log = now
+                log.warning("store unavailable, serving objects from the cache: %s", exc)
+            return
         if current <= self._revision:
             return
         if self._following:

@@ -11,12 +11,15 @@ pauses at the limit: back-pressure, nothing is dropped) and connection count.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from cryptography import x509
 
 from strongroom.errors import CKR
 from strongroom.transport.protocol import (
@@ -28,11 +31,41 @@ from strongroom.transport.protocol import (
     decode_request,
     encode_reply,
 )
-from strongroom.transport.tls import peer_identity
+from strongroom.transport.tls import PeerIdentity, peer_identity
 
 log = logging.getLogger(__name__)
 
-RequestHandler = Callable[[Request, int, str], Awaitable[tuple[int, Any]]]
+
+# --- peer identity and the admission hook (hsm join/remove) -------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionPeer(PeerIdentity):
+    """The verified peer certificate of a connection, plus its serial (what revocation names)."""
+
+    serial: int
+
+    @property
+    def name(self) -> str:
+        return self.common_name or "?"
+
+
+def connection_peer(ssl_object: Any) -> ConnectionPeer:
+    """The :class:`ConnectionPeer` of a completed handshake (``SSLObject`` or ``SSLSocket``)."""
+    identity = peer_identity(ssl_object)
+    serial = x509.load_der_x509_certificate(ssl_object.getpeercert(binary_form=True)).serial_number
+    return ConnectionPeer(**{f.name: getattr(identity, f.name) for f in dataclasses.fields(identity)},
+                          serial=serial)
+
+
+#: Called with the :class:`ConnectionPeer` of each accepted connection; a reason string closes it.
+AdmitHook = Callable[[ConnectionPeer], Awaitable[str | None]]
+#: A slow or failing admission check lets the connection in (and logs): the store being down must
+#: not turn into refusing every client. Operations that matter (hsm.clone_key) check again, strictly.
+ADMIT_TIMEOUT = 5.0
+
+# The handler receives the ConnectionPeer (or "?" when there is no TLS peer).
+RequestHandler = Callable[[Request, int, Any], Awaitable[tuple[int, Any]]]
 READ_CHUNK = 256 * 1024
 #: Replies queued in the socket buffer beyond this make the writer wait for the peer.
 WRITE_HIGH_WATER = 1 << 20
@@ -49,8 +82,14 @@ class NodeListener:
         max_frame: int,
         max_in_flight: int,
         max_connections: int,
+        admit: AdmitHook | None = None,
     ) -> None:
         self._handle = handle
+        if admit is None:
+            # TRANSITIONAL (hsm join/remove): until node/main.py passes ``admit=services.admit_connection``,
+            # use the hook of the object whose method handles requests, if it has one.
+            admit = getattr(getattr(handle, "__self__", None), "admit_connection", None)
+        self._admit = admit
         self._max_frame = max_frame
         self._max_in_flight = max_in_flight
         self._max_connections = max_connections
@@ -76,20 +115,41 @@ class NodeListener:
             return
         self._open += 1
         ssl_object = writer.get_extra_info("ssl_object")
-        peer = peer_identity(ssl_object).common_name if ssl_object is not None else "?"
+        peer: ConnectionPeer | str = connection_peer(ssl_object) if ssl_object is not None else "?"
         connection = _Connection(self, connection_id, peer, writer)
         try:
+            if isinstance(peer, ConnectionPeer) and not await self._admitted(connection_id, peer):
+                return
             await connection.run(reader)
         finally:
             self._open -= 1
             await connection.finish()
 
 
+    async def _admitted(self, connection_id: int, peer: ConnectionPeer) -> bool:
+        if self._admit is None:
+            return True
+        try:
+            async with asyncio.timeout(ADMIT_TIMEOUT):
+                reason = await self._admit(peer)
+        except Exception as exc:  # noqa: BLE001 - see ADMIT_TIMEOUT
+            log.warning("connection %d from %s: admission check failed (%s); admitting",
+                        connection_id, peer.name, exc or type(exc).__name__)
+            return True
+        if reason:
+            log.warning("closing connection %d from %s (serial %x): %s", connection_id, peer.name, peer.serial,
+                        reason)
+            return False
+        return True
+
+
 class _Connection:
-    def __init__(self, listener: NodeListener, connection_id: int, peer: str, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, listener: NodeListener, connection_id: int, peer: ConnectionPeer | str,
+                 writer: asyncio.StreamWriter) -> None:
         self._listener = listener
         self.connection_id = connection_id
-        self.peer = peer
+        self.identity = peer
+        self.peer = peer.name if isinstance(peer, ConnectionPeer) else peer
         self._writer = writer
         self._in_flight = asyncio.Semaphore(listener._max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -130,7 +190,7 @@ class _Connection:
 
     async def _serve_request(self, request: Request) -> None:
         try:
-            code, body = await self._listener._handle(request, self.connection_id, self.peer)
+            code, body = await self._listener._handle(request, self.connection_id, self.identity)
             await self._send(request.request_id, code, body)
         finally:
             self._in_flight.release()
