@@ -23,7 +23,7 @@ from strongroom.transport.protocol import ProtocolError, decode_request, encode_
 log = logging.getLogger("strongroom.agent")
 
 #: Operator acts that must not be reachable by whoever can open the socket.
-REFUSED = frozenset({"cluster.initialize"})
+REFUSED = frozenset({"cluster.initialize", "hsm.revoke", "hsm.clone_key"})
 
 
 class Passthrough:

@@ -73,6 +73,7 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: selftest.Self
         await services.register_node()
     listener = NodeListener(
         services.handle,
+        admit=services.admit_connection,
         max_frame=config.limits.max_frame,
         max_in_flight=config.limits.max_in_flight,
         max_connections=config.limits.max_connections,

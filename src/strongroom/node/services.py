@@ -35,6 +35,8 @@ from strongroom.transport.protocol import Request
 log = logging.getLogger(__name__)
 
 CLUSTER_META_KEY = "cluster/meta"
+#: ``revoked/<certificate serial, lowercase hex>``: certificates taken out of the cluster (hsm remove).
+REVOKED_PREFIX = "revoked/"
 
 
 @dataclass
@@ -46,6 +48,8 @@ class Call:
     connection_id: int
     peer_name: str
     session: Session | None
+    #: The verified peer certificate (a transport.server.ConnectionPeer; None when not known).
+    peer: Any = None
 
     @property
     def actor(self) -> str | None:
@@ -84,11 +88,17 @@ class NodeServices:
         #: Crypto operations per key handle (metrics; crypto operations are counted, not audited).
         self.key_use: Counter[int] = Counter()
         self._background: list[asyncio.Task[None]] = []
+        # hsm join: the cluster key itself, held ONLY so that hsm.clone_key can give it to a joining
+        # node (encrypted to that node's ephemeral key). Set in install_cluster_key, wiped in
+        # forget_cluster_key; nothing else may read it.
+        self.cluster_key: bytearray | None = None
 
     # --- cluster key and state ---------------------------------------------------
 
     def install_cluster_key(self, cluster_id: str, key: bytearray) -> None:
         self.barrier = Barrier(self.store, key)
+        self._wipe_cluster_key()  # hsm join
+        self.cluster_key = bytearray(key)  # hsm join: see __init__
         key[:] = bytes(len(key))  # the AEAD object keeps its own copy; wipe ours
         self.users = UserDirectory(self.barrier)
         self.objects = ObjectRepository(self.barrier, max_objects=self.config.limits.max_objects)
@@ -105,6 +115,7 @@ class NodeServices:
     def forget_cluster_key(self) -> None:
         """Drop the cluster key from memory and destroy this node's sealed copy (zeroize)."""
         destroy_seal(self.config.node_dir)
+        self._wipe_cluster_key()  # hsm join
         for task in self._background:
             task.cancel()
         self._background.clear()
@@ -113,6 +124,34 @@ class NodeServices:
         self.objects = None
         self.cluster_id = None
         self._state = None
+
+    def _wipe_cluster_key(self) -> None:  # hsm join
+        if self.cluster_key is not None:
+            self.cluster_key[:] = bytes(len(self.cluster_key))
+            self.cluster_key = None
+
+    # --- certificate revocation (hsm remove) -------------------------------------------
+
+    async def is_revoked(self, serial: int) -> bool:
+        """Whether the certificate with this serial was revoked (a direct read: connections are rare).
+
+        The record is read through the barrier, so a forged one is refused; False while this
+        worker holds no cluster key (there is no cluster to be revoked from).
+        """
+        if self.barrier is None:
+            return False
+        return await self.barrier.get(f"{REVOKED_PREFIX}{serial:x}") is not None
+
+    async def admit_connection(self, peer: Any) -> str | None:
+        """The listener's admission hook: why a new connection must be closed, or None."""
+        if self.barrier is None and self.error is None:
+            try:
+                self.try_unseal()
+            except HsmError:
+                return None  # the requests will fail with the reason
+        if await self.is_revoked(peer.serial):
+            return "its certificate is revoked"
+        return None
 
     def try_unseal(self) -> None:
         """Open the sealed cluster key if this worker has not yet (another worker may have initialized)."""
@@ -228,7 +267,8 @@ class NodeServices:
 
     # --- the request pipeline ------------------------------------------------------
 
-    async def handle(self, request: Request, connection_id: int, peer_name: str) -> tuple[int, Any]:
+    async def handle(self, request: Request, connection_id: int, peer: Any) -> tuple[int, Any]:
+        """``peer``: the listener's ConnectionPeer, or just a name (str)."""
         self.counters["requests"] += 1
         spec = None
         try:
@@ -244,7 +284,10 @@ class NodeServices:
                 session = self.sessions.resolve(request.session)
                 table.check_role(spec, session.role.value)
             args = table.parse_args(spec.args, request.args)
-            call = Call(self, request, connection_id, peer_name, session)
+            if isinstance(peer, str):
+                call = Call(self, request, connection_id, peer, session)
+            else:
+                call = Call(self, request, connection_id, peer.name, session, peer)
             result = await spec.handler(call, args)
             return CKR.OK, result
         except asyncio.CancelledError:

@@ -96,10 +96,15 @@ class ObjectRepository:
 
     # --- keeping the cache current -----------------------------------------------------
     async def load(self) -> None:
-        entries, revision = await self._barrier.list_prefix(PREFIX)
+        listing = await self._store.list_prefix(PREFIX)
+        revision = listing.revision
         index = ObjectIndex()
-        for entry in entries:
-            index.put(StoredObject.from_entry(entry))
+        for record in listing.records:
+            try:
+                index.put(StoredObject.from_entry(self._barrier.decode(record)))
+            except RecordTampered as exc:
+                # One altered record must not take every other key down; it is refused when used.
+                log.error("%s", exc.message)
         self.tokens, self._revision = index, max(self._revision, revision)
 
     async def sync(self) -> None:

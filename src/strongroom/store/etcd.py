@@ -157,6 +157,7 @@ class EtcdStore(Store):
         username: str | None = None,
         password: str | None = None,
         timeout: float = 2.0,
+        election_wait: float = 2.5,
         connect_timeout: float = 1.0,
         revision_base: int = 0,
         page_size: int = DEFAULT_PAGE_SIZE,
@@ -180,6 +181,7 @@ class EtcdStore(Store):
         self._username = username
         self._password = password
         self._timeout = timeout
+        self._election_wait = election_wait
         self._connect_timeout = connect_timeout
         self._base = revision_base
         self._page_size = page_size
@@ -424,23 +426,35 @@ class EtcdStore(Store):
             raise StoreError(f"etcd store {self.endpoints} is closed")
 
     async def _request(self, path: str, body: dict[str, Any], *, write: bool) -> dict[str, Any]:
-        """POST ``body`` to the first endpoint that takes it; etcd errors become store errors."""
+        """POST ``body`` to the first endpoint that takes it; etcd errors become store errors.
+
+        When the members that answer have no leader, that is an election (after a leader
+        died) or a lost quorum: a write waits up to ``election_wait`` for a leader before
+        giving up, so that losing one member stalls writers briefly instead of failing them.
+        Reads fail at once: the nodes answer them from their caches meanwhile.
+        """
         self._check_open()
-        failures: list[str] = []
-        count = len(self._endpoints)
-        first = self._current
-        for step in range(count):
-            endpoint = self._endpoints[(first + step) % count]
-            try:
-                answer = await self._request_endpoint(endpoint, path, body, write=write)
-            except _EndpointDown as exc:
-                failures.append(str(exc))
-                continue
-            except _EtcdAnswerError as exc:
-                _raise_answer_error(exc, write=write)
-            self._current = endpoint.index
-            return answer
-        raise _unavailable(failures)
+        deadline = asyncio.get_running_loop().time() + (self._election_wait if write else 0.0)
+        while True:
+            failures: list[str] = []
+            leaderless = False
+            count = len(self._endpoints)
+            first = self._current
+            for step in range(count):
+                endpoint = self._endpoints[(first + step) % count]
+                try:
+                    answer = await self._request_endpoint(endpoint, path, body, write=write)
+                except _EndpointDown as exc:
+                    failures.append(str(exc))
+                    leaderless = leaderless or exc.no_leader
+                    continue
+                except _EtcdAnswerError as exc:
+                    _raise_answer_error(exc, write=write)
+                self._current = endpoint.index
+                return answer
+            if not leaderless or asyncio.get_running_loop().time() >= deadline:
+                raise _unavailable(failures)
+            await asyncio.sleep(0.1)
 
     async def _request_endpoint(
         self, endpoint: _Endpoint, path: str, body: dict[str, Any], *, write: bool

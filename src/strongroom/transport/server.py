@@ -62,7 +62,7 @@ def connection_peer(ssl_object: Any) -> ConnectionPeer:
 AdmitHook = Callable[[ConnectionPeer], Awaitable[str | None]]
 #: A slow or failing admission check lets the connection in (and logs): the store being down must
 #: not turn into refusing every client. Operations that matter (hsm.clone_key) check again, strictly.
-ADMIT_TIMEOUT = 5.0
+ADMIT_TIMEOUT = 2.0
 
 # The handler receives the ConnectionPeer (or "?" when there is no TLS peer).
 RequestHandler = Callable[[Request, int, Any], Awaitable[tuple[int, Any]]]
@@ -85,10 +85,6 @@ class NodeListener:
         admit: AdmitHook | None = None,
     ) -> None:
         self._handle = handle
-        if admit is None:
-            # TRANSITIONAL (hsm join/remove): until node/main.py passes ``admit=services.admit_connection``,
-            # use the hook of the object whose method handles requests, if it has one.
-            admit = getattr(getattr(handle, "__self__", None), "admit_connection", None)
         self._admit = admit
         self._max_frame = max_frame
         self._max_in_flight = max_in_flight

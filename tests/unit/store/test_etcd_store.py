@@ -126,7 +126,9 @@ def test_losing_members_one_then_two_then_getting_one_back(cluster3: EtcdCluster
                 started = time.monotonic()
                 with pytest.raises(UnavailableError, match="quorum"):
                     await attempt()
-                assert time.monotonic() - started < 2.0
+                # The store waits election_wait (2.5 s) for a leader, then fails, instead of etcd's 7 s+.
+                # A generous bound: this asserts "fails rather than hangs", not a speed.
+                assert time.monotonic() - started < 10.0
 
             # One member back: quorum again, and writes work.
             cluster3.restart(order[1])

@@ -6,6 +6,7 @@ Importing this package registers every operation in :data:`strongroom.dispatch.t
 from strongroom.dispatch.ops import (  # noqa: F401
     cluster,
     crypto,
+    hsm,
     key,
     mechanism,
     node,

@@ -1,0 +1,52 @@
+"""``strongroom hsm add / remove``: add a node to, or take one out of, a local cluster (operator acts)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from strongroom.cli.output import CliError, emit
+
+
+def _directory(args: argparse.Namespace) -> Path:
+    directory = getattr(args, "dir", None) or os.environ.get("STRONGROOM_DIR")
+    if not directory:
+        raise CliError("give the cluster directory with --dir DIR (or set STRONGROOM_DIR)")
+    return Path(directory)
+
+
+def _local(action: Any) -> dict[str, Any]:
+    from strongroom.local.cluster import LocalClusterError
+
+    try:
+        return action()
+    except LocalClusterError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_add(args: argparse.Namespace, _ctx: Any) -> None:
+    from strongroom.local.hsm import add_node
+
+    node = _local(lambda: add_node(_directory(args), args.zone))
+    emit(node, as_json=args.json,
+         text=f"added {node['id']} (zone {node['zone']}) at {node['address']}, pid {node['pid']}")
+
+
+def cmd_remove(args: argparse.Namespace, _ctx: Any) -> None:
+    from strongroom.local.hsm import remove_node
+
+    result = _local(lambda: remove_node(_directory(args), args.id))
+    emit(result, as_json=args.json,
+         text=f"removed {result['id']}: certificate {result['serial']} revoked, node stopped, sealed key destroyed")
+
+
+def register(sub: Any, add: Any) -> None:
+    group = sub.add_parser("hsm", help="add or remove nodes of a local cluster (operator)").add_subparsers(
+        dest="hsm_command", required=True, metavar="HSM_COMMAND")
+    p = add(group, "add", cmd_add,
+            "start a new node that receives the cluster key from a running node (authenticated key exchange)")
+    p.add_argument("--zone", help="the new node's zone (default: the first letter no node uses)")
+    p = add(group, "remove", cmd_remove, "revoke a node's certificate, stop it and destroy its sealed key")
+    p.add_argument("--id", required=True, help="the node id (see `strongroom status`)")
