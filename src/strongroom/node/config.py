@@ -45,6 +45,11 @@ class NodeConfig:
     store_backend: str = "sqlite"
     store_endpoints: list[str] = field(default_factory=list)
     store_namespace: str = "/strongroom/"
+    #: etcd TLS and authentication (all optional): CA, client certificate and key, user and a
+    #: file holding the password (kept out of the configuration itself).
+    store_tls: dict[str, str] = field(default_factory=dict)
+    store_username: str | None = None
+    store_password_file: Path | None = None
     limits: Limits = field(default_factory=Limits)
     # Test-only fault injection: names of self-tests to treat as failed. Empty in production.
     fail_selftests: list[str] = field(default_factory=list)
@@ -83,7 +88,14 @@ class NodeConfig:
 
     def _store_document(self) -> dict[str, Any]:
         if self.store_backend == "etcd":
-            return {"backend": "etcd", "endpoints": list(self.store_endpoints), "namespace": self.store_namespace}
+            document: dict[str, Any] = {"backend": "etcd", "endpoints": list(self.store_endpoints),
+                                        "namespace": self.store_namespace}
+            document.update({k: v for k, v in self.store_tls.items() if v})
+            if self.store_username:
+                document["username"] = self.store_username
+            if self.store_password_file:
+                document["password_file"] = str(self.store_password_file)
+            return document
         return {"backend": "sqlite", "path": str(self.store_path)}
 
     def open_store(self) -> Any:
@@ -91,7 +103,12 @@ class NodeConfig:
         if self.store_backend == "etcd":
             from strongroom.store.etcd import EtcdStore
 
-            return EtcdStore(self.store_endpoints, namespace=self.store_namespace)
+            password = None
+            if self.store_password_file is not None:
+                password = self.store_password_file.read_text().strip()
+            return EtcdStore(self.store_endpoints, namespace=self.store_namespace,
+                             ca_file=self.store_tls.get("ca"), cert_file=self.store_tls.get("cert"),
+                             key_file=self.store_tls.get("key"), username=self.store_username, password=password)
         from strongroom.store.sqlite import SqliteStore
 
         return SqliteStore(self.store_path)
@@ -130,6 +147,9 @@ class NodeConfig:
                 store_backend=backend,
                 store_endpoints=[str(e) for e in store.get("endpoints", [])],
                 store_namespace=str(store.get("namespace", "/strongroom/")),
+                store_tls={k: str(store[k]) for k in ("ca", "cert", "key") if store.get(k)},
+                store_username=None if store.get("username") is None else str(store["username"]),
+                store_password_file=None if store.get("password_file") is None else Path(store["password_file"]),
                 limits=Limits(**limits_doc),
                 fail_selftests=list(document.get("testing", {}).get("fail_selftests", [])),
             )

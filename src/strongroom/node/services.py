@@ -238,20 +238,31 @@ class NodeServices:
     async def watch_users(self) -> None:
         """Close this worker's sessions of users deleted anywhere (another worker or node)."""
         prefix = USERS_PREFIX
-        revision = await self.store.revision() + 1
+        revision: int | None = None
         while True:
             try:
+                if revision is None:
+                    revision = await self.store.revision() + 1
                 async for event in self.store.watch(prefix, revision):
                     revision = event.revision + 1
                     if event.deleted:
                         self.close_user_sessions(event.record.key[len(prefix):])
+            except asyncio.CancelledError:
+                raise
             except CompactedError:
                 # Missed events: the sessions to drop are those whose user no longer exists.
-                revision = await self.store.revision() + 1
-                listing = await self.store.list_prefix(prefix)
+                revision = None
+                try:
+                    listing = await self.store.list_prefix(prefix)
+                except Exception:  # noqa: BLE001 - retried below
+                    await asyncio.sleep(1)
+                    continue
                 existing = {record.key[len(prefix):] for record in listing.records}
                 for name in self.sessions.usernames() - existing:
                     self.close_user_sessions(name)
+            except Exception as exc:  # noqa: BLE001 - the watch must outlive store hiccups
+                log.warning("user watch failed (%s); resuming", exc)
+                await asyncio.sleep(1)
 
     # --- audit -------------------------------------------------------------------
 
