@@ -117,6 +117,8 @@ def start(directory: Path) -> list[int]:
                      "--initial-cluster", initial, "--initial-cluster-state", state,
                      "--initial-cluster-token", f"strongroom-{directory.name}",
                      "--heartbeat-interval", "100", "--election-timeout", "1000",
+                     # A member coming back after a partition must not depose a healthy leader.
+                     "--pre-vote",
                      "--logger", "zap", "--log-level", "error", "--log-outputs", "stderr"],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True, close_fds=True,
