@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import time
 
@@ -141,3 +142,27 @@ def test_removed_node_is_stopped_zeroized_and_locked_out(cluster: LocalCluster) 
     rc, out = cluster.cli("hsm", "remove", "--id", "node2")
     assert rc != 0 and "no node 'node2'" in out["error"]
     assert add_node(cluster)["id"] == "node3"
+
+
+def test_the_agent_learns_added_and_removed_nodes_without_a_restart(cluster: LocalCluster) -> None:
+    agent_pid = cluster.summary["agent_pid"]
+    log = cluster.dir / "agent.log"
+    node = add_node(cluster, "--zone", "b")
+
+    def wait_for(text: str) -> None:
+        deadline = time.monotonic() + 30
+        while text not in log.read_text():
+            assert time.monotonic() < deadline, f"the agent never logged {text!r}"
+            time.sleep(0.1)
+
+    wait_for(f"learned about node {node['id']}")
+    # The agent now routes around node1: stop it and the SDK (through the agent) still gets answers.
+    node1_pid = int((cluster.dir / "nodes" / "node1" / "node.pid").read_text())
+    os.killpg(os.getpgid(node1_pid), signal.SIGKILL)
+    status = Client.from_agent(cluster.summary["agent_socket"], timeout=30).node_status()
+    assert status["node_id"] == node["id"]
+    cluster.up()  # node1 back
+    rc, removed = cluster.cli("hsm", "remove", "--id", node["id"])
+    assert rc == 0, removed
+    wait_for(f"node {node['id']} left the cluster")
+    assert int((cluster.dir / "agent.pid").read_text()) == agent_pid  # never restarted

@@ -22,6 +22,13 @@ from strongroom.transport.protocol import ProtocolError, decode_request, encode_
 
 log = logging.getLogger("strongroom.agent")
 
+#: Requests that change nothing: when the node dies under one, it is sent again to another node.
+IDEMPOTENT = frozenset({
+    "node.status", "node.metrics", "cluster.status", "mechanism.list", "session.info", "user.list",
+    "object.find", "object.list", "object.get_attributes", "crypto.sign", "crypto.verify",
+    "crypto.encrypt", "crypto.decrypt", "crypto.digest", "random.generate",
+})
+
 #: Operator acts that must not be reachable by whoever can open the socket.
 REFUSED = frozenset({"cluster.initialize", "hsm.revoke", "hsm.clone_key"})
 
@@ -49,13 +56,23 @@ class Passthrough:
                                             f"{request.op} is not available through the agent; "
                                             "run it against a node with the operator's certificate"))
             return
+        attempts = 2 if request.op in IDEMPOTENT else 1
+        failed: list[NodeLink] = []
         try:
-            if self._link is None or not self._link.connected:
-                self._link = await self._pool.acquire(self._link)
-            reply = await self._link.request(request.op, request.args, request.session)
-            self._writer.write(encode_reply(request.request_id, reply.code, reply.body))
-        except NodeUnavailable as exc:
-            self._writer.write(encode_reply(request.request_id, CKR.DEVICE_REMOVED, str(exc)))
+            for attempt in range(attempts):
+                try:
+                    if self._link is None or not self._link.connected or self._link in failed:
+                        self._link = await self._pool.acquire(None, exclude=failed)
+                    reply = await self._link.request(request.op, request.args, request.session)
+                except NodeUnavailable as exc:
+                    if self._link is not None:
+                        failed.append(self._link)
+                    if attempt + 1 < attempts:
+                        continue
+                    self._writer.write(encode_reply(request.request_id, CKR.DEVICE_REMOVED, str(exc)))
+                    return
+                self._writer.write(encode_reply(request.request_id, reply.code, reply.body))
+                return
         except Exception:  # noqa: BLE001 - a relay failure must reach the client as a code
             log.exception("relaying %s failed", request.op)
             self._writer.write(encode_reply(request.request_id, CKR.GENERAL_ERROR, "agent error; see its log"))
