@@ -211,6 +211,8 @@ def test_a_node_killed_during_key_generation_leaves_all_or_nothing(three: ThreeN
 
 def test_losing_etcd_members(three: ThreeNodes) -> None:
     user = three.logged_in(0, "zoned")
+    admin = three.node_client(0)
+    admin.login("admin", three.summary["admin_password"])
     key = user.generate_key(CKM.AES_KEY_GEN, {CKA.TOKEN: True, CKA.VALUE_LEN: 16, CKA.LABEL: b"quorum"})
     members = local_etcd.load(three.dir)
 
@@ -235,6 +237,10 @@ def test_losing_etcd_members(three: ThreeNodes) -> None:
         # Writes wait 2.5 s for an election, then fail; etcd alone would hold them 7 s and more.
         # A generous bound: this asserts "fails rather than hangs", not a speed.
         assert time.monotonic() - started < 10
+        # User changes fail the same way.
+        with pytest.raises(ClientError) as failure:
+            admin.user_create("no_quorum_user", "crypto-user", "password1")
+        assert failure.value.code == CKR.DEVICE_ERROR and "quorum" in failure.value.message
     finally:
         local_etcd.start(three.dir)  # the members come back with their data
     deadline = time.monotonic() + 20
@@ -247,3 +253,4 @@ def test_losing_etcd_members(three: ThreeNodes) -> None:
                 raise
             time.sleep(0.2)
     assert user.find_objects({CKA.LABEL: b"no-quorum"}) == []
+    assert "no_quorum_user" not in [u["username"] for u in admin.user_list()]
