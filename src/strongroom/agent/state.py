@@ -76,6 +76,9 @@ class Operation:
     binding: Binding | None  # None once the node-side operation has ended
     parts: int = 0  # update calls the node has taken
     pending: Pending | None = None
+    #: Initialized here only, because the node already accepted this key, mechanism and parameter
+    #: shape for this user: a single-part call then costs one stateless node request instead of two.
+    deferred: bool = False
 
 
 @dataclass
@@ -141,6 +144,8 @@ class App:
     node_generation: tuple[str, int, int] | None = None
     login_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     finalized: bool = False
+    #: (user, kind, key, mechanism, parameter shape) the node accepted at an init (see Operation.deferred).
+    validated: set[tuple[Any, ...]] = field(default_factory=set)
 
     @property
     def identity(self) -> Identity | None:

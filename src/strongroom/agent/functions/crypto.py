@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from strongroom.agent.functions.common import deliver, ensure_binding, in_session, require_user
+from strongroom.agent.functions.common import deliver, ensure_binding, in_session, require_user, stateless
 from strongroom.agent.functions.registry import BYTES, CAP, MECHANISM, ULONG, Context, Result, function
 from strongroom.agent.nodes import NodeError, StateLost
 from strongroom.agent.returns import AgentError
@@ -70,7 +70,10 @@ async def _node_step(ctx: Context, session: Session, op: Operation, step: str, a
             op.binding = None
             if op.parts:
                 raise OperationLost(op.kind)
-            log.info("%s: re-creating the %s operation on a new node session", ctx.function, op.kind)
+            if op.deferred:
+                op.deferred = False  # going multi-part: the node needs the operation after all
+            else:
+                log.info("%s: re-creating the %s operation on a new node session", ctx.function, op.kind)
             await _node_init(ctx, session, op)
         assert op.binding is not None
         try:
@@ -129,9 +132,41 @@ async def _init(ctx: Context, handle: int, kind: str, mechanism: tuple[int, Any]
             # The node would choose the IV, but PKCS#11 v2.40 has no way to hand it back.
             raise AgentError(CKR.MECHANISM_PARAM_INVALID, "AES_GCM encryption needs an IV (pIv/ulIvLen)")
         op = Operation(kind, ckm, params, key, None)
-        await _node_init(ctx, session, op)
+        shape = _validation_key(ctx, kind, ckm, params, key)
+        logins = ctx.app.logins
+        if shape in ctx.app.validated and logins is not None and logins.closed is None:
+            op.deferred = True  # checked by the node before: the single-part call goes alone
+        else:
+            await _node_init(ctx, session, op)
+            ctx.app.validated.add(shape)
         session.operations[kind] = op
     return []
+
+
+def _validation_key(ctx: Context, kind: str, ckm: int, params: Any, key: int | None) -> tuple[Any, ...]:
+    """What makes an init valid: IV, AAD and label contents do not, their lengths may."""
+    def shape(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return ("bytes", len(value))
+        if isinstance(value, dict):
+            return tuple(sorted((k, shape(v)) for k, v in value.items()))
+        return value
+
+    identity = ctx.app.identity
+    # The Logins object too: a new C_Login (or logout) starts a fresh set of checks.
+    return (id(ctx.app.logins), None if identity is None else identity.username, kind, key, ckm, shape(params))
+
+
+async def _deferred_single(ctx: Context, op: Operation, data: bytes, signature: bytes | None = None) -> Any:
+    """The one-request path: the node's stateless ``crypto.<kind>`` with everything in it."""
+    args: dict[str, Any] = {"mechanism": op.mechanism, "data": data}
+    if op.params is not None:
+        args["params"] = op.params
+    if op.key is not None:
+        args["key"] = op.key
+    if signature is not None:
+        args["signature"] = signature
+    return await stateless(ctx, f"crypto.{op.kind}", args, handles=() if op.key is None else (op.key,))
 
 
 async def _single(ctx: Context, handle: int, kind: str, data: bytes, cap: int) -> Result | list[Any]:
@@ -149,7 +184,10 @@ async def _single(ctx: Context, handle: int, kind: str, data: bytes, cap: int) -
             if op.parts:
                 raise AgentError(CKR.OPERATION_ACTIVE, f"a multi-part {kind} is in progress: finish it with "
                                                        f"C_{kind.capitalize()}Final")
-            body = await _node_step(ctx, session, op, "single", {"data": data})
+            if op.deferred:
+                body = await _deferred_single(ctx, op, data)
+            else:
+                body = await _node_step(ctx, session, op, "single", {"data": data})
             op.binding = None  # the node ended it
             return _deliver(session, op, Pending(ctx.function, stamp, body[OUTPUT_KEY[kind]], True), cap)
         except BaseException as exc:
@@ -207,7 +245,10 @@ async def _verify(ctx: Context, handle: int, step: str, args: dict[str, Any]) ->
         try:
             if step == "single" and op.parts:
                 raise AgentError(CKR.OPERATION_ACTIVE, "a multi-part verification is in progress")
-            await _node_step(ctx, session, op, step, args)
+            if step == "single" and op.deferred:
+                await _deferred_single(ctx, op, args["data"], args["signature"])
+            else:
+                await _node_step(ctx, session, op, step, args)
             op.binding = None
         finally:
             # C_Verify and C_VerifyFinal always end the operation, whatever the outcome.
