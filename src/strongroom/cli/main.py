@@ -107,6 +107,8 @@ def cmd_status(args: argparse.Namespace, _ctx: Context) -> None:
     text += table(result["nodes"], ["id", "zone", "address", "pid", "health", "state", "error"])
     agent = result["agent"]
     text += f"\nagent: {agent['health']} (pid {agent['pid']}, socket {agent['socket']})"
+    if result.get("etcd"):
+        text += "\n" + table(result["etcd"], ["id", "endpoint", "pid", "health"])
     emit(result, as_json=args.json, text=text)
     if not result["healthy"]:
         raise SystemExit(1)
