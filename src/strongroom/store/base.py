@@ -108,15 +108,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get(self, key: str) -> Record | None: ...
 
-    @abc.abstractmethod
     async def put(self, key: str, value: bytes, expect: int | None = None) -> int:
         """Write ``key``; returns the new store revision. Raises :class:`ConflictError`."""
+        operation = Put(key, bytes(value), expect)
+        validate_operation(operation)
+        return await self._apply([operation])
 
-    @abc.abstractmethod
     async def delete(self, key: str, expect: int | None = None) -> int:
         """Delete ``key``; returns the new store revision (the current one if nothing was deleted)."""
+        operation = Delete(key, expect)
+        validate_operation(operation)
+        return await self._apply([operation])
 
-    @abc.abstractmethod
     async def commit(self, operations: Sequence[Operation]) -> int:
         """Apply all operations atomically, or none; returns the new revision.
 
@@ -124,6 +127,13 @@ class Store(abc.ABC):
         and :class:`ValueError` for an empty list, more than
         :data:`MAX_COMMIT_OPERATIONS` operations, or a key named twice.
         """
+        operations = list(operations)
+        validate_commit(operations)
+        return await self._apply(operations)
+
+    @abc.abstractmethod
+    async def _apply(self, operations: list[Operation]) -> int:
+        """Apply already validated operations atomically (the backend's one write path)."""
 
     @abc.abstractmethod
     async def list_prefix(self, prefix: str) -> Listing:
@@ -150,3 +160,27 @@ def prefix_end(prefix: str) -> str:
     if not prefix:
         return "\U0010ffff"
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def validate_commit(operations: list[Operation]) -> None:
+    if not operations:
+        raise ValueError("a commit needs at least one operation")
+    if len(operations) > MAX_COMMIT_OPERATIONS:
+        raise ValueError(f"a commit takes at most {MAX_COMMIT_OPERATIONS} operations, got {len(operations)}")
+    seen: set[str] = set()
+    for op in operations:
+        validate_operation(op)
+        if op.key in seen:
+            raise ValueError(f"key {op.key!r} appears twice in one commit")
+        seen.add(op.key)
+
+
+def validate_operation(op: Operation) -> None:
+    if not isinstance(op, (Put, Delete, Check)):
+        raise TypeError(f"not a store operation: {op!r}")
+    if not isinstance(op.key, str) or not op.key:
+        raise ValueError("a key must be a non-empty string")
+    if op.expect is not None and (not isinstance(op.expect, int) or op.expect < 0):
+        raise ValueError(f"expect must be None or a revision >= 0, got {op.expect!r}")
+    if isinstance(op, Check) and op.expect is None:
+        raise ValueError("a Check needs an expected revision")

@@ -69,7 +69,6 @@ from strongroom.store.base import (
 )
 
 # Validation is shared with the SQLite backend so both refuse exactly the same inputs.
-from strongroom.store.sqlite import _validate_commit, _validate_operation
 
 __all__ = ["EtcdStore"]
 
@@ -230,19 +229,7 @@ class EtcdStore(Store):
         kvs = answer.get("kvs") or []
         return self._record(kvs[0]) if kvs else None
 
-    async def put(self, key: str, value: bytes, expect: int | None = None) -> int:
-        operation = Put(key, bytes(value), expect)
-        _validate_operation(operation)
-        return await self._txn([operation])
-
-    async def delete(self, key: str, expect: int | None = None) -> int:
-        operation = Delete(key, expect)
-        _validate_operation(operation)
-        return await self._txn([operation])
-
-    async def commit(self, operations: Sequence[Operation]) -> int:
-        operations = list(operations)
-        _validate_commit(operations)
+    async def _apply(self, operations: list[Operation]) -> int:
         return await self._txn(operations)
 
     async def list_prefix(self, prefix: str) -> Listing:

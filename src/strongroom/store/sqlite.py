@@ -24,14 +24,12 @@ import contextlib
 import functools
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from strongroom.store.base import (
-    MAX_COMMIT_OPERATIONS,
-    Check,
     CompactedError,
     ConflictError,
     Delete,
@@ -141,21 +139,6 @@ class SqliteStore(Store):
     async def get(self, key: str) -> Record | None:
         return await self._call(self._get, key)
 
-    async def put(self, key: str, value: bytes, expect: int | None = None) -> int:
-        operation = Put(key, bytes(value), expect)
-        _validate_operation(operation)
-        return await self._write([operation])
-
-    async def delete(self, key: str, expect: int | None = None) -> int:
-        operation = Delete(key, expect)
-        _validate_operation(operation)
-        return await self._write([operation])
-
-    async def commit(self, operations: Sequence[Operation]) -> int:
-        operations = list(operations)
-        _validate_commit(operations)
-        return await self._write(operations)
-
     async def list_prefix(self, prefix: str) -> Listing:
         return await self._call(self._list_prefix, prefix)
 
@@ -212,8 +195,8 @@ class SqliteStore(Store):
         job = functools.partial(self._guarded, fn, args, writing)
         return await asyncio.get_running_loop().run_in_executor(self._executor, job)
 
-    async def _write(self, operations: list[Operation]) -> int:
-        revision = await self._call(self._apply, operations, writing=True)
+    async def _apply(self, operations: list[Operation]) -> int:
+        revision = await self._call(self._apply_on_thread, operations, writing=True)
         for wake in self._watchers:
             wake.set()
         return revision
@@ -268,7 +251,7 @@ class SqliteStore(Store):
             rows = db.execute(sql, params).fetchall()
         return Listing([Record(*row) for row in rows], revision)
 
-    def _apply(self, operations: list[Operation]) -> int:
+    def _apply_on_thread(self, operations: list[Operation]) -> int:
         db = self._connection()
         with _transaction(db, "BEGIN IMMEDIATE"):
             meta = _meta(db)
@@ -312,30 +295,6 @@ class SqliteStore(Store):
 
 
 # -- validation ----------------------------------------------------------------
-
-
-def _validate_commit(operations: list[Operation]) -> None:
-    if not operations:
-        raise ValueError("a commit needs at least one operation")
-    if len(operations) > MAX_COMMIT_OPERATIONS:
-        raise ValueError(f"a commit takes at most {MAX_COMMIT_OPERATIONS} operations, got {len(operations)}")
-    seen: set[str] = set()
-    for op in operations:
-        _validate_operation(op)
-        if op.key in seen:
-            raise ValueError(f"key {op.key!r} appears twice in one commit")
-        seen.add(op.key)
-
-
-def _validate_operation(op: Operation) -> None:
-    if not isinstance(op, (Put, Delete, Check)):
-        raise TypeError(f"not a store operation: {op!r}")
-    if not isinstance(op.key, str) or not op.key:
-        raise ValueError("a key must be a non-empty string")
-    if op.expect is not None and (not isinstance(op.expect, int) or op.expect < 0):
-        raise ValueError(f"expect must be None or a revision >= 0, got {op.expect!r}")
-    if isinstance(op, Check) and op.expect is None:
-        raise ValueError("a Check needs an expected revision")
 
 
 # -- SQL helpers (store thread) ---------------------------------------------------
