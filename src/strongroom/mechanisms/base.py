@@ -39,10 +39,58 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 from strongroom.constants import CKK, CKM, CKO
-from strongroom.errors import FunctionNotSupported, KeyTypeInconsistent, MechanismInvalid
+from strongroom.errors import (
+    ArgumentsBad,
+    DataLenRange,
+    FunctionNotSupported,
+    HsmError,
+    KeyTypeInconsistent,
+    MechanismInvalid,
+    OperationNotInitialized,
+)
 
 #: Largest input of one call (single part, or one update). Bigger inputs go in parts.
 MAX_DATA = 1 << 20
+
+
+def check_part(data: object) -> bytes:
+    """One call's input: bytes-like and at most MAX_DATA, so one request cannot pin the node."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ArgumentsBad(f"data must be bytes, not {type(data).__name__}")
+    if len(data) > MAX_DATA:
+        raise DataLenRange(f"at most {MAX_DATA} bytes per call; send larger inputs in parts")
+    return bytes(data)
+
+
+class Stream:
+    """A running library context (hash, HMAC) that ends itself after finish or a failed update.
+
+    The library raises AlreadyFinalized once a context is used up; tracking our own state
+    turns that, and any use after a failed call, into CKR_OPERATION_NOT_INITIALIZED.
+    """
+
+    def __init__(self, context: Any, what: str) -> None:
+        self._ctx: Any = context
+        self._what = what
+
+    def _live(self) -> Any:
+        if self._ctx is None:
+            raise OperationNotInitialized(f"the {self._what} operation has ended")
+        return self._ctx
+
+    def update(self, data: bytes) -> None:
+        ctx = self._live()
+        try:
+            chunk = check_part(data)
+        except HsmError:
+            self._ctx = None
+            raise
+        ctx.update(chunk)
+
+    def finish(self) -> bytes:
+        ctx = self._live()
+        self._ctx = None
+        return bytes(ctx.finalize())
 
 
 class Capability(enum.Flag):

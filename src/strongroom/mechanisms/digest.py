@@ -11,44 +11,19 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 
 from strongroom.constants import CKM
-from strongroom.errors import ArgumentsBad, DataLenRange, OperationNotInitialized
-from strongroom.mechanisms.base import MAX_DATA, Capability, DigestOperation, Mechanism, register
+from strongroom.mechanisms.base import Capability, DigestOperation, Mechanism, Stream, register
 from strongroom.mechanisms.hashes import HASHES
 
 
-def check_part(data: object) -> bytes:
-    """One call's input: bytes-like and at most MAX_DATA, so one request cannot pin the node."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise ArgumentsBad(f"data must be bytes, not {type(data).__name__}")
-    if len(data) > MAX_DATA:
-        raise DataLenRange(f"at most {MAX_DATA} bytes per call; send larger inputs in parts")
-    return bytes(data)
-
-
 class _Digest(DigestOperation):
-    # The library context raises AlreadyFinalized once used up; tracking our own state
-    # turns that (and any use after a failed call) into a PKCS#11 code instead.
     def __init__(self, algorithm: hashes.HashAlgorithm) -> None:
-        self._ctx: hashes.Hash | None = hashes.Hash(algorithm)
-
-    def _live(self) -> hashes.Hash:
-        if self._ctx is None:
-            raise OperationNotInitialized("the digest operation has ended")
-        return self._ctx
+        self._stream = Stream(hashes.Hash(algorithm), "digest")
 
     def update(self, data: bytes) -> None:
-        ctx = self._live()
-        try:
-            chunk = check_part(data)
-        except Exception:
-            self._ctx = None
-            raise
-        ctx.update(chunk)
+        self._stream.update(data)
 
     def final(self) -> bytes:
-        ctx = self._live()
-        self._ctx = None
-        return ctx.finalize()
+        return self._stream.finish()
 
 
 class DigestMechanism(Mechanism):

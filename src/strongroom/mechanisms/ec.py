@@ -57,6 +57,7 @@ from strongroom.mechanisms.base import (
     Key,
     Mechanism,
     SignOperation,
+    Stream,
     VerifyOperation,
     register,
 )
@@ -375,31 +376,12 @@ def _verify_digest(
         raise SignatureInvalid("the ECDSA signature does not verify") from None
 
 
-class _HashStream:
+class _HashStream(Stream):
     """The running hash of ECDSA_SHA*; ends itself after final or a failed update."""
 
     def __init__(self, algorithm: hashes.HashAlgorithm) -> None:
+        super().__init__(hashes.Hash(algorithm), "ECDSA")
         self.algorithm = algorithm
-        self._ctx: hashes.Hash | None = hashes.Hash(algorithm)
-
-    def _live(self) -> hashes.Hash:
-        if self._ctx is None:
-            raise OperationNotInitialized("the ECDSA operation has ended")
-        return self._ctx
-
-    def update(self, data: bytes) -> None:
-        ctx = self._live()
-        try:
-            chunk = _check_input(data)
-        except HsmError:
-            self._ctx = None
-            raise
-        ctx.update(chunk)
-
-    def finish(self) -> bytes:
-        ctx = self._live()
-        self._ctx = None
-        return ctx.finalize()
 
 
 class _HashSign(SignOperation):

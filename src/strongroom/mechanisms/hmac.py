@@ -20,12 +20,18 @@ from strongroom.errors import (
     KeySizeRange,
     KeyTypeInconsistent,
     MechanismParamInvalid,
-    OperationNotInitialized,
     SignatureInvalid,
     SignatureLenRange,
 )
-from strongroom.mechanisms.base import Capability, Key, Mechanism, SignOperation, VerifyOperation, register
-from strongroom.mechanisms.digest import check_part
+from strongroom.mechanisms.base import (
+    Capability,
+    Key,
+    Mechanism,
+    SignOperation,
+    Stream,
+    VerifyOperation,
+    register,
+)
 from strongroom.mechanisms.generic import MAX_SECRET_LEN, MIN_SECRET_LEN
 from strongroom.mechanisms.hashes import HASHES
 
@@ -37,32 +43,15 @@ class MacParams:
     mac_len: int
 
 
-class _MacStream:
+class _MacStream(Stream):
     """The running HMAC shared by sign and verify; ends itself on the first failure."""
 
     def __init__(self, key: bytes, algorithm: hashes.HashAlgorithm, mac_len: int) -> None:
-        self._ctx: crypto_hmac.HMAC | None = crypto_hmac.HMAC(key, algorithm)
+        super().__init__(crypto_hmac.HMAC(key, algorithm), "HMAC")
         self.mac_len = mac_len
 
-    def _live(self) -> crypto_hmac.HMAC:
-        # Guards the library's AlreadyFinalized: a used-up operation answers in PKCS#11 terms.
-        if self._ctx is None:
-            raise OperationNotInitialized("the HMAC operation has ended")
-        return self._ctx
-
-    def update(self, data: bytes) -> None:
-        ctx = self._live()
-        try:
-            chunk = check_part(data)
-        except Exception:
-            self._ctx = None
-            raise
-        ctx.update(chunk)
-
     def finish(self) -> bytes:
-        ctx = self._live()
-        self._ctx = None
-        return ctx.finalize()[: self.mac_len]
+        return super().finish()[: self.mac_len]
 
 
 class _HmacSign(SignOperation):
