@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from strongroom import pki
 from strongroom.client import Client, ClientError
 from strongroom.errors import CKR
 from strongroom.local import cluster as local_cluster
@@ -76,11 +77,19 @@ def test_only_activation_works_before_the_cluster_is_active(tmp_path: Path) -> N
             with pytest.raises(ClientError) as failure:
                 client.call(op, **args)
             assert failure.value.code == CKR.CRYPTOKI_NOT_INITIALIZED, op
-        client.cluster_initialize("fresh")
-        assert client.cluster_status()["state"] == "initialized"
+        made = client.cluster_initialize("fresh")
+        assert made["state"] == "initialize_in_progress" and "BEGIN CERTIFICATE REQUEST" in made["csr"]
+        assert client.cluster_status()["state"] == "initialize_in_progress"
         with pytest.raises(ClientError) as failure:
             client.cluster_initialize("again")
         assert failure.value.code == CKR.ACTION_PROHIBITED
+        with pytest.raises(ClientError) as failure:
+            client.cluster_activate("first-admin-pw")
+        assert failure.value.code == CKR.CRYPTOKI_NOT_INITIALIZED  # the certificate comes first
+        ca_key, ca_cert = pki.load_private_key(layout.ca_key), pki.load_certificate(layout.ca_cert)
+        cert = pki.sign_csr(ca_key, ca_cert, made["csr"].encode(), days=30, server=False, client=True)
+        client.cluster_install_certificate(pki.cert_to_pem(cert).decode(), pki.cert_to_pem(ca_cert).decode())
+        assert client.cluster_status()["state"] == "initialized"
         with pytest.raises(ClientError) as failure:
             client.login("admin", "password1")
         assert failure.value.code == CKR.CRYPTOKI_NOT_INITIALIZED
@@ -136,9 +145,12 @@ def test_a_tampered_seal_file_stops_the_node(cluster: LocalCluster) -> None:
     result = cluster.up(check=False)
     assert result.returncode != 0
     assert "cluster.seal" in result.stderr and "failed authentication" in result.stderr
+    assert "tamper response" in result.stderr
+    # The node refused to start at all: nothing listens, so nothing can be asked of it.
     with pytest.raises(ClientError) as failure:
         cluster.client().call("session.login", username="admin", password="whatever1")
-    assert failure.value.code == CKR.DEVICE_ERROR
+    assert failure.value.code == CKR.DEVICE_REMOVED
+    assert "refusing to start: tamper response" in (cluster.node_dir / "node.log").read_text()
 
 
 def test_seal_and_key_files_are_private(cluster: LocalCluster) -> None:

@@ -37,6 +37,7 @@ from strongroom.client import Client, ClientError, ClientProfile, NodeAddress
 from strongroom.constants import CKA, CKM
 from strongroom.mechanisms import ec as ec_mech
 from strongroom.node.config import NodeConfig
+from strongroom.local.cluster import initialize_cluster
 from strongroom.node.join import join_cluster
 from tests.etcd_cluster import etcd_binary
 from tests.netns import NetnsUnavailable, Topology, netns_unavailable_reason
@@ -278,7 +279,8 @@ def test_a_zone_cut_off_its_network_leaves_the_others_serving(tmp_path: Path) ->
         cluster.start_node("a")
         assert cluster.wait_node("a")["state"] in ("uninitialized", "initialized", "active")
         with cluster.client("a") as first:
-            first.cluster_initialize(CLUSTER)
+            initialize_cluster(first, CLUSTER, pki.load_private_key(tmp_path / "ca" / "ca.key"),
+                               pki.load_certificate(tmp_path / "ca" / "ca.crt"))
             first.cluster_activate(ADMIN_PASSWORD, "admin")
         a_address = cluster.configs["a"].address
         for zone in ("b", "c"):

@@ -30,7 +30,8 @@ IDEMPOTENT = frozenset({
 })
 
 #: Operator acts that must not be reachable by whoever can open the socket.
-REFUSED = frozenset({"cluster.initialize", "hsm.revoke", "hsm.clone_key"})
+REFUSED = frozenset({"cluster.initialize", "cluster.install_certificate", "hsm.revoke", "hsm.clone_key",
+                     "hsm.zeroize", "backup.create", "backup.read", "backup.release"})
 
 
 class Passthrough:

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 SEAL_FORMAT = 1
 SEAL_FILE = "cluster.seal"
 KEK_FILE = "seal.key"
+#: Left by hsm.zeroize: the node must not start again until it rejoins a cluster.
+ZEROIZED_FILE = "zeroized"
 CLUSTER_KEY_BYTES = 32
 
 
@@ -101,6 +103,7 @@ def seal_cluster_key(node_dir: Path, identity: SealedIdentity, cluster_key: byte
         write_private_file(node_dir / SEAL_FILE, json.dumps(document, indent=1).encode(), exclusive=True)
     except FileExistsError:
         raise SealError(f"{node_dir / SEAL_FILE} already exists; refusing to overwrite a cluster key") from None
+    clear_zeroized(node_dir)  # it holds a key again (rejoined or restored)
 
 
 def unseal_cluster_key(node_dir: Path) -> tuple[SealedIdentity, bytearray]:
@@ -141,3 +144,32 @@ def destroy_seal(node_dir: Path) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         path.unlink()
+
+
+def mark_zeroized(node_dir: Path) -> None:
+    import time
+
+    write_private_file(node_dir / ZEROIZED_FILE, f"zeroized at {time.time():.0f}\n".encode())
+
+
+def zeroized(node_dir: Path) -> bool:
+    return (node_dir / ZEROIZED_FILE).exists()
+
+
+def clear_zeroized(node_dir: Path) -> None:
+    (node_dir / ZEROIZED_FILE).unlink(missing_ok=True)
+
+
+def startup_refusal(node_dir: Path) -> str | None:
+    """Why a node must not start (zeroized, or sealed state failing authentication), or None."""
+    if zeroized(node_dir) and not seal_exists(node_dir):
+        return (f"this node was zeroized ({node_dir / ZEROIZED_FILE}) and holds no cluster key; add it to a "
+                "cluster again (it then receives the key from a running node) or restore the cluster from a backup")
+    if not seal_exists(node_dir):
+        return None
+    try:
+        _identity, key = unseal_cluster_key(node_dir)
+    except SealError as exc:
+        return f"tamper response: {exc}"
+    key[:] = bytes(len(key))
+    return None

@@ -42,6 +42,23 @@ def cmd_remove(args: argparse.Namespace, _ctx: Any) -> None:
          text=f"removed {result['id']}: certificate {result['serial']} revoked, node stopped, sealed key destroyed")
 
 
+def cmd_zeroize(args: argparse.Namespace, ctx: Any) -> None:
+    """Admin (STRONGROOM_PIN of an admin) or, with --operator, the operator's emergency stop of one node."""
+    from strongroom.cli.owner import _operator_client
+
+    with _operator_client(args) as client:
+        if not args.operator:
+            pin = os.environ.get("STRONGROOM_PIN")
+            if not pin or ":" not in pin:
+                raise CliError("set STRONGROOM_PIN=admin-user:password, or pass --operator (emergency stop "
+                               "with the operator's client certificate)")
+            username, _, password = pin.partition(":")
+            client.login(username, password, "admin")
+        result = client.zeroize(args.node)
+    emit(result, as_json=args.json,
+         text=f"node {result['node_id']} zeroized: its cluster key is destroyed and it has stopped")
+
+
 def register(sub: Any, add: Any) -> None:
     group = sub.add_parser("hsm", help="add or remove nodes of a local cluster (operator)").add_subparsers(
         dest="hsm_command", required=True, metavar="HSM_COMMAND")
@@ -50,3 +67,8 @@ def register(sub: Any, add: Any) -> None:
     p.add_argument("--zone", help="the new node's zone (default: the first letter no node uses)")
     p = add(group, "remove", cmd_remove, "revoke a node's certificate, stop it and destroy its sealed key")
     p.add_argument("--id", required=True, help="the node id (see `strongroom status`)")
+    p = add(group, "zeroize", cmd_zeroize,
+            "destroy one node's copy of the cluster key and stop it (other nodes are unaffected)")
+    p.add_argument("--node", required=True, help="the node id (the request goes to that node only)")
+    p.add_argument("--operator", action="store_true",
+                   help="as the operator (client certificate, no login): an emergency stop")

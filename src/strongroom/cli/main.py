@@ -13,6 +13,7 @@ import getpass
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,9 @@ class Context:
 def cmd_up(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.local import cluster
 
-    summary = _local(lambda: cluster.up(Path(args.dir), nodes=args.nodes, workers=args.workers))
+    summary = _local(lambda: cluster.up(
+        Path(args.dir), nodes=args.nodes, workers=args.workers, ca_cert=args.ca_cert and Path(args.ca_cert),
+        ca_key=args.ca_key and Path(args.ca_key), initialize=not args.no_initialize))
     # `up` always prints one JSON object: scripts and tests read it.
     emit(summary, as_json=args.json, text=_json_text(summary))
 
@@ -133,7 +136,12 @@ def cmd_agent(args: argparse.Namespace, _ctx: Context) -> None:
 def cmd_cluster_status(args: argparse.Namespace, ctx: Context) -> None:
     result = ctx.connect(args).cluster_status()
     text = f"cluster {result['name']} ({result['cluster_id']}): {result['state']}\n"
-    text += table(result["nodes"], ["id", "zone", "address", "state"])
+    text += f"trust anchor: {result.get('trust_anchor_fingerprint') or '(not installed)'}\n"
+    last = result.get("last_backup")
+    text += ("last backup: none\n" if not last else
+             f"last backup: {last['backup_id']} ({last['trigger']}, "
+             f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(last['created']))})\n")
+    text += table(result["nodes"], ["id", "zone", "address", "health", "last_seen"])
     emit(result, as_json=args.json, text=text)
 
 
@@ -292,6 +300,10 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
         p = add(sub, "up", cmd_up, "start (and on first use create and initialize) a local cluster in DIR")
         p.add_argument("--nodes", type=int, default=1, help="number of nodes (1 = embedded SQLite store)")
         p.add_argument("--workers", type=int, default=None, help="worker processes per node (default: cores)")
+        p.add_argument("--ca-cert", help="your CA certificate for a new directory (default: a throw-away CA)")
+        p.add_argument("--ca-key", help="your CA's private key (with --ca-cert)")
+        p.add_argument("--no-initialize", action="store_true",
+                       help="leave a new cluster uninitialized (then: cluster init / initialize / activate)")
         add(sub, "down", cmd_down, "stop everything `up` started in DIR")
         add(sub, "status", cmd_status, "health of the local cluster in DIR")
         node = sub.add_parser("node", help="run an HSM node").add_subparsers(dest="node_command", required=True)
@@ -313,6 +325,9 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
     p = add(cluster, "activate", cmd_cluster_activate, "set the first admin's password (activates the cluster)")
     p.add_argument("--username", default="admin")
     p.add_argument("--password")
+    from strongroom.cli import owner
+
+    owner.register_cluster(cluster, add)
 
     user = sub.add_parser("user", help="manage users (admins)").add_subparsers(dest="user_command", required=True)
     p = add(user, "create", cmd_user_create, "create a user")
@@ -336,6 +351,7 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
     keys.register(sub, add)
     pkcs11.register(sub, add)
     hsm.register(sub, add)
+    owner.register(sub, add)
     return parser
 
 

@@ -6,6 +6,7 @@ once the agent exists the same calls go through ``STRONGROOM_AGENT_SOCKET``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
 from pathlib import Path
@@ -131,8 +132,41 @@ class Client:
     def cluster_initialize(self, cluster_name: str = "strongroom") -> dict[str, Any]:
         return self.call("cluster.initialize", cluster_name=cluster_name)
 
+    def cluster_install_certificate(self, certificate: str, trust_anchor: str, custodians: list[str] | None = None,
+                                    threshold: int = 0) -> dict[str, Any]:
+        """Complete initialization with the customer's certificate for the cluster CSR and their CA."""
+        return self.call("cluster.install_certificate", certificate=certificate, trust_anchor=trust_anchor,
+                         custodians=custodians or [], threshold=threshold)
+
+    def cluster_csr(self) -> str:
+        return str(self.call("cluster.csr")["csr"])
+
     def cluster_activate(self, password: str, username: str = "admin") -> dict[str, Any]:
         return self.call("cluster.activate", username=username, password=password)
+
+    def zeroize(self, node_id: str) -> dict[str, Any]:
+        """Destroy the cluster key of the node this client is connected to (``node_id`` must name it)."""
+        return self.call("hsm.zeroize", node_id=node_id)
+
+    def backup_create(self) -> tuple[dict[str, Any], bytes]:
+        """Have the node make a backup now; returns its header and the file's bytes."""
+        made = self.call("backup.create")
+        backup_id, size = made["header"]["backup_id"], made["size"]
+        parts: list[bytes] = []
+        received = 0
+        try:
+            while received < size:
+                part = self.call("backup.read", backup_id=backup_id, offset=received, length=made["chunk"])["data"]
+                if not part:
+                    raise ClientError(CKR.DEVICE_ERROR, "the node returned an empty backup chunk")
+                parts.append(part)
+                received += len(part)
+        finally:
+            self.call("backup.release", backup_id=backup_id)
+        data = b"".join(parts)
+        if hashlib.sha256(data).hexdigest() != made["sha256"]:
+            raise ClientError(CKR.DEVICE_ERROR, "the backup changed in transit (SHA-256 differs from the node's)")
+        return made["header"], data
 
     # --- users ------------------------------------------------------------------------------
 

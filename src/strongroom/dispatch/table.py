@@ -21,11 +21,15 @@ from strongroom.errors import CKR, ActionProhibited, ArgumentsBad, DataLenRange,
 
 log = logging.getLogger(__name__)
 
-# Cluster life cycle (as CloudHSM): uninitialized -> initialized -> active.
+# Cluster life cycle (as CloudHSM): uninitialized -> initialize_in_progress (the cluster key and
+# identity exist, the customer has the CSR) -> initialized (certificate and trust anchor installed)
+# -> active (the first admin set its password).
 UNINITIALIZED = "uninitialized"
+INITIALIZE_IN_PROGRESS = "initialize_in_progress"
 INITIALIZED = "initialized"
 ACTIVE = "active"
-ALL_STATES = frozenset({UNINITIALIZED, INITIALIZED, ACTIVE})
+LIFE_CYCLE = (UNINITIALIZED, INITIALIZE_IN_PROGRESS, INITIALIZED, ACTIVE)
+ALL_STATES = frozenset(LIFE_CYCLE)
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
 

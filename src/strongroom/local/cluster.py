@@ -8,6 +8,7 @@ Layout of DIR (created on the first ``up``, reused afterwards)::
     store/strongroom.db           the embedded SQLite store (encrypted records only)
     client.json                   client profile: node addresses + certificate paths
     credentials.json              the generated first admin's password (0600, local use only)
+    backups/<cluster id>/*.srbk   automatic and manual backups (encrypted records; useless without the cluster key)
     agent.toml, agent.sock        the client agent's configuration and its Unix socket (PKCS#11 path)
     agent.pid, agent.log
     strongroom.env                export lines for a shell
@@ -34,7 +35,7 @@ from strongroom.barrier.seal import write_private_file
 from strongroom.client import Client, ClientError, ClientProfile, NodeAddress
 from strongroom.local import etcd
 from strongroom.errors import CKR
-from strongroom.node.config import NodeConfig
+from strongroom.node.config import BackupPolicy, NodeConfig
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 60.0
@@ -85,6 +86,10 @@ class Layout:
     def summary(self) -> Path:
         return self.root / "cluster.json"
 
+    @property
+    def backups(self) -> Path:
+        return self.root / "backups"
+
     def node_dir(self, node_id: str) -> Path:
         return self.root / "nodes" / node_id
 
@@ -105,7 +110,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _create(layout: Layout, nodes: int, workers: int, cluster_name: str) -> None:
+def _create(layout: Layout, nodes: int, workers: int, cluster_name: str,
+            ca: tuple[pki.CAPrivateKey, Any] | None = None) -> None:
+    """Lay out DIR: certificates from ``ca`` (the customer's CA; default a throw-away one), node configs."""
     if not 1 <= nodes <= 8:
         raise LocalClusterError("--nodes is 1 (embedded SQLite store) to 8 (one etcd member and node per zone)")
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -116,9 +123,9 @@ def _create(layout: Layout, nodes: int, workers: int, cluster_name: str) -> None
         except etcd.EtcdError as exc:
             raise LocalClusterError(str(exc)) from None
         endpoints = [m.client_url for m in etcd.plan(layout.root, nodes)]
-    for sub in ("ca", "client", "store", "nodes"):
+    for sub in ("ca", "client", "store", "nodes", "backups"):
         (layout.root / sub).mkdir(mode=0o700, exist_ok=True)
-    ca_key, ca_cert = pki.create_ca(f"{cluster_name} local customer CA")
+    ca_key, ca_cert = ca or pki.create_ca(f"{cluster_name} local customer CA")
     pki.write_private_key(layout.ca_key, ca_key)
     pki.write_cert(layout.ca_cert, ca_cert)
     client_key, client_cert = pki.issue_client_certificate(ca_key, ca_cert, "strongroom-cli")
@@ -147,6 +154,8 @@ def _create(layout: Layout, nodes: int, workers: int, cluster_name: str) -> None
             workers=workers,
             store_backend="etcd" if endpoints else "sqlite",
             store_endpoints=endpoints,
+            # A local cluster looks often, so its first backup follows activation within seconds.
+            backup=BackupPolicy(dir=layout.backups, check_seconds=5.0),
         )
         layout.node_config(node_id).write_text(config.to_toml())
         addresses.append(NodeAddress(node_id, HOST, config.port, config.zone))
@@ -253,13 +262,28 @@ def _credentials(layout: Layout) -> dict[str, str]:
         return {}
 
 
-def _initialize(layout: Layout, profile: ClientProfile, cluster_name: str) -> dict[str, str]:
-    """Initialize and activate a fresh cluster, or finish an activation that was interrupted."""
+def initialize_cluster(client: Client, cluster_name: str, ca_key: pki.CAPrivateKey, ca_cert: Any,
+                       custodians: list[str] | None = None, threshold: int = 0) -> dict[str, Any]:
+    """The customer's initialization, done with a CA at hand: CSR -> signature -> certificate installed."""
+    made = client.cluster_initialize(cluster_name)
+    cert = pki.sign_csr(ca_key, ca_cert, made["csr"].encode(), days=3650, server=False, client=True)
+    return client.cluster_install_certificate(pki.cert_to_pem(cert).decode(), pki.cert_to_pem(ca_cert).decode(),
+                                              custodians, threshold)
+
+
+def _initialize(layout: Layout, profile: ClientProfile, cluster_name: str, node: NodeAddress) -> dict[str, str]:
+    """Initialize and activate a fresh cluster, or finish an initialization that was interrupted."""
     credentials = _credentials(layout)
-    with Client(profile) as client:
+    with Client(profile, node) as client:
         state = client.cluster_status()["state"]
         if state == "uninitialized":
-            client.cluster_initialize(cluster_name)
+            made = client.cluster_initialize(cluster_name)
+            state = made["state"]
+        if state == "initialize_in_progress":
+            # `up` plays the customer with its throw-away CA: sign the cluster CSR and install it.
+            ca_key, ca_cert = pki.load_private_key(layout.ca_key), pki.load_certificate(layout.ca_cert)
+            cert = pki.sign_csr(ca_key, ca_cert, client.cluster_csr().encode(), days=3650, server=False, client=True)
+            client.cluster_install_certificate(pki.cert_to_pem(cert).decode(), pki.cert_to_pem(ca_cert).decode())
             state = "initialized"
         if state == "initialized":
             if not credentials:
@@ -269,11 +293,33 @@ def _initialize(layout: Layout, profile: ClientProfile, cluster_name: str) -> di
     return credentials
 
 
-def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_name: str = "strongroom") -> dict[str, Any]:
+def _cluster_existed(layout: Layout) -> bool:
+    """Whether DIR ever held an initialized cluster (credentials written, or a node zeroized since)."""
+    from strongroom.barrier.seal import zeroized
+
+    return layout.credentials.exists() or any(zeroized(layout.node_dir(n)) for n in layout.node_ids())
+
+
+def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_name: str = "strongroom",
+       ca_cert: Path | None = None, ca_key: Path | None = None, initialize: bool = True) -> dict[str, Any]:
+    """Start the cluster in ``directory``, creating it first if needed.
+
+    ``ca_cert``/``ca_key``: the customer's CA for a new directory's certificates (default: a
+    throw-away CA). ``initialize=False`` leaves a new cluster uninitialized, for the customer's
+    own ``cluster init`` / ``cluster initialize`` / ``cluster activate``.
+    """
     layout = Layout(directory.resolve())
     workers = workers or min(os.cpu_count() or 1, 8)
     if not layout.profile.exists():
-        _create(layout, nodes, workers, cluster_name)
+        ca = None
+        if ca_cert is not None or ca_key is not None:
+            if ca_cert is None or ca_key is None:
+                raise LocalClusterError("give both --ca-cert and --ca-key, or neither")
+            try:
+                ca = (pki.load_private_key(ca_key), pki.load_certificate(ca_cert))
+            except pki.PkiError as exc:
+                raise LocalClusterError(str(exc)) from None
+        _create(layout, nodes, workers, cluster_name, ca=ca)
     profile = ClientProfile.load(layout.profile)
     cluster_name = profile.cluster_name
     if etcd.load(layout.root):
@@ -281,14 +327,26 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
             etcd.start(layout.root)
         except etcd.EtcdError as exc:
             raise LocalClusterError(str(exc)) from None
-    # The first node initializes a new cluster; the others receive the cluster key from a
-    # running node (authenticated key exchange) before they start.
-    first, *others = profile.nodes
-    started = [_start_and_check(layout, first)]
-    credentials = _initialize(layout, profile, cluster_name)
-    for node in others:
-        _join_if_needed(layout, node, [first])
+    # A node that holds the cluster key starts first (on a new cluster: the first node, which
+    # initializes it); the others receive the key from it (authenticated key exchange) before they start.
+    from strongroom.barrier.seal import seal_exists
+
+    sealed = [n for n in profile.nodes if seal_exists(layout.node_dir(n.node_id))]
+    if not sealed and _cluster_existed(layout):
+        raise LocalClusterError(
+            "no node of this cluster holds the cluster key any more (every node was zeroized): only backups "
+            "remain; rebuild the cluster in a new directory with `strongroom cluster recover --backup FILE "
+            "--share SHARE ...` (recovery shares) or `strongroom backup restore --from DIR` (a surviving cluster)")
+    leader = sealed[0] if sealed else profile.nodes[0]
+    started = [_start_and_check(layout, leader)]
+    credentials = _initialize(layout, profile, cluster_name, leader) if initialize else _credentials(layout)
+    for node in profile.nodes:
+        if node is leader or (not initialize and not sealed):
+            continue
+        _join_if_needed(layout, node, [leader])
         started.append(_start_and_check(layout, node))
+    order = [n.node_id for n in profile.nodes]
+    started.sort(key=lambda entry: order.index(entry["id"]))
     try:
         agent_pid = start_agent(layout.root)
     except AgentStartError as exc:

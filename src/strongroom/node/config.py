@@ -26,6 +26,21 @@ class Limits:
     max_sessions: int = 8192
     max_p11_sessions_per_login: int = 1024
     max_objects: int = 16000  # token objects in the cluster (CloudHSM hsm2m: 16,666 keys)
+    #: Failed admin logins from one client certificate before that source is slowed down.
+    admin_login_failures_per_source: int = 5
+    #: First pause imposed on such a source; it doubles with each further failure, up to 15 minutes.
+    admin_login_backoff_seconds: float = 30.0
+
+
+@dataclass
+class BackupPolicy:
+    """Automatic backups (CloudHSM's defaults: one a day, kept 90 days). ``dir`` unset: none."""
+
+    dir: Path | None = None
+    interval_hours: float = 24.0
+    retention_days: float = 90.0
+    #: How often a node looks whether a backup is due (a new day, an activation, a membership change).
+    check_seconds: float = 60.0
 
 
 @dataclass
@@ -51,6 +66,7 @@ class NodeConfig:
     store_username: str | None = None
     store_password_file: Path | None = None
     limits: Limits = field(default_factory=Limits)
+    backup: BackupPolicy = field(default_factory=BackupPolicy)
     # Test-only fault injection: names of self-tests to treat as failed. Empty in production.
     fail_selftests: list[str] = field(default_factory=list)
 
@@ -82,6 +98,10 @@ class NodeConfig:
             "store": self._store_document(),
             "limits": {f.name: getattr(self.limits, f.name) for f in fields(Limits)},
         }
+        if self.backup.dir is not None:
+            document["backup"] = {"dir": str(self.backup.dir), "interval_hours": self.backup.interval_hours,
+                                  "retention_days": self.backup.retention_days,
+                                  "check_seconds": self.backup.check_seconds}
         if self.fail_selftests:
             document["testing"] = {"fail_selftests": list(self.fail_selftests)}
         return tomli_w.dumps(document)
@@ -151,9 +171,25 @@ class NodeConfig:
                 store_username=None if store.get("username") is None else str(store["username"]),
                 store_password_file=None if store.get("password_file") is None else Path(store["password_file"]),
                 limits=Limits(**limits_doc),
+                backup=_backup_policy(path, document.get("backup", {})),
                 fail_selftests=list(document.get("testing", {}).get("fail_selftests", [])),
             )
         except KeyError as exc:
             raise ConfigError(f"{path}: missing setting {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: bad value: {exc}") from None
+
+
+def _backup_policy(path: Path, document: dict[str, Any]) -> BackupPolicy:
+    unknown = set(document) - {f.name for f in fields(BackupPolicy)}
+    if unknown:
+        raise ConfigError(f"{path}: unknown [backup] keys {sorted(unknown)}")
+    policy = BackupPolicy(
+        dir=None if document.get("dir") is None else Path(document["dir"]),
+        interval_hours=float(document.get("interval_hours", 24.0)),
+        retention_days=float(document.get("retention_days", 90.0)),
+        check_seconds=float(document.get("check_seconds", 60.0)),
+    )
+    if policy.interval_hours <= 0 or policy.retention_days <= 0 or policy.check_seconds <= 0:
+        raise ConfigError(f"{path}: [backup] interval_hours, retention_days and check_seconds must be positive")
+    return policy

@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 from strongroom.audit import AuditLog
+from strongroom.barrier.seal import startup_refusal
 from strongroom.dispatch import ops  # noqa: F401  (registers every operation)
 from strongroom.errors import HsmError
-from strongroom.node import selftest
+from strongroom.node import backups, selftest
 from strongroom.node.config import NodeConfig
 from strongroom.node.hardening import harden_process
 from strongroom.node.services import NodeServices
@@ -62,9 +63,17 @@ def _listen(config: NodeConfig) -> socket.socket:
 
 
 async def _worker(config: NodeConfig, sock: socket.socket, report: selftest.SelfTestReport, boot: int,
-                  error: str | None) -> None:
+                  error: str | None, index: int = 0) -> None:
     store = config.open_store()
     services = NodeServices(config, store, report, boot, error)
+    stop = asyncio.Event()
+
+    def shutdown() -> None:
+        stop.set()
+        if config.workers > 1:
+            os.kill(os.getppid(), signal.SIGTERM)  # the supervisor stops the sibling workers
+
+    services.shutdown = shutdown
     if services.error is None:
         try:
             services.try_unseal()
@@ -79,25 +88,28 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: selftest.Self
         max_connections=config.limits.max_connections,
     )
     await listener.start(sock, server_context(config.tls_cert, config.tls_key, config.ca_cert))
-    watcher = asyncio.create_task(services.watch_users())
-    reaper = asyncio.create_task(services.reap_sessions())
-    stop = asyncio.Event()
+    tasks = [asyncio.create_task(services.watch_users()), asyncio.create_task(services.reap_sessions())]
+    if index == 0:
+        # One worker per node keeps the heartbeat and looks after automatic backups.
+        tasks.append(asyncio.create_task(services.heartbeat()))
+        if config.backup.dir is not None:
+            tasks.append(asyncio.create_task(backups.run_scheduler(services)))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     log.info("worker %d serving on %s", os.getpid(), config.address)
     await stop.wait()
-    watcher.cancel()
-    reaper.cancel()
-    await asyncio.gather(watcher, reaper, return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     await services.stop_background()
     await listener.close()
     await store.close()
 
 
 def _run_worker(config: NodeConfig, sock: socket.socket, report: selftest.SelfTestReport, boot: int,
-                error: str | None) -> None:
-    asyncio.run(_worker(config, sock, report, boot, error))
+                error: str | None, index: int = 0) -> None:
+    asyncio.run(_worker(config, sock, report, boot, error, index))
 
 
 def serve(config_path: Path) -> int:
@@ -110,6 +122,11 @@ def serve(config_path: Path) -> int:
     # One line per etcd request would drown the node's log.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    refusal = startup_refusal(config.node_dir)
+    if refusal is not None:
+        # Say it where the operator looks first (stderr/node.log), then refuse: no worker, no socket.
+        log.error("refusing to start: %s", refusal)
+        return 2
     hardening = harden_process()
     log.info("hardening: %s", hardening)
     report = selftest.run_all(fail=frozenset(config.fail_selftests))
@@ -137,12 +154,12 @@ def serve(config_path: Path) -> int:
 def _supervise(config: NodeConfig, sock: socket.socket, report: selftest.SelfTestReport, boot: int,
                error: str | None) -> int:
     children: list[int] = []
-    for _ in range(config.workers):
+    for index in range(config.workers):
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                _run_worker(config, sock, report, boot, error)
+                _run_worker(config, sock, report, boot, error, index)
             except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
                 log.exception("worker crashed")
                 code = 1

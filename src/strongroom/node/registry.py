@@ -23,13 +23,21 @@ def key_of(node_id: str) -> str:
     return PREFIX + node_id
 
 
-async def register(barrier: Barrier, node_id: str, zone: str, address: str, boot: int) -> None:
+#: A node rewrites its record this often (one worker of it); one silent for 3 periods is "unreachable".
+HEARTBEAT_SECONDS = 10.0
+
+
+async def register(barrier: Barrier, node_id: str, zone: str, address: str, boot: int,
+                   *, heartbeat: bool = False) -> None:
     entry = await barrier.get(key_of(node_id))
     record = {"id": node_id, "zone": zone, "address": address, "boot": boot}
+    now = time.time()
     if entry is not None and all(entry.value.get(k) == v for k, v in record.items()):
-        return  # another worker of this node already wrote it
+        if not heartbeat or now - float(entry.value.get("seen", 0)) < HEARTBEAT_SECONDS / 2:
+            return  # another worker of this node already wrote it (recently)
+    registered = entry.value.get("registered", now) if entry is not None and entry.value.get("boot") == boot else now
     try:
-        await barrier.commit([Write(key_of(node_id), dict(record, registered=time.time()), entry)])
+        await barrier.commit([Write(key_of(node_id), dict(record, registered=registered, seen=now), entry)])
     except ConflictError:
         pass  # a sibling worker won the race with the same record
 
@@ -46,5 +54,18 @@ async def unregister(barrier: Barrier, node_id: str) -> bool:
 
 
 async def nodes(barrier: Barrier) -> list[dict[str, Any]]:
+    """Every registered node with its health: ``healthy`` while its heartbeat is fresh."""
     entries, _ = await barrier.list_prefix(PREFIX)
-    return [{"id": e.value["id"], "zone": e.value["zone"], "address": e.value["address"]} for e in entries]
+    now = time.time()
+    result = []
+    for e in entries:
+        seen = float(e.value.get("seen", e.value.get("registered", 0)))
+        health = "healthy" if now - seen < 3 * HEARTBEAT_SECONDS else "unreachable"
+        result.append({"id": e.value["id"], "zone": e.value["zone"], "address": e.value["address"],
+                       "health": health, "last_seen": round(now - seen, 1)})
+    return result
+
+
+def membership(entries: list[dict[str, Any]]) -> list[str]:
+    """What identifies the set of members (an automatic backup follows each change of it)."""
+    return sorted(f"{n['id']}@{n['address']}" for n in entries)

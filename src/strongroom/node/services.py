@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,8 @@ from strongroom.auth.sessions import Session, SessionTable
 from strongroom.auth.users import PREFIX as USERS_PREFIX
 from strongroom.auth.users import UserDirectory
 from strongroom.barrier import Barrier
-from strongroom.barrier.seal import SealError, destroy_seal, seal_exists, unseal_cluster_key
+from strongroom.auth.throttle import LoginThrottle
+from strongroom.barrier.seal import SealError, destroy_seal, mark_zeroized, seal_exists, unseal_cluster_key
 from strongroom.dispatch import table
 from strongroom.dispatch.table import ACTIVE, INITIALIZED, UNINITIALIZED
 from strongroom.errors import CKR, CryptokiNotInitialized, DeviceError, HsmError
@@ -92,6 +94,10 @@ class NodeServices:
         # node (encrypted to that node's ephemeral key). Set in install_cluster_key, wiped in
         # forget_cluster_key; nothing else may read it.
         self.cluster_key: bytearray | None = None
+        self.login_throttle = LoginThrottle(config.limits.admin_login_failures_per_source,
+                                            config.limits.admin_login_backoff_seconds)
+        #: Set by the worker: stops this node (every worker) after the current replies went out.
+        self.shutdown: Callable[[], None] = lambda: None
 
     # --- cluster key and state ---------------------------------------------------
 
@@ -124,6 +130,30 @@ class NodeServices:
         self.objects = None
         self.cluster_id = None
         self._state = None
+
+    def zeroize(self) -> None:
+        """hsm.zeroize: destroy the sealed key and the secrets in memory, mark the node, then stop it."""
+        self.forget_cluster_key()
+        self.keys = KeyLoader()  # cached key objects hold key material
+        mark_zeroized(self.config.node_dir)
+        self.error = "this node was zeroized"
+        log.warning("zeroized: the sealed cluster key is destroyed; stopping every worker of this node")
+        # Give the reply a moment to leave, then stop every worker (they hold the key in memory too).
+        asyncio.get_running_loop().call_later(0.2, self.shutdown)
+
+    async def heartbeat(self) -> None:
+        """Keep this node's registry record fresh (``cluster.status`` reports health from it)."""
+        from strongroom.node import registry
+
+        while True:
+            await asyncio.sleep(registry.HEARTBEAT_SECONDS)
+            if self.barrier is None or self.error is not None:
+                continue
+            try:
+                await registry.register(self.barrier, self.config.node_id, self.config.zone, self.config.address,
+                                        self.boot, heartbeat=True)
+            except Exception as exc:  # noqa: BLE001 - a missed heartbeat shows as "unreachable", no more
+                log.debug("heartbeat not recorded: %s", exc)
 
     def _wipe_cluster_key(self) -> None:  # hsm join
         if self.cluster_key is not None:
@@ -308,14 +338,16 @@ class NodeServices:
             return table.error_reply(exc, request.op)
 
 
-_LIFE_CYCLE = (UNINITIALIZED, INITIALIZED, ACTIVE)
-
-
 def _state_error(state: str, op: str, allowed: frozenset[str]) -> HsmError:
-    if all(_LIFE_CYCLE.index(s) < _LIFE_CYCLE.index(state) for s in allowed):
+    if all(table.LIFE_CYCLE.index(s) < table.LIFE_CYCLE.index(state) for s in allowed):
         return HsmError(f"{op}: the cluster is already {state}", CKR.ACTION_PROHIBITED)
     if state == UNINITIALIZED:
         return CryptokiNotInitialized(f"{op}: the cluster is not initialized (run cluster.initialize first)")
+    if state == table.INITIALIZE_IN_PROGRESS:
+        return CryptokiNotInitialized(
+            f"{op}: the cluster's certificate is not installed yet; sign the cluster CSR with your CA and run "
+            "strongroom cluster initialize --signed-cert CERT --trust-anchor CA"
+        )
     if state == INITIALIZED:
         return CryptokiNotInitialized(
             f"{op}: the cluster is initialized but not activated; "

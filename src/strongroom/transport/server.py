@@ -117,6 +117,10 @@ class NodeListener:
             if isinstance(peer, ConnectionPeer) and not await self._admitted(connection_id, peer):
                 return
             await connection.run(reader)
+        except asyncio.CancelledError:
+            # Only the end of the worker's loop cancels a connection task; ending quietly keeps
+            # asyncio's stream callback from logging a traceback for every connection still open.
+            return
         finally:
             self._open -= 1
             await connection.finish()

@@ -6,16 +6,20 @@ import asyncio
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from strongroom.auth.passwords import hash_password
 from strongroom.auth.users import Role, check_password_rules, key_of, normalize_username
 from strongroom.barrier import Write
 from strongroom.barrier.seal import CLUSTER_KEY_BYTES, SealedIdentity, SealError, seal_cluster_key
-from strongroom.dispatch.table import ACTIVE, ALL_STATES, INITIALIZED, UNINITIALIZED, operation
+from strongroom.dispatch.table import ACTIVE, ALL_STATES, INITIALIZE_IN_PROGRESS, INITIALIZED, UNINITIALIZED, operation
 from strongroom.errors import ActionProhibited, ArgumentsBad, PinIncorrect
 from strongroom.node import registry
+from strongroom.node.backups import LAST_BACKUP_KEY
+from strongroom.node.identity import IDENTITY_KEY, ClusterIdentity, IdentityError, check_cluster_certificate
+from strongroom.pki import fingerprint_sha256, load_certificate
+from strongroom.recovery import RecoveryError, load_custodian_key, split_cluster_key
 from strongroom.node.services import CLUSTER_META_KEY
 from strongroom.store.base import ConflictError
 
@@ -30,15 +34,19 @@ class InitializeArgs:
 
 @operation("cluster.initialize", args=InitializeArgs, states=(UNINITIALIZED,))
 async def initialize(call: Any, args: InitializeArgs) -> dict[str, Any]:
-    """Create the cluster key inside this node and the unactivated first admin.
+    """Create the cluster key and the cluster's identity key inside this node; return the cluster CSR.
 
     Anyone holding a certificate of the customer's CA may initialize: it is the
-    operator's act of creating a cluster, and it grants no access to keys.
+    operator's act of creating a cluster, and it grants no access to keys. The
+    cluster stays ``initialize_in_progress`` until the customer installs the
+    certificate their CA made from the CSR (``cluster.install_certificate``).
     """
     services = call.services
     if not 1 <= len(args.cluster_name) <= 32 or not args.cluster_name.isprintable():
         raise ArgumentsBad("a cluster name is 1 to 32 printable characters")
     cluster_id = str(uuid.uuid4())
+    identity = await asyncio.to_thread(ClusterIdentity.generate)
+    csr = identity.csr(cluster_id, args.cluster_name).decode()
     key = bytearray(os.urandom(CLUSTER_KEY_BYTES))
     try:
         seal_cluster_key(services.config.node_dir, SealedIdentity(cluster_id, services.config.node_id), key)
@@ -47,17 +55,86 @@ async def initialize(call: Any, args: InitializeArgs) -> dict[str, Any]:
     services.install_cluster_key(cluster_id, key)
     barrier = services.require_barrier()
     now = time.time()
-    meta = {"cluster_id": cluster_id, "name": args.cluster_name, "state": INITIALIZED, "created": now}
+    meta = {"cluster_id": cluster_id, "name": args.cluster_name, "state": INITIALIZE_IN_PROGRESS, "created": now,
+            "csr": csr}
     admin = {"name": FIRST_ADMIN, "role": Role.ADMIN.value, "password": None, "failed_logins": 0, "created": now}
     await services.audit("cluster.initialize", actor=None, details={"cluster_id": cluster_id})
     try:
-        await barrier.commit([Write(CLUSTER_META_KEY, meta), Write(key_of(FIRST_ADMIN), admin)])
+        await barrier.commit([Write(CLUSTER_META_KEY, meta), Write(IDENTITY_KEY, identity.to_record()),
+                              Write(key_of(FIRST_ADMIN), admin)])
     except BaseException:
         # No cluster was created: the key sealed above belongs to nothing, destroy it.
         services.forget_cluster_key()
         raise
     await services.register_node()
-    return {"cluster_id": cluster_id, "state": INITIALIZED, "admin_username": FIRST_ADMIN}
+    return {"cluster_id": cluster_id, "state": INITIALIZE_IN_PROGRESS, "admin_username": FIRST_ADMIN, "csr": csr}
+
+
+@operation("cluster.csr", states=(INITIALIZE_IN_PROGRESS, INITIALIZED, ACTIVE))
+async def csr(call: Any, _args: None) -> dict[str, Any]:
+    """The cluster CSR again (it is public), e.g. when the first copy was lost."""
+    meta = await call.services.require_barrier().get(CLUSTER_META_KEY)
+    return {"cluster_id": call.services.cluster_id, "csr": meta.value["csr"]}
+
+
+#: At most this many recovery custodians (and so shares); PEM public keys up to this size.
+MAX_CUSTODIANS = 16
+MAX_PEM = 16 * 1024
+
+
+@dataclass
+class InstallCertificateArgs:
+    certificate: str
+    trust_anchor: str
+    custodians: list[str] = field(default_factory=list)
+    threshold: int = 0
+
+
+@operation("cluster.install_certificate", args=InstallCertificateArgs, states=(INITIALIZE_IN_PROGRESS,))
+async def install_certificate(call: Any, args: InstallCertificateArgs) -> dict[str, Any]:
+    """Complete initialization: the customer's certificate for the cluster CSR, their CA, and optionally
+    the custodians among whom the cluster key is split M-of-N (the encrypted shares are returned once)."""
+    services = call.services
+    barrier = services.require_barrier()
+    if len(args.certificate) > MAX_PEM or len(args.trust_anchor) > MAX_PEM:
+        raise ArgumentsBad(f"a certificate is at most {MAX_PEM} bytes of PEM")
+    if len(args.custodians) > MAX_CUSTODIANS or any(len(c) > MAX_PEM for c in args.custodians):
+        raise ArgumentsBad(f"at most {MAX_CUSTODIANS} custodians, each a PEM public key of at most {MAX_PEM} bytes")
+    identity = ClusterIdentity.from_record((await barrier.get(IDENTITY_KEY)).value)
+    try:
+        cert, anchor = check_cluster_certificate(identity, args.certificate, args.trust_anchor)
+    except IdentityError as exc:
+        raise ArgumentsBad(str(exc)) from None
+    node_anchor = load_certificate(services.config.ca_cert)
+    if fingerprint_sha256(anchor) != fingerprint_sha256(node_anchor):
+        raise ArgumentsBad(
+            f"the trust anchor {fingerprint_sha256(anchor)} is not the CA this node's TLS trusts "
+            f"({fingerprint_sha256(node_anchor)}): nodes and clients must chain to the trust anchor")
+    shares: list[str] = []
+    recovery: dict[str, Any] | None = None
+    if args.custodians or args.threshold:
+        try:
+            keys = [load_custodian_key(pem.encode()) for pem in args.custodians]
+            if not 1 <= args.threshold <= len(keys):
+                raise RecoveryError(f"the threshold must be between 1 and the number of custodians ({len(keys)})")
+            encrypted = split_cluster_key(services.cluster_key, services.cluster_id, keys, args.threshold)
+        except RecoveryError as exc:
+            raise ArgumentsBad(str(exc)) from None
+        shares = [share.to_json() for share in encrypted]
+        recovery = {"threshold": args.threshold, "total": len(keys),
+                    "custodians": [share.custodian_fingerprint for share in encrypted]}
+    meta = await barrier.get(CLUSTER_META_KEY)
+    value = dict(meta.value, state=INITIALIZED, cluster_certificate=args.certificate, trust_anchor=args.trust_anchor,
+                 trust_anchor_fingerprint=fingerprint_sha256(anchor), certificate_fingerprint=fingerprint_sha256(cert),
+                 recovery=recovery)
+    await services.audit("cluster.install_certificate", actor=None,
+                         details={"trust_anchor": fingerprint_sha256(anchor), "recovery": recovery})
+    try:
+        await barrier.commit([Write(CLUSTER_META_KEY, value, meta)])
+    except ConflictError:
+        raise ActionProhibited("the cluster's certificate was installed concurrently") from None
+    return {"cluster_id": services.cluster_id, "state": INITIALIZED,
+            "trust_anchor_fingerprint": fingerprint_sha256(anchor), "recovery": recovery, "shares": shares}
 
 
 @dataclass
@@ -95,17 +172,21 @@ async def activate(call: Any, args: ActivateArgs) -> dict[str, Any]:
 async def status(call: Any, _args: None) -> dict[str, Any]:
     services = call.services
     state = await services.cluster_state()
-    result: dict[str, Any] = {"state": state, "cluster_id": services.cluster_id, "name": None}
+    result: dict[str, Any] = {"state": state, "cluster_id": services.cluster_id, "name": None,
+                              "trust_anchor_fingerprint": None, "last_backup": None, "recovery": None}
     if services.barrier is not None:
         meta = await services.barrier.get(CLUSTER_META_KEY)
         if meta is not None:
-            result["name"] = meta.value.get("name")
-            result["created"] = meta.value.get("created")
-            result["activated"] = meta.value.get("activated")
+            for name in ("name", "created", "activated", "trust_anchor_fingerprint", "certificate_fingerprint",
+                         "recovery"):
+                result[name] = meta.value.get(name)
+        last = await services.barrier.get(LAST_BACKUP_KEY)
+        if last is not None:
+            result["last_backup"] = last.value
     config = services.config
     known = [] if services.barrier is None else await registry.nodes(services.barrier)
     if not any(n["id"] == config.node_id for n in known):
-        known.append({"id": config.node_id, "zone": config.zone, "address": config.address})
+        known.append({"id": config.node_id, "zone": config.zone, "address": config.address, "health": "healthy"})
     result["nodes"] = known
     result["answered_by"] = config.node_id
     return result

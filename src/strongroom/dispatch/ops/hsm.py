@@ -15,6 +15,7 @@ customer's CA, or the handshake would have failed):
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,13 @@ from typing import Any
 
 from strongroom.barrier import Remove, Write
 from strongroom.dispatch.auditing import audit_refusal, witness
-from strongroom.dispatch.table import ACTIVE, INITIALIZED, operation
+from strongroom.dispatch.table import ACTIVE, ALL_STATES, INITIALIZED, operation
 from strongroom.errors import ActionProhibited, ArgumentsBad, DeviceError, HsmError
 from strongroom.node.join import PUBLIC_BYTES, seal_for_newcomer
 from strongroom.node.services import REVOKED_PREFIX
 from strongroom.store.base import ConflictError
+
+log = logging.getLogger(__name__)
 
 STATES = (INITIALIZED, ACTIVE)
 #: RFC 5280: a serial number is at most 20 octets.
@@ -58,12 +61,12 @@ async def check_node_peer(services: Any, peer: Any, node_id: str) -> None:
         raise ActionProhibited(f"hsm.clone_key: the certificate of {node_id!r} (serial {peer.serial:x}) is revoked")
 
 
-def _check_operator_peer(peer: Any) -> None:
+def _check_operator_peer(peer: Any, op: str = "hsm.revoke") -> None:
     if peer is None or getattr(peer, "serial", None) is None:
-        raise ActionProhibited("hsm.revoke: the peer's certificate is unknown on this connection")
+        raise ActionProhibited(f"{op}: the peer's certificate is unknown on this connection")
     if peer.server_auth or not peer.client_auth:
         raise ActionProhibited(
-            f"hsm.revoke is the operator's act and needs a client certificate (clientAuth only) of the "
+            f"{op} is the operator's act and needs a client certificate (clientAuth only) of the "
             f"cluster's CA; {_who(peer)} is a node certificate"
         )
 
@@ -158,3 +161,46 @@ async def revoke(call: Any, args: RevokeArgs) -> dict[str, Any]:
     except HsmError as exc:
         await audit_refusal(call, "hsm.revoke", exc, details)
         raise
+
+
+@dataclass
+class ZeroizeArgs:
+    #: The node the caller means to zeroize: a request that reached another node is refused.
+    node_id: str
+
+
+@operation("hsm.zeroize", args=ZeroizeArgs, states=ALL_STATES)
+async def zeroize(call: Any, args: ZeroizeArgs) -> dict[str, Any]:
+    """Destroy this node's copy of the cluster key and take the node out of the cluster.
+
+    Allowed to a logged-in admin (crypto officer) and, with no login, to the operator's
+    client certificate: an emergency stop for one node, as the operator may also delete
+    an HSM. Other nodes keep serving; with every node zeroized only backups remain,
+    restorable with recovery shares.
+    """
+    from strongroom.node import registry
+
+    services = call.services
+    details = {"node_id": args.node_id, "peer": call.peer_name}
+    try:
+        # No login needed (the operator has none), but a caller who sent a session must be an admin.
+        session = None if call.request.session is None else services.sessions.resolve(call.request.session)
+        if session is None:
+            _check_operator_peer(call.peer, "hsm.zeroize")
+        elif session.role.value != "admin":
+            raise ActionProhibited("hsm.zeroize: only an admin or the operator may zeroize a node")
+        if args.node_id != services.config.node_id:
+            raise ArgumentsBad(f"this request reached node {services.config.node_id!r}, not {args.node_id!r}; "
+                               "nothing was zeroized")
+    except HsmError as exc:
+        await audit_refusal(call, "hsm.zeroize", exc, details)
+        raise
+    await services.audit("hsm.zeroize", actor=None if session is None else session.username, details=details)
+    unregistered = False
+    if services.barrier is not None:
+        try:
+            unregistered = await registry.unregister(services.barrier, services.config.node_id)
+        except Exception as exc:  # noqa: BLE001 - zeroizing must not depend on the store answering
+            log.warning("zeroize: could not remove this node from the registry: %s", exc)
+    services.zeroize()
+    return {"node_id": services.config.node_id, "zeroized": True, "unregistered": unregistered}

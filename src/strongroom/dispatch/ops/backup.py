@@ -1,0 +1,114 @@
+"""``backup.*``: the operator takes a backup through a node, without any customer credential.
+
+The node makes the whole file (:func:`strongroom.node.backups.produce_backup`) and
+keeps it in this worker's memory for a few minutes, while the operator's tool reads
+it in chunks on the same connection (a backup is larger than a frame). What the
+operator receives is ciphertext records, the cluster's public metadata and a
+signature: nothing that opens a key without the cluster key.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from strongroom.dispatch.auditing import audit_refusal
+from strongroom.dispatch.table import ACTIVE, INITIALIZED, operation
+from strongroom.errors import ActionProhibited, ArgumentsBad, DeviceError
+from strongroom.node.backups import LAST_BACKUP_KEY, BackupRefused, produce_backup, record_last
+
+STATES = (INITIALIZED, ACTIVE)
+#: Largest chunk one backup.read returns (a frame is 2 MiB).
+MAX_CHUNK = 1 << 20
+#: A made backup stays readable this long, and at most this many are kept per worker.
+PENDING_SECONDS = 600.0
+MAX_PENDING = 4
+TRIGGERS = ("manual",)
+
+
+@dataclass
+class Pending:
+    data: bytes
+    expires: float
+
+
+def _pending(services: Any) -> dict[str, Pending]:
+    table: dict[str, Pending] | None = getattr(services, "pending_backups", None)
+    if table is None:
+        table = services.pending_backups = {}
+    now = time.monotonic()
+    for backup_id in [k for k, v in table.items() if v.expires < now]:
+        del table[backup_id]
+    return table
+
+
+def _check_client_peer(peer: Any) -> None:
+    if peer is None or getattr(peer, "serial", None) is None:
+        raise ActionProhibited("backups are taken over an mTLS connection with a client certificate")
+    if not peer.client_auth:
+        raise ActionProhibited(f"backup.create needs a client certificate; CN={peer.common_name!r} is not one")
+
+
+@dataclass
+class CreateArgs:
+    trigger: str = "manual"
+
+
+@operation("backup.create", args=CreateArgs, states=STATES)
+async def create(call: Any, args: CreateArgs) -> dict[str, Any]:
+    services = call.services
+    if args.trigger not in TRIGGERS:
+        raise ArgumentsBad(f"trigger must be one of {', '.join(TRIGGERS)}")
+    try:
+        _check_client_peer(call.peer)
+    except ActionProhibited as exc:
+        await audit_refusal(call, "backup.create", exc, {"peer": call.peer_name})
+        raise
+    pending = _pending(services)
+    if len(pending) >= MAX_PENDING:
+        raise ActionProhibited(f"{MAX_PENDING} backups are already waiting to be read on this node; "
+                               "read or release them first")
+    previous = await services.require_barrier().get(LAST_BACKUP_KEY)
+    try:
+        header, data, last = await produce_backup(services, args.trigger)
+    except BackupRefused as exc:
+        raise DeviceError(str(exc)) from None
+    # A manual backup counts as the newest one even if an automatic one raced it: both are complete.
+    if not await record_last(services, last, previous):
+        await record_last(services, last, await services.require_barrier().get(LAST_BACKUP_KEY))
+    pending[header.backup_id] = Pending(data, time.monotonic() + PENDING_SECONDS)
+    await services.audit("backup.create", actor=call.actor,
+                         details={"backup_id": header.backup_id, "trigger": args.trigger,
+                                  "revision": header.revision, "peer": call.peer_name})
+    return {"header": asdict(header), "size": len(data), "sha256": last["sha256"], "chunk": MAX_CHUNK}
+
+
+@dataclass
+class ReadArgs:
+    backup_id: str
+    offset: int = 0
+    length: int = MAX_CHUNK
+
+
+@operation("backup.read", args=ReadArgs, states=STATES)
+async def read(call: Any, args: ReadArgs) -> dict[str, Any]:
+    _check_client_peer(call.peer)
+    entry = _pending(call.services).get(args.backup_id)
+    if entry is None:
+        raise ArgumentsBad(f"no backup {args.backup_id!r} is waiting on this connection's node worker "
+                           "(expired after 10 minutes, or made on another node)")
+    if not 0 <= args.offset <= len(entry.data) or not 1 <= args.length <= MAX_CHUNK:
+        raise ArgumentsBad(f"offset must be within the backup ({len(entry.data)} bytes), length 1..{MAX_CHUNK}")
+    return {"data": entry.data[args.offset : args.offset + args.length], "size": len(entry.data)}
+
+
+@dataclass
+class ReleaseArgs:
+    backup_id: str
+
+
+@operation("backup.release", args=ReleaseArgs, states=STATES)
+async def release(call: Any, args: ReleaseArgs) -> dict[str, Any]:
+    _check_client_peer(call.peer)
+    return {"released": _pending(call.services).pop(args.backup_id, None) is not None}

@@ -1,0 +1,200 @@
+"""``strongroom backup restore`` / ``strongroom cluster recover``: a new cluster from a backup.
+
+The new cluster's first node needs the cluster key before it can read anything in
+the backup. It gets it either
+
+* from a running node of the original cluster (``--from DIR``): the same
+  authenticated key exchange as ``hsm add`` — the new node's certificate is
+  issued by the original cluster's CA, or the old node refuses; or
+* from recovery shares (``--share FILE`` …), each decrypted by its custodian on
+  their own machine: at least the threshold of them, of this cluster.
+
+Then every record of the backup is opened under the cluster key — a record that
+fails authentication, a signature that is not the cluster's own, or a checksum
+that does not match refuses the whole restore and writes nothing — and written
+to the new store under its new version (the barrier binds a record to its
+version, so each is sealed again). Registry records of the old nodes are left
+behind: the new nodes register themselves. Finally the cluster is started as
+``strongroom up`` would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from strongroom import pki
+from strongroom.backup import Backup, BackupError, decode_backup
+from strongroom.barrier import Barrier
+from strongroom.barrier.seal import SealedIdentity, SealError, destroy_seal, seal_cluster_key, unseal_cluster_key
+from strongroom.client import ClientProfile, ProfileError
+from strongroom.local import cluster
+from strongroom.local.cluster import Layout, LocalClusterError
+from strongroom.node.config import NodeConfig
+from strongroom.node.identity import IDENTITY_KEY, ClusterIdentity, verify_digest_signature
+from strongroom.recovery import PlainShare, RecoveryError, combine_shares
+from strongroom.store.base import MAX_COMMIT_OPERATIONS, Put, Record
+
+META_KEY = "cluster/meta"
+#: Not restored: each new node registers itself.
+SKIPPED_PREFIXES = ("nodes/",)
+MAX_BACKUP_BYTES = 1 << 30
+
+
+def read_backup(path: Path) -> Backup:
+    try:
+        size = path.stat().st_size
+        if size > MAX_BACKUP_BYTES:
+            raise LocalClusterError(f"{path} is {size} bytes, larger than any backup ({MAX_BACKUP_BYTES})")
+        return decode_backup(path.read_bytes())
+    except FileNotFoundError:
+        raise LocalClusterError(f"backup file {path} does not exist") from None
+    except BackupError as exc:
+        raise LocalClusterError(f"{path}: {exc}") from None
+
+
+def _ca_for(old: Layout | None, ca_cert: Path | None, ca_key: Path | None, name: str) -> tuple[Any, Any]:
+    try:
+        if ca_cert is not None or ca_key is not None:
+            if ca_cert is None or ca_key is None:
+                raise LocalClusterError("give both --ca-cert and --ca-key (the customer's CA), or neither")
+            return pki.load_private_key(ca_key), pki.load_certificate(ca_cert)
+        if old is not None:
+            return pki.load_private_key(old.ca_key), pki.load_certificate(old.ca_cert)
+    except pki.PkiError as exc:
+        raise LocalClusterError(str(exc)) from None
+    return pki.create_ca(f"{name} local customer CA")
+
+
+def _load_shares(paths: list[Path]) -> list[PlainShare]:
+    shares = []
+    for path in paths:
+        try:
+            shares.append(PlainShare.from_json(path.read_bytes()))
+        except FileNotFoundError:
+            raise LocalClusterError(f"share file {path} does not exist") from None
+        except RecoveryError as exc:
+            raise LocalClusterError(f"{path}: {exc}") from None
+    return shares
+
+
+def _obtain_key(layout: Layout, node_id: str, backup: Backup, old: Layout | None, shares: list[Path]) -> None:
+    """Seal the cluster key in the new node's directory, from a surviving node or from shares."""
+    config = NodeConfig.load(layout.node_config(node_id))
+    cluster_id = backup.header.cluster_id
+    if old is not None:
+        from strongroom.node.join import JoinError, join_cluster
+
+        try:
+            peers = [n.address for n in ClientProfile.load(old.profile).nodes]
+        except ProfileError as exc:
+            raise LocalClusterError(f"--from {old.root}: {exc}") from None
+        try:
+            identity = asyncio.run(join_cluster(config, peers))
+        except JoinError as exc:
+            raise LocalClusterError(f"no node of {old.root} gave the cluster key: {exc}") from None
+        if identity.cluster_id != cluster_id:
+            destroy_seal(config.node_dir)
+            raise LocalClusterError(f"the nodes of {old.root} belong to cluster {identity.cluster_id}, "
+                                    f"the backup to {cluster_id}")
+        return
+    try:
+        key = combine_shares(_load_shares(shares), cluster_id=cluster_id)
+    except RecoveryError as exc:
+        raise LocalClusterError(f"recovery refused: {exc}") from None
+    try:
+        seal_cluster_key(config.node_dir, SealedIdentity(cluster_id, node_id), key)
+    except SealError as exc:
+        raise LocalClusterError(str(exc)) from None
+    finally:
+        key[:] = bytes(len(key))
+
+
+def _reseal(barrier: Barrier, backup: Backup, ca: tuple[Any, Any]) -> list[Put]:
+    """Open every record (refusing the backup on any failure) and seal it again for a new store."""
+    records = {r.key: r for r in backup.records}
+    if META_KEY not in records or IDENTITY_KEY not in records:
+        raise LocalClusterError("the backup holds no initialized cluster (cluster metadata missing)")
+    opened: dict[str, bytes] = {}
+    try:
+        for record in backup.records:
+            opened[record.key] = barrier.open(Record(record.key, record.value, record.version, 0, 0))
+    except Exception as exc:  # RecordTampered, or a key that is not this cluster's
+        raise LocalClusterError(f"the backup was altered or is not this cluster's: {getattr(exc, 'message', exc)}; "
+                                "nothing was restored") from None
+    identity = ClusterIdentity.from_record(msgpack.unpackb(opened[IDENTITY_KEY], raw=False))
+    if not backup.signature or not verify_digest_signature(identity.public_key(), backup.digest, backup.signature):
+        raise LocalClusterError("the backup's signature is not the cluster's own; nothing was restored")
+    meta = msgpack.unpackb(opened[META_KEY], raw=False)
+    if meta.get("cluster_id") != backup.header.cluster_id:
+        raise LocalClusterError("the backup's header names another cluster than its records; nothing was restored")
+    ca_key, ca_cert = ca
+    if meta.get("trust_anchor_fingerprint") != pki.fingerprint_sha256(ca_cert):
+        # A new trust anchor: the cluster's certificate is issued again by it, so the record stays true.
+        csr = identity.csr(meta["cluster_id"], str(meta.get("name", "")))
+        cert = pki.sign_csr(ca_key, ca_cert, csr, days=3650, server=False, client=True)
+        meta.update(cluster_certificate=pki.cert_to_pem(cert).decode(),
+                    trust_anchor=pki.cert_to_pem(ca_cert).decode(),
+                    trust_anchor_fingerprint=pki.fingerprint_sha256(ca_cert),
+                    certificate_fingerprint=pki.fingerprint_sha256(cert))
+        opened[META_KEY] = msgpack.packb(meta, use_bin_type=True)
+    return [Put(key, barrier.seal(key, 1, plaintext), 0) for key, plaintext in sorted(opened.items())
+            if not key.startswith(SKIPPED_PREFIXES)]
+
+
+async def _import(config: NodeConfig, backup: Backup, ca: tuple[Any, Any]) -> int:
+    _identity, key = unseal_cluster_key(config.node_dir)
+    store = config.open_store()
+    try:
+        barrier = Barrier(store, key)
+        key[:] = bytes(len(key))
+        if await store.revision() != 0:
+            raise LocalClusterError("the new cluster's store is not empty; restore into a new directory")
+        puts = await asyncio.to_thread(_reseal, barrier, backup, ca)
+        for start in range(0, len(puts), MAX_COMMIT_OPERATIONS):
+            await store.commit(puts[start : start + MAX_COMMIT_OPERATIONS])
+        return len(puts)
+    finally:
+        await store.close()
+
+
+def restore(backup_path: Path, directory: Path, *, from_dir: Path | None = None, shares: list[Path] | None = None,
+            ca_cert: Path | None = None, ca_key: Path | None = None, workers: int | None = None) -> dict[str, Any]:
+    """Build and start a one-node cluster in ``directory`` from the backup at ``backup_path``."""
+    if (from_dir is None) == (not shares):
+        raise LocalClusterError("say where the cluster key comes from: --from DIR (a running node of the "
+                                "original cluster) or --share FILE ... (decrypted recovery shares)")
+    backup = read_backup(backup_path)
+    layout = Layout(directory.resolve())
+    if layout.profile.exists() or (layout.root.exists() and any(layout.root.iterdir())):
+        raise LocalClusterError(f"{layout.root} is not empty; restore into a new directory")
+    old = None if from_dir is None else Layout(from_dir.resolve())
+    if old is not None and not old.profile.exists():
+        raise LocalClusterError(f"{old.root} holds no Strongroom cluster")
+    name = backup.header.cluster_name or "strongroom"
+    ca = _ca_for(old, ca_cert, ca_key, name)
+    created = not layout.root.exists()
+    try:
+        cluster._create(layout, 1, workers or 1, name, ca=ca)
+        node_id = layout.node_ids()[0]
+        _obtain_key(layout, node_id, backup, old, shares or [])
+        restored = asyncio.run(_import(NodeConfig.load(layout.node_config(node_id)), backup, ca))
+    except BaseException:
+        # Nothing half-made stays behind: no sealed key, no partial store.
+        for node_id in layout.node_ids():
+            destroy_seal(layout.node_dir(node_id))
+        if created:
+            shutil.rmtree(layout.root, ignore_errors=True)
+        else:
+            for child in layout.root.iterdir():
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+        raise
+    summary = cluster.up(layout.root, workers=workers)
+    summary["restored"] = {"backup_id": backup.header.backup_id, "cluster_id": backup.header.cluster_id,
+                           "revision": backup.header.revision, "records": restored,
+                           "key_source": "cluster" if old is not None else "recovery shares"}
+    return summary
