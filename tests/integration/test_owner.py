@@ -66,14 +66,15 @@ def fingerprint(cert_path: Path) -> str:
     return pki.fingerprint_sha256(x509.load_pem_x509_certificate(cert_path.read_bytes()))
 
 
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+def wait_for(predicate: Any, timeout: float, what: str, log: Path | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    tail = "" if log is None or not log.exists() else "\n".join(log.read_text().splitlines()[-30:])
+    raise AssertionError(f"timed out waiting for {what}\n{tail}")
 
 
 def node_stopped(local: LocalCluster, node_id: str = "node1") -> bool:
@@ -274,13 +275,14 @@ def test_automatic_backups_after_activation_and_membership_change(cluster: Local
         assert rc == 0, out
         return out["data"]["backups"]
 
-    first = wait_for(lambda: [b for b in backups() if b["trigger"] == "activation"], 30, "the activation backup")
+    log = cluster.node_dir / "node.log"
+    first = wait_for(lambda: [b for b in backups() if b["trigger"] == "activation"], 60, "the activation backup", log)
     assert len(first) == 1
     status = cluster.admin().cluster_status()
     assert status["last_backup"]["backup_id"] == first[0]["backup_id"]
     rc, out = cluster.cli("hsm", "add")
     assert rc == 0, out
-    wait_for(lambda: [b for b in backups() if b["trigger"] == "membership"], 30, "a backup after hsm add")
+    wait_for(lambda: [b for b in backups() if b["trigger"] == "membership"], 60, "a backup after hsm add", log)
     entry = backups()[0]
     rc, out = cluster.cli("backup", "verify", "--backup", entry["file"], "--trust-anchor", str(cluster.dir / "ca" / "ca.crt"))
     assert rc == 0 and out["data"]["signature"].startswith("ok"), out

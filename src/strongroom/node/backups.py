@@ -124,7 +124,7 @@ async def run_scheduler(services: Any) -> None:
     policy = services.config.backup
     while True:
         await asyncio.sleep(policy.check_seconds)
-        if services.barrier is None or services.error is not None:
+        if services.error is not None or not services.has_cluster_key():
             continue
         try:
             trigger = await due(services, time.time())

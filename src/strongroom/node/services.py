@@ -147,7 +147,7 @@ class NodeServices:
 
         while True:
             await asyncio.sleep(registry.HEARTBEAT_SECONDS)
-            if self.barrier is None or self.error is not None:
+            if self.error is not None or not self.has_cluster_key():
                 continue
             try:
                 await registry.register(self.barrier, self.config.node_id, self.config.zone, self.config.address,
@@ -182,6 +182,18 @@ class NodeServices:
         if await self.is_revoked(peer.serial):
             return "its certificate is revoked"
         return None
+
+    def has_cluster_key(self) -> bool:
+        """Whether this worker holds the cluster key, opening the seal if another worker made it since.
+
+        (Initialization lands on one worker; the background tasks of another must not wait for a
+        request to reach them before they see the cluster.)
+        """
+        try:
+            self.try_unseal()
+        except HsmError:
+            return False
+        return self.barrier is not None
 
     def try_unseal(self) -> None:
         """Open the sealed cluster key if this worker has not yet (another worker may have initialized)."""
