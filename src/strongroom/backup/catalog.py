@@ -32,6 +32,7 @@ from strongroom.backup.format import (
     read_backup_header,
     verify_backup_file,
 )
+from strongroom.pki.certs import fsync_dir
 
 FILE_MODE = 0o600  # ciphertext only, but nobody else needs to read it
 DIR_MODE = 0o700
@@ -223,7 +224,7 @@ class BackupCatalog:
             entry.path.unlink(missing_ok=True)  # already gone (another process) is as good as deleted
         except OSError as exc:
             raise BackupError(f"cannot delete {entry.path}: {exc.strerror or exc}") from None
-        _fsync_dir(entry.path.parent)
+        fsync_dir(entry.path.parent)
 
     def _cluster_dirs(self, cluster_id: str | None) -> PathList:
         if cluster_id is not None:
@@ -261,7 +262,7 @@ def _write_new_file(path: Path, data: bytes) -> None:
         raise BackupError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _link_new(tmp: Path, path: Path) -> None:
@@ -277,20 +278,6 @@ def _link_new(tmp: Path, path: Path) -> None:
         if path.exists():
             raise BackupError(f"{path} already exists; a backup file is never overwritten") from None
         os.rename(tmp, path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes a create or delete durable; not every platform or filesystem allows it.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _utc(created: float) -> str:

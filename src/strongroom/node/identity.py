@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import NameOID
 
-from strongroom.pki import fingerprint_sha256
+from strongroom.pki import fingerprint_sha256, is_ca
 
 IDENTITY_KEY = "cluster/identity"
 #: Backups and other statements are signed over a SHA-256 digest the caller computed.
@@ -89,11 +89,7 @@ def check_cluster_certificate(identity: ClusterIdentity, cert_pem: str | bytes,
         raise IdentityError("the trust anchor is not a PEM X.509 certificate") from None
     if cert.public_key() != identity.public_key():
         raise IdentityError("the signed certificate is not for this cluster's CSR (its public key differs)")
-    try:
-        constraints = anchor.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        constraints = None
-    if constraints is None or not constraints.ca:
+    if not is_ca(anchor):
         raise IdentityError("the trust anchor is not a CA certificate (BasicConstraints CA:TRUE is missing)")
     try:
         cert.verify_directly_issued_by(anchor)

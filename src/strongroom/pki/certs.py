@@ -45,6 +45,8 @@ __all__ = [
     "cert_to_pem",
     "create_ca",
     "fingerprint_sha256",
+    "fsync_dir",
+    "is_ca",
     "issue_client_certificate",
     "issue_node_certificate",
     "key_to_pem",
@@ -129,11 +131,11 @@ def _atomic_write(path: PathLike, data: bytes, mode: int) -> None:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename durable; not every platform/filesystem allows it.
+def fsync_dir(directory: Path) -> None:
+    """Make a create, rename or delete in ``directory`` durable; not every platform/filesystem allows it."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -238,12 +240,16 @@ def _check_ca(ca_key: CAPrivateKey, ca_cert: x509.Certificate) -> None:
     # with an opaque error; catch the mix-up here instead.
     if ca_key.public_key() != ca_cert.public_key():
         raise PkiError("the CA private key does not match the CA certificate")
-    try:
-        bc = ca_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        bc = None
-    if bc is None or not bc.ca:
+    if not is_ca(ca_cert):
         raise PkiError("the issuing certificate is not a CA (BasicConstraints ca=False or absent)")
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` says it is a CA (BasicConstraints CA:TRUE)."""
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def _authority_key_identifier(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
