@@ -163,6 +163,12 @@ class Node:
     async def initialize(self) -> None:
         code, body = await self.call("cluster.initialize", {}, self.operator)
         assert code == CKR.OK, body
+        cert = pki.sign_csr(self.pki.ca_key, self.pki.ca_cert, body["csr"].encode(), days=30, server=False,
+                            client=True)
+        code, body = await self.call("cluster.install_certificate",
+                                     {"certificate": pki.cert_to_pem(cert).decode(),
+                                      "trust_anchor": pki.cert_to_pem(self.pki.ca_cert).decode()}, self.operator)
+        assert code == CKR.OK, body
 
     async def close(self) -> None:
         await self.services.stop_background()
