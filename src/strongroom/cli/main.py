@@ -346,12 +346,13 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
     p = add(audit, "verify", cmd_audit_verify, "check audit log hash chains offline (no key needed)")
     p.add_argument("--file", help="one audit log file (default: every node's log under --dir)")
 
-    from strongroom.cli import hsm, keys, pkcs11
+    from strongroom.cli import hsm, keys, kms, pkcs11
 
     keys.register(sub, add)
     pkcs11.register(sub, add)
     hsm.register(sub, add)
     owner.register(sub, add)
+    kms.register(sub, add)
     return parser
 
 

@@ -9,6 +9,7 @@ from strongroom.dispatch.ops import (  # noqa: F401
     crypto,
     hsm,
     key,
+    kms,
     mechanism,
     node,
     object,

@@ -1,0 +1,375 @@
+"""``kms.*``: what the KMS gateway (:mod:`strongroom.kms`) needs from the cluster besides keys and crypto.
+
+The gateway is an ordinary *client* of the cluster: it logs in as a crypto user (the KMS
+service user, ``kmsuser`` by default) and does its cryptography with ``key.generate`` /
+``crypto.encrypt`` / ``crypto.decrypt`` / ``random.generate`` under non-extractable keys. What
+it cannot do with those operations lives here:
+
+* **Access keys** (``kms.access_key.create/list/delete``, admins only). An access key is an
+  AWS-style key id (``AKIA`` + 16) and a 40-character secret, bound to the service user that
+  may verify signatures made with it and optionally to a policy document (JSON, evaluated by the
+  gateway). The record ``kms/access-keys/<id>`` holds the secret, encrypted by the barrier like
+  every record; the secret is returned once, by ``create``, and never again.
+* **SigV4 verification** (``kms.sigv4.verify``, crypto users). The gateway parses the request and
+  builds the string to sign; the node derives the signing key from the secret (the HMAC-SHA256
+  chain of SigV4) and compares signatures in constant time. The answer is yes (the key's name and
+  policy) or no: an unknown key (``CKR_KEY_HANDLE_INVALID``) or a mismatch
+  (``CKR_SIGNATURE_INVALID``); the derived key and the expected signature never leave the node, so
+  the operation is no oracle for the secret. Only the service user an access key is bound to can
+  verify with it: another crypto user gets "unknown key".
+* **KMS metadata records** (``kms.record.get/list/commit``, crypto users): a small
+  compare-and-swap key/value store confined to ``kms/data/<username>/``, values msgpack maps
+  of at most :data:`MAX_VALUE_BYTES`, commits of up to :data:`MAX_CHANGES` changes applied
+  atomically, each conditional on the revision the gateway read (``expect``; 0 = absent).
+
+Why generic records and not KMS semantics in the node: the node's job is the trust boundary —
+key material, access-key secrets, authentication, per-user isolation, atomicity and
+authenticated storage — and all of that is here. The KMS semantics (key states, aliases, tags,
+deletion windows, and later policies, grants and rotation) are API compatibility that changes
+with AWS and with every later operation group; kept in the gateway, they are one place to
+change and need no node upgrade, and a bug there cannot reach key material (the gateway never
+holds any) or another user's records. A user who holds the service user's password could write
+nonsense metadata — but that user can already destroy and use the keys themselves.
+
+Every access-key change and every metadata commit is audited (management events); failed
+SigV4 verifications are audited (authentication failures); successful ones are not (one fsync
+per KMS request would cap the API at the disk's sync rate) — as with crypto operations, which
+the node counts but does not log one by one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import string
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from strongroom.auth.users import Role, normalize_username
+from strongroom.barrier import Remove, Write
+from strongroom.dispatch.auditing import audit_refusal, witness
+from strongroom.dispatch.table import operation
+from strongroom.errors import CKR, ArgumentsBad, HsmError, SignatureInvalid
+from strongroom.store.base import ConflictError
+
+ADMIN = (Role.ADMIN.value,)
+CRYPTO_USER = (Role.CRYPTO_USER.value,)
+
+ACCESS_KEY_PREFIX = "kms/access-keys/"
+DATA_PREFIX = "kms/data/"
+
+ACCESS_KEY_ID_RE = re.compile(r"^AKIA[A-Z0-9]{16}\Z")
+ACCESS_KEY_NAME_RE = re.compile(r"^[A-Za-z0-9_.@+=,-]{1,64}\Z")
+_ID_ALPHABET = string.ascii_uppercase + string.digits
+MAX_ACCESS_KEYS = 1000
+#: The node protocol carries strings of at most 4096 characters.
+MAX_POLICY_BYTES = 4096
+
+#: Record keys below the user's namespace: printable, no spaces, at most 512 characters.
+RECORD_KEY_RE = re.compile(r"^[A-Za-z0-9:/_.@=+,-]{1,512}\Z")
+MAX_VALUE_BYTES = 64 * 1024
+MAX_CHANGES = 16
+MAX_LIST = 1000
+#: Records one service user may hold (keys, aliases and what later operation groups add).
+MAX_RECORDS = 200_000
+
+SIGV4_ALGORITHM = "AWS4-HMAC-SHA256"
+_DATE_RE = re.compile(r"^[0-9]{8}\Z")
+_SCOPE_PART_RE = re.compile(r"^[a-z0-9-]{1,64}\Z")
+_SIGNATURE_RE = re.compile(r"^[0-9a-f]{64}\Z")
+MAX_STRING_TO_SIGN = 1024
+
+
+class UnknownAccessKey(HsmError):
+    """No such access key, or not one this user may verify with (the gateway: UnrecognizedClient)."""
+
+    code = CKR.KEY_HANDLE_INVALID
+
+
+class RecordLimit(HsmError):
+    code = CKR.DEVICE_MEMORY
+
+
+# --- access keys (admins) -----------------------------------------------------------------------
+
+
+def _new_access_key_id() -> str:
+    return "AKIA" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(16))
+
+
+def _new_secret() -> str:
+    # 30 random bytes -> 40 base64 characters, the shape of an AWS secret access key.
+    import base64
+
+    return base64.b64encode(secrets.token_bytes(30)).decode()
+
+
+def _check_policy(policy: str | None) -> None:
+    if policy is None:
+        return
+    if len(policy.encode()) > MAX_POLICY_BYTES:
+        raise ArgumentsBad(f"an access-key policy is at most {MAX_POLICY_BYTES} bytes")
+    try:
+        document = json.loads(policy)
+    except ValueError as exc:
+        raise ArgumentsBad(f"the access-key policy is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ArgumentsBad("the access-key policy must be a JSON object")
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: record.get(k) for k in ("access_key_id", "name", "service_user", "policy", "created")}
+
+
+@dataclass
+class AccessKeyCreateArgs:
+    name: str
+    policy: str | None = None
+    service_user: str = "kmsuser"
+
+
+@operation("kms.access_key.create", args=AccessKeyCreateArgs, roles=ADMIN)
+async def access_key_create(call: Any, args: AccessKeyCreateArgs) -> dict[str, Any]:
+    """A new access key; the reply is the only place its secret ever appears."""
+    barrier = call.services.require_barrier()
+    details: dict[str, Any] = {"name": args.name, "service_user": args.service_user}
+    try:
+        if not ACCESS_KEY_NAME_RE.match(args.name):
+            raise ArgumentsBad("an access-key name is 1 to 64 of letters, digits and _.@+=,-")
+        service_user = normalize_username(args.service_user)
+        _check_policy(args.policy)
+        listing = await barrier.store.list_prefix(ACCESS_KEY_PREFIX)
+        if len(listing.records) >= MAX_ACCESS_KEYS:
+            raise RecordLimit(f"the cluster already has the maximum of {MAX_ACCESS_KEYS} KMS access keys")
+        record = {
+            "access_key_id": _new_access_key_id(),
+            "name": args.name,
+            "service_user": service_user,
+            "policy": args.policy,
+            "secret": _new_secret(),
+            "created": time.time(),
+        }
+        details["access_key_id"] = record["access_key_id"]
+        await witness(call, "kms.access_key.create", details)()
+        try:
+            await barrier.commit([Write(ACCESS_KEY_PREFIX + record["access_key_id"], record)])
+        except ConflictError:
+            raise HsmError("access key id collision; try again", CKR.FUNCTION_FAILED) from None
+    except HsmError as exc:
+        await audit_refusal(call, "kms.access_key.create", exc, details)
+        raise
+    return dict(_public(record), secret_access_key=record["secret"])
+
+
+@operation("kms.access_key.list", roles=ADMIN)
+async def access_key_list(call: Any, _args: None) -> dict[str, Any]:
+    entries, _ = await call.services.require_barrier().list_prefix(ACCESS_KEY_PREFIX)
+    return {"access_keys": [_public(entry.value) for entry in entries]}
+
+
+@dataclass
+class AccessKeyDeleteArgs:
+    access_key_id: str
+
+
+@operation("kms.access_key.delete", args=AccessKeyDeleteArgs, roles=ADMIN)
+async def access_key_delete(call: Any, args: AccessKeyDeleteArgs) -> dict[str, Any]:
+    barrier = call.services.require_barrier()
+    details = {"access_key_id": args.access_key_id}
+    try:
+        if not ACCESS_KEY_ID_RE.match(args.access_key_id):
+            raise ArgumentsBad("an access key id is AKIA followed by 16 capital letters and digits")
+        entry = await barrier.get(ACCESS_KEY_PREFIX + args.access_key_id)
+        if entry is None:
+            raise UnknownAccessKey(f"no access key {args.access_key_id}")
+        await witness(call, "kms.access_key.delete", details)()
+        try:
+            await barrier.commit([Remove(entry.key, entry)])
+        except ConflictError:
+            raise HsmError("the access key changed meanwhile; try again", CKR.FUNCTION_FAILED) from None
+    except HsmError as exc:
+        await audit_refusal(call, "kms.access_key.delete", exc, details)
+        raise
+    return _public(entry.value)
+
+
+# --- SigV4 (the gateway's service user) ----------------------------------------------------------
+
+
+def _hmac(key: bytes, message: str) -> bytes:
+    return hmac.new(key, message.encode(), hashlib.sha256).digest()
+
+
+def sigv4_signature(secret: str, date: str, region: str, service: str, string_to_sign: str) -> str:
+    """The SigV4 signature (hex) of ``string_to_sign`` under ``secret``, for that date/region/service."""
+    key = _hmac(("AWS4" + secret).encode(), date)
+    key = _hmac(key, region)
+    key = _hmac(key, service)
+    key = _hmac(key, "aws4_request")
+    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass
+class SigV4VerifyArgs:
+    access_key_id: str
+    date: str
+    region: str
+    service: str
+    string_to_sign: str
+    signature: str
+
+
+def _check_sigv4_args(args: SigV4VerifyArgs) -> None:
+    if not 1 <= len(args.access_key_id) <= 128 or not args.access_key_id.isprintable():
+        raise ArgumentsBad("access_key_id is 1 to 128 printable characters")
+    if not _DATE_RE.match(args.date):
+        raise ArgumentsBad("date is YYYYMMDD")
+    if not _SCOPE_PART_RE.match(args.region) or not _SCOPE_PART_RE.match(args.service):
+        raise ArgumentsBad("region and service are 1 to 64 of a-z, 0-9 and -")
+    if not _SIGNATURE_RE.match(args.signature):
+        raise ArgumentsBad("signature is 64 lowercase hexadecimal digits")
+    lines = args.string_to_sign.split("\n")
+    scope = f"{args.date}/{args.region}/{args.service}/aws4_request"
+    if (len(args.string_to_sign) > MAX_STRING_TO_SIGN or len(lines) != 4 or lines[0] != SIGV4_ALGORITHM
+            or lines[2] != scope or not _SIGNATURE_RE.match(lines[3]) or not lines[1].startswith(args.date)):
+        raise ArgumentsBad("string_to_sign is not a SigV4 string to sign for this scope")
+
+
+@operation("kms.sigv4.verify", args=SigV4VerifyArgs, roles=CRYPTO_USER)
+async def sigv4_verify(call: Any, args: SigV4VerifyArgs) -> dict[str, Any]:
+    """Check a SigV4 signature; answers only with the key's name and policy, or an error."""
+    _check_sigv4_args(args)
+    barrier = call.services.require_barrier()
+    try:
+        entry = (await barrier.get(ACCESS_KEY_PREFIX + args.access_key_id)
+                 if ACCESS_KEY_ID_RE.match(args.access_key_id) else None)
+        if entry is None or entry.value.get("service_user") != call.actor:
+            raise UnknownAccessKey("The security token included in the request is invalid.")
+        record = entry.value
+        expected = sigv4_signature(record["secret"], args.date, args.region, args.service, args.string_to_sign)
+        if not hmac.compare_digest(expected.encode(), args.signature.encode()):
+            raise SignatureInvalid("The request signature does not match the access key's secret.")
+    except HsmError as exc:
+        await audit_refusal(call, "kms.sigv4.verify", exc, {"access_key_id": args.access_key_id[:128]})
+        raise
+    return {"access_key_id": record["access_key_id"], "name": record["name"], "policy": record.get("policy")}
+
+
+# --- metadata records (the gateway's service user) ----------------------------------------------
+
+
+def _namespace(call: Any) -> str:
+    return f"{DATA_PREFIX}{call.actor}/"
+
+
+def _record_key(call: Any, key: str) -> str:
+    if (not isinstance(key, str) or not RECORD_KEY_RE.match(key)
+            or any(part in (".", "..") for part in key.split("/"))):
+        raise ArgumentsBad("a record key is 1 to 512 of letters, digits and :/_.@=+,- with no '.' or '..' "
+                           "segment")
+    return _namespace(call) + key
+
+
+@dataclass
+class RecordGetArgs:
+    key: str
+
+
+@operation("kms.record.get", args=RecordGetArgs, roles=CRYPTO_USER)
+async def record_get(call: Any, args: RecordGetArgs) -> dict[str, Any]:
+    entry = await call.services.require_barrier().get(_record_key(call, args.key))
+    if entry is None:
+        return {"value": None, "revision": 0}
+    return {"value": entry.value, "revision": entry.revision}
+
+
+@dataclass
+class RecordListArgs:
+    prefix: str = ""
+    start_after: str = ""
+    limit: int = MAX_LIST
+
+
+@operation("kms.record.list", args=RecordListArgs, roles=CRYPTO_USER)
+async def record_list(call: Any, args: RecordListArgs) -> dict[str, Any]:
+    """Records whose key starts with ``prefix`` and sorts after ``start_after``, in key order."""
+    if args.prefix and not RECORD_KEY_RE.match(args.prefix):
+        raise ArgumentsBad("a record prefix is made of letters, digits and :/_.@=+,-")
+    if not 1 <= args.limit <= MAX_LIST:
+        raise ArgumentsBad(f"limit is 1 to {MAX_LIST}")
+    barrier = call.services.require_barrier()
+    namespace = _namespace(call)
+    listing = await barrier.store.list_prefix(namespace + args.prefix)
+    after = namespace + args.start_after if args.start_after else ""
+    # Only the records returned are decrypted: the listing is sorted by key.
+    remaining = [r for r in listing.records if r.key > after]
+    page = remaining[: args.limit]
+    records = []
+    for raw in page:
+        entry = barrier.decode(raw)
+        records.append({"key": raw.key[len(namespace):], "value": entry.value, "revision": entry.revision})
+    return {"records": records, "more": len(remaining) > len(page)}
+
+
+@dataclass
+class RecordCommitArgs:
+    #: Each change: {"key": str, "expect": int (0 = must be absent), "value": map} or {..., "delete": true}.
+    changes: list[dict]
+
+
+def _parse_change(call: Any, change: Any) -> tuple[str, int, dict[str, Any] | None]:
+    if not isinstance(change, dict) or not set(change) <= {"key", "expect", "value", "delete"}:
+        raise ArgumentsBad("a change is a map of key, expect and value (or delete)")
+    key = _record_key(call, change.get("key"))
+    expect = change.get("expect")
+    if not isinstance(expect, int) or isinstance(expect, bool) or expect < 0:
+        raise ArgumentsBad("expect is the revision read (0: the record must not exist)")
+    if change.get("delete") is True:
+        if "value" in change or expect == 0:
+            raise ArgumentsBad("a delete takes no value and names the revision it deletes")
+        return key, expect, None
+    value = change.get("value")
+    if not isinstance(value, dict):
+        raise ArgumentsBad("a record value is a map")
+    if len(msgpack.packb(value, use_bin_type=True)) > MAX_VALUE_BYTES:
+        raise ArgumentsBad(f"a record value is at most {MAX_VALUE_BYTES} bytes")
+    return key, expect, value
+
+
+@operation("kms.record.commit", args=RecordCommitArgs, roles=CRYPTO_USER)
+async def record_commit(call: Any, args: RecordCommitArgs) -> dict[str, Any]:
+    """Apply every change or none. A revision that moved on answers ``{"ok": false, "conflict": key}``."""
+    if not 1 <= len(args.changes) <= MAX_CHANGES:
+        raise ArgumentsBad(f"a commit has 1 to {MAX_CHANGES} changes")
+    parsed = [_parse_change(call, change) for change in args.changes]
+    if len({key for key, _, _ in parsed}) != len(parsed):
+        raise ArgumentsBad("a commit names each record once")
+    barrier = call.services.require_barrier()
+    namespace = _namespace(call)
+    changes: list[Any] = []
+    for key, expect, value in parsed:
+        entry = await barrier.get(key)
+        current = 0 if entry is None else entry.revision
+        if current != expect:
+            return {"ok": False, "conflict": key[len(namespace):]}
+        changes.append(Write(key, value, entry) if value is not None else Remove(key, entry))
+    if any(expect == 0 for _, expect, _ in parsed):
+        listing = await barrier.store.list_prefix(namespace)
+        if len(listing.records) + sum(1 for _, e, _ in parsed if e == 0) > MAX_RECORDS:
+            raise RecordLimit(f"a KMS service user holds at most {MAX_RECORDS} records")
+    details = {"keys": [key[len(namespace):] for key, _, _ in parsed][:MAX_CHANGES]}
+    try:
+        await witness(call, "kms.record.commit", details)()
+        revision = await barrier.commit(changes)
+    except ConflictError as exc:
+        return {"ok": False, "conflict": exc.key[len(namespace):]}
+    except HsmError as exc:
+        await audit_refusal(call, "kms.record.commit", exc, details)
+        raise
+    return {"ok": True, "revision": revision}

@@ -1,0 +1,256 @@
+"""Everything the gateway asks of the cluster, over the async SDK connection.
+
+The gateway logs in as the KMS service user (a crypto user) on a few pipelined connections —
+straight to the nodes with a client profile (mTLS) or through the host's agent — and keeps
+them: a lost connection is reopened (on the next node of the profile), an expired login is
+renewed, and idempotent requests are sent again once. Key material never reaches the gateway:
+keys are generated in the cluster as non-extractable, sensitive token keys and AES-GCM runs
+there (``crypto.encrypt`` / ``crypto.decrypt``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+from strongroom.client.connection import AsyncConnection, ClientError
+from strongroom.client.profile import ClientProfile, NodeAddress, ProfileError
+from strongroom.constants import CKA, CKK, CKM, CKO
+from strongroom.errors import CKR
+from strongroom.kms.config import ConfigError, GatewayConfig
+
+log = logging.getLogger("strongroom.kms")
+
+#: Requests that change nothing: sent again once when the connection was lost under them.
+IDEMPOTENT = frozenset({"crypto.encrypt", "crypto.decrypt", "random.generate", "kms.sigv4.verify",
+                        "kms.record.get", "kms.record.list", "object.find", "session.info"})
+_RELOGIN = frozenset({CKR.SESSION_HANDLE_INVALID, CKR.USER_NOT_LOGGED_IN, CKR.SESSION_CLOSED})
+_CONNECTION_LOST = frozenset({CKR.DEVICE_REMOVED})
+
+
+class ClusterError(Exception):
+    """A node's error reply (``code`` is the CKR) or the cluster could not be reached (``unreachable``)."""
+
+    def __init__(self, code: int, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.unreachable = unreachable
+
+
+class _Link:
+    """One connection and its login."""
+
+    def __init__(self, backend: Backend, index: int) -> None:
+        self.backend = backend
+        self.index = index
+        self.connection: AsyncConnection | None = None
+        self.session: bytes | None = None
+        self.lock = asyncio.Lock()
+
+    async def ready(self) -> tuple[AsyncConnection, bytes]:
+        async with self.lock:
+            if self.connection is None or self.connection.closed is not None:
+                await self._drop()
+                self.connection = await self.backend.open_connection(self.index)
+            if self.session is None:
+                self.session = await self.backend.login(self.connection)
+            return self.connection, self.session
+
+    async def relogin(self, stale: bytes | None) -> None:
+        async with self.lock:
+            if self.session == stale:
+                self.session = None
+
+    async def reset(self, stale: AsyncConnection | None) -> None:
+        async with self.lock:
+            if self.connection is stale:
+                await self._drop()
+
+    async def _drop(self) -> None:
+        connection, self.connection, self.session = self.connection, None, None
+        if connection is not None:
+            try:
+                await connection.close()
+            except Exception:  # noqa: BLE001 - closing a dead connection
+                pass
+
+    async def close(self) -> None:
+        async with self.lock:
+            if self.connection is not None and self.session is not None and self.connection.closed is None:
+                try:
+                    await asyncio.wait_for(self.connection.call("session.logout", {}, self.session), 5)
+                except Exception:  # noqa: BLE001 - best effort on shutdown
+                    pass
+            await self._drop()
+
+
+class Backend:
+    def __init__(self, config: GatewayConfig, password: str) -> None:
+        self.config = config
+        self._password = password
+        self._timeout = config.cluster.request_timeout
+        self._profile: ClientProfile | None = None
+        self._context: ssl.SSLContext | None = None
+        self._agent_socket = config.path(config.cluster.agent_socket)
+        if config.cluster.profile is not None:
+            try:
+                self._profile = ClientProfile.load(config.path(config.cluster.profile))  # type: ignore[arg-type]
+            except ProfileError as exc:
+                raise ConfigError(f"cluster.profile: {exc}") from None
+        self._links = [_Link(self, i) for i in range(config.cluster.connections)]
+        self._next = itertools.cycle(range(len(self._links)))
+        self._node_cursor = 0
+        self._login_failure: str | None = None
+
+    # --- connections ------------------------------------------------------------------------------
+
+    async def open_connection(self, index: int) -> AsyncConnection:
+        if self._agent_socket is not None:
+            try:
+                return await AsyncConnection.open_unix(str(self._agent_socket), timeout=self._timeout)
+            except OSError as exc:
+                raise ClusterError(CKR.DEVICE_REMOVED, f"cannot reach the agent at {self._agent_socket}: {exc}",
+                                   unreachable=True) from None
+        assert self._profile is not None
+        if self._context is None:
+            from strongroom.transport.tls import client_context
+
+            profile = self._profile
+            self._context = await asyncio.to_thread(client_context, profile.cert, profile.key, profile.ca)
+        nodes: Sequence[NodeAddress] = self._profile.nodes
+        errors = []
+        start = (self._node_cursor + index) % len(nodes)
+        for offset in range(len(nodes)):
+            node = nodes[(start + offset) % len(nodes)]
+            try:
+                connection = await AsyncConnection.open(node.host, node.port, self._context,
+                                                        timeout=min(self._timeout, 10.0))
+            except (OSError, ssl.SSLError, TimeoutError) as exc:
+                errors.append(f"{node.node_id}: {exc}")
+                continue
+            self._node_cursor = (start + offset) % len(nodes)
+            return connection
+        raise ClusterError(CKR.DEVICE_REMOVED, "no node of the cluster answers (" + "; ".join(errors) + ")",
+                           unreachable=True)
+
+    async def login(self, connection: AsyncConnection) -> bytes:
+        username = self.config.cluster.username
+        try:
+            result = await asyncio.wait_for(
+                connection.call("session.login", {"username": username, "password": self._password,
+                                                  "role": "crypto-user"}), self._timeout)
+        except ClientError as exc:
+            if exc.code in (CKR.PIN_INCORRECT, CKR.PIN_LOCKED):
+                # Never retried automatically: a wrong password would lock the service user.
+                self._login_failure = f"the cluster refused the service user {username!r}: {exc.message}"
+                log.error("%s", self._login_failure)
+            raise ClusterError(int(exc.code), exc.message) from None
+        except TimeoutError:
+            raise ClusterError(CKR.DEVICE_REMOVED, "the cluster did not answer the login", unreachable=True) from None
+        self._login_failure = None
+        return result["session"]
+
+    async def start(self) -> None:
+        """Connect and log in once, so that a wrong configuration fails at start."""
+        await self._links[0].ready()
+
+    async def close(self) -> None:
+        for link in self._links:
+            await link.close()
+
+    # --- calls ------------------------------------------------------------------------------------
+
+    async def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        if self._login_failure is not None:
+            raise ClusterError(CKR.PIN_INCORRECT, self._login_failure)
+        args = {k: v for k, v in (args or {}).items() if v is not None}
+        link = self._links[next(self._next)]
+        attempts = 3
+        for attempt in range(attempts):
+            connection, session = await link.ready()
+            try:
+                reply = await asyncio.wait_for(connection.send(op, args, session), self._timeout)
+            except ClientError as exc:  # the connection was already closed
+                await link.reset(connection)
+                if attempt + 1 < attempts and op in IDEMPOTENT:
+                    continue
+                raise ClusterError(int(exc.code), exc.message, unreachable=True) from None
+            except TimeoutError:
+                await link.reset(connection)
+                raise ClusterError(CKR.DEVICE_REMOVED, f"the cluster did not answer {op} in time",
+                                   unreachable=True) from None
+            if reply.ok:
+                return reply.body
+            code = reply.code
+            if code in _RELOGIN and attempt + 1 < attempts:
+                await link.relogin(session)
+                continue
+            if code in _CONNECTION_LOST:
+                await link.reset(connection)
+                if attempt + 1 < attempts and op in IDEMPOTENT:
+                    continue
+                raise ClusterError(code, str(reply.body), unreachable=True)
+            raise ClusterError(code, str(reply.body))
+        raise ClusterError(CKR.DEVICE_REMOVED, f"{op} failed after {attempts} attempts", unreachable=True)
+
+    # --- keys and cryptography --------------------------------------------------------------------------
+
+    async def generate_aes_key(self, label: str, length: int = 32) -> int:
+        """A token AES key owned by the service user: sensitive, never extractable, GCM only."""
+        template = {
+            CKA.CLASS: int(CKO.SECRET_KEY), CKA.KEY_TYPE: int(CKK.AES), CKA.TOKEN: True,
+            CKA.LABEL: label.encode(), CKA.VALUE_LEN: length, CKA.SENSITIVE: True, CKA.EXTRACTABLE: False,
+            CKA.ENCRYPT: True, CKA.DECRYPT: True, CKA.WRAP: False, CKA.UNWRAP: False,
+            CKA.SIGN: False, CKA.VERIFY: False, CKA.DERIVE: False,
+            CKA.ALLOWED_MECHANISMS: [int(CKM.AES_GCM)],
+        }
+        result = await self.call("key.generate", {"mechanism": int(CKM.AES_KEY_GEN),
+                                                  "template": [[int(k), v] for k, v in template.items()]})
+        return int(result["handle"])
+
+    async def destroy_object(self, handle: int) -> None:
+        try:
+            await self.call("object.destroy", {"handle": handle})
+        except ClusterError as exc:
+            if exc.code not in (CKR.OBJECT_HANDLE_INVALID, CKR.KEY_HANDLE_INVALID):
+                raise
+
+    async def gcm_encrypt(self, handle: int, iv: bytes, aad: bytes, plaintext: bytes) -> bytes:
+        result = await self.call("crypto.encrypt", {"key": handle, "mechanism": int(CKM.AES_GCM), "data": plaintext,
+                                                    "params": {"iv": iv, "aad": aad, "tag_bits": 128}})
+        return result["data"]
+
+    async def gcm_decrypt(self, handle: int, iv: bytes, aad: bytes, data: bytes) -> bytes:
+        result = await self.call("crypto.decrypt", {"key": handle, "mechanism": int(CKM.AES_GCM), "data": data,
+                                                    "params": {"iv": iv, "aad": aad, "tag_bits": 128}})
+        return result["data"]
+
+    async def random(self, length: int) -> bytes:
+        return (await self.call("random.generate", {"length": length}))["random"]
+
+    # --- SigV4 and metadata records ---------------------------------------------------------------------
+
+    async def verify_sigv4(self, access_key_id: str, date: str, region: str, service: str,
+                           string_to_sign: str, signature: str) -> dict[str, Any]:
+        return await self.call("kms.sigv4.verify", {
+            "access_key_id": access_key_id, "date": date, "region": region, "service": service,
+            "string_to_sign": string_to_sign, "signature": signature})
+
+    async def record_get(self, key: str) -> tuple[dict[str, Any] | None, int]:
+        result = await self.call("kms.record.get", {"key": key})
+        return result["value"], int(result["revision"])
+
+    async def record_list(self, prefix: str, start_after: str = "", limit: int = 1000
+                          ) -> tuple[list[tuple[str, dict[str, Any], int]], bool]:
+        result = await self.call("kms.record.list", {"prefix": prefix, "start_after": start_after, "limit": limit})
+        return [(r["key"], r["value"], int(r["revision"])) for r in result["records"]], bool(result["more"])
+
+    async def record_commit(self, changes: list[dict[str, Any]]) -> bool:
+        """Apply all changes or none; False when a record moved on since it was read."""
+        result = await self.call("kms.record.commit", {"changes": changes})
+        return bool(result["ok"])

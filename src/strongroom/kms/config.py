@@ -1,0 +1,170 @@
+"""The gateway's configuration file (TOML).
+
+::
+
+    [kms]
+    host = "127.0.0.1"
+    port = 8443
+    region = "us-east-1"
+    account_id = "111122223333"       # 12 digits; ARNs name it
+    partition = "aws"
+    tls_cert = "kms/tls.crt"          # optional: HTTPS with this certificate and key
+    tls_key = "kms/tls.key"
+    max_skew_seconds = 300            # SigV4 clock skew limit
+    log_level = "info"
+
+    [cluster]
+    profile = "client.json"           # straight to the nodes with this client profile (mTLS) ...
+    # agent_socket = "/run/strongroom/agent.sock"   # ... or through the host's agent
+    username = "kmsuser"              # the KMS service user (a crypto user)
+    password_file = "kms/kmsuser.password"   # mode 0600, the password on one line
+    connections = 2                   # pipelined connections (each logs in once)
+    request_timeout = 30.0
+
+    [deletion]
+    check_seconds = 60.0              # how often keys past their deletion date are deleted
+    day_seconds = 86400               # TEST ONLY: the length of a "day" of PendingWindowInDays
+
+Relative paths are relative to the configuration file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+\Z|^[a-z0-9-]{1,32}\Z")
+ACCOUNT_RE = re.compile(r"^[0-9]{12}\Z")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8443
+    region: str = "us-east-1"
+    account_id: str = "111122223333"
+    partition: str = "aws"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_skew_seconds: float = 300.0
+    log_level: str = "info"
+    max_body_bytes: int = 256 * 1024
+
+
+@dataclass
+class ClusterSettings:
+    profile: str | None = None
+    agent_socket: str | None = None
+    username: str = "kmsuser"
+    password_file: str = "kmsuser.password"
+    connections: int = 2
+    request_timeout: float = 30.0
+
+
+@dataclass
+class DeletionSettings:
+    check_seconds: float = 60.0
+    #: Test only: how many seconds one day of a deletion window lasts (86400 in production).
+    day_seconds: float = 86400.0
+
+
+@dataclass
+class GatewayConfig:
+    kms: ServerSettings = field(default_factory=ServerSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    deletion: DeletionSettings = field(default_factory=DeletionSettings)
+    base: Path = field(default_factory=Path.cwd)
+
+    def path(self, value: str | None) -> Path | None:
+        if value is None:
+            return None
+        path = Path(value)
+        return path if path.is_absolute() else self.base / path
+
+    @classmethod
+    def load(cls, path: Path) -> GatewayConfig:
+        path = Path(path)
+        try:
+            document = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        config = cls(
+            kms=_section(ServerSettings, document.get("kms", {}), "kms"),
+            cluster=_section(ClusterSettings, document.get("cluster", {}), "cluster"),
+            deletion=_section(DeletionSettings, document.get("deletion", {}), "deletion"),
+            base=path.resolve().parent,
+        )
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        k, c, d = self.kms, self.cluster, self.deletion
+        if not 0 <= k.port <= 65535:
+            raise ConfigError("kms.port is 0 to 65535")
+        if not REGION_RE.match(k.region):
+            raise ConfigError(f"kms.region {k.region!r} is not a region name")
+        if not ACCOUNT_RE.match(k.account_id):
+            raise ConfigError("kms.account_id is 12 digits")
+        if (k.tls_cert is None) != (k.tls_key is None):
+            raise ConfigError("give both kms.tls_cert and kms.tls_key, or neither")
+        if k.log_level not in LOG_LEVELS:
+            raise ConfigError(f"kms.log_level is one of {', '.join(LOG_LEVELS)}")
+        if not 1 <= k.max_skew_seconds <= 3600:
+            raise ConfigError("kms.max_skew_seconds is 1 to 3600")
+        if (c.profile is None) == (c.agent_socket is None):
+            raise ConfigError("give exactly one of cluster.profile and cluster.agent_socket")
+        if not 1 <= c.connections <= 64:
+            raise ConfigError("cluster.connections is 1 to 64")
+        if d.check_seconds <= 0 or d.day_seconds <= 0:
+            raise ConfigError("deletion.check_seconds and deletion.day_seconds are positive")
+
+    def read_password(self) -> str:
+        path = self.path(self.cluster.password_file)
+        assert path is not None
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            raise ConfigError(f"the service user's password file {path} does not exist") from None
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(f"{path} must be readable by its owner only (chmod 600)")
+        password = path.read_text().strip("\n")
+        if not password:
+            raise ConfigError(f"{path} is empty")
+        return password
+
+    def to_toml(self) -> str:
+        document: dict[str, Any] = {}
+        for name in ("kms", "cluster", "deletion"):
+            document[name] = {k: v for k, v in asdict(getattr(self, name)).items() if v is not None}
+        return tomli_w.dumps(document)
+
+    def write(self, path: Path) -> None:
+        path.write_text(self.to_toml())
+        os.chmod(path, 0o600)
+
+
+def _section(cls: type, raw: Any, name: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(raw) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in [{name}]: {', '.join(sorted(unknown))}")
+    try:
+        return cls(**raw)
+    except TypeError as exc:
+        raise ConfigError(f"[{name}]: {exc}") from None

@@ -1,0 +1,232 @@
+"""The gateway's request path (authenticate -> operation -> authorize -> handler) and its
+background work (deleting keys whose deletion date passed). HTTP lives in :mod:`.server`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from strongroom.errors import CKR
+from strongroom.kms import sigv4
+from strongroom.kms.arn import Location
+from strongroom.kms.backend import Backend, ClusterError
+from strongroom.kms.config import GatewayConfig
+from strongroom.kms.errors import (
+    AccessDenied,
+    DependencyTimeout,
+    InternalError,
+    InvalidSignature,
+    KmsError,
+    SerializationError,
+    UnknownOperation,
+    UnrecognizedClient,
+)
+from strongroom.kms.model import ALIASES, DELETED, KEYS, PENDING_DELETION, Conflict, Metadata, delete
+from strongroom.kms.ops import OperationSpec, load
+from strongroom.kms.policy import Policy, PolicyError, parse_policy
+from strongroom.kms.validation import Params
+
+log = logging.getLogger("strongroom.kms")
+TARGET_PREFIX = "TrentService."
+CONTENT_TYPES = ("application/x-amz-json-1.1", "application/x-amz-json-1.0", "application/json")
+
+
+@dataclass(frozen=True)
+class Identity:
+    access_key_id: str
+    name: str
+    policy: Policy | None
+    policy_error: str | None = None
+
+
+@dataclass
+class Context:
+    gateway: Gateway
+    identity: Identity
+    operation: OperationSpec
+    params: Params
+
+    @property
+    def where(self) -> Location:
+        return self.gateway.where
+
+    @property
+    def backend(self) -> Backend:
+        return self.gateway.backend
+
+    @property
+    def metadata(self) -> Metadata:
+        return self.gateway.metadata
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.gateway.config
+
+    def authorize(self, resource: str, action: str | None = None) -> None:
+        self.gateway.authorize(self.identity, action or self.operation.action, resource)
+
+
+def cluster_failure(exc: ClusterError) -> KmsError:
+    """A cluster error that no handler expected: a fault, retryable when the cluster was unreachable."""
+    if exc.unreachable:
+        return DependencyTimeout(f"The cluster could not be reached: {exc.message}")
+    log.warning("cluster error %s: %s", exc.code, exc.message)
+    return InternalError("The cluster could not complete the request; see the gateway log.")
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, backend: Backend) -> None:
+        self.config = config
+        self.backend = backend
+        self.metadata = Metadata(backend)
+        self.where = Location(config.kms.region, config.kms.account_id, config.kms.partition)
+        self.operations = load()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # --- authentication and authorization ------------------------------------------------------------
+
+    async def authenticate(self, method: str, raw_path: str, raw_query: str, headers: sigv4.Headers,
+                           body: bytes) -> Identity:
+        prepared = sigv4.prepare(method, raw_path, raw_query, headers, body, region=self.where.region,
+                                 max_skew=self.config.kms.max_skew_seconds)
+        try:
+            verified = await self.backend.verify_sigv4(prepared.access_key_id, prepared.date, prepared.region,
+                                                       prepared.service, prepared.string_to_sign,
+                                                       prepared.signature)
+        except ClusterError as exc:
+            if exc.code == CKR.KEY_HANDLE_INVALID:
+                raise UnrecognizedClient(sigv4.UNKNOWN_KEY_MESSAGE) from None
+            if exc.code == CKR.SIGNATURE_INVALID:
+                raise InvalidSignature(sigv4.MISMATCH_MESSAGE) from None
+            if exc.code == CKR.ARGUMENTS_BAD:
+                raise InvalidSignature(sigv4.MISMATCH_MESSAGE) from None
+            raise cluster_failure(exc) from None
+        policy, error = None, None
+        if verified.get("policy"):
+            try:
+                policy = parse_policy(verified["policy"])
+            except PolicyError as exc:
+                error = str(exc)
+        return Identity(verified["access_key_id"], verified["name"], policy, error)
+
+    def authorize(self, identity: Identity, action: str, resource: str) -> None:
+        if identity.policy is None and identity.policy_error is None:
+            return
+        user = f"arn:{self.where.partition}:iam::{self.where.account}:user/{identity.name}"
+        decision = "implicit" if identity.policy is None else identity.policy.decide(action, resource)
+        if decision == "allow":
+            return
+        why = ("with an explicit deny in an identity-based policy" if decision == "deny"
+               else f"because no identity-based policy allows the {action} action")
+        raise AccessDenied(f"User: {user} is not authorized to perform: {action} on resource: {resource} {why}")
+
+    # --- one request ---------------------------------------------------------------------------------
+
+    async def handle(self, method: str, raw_path: str, raw_query: str, headers: sigv4.Headers,
+                     body: bytes) -> tuple[int, dict[str, Any]]:
+        """Serve one request; returns (HTTP status, JSON body). Never raises."""
+        operation = "?"
+        try:
+            identity = await self.authenticate(method, raw_path, raw_query, headers, body)
+            target = headers.get("x-amz-target") or ""
+            operation = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else target
+            spec = self.operations.get(operation) if target.startswith(TARGET_PREFIX) else None
+            if method != "POST" or spec is None:
+                raise UnknownOperation(f"Unknown operation {target or '(none)'}" if method == "POST"
+                                       else "Only POST requests are supported")
+            content_type = (headers.get("content-type") or "").split(";")[0].strip().lower()
+            if content_type not in CONTENT_TYPES:
+                raise SerializationError(f"Unsupported Content-Type {content_type or '(none)'}")
+            try:
+                document = json.loads(body or b"{}")
+            except ValueError:
+                raise SerializationError("The request body is not valid JSON") from None
+            if not isinstance(document, dict):
+                raise SerializationError("The request body must be a JSON object")
+            ctx = Context(self, identity, spec, Params(document))
+            if spec.keyless:
+                ctx.authorize("*")
+            result = await spec.handler(ctx)
+            return 200, result
+        except KmsError as exc:
+            if exc.status >= 500:
+                log.warning("%s: %s %s", operation, exc.code, exc.message)
+            return exc.status, exc.body()
+        except ClusterError as exc:
+            error = cluster_failure(exc)
+            return error.status, error.body()
+        except Exception:  # noqa: BLE001 - every failure must become an AWS-shaped answer
+            log.exception("internal error in %s", operation)
+            error = InternalError("Internal error; see the gateway log.")
+            return error.status, error.body()
+
+    # --- key deletion -----------------------------------------------------------------------------------
+
+    def start_background(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def stop_background(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep sweeping after cluster hiccups
+                log.warning("key deletion sweep failed: %s", exc)
+            await asyncio.sleep(self.config.deletion.check_seconds)
+
+    async def sweep(self, now: float | None = None) -> list[str]:
+        """Delete every key whose deletion date passed (and finish interrupted deletions)."""
+        now = time.time() if now is None else now
+        deleted = []
+        cursor = ""
+        while True:
+            keys, more = await self.metadata.list_keys(cursor, 1000, include_deleted=True)
+            for key in keys:
+                due = key.state == PENDING_DELETION and key.deletion_date is not None and key.deletion_date <= now
+                if due or key.state == DELETED:
+                    if await self.delete_key(key.key_id, now):
+                        deleted.append(key.key_id)
+            if not more or not keys:
+                return deleted
+            cursor = keys[-1].key_id
+
+    async def delete_key(self, key_id: str, now: float) -> bool:
+        """Tombstone the key and drop its aliases, destroy its cluster objects, remove the record."""
+        def tombstone(key: Any) -> None:
+            if key.state == PENDING_DELETION and key.deletion_date is not None and key.deletion_date <= now:
+                key.state = DELETED
+
+        key = await self.metadata.update_key(key_id, tombstone, include_deleted=True)
+        if key is None or key.state != DELETED:
+            return False  # cancelled meanwhile
+        aliases = [a for a in await self.metadata.all_aliases() if a.target == key_id]
+        for alias in aliases:
+            try:
+                await self.metadata.commit([delete(ALIASES + alias.name, alias.revision)])
+            except Conflict:
+                pass  # retargeted meanwhile: it no longer names this key
+        for material in key.materials:
+            await self.backend.destroy_object(material.handle)
+        for _ in range(5):
+            current = await self.metadata.get_key(key_id, include_deleted=True)
+            if current is None:
+                break
+            try:
+                await self.metadata.commit([delete(KEYS + key_id, current.revision)])
+                break
+            except Conflict:
+                continue
+        log.info("deleted KMS key %s (%d key material version(s), %d alias(es))",
+                 key_id, len(key.materials), len(aliases))
+        return True

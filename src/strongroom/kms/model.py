@@ -1,0 +1,237 @@
+"""KMS metadata (keys, aliases) over the cluster's compare-and-swap records (``kms.record.*``).
+
+Records, under the service user's namespace in the store (barrier-encrypted like everything):
+
+* ``keys/<key id>`` — a key: state, description, dates, tags, policy and the list of its key
+  material versions (each a cluster object handle and a 64-hex KeyMaterialId; rotation
+  appends a version, old ciphertexts keep naming theirs);
+* ``aliases/<alias name>`` — an alias and the key it targets.
+
+A deleted key leaves a tombstone (state ``Deleted``, invisible to every operation) until its
+cluster objects are destroyed, so a deletion interrupted half-way is finished by the next
+sweep. Every change is a conditional commit on the revision that was read; :meth:`update_key`
+retries on conflicts.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from strongroom.kms.arn import Location
+from strongroom.kms.backend import Backend
+from strongroom.kms.errors import InternalError
+from strongroom.kms.keyspecs import ALGORITHM_MEMBERS, KEY_SPECS
+
+KEYS = "keys/"
+ALIASES = "aliases/"
+RECORD_VERSION = 1
+ENABLED, DISABLED, PENDING_DELETION, DELETED = "Enabled", "Disabled", "PendingDeletion", "Deleted"
+CONFLICT_RETRIES = 20
+
+
+@dataclass
+class Material:
+    version: int
+    handle: int
+    material_id: str
+    created: float
+
+    def to_record(self) -> dict[str, Any]:
+        return {"version": self.version, "handle": self.handle, "material_id": self.material_id,
+                "created": self.created}
+
+    @classmethod
+    def from_record(cls, value: dict[str, Any]) -> Material:
+        return cls(int(value["version"]), int(value["handle"]), str(value["material_id"]), float(value["created"]))
+
+
+def new_material(version: int, handle: int) -> Material:
+    return Material(version, handle, secrets.token_hex(32), time.time())
+
+
+@dataclass
+class KmsKey:
+    key_id: str
+    created: float
+    description: str = ""
+    key_usage: str = "ENCRYPT_DECRYPT"
+    key_spec: str = "SYMMETRIC_DEFAULT"
+    origin: str = "AWS_KMS"
+    state: str = ENABLED
+    deletion_date: float | None = None
+    pending_window: int | None = None
+    tags: list[tuple[str, str]] = field(default_factory=list)
+    policy: str | None = None
+    materials: list[Material] = field(default_factory=list)
+    current_material: int = 1
+    revision: int = 0  # the record's revision when read (0: not stored yet)
+
+    @property
+    def enabled(self) -> bool:
+        return self.state == ENABLED
+
+    def material(self, version: int) -> Material | None:
+        return next((m for m in self.materials if m.version == version), None)
+
+    @property
+    def current(self) -> Material:
+        material = self.material(self.current_material)
+        if material is None:
+            raise InternalError(f"key {self.key_id} has no key material version {self.current_material}")
+        return material
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "v": RECORD_VERSION, "key_id": self.key_id, "created": self.created, "description": self.description,
+            "key_usage": self.key_usage, "key_spec": self.key_spec, "origin": self.origin, "state": self.state,
+            "deletion_date": self.deletion_date, "pending_window": self.pending_window,
+            "tags": [[k, v] for k, v in self.tags], "policy": self.policy,
+            "materials": [m.to_record() for m in self.materials], "current_material": self.current_material,
+        }
+
+    @classmethod
+    def from_record(cls, value: dict[str, Any], revision: int) -> KmsKey:
+        return cls(
+            key_id=value["key_id"], created=float(value["created"]), description=value.get("description", ""),
+            key_usage=value["key_usage"], key_spec=value["key_spec"], origin=value.get("origin", "AWS_KMS"),
+            state=value["state"], deletion_date=value.get("deletion_date"),
+            pending_window=value.get("pending_window"),
+            tags=[(k, v) for k, v in value.get("tags", [])], policy=value.get("policy"),
+            materials=[Material.from_record(m) for m in value.get("materials", [])],
+            current_material=int(value.get("current_material", 1)), revision=revision,
+        )
+
+    def metadata(self, where: Location) -> dict[str, Any]:
+        """``KeyMetadata`` as DescribeKey/CreateKey return it."""
+        spec = KEY_SPECS[self.key_spec]
+        meta: dict[str, Any] = {
+            "AWSAccountId": where.account,
+            "KeyId": self.key_id,
+            "Arn": where.key_arn(self.key_id),
+            "CreationDate": self.created,
+            "Enabled": self.enabled,
+            "Description": self.description,
+            "KeyUsage": self.key_usage,
+            "KeyState": self.state,
+            "Origin": self.origin,
+            "KeyManager": "CUSTOMER",
+            "CustomerMasterKeySpec": self.key_spec,
+            "KeySpec": self.key_spec,
+            "MultiRegion": False,
+        }
+        if self.state == PENDING_DELETION and self.deletion_date is not None:
+            meta["DeletionDate"] = self.deletion_date
+        algorithms = spec.algorithms.get(self.key_usage)
+        if algorithms:
+            meta[ALGORITHM_MEMBERS[self.key_usage]] = list(algorithms)
+        if self.materials and spec.symmetric:
+            meta["CurrentKeyMaterialId"] = self.current.material_id
+        return meta
+
+
+@dataclass
+class Alias:
+    name: str
+    target: str
+    created: float
+    updated: float
+    revision: int = 0
+
+    def to_record(self) -> dict[str, Any]:
+        return {"name": self.name, "target": self.target, "created": self.created, "updated": self.updated}
+
+    @classmethod
+    def from_record(cls, value: dict[str, Any], revision: int) -> Alias:
+        return cls(value["name"], value["target"], float(value["created"]), float(value["updated"]), revision)
+
+
+class Conflict(Exception):
+    """A record changed between read and write: read again."""
+
+
+def put(key: str, value: dict[str, Any], revision: int) -> dict[str, Any]:
+    return {"key": key, "expect": revision, "value": value}
+
+
+def delete(key: str, revision: int) -> dict[str, Any]:
+    return {"key": key, "expect": revision, "delete": True}
+
+
+class Metadata:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    # --- keys -------------------------------------------------------------------------------------
+
+    async def get_key(self, key_id: str, *, include_deleted: bool = False) -> KmsKey | None:
+        value, revision = await self.backend.record_get(KEYS + key_id)
+        if value is None:
+            return None
+        key = KmsKey.from_record(value, revision)
+        if key.state == DELETED and not include_deleted:
+            return None
+        return key
+
+    async def list_keys(self, start_after: str = "", limit: int = 1000, *, include_deleted: bool = False
+                        ) -> tuple[list[KmsKey], bool]:
+        """Up to ``limit`` keys after ``start_after`` (key id order); True when more follow."""
+        found: list[KmsKey] = []
+        cursor = start_after
+        while True:
+            records, more = await self.backend.record_list(KEYS, KEYS + cursor if cursor else "", min(1000, limit + 1))
+            for name, value, revision in records:
+                cursor = name[len(KEYS):]
+                key = KmsKey.from_record(value, revision)
+                if key.state == DELETED and not include_deleted:
+                    continue
+                if len(found) == limit:
+                    return found, True
+                found.append(key)
+            if not more:
+                return found, False
+
+    async def commit(self, changes: list[dict[str, Any]]) -> None:
+        if not await self.backend.record_commit(changes):
+            raise Conflict()
+
+    async def update_key(self, key_id: str, change: Callable[[KmsKey], Awaitable[list[dict[str, Any]]] | None],
+                         *, include_deleted: bool = False) -> KmsKey | None:
+        """Read, apply ``change`` (which may raise KMS errors or return extra record changes), write; retry."""
+        for _ in range(CONFLICT_RETRIES):
+            key = await self.get_key(key_id, include_deleted=include_deleted)
+            if key is None:
+                return None
+            revision = key.revision
+            extra = change(key)
+            if extra is not None and not isinstance(extra, list):
+                extra = await extra
+            try:
+                await self.commit([put(KEYS + key_id, key.to_record(), revision), *(extra or [])])
+                return key
+            except Conflict:
+                continue
+        raise InternalError("the key's record keeps changing; try again")
+
+    # --- aliases ------------------------------------------------------------------------------------
+
+    async def get_alias(self, name: str) -> Alias | None:
+        value, revision = await self.backend.record_get(ALIASES + name)
+        return None if value is None else Alias.from_record(value, revision)
+
+    async def list_aliases(self, start_after: str = "", limit: int = 1000) -> tuple[list[Alias], bool]:
+        records, more = await self.backend.record_list(ALIASES, ALIASES + start_after if start_after else "", limit)
+        return [Alias.from_record(value, revision) for _, value, revision in records], more
+
+    async def all_aliases(self) -> list[Alias]:
+        aliases: list[Alias] = []
+        cursor = ""
+        while True:
+            page, more = await self.list_aliases(cursor, 1000)
+            aliases += page
+            if not more or not page:
+                return aliases
+            cursor = page[-1].name

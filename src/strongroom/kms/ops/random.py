@@ -1,0 +1,27 @@
+"""GenerateRandom: random bytes from the cluster's CSPRNG (``random.generate``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from strongroom.kms.errors import UnsupportedOperation, Validation
+from strongroom.kms.gateway import Context
+from strongroom.kms.ops import kms_operation
+from strongroom.kms.ops.common import b64, refuse_recipient
+
+MAX_BYTES = 1024
+
+
+@kms_operation("GenerateRandom", keyless=True)
+async def generate_random(ctx: Context) -> dict[str, Any]:
+    p = ctx.params
+    if p.body.get("NumberOfBytes") is None:
+        raise Validation("NumberOfBytes is required.")
+    length = p.integer("NumberOfBytes", minimum=1, maximum=MAX_BYTES)
+    store = p.string("CustomKeyStoreId", max_len=64)
+    p.check()
+    refuse_recipient(p)
+    if store is not None:
+        raise UnsupportedOperation("Custom key stores are not supported by this endpoint yet.")
+    assert length is not None
+    return {"Plaintext": b64(await ctx.backend.random(length))}

@@ -1,0 +1,158 @@
+"""Symmetric cryptography: Encrypt, Decrypt, ReEncrypt, GenerateDataKey,
+GenerateDataKeyWithoutPlaintext. AES-GCM runs in the cluster under the key's non-extractable
+material; the blob format is :mod:`strongroom.kms.ciphertext`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from strongroom.kms import ciphertext
+from strongroom.kms.errors import InvalidCiphertext, Validation
+from strongroom.kms.gateway import Context
+from strongroom.kms.keyspecs import DATA_KEY_SPECS, ENCRYPTION_ALGORITHMS
+from strongroom.kms.ops import kms_operation
+from strongroom.kms.ops.common import (
+    CIPHERTEXT_MAX,
+    KEY_ID_MAX,
+    PLAINTEXT_MAX,
+    b64,
+    dry_run,
+    encryption_context,
+    grant_tokens,
+    open_blob,
+    refuse_dry_run,
+    refuse_recipient,
+    require_symmetric_encryption,
+    require_usable,
+    resolve_key,
+    seal,
+)
+
+ALGORITHM = "SYMMETRIC_DEFAULT"
+DATA_KEY_MAX = 1024
+
+
+@kms_operation("Encrypt")
+async def encrypt(ctx: Context) -> dict[str, Any]:
+    p = ctx.params
+    key_id = p.string("KeyId", required=True, max_len=KEY_ID_MAX) or ""
+    plaintext = p.blob("Plaintext", required=True, max_len=PLAINTEXT_MAX)
+    context = encryption_context(p)
+    grant_tokens(p)
+    algorithm = p.string("EncryptionAlgorithm", enum=ENCRYPTION_ALGORITHMS)
+    is_dry_run = dry_run(p)
+    p.check()
+    key = await resolve_key(ctx, key_id)
+    require_usable(ctx, key)
+    require_symmetric_encryption(ctx, key, "Encrypt", algorithm)
+    if is_dry_run:
+        refuse_dry_run()
+    assert plaintext is not None
+    blob, _material = await seal(ctx, key, plaintext, context)
+    return {"CiphertextBlob": b64(blob), "KeyId": ctx.where.key_arn(key.key_id), "EncryptionAlgorithm": ALGORITHM}
+
+
+@kms_operation("Decrypt")
+async def decrypt(ctx: Context) -> dict[str, Any]:
+    p = ctx.params
+    blob = p.blob("CiphertextBlob", required=True, max_len=CIPHERTEXT_MAX)
+    context = encryption_context(p)
+    grant_tokens(p)
+    key_id = p.string("KeyId", max_len=KEY_ID_MAX)
+    algorithm = p.string("EncryptionAlgorithm", enum=ENCRYPTION_ALGORITHMS)
+    is_dry_run = dry_run(p)
+    p.check()
+    refuse_recipient(p)
+    assert blob is not None
+    if algorithm is not None and algorithm != ALGORITHM:
+        # Only symmetric keys exist so far; an RSA algorithm cannot match this ciphertext.
+        raise InvalidCiphertext("")
+    if is_dry_run:
+        await _dry_run_decrypt(ctx, blob, key_id)
+    key, plaintext, material = await open_blob(ctx, blob, context, key_id)
+    return {"KeyId": ctx.where.key_arn(key.key_id), "Plaintext": b64(plaintext), "EncryptionAlgorithm": ALGORITHM,
+            "KeyMaterialId": material.material_id}
+
+
+async def _dry_run_decrypt(ctx: Context, blob: bytes, key_id: str | None) -> None:
+    parsed = ciphertext.parse(blob)
+    key = await ctx.metadata.get_key(parsed.key_id)
+    if key is None:
+        raise InvalidCiphertext("")
+    if key_id is not None:
+        await resolve_key(ctx, key_id)
+    require_usable(ctx, key)
+    refuse_dry_run()
+
+
+@kms_operation("ReEncrypt")
+async def re_encrypt(ctx: Context) -> dict[str, Any]:
+    p = ctx.params
+    blob = p.blob("CiphertextBlob", required=True, max_len=CIPHERTEXT_MAX)
+    source_context = encryption_context(p, "SourceEncryptionContext")
+    source_key_id = p.string("SourceKeyId", max_len=KEY_ID_MAX)
+    destination_key_id = p.string("DestinationKeyId", required=True, max_len=KEY_ID_MAX) or ""
+    destination_context = encryption_context(p, "DestinationEncryptionContext")
+    source_algorithm = p.string("SourceEncryptionAlgorithm", enum=ENCRYPTION_ALGORITHMS)
+    destination_algorithm = p.string("DestinationEncryptionAlgorithm", enum=ENCRYPTION_ALGORITHMS)
+    grant_tokens(p)
+    is_dry_run = dry_run(p)
+    p.check()
+    assert blob is not None
+    if source_algorithm is not None and source_algorithm != ALGORITHM:
+        raise InvalidCiphertext("")
+    destination = await resolve_key(ctx, destination_key_id, action="kms:ReEncryptTo")
+    require_usable(ctx, destination)
+    require_symmetric_encryption(ctx, destination, "ReEncrypt", destination_algorithm)
+    if is_dry_run:
+        await _dry_run_decrypt(ctx, blob, source_key_id)
+    source, plaintext, source_material = await open_blob(ctx, blob, source_context, source_key_id,
+                                                         action="kms:ReEncryptFrom")
+    new_blob, material = await seal(ctx, destination, plaintext, destination_context)
+    return {
+        "CiphertextBlob": b64(new_blob),
+        "SourceKeyId": ctx.where.key_arn(source.key_id),
+        "KeyId": ctx.where.key_arn(destination.key_id),
+        "SourceEncryptionAlgorithm": ALGORITHM,
+        "DestinationEncryptionAlgorithm": ALGORITHM,
+        "SourceKeyMaterialId": source_material.material_id,
+        "DestinationKeyMaterialId": material.material_id,
+    }
+
+
+async def _data_key(ctx: Context, operation: str) -> tuple[dict[str, Any], bytes]:
+    p = ctx.params
+    key_id = p.string("KeyId", required=True, max_len=KEY_ID_MAX) or ""
+    context = encryption_context(p)
+    number_of_bytes = p.integer("NumberOfBytes", minimum=1, maximum=DATA_KEY_MAX)
+    key_spec = p.string("KeySpec", enum=list(DATA_KEY_SPECS))
+    grant_tokens(p)
+    is_dry_run = dry_run(p)
+    p.check()
+    if operation == "GenerateDataKey":
+        refuse_recipient(p)
+    if (number_of_bytes is None) == (key_spec is None):
+        raise Validation("Please specify either number of bytes or key spec.")
+    length = number_of_bytes if number_of_bytes is not None else DATA_KEY_SPECS[key_spec or "AES_256"]
+    key = await resolve_key(ctx, key_id)
+    require_usable(ctx, key)
+    require_symmetric_encryption(ctx, key, operation, None)
+    if is_dry_run:
+        refuse_dry_run()
+    data = await ctx.backend.random(length)
+    blob, material = await seal(ctx, key, data, context)
+    return {"CiphertextBlob": b64(blob), "KeyId": ctx.where.key_arn(key.key_id),
+            "KeyMaterialId": material.material_id}, data
+
+
+@kms_operation("GenerateDataKey")
+async def generate_data_key(ctx: Context) -> dict[str, Any]:
+    result, data = await _data_key(ctx, "GenerateDataKey")
+    result["Plaintext"] = b64(data)
+    return result
+
+
+@kms_operation("GenerateDataKeyWithoutPlaintext")
+async def generate_data_key_without_plaintext(ctx: Context) -> dict[str, Any]:
+    result, _data = await _data_key(ctx, "GenerateDataKeyWithoutPlaintext")
+    return result

@@ -1,0 +1,102 @@
+"""The gateway outlives its cluster connection (node restart), serves HTTPS, and refuses a bad set-up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from strongroom import pki
+from strongroom.kms.config import GatewayConfig
+from strongroom.kms.local import _free_port, gateway_status, start_gateway, stop_gateway
+from tests.integration.kms.conftest import KmsEnv
+
+pytestmark = pytest.mark.slow
+
+
+def test_node_restart_is_survived_without_a_gateway_restart(kms: KmsEnv) -> None:
+    client = kms.client()
+    key_id = client.create_key()["KeyMetadata"]["KeyId"]
+    blob = client.encrypt(KeyId=key_id, Plaintext=b"before")["CiphertextBlob"]
+    gateway_pid = kms.info["kms_pid"]
+    kms.cluster.down()  # stops the agent and the node, not the gateway
+    try:
+        with pytest.raises(ClientError) as caught:
+            client.list_keys()
+        assert caught.value.response["Error"]["Code"] == "DependencyTimeoutException"
+        assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    finally:
+        kms.cluster.up()
+    # The gateway reconnects and logs in again on its own.
+    assert client.decrypt(CiphertextBlob=blob)["Plaintext"] == b"before"
+    assert gateway_status(kms.cluster.dir) == {"pid": gateway_pid, "endpoint": kms.endpoint, "health": "running"}
+    # start_gateway on a running gateway returns it unchanged (up --kms run twice).
+    again = start_gateway(kms.cluster.dir)
+    assert (again["kms_pid"], again["kms_access_key_id"]) == (gateway_pid, kms.access_key_id)
+
+
+def test_https(kms: KmsEnv, tmp_path: Any) -> None:
+    ca_key, ca_cert = pki.create_ca("kms test CA")
+    key, cert = pki.issue_node_certificate(ca_key, ca_cert, "kms", hosts=["127.0.0.1", "localhost"])
+    pki.write_cert(tmp_path / "ca.crt", ca_cert)
+    pki.write_cert(tmp_path / "tls.crt", cert)
+    pki.write_private_key(tmp_path / "tls.key", key)
+    config = GatewayConfig.load(kms.cluster.dir / "kms.toml")
+    config.kms.port = _free_port()
+    config.kms.tls_cert, config.kms.tls_key = str(tmp_path / "tls.crt"), str(tmp_path / "tls.key")
+    config.write(kms.cluster.dir / "kms-tls.toml")
+    process = subprocess.Popen([sys.executable, "-m", "strongroom", "kms", "serve", "--config",
+                                str(kms.cluster.dir / "kms-tls.toml")], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        import boto3
+
+        client = boto3.client("kms", endpoint_url=f"https://127.0.0.1:{config.kms.port}", region_name="us-east-1",
+                              aws_access_key_id=kms.access_key_id, aws_secret_access_key=kms.secret,
+                              verify=str(tmp_path / "ca.crt"))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.list_keys(Limit=1)
+                break
+            except Exception:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.1)
+        key_id = client.create_key()["KeyMetadata"]["KeyId"]
+        blob = client.encrypt(KeyId=key_id, Plaintext=b"over tls")["CiphertextBlob"]
+        assert client.decrypt(CiphertextBlob=blob)["Plaintext"] == b"over tls"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_a_wrong_service_password_stops_the_start(kms: KmsEnv, tmp_path: Any) -> None:
+    config = GatewayConfig.load(kms.cluster.dir / "kms.toml")
+    config.kms.port = _free_port()
+    (tmp_path / "wrong.password").write_text("not-the-password\n")
+    (tmp_path / "wrong.password").chmod(0o600)
+    config.cluster.password_file = str(tmp_path / "wrong.password")
+    config.cluster.profile = str(kms.cluster.dir / "client.json")
+    config.write(tmp_path / "kms.toml")
+    result = subprocess.run([sys.executable, "-m", "strongroom", "kms", "serve", "--config", str(tmp_path / "kms.toml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "refused" in result.stderr
+    (tmp_path / "wrong.password").chmod(0o644)
+    result = subprocess.run([sys.executable, "-m", "strongroom", "kms", "serve", "--config", str(tmp_path / "kms.toml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "chmod 600" in result.stderr
+    # The wrong password counted one failed login of kmsuser; the real gateway logs in again fine.
+    assert kms.client().list_keys()["Truncated"] in (True, False)
+
+
+def test_stop_gateway(kms: KmsEnv) -> None:
+    pid = stop_gateway(kms.cluster.dir)
+    assert pid == kms.info["kms_pid"] or pid is not None
+    assert gateway_status(kms.cluster.dir)["health"] == "stopped"
+    assert stop_gateway(kms.cluster.dir) is None
+    kms.info.update(start_gateway(kms.cluster.dir))
+    assert kms.client().list_keys()["Truncated"] in (True, False)

@@ -1,0 +1,163 @@
+"""The node's kms.* operations over a real SQLite store and barrier (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from strongroom.auth.users import Role
+from strongroom.barrier import Barrier
+from strongroom.dispatch.ops import kms
+from strongroom.dispatch.table import parse_args
+from strongroom.errors import CKR, ArgumentsBad, HsmError
+from strongroom.store.sqlite import SqliteStore
+
+CLUSTER_KEY = bytearray(b"\x24" * 32)
+
+
+@dataclass
+class FakeServices:
+    barrier: Barrier
+    audited: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+    def require_barrier(self) -> Barrier:
+        return self.barrier
+
+    async def audit(self, event: str, *, actor: str | None, outcome: str = "ok",
+                    details: dict[str, Any] | None = None) -> None:
+        self.audited.append((event, outcome, details or {}))
+
+
+@dataclass
+class FakeSession:
+    username: str
+    role: Role
+
+
+@dataclass
+class FakeCall:
+    services: FakeServices
+    session: FakeSession
+
+    @property
+    def actor(self) -> str:
+        return self.session.username
+
+
+def run(tmp_path: Path, body: Callable[[FakeServices], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        store = await SqliteStore.open(tmp_path / "store.db")
+        try:
+            return await body(FakeServices(Barrier(store, CLUSTER_KEY)))
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def admin(services: FakeServices) -> FakeCall:
+    return FakeCall(services, FakeSession("admin", Role.ADMIN))
+
+
+def user(services: FakeServices, name: str = "kmsuser") -> FakeCall:
+    return FakeCall(services, FakeSession(name, Role.CRYPTO_USER))
+
+
+async def op(handler: Any, cls: Any, call: FakeCall, **args: Any) -> Any:
+    return await handler(call, parse_args(cls, args) if cls is not None else None)
+
+
+def test_access_keys_secret_once_and_sigv4_verification(tmp_path):
+    async def body(services: FakeServices) -> None:
+        created = await op(kms.access_key_create, kms.AccessKeyCreateArgs, admin(services), name="ci")
+        assert kms.ACCESS_KEY_ID_RE.match(created["access_key_id"]) and len(created["secret_access_key"]) == 40
+        listed = await op(kms.access_key_list, None, admin(services))
+        assert listed["access_keys"] == [{k: v for k, v in created.items() if k != "secret_access_key"}]
+        assert "secret" not in str(listed)
+        # The stored record is barrier ciphertext: the secret is not in the store in clear.
+        raw = await services.barrier.store.get(kms.ACCESS_KEY_PREFIX + created["access_key_id"])
+        assert created["secret_access_key"].encode() not in raw.value
+
+        scope = "20261128/us-east-1/kms/aws4_request"
+        to_sign = f"AWS4-HMAC-SHA256\n20261128T120000Z\n{scope}\n" + "ab" * 32
+        good = kms.sigv4_signature(created["secret_access_key"], "20261128", "us-east-1", "kms", to_sign)
+        args = dict(access_key_id=created["access_key_id"], date="20261128", region="us-east-1", service="kms",
+                    string_to_sign=to_sign)
+        result = await op(kms.sigv4_verify, kms.SigV4VerifyArgs, user(services), signature=good, **args)
+        assert result == {"access_key_id": created["access_key_id"], "name": "ci", "policy": None}
+        with pytest.raises(HsmError) as caught:
+            await op(kms.sigv4_verify, kms.SigV4VerifyArgs, user(services), signature="0" * 64, **args)
+        assert caught.value.code == CKR.SIGNATURE_INVALID
+        # Another crypto user cannot use kmsuser's access keys, and unknown ids look the same.
+        for call, key_id in ((user(services, "alice"), created["access_key_id"]),
+                             (user(services), "AKIA" + "Z" * 16)):
+            with pytest.raises(HsmError) as caught:
+                await op(kms.sigv4_verify, kms.SigV4VerifyArgs, call, signature=good,
+                         **dict(args, access_key_id=key_id))
+            assert caught.value.code == CKR.KEY_HANDLE_INVALID
+        with pytest.raises(ArgumentsBad):
+            await op(kms.sigv4_verify, kms.SigV4VerifyArgs, user(services), signature=good,
+                     **dict(args, string_to_sign="anything else"))
+        assert [e for e, outcome, _ in services.audited if outcome != "ok"].count("kms.sigv4.verify") == 3
+
+        await op(kms.access_key_delete, kms.AccessKeyDeleteArgs, admin(services),
+                 access_key_id=created["access_key_id"])
+        with pytest.raises(HsmError) as caught:
+            await op(kms.sigv4_verify, kms.SigV4VerifyArgs, user(services), signature=good, **args)
+        assert caught.value.code == CKR.KEY_HANDLE_INVALID
+        events = [e for e, outcome, _ in services.audited if outcome == "ok"]
+        assert events == ["kms.access_key.create", "kms.access_key.delete"]
+
+    run(tmp_path, body)
+
+
+def test_access_key_policy_must_be_a_json_object(tmp_path):
+    async def body(services: FakeServices) -> None:
+        for bad in ("[1]", "{not json"):
+            with pytest.raises(ArgumentsBad):
+                await op(kms.access_key_create, kms.AccessKeyCreateArgs, admin(services), name="p", policy=bad)
+        with pytest.raises(ArgumentsBad):
+            await op(kms.access_key_create, kms.AccessKeyCreateArgs, admin(services), name="bad name!")
+
+    run(tmp_path, body)
+
+
+def test_records_compare_and_swap_namespaces_and_listing(tmp_path):
+    async def body(services: FakeServices) -> None:
+        me, other = user(services), user(services, "alice")
+        commit = lambda call, *changes: op(kms.record_commit, kms.RecordCommitArgs, call,  # noqa: E731
+                                           changes=list(changes))
+        assert (await commit(me, {"key": "keys/a", "expect": 0, "value": {"n": 1}}))["ok"]
+        got = await op(kms.record_get, kms.RecordGetArgs, me, key="keys/a")
+        assert got["value"] == {"n": 1} and got["revision"] > 0
+        # Stale revision: nothing written, the conflicting key named.
+        stale = await commit(me, {"key": "keys/b", "expect": 0, "value": {}},
+                             {"key": "keys/a", "expect": got["revision"] + 100, "value": {"n": 2}})
+        assert stale == {"ok": False, "conflict": "keys/a"}
+        assert (await op(kms.record_get, kms.RecordGetArgs, me, key="keys/b"))["value"] is None
+        assert (await commit(me, {"key": "keys/a", "expect": got["revision"], "value": {"n": 2}}))["ok"]
+        assert (await commit(me, {"key": "keys/a", "expect": 0, "value": {}}))["ok"] is False
+        # Another user sees its own namespace only.
+        assert (await op(kms.record_get, kms.RecordGetArgs, other, key="keys/a"))["value"] is None
+        for name in "cdefg":
+            assert (await commit(me, {"key": f"keys/{name}", "expect": 0, "value": {"n": name}}))["ok"]
+        first = await op(kms.record_list, kms.RecordListArgs, me, prefix="keys/", limit=3)
+        assert [r["key"] for r in first["records"]] == ["keys/a", "keys/c", "keys/d"] and first["more"]
+        rest = await op(kms.record_list, kms.RecordListArgs, me, prefix="keys/", start_after="keys/d", limit=10)
+        assert [r["key"] for r in rest["records"]] == ["keys/e", "keys/f", "keys/g"] and not rest["more"]
+        current = (await op(kms.record_get, kms.RecordGetArgs, me, key="keys/c"))["revision"]
+        assert (await commit(me, {"key": "keys/c", "expect": current, "delete": True}))["ok"]
+        for bad in ({"key": "../x", "expect": 0, "value": {}}, {"key": "k", "expect": -1, "value": {}},
+                    {"key": "k", "expect": 0, "value": {"big": "x" * (kms.MAX_VALUE_BYTES + 1)}},
+                    {"key": "k", "expect": 0, "delete": True}):
+            with pytest.raises(ArgumentsBad):
+                await commit(me, bad)
+        with pytest.raises(ArgumentsBad):
+            await commit(me, {"key": "k", "expect": 0, "value": {}}, {"key": "k", "expect": 0, "value": {}})
+
+    run(tmp_path, body)
