@@ -89,7 +89,7 @@ def cmd_up(args: argparse.Namespace, _ctx: Context) -> None:
 
     summary = _local(lambda: cluster.up(
         Path(args.dir), nodes=args.nodes, workers=args.workers, ca_cert=args.ca_cert and Path(args.ca_cert),
-        ca_key=args.ca_key and Path(args.ca_key), initialize=not args.no_initialize))
+        ca_key=args.ca_key and Path(args.ca_key), initialize=not args.no_initialize, kms=args.kms))
     # `up` always prints one JSON object: scripts and tests read it.
     emit(summary, as_json=args.json, text=_json_text(summary))
 
@@ -112,6 +112,9 @@ def cmd_status(args: argparse.Namespace, _ctx: Context) -> None:
     text += f"\nagent: {agent['health']} (pid {agent['pid']}, socket {agent['socket']})"
     if result.get("etcd"):
         text += "\n" + table(result["etcd"], ["id", "endpoint", "pid", "health"])
+    if result.get("kms"):
+        kms = result["kms"]
+        text += f"\nkms gateway: {kms['health']} (pid {kms['pid']}, {kms['endpoint']})"
     emit(result, as_json=args.json, text=text)
     if not result["healthy"]:
         raise SystemExit(1)
@@ -302,6 +305,8 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
         p.add_argument("--workers", type=int, default=None, help="worker processes per node (default: cores)")
         p.add_argument("--ca-cert", help="your CA certificate for a new directory (default: a throw-away CA)")
         p.add_argument("--ca-key", help="your CA's private key (with --ca-cert)")
+        p.add_argument("--kms", action="store_true",
+                       help="also start the KMS-compatible gateway (adds kms_endpoint and an access key to the JSON)")
         p.add_argument("--no-initialize", action="store_true",
                        help="leave a new cluster uninitialized (then: cluster init / initialize / activate)")
         add(sub, "down", cmd_down, "stop everything `up` started in DIR")

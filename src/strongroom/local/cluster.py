@@ -301,12 +301,14 @@ def _cluster_existed(layout: Layout) -> bool:
 
 
 def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_name: str = "strongroom",
-       ca_cert: Path | None = None, ca_key: Path | None = None, initialize: bool = True) -> dict[str, Any]:
+       ca_cert: Path | None = None, ca_key: Path | None = None, initialize: bool = True,
+       kms: bool = False) -> dict[str, Any]:
     """Start the cluster in ``directory``, creating it first if needed.
 
     ``ca_cert``/``ca_key``: the customer's CA for a new directory's certificates (default: a
     throw-away CA). ``initialize=False`` leaves a new cluster uninitialized, for the customer's
-    own ``cluster init`` / ``cluster initialize`` / ``cluster activate``.
+    own ``cluster init`` / ``cluster initialize`` / ``cluster activate``. ``kms``: also start the
+    KMS gateway (and on later ``up`` runs it starts again by itself: DIR has a kms.toml then).
     """
     layout = Layout(directory.resolve())
     workers = workers or min(os.cpu_count() or 1, 8)
@@ -358,6 +360,18 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
         f"export STRONGROOM_AGENT_SOCKET={agent_socket}",
         f"export STRONGROOM_PKCS11_MODULE={module or ''}",
     ]
+    gateway: dict[str, Any] = {}
+    if kms or (layout.root / "kms.toml").exists():
+        from strongroom.kms.local import GatewayStartError, start_gateway
+
+        if not credentials:
+            raise LocalClusterError("the KMS gateway of a local cluster needs the admin credentials of "
+                                    "credentials.json (a cluster initialized by `up`)")
+        try:
+            gateway = start_gateway(layout.root)
+        except GatewayStartError as exc:
+            raise LocalClusterError(str(exc)) from None
+        env_lines.append(f"export STRONGROOM_KMS_ENDPOINT={gateway['kms_endpoint']}")
     layout.env_file.write_text("\n".join(env_lines) + "\n")
     summary = {
         "dir": str(layout.root),
@@ -372,6 +386,7 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
         "client_profile": str(layout.profile),
         "ca_cert": str(layout.ca_cert),
         "nodes": started,
+        **gateway,
     }
     write_private_file(layout.summary, json.dumps(summary, indent=2).encode())
     return summary
@@ -382,7 +397,12 @@ def down(directory: Path) -> dict[str, Any]:
     if not layout.profile.exists():
         raise LocalClusterError(f"{directory} holds no Strongroom cluster")
     stopped = []
-    agent_pid = stop_agent(layout.root)  # first: it logs out of the nodes cleanly
+    from strongroom.kms.local import stop_gateway
+
+    gateway_pid = stop_gateway(layout.root)
+    if gateway_pid is not None:
+        stopped.append({"id": "kms", "pid": gateway_pid})
+    agent_pid = stop_agent(layout.root)  # before the nodes: the gateway and the agent log out cleanly
     if agent_pid is not None:
         stopped.append({"id": "agent", "pid": agent_pid})
     for node_id in layout.node_ids():
@@ -471,8 +491,14 @@ def status(directory: Path) -> dict[str, Any]:
     members = etcd.status(layout.root)
     healthy = (all(n["health"] == "healthy" for n in nodes) and agent["health"] == "running"
                and all(m["health"] == "healthy" for m in members))
-    return {"dir": str(layout.root), "cluster_name": profile.cluster_name, "healthy": healthy, "nodes": nodes,
-            "agent": agent, "etcd": members}
+    result = {"dir": str(layout.root), "cluster_name": profile.cluster_name, "healthy": healthy, "nodes": nodes,
+              "agent": agent, "etcd": members}
+    if (layout.root / "kms.toml").exists():
+        from strongroom.kms.local import gateway_status
+
+        result["kms"] = gateway_status(layout.root)
+        result["healthy"] = healthy and result["kms"]["health"] == "running"
+    return result
 
 
 def _module_path() -> str | None:
