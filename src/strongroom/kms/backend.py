@@ -28,6 +28,8 @@ log = logging.getLogger("strongroom.kms")
 #: Requests that change nothing: sent again once when the connection was lost under them.
 IDEMPOTENT = frozenset({"crypto.encrypt", "crypto.decrypt", "random.generate", "kms.sigv4.verify",
                         "kms.record.get", "kms.record.list", "object.find", "session.info"})
+#: Asymmetric and HMAC operations change nothing either.
+IDEMPOTENT = IDEMPOTENT | frozenset({"crypto.sign", "crypto.verify", "object.get_attributes"})
 _RELOGIN = frozenset({CKR.SESSION_HANDLE_INVALID, CKR.USER_NOT_LOGGED_IN, CKR.SESSION_CLOSED})
 _CONNECTION_LOST = frozenset({CKR.DEVICE_REMOVED})
 
@@ -254,3 +256,65 @@ class Backend:
         """Apply all changes or none; False when a record moved on since it was read."""
         result = await self.call("kms.record.commit", {"changes": changes})
         return bool(result["ok"])
+
+    # --- asymmetric and HMAC keys (ops/asymmetric.py, ops/mac.py) ----------------------------------------
+
+    async def generate_key_pair(self, label: str, mechanism: int, public: dict[int, Any],
+                                private: dict[int, Any]) -> tuple[int, int]:
+        """A token key pair owned by the service user: (public handle, private handle).
+
+        The private key is sensitive and never extractable; both templates come from the caller
+        (usage flags and CKA_ALLOWED_MECHANISMS restrict each half to its KMS algorithms)."""
+        common = {CKA.TOKEN: True, CKA.LABEL: label.encode()}
+        public_template = {CKA.CLASS: int(CKO.PUBLIC_KEY), **common, **public}
+        private_template = {CKA.CLASS: int(CKO.PRIVATE_KEY), **common, CKA.SENSITIVE: True,
+                            CKA.EXTRACTABLE: False, **private}
+        result = await self.call("key.generate_pair", {
+            "mechanism": mechanism,
+            "public_template": [[int(k), v] for k, v in public_template.items()],
+            "private_template": [[int(k), v] for k, v in private_template.items()]})
+        return int(result["public"]), int(result["private"])
+
+    async def generate_hmac_key(self, label: str, length: int, mechanism: int) -> int:
+        """A token generic secret (sensitive, never extractable) usable only for one CKM_SHA*_HMAC."""
+        template = {
+            CKA.CLASS: int(CKO.SECRET_KEY), CKA.KEY_TYPE: int(CKK.GENERIC_SECRET), CKA.TOKEN: True,
+            CKA.LABEL: label.encode(), CKA.VALUE_LEN: length, CKA.SENSITIVE: True, CKA.EXTRACTABLE: False,
+            CKA.SIGN: True, CKA.VERIFY: True, CKA.ENCRYPT: False, CKA.DECRYPT: False, CKA.WRAP: False,
+            CKA.UNWRAP: False, CKA.DERIVE: False, CKA.ALLOWED_MECHANISMS: [mechanism],
+        }
+        result = await self.call("key.generate", {"mechanism": int(CKM.GENERIC_SECRET_KEY_GEN),
+                                                  "template": [[int(k), v] for k, v in template.items()]})
+        return int(result["handle"])
+
+    async def get_attributes(self, handle: int, types: Sequence[int]) -> dict[int, Any]:
+        result = await self.call("object.get_attributes", {"handle": handle, "types": [int(t) for t in types]})
+        if result.get("error") is not None:
+            raise ClusterError(int(result["error"]), f"attributes of object {handle} are not readable")
+        return {int(k): v for k, v in result["attributes"]}
+
+    async def sign(self, handle: int, mechanism: int, data: bytes, params: Any = None) -> bytes:
+        result = await self.call("crypto.sign", {"key": handle, "mechanism": mechanism, "data": data,
+                                                 "params": params})
+        return result["signature"]
+
+    async def verify(self, handle: int, mechanism: int, data: bytes, signature: bytes, params: Any = None) -> bool:
+        """True when the signature verifies, False when the cluster says it does not."""
+        try:
+            await self.call("crypto.verify", {"key": handle, "mechanism": mechanism, "data": data,
+                                              "signature": signature, "params": params})
+        except ClusterError as exc:
+            if exc.code in (CKR.SIGNATURE_INVALID, CKR.SIGNATURE_LEN_RANGE):
+                return False
+            raise
+        return True
+
+    async def encrypt(self, handle: int, mechanism: int, data: bytes, params: Any = None) -> bytes:
+        result = await self.call("crypto.encrypt", {"key": handle, "mechanism": mechanism, "data": data,
+                                                    "params": params})
+        return result["data"]
+
+    async def decrypt(self, handle: int, mechanism: int, data: bytes, params: Any = None) -> bytes:
+        result = await self.call("crypto.decrypt", {"key": handle, "mechanism": mechanism, "data": data,
+                                                    "params": params})
+        return result["data"]

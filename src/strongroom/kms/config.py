@@ -20,6 +20,7 @@
     password_file = "kms/kmsuser.password"   # mode 0600, the password on one line
     connections = 2                   # pipelined connections (each logs in once)
     request_timeout = 30.0
+    key_store_user = "kmsuser"        # the crypto user custom key stores log in as (AWS's name)
 
     [deletion]
     check_seconds = 60.0              # how often keys past their deletion date are deleted
@@ -71,6 +72,8 @@ class ClusterSettings:
     password_file: str = "kmsuser.password"
     connections: int = 2
     request_timeout: float = 30.0
+    #: The crypto user of custom key stores (AWS: kmsuser); must differ from ``username``.
+    key_store_user: str = "kmsuser"
 
 
 @dataclass

@@ -19,15 +19,25 @@ from strongroom.kms.errors import (
     AccessDenied,
     DependencyTimeout,
     InternalError,
+    InvalidGrantToken,
     InvalidSignature,
     KmsError,
     SerializationError,
     UnknownOperation,
     UnrecognizedClient,
 )
-from strongroom.kms.model import ALIASES, DELETED, KEYS, PENDING_DELETION, Conflict, Metadata, delete
+from strongroom.kms.keystores import KeyStores
+from strongroom.kms.model import ALIASES, DELETED, ENABLED, KEYS, PENDING_DELETION, Conflict, Metadata, delete
 from strongroom.kms.ops import OperationSpec, load
-from strongroom.kms.policy import Policy, PolicyError, parse_policy
+from strongroom.kms.policy import (
+    Policy,
+    PolicyError,
+    Request,
+    cached_key_policy,
+    default_key_policy,
+    evaluate,
+    parse_policy,
+)
 from strongroom.kms.validation import Params
 
 log = logging.getLogger("strongroom.kms")
@@ -49,6 +59,9 @@ class Context:
     identity: Identity
     operation: OperationSpec
     params: Params
+    #: The grant that authorized the last key-level check (None: a policy did).
+    grant: Any = None
+    tokens_checked: bool = False
 
     @property
     def where(self) -> Location:
@@ -67,7 +80,19 @@ class Context:
         return self.gateway.config
 
     def authorize(self, resource: str, action: str | None = None) -> None:
+        """Resources without a key policy ("*", aliases): the access key's own policy decides."""
         self.gateway.authorize(self.identity, action or self.operation.action, resource)
+
+    async def authorize_key(self, key: Any, action: str | None = None) -> None:
+        """A key: its key policy, the access key's policy, and the key's grants decide."""
+        await self.gateway.authorize_key(self, key, action or self.operation.action)
+
+    async def authorize_key_id(self, key_id: str, action: str | None = None) -> None:
+        key = await self.metadata.get_key(key_id)
+        if key is None:
+            self.authorize(self.where.key_arn(key_id), action)
+        else:
+            await self.authorize_key(key, action)
 
 
 def cluster_failure(exc: ClusterError) -> KmsError:
@@ -78,11 +103,24 @@ def cluster_failure(exc: ClusterError) -> KmsError:
     return InternalError("The cluster could not complete the request; see the gateway log.")
 
 
+#: Where an operation's encryption context is, per IAM action (conditions and grant constraints).
+CONTEXT_MEMBERS = {"kms:ReEncryptFrom": "SourceEncryptionContext", "kms:ReEncryptTo": "DestinationEncryptionContext"}
+
+
+def request_context(body: dict[str, Any], action: str) -> dict[str, str] | None:
+    value = body.get(CONTEXT_MEMBERS.get(action, "EncryptionContext"))
+    if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        return value
+    return None
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig, backend: Backend) -> None:
         self.config = config
         self.backend = backend
         self.metadata = Metadata(backend)
+        self.keystores = KeyStores(config, backend)
+        self.metadata.key_hook = self.keystores.annotate
         self.where = Location(config.kms.region, config.kms.account_id, config.kms.partition)
         self.operations = load()
         self._sweeper: asyncio.Task[None] | None = None
@@ -113,16 +151,71 @@ class Gateway:
                 error = str(exc)
         return Identity(verified["access_key_id"], verified["name"], policy, error)
 
+    def principal(self, identity: Identity) -> str:
+        """An access key acts as the IAM user ``arn:<partition>:iam::<account>:user/<access key name>``."""
+        return f"arn:{self.where.partition}:iam::{self.where.account}:user/{identity.name}"
+
     def authorize(self, identity: Identity, action: str, resource: str) -> None:
         if identity.policy is None and identity.policy_error is None:
             return
-        user = f"arn:{self.where.partition}:iam::{self.where.account}:user/{identity.name}"
-        decision = "implicit" if identity.policy is None else identity.policy.decide(action, resource)
+        request = Request(action, resource, self.principal(identity), self.where.account)
+        decision = "implicit" if identity.policy is None else identity.policy.decide(action, resource, request)
         if decision == "allow":
             return
-        why = ("with an explicit deny in an identity-based policy" if decision == "deny"
-               else f"because no identity-based policy allows the {action} action")
-        raise AccessDenied(f"User: {user} is not authorized to perform: {action} on resource: {resource} {why}")
+        self._denied(identity, action, resource, decision, "identity-based")
+
+    def _denied(self, identity: Identity, action: str, resource: str, decision: str, where: str) -> None:
+        article = "an" if where == "identity-based" else "a"
+        why = (f"with an explicit deny in {article} {where} policy" if decision == "deny"
+               else f"because no {where} policy allows the {action} action")
+        raise AccessDenied(f"User: {self.principal(identity)} is not authorized to perform: {action} "
+                           f"on resource: {resource} {why}")
+
+    def key_policy(self, key: Any) -> Policy:
+        text = key.policy or default_key_policy(self.where.partition, self.where.account)
+        try:
+            return cached_key_policy(text)
+        except PolicyError:
+            log.warning("the stored key policy of %s does not parse; it allows nothing", key.key_id)
+            return Policy(())
+
+    async def check_grant_tokens(self, ctx: Context) -> None:
+        """Every GrantTokens entry must be one of our tokens (InvalidGrantTokenException)."""
+        from strongroom.kms.grants import get_grant, parse_token
+
+        if ctx.tokens_checked:
+            return
+        ctx.tokens_checked = True
+        tokens = ctx.params.body.get("GrantTokens")
+        for token in tokens if isinstance(tokens, list) else []:
+            parsed = parse_token(token) if isinstance(token, str) else None
+            grant = None if parsed is None else await get_grant(self.backend, parsed[0], parsed[1])
+            if parsed is None or (grant is not None and grant.nonce != parsed[2]):
+                raise InvalidGrantToken("The grant token is invalid.")
+
+    async def authorize_key(self, ctx: Context, key: Any, action: str) -> None:
+        """AWS's evaluation for a principal of the key's account: an explicit Deny (key policy or
+        identity policy) wins; the key policy allowing the principal, or allowing the account and
+        the identity policy allowing it, or a grant, allows; anything else is denied."""
+        from strongroom.kms.grants import list_grants
+
+        identity = ctx.identity
+        resource = self.where.key_arn(key.key_id)
+        principal = self.principal(identity)
+        context = request_context(ctx.params.body, action)
+        await self.check_grant_tokens(ctx)
+        request = Request(action, resource, principal, self.where.account, context)
+        decision, where = evaluate(request, self.key_policy(key), identity.policy, identity.policy_error is not None)
+        ctx.grant = None
+        if decision == "allow":
+            return
+        if decision == "implicit":
+            operation = action.split(":", 1)[1] if ":" in action else action
+            for grant in await list_grants(self.backend, key.key_id):
+                if grant.allows(principal, operation, context):
+                    ctx.grant = grant
+                    return
+        self._denied(identity, action, resource, decision, where)
 
     # --- one request ---------------------------------------------------------------------------------
 
@@ -168,8 +261,10 @@ class Gateway:
 
     def start_background(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        self._keystores_start = asyncio.get_running_loop().create_task(self.keystores.start())
 
     async def stop_background(self) -> None:
+        await self.keystores.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
@@ -197,9 +292,34 @@ class Gateway:
                 if due or key.state == DELETED:
                     if await self.delete_key(key.key_id, now):
                         deleted.append(key.key_id)
+                elif self.rotation_due(key, now):
+                    await self.rotate_due(key.key_id, now)
             if not more or not keys:
                 return deleted
             cursor = keys[-1].key_id
+
+    # --- automatic rotation (part of the sweep) --------------------------------------------------------
+
+    def rotation_due(self, key: Any, now: float) -> bool:
+        return (key.state == ENABLED and key.rotation_period is not None and key.rotation_anchor is not None
+                and key.rotation_anchor + key.rotation_period * self.config.deletion.day_seconds <= now)
+
+    async def rotate_due(self, key_id: str, now: float) -> None:
+        from strongroom.kms.ops.rotation import rotate
+
+        try:
+            await rotate(self, key_id, "AUTOMATIC", lambda key: self.rotation_due(key, now))
+        except KmsError as exc:
+            log.warning("automatic rotation of %s failed: %s %s", key_id, exc.code, exc.message)
+
+    async def _delete_grants(self, key_id: str) -> None:
+        from strongroom.kms.grants import list_grants
+
+        for grant in await list_grants(self.backend, key_id):
+            try:
+                await self.metadata.commit([delete(grant.record_key, grant.revision)])
+            except Conflict:
+                pass
 
     async def delete_key(self, key_id: str, now: float) -> bool:
         """Tombstone the key and drop its aliases, destroy its cluster objects, remove the record."""
@@ -217,7 +337,10 @@ class Gateway:
             except Conflict:
                 pass  # retargeted meanwhile: it no longer names this key
         for material in key.materials:
-            await self.backend.destroy_object(material.handle)
+            await self.keystores.destroy_material(key, material.handle)
+            if material.public_handle is not None:  # asymmetric keys: the public key object too
+                await self.backend.destroy_object(material.public_handle)
+        await self._delete_grants(key_id)
         for _ in range(5):
             current = await self.metadata.get_key(key_id, include_deleted=True)
             if current is None:

@@ -1,21 +1,40 @@
-"""Key specs as a table: what each spec allows, and whether this endpoint implements it yet.
+"""Key specs as a table: what each spec allows, and whether this endpoint implements it.
 
-Later operation groups (asymmetric keys, HMAC) fill in ``supported`` and their cluster
-mechanism; the enum values (all of AWS's, for validation messages) do not change.
+Every enum lists AWS's values in the order of the AWS model, because ValidationException
+messages name the whole set. The tables below also say how each spec and algorithm maps to
+the cluster: RSA keys are CKK_RSA pairs, ECC keys CKK_EC pairs on the named curve, HMAC keys
+CKK_GENERIC_SECRET keys restricted to one CKM_SHA*_HMAC.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-KEY_USAGES = ("ENCRYPT_DECRYPT", "SIGN_VERIFY", "GENERATE_VERIFY_MAC", "KEY_AGREEMENT")
+KEY_USAGES = ("SIGN_VERIFY", "ENCRYPT_DECRYPT", "GENERATE_VERIFY_MAC", "KEY_AGREEMENT", "ENCAPSULATE_DECAPSULATE")
 ORIGINS = ("AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE")
 ENCRYPTION_ALGORITHMS = ("SYMMETRIC_DEFAULT", "RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "SM2PKE")
+SIGNING_ALGORITHM_NAMES = (
+    "RSASSA_PSS_SHA_256", "RSASSA_PSS_SHA_384", "RSASSA_PSS_SHA_512",
+    "RSASSA_PKCS1_V1_5_SHA_256", "RSASSA_PKCS1_V1_5_SHA_384", "RSASSA_PKCS1_V1_5_SHA_512",
+    "ECDSA_SHA_256", "ECDSA_SHA_384", "ECDSA_SHA_512", "SM2DSA", "ML_DSA_SHAKE_256",
+    "ED25519_SHA_512", "ED25519_PH_SHA_512",
+)
+MAC_ALGORITHM_NAMES = ("HMAC_SHA_224", "HMAC_SHA_256", "HMAC_SHA_384", "HMAC_SHA_512")
+MESSAGE_TYPES = ("RAW", "DIGEST", "EXTERNAL_MU")
 DATA_KEY_SPECS = {"AES_256": 32, "AES_128": 16}
+#: GenerateDataKeyPair's KeyPairSpec (the AWS enum, in its order).
+DATA_KEY_PAIR_SPECS = ("RSA_2048", "RSA_3072", "RSA_4096", "ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521",
+                       "ECC_SECG_P256K1", "SM2", "ECC_NIST_EDWARDS25519", "ML_KEM_512", "ML_KEM_768",
+                       "ML_KEM_1024")
+#: The key pair specs this endpoint generates.
+SUPPORTED_DATA_KEY_PAIR_SPECS = ("RSA_2048", "RSA_3072", "RSA_4096", "ECC_NIST_P256", "ECC_NIST_P384",
+                                 "ECC_NIST_P521", "ECC_SECG_P256K1", "ECC_NIST_EDWARDS25519")
 
 _RSA_ENCRYPT = ("RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256")
 _RSA_SIGN = ("RSASSA_PSS_SHA_256", "RSASSA_PSS_SHA_384", "RSASSA_PSS_SHA_512",
              "RSASSA_PKCS1_V1_5_SHA_256", "RSASSA_PKCS1_V1_5_SHA_384", "RSASSA_PKCS1_V1_5_SHA_512")
+
+RSA, ECC, HMAC, SYMMETRIC = "rsa", "ecc", "hmac", "symmetric"
 
 
 @dataclass(frozen=True)
@@ -27,34 +46,72 @@ class KeySpec:
     supported: bool = False
     #: Symmetric AES keys: the key length in the cluster.
     aes_bytes: int = 0
+    #: "rsa", "ecc", "hmac", "symmetric" ("" for specs this endpoint does not implement).
+    kind: str = ""
+    #: RSA: the modulus length.
+    rsa_bits: int = 0
+    #: ECC: the curve's name in pyca/cryptography ("secp256r1" …).
+    curve: str = ""
+    #: HMAC: the key length in bytes (AWS: HMAC_224 is a 224-bit key, and so on).
+    hmac_bytes: int = 0
+    #: The usages this endpoint implements for the spec (empty: all of ``usages``).
+    implemented_usages: tuple[str, ...] = ()
 
     @property
     def symmetric(self) -> bool:
         return self.name == "SYMMETRIC_DEFAULT"
+
+    @property
+    def asymmetric(self) -> bool:
+        return self.kind in (RSA, ECC)
+
+    def implements(self, usage: str) -> bool:
+        return self.supported and (not self.implemented_usages or usage in self.implemented_usages)
 
 
 def _spec(name: str, usages: dict[str, tuple[str, ...]], **kw: object) -> KeySpec:
     return KeySpec(name, tuple(usages), dict(usages), **kw)  # type: ignore[arg-type]
 
 
+def _rsa(bits: int) -> KeySpec:
+    return _spec(f"RSA_{bits}", {"ENCRYPT_DECRYPT": _RSA_ENCRYPT, "SIGN_VERIFY": _RSA_SIGN},
+                 supported=True, kind=RSA, rsa_bits=bits)
+
+
+def _ecc(name: str, algorithm: str, curve: str, *, agreement: bool = True) -> KeySpec:
+    usages = {"SIGN_VERIFY": (algorithm,)}
+    if agreement:
+        usages["KEY_AGREEMENT"] = ("ECDH",)
+    return _spec(name, usages, supported=True, kind=ECC, curve=curve, implemented_usages=("SIGN_VERIFY",))
+
+
+def _hmac(bits: int) -> KeySpec:
+    return _spec(f"HMAC_{bits}", {"GENERATE_VERIFY_MAC": (f"HMAC_SHA_{bits}",)}, supported=True, kind=HMAC,
+                 hmac_bytes=bits // 8)
+
+
 KEY_SPECS: dict[str, KeySpec] = {s.name: s for s in (
-    _spec("RSA_2048", {"ENCRYPT_DECRYPT": _RSA_ENCRYPT, "SIGN_VERIFY": _RSA_SIGN}),
-    _spec("RSA_3072", {"ENCRYPT_DECRYPT": _RSA_ENCRYPT, "SIGN_VERIFY": _RSA_SIGN}),
-    _spec("RSA_4096", {"ENCRYPT_DECRYPT": _RSA_ENCRYPT, "SIGN_VERIFY": _RSA_SIGN}),
-    _spec("ECC_NIST_P256", {"SIGN_VERIFY": ("ECDSA_SHA_256",), "KEY_AGREEMENT": ("ECDH",)}),
-    _spec("ECC_NIST_P384", {"SIGN_VERIFY": ("ECDSA_SHA_384",), "KEY_AGREEMENT": ("ECDH",)}),
-    _spec("ECC_NIST_P521", {"SIGN_VERIFY": ("ECDSA_SHA_512",), "KEY_AGREEMENT": ("ECDH",)}),
-    _spec("ECC_SECG_P256K1", {"SIGN_VERIFY": ("ECDSA_SHA_256",)}),
-    _spec("SYMMETRIC_DEFAULT", {"ENCRYPT_DECRYPT": ("SYMMETRIC_DEFAULT",)}, supported=True, aes_bytes=32),
-    _spec("HMAC_224", {"GENERATE_VERIFY_MAC": ("HMAC_SHA_224",)}),
-    _spec("HMAC_256", {"GENERATE_VERIFY_MAC": ("HMAC_SHA_256",)}),
-    _spec("HMAC_384", {"GENERATE_VERIFY_MAC": ("HMAC_SHA_384",)}),
-    _spec("HMAC_512", {"GENERATE_VERIFY_MAC": ("HMAC_SHA_512",)}),
+    _rsa(2048),
+    _rsa(3072),
+    _rsa(4096),
+    _ecc("ECC_NIST_P256", "ECDSA_SHA_256", "secp256r1"),
+    _ecc("ECC_NIST_P384", "ECDSA_SHA_384", "secp384r1"),
+    _ecc("ECC_NIST_P521", "ECDSA_SHA_512", "secp521r1"),
+    _ecc("ECC_SECG_P256K1", "ECDSA_SHA_256", "secp256k1", agreement=False),
+    _spec("SYMMETRIC_DEFAULT", {"ENCRYPT_DECRYPT": ("SYMMETRIC_DEFAULT",)}, supported=True, aes_bytes=32,
+          kind=SYMMETRIC),
+    _hmac(224),
+    _hmac(256),
+    _hmac(384),
+    _hmac(512),
     _spec("SM2", {"ENCRYPT_DECRYPT": ("SM2PKE",), "SIGN_VERIFY": ("SM2DSA",), "KEY_AGREEMENT": ("ECDH",)}),
-    _spec("ECC_NIST_EDWARDS25519", {"SIGN_VERIFY": ("ED25519_SHA_512", "ED25519_PH_SHA_512")}),
     _spec("ML_DSA_44", {"SIGN_VERIFY": ("ML_DSA_SHAKE_256",)}),
     _spec("ML_DSA_65", {"SIGN_VERIFY": ("ML_DSA_SHAKE_256",)}),
     _spec("ML_DSA_87", {"SIGN_VERIFY": ("ML_DSA_SHAKE_256",)}),
+    _spec("ECC_NIST_EDWARDS25519", {"SIGN_VERIFY": ("ED25519_SHA_512", "ED25519_PH_SHA_512")}),
+    _spec("ML_KEM_512", {"ENCAPSULATE_DECAPSULATE": ("ML_KEM",)}),
+    _spec("ML_KEM_768", {"ENCAPSULATE_DECAPSULATE": ("ML_KEM",)}),
+    _spec("ML_KEM_1024", {"ENCAPSULATE_DECAPSULATE": ("ML_KEM",)}),
 )}
 
 #: KeyMetadata member that lists a usage's algorithms.
@@ -63,4 +120,46 @@ ALGORITHM_MEMBERS = {
     "SIGN_VERIFY": "SigningAlgorithms",
     "GENERATE_VERIFY_MAC": "MacAlgorithms",
     "KEY_AGREEMENT": "KeyAgreementAlgorithms",
+    "ENCAPSULATE_DECAPSULATE": "EncapsulationAlgorithms",
 }
+
+#: Hash names (pyca/cryptography's) and their digest sizes.
+HASH_SIZES = {"sha1": 20, "sha224": 28, "sha256": 32, "sha384": 48, "sha512": 64}
+
+
+@dataclass(frozen=True)
+class SigningAlgorithm:
+    name: str
+    #: "PSS", "PKCS1" or "ECDSA".
+    scheme: str
+    #: The hash (cryptography's name: "sha256" …).
+    hash: str
+
+    @property
+    def digest_size(self) -> int:
+        return HASH_SIZES[self.hash]
+
+
+SIGNING_ALGORITHMS: dict[str, SigningAlgorithm] = {a.name: a for a in (
+    SigningAlgorithm("RSASSA_PSS_SHA_256", "PSS", "sha256"),
+    SigningAlgorithm("RSASSA_PSS_SHA_384", "PSS", "sha384"),
+    SigningAlgorithm("RSASSA_PSS_SHA_512", "PSS", "sha512"),
+    SigningAlgorithm("RSASSA_PKCS1_V1_5_SHA_256", "PKCS1", "sha256"),
+    SigningAlgorithm("RSASSA_PKCS1_V1_5_SHA_384", "PKCS1", "sha384"),
+    SigningAlgorithm("RSASSA_PKCS1_V1_5_SHA_512", "PKCS1", "sha512"),
+    SigningAlgorithm("ECDSA_SHA_256", "ECDSA", "sha256"),
+    SigningAlgorithm("ECDSA_SHA_384", "ECDSA", "sha384"),
+    SigningAlgorithm("ECDSA_SHA_512", "ECDSA", "sha512"),
+)}
+
+#: RSAES_OAEP_*: the OAEP hash (MGF1 uses the same hash, as AWS does).
+RSA_ENCRYPTION_HASHES = {"RSAES_OAEP_SHA_1": "sha1", "RSAES_OAEP_SHA_256": "sha256"}
+
+#: HMAC_SHA_*: the hash (the MAC is the hash's full length).
+MAC_ALGORITHMS = {"HMAC_SHA_224": "sha224", "HMAC_SHA_256": "sha256", "HMAC_SHA_384": "sha384",
+                  "HMAC_SHA_512": "sha512"}
+
+
+def rsa_max_plaintext(bits: int, algorithm: str) -> int:
+    """RFC 8017 7.1.1: an OAEP message is at most k - 2 hLen - 2 bytes (AWS: 2048/SHA-256 -> 190)."""
+    return bits // 8 - 2 * HASH_SIZES[RSA_ENCRYPTION_HASHES[algorithm]] - 2

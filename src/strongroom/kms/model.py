@@ -39,18 +39,35 @@ class Material:
     handle: int
     material_id: str
     created: float
+    #: Asymmetric keys: the public key object (``handle`` is the private key).
+    public_handle: int | None = None
+
+    @property
+    def handles(self) -> list[int]:
+        """Every cluster object of this material (what deleting the key destroys)."""
+        return [self.handle] + ([self.public_handle] if self.public_handle is not None else [])
 
     def to_record(self) -> dict[str, Any]:
-        return {"version": self.version, "handle": self.handle, "material_id": self.material_id,
-                "created": self.created}
+        record = {"version": self.version, "handle": self.handle, "material_id": self.material_id,
+                  "created": self.created}
+        if self.public_handle is not None:
+            record["public_handle"] = self.public_handle
+        return record
 
     @classmethod
     def from_record(cls, value: dict[str, Any]) -> Material:
-        return cls(int(value["version"]), int(value["handle"]), str(value["material_id"]), float(value["created"]))
+        public = value.get("public_handle")
+        return cls(int(value["version"]), int(value["handle"]), str(value["material_id"]), float(value["created"]),
+                   None if public is None else int(public))
 
 
 def new_material(version: int, handle: int) -> Material:
     return Material(version, handle, secrets.token_hex(32), time.time())
+
+
+def new_pair_material(version: int, private_handle: int, public_handle: int) -> Material:
+    """An asymmetric key's material: the private key object and its public key object."""
+    return Material(version, private_handle, secrets.token_hex(32), time.time(), public_handle)
 
 
 @dataclass
@@ -69,6 +86,16 @@ class KmsKey:
     materials: list[Material] = field(default_factory=list)
     current_material: int = 1
     revision: int = 0  # the record's revision when read (0: not stored yet)
+    #: Automatic rotation: the period in days (None: disabled) and when the current period began.
+    rotation_period: int | None = None
+    rotation_anchor: float | None = None
+    #: Completed rotations, oldest first: {"version", "date", "type" (AUTOMATIC | ON_DEMAND)}.
+    rotations: list[dict[str, Any]] = field(default_factory=list)
+    #: Custom key store keys (Origin AWS_CLOUDHSM): the store and its cluster.
+    custom_key_store_id: str | None = None
+    cloud_hsm_cluster_id: str | None = None
+    #: Not stored: why the key is Unavailable (its store is not connected in this gateway).
+    store_unavailable: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -91,6 +118,10 @@ class KmsKey:
             "deletion_date": self.deletion_date, "pending_window": self.pending_window,
             "tags": [[k, v] for k, v in self.tags], "policy": self.policy,
             "materials": [m.to_record() for m in self.materials], "current_material": self.current_material,
+            "rotation_period": self.rotation_period, "rotation_anchor": self.rotation_anchor,
+            "rotations": self.rotations,
+            **({"custom_key_store_id": self.custom_key_store_id, "cloud_hsm_cluster_id": self.cloud_hsm_cluster_id}
+               if self.custom_key_store_id else {}),
         }
 
     @classmethod
@@ -103,6 +134,10 @@ class KmsKey:
             tags=[(k, v) for k, v in value.get("tags", [])], policy=value.get("policy"),
             materials=[Material.from_record(m) for m in value.get("materials", [])],
             current_material=int(value.get("current_material", 1)), revision=revision,
+            rotation_period=value.get("rotation_period"), rotation_anchor=value.get("rotation_anchor"),
+            rotations=list(value.get("rotations", [])),
+            custom_key_store_id=value.get("custom_key_store_id"),
+            cloud_hsm_cluster_id=value.get("cloud_hsm_cluster_id"),
         )
 
     def metadata(self, where: Location) -> dict[str, Any]:
@@ -125,6 +160,11 @@ class KmsKey:
         }
         if self.state == PENDING_DELETION and self.deletion_date is not None:
             meta["DeletionDate"] = self.deletion_date
+        if self.custom_key_store_id:
+            meta["CustomKeyStoreId"] = self.custom_key_store_id
+            meta["CloudHsmClusterId"] = self.cloud_hsm_cluster_id
+            if self.store_unavailable and self.state != PENDING_DELETION:
+                meta["KeyState"], meta["Enabled"] = "Unavailable", False
         algorithms = spec.algorithms.get(self.key_usage)
         if algorithms:
             meta[ALGORITHM_MEMBERS[self.key_usage]] = list(algorithms)
@@ -164,6 +204,8 @@ def delete(key: str, revision: int) -> dict[str, Any]:
 class Metadata:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        #: Called on every key read (custom key stores mark keys of disconnected stores Unavailable).
+        self.key_hook: Callable[[KmsKey], Awaitable[None]] | None = None
 
     # --- keys -------------------------------------------------------------------------------------
 
@@ -174,6 +216,8 @@ class Metadata:
         key = KmsKey.from_record(value, revision)
         if key.state == DELETED and not include_deleted:
             return None
+        if self.key_hook is not None:
+            await self.key_hook(key)
         return key
 
     async def list_keys(self, start_after: str = "", limit: int = 1000, *, include_deleted: bool = False

@@ -23,7 +23,16 @@ def test_node_restart_is_survived_without_a_gateway_restart(kms: KmsEnv) -> None
     key_id = client.create_key()["KeyMetadata"]["KeyId"]
     blob = client.encrypt(KeyId=key_id, Plaintext=b"before")["CiphertextBlob"]
     gateway_pid = kms.info["kms_pid"]
-    kms.cluster.down()  # stops the agent and the node, not the gateway
+    # Stop the node(s) and the agent, not the gateway (`down` would stop the gateway too).
+    from strongroom.agent.local import stop_agent
+    from strongroom.local.cluster import Layout, _read_pid, _stop_group
+
+    layout = Layout(kms.cluster.dir)
+    stop_agent(layout.root)
+    for node_id in layout.node_ids():
+        pid = _read_pid(layout.node_pid(node_id))
+        if pid is not None:
+            _stop_group(pid)
     try:
         with pytest.raises(ClientError) as caught:
             client.list_keys()

@@ -54,5 +54,8 @@ def kms_operation(name: str, *, keyless: bool = False, action: str | None = None
 def load() -> dict[str, OperationSpec]:
     """Import every operation group (registers them) and return the table."""
     from strongroom.kms.ops import aliases, keys, random, symmetric, tags  # noqa: F401
+    from strongroom.kms.ops import keystores  # noqa: F401
+    from strongroom.kms.ops import asymmetric, mac  # noqa: F401
+    from strongroom.kms.ops import grants, policies, rotation  # noqa: F401
 
     return OPERATIONS

@@ -113,7 +113,7 @@ async def delete_alias(ctx: Context) -> dict[str, Any]:
         alias = await ctx.metadata.get_alias(name)
         if alias is None:
             raise NotFound(f"Alias {where.alias_arn(name)} is not found.")
-        ctx.authorize(where.key_arn(alias.target))
+        await ctx.authorize_key_id(alias.target)
         try:
             await ctx.metadata.commit([delete(ALIASES + name, alias.revision)])
             return {}

@@ -62,13 +62,15 @@ async def resolve_key(ctx: Context, text: str, *, allow_alias: bool = True, acti
     key = await ctx.metadata.get_key(key_id)
     if key is None:
         raise NotFound(f"Key '{where.key_arn(key_id)}' does not exist")
-    ctx.authorize(where.key_arn(key.key_id), action)
+    await ctx.authorize_key(key, action)
     return key
 
 
 def require_usable(ctx: Context, key: KmsKey) -> None:
     """Cryptographic operations: Enabled only."""
     arn = ctx.where.key_arn(key.key_id)
+    if key.store_unavailable and key.state != PENDING_DELETION:
+        raise InvalidState(f"{arn} is unavailable: {key.store_unavailable}.")
     if key.state == DISABLED:
         raise Disabled(f"{arn} is disabled.")
     if key.state == PENDING_DELETION:
@@ -111,7 +113,7 @@ def refuse_recipient(params: Params) -> None:
 
 
 def grant_tokens(params: Params) -> list[str]:
-    """Accepted and checked for size; grants are not implemented yet, so they grant nothing."""
+    """Checked for size here; the gateway checks that each is one of ours when it authorizes the key."""
     return params.string_list("GrantTokens", max_items=GRANT_TOKENS_MAX, item_max=GRANT_TOKEN_MAX) or []
 
 
@@ -126,13 +128,20 @@ def encryption_context(params: Params, member: str = "EncryptionContext") -> dic
 # --- symmetric ciphertexts -------------------------------------------------------------------------------
 
 
+async def key_backend(ctx: Context, key: KmsKey) -> Any:
+    """The cluster session a key's material is used through: the service user's, or for keys of a
+    custom key store the store's own (KMSInvalidStateException while it is not connected)."""
+    return await ctx.gateway.keystores.backend_for(key)
+
+
 async def seal(ctx: Context, key: KmsKey, plaintext: bytes, context: dict[str, str]) -> tuple[bytes, Material]:
     """A ciphertext blob of ``plaintext`` under the key's current material (GCM runs in the cluster)."""
     material = key.current
     iv = ciphertext.new_iv()
     header = ciphertext.header(key.key_id, material.version, iv)
     try:
-        body = await ctx.backend.gcm_encrypt(material.handle, iv, ciphertext.aad(header, context), plaintext)
+        body = await (await key_backend(ctx, key)).gcm_encrypt(material.handle, iv, ciphertext.aad(header, context),
+                                                               plaintext)
     except ClusterError as exc:
         if exc.code in (CKR.KEY_HANDLE_INVALID, CKR.OBJECT_HANDLE_INVALID):
             raise KeyUnavailable(f"The key material of {ctx.where.key_arn(key.key_id)} is missing from the "
@@ -153,7 +162,7 @@ async def open_blob(ctx: Context, blob: bytes, context: dict[str, str], requeste
         if wanted.key_id != key.key_id:
             raise IncorrectKey(INCORRECT_KEY_MESSAGE)
     else:
-        ctx.authorize(ctx.where.key_arn(key.key_id), action)
+        await ctx.authorize_key(key, action)
     require_usable(ctx, key)
     if key.key_usage != "ENCRYPT_DECRYPT" or key.key_spec != "SYMMETRIC_DEFAULT":
         raise InvalidCiphertext("")
@@ -161,8 +170,8 @@ async def open_blob(ctx: Context, blob: bytes, context: dict[str, str], requeste
     if material is None:
         raise InvalidCiphertext("")
     try:
-        plaintext = await ctx.backend.gcm_decrypt(material.handle, parsed.iv,
-                                                  ciphertext.aad(parsed.header, context), parsed.body)
+        plaintext = await (await key_backend(ctx, key)).gcm_decrypt(material.handle, parsed.iv,
+                                                                    ciphertext.aad(parsed.header, context), parsed.body)
     except ClusterError as exc:
         if exc.code in (CKR.ENCRYPTED_DATA_INVALID, CKR.ENCRYPTED_DATA_LEN_RANGE):
             raise InvalidCiphertext("") from None

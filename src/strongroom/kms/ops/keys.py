@@ -31,6 +31,8 @@ from strongroom.kms.ops.common import (
     require_not_pending_deletion,
     resolve_key,
 )
+from strongroom.kms.ops.keystores import new_store_key
+from strongroom.kms.ops.asymmetric import generate_material
 from strongroom.kms.ops.tags import check_new_tags
 
 DESCRIPTION_MAX = 8192
@@ -54,7 +56,7 @@ async def create_key(ctx: Context) -> dict[str, Any]:
     spec_name = p.string("KeySpec", enum=SPEC_NAMES)
     origin = p.string("Origin", enum=ORIGINS) or "AWS_KMS"
     custom_key_store = p.string("CustomKeyStoreId", max_len=64)
-    p.boolean("BypassPolicyLockoutSafetyCheck")
+    bypass_lockout_check = bool(p.boolean("BypassPolicyLockoutSafetyCheck"))
     tags = p.tags("Tags") or []
     multi_region = p.boolean("MultiRegion")
     p.string("XksKeyId", max_len=128)
@@ -69,12 +71,19 @@ async def create_key(ctx: Context) -> dict[str, Any]:
         usage = "ENCRYPT_DECRYPT"
     if usage not in spec.usages:
         raise Validation(f"KeyUsage {usage} is not compatible with KeySpec {spec.name}")
-    if origin != "AWS_KMS" or custom_key_store is not None:
-        raise UnsupportedOperation(f"Origin {origin} and custom key stores are not supported by this endpoint yet.")
+    store_key = await new_store_key(ctx, origin, custom_key_store, spec, usage, multi_region)
+    if origin not in ("AWS_KMS", "AWS_CLOUDHSM"):
+        raise UnsupportedOperation(f"Origin {origin} is not supported by this endpoint yet.")
     if multi_region:
         raise UnsupportedOperation("Multi-Region keys are not supported by this endpoint.")
     if not spec.supported:
         raise UnsupportedOperation(f"KeySpec {spec.name} is not supported by this endpoint yet.")
+    if not spec.implements(usage):
+        raise UnsupportedOperation(f"KeyUsage {usage} of KeySpec {spec.name} is not supported by this endpoint yet.")
+    if policy is not None:  # key policies: ops/policies.py (syntax, size, lockout safety check)
+        from strongroom.kms.ops.policies import check_new_policy
+
+        check_new_policy(ctx, policy, None, bypass_lockout_check)
     if policy is not None:
         try:
             if not isinstance(json.loads(policy), dict):
@@ -84,15 +93,22 @@ async def create_key(ctx: Context) -> dict[str, Any]:
                                           "future.") from None
     check_new_tags([], tags)
     key_id = new_key_id()
-    handle = await ctx.backend.generate_aes_key(f"kms/{key_id}/1", spec.aes_bytes)
+    backend = store_key.backend if store_key is not None else ctx.backend
+    if spec.symmetric:
+        material = new_material(1, await backend.generate_aes_key(f"kms/{key_id}/1", spec.aes_bytes))
+    else:  # RSA, ECC and HMAC keys (ops/asymmetric.py)
+        material = await generate_material(ctx, key_id, spec, usage)
     key = KmsKey(key_id=key_id, created=time.time(), description=description, key_usage=usage,
                  key_spec=spec.name, origin=origin, state=ENABLED, tags=list(tags), policy=policy,
-                 materials=[new_material(1, handle)], current_material=1)
+                 materials=[material], current_material=1)
+    if store_key is not None:
+        store_key.stamp(key)
     try:
-        await ctx.metadata.commit([put(KEYS + key_id, key.to_record(), 0)])
+        await ctx.metadata.commit([put(KEYS + key_id, key.to_record(), 0), *(store_key.guard if store_key else [])])
     except BaseException:
         try:
-            await ctx.backend.destroy_object(handle)  # no record names it: do not leave it behind
+            for handle in material.handles:
+                await backend.destroy_object(handle)  # no record names it: do not leave it behind
         except Exception as exc:  # noqa: BLE001 - the original failure is what the client must see
             log.warning("could not destroy the orphaned cluster key %s of %s: %s", handle, key_id, exc)
         raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from strongroom.kms.errors import UnsupportedOperation, Validation
+from strongroom.kms.errors import Validation
 from strongroom.kms.gateway import Context
 from strongroom.kms.ops import kms_operation
 from strongroom.kms.ops.common import b64, refuse_recipient
@@ -21,7 +21,9 @@ async def generate_random(ctx: Context) -> dict[str, Any]:
     store = p.string("CustomKeyStoreId", max_len=64)
     p.check()
     refuse_recipient(p)
-    if store is not None:
-        raise UnsupportedOperation("Custom key stores are not supported by this endpoint yet.")
     assert length is not None
+    if store is not None:
+        from strongroom.kms.ops.keystores import store_random
+
+        return {"Plaintext": b64(await store_random(ctx, store, length))}
     return {"Plaintext": b64(await ctx.backend.random(length))}

@@ -10,7 +10,7 @@ from strongroom.kms import ciphertext
 from strongroom.kms.errors import InvalidCiphertext, Validation
 from strongroom.kms.gateway import Context
 from strongroom.kms.keyspecs import DATA_KEY_SPECS, ENCRYPTION_ALGORITHMS
-from strongroom.kms.ops import kms_operation
+from strongroom.kms.ops import asymmetric, kms_operation
 from strongroom.kms.ops.common import (
     CIPHERTEXT_MAX,
     KEY_ID_MAX,
@@ -44,10 +44,12 @@ async def encrypt(ctx: Context) -> dict[str, Any]:
     p.check()
     key = await resolve_key(ctx, key_id)
     require_usable(ctx, key)
+    assert plaintext is not None
+    if asymmetric.is_rsa_encryption_key(key):
+        return await asymmetric.rsa_encrypt(ctx, key, plaintext, algorithm, context, is_dry_run)
     require_symmetric_encryption(ctx, key, "Encrypt", algorithm)
     if is_dry_run:
         refuse_dry_run()
-    assert plaintext is not None
     blob, _material = await seal(ctx, key, plaintext, context)
     return {"CiphertextBlob": b64(blob), "KeyId": ctx.where.key_arn(key.key_id), "EncryptionAlgorithm": ALGORITHM}
 
@@ -64,8 +66,13 @@ async def decrypt(ctx: Context) -> dict[str, Any]:
     p.check()
     refuse_recipient(p)
     assert blob is not None
+    rsa = await asymmetric.rsa_decrypt(ctx, blob, context, key_id, algorithm, is_dry_run)
+    if rsa is not None:  # an RSA key's ciphertext (raw OAEP)
+        rsa_key, rsa_plaintext, rsa_algorithm = rsa
+        return {"KeyId": ctx.where.key_arn(rsa_key.key_id), "Plaintext": b64(rsa_plaintext),
+                "EncryptionAlgorithm": rsa_algorithm}
     if algorithm is not None and algorithm != ALGORITHM:
-        # Only symmetric keys exist so far; an RSA algorithm cannot match this ciphertext.
+        # An RSA algorithm without a KeyId cannot match a symmetric ciphertext.
         raise InvalidCiphertext("")
     if is_dry_run:
         await _dry_run_decrypt(ctx, blob, key_id)
