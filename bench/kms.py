@@ -10,9 +10,10 @@ Run through ``bench/kms`` (which sets up the venv first). One run:
 2. **gateway**: each thread has its own boto3 client (own botocore session, own HTTP
    connection pool), makes 3 warm-up calls, waits at a barrier, then calls the operation in a
    loop for ``--seconds`` (default 5). Every request is a full KMS request: botocore serializes
-   and SigV4-signs it, the gateway checks the signature *in the node* (``kms.sigv4.verify``),
-   reads the key's record from the cluster, and runs AES-GCM in the node (GenerateDataKey also
-   draws the data key from the node's CSPRNG);
+   and SigV4-signs it, the gateway checks the signature with the day's signing key (issued by
+   the node once, ``kms.sigv4.signing_key``, then cached), reads the key's record (from the
+   cluster at most once a second), and runs AES-GCM in the node (GenerateDataKey also draws
+   the data key from the node's CSPRNG);
 3. **echo** (the client's ceiling): the same boto3 loop against a local aiohttp server in its
    own process (the gateway's HTTP stack) that answers every request at once with a canned
    KMS-shaped response, verifying nothing. The difference between the two is what the gateway

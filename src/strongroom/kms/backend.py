@@ -27,7 +27,7 @@ log = logging.getLogger("strongroom.kms")
 
 #: Requests that change nothing: sent again once when the connection was lost under them.
 IDEMPOTENT = frozenset({"crypto.encrypt", "crypto.decrypt", "random.generate", "kms.sigv4.verify",
-                        "kms.record.get", "kms.record.list", "object.find", "session.info"})
+                        "kms.sigv4.signing_key", "kms.record.get", "kms.record.list", "object.find", "session.info"})
 #: Asymmetric and HMAC operations change nothing either.
 IDEMPOTENT = IDEMPOTENT | frozenset({"crypto.sign", "crypto.verify", "object.get_attributes"})
 _RELOGIN = frozenset({CKR.SESSION_HANDLE_INVALID, CKR.USER_NOT_LOGGED_IN, CKR.SESSION_CLOSED})
@@ -242,6 +242,11 @@ class Backend:
         return await self.call("kms.sigv4.verify", {
             "access_key_id": access_key_id, "date": date, "region": region, "service": service,
             "string_to_sign": string_to_sign, "signature": signature})
+
+    async def sigv4_signing_key(self, access_key_id: str, date: str, region: str, service: str) -> dict[str, Any]:
+        """{signing_key (32 bytes), name, policy}: the day-scoped derived key, never the secret."""
+        return await self.call("kms.sigv4.signing_key", {"access_key_id": access_key_id, "date": date,
+                                                         "region": region, "service": service})
 
     async def record_get(self, key: str) -> tuple[dict[str, Any] | None, int]:
         result = await self.call("kms.record.get", {"key": key})

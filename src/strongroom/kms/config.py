@@ -11,6 +11,8 @@
     tls_cert = "kms/tls.crt"          # optional: HTTPS with this certificate and key
     tls_key = "kms/tls.key"
     max_skew_seconds = 300            # SigV4 clock skew limit
+    signing_key_cache_seconds = 300   # how long a SigV4 signing key from the node is kept (0: verify in the node)
+    key_cache_seconds = 1.0           # how long a key record read for a request is reused (0: never)
     log_level = "info"
 
     [cluster]
@@ -60,6 +62,12 @@ class ServerSettings:
     tls_cert: str | None = None
     tls_key: str | None = None
     max_skew_seconds: float = 300.0
+    #: How long a day-scoped SigV4 signing key fetched from the node is used (0: every request is
+    #: verified in the node, as before). A deleted access key keeps working this long at most.
+    signing_key_cache_seconds: float = 300.0
+    #: How long a key record read from the cluster is reused by later requests (0: never). Changes
+    #: made through this gateway are seen at once; another gateway's within this many seconds.
+    key_cache_seconds: float = 1.0
     log_level: str = "info"
     max_body_bytes: int = 256 * 1024
 
@@ -128,6 +136,10 @@ class GatewayConfig:
             raise ConfigError(f"kms.log_level is one of {', '.join(LOG_LEVELS)}")
         if not 1 <= k.max_skew_seconds <= 3600:
             raise ConfigError("kms.max_skew_seconds is 1 to 3600")
+        if not 0 <= k.signing_key_cache_seconds <= 3600:
+            raise ConfigError("kms.signing_key_cache_seconds is 0 to 3600")
+        if not 0 <= k.key_cache_seconds <= 60:
+            raise ConfigError("kms.key_cache_seconds is 0 to 60")
         if (c.profile is None) == (c.agent_socket is None):
             raise ConfigError("give exactly one of cluster.profile and cluster.agent_socket")
         if not 1 <= c.connections <= 64:

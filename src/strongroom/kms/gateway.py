@@ -4,6 +4,7 @@ background work (deleting keys whose deletion date passed). HTTP lives in :mod:`
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -29,6 +30,7 @@ from strongroom.kms.errors import (
 from strongroom.kms.keystores import KeyStores
 from strongroom.kms.model import ALIASES, DELETED, ENABLED, KEYS, PENDING_DELETION, Conflict, Metadata, delete
 from strongroom.kms.ops import OperationSpec, load
+from strongroom.kms.signing_keys import SigningKeyCache
 from strongroom.kms.policy import (
     Policy,
     PolicyError,
@@ -103,6 +105,29 @@ def cluster_failure(exc: ClusterError) -> KmsError:
     return InternalError("The cluster could not complete the request; see the gateway log.")
 
 
+def _authentication_failure(exc: ClusterError) -> KmsError:
+    """The node's refusal of an access key as AWS answers it; unreachable: a retryable fault."""
+    if exc.unreachable:
+        return cluster_failure(exc)
+    if exc.code == CKR.KEY_HANDLE_INVALID:
+        return UnrecognizedClient(sigv4.UNKNOWN_KEY_MESSAGE)
+    if exc.code in (CKR.SIGNATURE_INVALID, CKR.ARGUMENTS_BAD):
+        return InvalidSignature(sigv4.MISMATCH_MESSAGE)
+    return cluster_failure(exc)
+
+
+@functools.lru_cache(maxsize=256)
+def _identity(access_key_id: str, name: str, policy_text: str | None) -> Identity:
+    """The request's identity; the access-key policy is parsed once per distinct text."""
+    policy, error = None, None
+    if policy_text:
+        try:
+            policy = parse_policy(policy_text)
+        except PolicyError as exc:
+            error = str(exc)
+    return Identity(access_key_id, name, policy, error)
+
+
 #: Where an operation's encryption context is, per IAM action (conditions and grant constraints).
 CONTEXT_MEMBERS = {"kms:ReEncryptFrom": "SourceEncryptionContext", "kms:ReEncryptTo": "DestinationEncryptionContext"}
 
@@ -118,9 +143,11 @@ class Gateway:
     def __init__(self, config: GatewayConfig, backend: Backend) -> None:
         self.config = config
         self.backend = backend
-        self.metadata = Metadata(backend)
+        self.metadata = Metadata(backend, cache_seconds=config.kms.key_cache_seconds)
         self.keystores = KeyStores(config, backend)
         self.metadata.key_hook = self.keystores.annotate
+        self.metadata.unreachable_hook = self.keystores.unreachable
+        self.signing_keys = SigningKeyCache(backend.sigv4_signing_key, ttl=config.kms.signing_key_cache_seconds)
         self.where = Location(config.kms.region, config.kms.account_id, config.kms.partition)
         self.operations = load()
         self._sweeper: asyncio.Task[None] | None = None
@@ -131,25 +158,43 @@ class Gateway:
                            body: bytes) -> Identity:
         prepared = sigv4.prepare(method, raw_path, raw_query, headers, body, region=self.where.region,
                                  max_skew=self.config.kms.max_skew_seconds)
+        if not self.signing_keys.enabled:
+            return await self._verify_in_node(prepared)
+        scope = (prepared.access_key_id, prepared.date, prepared.region, prepared.service)
+        entry = self.signing_keys.cached(scope)
+        if entry is None:
+            try:
+                entry = await self.signing_keys.get(scope)
+            except ClusterError as exc:
+                raise _authentication_failure(exc) from None
+        if sigv4.matches(entry.signing_key, prepared):
+            return _identity(entry.access_key_id, entry.name, entry.policy)
+        # A mismatch: ask the node once (it holds the current secret and audits the failure). If it
+        # verifies, the cached signing key was stale (the access key was re-created): fetch it again.
+        try:
+            identity = await self._verify_in_node(prepared)
+        except ClusterError:  # the cluster cannot be asked: the signing key we hold said no
+            raise InvalidSignature(sigv4.MISMATCH_MESSAGE) from None
+        except UnrecognizedClient:
+            self.signing_keys.drop(scope)
+            raise
+        try:
+            await self.signing_keys.get(scope, refresh=True)
+        except ClusterError:
+            self.signing_keys.drop(scope)
+        return identity
+
+    async def _verify_in_node(self, prepared: sigv4.Prepared) -> Identity:
+        """The node checks the signature (``kms.sigv4.verify``); ClusterError only when unreachable."""
         try:
             verified = await self.backend.verify_sigv4(prepared.access_key_id, prepared.date, prepared.region,
                                                        prepared.service, prepared.string_to_sign,
                                                        prepared.signature)
         except ClusterError as exc:
-            if exc.code == CKR.KEY_HANDLE_INVALID:
-                raise UnrecognizedClient(sigv4.UNKNOWN_KEY_MESSAGE) from None
-            if exc.code == CKR.SIGNATURE_INVALID:
-                raise InvalidSignature(sigv4.MISMATCH_MESSAGE) from None
-            if exc.code == CKR.ARGUMENTS_BAD:
-                raise InvalidSignature(sigv4.MISMATCH_MESSAGE) from None
-            raise cluster_failure(exc) from None
-        policy, error = None, None
-        if verified.get("policy"):
-            try:
-                policy = parse_policy(verified["policy"])
-            except PolicyError as exc:
-                error = str(exc)
-        return Identity(verified["access_key_id"], verified["name"], policy, error)
+            if exc.unreachable:
+                raise
+            raise _authentication_failure(exc) from None
+        return _identity(verified["access_key_id"], verified["name"], verified.get("policy"))
 
     def principal(self, identity: Identity) -> str:
         """An access key acts as the IAM user ``arn:<partition>:iam::<account>:user/<access key name>``."""
@@ -224,7 +269,10 @@ class Gateway:
         """Serve one request; returns (HTTP status, JSON body). Never raises."""
         operation = "?"
         try:
-            identity = await self.authenticate(method, raw_path, raw_query, headers, body)
+            try:
+                identity = await self.authenticate(method, raw_path, raw_query, headers, body)
+            except ClusterError as exc:
+                raise _authentication_failure(exc) from None
             target = headers.get("x-amz-target") or ""
             operation = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else target
             spec = self.operations.get(operation) if target.startswith(TARGET_PREFIX) else None
@@ -342,7 +390,7 @@ class Gateway:
                 await self.backend.destroy_object(material.public_handle)
         await self._delete_grants(key_id)
         for _ in range(5):
-            current = await self.metadata.get_key(key_id, include_deleted=True)
+            current = await self.metadata.get_key(key_id, include_deleted=True, fresh=True)
             if current is None:
                 break
             try:

@@ -98,7 +98,8 @@ class KeyStore:
 class StoreBackend(Backend):
     """The key store's session (logged in as its crypto user). A cluster that cannot be reached
     or a login the cluster refuses makes the request fail with KMSInvalidStateException (AWS's
-    general custom-key-store failure) instead of a retryable fault."""
+    general custom-key-store failure) instead of a retryable fault, and the store FAILED
+    (NETWORK_ERRORS, INVALID_CREDENTIALS or USER_LOCKED_OUT)."""
 
     def __init__(self, config: GatewayConfig, password: str, store_id: str, manager: KeyStores) -> None:
         super().__init__(config, password)
@@ -112,9 +113,16 @@ class StoreBackend(Backend):
             if exc.code in (CKR.PIN_INCORRECT, CKR.PIN_LOCKED):
                 self.manager.lost(self.store_id, INVALID_CREDENTIALS if exc.code == CKR.PIN_INCORRECT
                                   else USER_LOCKED_OUT)
-            elif not exc.unreachable:
+            elif exc.unreachable:
+                self.manager.lost(self.store_id, NETWORK_ERRORS)
+            else:
                 raise
             raise InvalidState(f"The custom key store {self.store_id} cannot use its cluster: {exc.message}") from None
+
+
+def _fail(store: KeyStore, code: str) -> None:
+    if store.state == CONNECTED:
+        store.state, store.error_code = FAILED, code
 
 
 @dataclass
@@ -142,7 +150,13 @@ class KeyStores:
         cached = self._cache.get(store_id)
         if not fresh and cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
             return cached[1]
-        value, revision = await self.backend.record_get(STORES + store_id)
+        try:
+            value, revision = await self.backend.record_get(STORES + store_id)
+        except ClusterError as exc:
+            # The key path keeps answering (KMSInvalidStateException) from the last record read.
+            if exc.unreachable and not fresh and cached is not None:
+                return cached[1]
+            raise
         store = None if value is None else KeyStore.from_record(value, revision)
         self._cache[store_id] = (time.monotonic(), store)
         await self._follow(store_id, store)
@@ -276,23 +290,43 @@ class KeyStores:
             return INTERNAL_ERROR
 
     async def _record_failure(self, store_id: str, code: str) -> None:
-        def fail(store: KeyStore) -> None:
-            if store.state == CONNECTED:
-                store.state, store.error_code = FAILED, code
-
         try:
-            await self.update(store_id, fail)
+            await self.update(store_id, lambda store: _fail(store, code))
         except Exception as exc:  # noqa: BLE001 - the process-local state already says FAILED
             log.warning("could not record the failure of custom key store %s: %s", store_id, exc)
 
     def lost(self, store_id: str, code: str) -> None:
-        """The store's session was refused by the cluster (password changed, user locked)."""
+        """The store's session was refused by the cluster (password changed, user locked) or the
+        cluster cannot be reached (NETWORK_ERRORS): FAILED here at once, and in the store's record
+        as soon as the cluster can be written (retried until then). As AWS, a FAILED store stays
+        FAILED: DisconnectCustomKeyStore, then ConnectCustomKeyStore."""
         connection = self._connections.get(store_id)
         if connection is None or connection.state != CONNECTED:
             return
         connection.state, connection.error_code = FAILED, code
+        log.warning("custom key store %s failed: %s", store_id, code)
         with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().create_task(self._record_failure(store_id, code))
+            asyncio.get_running_loop().create_task(self._record_failure_until_written(store_id, code, connection))
+
+    def unreachable(self, key: Any) -> None:
+        """Metadata hook: the cluster cannot be reached and ``key`` (a store key) was answered
+        from its last-known record: it is unavailable and its store has lost its cluster."""
+        store_id = key.custom_key_store_id
+        key.store_unavailable = f"its custom key store {store_id} cannot reach its cluster"
+        self.lost(store_id, NETWORK_ERRORS)
+
+    async def _record_failure_until_written(self, store_id: str, code: str, connection: _Connection) -> None:
+        delay = 0.5
+        while not self._closed and self._connections.get(store_id) is connection:
+            try:
+                await self.update(store_id, lambda store: _fail(store, code))
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - cluster unreachable: try again later
+                log.debug("custom key store %s: FAILED not recorded yet: %s", store_id, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _drop(self, store_id: str) -> None:
         connection = self._connections.pop(store_id, None)

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from strongroom.kms.arn import Location
-from strongroom.kms.backend import Backend
+from strongroom.kms.backend import Backend, ClusterError
 from strongroom.kms.errors import InternalError
 from strongroom.kms.keyspecs import ALGORITHM_MEMBERS, KEY_SPECS
 
@@ -189,6 +190,14 @@ class Alias:
         return cls(value["name"], value["target"], float(value["created"]), float(value["updated"]), revision)
 
 
+class _Unreachable(Exception):
+    """Internal: the cluster could not be reached; ``key`` is a custom-key-store key's last-known record."""
+
+    def __init__(self, key: KmsKey) -> None:
+        super().__init__(key.key_id)
+        self.key = key
+
+
 class Conflict(Exception):
     """A record changed between read and write: read again."""
 
@@ -201,16 +210,92 @@ def delete(key: str, revision: int) -> dict[str, Any]:
     return {"key": key, "expect": revision, "delete": True}
 
 
+#: Key records kept for the short read cache, and last-known records of custom-key-store keys.
+KEY_CACHE_MAX = 10_000
+KNOWN_STORE_KEYS_MAX = 10_000
+
+
 class Metadata:
-    def __init__(self, backend: Backend) -> None:
+    """The KMS records in the cluster. Key records read for requests are reused for
+    ``cache_seconds`` (0: never): every commit through this object drops the records it names
+    (and a read that raced with it is not cached), so changes through this gateway are seen at
+    once and another gateway's within ``cache_seconds``. Reads that change a record
+    (``update_key``) always read the cluster.
+
+    For keys of custom key stores the last record read is also remembered (bounded): when the
+    cluster cannot be reached, such a key is answered from it marked unavailable
+    (``unreachable_hook`` tells the key stores), so the caller gets KMSInvalidStateException as
+    from AWS instead of a retryable fault; nothing is written."""
+
+    def __init__(self, backend: Backend, *, cache_seconds: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.backend = backend
         #: Called on every key read (custom key stores mark keys of disconnected stores Unavailable).
         self.key_hook: Callable[[KmsKey], Awaitable[None]] | None = None
+        #: Called with a custom-key-store key answered from its last-known record (cluster unreachable).
+        self.unreachable_hook: Callable[[KmsKey], None] | None = None
+        self.cache_seconds = cache_seconds
+        self._clock = clock
+        self._cache: dict[str, tuple[float, dict[str, Any], int]] = {}
+        self._epoch = 0
+        self._known_store_keys: OrderedDict[str, tuple[dict[str, Any], int]] = OrderedDict()
+
+    def forget(self, key_ids: Any = None) -> None:
+        """Drop cached key records (all when ``key_ids`` is None)."""
+        self._epoch += 1
+        if key_ids is None:
+            self._cache.clear()
+            return
+        for key_id in key_ids:
+            self._cache.pop(key_id, None)
+
+    def _remember(self, key_id: str, value: dict[str, Any] | None, revision: int, epoch: int) -> None:
+        if value is not None and value.get("custom_key_store_id") and value.get("state") != DELETED:
+            self._known_store_keys[key_id] = (value, revision)
+            self._known_store_keys.move_to_end(key_id)
+            while len(self._known_store_keys) > KNOWN_STORE_KEYS_MAX:
+                self._known_store_keys.popitem(last=False)
+        else:
+            self._known_store_keys.pop(key_id, None)
+        if self.cache_seconds <= 0 or value is None or epoch != self._epoch:
+            return
+        now = self._clock()
+        if len(self._cache) >= KEY_CACHE_MAX:
+            for stale in [k for k, (expires, _, _) in self._cache.items() if expires <= now]:
+                del self._cache[stale]
+            while len(self._cache) >= KEY_CACHE_MAX:
+                del self._cache[next(iter(self._cache))]
+        self._cache[key_id] = (now + self.cache_seconds, value, revision)
+
+    async def _read_key(self, key_id: str, fresh: bool) -> tuple[dict[str, Any] | None, int]:
+        if not fresh and self.cache_seconds > 0:
+            hit = self._cache.get(key_id)
+            if hit is not None:
+                if hit[0] > self._clock():
+                    return hit[1], hit[2]
+                del self._cache[key_id]
+        epoch = self._epoch
+        try:
+            value, revision = await self.backend.record_get(KEYS + key_id)
+        except ClusterError as exc:
+            known = self._known_store_keys.get(key_id) if exc.unreachable else None
+            if known is None:
+                raise
+            key = KmsKey.from_record(known[0], known[1])
+            if self.unreachable_hook is not None:
+                self.unreachable_hook(key)
+            raise _Unreachable(key) from None
+        self._remember(key_id, value, revision, epoch if not fresh else -1)
+        return value, revision
 
     # --- keys -------------------------------------------------------------------------------------
 
-    async def get_key(self, key_id: str, *, include_deleted: bool = False) -> KmsKey | None:
-        value, revision = await self.backend.record_get(KEYS + key_id)
+    async def get_key(self, key_id: str, *, include_deleted: bool = False, fresh: bool = False) -> KmsKey | None:
+        """The key's record (None: no such key). ``fresh``: read the cluster, not the cache."""
+        try:
+            value, revision = await self._read_key(key_id, fresh)
+        except _Unreachable as unreachable:
+            return unreachable.key
         if value is None:
             return None
         key = KmsKey.from_record(value, revision)
@@ -239,14 +324,20 @@ class Metadata:
                 return found, False
 
     async def commit(self, changes: list[dict[str, Any]]) -> None:
-        if not await self.backend.record_commit(changes):
+        touched = [c["key"][len(KEYS):] for c in changes if c["key"].startswith(KEYS)]
+        self.forget(touched)
+        try:
+            ok = await self.backend.record_commit(changes)
+        finally:
+            self.forget(touched)
+        if not ok:
             raise Conflict()
 
     async def update_key(self, key_id: str, change: Callable[[KmsKey], Awaitable[list[dict[str, Any]]] | None],
                          *, include_deleted: bool = False) -> KmsKey | None:
         """Read, apply ``change`` (which may raise KMS errors or return extra record changes), write; retry."""
         for _ in range(CONFLICT_RETRIES):
-            key = await self.get_key(key_id, include_deleted=include_deleted)
+            key = await self.get_key(key_id, include_deleted=include_deleted, fresh=True)
             if key is None:
                 return None
             revision = key.revision

@@ -3,8 +3,10 @@
 The gateway never holds access-key secrets. :func:`prepare` parses the ``Authorization``
 header, runs every check that needs no secret (scope, clock skew, signed headers, body
 hash), recomputes the canonical request from the raw request and returns the string to sign;
-the node then derives the signing key from the secret and compares the signature in constant
-time (``kms.sigv4.verify``). The checks and their AWS error codes, in order:
+the gateway then checks the signature with the day's derived signing key that the node issued
+(:func:`matches`, ``kms.sigv4.signing_key``, cached by :mod:`.signing_keys`), or the node
+derives it from the secret and compares (``kms.sigv4.verify``: with the cache off, and for a
+signature the cached key does not match). The checks and their AWS error codes, in order:
 
 =======================================  =====================================
 no ``Authorization`` header              MissingAuthenticationTokenException
@@ -20,7 +22,7 @@ and ``content-type`` not all signed      InvalidSignatureException
 ``X-Amz-Content-Sha256`` != body hash    InvalidSignatureException
 ``X-Amz-Security-Token`` present         UnrecognizedClientException (we issue no session tokens)
 access key unknown (node)                UnrecognizedClientException
-signature mismatch (node)                InvalidSignatureException
+signature mismatch                       InvalidSignatureException
 =======================================  =====================================
 
 Requiring ``x-amz-target`` and ``content-type`` in the signed headers (botocore always signs
@@ -228,6 +230,12 @@ def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
     for part in (region, service, TERMINATOR):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     return key
+
+
+def matches(signing_key: bytes, prepared: Prepared) -> bool:
+    """Whether ``prepared``'s signature is the one ``signing_key`` (kSigning) gives, in constant time."""
+    expected = hmac.new(signing_key, prepared.string_to_sign.encode(), hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), prepared.signature.encode())
 
 
 def signature(secret: str, prepared: Prepared) -> str:

@@ -474,6 +474,13 @@ def test_access_key_cli_policy_and_deletion(kms: KmsEnv, tmp_path: Any) -> None:
     # A crypto user that is not the service user cannot use the gateway's access keys (nor admins).
     code, out = kms.cluster.cli("kms", "access-key", "delete", "--id", limited_id, pin=kms.cluster.admin_pin)
     assert code == 0, out
+    # The gateway holds today's signing key of the deleted access key for at most
+    # [kms] signing_key_cache_seconds (300 s): a fresh gateway process (empty cache) refuses it.
+    from strongroom.kms.local import start_gateway, stop_gateway
+
+    stop_gateway(kms.cluster.dir)
+    kms.info.update(start_gateway(kms.cluster.dir))
+    limited = kms.client(limited_id, limited_secret)
     expect("UnrecognizedClientException", limited.list_keys,
            message="The security token included in the request is invalid.")
     code, out = kms.cluster.cli("kms", "access-key", "list", pin="kmsuser:" + (

@@ -161,3 +161,66 @@ def test_records_compare_and_swap_namespaces_and_listing(tmp_path):
             await commit(me, {"key": "k", "expect": 0, "value": {}}, {"key": "k", "expect": 0, "value": {}})
 
     run(tmp_path, body)
+
+
+def _today(offset_days: int = 0) -> str:
+    import datetime as dt
+
+    return (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=offset_days)).strftime("%Y%m%d")
+
+
+def test_sigv4_signing_key_role_binding_date_and_audit(tmp_path):
+    async def body(services: FakeServices) -> None:
+        created = await op(kms.access_key_create, kms.AccessKeyCreateArgs, admin(services), name="ci",
+                           policy='{"Version": "2012-10-17", "Statement": []}')
+        key_id, secret = created["access_key_id"], created["secret_access_key"]
+        args = dict(access_key_id=key_id, date=_today(), region="us-east-1", service="kms")
+        issued = await op(kms.sigv4_signing_key_op, kms.SigV4SigningKeyArgs, user(services), **args)
+        # kSigning of SigV4: the same derivation as the client's, never the secret itself.
+        from strongroom.kms import sigv4
+
+        assert issued["signing_key"] == sigv4.signing_key(secret, args["date"], "us-east-1", "kms")
+        assert len(issued["signing_key"]) == 32 and secret not in str(issued)
+        assert (issued["name"], issued["policy"]) == ("ci", created["policy"])
+        # A signature made with the secret verifies with the derived key (what the gateway does).
+        to_sign = f"AWS4-HMAC-SHA256\n{args['date']}T120000Z\n{args['date']}/us-east-1/kms/aws4_request\n" + "cd" * 32
+        prepared = sigv4.Prepared(key_id, args["date"], "us-east-1", "kms", to_sign,
+                                  kms.sigv4_signature(secret, args["date"], "us-east-1", "kms", to_sign))
+        assert sigv4.matches(issued["signing_key"], prepared)
+        assert not sigv4.matches(issued["signing_key"],
+                                 sigv4.Prepared(key_id, args["date"], "us-east-1", "kms", to_sign, "0" * 64))
+
+        # Yesterday and tomorrow are issued; two days away is not.
+        for offset in (-1, 1):
+            await op(kms.sigv4_signing_key_op, kms.SigV4SigningKeyArgs, user(services), **dict(args, date=_today(offset)))
+        for date in (_today(-2), _today(2), "20260230", "2026-11-28"):
+            with pytest.raises(ArgumentsBad):
+                await op(kms.sigv4_signing_key_op, kms.SigV4SigningKeyArgs, user(services), **dict(args, date=date))
+        # Only the service user the key is bound to; unknown ids look the same.
+        for call, other in ((user(services, "alice"), key_id), (user(services), "AKIA" + "Z" * 16),
+                            (user(services), "not-an-id")):
+            with pytest.raises(HsmError) as caught:
+                await op(kms.sigv4_signing_key_op, kms.SigV4SigningKeyArgs, call, **dict(args, access_key_id=other))
+            assert caught.value.code == CKR.KEY_HANDLE_INVALID
+        # Issuance is audited once per access key and day, not per request.
+        for _ in range(3):
+            await op(kms.sigv4_signing_key_op, kms.SigV4SigningKeyArgs, user(services), **args)
+        issued_events = [d for e, outcome, d in services.audited if e == "kms.sigv4.signing_key" and outcome == "ok"]
+        assert sorted(d["date"] for d in issued_events) == sorted([_today(), _today(-1), _today(1)])
+        refused = [d for e, outcome, d in services.audited if e == "kms.sigv4.signing_key" and outcome != "ok"]
+        assert len(refused) == 7
+        # Deleting the access key ends issuance (and removes its issuance marker).
+        await op(kms.access_key_delete, kms.AccessKeyDeleteArgs, admin(services), access_key_id=key_id)
+        assert await services.barrier.get(kms.SIGNING_KEY_ISSUED_PREFIX + key_id) is None
+        with pytest.raises(HsmError) as caught:
+            await op(kms.sigv4_signing_key_op, kms.SigV4SigningKeyArgs, user(services), **args)
+        assert caught.value.code == CKR.KEY_HANDLE_INVALID
+
+    run(tmp_path, body)
+
+
+def test_sigv4_signing_key_is_for_crypto_users_only():
+    from strongroom.dispatch.table import OPERATIONS
+
+    spec = OPERATIONS["kms.sigv4.signing_key"]
+    assert spec.roles == frozenset(kms.CRYPTO_USER) == OPERATIONS["kms.sigv4.verify"].roles

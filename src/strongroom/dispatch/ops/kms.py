@@ -17,6 +17,12 @@ it cannot do with those operations lives here:
   (``CKR_SIGNATURE_INVALID``); the derived key and the expected signature never leave the node, so
   the operation is no oracle for the secret. Only the service user an access key is bound to can
   verify with it: another crypto user gets "unknown key".
+* **SigV4 signing keys** (``kms.sigv4.signing_key``, crypto users, same binding rule): the
+  day-scoped derived key kSigning for (access key, date, region, service), so the gateway can
+  verify signatures itself and cache the key (AWS's own front ends work this way). Only dates
+  within one day of the node's clock; the secret never leaves the node; a leaked signing key
+  signs for that access key, scope and day only. Issuance is audited once per access key and
+  day (a small marker record, ``kms/signing-keys-issued/<id>``, remembers the dates audited).
 * **KMS metadata records** (``kms.record.get/list/commit``, crypto users): a small
   compare-and-swap key/value store confined to ``kms/data/<username>/``, values msgpack maps
   of at most :data:`MAX_VALUE_BYTES`, commits of up to :data:`MAX_CHANGES` changes applied
@@ -190,7 +196,11 @@ async def access_key_delete(call: Any, args: AccessKeyDeleteArgs) -> dict[str, A
             raise UnknownAccessKey(f"no access key {args.access_key_id}")
         await witness(call, "kms.access_key.delete", details)()
         try:
-            await barrier.commit([Remove(entry.key, entry)])
+            changes: list[Any] = [Remove(entry.key, entry)]
+            marker = await barrier.get(SIGNING_KEY_ISSUED_PREFIX + args.access_key_id)
+            if marker is not None:
+                changes.append(Remove(marker.key, marker))
+            await barrier.commit(changes)
         except ConflictError:
             raise HsmError("the access key changed meanwhile; try again", CKR.FUNCTION_FAILED) from None
     except HsmError as exc:
@@ -259,6 +269,86 @@ async def sigv4_verify(call: Any, args: SigV4VerifyArgs) -> dict[str, Any]:
         await audit_refusal(call, "kms.sigv4.verify", exc, {"access_key_id": args.access_key_id[:128]})
         raise
     return {"access_key_id": record["access_key_id"], "name": record["name"], "policy": record.get("policy")}
+
+
+#: Signing keys are issued for today (UTC, the node's clock) and the day either side only.
+SIGNING_KEY_MAX_DAYS = 1
+SIGNING_KEY_ISSUED_PREFIX = "kms/signing-keys-issued/"
+#: How many issuance dates the per-access-key marker remembers (enough for yesterday/today/tomorrow).
+SIGNING_KEY_ISSUED_DATES = 4
+
+
+def sigv4_signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    """SigV4's derived key kSigning = HMAC chain of "AWS4"+secret, date, region, service, "aws4_request"."""
+    key = _hmac(("AWS4" + secret).encode(), date)
+    key = _hmac(key, region)
+    key = _hmac(key, service)
+    return _hmac(key, "aws4_request")
+
+
+@dataclass
+class SigV4SigningKeyArgs:
+    access_key_id: str
+    date: str
+    region: str
+    service: str
+
+
+def _check_signing_date(date: str, now: float | None = None) -> None:
+    import datetime as dt
+
+    if not _DATE_RE.match(date):
+        raise ArgumentsBad("date is YYYYMMDD")
+    try:
+        day = dt.datetime.strptime(date, "%Y%m%d").date()
+    except ValueError:
+        raise ArgumentsBad("date is YYYYMMDD") from None
+    today = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc).date()
+    if abs((day - today).days) > SIGNING_KEY_MAX_DAYS:
+        raise ArgumentsBad(f"a signing key is issued for {today:%Y%m%d} (UTC) and the day either side only")
+
+
+async def _audit_issuance_once(call: Any, barrier: Any, access_key_id: str, date: str) -> None:
+    """One audit record per access key and day, not per request: a small marker record
+    (``kms/signing-keys-issued/<id>``, the last few dates) says whether today's is already written.
+    The audit record is written first (a failed audit write refuses the issuance)."""
+    marker_key = SIGNING_KEY_ISSUED_PREFIX + access_key_id
+    marker = await barrier.get(marker_key)
+    dates = list(marker.value.get("dates", [])) if marker is not None else []
+    if date in dates:
+        return
+    await witness(call, "kms.sigv4.signing_key", {"access_key_id": access_key_id, "date": date})()
+    dates = sorted(set(dates) | {date})[-SIGNING_KEY_ISSUED_DATES:]
+    try:
+        await barrier.commit([Write(marker_key, {"dates": dates}, marker)])
+    except ConflictError:
+        pass  # another node wrote the marker meanwhile (at worst one extra audit record that day)
+
+
+@operation("kms.sigv4.signing_key", args=SigV4SigningKeyArgs, roles=CRYPTO_USER)
+async def sigv4_signing_key_op(call: Any, args: SigV4SigningKeyArgs) -> dict[str, Any]:
+    """The day-scoped SigV4 signing key of an access key, so the gateway can verify signatures
+    itself. Only the service user the key is bound to gets it; only for dates within a day of the
+    node's clock; the secret never leaves the node. Issuance is audited once per key and day."""
+    details = {"access_key_id": args.access_key_id[:128], "date": args.date[:16]}
+    barrier = call.services.require_barrier()
+    try:
+        if not 1 <= len(args.access_key_id) <= 128 or not args.access_key_id.isprintable():
+            raise ArgumentsBad("access_key_id is 1 to 128 printable characters")
+        if not _SCOPE_PART_RE.match(args.region) or not _SCOPE_PART_RE.match(args.service):
+            raise ArgumentsBad("region and service are 1 to 64 of a-z, 0-9 and -")
+        _check_signing_date(args.date)
+        entry = (await barrier.get(ACCESS_KEY_PREFIX + args.access_key_id)
+                 if ACCESS_KEY_ID_RE.match(args.access_key_id) else None)
+        if entry is None or entry.value.get("service_user") != call.actor:
+            raise UnknownAccessKey("The security token included in the request is invalid.")
+        record = entry.value
+        await _audit_issuance_once(call, barrier, record["access_key_id"], args.date)
+    except HsmError as exc:
+        await audit_refusal(call, "kms.sigv4.signing_key", exc, details)
+        raise
+    return {"signing_key": sigv4_signing_key(record["secret"], args.date, args.region, args.service),
+            "name": record["name"], "policy": record.get("policy")}
 
 
 # --- metadata records (the gateway's service user) ----------------------------------------------

@@ -70,7 +70,7 @@ def require_usable(ctx: Context, key: KmsKey) -> None:
     """Cryptographic operations: Enabled only."""
     arn = ctx.where.key_arn(key.key_id)
     if key.store_unavailable and key.state != PENDING_DELETION:
-        raise InvalidState(f"{arn} is unavailable: {key.store_unavailable}.")
+        raise InvalidState(f"{arn} is unavailable.")  # AWS's message; the reason is in DescribeCustomKeyStores
     if key.state == DISABLED:
         raise Disabled(f"{arn} is disabled.")
     if key.state == PENDING_DELETION:
@@ -142,6 +142,8 @@ async def seal(ctx: Context, key: KmsKey, plaintext: bytes, context: dict[str, s
     try:
         body = await (await key_backend(ctx, key)).gcm_encrypt(material.handle, iv, ciphertext.aad(header, context),
                                                                plaintext)
+    except InvalidState:  # the key's custom key store is not connected or lost its cluster
+        raise InvalidState(f"{ctx.where.key_arn(key.key_id)} is unavailable.") from None
     except ClusterError as exc:
         if exc.code in (CKR.KEY_HANDLE_INVALID, CKR.OBJECT_HANDLE_INVALID):
             raise KeyUnavailable(f"The key material of {ctx.where.key_arn(key.key_id)} is missing from the "
@@ -168,10 +170,16 @@ async def open_blob(ctx: Context, blob: bytes, context: dict[str, str], requeste
         raise InvalidCiphertext("")
     material = key.material(parsed.material_version)
     if material is None:
-        raise InvalidCiphertext("")
+        # The record may be a cached one from before a rotation through another gateway.
+        fresh = await ctx.metadata.get_key(parsed.key_id, fresh=True)
+        material = None if fresh is None else fresh.material(parsed.material_version)
+        if material is None:
+            raise InvalidCiphertext("")
     try:
         plaintext = await (await key_backend(ctx, key)).gcm_decrypt(material.handle, parsed.iv,
                                                                     ciphertext.aad(parsed.header, context), parsed.body)
+    except InvalidState:  # the key's custom key store is not connected or lost its cluster
+        raise InvalidState(f"{ctx.where.key_arn(key.key_id)} is unavailable.") from None
     except ClusterError as exc:
         if exc.code in (CKR.ENCRYPTED_DATA_INVALID, CKR.ENCRYPTED_DATA_LEN_RANGE):
             raise InvalidCiphertext("") from None
