@@ -98,6 +98,8 @@ class NodeServices:
                                             config.limits.admin_login_backoff_seconds)
         #: Set by the worker: stops this node (every worker) after the current replies went out.
         self.shutdown: Callable[[], None] = lambda: None
+        #: backup.create: backups made and not yet read out, by backup id (see dispatch/ops/backup.py).
+        self.pending_backups: dict[str, Any] = {}
 
     # --- cluster key and state ---------------------------------------------------
 

@@ -34,9 +34,8 @@ class Pending:
 
 
 def _pending(services: Any) -> dict[str, Pending]:
-    table: dict[str, Pending] | None = getattr(services, "pending_backups", None)
-    if table is None:
-        table = services.pending_backups = {}
+    """This worker's backups waiting to be read, with the expired ones dropped."""
+    table: dict[str, Pending] = services.pending_backups
     now = time.monotonic()
     for backup_id in [k for k, v in table.items() if v.expires < now]:
         del table[backup_id]
