@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -299,6 +300,170 @@ def test_rsa_encryption_refusals(client: Any, keys: Any, symmetric: str) -> None
     assert client.decrypt(CiphertextBlob=sym)["Plaintext"] == b"sym"
     assert client.decrypt(CiphertextBlob=sym, KeyId=symmetric)["Plaintext"] == b"sym"
     expect("IncorrectKeyException", client.decrypt, CiphertextBlob=sym, KeyId=meta["KeyId"])
+
+
+# --- ReEncrypt with RSA keys ----------------------------------------------------------------------------------------
+
+RE_ENCRYPT_MEMBERS = {"CiphertextBlob", "SourceKeyId", "KeyId", "SourceEncryptionAlgorithm",
+                      "DestinationEncryptionAlgorithm"}
+
+
+def fields(answer: dict[str, Any]) -> set[str]:
+    return set(answer) - {"ResponseMetadata"}
+
+
+def test_re_encrypt_every_combination_round_trips(client: Any, keys: Any, symmetric: str) -> None:
+    rsa2048, rsa3072 = keys["RSA_2048", "ENCRYPT_DECRYPT"], keys["RSA_3072", "ENCRYPT_DECRYPT"]
+    plaintext = bytes(range(190))  # RSA_2048 with OAEP SHA-256 takes at most 190 bytes
+    sym_blob = client.encrypt(KeyId=symmetric, Plaintext=plaintext, EncryptionContext={"c": "1"})["CiphertextBlob"]
+
+    # symmetric -> RSA: the source's material id, none for the RSA destination.
+    to_rsa = client.re_encrypt(CiphertextBlob=sym_blob, SourceEncryptionContext={"c": "1"},
+                               DestinationKeyId=rsa2048["KeyId"], DestinationEncryptionAlgorithm="RSAES_OAEP_SHA_256")
+    assert fields(to_rsa) == RE_ENCRYPT_MEMBERS | {"SourceKeyMaterialId"}
+    assert (to_rsa["SourceKeyId"], to_rsa["KeyId"], to_rsa["SourceEncryptionAlgorithm"],
+            to_rsa["DestinationEncryptionAlgorithm"]) == (symmetric, rsa2048["Arn"], "SYMMETRIC_DEFAULT",
+                                                          "RSAES_OAEP_SHA_256")
+    assert len(to_rsa["SourceKeyMaterialId"]) == 64 and len(to_rsa["CiphertextBlob"]) == 256
+    rsa_blob = to_rsa["CiphertextBlob"]
+    assert client.decrypt(CiphertextBlob=rsa_blob, KeyId=rsa2048["KeyId"],
+                          EncryptionAlgorithm="RSAES_OAEP_SHA_256")["Plaintext"] == plaintext
+
+    # RSA -> symmetric: SourceKeyId and SourceEncryptionAlgorithm; the destination's material id only.
+    to_sym = client.re_encrypt(CiphertextBlob=rsa_blob, SourceKeyId=rsa2048["Arn"],
+                               SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256", DestinationKeyId=symmetric,
+                               DestinationEncryptionContext={"c": "2"})
+    assert fields(to_sym) == RE_ENCRYPT_MEMBERS | {"DestinationKeyMaterialId"}
+    assert (to_sym["SourceKeyId"], to_sym["KeyId"], to_sym["SourceEncryptionAlgorithm"],
+            to_sym["DestinationEncryptionAlgorithm"]) == (rsa2048["Arn"], symmetric, "RSAES_OAEP_SHA_256",
+                                                          "SYMMETRIC_DEFAULT")
+    opened = client.decrypt(CiphertextBlob=to_sym["CiphertextBlob"], EncryptionContext={"c": "2"})
+    assert (opened["Plaintext"], opened["KeyMaterialId"]) == (plaintext, to_sym["DestinationKeyMaterialId"])
+
+    # RSA -> another RSA key, and -> the same key with the other algorithm: no material ids.
+    for destination, algorithm in ((rsa3072, "RSAES_OAEP_SHA_1"), (rsa2048, "RSAES_OAEP_SHA_1")):
+        moved = client.re_encrypt(CiphertextBlob=rsa_blob, SourceKeyId=rsa2048["KeyId"],
+                                  SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256", DestinationKeyId=destination["Arn"],
+                                  DestinationEncryptionAlgorithm=algorithm)
+        assert fields(moved) == RE_ENCRYPT_MEMBERS
+        assert (moved["SourceKeyId"], moved["KeyId"], moved["SourceEncryptionAlgorithm"],
+                moved["DestinationEncryptionAlgorithm"]) == (rsa2048["Arn"], destination["Arn"],
+                                                             "RSAES_OAEP_SHA_256", algorithm)
+        assert len(moved["CiphertextBlob"]) == int(destination["KeySpec"][4:]) // 8
+        assert client.decrypt(CiphertextBlob=moved["CiphertextBlob"], KeyId=destination["KeyId"],
+                              EncryptionAlgorithm=algorithm)["Plaintext"] == plaintext
+    expect("InvalidCiphertextException", client.decrypt, CiphertextBlob=moved["CiphertextBlob"],
+           KeyId=rsa2048["KeyId"], EncryptionAlgorithm="RSAES_OAEP_SHA_256")
+
+    # Ciphertext made outside with GetPublicKey's key moves to a symmetric key.
+    outside = public_key(client, rsa3072).encrypt(b"outside", padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(),
+                                                                         None))
+    moved = client.re_encrypt(CiphertextBlob=outside, SourceKeyId=rsa3072["KeyId"],
+                              SourceEncryptionAlgorithm="RSAES_OAEP_SHA_1", DestinationKeyId=symmetric)
+    assert client.decrypt(CiphertextBlob=moved["CiphertextBlob"])["Plaintext"] == b"outside"
+
+    # symmetric -> symmetric is unchanged (the algorithms may be named).
+    for named in ({}, {"SourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+                       "DestinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT"}):
+        same = client.re_encrypt(CiphertextBlob=sym_blob, SourceEncryptionContext={"c": "1"},
+                                 DestinationKeyId=symmetric, **named)
+        assert fields(same) == RE_ENCRYPT_MEMBERS | {"SourceKeyMaterialId", "DestinationKeyMaterialId"}
+        assert (same["SourceKeyId"], same["KeyId"], same["SourceEncryptionAlgorithm"],
+                same["DestinationEncryptionAlgorithm"]) == (symmetric, symmetric, "SYMMETRIC_DEFAULT",
+                                                            "SYMMETRIC_DEFAULT")
+        assert client.decrypt(CiphertextBlob=same["CiphertextBlob"])["Plaintext"] == plaintext
+
+
+def test_re_encrypt_rsa_refusals(client: Any, keys: Any, symmetric: str) -> None:
+    rsa2048, rsa3072 = keys["RSA_2048", "ENCRYPT_DECRYPT"], keys["RSA_3072", "ENCRYPT_DECRYPT"]
+    sign_key = keys["RSA_2048", "SIGN_VERIFY"]
+    rsa_blob = client.encrypt(KeyId=rsa2048["KeyId"], Plaintext=b"secret",
+                              EncryptionAlgorithm="RSAES_OAEP_SHA_256")["CiphertextBlob"]
+    sym_blob = client.encrypt(KeyId=symmetric, Plaintext=b"secret")["CiphertextBlob"]
+    source = {"CiphertextBlob": rsa_blob, "SourceKeyId": rsa2048["KeyId"],
+              "SourceEncryptionAlgorithm": "RSAES_OAEP_SHA_256"}
+    to_sym = {"DestinationKeyId": symmetric}
+    to_rsa = {"DestinationKeyId": rsa2048["KeyId"], "DestinationEncryptionAlgorithm": "RSAES_OAEP_SHA_1"}
+
+    # RSA ciphertext needs SourceKeyId (as Decrypt needs KeyId) and SourceEncryptionAlgorithm.
+    expect("InvalidCiphertextException", client.re_encrypt, CiphertextBlob=rsa_blob,
+           SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256", message="", **to_sym)
+    expect("InvalidCiphertextException", client.re_encrypt, CiphertextBlob=rsa_blob, message="", **to_sym)
+    expect("IncorrectKeyException", client.re_encrypt, CiphertextBlob=rsa_blob, SourceKeyId=rsa2048["KeyId"],
+           **to_sym)
+    # The wrong OAEP hash, another RSA key, an altered ciphertext.
+    expect("InvalidCiphertextException", client.re_encrypt, **{**source, "SourceEncryptionAlgorithm":
+                                                              "RSAES_OAEP_SHA_1"}, **to_sym)
+    expect("InvalidCiphertextException", client.re_encrypt, **{**source, "SourceKeyId": rsa3072["KeyId"]}, **to_sym)
+    expect("InvalidCiphertextException", client.re_encrypt, **{**source, "CiphertextBlob": rsa_blob[:-1] + bytes(
+        [rsa_blob[-1] ^ 1])}, **to_sym)
+    # Algorithms that do not fit the key, on either side.
+    expect("InvalidKeyUsageException", client.re_encrypt, CiphertextBlob=sym_blob, SourceKeyId=symmetric,
+           SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256", **to_sym,
+           message="Algorithm RSAES_OAEP_SHA_256 is incompatible with key spec SYMMETRIC_DEFAULT.")
+    expect("InvalidKeyUsageException", client.re_encrypt, CiphertextBlob=sym_blob, DestinationKeyId=rsa2048["KeyId"],
+           message="Algorithm SYMMETRIC_DEFAULT is incompatible with key spec RSA_2048.")
+    expect("InvalidKeyUsageException", client.re_encrypt, CiphertextBlob=sym_blob, DestinationKeyId=rsa2048["KeyId"],
+           DestinationEncryptionAlgorithm="SM2PKE", message="Algorithm SM2PKE is incompatible with key spec RSA_2048.")
+    expect("InvalidKeyUsageException", client.re_encrypt, **source, DestinationKeyId=symmetric,
+           DestinationEncryptionAlgorithm="RSAES_OAEP_SHA_1",
+           message="Algorithm RSAES_OAEP_SHA_1 is incompatible with key spec SYMMETRIC_DEFAULT.")
+    # Keys of the wrong usage.
+    expect("InvalidKeyUsageException", client.re_encrypt, CiphertextBlob=sym_blob, DestinationKeyId=sign_key["KeyId"],
+           DestinationEncryptionAlgorithm="RSAES_OAEP_SHA_256",
+           message=f"{sign_key['Arn']} key usage is SIGN_VERIFY which is not valid for ReEncrypt.")
+    expect("InvalidKeyUsageException", client.re_encrypt, **{**source, "SourceKeyId": sign_key["KeyId"]}, **to_sym,
+           message=f"{sign_key['Arn']} key usage is SIGN_VERIFY which is not valid for ReEncrypt.")
+    # Encryption contexts are refused with RSA keys, as Encrypt/Decrypt refuse them.
+    expect("ValidationException", client.re_encrypt, **source, SourceEncryptionContext={"a": "b"}, **to_sym,
+           message="SourceEncryptionContext is not supported with asymmetric KMS keys.")
+    expect("ValidationException", client.re_encrypt, CiphertextBlob=sym_blob, DestinationEncryptionContext={"a": "b"},
+           **to_rsa, message="DestinationEncryptionContext is not supported with asymmetric KMS keys.")
+    # The destination's OAEP plaintext limit applies to the decrypted source.
+    big = client.encrypt(KeyId=symmetric, Plaintext=b"x" * 215)["CiphertextBlob"]
+    expect("ValidationException", client.re_encrypt, CiphertextBlob=big, **to_rsa,
+           message="Algorithm RSAES_OAEP_SHA_1 and key spec RSA_2048 cannot encrypt data larger than 214 bytes.")
+    fits = client.encrypt(KeyId=symmetric, Plaintext=b"x" * 214)["CiphertextBlob"]
+    assert len(client.re_encrypt(CiphertextBlob=fits, **to_rsa)["CiphertextBlob"]) == 256
+    from_3072 = client.encrypt(KeyId=rsa3072["KeyId"], Plaintext=b"y" * 191,
+                               EncryptionAlgorithm="RSAES_OAEP_SHA_256")["CiphertextBlob"]
+    expect("ValidationException", client.re_encrypt, CiphertextBlob=from_3072, SourceKeyId=rsa3072["KeyId"],
+           SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256", DestinationKeyId=rsa2048["KeyId"],
+           DestinationEncryptionAlgorithm="RSAES_OAEP_SHA_256",
+           message="Algorithm RSAES_OAEP_SHA_256 and key spec RSA_2048 cannot encrypt data larger than 190 bytes.")
+    # DryRun, from and to RSA keys.
+    expect("DryRunOperationException", client.re_encrypt, **source, **to_sym, DryRun=True)
+    expect("DryRunOperationException", client.re_encrypt, CiphertextBlob=sym_blob, **to_rsa, DryRun=True)
+
+
+def test_re_encrypt_rsa_needs_re_encrypt_from_and_to(kms: KmsEnv, client: Any, keys: Any, symmetric: str,
+                                                     tmp_path: Any) -> None:
+    rsa2048, rsa3072 = keys["RSA_2048", "ENCRYPT_DECRYPT"], keys["RSA_3072", "ENCRYPT_DECRYPT"]
+    document = tmp_path / "policy.json"
+    document.write_text(json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "kms:ReEncryptFrom", "Resource": [rsa2048["Arn"], rsa3072["Arn"]]},
+        {"Effect": "Allow", "Action": "kms:ReEncryptTo", "Resource": [symmetric, rsa2048["Arn"]]}]}))
+    code, out = kms.cluster.cli("kms", "access-key", "create", "--name", "re-encrypt-rsa", "--policy", str(document),
+                                pin=kms.cluster.admin_pin)
+    assert code == 0, out
+    limited = kms.client(out["data"]["access_key_id"], out["data"]["secret_access_key"])
+    blob = client.encrypt(KeyId=rsa3072["KeyId"], Plaintext=b"p", EncryptionAlgorithm="RSAES_OAEP_SHA_1")[
+        "CiphertextBlob"]
+    source = {"CiphertextBlob": blob, "SourceKeyId": rsa3072["KeyId"], "SourceEncryptionAlgorithm": "RSAES_OAEP_SHA_1"}
+    moved = limited.re_encrypt(**source, DestinationKeyId=rsa2048["KeyId"],
+                               DestinationEncryptionAlgorithm="RSAES_OAEP_SHA_256")
+    back = limited.re_encrypt(CiphertextBlob=moved["CiphertextBlob"], SourceKeyId=rsa2048["KeyId"],
+                              SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256", DestinationKeyId=symmetric)
+    assert client.decrypt(CiphertextBlob=back["CiphertextBlob"])["Plaintext"] == b"p"
+    denied = expect("AccessDeniedException", limited.re_encrypt, **source, DestinationKeyId=rsa3072["KeyId"],
+                    DestinationEncryptionAlgorithm="RSAES_OAEP_SHA_256")
+    assert f"kms:ReEncryptTo on resource: {rsa3072['Arn']}" in denied
+    sym_blob = client.encrypt(KeyId=symmetric, Plaintext=b"p")["CiphertextBlob"]
+    denied = expect("AccessDeniedException", limited.re_encrypt, CiphertextBlob=sym_blob,
+                    DestinationKeyId=rsa2048["KeyId"], DestinationEncryptionAlgorithm="RSAES_OAEP_SHA_256")
+    assert f"kms:ReEncryptFrom on resource: {symmetric}" in denied
+    expect("AccessDeniedException", limited.decrypt, CiphertextBlob=blob, KeyId=rsa3072["KeyId"],
+           EncryptionAlgorithm="RSAES_OAEP_SHA_1")
 
 
 # --- HMAC ----------------------------------------------------------------------------------------------------------

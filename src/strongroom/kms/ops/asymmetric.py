@@ -1,5 +1,5 @@
 """Asymmetric keys: Sign, Verify, GetPublicKey, GenerateDataKeyPair(WithoutPlaintext), RSA
-Encrypt/Decrypt (reached through :mod:`.symmetric`'s handlers), and the cluster key material
+Encrypt/Decrypt/ReEncrypt (reached through :mod:`.symmetric`'s handlers), and the cluster key material
 CreateKey makes for RSA, ECC and HMAC key specs.
 
 The private half of an RSA or ECC key and every HMAC key are token objects in the cluster,
@@ -332,7 +332,7 @@ async def get_public_key(ctx: Context) -> dict[str, Any]:
     return result
 
 
-# --- RSA Encrypt / Decrypt (called from the symmetric handlers) ---------------------------------------------
+# --- RSA Encrypt / Decrypt / ReEncrypt (called from the symmetric handlers) ----------------------------------
 
 
 def _oaep(algorithm: str) -> dict[str, int]:
@@ -340,31 +340,59 @@ def _oaep(algorithm: str) -> dict[str, int]:
     return {"hash": int(HASH_MECHANISMS[digest]), "mgf": int(MGF1[digest])}
 
 
-def _refuse_context(context: dict[str, str]) -> None:
+def _refuse_context(context: dict[str, str], member: str = "EncryptionContext") -> None:
     if context:
-        raise Validation("EncryptionContext is not supported with asymmetric KMS keys.")
+        raise Validation(f"{member} is not supported with asymmetric KMS keys.")
+
+
+def rsa_encryption_algorithm(key: KmsKey, algorithm: str | None) -> str:
+    """The OAEP algorithm an RSA ENCRYPT_DECRYPT key encrypts with (none given: SYMMETRIC_DEFAULT, refused)."""
+    spec = key_spec(key)
+    chosen = algorithm or "SYMMETRIC_DEFAULT"
+    if chosen not in spec.algorithms["ENCRYPT_DECRYPT"]:
+        raise incompatible(chosen, spec)
+    return chosen
+
+
+def _check_rsa_plaintext(key: KmsKey, chosen: str, plaintext: bytes) -> None:
+    spec = key_spec(key)
+    limit = rsa_max_plaintext(spec.rsa_bits, chosen)
+    if len(plaintext) > limit:
+        raise Validation(f"Algorithm {chosen} and key spec {spec.name} cannot encrypt data larger than {limit} bytes.")
+
+
+async def _oaep_encrypt(ctx: Context, key: KmsKey, plaintext: bytes, chosen: str) -> bytes:
+    material = key.current
+    assert material.public_handle is not None
+    try:
+        return await ctx.backend.encrypt(material.public_handle, int(CKM.RSA_PKCS_OAEP), plaintext, _oaep(chosen))
+    except ClusterError as exc:
+        raise _unavailable(ctx, key, exc) from None
 
 
 async def rsa_encrypt(ctx: Context, key: KmsKey, plaintext: bytes, algorithm: str | None,
                       context: dict[str, str], is_dry_run: bool) -> dict[str, Any]:
     """Encrypt under an RSA ENCRYPT_DECRYPT key: raw OAEP output, as long as the modulus."""
-    spec = key_spec(key)
-    chosen = algorithm or "SYMMETRIC_DEFAULT"
-    if chosen not in spec.algorithms["ENCRYPT_DECRYPT"]:
-        raise incompatible(chosen, spec)
-    limit = rsa_max_plaintext(spec.rsa_bits, chosen)
-    if len(plaintext) > limit:
-        raise Validation(f"Algorithm {chosen} and key spec {spec.name} cannot encrypt data larger than {limit} bytes.")
+    chosen = rsa_encryption_algorithm(key, algorithm)
+    _check_rsa_plaintext(key, chosen, plaintext)
     _refuse_context(context)
     if is_dry_run:
         refuse_dry_run()
-    material = key.current
-    assert material.public_handle is not None
-    try:
-        data = await ctx.backend.encrypt(material.public_handle, int(CKM.RSA_PKCS_OAEP), plaintext, _oaep(chosen))
-    except ClusterError as exc:
-        raise _unavailable(ctx, key, exc) from None
+    data = await _oaep_encrypt(ctx, key, plaintext, chosen)
     return {"CiphertextBlob": b64(data), "KeyId": ctx.where.key_arn(key.key_id), "EncryptionAlgorithm": chosen}
+
+
+def rsa_re_encrypt_destination(key: KmsKey, algorithm: str | None, context: dict[str, str]) -> str:
+    """ReEncrypt to an RSA key, the checks that need no plaintext: the algorithm, no context."""
+    chosen = rsa_encryption_algorithm(key, algorithm)
+    _refuse_context(context, "DestinationEncryptionContext")
+    return chosen
+
+
+async def rsa_re_encrypt_seal(ctx: Context, key: KmsKey, plaintext: bytes, chosen: str) -> bytes:
+    """ReEncrypt to an RSA key: the key's OAEP plaintext limit applies to the decrypted source."""
+    _check_rsa_plaintext(key, chosen, plaintext)
+    return await _oaep_encrypt(ctx, key, plaintext, chosen)
 
 
 def looks_symmetric(blob: bytes) -> bool:
@@ -378,12 +406,14 @@ def looks_symmetric(blob: bytes) -> bool:
 
 
 async def rsa_decrypt(ctx: Context, blob: bytes, context: dict[str, str], key_id: str | None,
-                      algorithm: str | None, is_dry_run: bool, action: str | None = None
+                      algorithm: str | None, is_dry_run: bool, action: str | None = None,
+                      operation: str = "Decrypt", context_member: str = "EncryptionContext"
                       ) -> tuple[KmsKey, bytes, str] | None:
     """Decrypt with an RSA key when the request is for one; None: the symmetric path handles it.
 
     Symmetric blobs with the default algorithm never come here (no extra cluster round trip on
-    the Encryption SDK's path). AWS needs KeyId and EncryptionAlgorithm for asymmetric ciphertext."""
+    the Encryption SDK's path). AWS needs KeyId and EncryptionAlgorithm for asymmetric ciphertext
+    (ReEncrypt: SourceKeyId and SourceEncryptionAlgorithm, with ``action`` kms:ReEncryptFrom)."""
     if (algorithm in (None, "SYMMETRIC_DEFAULT") and looks_symmetric(blob)) or key_id is None:
         return None
     key = await resolve_key(ctx, key_id, action=action)
@@ -397,10 +427,10 @@ async def rsa_decrypt(ctx: Context, blob: bytes, context: dict[str, str], key_id
     require_usable(ctx, key)
     if chosen == "SYMMETRIC_DEFAULT":
         raise IncorrectKey(INCORRECT_KEY_MESSAGE)
-    require_usage(ctx, key, "ENCRYPT_DECRYPT", "Decrypt")
+    require_usage(ctx, key, "ENCRYPT_DECRYPT", operation)
     if chosen not in spec.algorithms.get("ENCRYPT_DECRYPT", ()):
         raise incompatible(chosen, spec)
-    _refuse_context(context)
+    _refuse_context(context, context_member)
     if is_dry_run:
         refuse_dry_run()
     try:

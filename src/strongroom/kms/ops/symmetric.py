@@ -1,6 +1,7 @@
 """Symmetric cryptography: Encrypt, Decrypt, ReEncrypt, GenerateDataKey,
 GenerateDataKeyWithoutPlaintext. AES-GCM runs in the cluster under the key's non-extractable
-material; the blob format is :mod:`strongroom.kms.ciphertext`."""
+material; the blob format is :mod:`strongroom.kms.ciphertext`. Encrypt, Decrypt and ReEncrypt hand
+RSA ENCRYPT_DECRYPT keys (on either side of a ReEncrypt) to :mod:`.asymmetric`."""
 
 from __future__ import annotations
 
@@ -94,6 +95,12 @@ async def _dry_run_decrypt(ctx: Context, blob: bytes, key_id: str | None) -> Non
 
 @kms_operation("ReEncrypt")
 async def re_encrypt(ctx: Context) -> dict[str, Any]:
+    """Decrypt under the source key (kms:ReEncryptFrom), encrypt under the destination (kms:ReEncryptTo).
+
+    Either side may be a symmetric key or an RSA ENCRYPT_DECRYPT key (SourceEncryptionAlgorithm /
+    DestinationEncryptionAlgorithm RSAES_OAEP_*): RSA ciphertext needs SourceKeyId as Decrypt needs
+    KeyId, RSA keys take no encryption context, and the destination's OAEP plaintext limit applies.
+    Key material ids are returned for symmetric sides only, as AWS."""
     p = ctx.params
     blob = p.blob("CiphertextBlob", required=True, max_len=CIPHERTEXT_MAX)
     source_context = encryption_context(p, "SourceEncryptionContext")
@@ -106,24 +113,42 @@ async def re_encrypt(ctx: Context) -> dict[str, Any]:
     is_dry_run = dry_run(p)
     p.check()
     assert blob is not None
-    if source_algorithm is not None and source_algorithm != ALGORITHM:
-        raise InvalidCiphertext("")
     destination = await resolve_key(ctx, destination_key_id, action="kms:ReEncryptTo")
     require_usable(ctx, destination)
-    require_symmetric_encryption(ctx, destination, "ReEncrypt", destination_algorithm)
-    if is_dry_run:
-        await _dry_run_decrypt(ctx, blob, source_key_id)
-    source, plaintext, source_material = await open_blob(ctx, blob, source_context, source_key_id,
-                                                         action="kms:ReEncryptFrom")
-    new_blob, material = await seal(ctx, destination, plaintext, destination_context)
+    rsa_destination: str | None = None  # the OAEP algorithm when the destination is an RSA key
+    if asymmetric.is_rsa_encryption_key(destination):
+        rsa_destination = asymmetric.rsa_re_encrypt_destination(destination, destination_algorithm,
+                                                                 destination_context)
+    else:
+        require_symmetric_encryption(ctx, destination, "ReEncrypt", destination_algorithm)
+    result: dict[str, Any] = {}
+    rsa = await asymmetric.rsa_decrypt(ctx, blob, source_context, source_key_id, source_algorithm, is_dry_run,
+                                       action="kms:ReEncryptFrom", operation="ReEncrypt",
+                                       context_member="SourceEncryptionContext")
+    if rsa is not None:  # an RSA key's ciphertext (raw OAEP)
+        source, plaintext, used_algorithm = rsa
+    else:
+        if source_algorithm is not None and source_algorithm != ALGORITHM:
+            # An RSA algorithm without a SourceKeyId cannot match a symmetric ciphertext.
+            raise InvalidCiphertext("")
+        if is_dry_run:
+            await _dry_run_decrypt(ctx, blob, source_key_id)
+        source, plaintext, source_material = await open_blob(ctx, blob, source_context, source_key_id,
+                                                             action="kms:ReEncryptFrom")
+        used_algorithm = ALGORITHM
+        result["SourceKeyMaterialId"] = source_material.material_id
+    if rsa_destination is not None:
+        new_blob = await asymmetric.rsa_re_encrypt_seal(ctx, destination, plaintext, rsa_destination)
+    else:
+        new_blob, material = await seal(ctx, destination, plaintext, destination_context)
+        result["DestinationKeyMaterialId"] = material.material_id
     return {
         "CiphertextBlob": b64(new_blob),
         "SourceKeyId": ctx.where.key_arn(source.key_id),
         "KeyId": ctx.where.key_arn(destination.key_id),
-        "SourceEncryptionAlgorithm": ALGORITHM,
-        "DestinationEncryptionAlgorithm": ALGORITHM,
-        "SourceKeyMaterialId": source_material.material_id,
-        "DestinationKeyMaterialId": material.material_id,
+        "SourceEncryptionAlgorithm": used_algorithm,
+        "DestinationEncryptionAlgorithm": rsa_destination or ALGORITHM,
+        **result,
     }
 
 
