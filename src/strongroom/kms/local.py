@@ -15,9 +15,7 @@ an access key bound to it.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +25,7 @@ from typing import Any
 
 from strongroom.barrier.seal import write_private_file
 from strongroom.kms.config import ClusterSettings, DeletionSettings, GatewayConfig, ServerSettings
+from strongroom.local.processes import terminate
 
 CONFIG_FILE = "kms.toml"
 PID_FILE = "kms.pid"
@@ -202,31 +201,8 @@ def stop_gateway(root: Path) -> int | None:
     (root / PID_FILE).unlink(missing_ok=True)
     if pid is None:
         return None
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return pid
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return pid
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    terminate(pid, STOP_TIMEOUT)
     return pid
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def gateway_status(root: Path) -> dict[str, Any]:

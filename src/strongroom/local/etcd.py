@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -18,6 +17,8 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from strongroom.local.processes import alive, terminate
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
@@ -79,23 +80,12 @@ def _pid_file(directory: Path, member: Member) -> Path:
     return directory / "etcd" / f"{member.name}.pid"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _running_pid(directory: Path, member: Member) -> int | None:
     try:
         pid = int(_pid_file(directory, member).read_text())
     except (FileNotFoundError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if alive(pid) else None
 
 
 def start(directory: Path) -> list[int]:
@@ -151,12 +141,7 @@ def stop(directory: Path) -> list[dict[str, object]]:
     for member in load(directory):
         pid = _running_pid(directory, member)
         if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+            terminate(pid, 10)
             stopped.append({"id": member.name, "pid": pid})
         _pid_file(directory, member).unlink(missing_ok=True)
     return stopped
