@@ -24,6 +24,8 @@ SEAL_FILE = "cluster.seal"
 KEK_FILE = "seal.key"
 #: Left by hsm.zeroize: the node must not start again until it rejoins a cluster.
 ZEROIZED_FILE = "zeroized"
+#: The node's store high-water mark (see strongroom.node.freshness); it goes with the seal it belongs to.
+FRESHNESS_FILE = "store.freshness"
 CLUSTER_KEY_BYTES = 32
 
 
@@ -132,7 +134,11 @@ def unseal_cluster_key(node_dir: Path) -> tuple[SealedIdentity, bytearray]:
 
 
 def destroy_seal(node_dir: Path) -> None:
-    """Zeroize: overwrite then remove the sealed key and its key-encryption key."""
+    """Zeroize: overwrite then remove the sealed key and its key-encryption key.
+
+    The store high-water mark goes first: a new seal starts a new one.
+    """
+    (node_dir / FRESHNESS_FILE).unlink(missing_ok=True)
     for name in (SEAL_FILE, KEK_FILE):
         path = node_dir / name
         try:

@@ -194,6 +194,8 @@ def cmd_audit_verify(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.audit import verify
 
     paths = [Path(args.file)] if args.file else _audit_logs(args)
+    # The heads first, then the logs: a head is recorded only after its records are on disk.
+    recorded, heads_note = _recorded_audit_heads(args)
     results = []
     for path in paths:
         try:
@@ -205,17 +207,77 @@ def cmd_audit_verify(args: argparse.Namespace, _ctx: Context) -> None:
         if result.first_break is not None:
             brk = result.first_break
             entry["first_break"] = {"line": brk.line, "seq": brk.seq, "reason": brk.reason}
+        elif recorded is not None:
+            entry["head_check"] = _check_audit_head(path, result.last_seq, recorded)
+            if entry["head_check"]["problem"] is not None:
+                entry["ok"] = False
         results.append(entry)
     lines = []
     for entry in results:
-        if entry["ok"]:
-            lines.append(f"{entry['file']}: OK, {entry['records']} records, last seq {entry['last_seq']}")
-        else:
+        check = entry.get("head_check")
+        if "first_break" in entry:
             brk = entry["first_break"]
             lines.append(f"{entry['file']}: BROKEN at line {brk['line']} (seq {brk['seq']}): {brk['reason']}")
-    emit({"logs": results}, as_json=args.json, text="\n".join(lines))
+        elif check is not None and check["problem"] is not None:
+            lines.append(f"{entry['file']}: NOT WHAT ITS NODE RECORDED: {check['problem']}")
+        else:
+            suffix = ""
+            if check is not None and check["recorded_seq"] is not None:
+                suffix = f"; holds the head its node recorded (seq {check['recorded_seq']})"
+            elif check is not None:
+                suffix = "; no head recorded for it yet"
+            lines.append(f"{entry['file']}: OK, {entry['records']} records, last seq {entry['last_seq']}{suffix}")
+    if heads_note:
+        lines.append(heads_note)
+    emit({"logs": results, "heads_checked": recorded is not None, "heads_note": heads_note}, as_json=args.json,
+         text="\n".join(lines))
     if not all(entry["ok"] for entry in results):
         raise SystemExit(1)
+
+
+def _recorded_audit_heads(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]] | None, str | None]:
+    """The audit heads the nodes recorded in the store (by node id), asked of any reachable node.
+
+    (None, why) when the cluster cannot be reached: a cut-off tail cannot be seen offline.
+    """
+    from strongroom.client import ClientProfile
+
+    offline = "truncation of the newest records was NOT checked"
+    directory = getattr(args, "dir", None) or os.environ.get("STRONGROOM_DIR")
+    if not directory:
+        return None, f"no cluster directory given: {offline} (the chains were checked offline)"
+    try:
+        profile = ClientProfile.load(Path(directory))
+    except ProfileError as exc:
+        return None, f"the cluster's client profile cannot be read ({exc}): {offline}"
+    failures = []
+    for node in profile.nodes:
+        try:
+            with Client(profile, node, timeout=10) as client:
+                answer = client.call("audit.heads")
+            return {str(h["node"]): h for h in answer["heads"]}, None
+        except Exception as exc:  # noqa: BLE001 - any node that answers will do; say why none did
+            failures.append(f"{node.node_id}: {getattr(exc, 'message', None) or exc}")
+    return None, f"the cluster could not be reached ({'; '.join(failures) or 'no nodes'}): {offline}"
+
+
+def _check_audit_head(path: Path, last_seq: int | None, recorded: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from strongroom.audit.heads import first_record, head_problem
+    from strongroom.audit.log import RecordFormatError
+
+    try:
+        first = first_record(path)
+    except (OSError, RecordFormatError):
+        first = None
+    node = first.node if first is not None else path.parent.name
+    head = recorded.get(node)
+    if head is None:
+        return {"node": node, "recorded_seq": None, "problem": None}
+    try:
+        problem = head_problem(path, head, last_seq)
+    except OSError as exc:
+        problem = f"cannot be read to compare with its recorded head: {exc}"
+    return {"node": node, "recorded_seq": head["seq"], "recorded_hash": head["hash"], "problem": problem}
 
 
 def _audit_logs(args: argparse.Namespace) -> list[Path]:
@@ -348,7 +410,9 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--password")
 
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_command", required=True)
-    p = add(audit, "verify", cmd_audit_verify, "check audit log hash chains offline (no key needed)")
+    p = add(audit, "verify", cmd_audit_verify,
+            "check audit log hash chains offline (no key needed) and, when the cluster answers, that no log "
+            "lost its newest records (each node records its log's head in the store)")
     p.add_argument("--file", help="one audit log file (default: every node's log under --dir)")
 
     from strongroom.cli import hsm, keys, kms, pkcs11

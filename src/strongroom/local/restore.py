@@ -40,8 +40,8 @@ from strongroom.recovery import PlainShare, RecoveryError, combine_shares
 from strongroom.store.base import MAX_COMMIT_OPERATIONS, Put, Record
 
 META_KEY = "cluster/meta"
-#: Not restored: each new node registers itself.
-SKIPPED_PREFIXES = ("nodes/",)
+#: Not restored: each new node registers itself and records the head of its own (new) audit log.
+SKIPPED_PREFIXES = ("nodes/", "audit/heads/")
 MAX_BACKUP_BYTES = 1 << 30
 
 

@@ -20,7 +20,7 @@ from strongroom.audit import AuditLog
 from strongroom.barrier.seal import startup_refusal
 from strongroom.dispatch import ops  # noqa: F401  (registers every operation)
 from strongroom.errors import HsmError
-from strongroom.node import backups, selftest
+from strongroom.node import backups, freshness, registry, selftest
 from strongroom.node.config import NodeConfig
 from strongroom.node.hardening import harden_process
 from strongroom.node.services import NodeServices
@@ -74,12 +74,16 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: selftest.Self
             os.kill(os.getppid(), signal.SIGTERM)  # the supervisor stops the sibling workers
 
     services.shutdown = shutdown
+    fresh = freshness.Freshness(services, advance=index == 0)  # store rollback and audit head checks
     if services.error is None:
         try:
             services.try_unseal()
         except HsmError as exc:
             log.error("%s", exc.message)
-        await services.register_node()
+        if await fresh.check():
+            await services.register_node()
+            if index == 0:
+                await fresh.publish_audit_head()
     listener = NodeListener(
         services.handle,
         admit=services.admit_connection,
@@ -88,7 +92,8 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: selftest.Self
         max_connections=config.limits.max_connections,
     )
     await listener.start(sock, server_context(config.tls_cert, config.tls_key, config.ca_cert))
-    tasks = [asyncio.create_task(services.watch_users()), asyncio.create_task(services.reap_sessions())]
+    tasks = [asyncio.create_task(services.watch_users()), asyncio.create_task(services.reap_sessions()),
+             asyncio.create_task(fresh.run(registry.HEARTBEAT_SECONDS))]
     if index == 0:
         # One worker per node keeps the heartbeat and looks after automatic backups.
         tasks.append(asyncio.create_task(services.heartbeat()))
@@ -102,6 +107,8 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: selftest.Self
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    if index == 0:
+        await fresh.publish_audit_head()  # clean shutdown: the head as it is now
     await services.stop_background()
     await listener.close()
     await store.close()

@@ -94,6 +94,8 @@ class NodeServices:
         # node (encrypted to that node's ephemeral key). Set in install_cluster_key, wiped in
         # forget_cluster_key; nothing else may read it.
         self.cluster_key: bytearray | None = None
+        #: HMAC key of this node's store high-water mark (node/freshness.py), derived from the cluster key.
+        self.freshness_key: bytes | None = None
         self.login_throttle = LoginThrottle(config.limits.admin_login_failures_per_source,
                                             config.limits.admin_login_backoff_seconds)
         #: Set by the worker: stops this node (every worker) after the current replies went out.
@@ -105,6 +107,9 @@ class NodeServices:
 
     def install_cluster_key(self, cluster_id: str, key: bytearray) -> None:
         self.barrier = Barrier(self.store, key)
+        from strongroom.node.freshness import derive_key
+
+        self.freshness_key = derive_key(key, cluster_id, self.config.node_id)
         self._wipe_cluster_key()  # hsm join
         self.cluster_key = bytearray(key)  # hsm join: see __init__
         key[:] = bytes(len(key))  # the AEAD object keeps its own copy; wipe ours
@@ -124,6 +129,7 @@ class NodeServices:
         """Drop the cluster key from memory and destroy this node's sealed copy (zeroize)."""
         destroy_seal(self.config.node_dir)
         self._wipe_cluster_key()  # hsm join
+        self.freshness_key = None
         for task in self._background:
             task.cancel()
         self._background.clear()

@@ -4,6 +4,7 @@ Importing this package registers every operation in :data:`strongroom.dispatch.t
 """
 
 from strongroom.dispatch.ops import (  # noqa: F401
+    audit,
     backup,
     cluster,
     crypto,

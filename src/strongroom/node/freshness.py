@@ -1,0 +1,283 @@
+"""Store freshness: make putting back an older copy of the *whole* store evident.
+
+The barrier binds each record to its key and per-key version, so one record put
+back at an older version fails to open. A whole older store (an old SQLite file,
+an etcd snapshot) is consistent, though: every record in it authenticates. Two
+things that only move forward catch it:
+
+* the store's **revision** (every write makes a new one; etcd never goes back,
+  compaction does not lower it), which is not authenticated: whoever writes to
+  the store directly can push it up with junk writes, so also
+* the **epoch record** ``cluster/epoch``, written through the barrier: its
+  per-key version is bound into its AAD, so nobody without the cluster key can
+  make an older copy claim a newer version. One worker of each node advances it
+  every heartbeat.
+
+Each node keeps the highest (revision, epoch version) it has seen in
+``store.freshness`` in its directory, authenticated with HMAC-SHA256 under a key
+derived (HKDF) from the cluster key, binding the cluster id, the node id and the
+seal it belongs to. At start and every heartbeat each worker reads that file
+*first*, then the store: every value in the file was seen in the store before, so
+a linearizable store can only show as much or more. Less means the store went
+back: the worker enters its error state and audits it.
+
+No false alarm on: a restart (the file stays, the store moved on), a node stopped
+for a while, several workers (the file is only ever raised, under a lock, and
+replaced atomically), a node zeroized and added again or a restored cluster (a
+new seal, whose nonce the file is bound to, starts a new mark).
+
+Limits: a rollback to a copy taken less than one heartbeat before the node last
+checked *and* padded with junk writes is not seen; someone who can write to the
+node's directory can delete the file (they can read the sealed key too: see the
+trust model). Replaying one record that was deleted and created again (its
+version restarts at 1) is not detected: that needs an authenticated index of
+every key, a shared record each write would have to update.
+
+This module also records the node's audit head (:mod:`strongroom.audit.heads`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from strongroom.audit import AuditLog, AuditWriteError
+from strongroom.audit import heads as audit_heads
+from strongroom.barrier import RecordTampered, Write
+from strongroom.barrier.seal import FRESHNESS_FILE, SEAL_FILE
+from strongroom.store.base import ConflictError
+
+log = logging.getLogger(__name__)
+
+EPOCH_KEY = "cluster/epoch"
+FORMAT = 1
+LOCK_FILE = FRESHNESS_FILE + ".lock"
+_INFO = b"strongroom/store-freshness/v1\0"
+
+
+class FreshnessError(Exception):
+    """The high-water mark file is damaged or fails authentication."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    revision: int = 0
+    epoch: int = 0
+
+
+def derive_key(cluster_key: bytes | bytearray, cluster_id: str, node_id: str) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=_INFO + cluster_id.encode() + b"\0" + node_id.encode()).derive(bytes(cluster_key))
+
+
+def seal_id(node_dir: Path) -> str | None:
+    """What names this node's current seal (its nonce): a new seal starts a new high-water mark."""
+    try:
+        return str(json.loads((node_dir / SEAL_FILE).read_bytes())["nonce"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class HighWaterMark:
+    """``store.freshness``: the highest revision and epoch this node saw, only ever raised."""
+
+    def __init__(self, node_dir: Path, key: bytes, cluster_id: str, node_id: str, seal: str) -> None:
+        self.path = node_dir / FRESHNESS_FILE
+        self._lock_path = node_dir / LOCK_FILE
+        self._key = key
+        self._bound = {"cluster_id": cluster_id, "node_id": node_id, "seal": seal}
+
+    def _mac(self, body: dict[str, Any]) -> str:
+        data = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        return hmac.new(self._key, data, hashlib.sha256).hexdigest()
+
+    def load(self) -> Mark | None:
+        """The mark, or None when there is none for this seal yet. Raises FreshnessError if tampered."""
+        try:
+            document = json.loads(self.path.read_bytes())
+            body = {k: document[k] for k in ("format", "cluster_id", "node_id", "seal", "revision", "epoch")}
+            mac = str(document["mac"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FreshnessError(f"{self.path} is damaged ({exc.__class__.__name__})") from None
+        if any(body[k] != v for k, v in self._bound.items()):
+            # Left from an earlier seal of this node (zeroized and added again): not this key's mark.
+            log.warning("%s belongs to another seal of this node; starting a new high-water mark", self.path)
+            return None
+        if body["format"] != FORMAT or not hmac.compare_digest(mac, self._mac(body)):
+            raise FreshnessError(f"{self.path} failed authentication (altered?)")
+        if not all(isinstance(body[k], int) and not isinstance(body[k], bool) for k in ("revision", "epoch")):
+            raise FreshnessError(f"{self.path} is damaged")
+        return Mark(body["revision"], body["epoch"])
+
+    def raise_to(self, seen: Mark) -> Mark:
+        """Record ``seen`` unless the file already holds more (several workers write it)."""
+        from strongroom.barrier.seal import write_private_file
+
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            current = self.load() or Mark()
+            new = Mark(max(current.revision, seen.revision), max(current.epoch, seen.epoch))
+            if new != current or not self.path.exists():
+                body = dict(self._bound, format=FORMAT, revision=new.revision, epoch=new.epoch)
+                document = dict(body, mac=self._mac(body))
+                write_private_file(self.path, json.dumps(document, sort_keys=True).encode())
+            return new
+        finally:
+            os.close(fd)
+
+
+def rollback_message(seen: Mark, revision: int, epoch: int) -> str | None:
+    """Why the store (at ``revision``, epoch record version ``epoch``) is older than ``seen``, or None."""
+    if revision < seen.revision:
+        where = f"revision {revision} < {seen.revision}"
+    elif epoch < seen.epoch:
+        where = f"epoch {epoch} < {seen.epoch}"
+    else:
+        return None
+    return f"the store is older than this node has seen ({where}): rolled back? refusing to serve"
+
+
+class Freshness:
+    """One worker's checks: store freshness (every worker) and, on one worker, the audit head."""
+
+    def __init__(self, services: Any, *, advance: bool) -> None:
+        self.services = services
+        self.advance = advance  # this worker advances the epoch and records the audit head
+        self._published: tuple[int, str] | None = None
+        self._first: str | None = None
+        self._head_problem: str | None = None
+
+    def _mark(self) -> HighWaterMark | None:
+        services = self.services
+        key = getattr(services, "freshness_key", None)
+        seal = seal_id(services.config.node_dir)
+        if key is None or seal is None or services.cluster_id is None:
+            return None
+        return HighWaterMark(services.config.node_dir, key, services.cluster_id, services.config.node_id, seal)
+
+    async def _fail(self, message: str, details: dict[str, Any]) -> None:
+        services = self.services
+        if services.error is not None:
+            return
+        services.error = message
+        log.error("%s", message)
+        try:
+            await services.audit("store.rollback", actor=None, outcome="CKR_DEVICE_ERROR",
+                                 details=dict(details, error=message))
+        except Exception:  # noqa: BLE001 - the error state holds whether or not the log takes it
+            log.exception("could not audit the store rollback")
+
+    async def check(self) -> bool:
+        """Compare the store with this node's high-water mark; False when it went back (error state)."""
+        services = self.services
+        if services.error is not None or not services.has_cluster_key():
+            return services.error is None
+        mark = self._mark()
+        if mark is None:
+            return True
+        try:
+            seen = await asyncio.to_thread(mark.load)  # first the file, then the store (see the module doc)
+        except FreshnessError as exc:
+            await self._fail(f"tamper response: {exc}; refusing to serve", {"file": str(mark.path)})
+            return False
+        barrier = services.barrier
+        try:
+            revision = await services.store.revision()
+            epoch_entry = await barrier.get(EPOCH_KEY)
+        except RecordTampered as exc:
+            await self._fail(exc.message, {"key": exc.key})
+            return False
+        except Exception as exc:  # noqa: BLE001 - an unreachable store is not a rollback; try again later
+            log.warning("store freshness not checked: %s", exc)
+            return True
+        epoch = 0 if epoch_entry is None else epoch_entry.record.version
+        if seen is not None:
+            problem = rollback_message(seen, revision, epoch)
+            if problem is not None:
+                await self._fail(problem, {"revision": revision, "seen_revision": seen.revision, "epoch": epoch,
+                                           "seen_epoch": seen.epoch})
+                return False
+        else:
+            log.info("store freshness: starting the high-water mark at revision %d, epoch %d", revision, epoch)
+        if self.advance:
+            try:
+                if epoch_entry is not None or await barrier.get("cluster/meta") is not None:
+                    value = {"node": services.config.node_id, "time": time.time()}
+                    revision = await barrier.commit([Write(EPOCH_KEY, value, epoch_entry)])
+                    epoch += 1
+            except ConflictError:
+                pass  # another node advanced it meanwhile
+            except Exception as exc:  # noqa: BLE001 - the next heartbeat tries again
+                log.debug("epoch not advanced: %s", exc)
+        await asyncio.to_thread(mark.raise_to, Mark(revision, epoch))
+        return True
+
+    async def publish_audit_head(self) -> None:
+        """Record this node's audit head in the store (``audit/heads/<node id>``), never lowering it."""
+        services = self.services
+        if services.error is not None or not services.has_cluster_key():
+            return
+        config = services.config
+        try:
+            head = await asyncio.to_thread(AuditLog(config.audit_path, node_id=config.node_id,
+                                                    boot=services.boot).head)
+            if head is None or self._published == (head.seq, head.hash):
+                return
+            if self._first is None:
+                first = await asyncio.to_thread(audit_heads.first_record, config.audit_path)
+                if first is None:
+                    return
+                self._first = first.hash
+            key = audit_heads.head_key(config.node_id)
+            entry = await services.barrier.get(key)
+            if entry is not None:
+                # Whoever recorded it (this process, an earlier boot), the log must still hold it.
+                problem = await asyncio.to_thread(audit_heads.head_problem, config.audit_path, entry.value, head.seq)
+                if problem is not None:
+                    if problem != self._head_problem:
+                        self._head_problem = problem
+                        message = f"the audit log {config.audit_path} {problem}; keeping the recorded head"
+                        log.error("%s", message)
+                        await services.audit("audit.head_mismatch", actor=None, outcome="CKR_DEVICE_ERROR",
+                                             details={"recorded_seq": entry.value.get("seq"), "problem": problem})
+                    return  # never overwrite the evidence
+                if int(entry.value.get("seq", 0)) >= head.seq:
+                    self._published = (int(entry.value["seq"]), str(entry.value["hash"]))
+                    return
+            value = audit_heads.head_value(config.node_id, head, self._first)
+            await services.barrier.commit([Write(key, value, entry)])
+            self._published = (head.seq, head.hash)
+        except ConflictError:
+            pass
+        except (AuditWriteError, OSError) as exc:
+            log.warning("audit head not recorded: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - the next period tries again
+            log.warning("audit head not recorded: %s", exc)
+
+    async def run(self, period: float) -> None:
+        """Background task: check every ``period`` seconds (and record the audit head on one worker)."""
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.check()
+                if self.advance:
+                    await self.publish_audit_head()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the checks must outlive surprises
+                log.exception("store freshness check failed")
