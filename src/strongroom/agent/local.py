@@ -10,8 +10,6 @@ For :mod:`strongroom.local.cluster` (``up`` / ``down`` / ``status``)::
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from strongroom.agent.config import AGENT_SOCKET_FILE, write_for_local_cluster
+from strongroom.local.processes import terminate
 
 PID_FILE = "agent.pid"
 LOG_FILE = "agent.log"
@@ -100,33 +99,9 @@ def stop_agent(directory: Path) -> int | None:
     (directory / PID_FILE).unlink(missing_ok=True)
     if pid is None:
         return None
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return pid
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return pid
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    terminate(pid, STOP_TIMEOUT)
     socket_path(directory).unlink(missing_ok=True)
     return pid
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-    except ChildProcessError:
-        pass
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1]
-    except (FileNotFoundError, IndexError, OSError):
-        return False
-    return state != "Z"
 
 
 def agent_status(directory: Path) -> dict[str, Any]:
