@@ -7,10 +7,12 @@ module runs; the deletion test starts a second gateway with a short day.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +20,13 @@ from typing import Any
 
 import pytest
 
-boto3 = pytest.importorskip("boto3")
-from botocore.config import Config  # noqa: E402
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
 
-from strongroom.kms.local import start_gateway, stop_gateway  # noqa: E402
-from tests.integration.conftest import LocalCluster  # noqa: E402
+from strongroom.kms.config import GatewayConfig
+from strongroom.kms.local import _free_port, start_gateway, stop_gateway
+from tests.integration.conftest import LocalCluster
 
 REGION = "us-east-1"
 ACCOUNT = "111122223333"
@@ -93,3 +97,44 @@ def error_of(excinfo: Any) -> tuple[str, str]:
     """(code, message) of a botocore ClientError."""
     error = excinfo.value.response["Error"]
     return error["Code"], error.get("Message", "")
+
+
+@contextlib.contextmanager
+def short_day_gateway(kms: KmsEnv, name: str, day_seconds: float, check_seconds: float = 0.2) -> Iterator[KmsEnv]:
+    """A second gateway process on the same cluster whose deletion and rotation "day" lasts ``day_seconds``."""
+    root = kms.cluster.dir
+    config = GatewayConfig.load(root / "kms.toml")
+    config.kms.port = _free_port()
+    config.deletion.day_seconds = day_seconds
+    config.deletion.check_seconds = check_seconds
+    config.write(root / f"{name}.toml")
+    with open(root / f"{name}.log", "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "strongroom", "kms", "serve", "--config",
+                                    str(root / f"{name}.toml")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        fast = KmsEnv(kms.cluster, dict(kms.info, kms_endpoint=f"http://127.0.0.1:{config.kms.port}"))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                fast.client().list_keys(Limit=1)
+                break
+            except Exception:
+                assert time.monotonic() < deadline and process.poll() is None, "the second gateway did not start"
+                time.sleep(0.1)
+        yield fast
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def wait_deleted(client: Any, key_id: str, timeout: float = 20) -> None:
+    """Until DescribeKey answers NotFoundException (and nothing else)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.describe_key(KeyId=key_id)
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == "NotFoundException"
+            return
+        assert time.monotonic() < deadline, "the key was not deleted"
+        time.sleep(0.2)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -15,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from strongroom.client import Client
-from tests.integration.kms.conftest import ACCOUNT, REGION, KmsEnv, error_of
+from tests.integration.kms.conftest import ACCOUNT, REGION, KmsEnv, error_of, short_day_gateway, wait_deleted
 
 pytestmark = pytest.mark.slow
 
@@ -308,47 +306,19 @@ def test_schedule_window_bounds(client: Any, kms: KmsEnv) -> None:
 
 def test_deletion_really_happens(kms: KmsEnv, client: Any) -> None:
     """A second gateway on the same cluster with a 0.1-second "day" deletes what it scheduled."""
-    from strongroom.kms.config import GatewayConfig
-    from strongroom.kms.local import _free_port
+    from strongroom.constants import CKA
 
     root = kms.cluster.dir
-    config = GatewayConfig.load(root / "kms.toml")
-    config.kms.port = _free_port()
-    config.deletion.day_seconds = 0.1
-    config.deletion.check_seconds = 0.2
-    config.write(root / "kms-fast.toml")
-    log = open(root / "kms-fast.log", "ab")
-    process = subprocess.Popen([sys.executable, "-m", "strongroom", "kms", "serve", "--config",
-                                str(root / "kms-fast.toml")], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        fast_endpoint = f"http://127.0.0.1:{config.kms.port}"
-        fast = KmsEnv(kms.cluster, dict(kms.info, kms_endpoint=fast_endpoint))
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                fast_client = fast.client()
-                fast_client.list_keys(Limit=1)
-                break
-            except Exception:
-                assert time.monotonic() < deadline and process.poll() is None, "the second gateway did not start"
-                time.sleep(0.1)
+    with short_day_gateway(kms, "kms-fast", day_seconds=0.1) as fast:
+        fast_client = fast.client()
         meta = new_key(fast_client)
         key_id = meta["KeyId"]
         fast_client.create_alias(AliasName="alias/doomed", TargetKeyId=key_id)
         blob = fast_client.encrypt(KeyId=key_id, Plaintext=b"gone soon")["CiphertextBlob"]
         fast_client.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.describe_key(KeyId=key_id)
-            except ClientError as exc:
-                assert exc.response["Error"]["Code"] == "NotFoundException"
-                break
-            assert time.monotonic() < deadline, "the key was not deleted"
-            time.sleep(0.2)
+        wait_deleted(client, key_id)
         # The cluster object is destroyed by the same sweep, just after the record disappears.
-        from strongroom.constants import CKA
-
+        deadline = time.monotonic() + 20
         password = (root / "kms" / "kmsuser.password").read_text().strip()
         with Client.from_dir(root) as hsm:
             hsm.login("kmsuser", password)
@@ -356,10 +326,6 @@ def test_deletion_really_happens(kms: KmsEnv, client: Any) -> None:
                 assert time.monotonic() < deadline, "the key's cluster object was not destroyed"
                 time.sleep(0.2)
             hsm.logout()
-    finally:
-        process.terminate()
-        process.wait(10)
-        log.close()
     expect("NotFoundException", client.describe_key, KeyId=key_id, message=f"Key '{kms.arn(key_id)}' does not exist")
     expect("NotFoundException", client.describe_key, KeyId="alias/doomed")
     expect("InvalidCiphertextException", client.decrypt, CiphertextBlob=blob)
@@ -510,7 +476,7 @@ def test_aws_cli(kms: KmsEnv, tmp_path: Any) -> None:
 
 
 def test_aws_encryption_sdk(kms: KmsEnv, client: Any, monkeypatch: Any) -> None:
-    esdk = pytest.importorskip("aws_encryption_sdk")
+    import aws_encryption_sdk as esdk
     arn = new_key(client)["Arn"]
     monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", kms.endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", kms.access_key_id)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +16,7 @@ import pytest
 from botocore.exceptions import ClientError, ParamValidationError
 
 from strongroom.client import Client
-from strongroom.kms.config import GatewayConfig
-from strongroom.kms.local import _free_port
-from tests.integration.kms.conftest import ACCOUNT, KmsEnv, error_of
+from tests.integration.kms.conftest import ACCOUNT, KmsEnv, error_of, short_day_gateway, wait_deleted
 
 pytestmark = pytest.mark.slow
 MAIN = f"arn:aws:iam::{ACCOUNT}:user/local-full-access"
@@ -408,27 +404,8 @@ def test_grant_constraints_and_grants_that_create_grants(kms: KmsEnv, client: An
 
 
 def test_automatic_rotation_fires_and_deletion_destroys_every_version(kms: KmsEnv) -> None:
-    root = kms.cluster.dir
-    config = GatewayConfig.load(root / "kms.toml")
-    config.kms.port = _free_port()
-    config.deletion.day_seconds = 0.01  # 90 days = 0.9 s
-    config.deletion.check_seconds = 0.2
-    config.write(root / "kms-rotation.toml")
-    log = open(root / "kms-rotation.log", "ab")
-    process = subprocess.Popen([sys.executable, "-m", "strongroom", "kms", "serve", "--config",
-                                str(root / "kms-rotation.toml")], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        fast = KmsEnv(kms.cluster, dict(kms.info, kms_endpoint=f"http://127.0.0.1:{config.kms.port}"))
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client = fast.client()
-                client.list_keys(Limit=1)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    with short_day_gateway(kms, "kms-rotation", day_seconds=0.01) as fast:  # 90 days = 0.9 s
+        client = fast.client()
         key_id = client.create_key()["KeyMetadata"]["KeyId"]
         old = client.encrypt(KeyId=key_id, Plaintext=b"old")["CiphertextBlob"]
         client.enable_key_rotation(KeyId=key_id, RotationPeriodInDays=90)
@@ -449,15 +426,7 @@ def test_automatic_rotation_fires_and_deletion_destroys_every_version(kms: KmsEn
                                        Operations=["Decrypt"])["GrantId"]
         assert grant_id in [g["GrantId"] for g in client.list_retirable_grants(RetiringPrincipal=MAIN)["Grants"]]
         client.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.describe_key(KeyId=key_id)
-            except ClientError as exc:
-                assert exc.response["Error"]["Code"] == "NotFoundException"
-                break
-            assert time.monotonic() < deadline, "the key was not deleted"
-            time.sleep(0.2)
+        wait_deleted(client, key_id)
         # The key is invisible from its tombstone on; its objects and grants follow in the same sweep.
         deadline = time.monotonic() + 10
         while labels(kms, key_id) or grant_id in [
@@ -465,7 +434,3 @@ def test_automatic_rotation_fires_and_deletion_destroys_every_version(kms: KmsEn
             assert time.monotonic() < deadline, "the key's objects or grants were left behind"
             time.sleep(0.2)
         expect("InvalidCiphertextException", client.decrypt, CiphertextBlob=old)
-    finally:
-        process.terminate()
-        process.wait(10)
-        log.close()
