@@ -215,16 +215,21 @@ def test_no_false_alarm_on_restart_pause_and_sibling_workers(tmp_path: Path) -> 
     asyncio.run(main())
 
 
+async def seen_then_copied(tmp_path: Path, node_dir: Path, db: Path) -> None:
+    """A store the node has checked once, copied aside to tmp_path/old (what an operator could put back)."""
+    store = await initialized_store(db)
+    await Freshness(FakeServices(node_dir, store), advance=True).check()
+    await store.close()
+    copy_store(db, tmp_path / "old")
+
+
 def test_an_older_copy_of_the_whole_store_is_refused_and_audited(tmp_path: Path) -> None:
     node_dir = make_node_dir(tmp_path / "nodes")
     db = tmp_path / "store" / "strongroom.db"
     db.parent.mkdir()
 
     async def main() -> None:
-        store = await initialized_store(db)
-        await Freshness(FakeServices(node_dir, store), advance=True).check()
-        await store.close()
-        copy_store(db, tmp_path / "old")
+        await seen_then_copied(tmp_path, node_dir, db)
 
         store = await initialized_store(db)
         await write_some(store, 4)
@@ -254,10 +259,7 @@ def test_a_rollback_padded_with_junk_writes_is_caught_by_the_epoch(tmp_path: Pat
     db.parent.mkdir()
 
     async def main() -> None:
-        store = await initialized_store(db)
-        await Freshness(FakeServices(node_dir, store), advance=True).check()
-        await store.close()
-        copy_store(db, tmp_path / "old")
+        await seen_then_copied(tmp_path, node_dir, db)
         store = await initialized_store(db)
         for _ in range(3):
             await Freshness(FakeServices(node_dir, store), advance=True).check()

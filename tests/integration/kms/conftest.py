@@ -25,7 +25,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from strongroom.kms.config import GatewayConfig
-from strongroom.kms.local import _free_port, start_gateway, stop_gateway
+from strongroom.kms.local import _free_port, setup, start_gateway, stop_gateway, write_config
 from tests.integration.conftest import LocalCluster
 
 REGION = "us-east-1"
@@ -138,3 +138,39 @@ def wait_deleted(client: Any, key_id: str, timeout: float = 20) -> None:
             return
         assert time.monotonic() < deadline, "the key was not deleted"
         time.sleep(0.2)
+
+
+#: The gateway's own service user when a custom key store is under test: the store logs in as `kmsuser`.
+KEY_STORE_GATEWAY_USER = "kmsgateway"
+
+
+@contextlib.contextmanager
+def key_store_cluster(directory: Path, kmsuser_password: str, **config: Any) -> Iterator[KmsEnv]:
+    """A cluster whose gateway runs as KEY_STORE_GATEWAY_USER, with a `kmsuser` crypto user made by an admin."""
+    cluster = LocalCluster(directory)
+    cluster.up()
+    try:
+        setup(cluster.dir, service_user=KEY_STORE_GATEWAY_USER)
+        gateway_config = write_config(cluster.dir, **config)
+        gateway_config.cluster.username = KEY_STORE_GATEWAY_USER
+        gateway_config.write(cluster.dir / "kms.toml")
+        admin = cluster.admin()
+        admin.user_create("kmsuser", "crypto-user", kmsuser_password)
+        admin.logout()
+        yield KmsEnv(cluster, start_gateway(cluster.dir))
+    finally:
+        stop_gateway(cluster.dir)
+        cluster.down()
+
+
+def stop_nodes_and_agent(cluster: LocalCluster) -> None:
+    """Everything of the cluster but the gateway (`down` would stop the gateway too)."""
+    from strongroom.agent.local import stop_agent
+    from strongroom.local.cluster import Layout, _read_pid, _stop_group
+
+    layout = Layout(cluster.dir)
+    stop_agent(layout.root)
+    for node_id in layout.node_ids():
+        pid = _read_pid(layout.node_pid(node_id))
+        if pid is not None:
+            _stop_group(pid)

@@ -20,32 +20,18 @@ from botocore.exceptions import ClientError
 from strongroom import pki
 from strongroom.client import ClientError as SdkError
 from strongroom.constants import CKA
-from strongroom.kms.local import setup, start_gateway, stop_gateway, write_config
-from tests.integration.conftest import LocalCluster
-from tests.integration.kms.conftest import KmsEnv, error_of
+from strongroom.kms.local import start_gateway, stop_gateway
+from tests.integration.kms.conftest import KEY_STORE_GATEWAY_USER, KmsEnv, error_of, key_store_cluster
 
 pytestmark = pytest.mark.slow
 
 KMSUSER_PASSWORD = "kms-user-pass-1"
-GATEWAY_USER = "kmsgateway"
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KmsEnv]:
-    cluster = LocalCluster(tmp_path_factory.mktemp("cks") / "cluster")
-    cluster.up()
-    try:
-        setup(cluster.dir, service_user=GATEWAY_USER)
-        config = write_config(cluster.dir, day_seconds=0.05, check_seconds=0.5)
-        config.cluster.username = GATEWAY_USER
-        config.write(cluster.dir / "kms.toml")
-        admin = cluster.admin()
-        admin.user_create("kmsuser", "crypto-user", KMSUSER_PASSWORD)
-        admin.logout()
-        yield KmsEnv(cluster, start_gateway(cluster.dir))
-    finally:
-        stop_gateway(cluster.dir)
-        cluster.down()
+    with key_store_cluster(tmp_path_factory.mktemp("cks") / "cluster", KMSUSER_PASSWORD, day_seconds=0.05, check_seconds=0.5) as kms_env:
+        yield kms_env
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +178,7 @@ def test_lifecycle_keys_and_connection_states(env: KmsEnv, kms: Any) -> None:
     assert attributes == {CKA.SENSITIVE: True, CKA.EXTRACTABLE: False, CKA.TOKEN: True}
     owner.logout()
     service = env.cluster.client()
-    service.login(GATEWAY_USER, (env.cluster.dir / "kms" / "kmsuser.password").read_text().strip())
+    service.login(KEY_STORE_GATEWAY_USER, (env.cluster.dir / "kms" / "kmsuser.password").read_text().strip())
     assert service.find_objects({CKA.LABEL: f"kms/{key_id}/1".encode()}) == []
     service.logout()
 

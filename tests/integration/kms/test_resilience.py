@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from strongroom import pki
 from strongroom.kms.config import GatewayConfig
 from strongroom.kms.local import _free_port, gateway_status, start_gateway, stop_gateway
-from tests.integration.kms.conftest import KmsEnv
+from tests.integration.kms.conftest import KmsEnv, stop_nodes_and_agent
 
 pytestmark = pytest.mark.slow
 
@@ -23,16 +23,7 @@ def test_node_restart_is_survived_without_a_gateway_restart(kms: KmsEnv) -> None
     key_id = client.create_key()["KeyMetadata"]["KeyId"]
     blob = client.encrypt(KeyId=key_id, Plaintext=b"before")["CiphertextBlob"]
     gateway_pid = kms.info["kms_pid"]
-    # Stop the node(s) and the agent, not the gateway (`down` would stop the gateway too).
-    from strongroom.agent.local import stop_agent
-    from strongroom.local.cluster import Layout, _read_pid, _stop_group
-
-    layout = Layout(kms.cluster.dir)
-    stop_agent(layout.root)
-    for node_id in layout.node_ids():
-        pid = _read_pid(layout.node_pid(node_id))
-        if pid is not None:
-            _stop_group(pid)
+    stop_nodes_and_agent(kms.cluster)  # not the gateway
     try:
         with pytest.raises(ClientError) as caught:
             client.list_keys()

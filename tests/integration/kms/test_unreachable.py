@@ -13,45 +13,17 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from strongroom.kms.local import setup, start_gateway, stop_gateway, write_config
-from tests.integration.conftest import LocalCluster
-from tests.integration.kms.conftest import KmsEnv, error_of
+from tests.integration.kms.conftest import KmsEnv, error_of, key_store_cluster, stop_nodes_and_agent
 
 pytestmark = pytest.mark.slow
 
 KMSUSER_PASSWORD = "kms-user-pass-7"
-GATEWAY_USER = "kmsgateway"
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KmsEnv]:
-    cluster = LocalCluster(tmp_path_factory.mktemp("unreachable") / "cluster")
-    cluster.up()
-    try:
-        setup(cluster.dir, service_user=GATEWAY_USER)
-        config = write_config(cluster.dir)
-        config.cluster.username = GATEWAY_USER
-        config.write(cluster.dir / "kms.toml")
-        admin = cluster.admin()
-        admin.user_create("kmsuser", "crypto-user", KMSUSER_PASSWORD)
-        admin.logout()
-        yield KmsEnv(cluster, start_gateway(cluster.dir))
-    finally:
-        stop_gateway(cluster.dir)
-        cluster.down()
-
-
-def stop_nodes_and_agent(cluster: LocalCluster) -> None:
-    """Everything of the cluster but the gateway (`down` would stop the gateway too)."""
-    from strongroom.agent.local import stop_agent
-    from strongroom.local.cluster import Layout, _read_pid, _stop_group
-
-    layout = Layout(cluster.dir)
-    stop_agent(layout.root)
-    for node_id in layout.node_ids():
-        pid = _read_pid(layout.node_pid(node_id))
-        if pid is not None:
-            _stop_group(pid)
+    with key_store_cluster(tmp_path_factory.mktemp("unreachable") / "cluster", KMSUSER_PASSWORD) as kms_env:
+        yield kms_env
 
 
 def error(call: Any, **kwargs: Any) -> tuple[str, str, int]:
