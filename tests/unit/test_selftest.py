@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import strongroom
-from strongroom.node import hardening, selftest
-from strongroom.node.hardening import harden_process, wipe
+from strongroom import hardening
+from strongroom.node import selftest
+from strongroom.hardening import harden_process, wipe
 from strongroom.node.selftest import (
     INJECTED_FAILURE,
     SelfTestError,
@@ -259,7 +260,7 @@ def test_selftest_module_does_not_import_the_vectors_package() -> None:
 _HARDEN_PROBE = textwrap.dedent(
     """
     import ctypes, json, os, resource
-    from strongroom.node.hardening import get_dumpable, harden_process
+    from strongroom.hardening import get_dumpable, harden_process
 
     before = get_dumpable()
     report = harden_process()
@@ -306,7 +307,7 @@ def test_harden_process_reports_rather_than_raises_without_prctl(monkeypatch: py
         """
         import json, sys
         sys.platform = "darwin"
-        from strongroom.node import hardening
+        from strongroom import hardening
         report = hardening.harden_process()
         step = report.step(hardening.STEP_NOT_DUMPABLE)
         print(json.dumps({"ok": report.ok, "step_ok": step.ok, "detail": step.detail,

@@ -25,7 +25,9 @@ from typing import Any
 
 import msgpack
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from strongroom.errors import CKR, HsmError
 from strongroom.store.base import Check, Delete, Put, Record, Store
@@ -84,6 +86,16 @@ class Unchanged:
 
 
 Change = Write | Remove | Unchanged
+
+
+#: HKDF purposes of keys derived from the cluster key (one per use; never reuse the cluster key itself).
+STORE_INTEGRITY_PURPOSE = "store-integrity"
+
+
+def derive_subkey(cluster_key: bytes | bytearray, purpose: str, cluster_id: str) -> bytes:
+    """A 32-byte key for one ``purpose``, derived from the cluster key (HKDF-SHA256)."""
+    info = b"strongroom/subkey/v1\0" + purpose.encode() + b"\0" + cluster_id.encode()
+    return HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(bytes(cluster_key))
 
 
 def _aad(key: str, version: int) -> bytes:

@@ -22,7 +22,7 @@ from strongroom.dispatch import ops  # noqa: F401  (registers every operation)
 from strongroom.errors import HsmError
 from strongroom.node import backups, freshness, registry, selftest
 from strongroom.node.config import NodeConfig
-from strongroom.node.hardening import harden_process
+from strongroom.hardening import harden_process
 from strongroom.node.services import NodeServices
 from strongroom.transport.server import NodeListener
 from strongroom.transport.tls import server_context

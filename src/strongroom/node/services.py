@@ -21,6 +21,7 @@ from strongroom.auth.sessions import Session, SessionTable
 from strongroom.auth.users import PREFIX as USERS_PREFIX
 from strongroom.auth.users import UserDirectory
 from strongroom.barrier import Barrier
+from strongroom.barrier.barrier import STORE_INTEGRITY_PURPOSE, derive_subkey
 from strongroom.auth.throttle import LoginThrottle
 from strongroom.barrier.seal import SealError, destroy_seal, mark_zeroized, seal_exists, unseal_cluster_key
 from strongroom.dispatch import table
@@ -107,6 +108,8 @@ class NodeServices:
 
     def install_cluster_key(self, cluster_id: str, key: bytearray) -> None:
         self.barrier = Barrier(self.store, key)
+        # A store that can authenticate its own bookkeeping (SQLite: versions, history) gets its key.
+        self.store.enable_integrity(derive_subkey(key, STORE_INTEGRITY_PURPOSE, cluster_id))
         from strongroom.node.freshness import derive_key
 
         self.freshness_key = derive_key(key, cluster_id, self.config.node_id)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from cryptography.hazmat.primitives import constant_time, hashes, hmac
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from strongroom.node.hardening import wipe
+from strongroom.hardening import wipe
 from strongroom.recovery import shamir
 from strongroom.recovery.custodian import (
     CustodianPrivateKey,

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from strongroom.node.hardening import wipe
+from strongroom.hardening import wipe
 from strongroom.recovery.custodian import ALG_HPKE, ALGORITHMS, HPKE_OVERHEAD, MAX_RSA_BITS, MIN_RSA_BITS
 from strongroom.recovery.errors import RecoveryError
 from strongroom.recovery.shamir import SHARE_BYTES

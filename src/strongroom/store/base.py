@@ -154,6 +154,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    def enable_integrity(self, key: bytes) -> None:
+        """Authenticate the store's own bookkeeping (versions, history) with ``key`` from now on.
+
+        Called by the node once it holds the cluster key (``key`` is derived from it). A backend
+        whose bookkeeping an attacker cannot rewrite (etcd: versions are kept by etcd's Raft log)
+        ignores it; one whose file anyone may edit (SQLite) must refuse a record copied back from
+        an earlier state.
+        """
+
 
 def prefix_end(prefix: str) -> str:
     """The smallest key greater than every key that starts with ``prefix`` (etcd's range_end)."""

@@ -1,6 +1,8 @@
-"""Process hardening for the node: keep key material out of core dumps and debuggers.
+"""Process hardening: keep key material and credentials out of core dumps and debuggers.
 
-:func:`harden_process` is called once at start-up, before any secret is loaded.
+Every Strongroom process that holds a secret (node, agent, KMS gateway, the CLI while it
+handles a password or share) calls :func:`harden_process` once at start-up, before any
+secret is loaded.
 It applies what an unprivileged Linux process can do to itself:
 
 * ``RLIMIT_CORE`` = (0, 0): no core file, and (for non-root) no way to raise the
@@ -31,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
+    "die_with_parent",
     "HardeningReport",
     "HardeningStep",
     "get_dumpable",
@@ -39,6 +42,7 @@ __all__ = [
 ]
 
 # <linux/prctl.h>
+PR_SET_PDEATHSIG = 1
 PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
 
@@ -154,3 +158,19 @@ def wipe(buf: bytearray) -> None:
     finally:
         # Release the buffer export so the bytearray can be resized/freed again.
         del view
+
+
+def die_with_parent(parent_pid: int, signum: int = 15) -> bool:
+    """Have the kernel send ``signum`` to this process when its parent dies (``PR_SET_PDEATHSIG``).
+
+    Called in a forked worker: a node's workers must not outlive its main process (they hold
+    the cluster key and serve on the node's port). The parent may have died between ``fork``
+    and this call, which the signal would then never report, so the parent is checked
+    afterwards: returns False when it is already gone (the caller exits).
+    """
+    import os
+
+    prctl = _libc_prctl()
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    return os.getppid() == parent_pid
