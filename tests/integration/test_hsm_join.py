@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from strongroom.barrier.seal import KEK_FILE, SEAL_FILE, unseal_cluster_key
+from strongroom.seal import KEK_FILE, SEAL_FILE, unseal_cluster_key
 from strongroom.client import Client, ClientError, ClientProfile, Connection
 from strongroom.constants import CKA, CKM
 from strongroom.errors import CKR

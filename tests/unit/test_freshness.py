@@ -20,7 +20,7 @@ import pytest
 from strongroom.audit import AuditLog, verify
 from strongroom.audit.heads import first_record, head_problem, head_value, record_at
 from strongroom.barrier import Barrier, Write
-from strongroom.barrier.seal import FRESHNESS_FILE, SealedIdentity, destroy_seal, seal_cluster_key
+from strongroom.seal import FRESHNESS_FILE, SealedIdentity, destroy_seal, seal_cluster_key
 from strongroom.node.freshness import (
     EPOCH_KEY,
     Freshness,

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from strongroom import pki
 from strongroom.audit import AuditLog
-from strongroom.barrier.seal import SealedIdentity, seal_exists, unseal_cluster_key
+from strongroom.seal import SealedIdentity, seal_exists, unseal_cluster_key
 from strongroom.dispatch import ops  # noqa: F401  (registers the operations)
 from strongroom.errors import CKR
 from strongroom.node.config import NodeConfig

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from strongroom.barrier.seal import (
+from strongroom.seal import (
     KEK_FILE,
     SEAL_FILE,
     SealedIdentity,
@@ -105,7 +105,11 @@ def test_truncated_or_empty_seal_file_is_refused(sealed):
         ("cluster_id", "cluster-7f3A"),
         ("node_id", "node-b"),
         ("node_id", ""),
-        ("format", 2),
+        ("format", 1),
+        ("format", 3),
+        ("type", "shares"),
+        ("type", "tpm"),
+        ("kek", {"file": "other.key"}),
         ("nonce", "AAAAAAAAAAAAAAAA"),
         ("nonce", "not base64!"),
         ("ciphertext", ""),

@@ -75,7 +75,7 @@ def cmd_init(args: argparse.Namespace, _ctx: Any) -> None:
 
 
 def cmd_initialize(args: argparse.Namespace, _ctx: Any) -> None:
-    from strongroom.barrier.seal import write_private_file
+    from strongroom.seal import write_private_file
 
     certificate = _read(args.signed_cert, "certificate").decode(errors="replace")
     anchor = _read(args.trust_anchor, "trust anchor").decode(errors="replace")
@@ -128,7 +128,7 @@ def _catalog(args: argparse.Namespace) -> Any:
 
 def cmd_backup_create(args: argparse.Namespace, _ctx: Any) -> None:
     from strongroom.backup import BackupError, decode_backup
-    from strongroom.barrier.seal import write_private_file
+    from strongroom.seal import write_private_file
 
     with _operator_client(args) as client:
         _header, data = client.backup_create()
@@ -251,7 +251,7 @@ def _restored_text(summary: dict[str, Any]) -> str:
 
 def cmd_decrypt_share(args: argparse.Namespace, _ctx: Any) -> None:
     """The custodian's step, on their own machine: open their share with their private key."""
-    from strongroom.barrier.seal import write_private_file
+    from strongroom.seal import write_private_file
     from strongroom.recovery import EncryptedShare, RecoveryError, decrypt_share, load_custodian_private_key
 
     password = os.environ.get("STRONGROOM_CUSTODIAN_KEY_PASSWORD")

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from strongroom.barrier.seal import write_private_file
+from strongroom.seal import write_private_file
 from strongroom.kms.config import ClusterSettings, DeletionSettings, GatewayConfig, ServerSettings
 from strongroom.local.processes import terminate
 

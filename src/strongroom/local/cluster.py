@@ -31,7 +31,7 @@ from typing import Any
 
 from strongroom import pki
 from strongroom.agent.local import AgentStartError, agent_status, socket_path, start_agent, stop_agent
-from strongroom.barrier.seal import write_private_file
+from strongroom.seal import write_private_file
 from strongroom.client import Client, ClientError, ClientProfile, NodeAddress
 from strongroom.local import etcd
 from strongroom.errors import CKR
@@ -240,7 +240,7 @@ def _start_and_check(layout: Layout, node: NodeAddress) -> dict[str, Any]:
 
 
 def _join_if_needed(layout: Layout, node: NodeAddress, peers: list[NodeAddress]) -> None:
-    from strongroom.barrier.seal import seal_exists
+    from strongroom.seal import seal_exists
 
     if seal_exists(layout.node_dir(node.node_id)):
         return
@@ -295,7 +295,7 @@ def _initialize(layout: Layout, profile: ClientProfile, cluster_name: str, node:
 
 def _cluster_existed(layout: Layout) -> bool:
     """Whether DIR ever held an initialized cluster (credentials written, or a node zeroized since)."""
-    from strongroom.barrier.seal import zeroized
+    from strongroom.seal import zeroized
 
     return layout.credentials.exists() or any(zeroized(layout.node_dir(n)) for n in layout.node_ids())
 
@@ -331,7 +331,7 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
             raise LocalClusterError(str(exc)) from None
     # A node that holds the cluster key starts first (on a new cluster: the first node, which
     # initializes it); the others receive the key from it (authenticated key exchange) before they start.
-    from strongroom.barrier.seal import seal_exists
+    from strongroom.seal import seal_exists
 
     sealed = [n for n in profile.nodes if seal_exists(layout.node_dir(n.node_id))]
     if not sealed and _cluster_existed(layout):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from strongroom import pki
-from strongroom.barrier.seal import destroy_seal
+from strongroom.seal import destroy_seal
 from strongroom.client import Client, ClientError, ClientProfile, NodeAddress, ProfileError
 from strongroom.local.cluster import (
     HOST,

@@ -30,7 +30,7 @@ import msgpack
 from strongroom import pki
 from strongroom.backup import Backup, BackupError, decode_backup
 from strongroom.barrier import Barrier
-from strongroom.barrier.seal import SealedIdentity, SealError, destroy_seal, seal_cluster_key, unseal_cluster_key
+from strongroom.seal import SealedIdentity, SealError, destroy_seal, seal_cluster_key, unseal_cluster_key
 from strongroom.client import ClientProfile, ProfileError
 from strongroom.local import cluster
 from strongroom.local.cluster import Layout, LocalClusterError

@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from strongroom.audit import AuditLog, AuditWriteError
 from strongroom.audit import heads as audit_heads
 from strongroom.barrier import RecordTampered, Write
-from strongroom.barrier.seal import FRESHNESS_FILE, SEAL_FILE
+from strongroom.seal import FRESHNESS_FILE, SEAL_FILE
 from strongroom.store.base import ConflictError
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class HighWaterMark:
 
     def raise_to(self, seen: Mark) -> Mark:
         """Record ``seen`` unless the file already holds more (several workers write it)."""
-        from strongroom.barrier.seal import write_private_file
+        from strongroom.seal import write_private_file
 
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:

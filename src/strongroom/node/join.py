@@ -18,7 +18,7 @@ passes through the store::
                                                       info = INFO || cluster_id || 0 || node_id)
              <- cluster_id, pub(e_s), nonce,
                 AES-256-GCM(k, cluster key) ---
-    k = same derivation; decrypt; seal under the node's own key (barrier/seal.py)
+    k = same derivation; decrypt; seal it as the node's seal says (strongroom/seal)
 
 The GCM associated data is the HKDF info, so the reply is bound to the cluster id
 and to the node id it was made for.
@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from strongroom.barrier.seal import CLUSTER_KEY_BYTES, SealedIdentity, SealError, seal_cluster_key, seal_exists
+from strongroom.seal import CLUSTER_KEY_BYTES, SealedIdentity, SealError, seal_cluster_key, seal_exists
 from strongroom.node.config import NodeConfig
 
 INFO_PREFIX = b"strongroom clone-key v1\0"

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from strongroom.audit import AuditLog
-from strongroom.barrier.seal import startup_refusal
+from strongroom.seal import startup_refusal
 from strongroom.dispatch import ops  # noqa: F401  (registers every operation)
 from strongroom.errors import HsmError
 from strongroom.node import backups, freshness, registry, selftest

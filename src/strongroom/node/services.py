@@ -23,7 +23,7 @@ from strongroom.auth.users import UserDirectory
 from strongroom.barrier import Barrier
 from strongroom.barrier.barrier import STORE_INTEGRITY_PURPOSE, derive_subkey
 from strongroom.auth.throttle import LoginThrottle
-from strongroom.barrier.seal import SealError, destroy_seal, mark_zeroized, seal_exists, unseal_cluster_key
+from strongroom.seal import SealError, destroy_seal, mark_zeroized, seal_exists, unseal_cluster_key
 from strongroom.dispatch import table
 from strongroom.dispatch.table import ACTIVE, INITIALIZED, UNINITIALIZED
 from strongroom.errors import CKR, CryptokiNotInitialized, DeviceError, HsmError

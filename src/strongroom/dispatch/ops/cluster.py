@@ -12,7 +12,7 @@ from typing import Any
 from strongroom.auth.passwords import hash_password
 from strongroom.auth.users import Role, check_password_rules, key_of, normalize_username
 from strongroom.barrier import Write
-from strongroom.barrier.seal import CLUSTER_KEY_BYTES, SealedIdentity, SealError, seal_cluster_key
+from strongroom.seal import CLUSTER_KEY_BYTES, SealedIdentity, SealError, seal_cluster_key
 from strongroom.dispatch.table import ACTIVE, ALL_STATES, INITIALIZE_IN_PROGRESS, INITIALIZED, UNINITIALIZED, operation
 from strongroom.errors import ActionProhibited, ArgumentsBad, PinIncorrect
 from strongroom.node import registry
