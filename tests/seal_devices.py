@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -157,8 +156,3 @@ class SoftHsm:
                 os.environ.pop("SOFTHSM2_CONF", None)
             else:
                 os.environ["SOFTHSM2_CONF"] = old
-
-    def copy_to(self, home: Path) -> SoftHsm:
-        """Another SoftHsm over a copy of this one's tokens (a backup of the token)."""
-        shutil.copytree(self.home / "tokens", home / "tokens")
-        return SoftHsm(home)
