@@ -26,10 +26,18 @@ def _local(action: Any) -> dict[str, Any]:
         raise CliError(str(exc)) from None
 
 
+def _admin_pin() -> tuple[str, str] | None:
+    pin = os.environ.get("STRONGROOM_PIN")
+    if not pin or ":" not in pin:
+        return None
+    username, _, password = pin.partition(":")
+    return username, password
+
+
 def cmd_add(args: argparse.Namespace, _ctx: Any) -> None:
     from strongroom.local.hsm import add_node
 
-    node = _local(lambda: add_node(_directory(args), args.zone))
+    node = _local(lambda: add_node(_directory(args), args.zone, admin=_admin_pin()))
     emit(node, as_json=args.json,
          text=f"added {node['id']} (zone {node['zone']}) at {node['address']}, pid {node['pid']}")
 
@@ -42,11 +50,30 @@ def cmd_remove(args: argparse.Namespace, _ctx: Any) -> None:
          text=f"removed {result['id']}: certificate {result['serial']} revoked, node stopped, sealed key destroyed")
 
 
+def cmd_enroll(args: argparse.Namespace, _ctx: Any) -> None:
+    """An admin allows a node certificate to receive the cluster key (for nodes on other hosts)."""
+    from strongroom.cli.owner import _operator_client
+
+    admin = _admin_pin()
+    if admin is None:
+        raise CliError("set STRONGROOM_PIN=admin-user:password (enrolling a node is an admin's act)")
+    try:
+        certificate = Path(args.cert).read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read {args.cert}: {exc.strerror or exc}") from None
+    with _operator_client(args, operator=False) as client:
+        client.login(admin[0], admin[1], "admin")
+        result = client.hsm_enroll(args.id, certificate)
+    emit(result, as_json=args.json,
+         text=f"node {result['node_id']} enrolled (certificate {result['fingerprint']}): it may now receive the "
+              "cluster key from a running node")
+
+
 def cmd_zeroize(args: argparse.Namespace, ctx: Any) -> None:
     """Admin (STRONGROOM_PIN of an admin) or, with --operator, the operator's emergency stop of one node."""
     from strongroom.cli.owner import _operator_client
 
-    with _operator_client(args) as client:
+    with _operator_client(args, operator=args.operator) as client:
         if not args.operator:
             pin = os.environ.get("STRONGROOM_PIN")
             if not pin or ":" not in pin:
@@ -65,6 +92,9 @@ def register(sub: Any, add: Any) -> None:
     p = add(group, "add", cmd_add,
             "start a new node that receives the cluster key from a running node (authenticated key exchange)")
     p.add_argument("--zone", help="the new node's zone (default: the first letter no node uses)")
+    p = add(group, "enroll", cmd_enroll, "allow a node certificate to receive the cluster key (admin)")
+    p.add_argument("--id", required=True, help="the node id (the certificate carries urn:strongroom:node:ID)")
+    p.add_argument("--cert", required=True, help="the node's certificate (PEM)")
     p = add(group, "remove", cmd_remove, "revoke a node's certificate, stop it and destroy its sealed key")
     p.add_argument("--id", required=True, help="the node id (see `strongroom status`)")
     p = add(group, "zeroize", cmd_zeroize,

@@ -87,9 +87,24 @@ class Context:
 def cmd_up(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.local import cluster
 
+    seal = None
+    if args.seal or args.seal_option:
+        from strongroom.seal import SealError, SealSettings
+
+        options = {}
+        for item in args.seal_option or []:
+            name, equals, value = item.partition("=")
+            if not equals or not name:
+                raise CliError(f"--seal-option takes KEY=VALUE, not {item!r}")
+            options[name] = value
+        try:
+            seal = SealSettings(args.seal or "file", options)
+        except SealError as exc:
+            raise CliError(str(exc)) from None
     summary = _local(lambda: cluster.up(
         Path(args.dir), nodes=args.nodes, workers=args.workers, ca_cert=args.ca_cert and Path(args.ca_cert),
-        ca_key=args.ca_key and Path(args.ca_key), initialize=not args.no_initialize, kms=args.kms))
+        ca_key=args.ca_key and Path(args.ca_key), initialize=not args.no_initialize, kms=args.kms, seal=seal,
+        custodians=[Path(c) for c in args.custodian or []], threshold=args.threshold))
     # `up` always prints one JSON object: scripts and tests read it.
     emit(summary, as_json=args.json, text=_json_text(summary))
 
@@ -148,9 +163,23 @@ def cmd_cluster_status(args: argparse.Namespace, ctx: Context) -> None:
     emit(result, as_json=args.json, text=text)
 
 
+def _activation_secret(args: argparse.Namespace) -> str:
+    if args.activation_secret_file:
+        try:
+            return Path(args.activation_secret_file).read_text().strip()
+        except OSError as exc:
+            raise CliError(f"cannot read {args.activation_secret_file}: {exc.strerror or exc}") from None
+    secret = args.activation_secret or os.environ.get("STRONGROOM_ACTIVATION_SECRET")
+    if not secret:
+        raise CliError("give the activation secret `strongroom cluster initialize` printed: --activation-secret S, "
+                       "--activation-secret-file F or STRONGROOM_ACTIVATION_SECRET")
+    return secret
+
+
 def cmd_cluster_activate(args: argparse.Namespace, ctx: Context) -> None:
+    secret = _activation_secret(args)
     password = args.password or _ask_password("new admin password: ")
-    result = ctx.connect(args).cluster_activate(password, args.username)
+    result = ctx.connect(args).cluster_activate(password, secret, args.username)
     emit(result, as_json=args.json, text=f"cluster {result['cluster_id']} is active")
 
 
@@ -367,6 +396,15 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
         p.add_argument("--workers", type=int, default=None, help="worker processes per node (default: cores)")
         p.add_argument("--ca-cert", help="your CA certificate for a new directory (default: a throw-away CA)")
         p.add_argument("--ca-key", help="your CA's private key (with --ca-cert)")
+        p.add_argument("--seal", choices=["file", "shares", "tpm", "kms", "pkcs11"],
+                       help="how a new directory's nodes keep the cluster key at rest (default: file, which is "
+                            "for development only: see the README's trust model)")
+        p.add_argument("--seal-option", action="append", metavar="KEY=VALUE",
+                       help="an option of the seal's provider, e.g. tcti=swtpm:port=2321, endpoint=https://..., "
+                            "module=/usr/lib/softhsm/libsofthsm2.so (repeatable)")
+        p.add_argument("--custodian", action="append", metavar="PEM",
+                       help="a recovery custodian's public key (EC P-384 or RSA-3072+); repeatable")
+        p.add_argument("--threshold", type=int, help="shares needed to recover/unseal (default: a majority)")
         p.add_argument("--kms", action="store_true",
                        help="also start the KMS-compatible gateway (adds kms_endpoint and an access key to the JSON)")
         p.add_argument("--no-initialize", action="store_true",
@@ -392,6 +430,8 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
     p = add(cluster, "activate", cmd_cluster_activate, "set the first admin's password (activates the cluster)")
     p.add_argument("--username", default="admin")
     p.add_argument("--password")
+    p.add_argument("--activation-secret", help="printed once by `cluster initialize`")
+    p.add_argument("--activation-secret-file", help="a file holding it (cluster initialize --activation-secret-file)")
     from strongroom.cli import owner
 
     owner.register_cluster(cluster, add)
@@ -415,11 +455,12 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
             "lost its newest records (each node records its log's head in the store)")
     p.add_argument("--file", help="one audit log file (default: every node's log under --dir)")
 
-    from strongroom.cli import hsm, keys, kms, pkcs11
+    from strongroom.cli import hsm, keys, kms, pkcs11, seal
 
     keys.register(sub, add)
     pkcs11.register(sub, add)
     hsm.register(sub, add)
+    seal.register(sub, add)
     owner.register(sub, add)
     kms.register(sub, add)
     return parser

@@ -34,13 +34,17 @@ def _read(path: str, what: str) -> bytes:
         raise CliError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
-def _operator_client(args: argparse.Namespace) -> Any:
-    """A connection to one node with the directory's client certificate (operator acts, no login)."""
+def _operator_client(args: argparse.Namespace, *, operator: bool = True) -> Any:
+    """A connection to one node, no login: with the directory's operator certificate (operator acts:
+    backups, zeroize), or with ``operator=False`` its application-host certificate (the customer's
+    set-up steps and admin acts that log in)."""
     from strongroom.client import Client, ClientProfile, ProfileError
 
     directory = _directory(args)
     try:
         profile = ClientProfile.load(directory / "client.json")
+        if operator:
+            profile = profile.as_operator()
     except ProfileError as exc:
         raise CliError(str(exc)) from None
     node = None
@@ -64,7 +68,7 @@ def _local(action: Any) -> Any:
 
 
 def cmd_init(args: argparse.Namespace, _ctx: Any) -> None:
-    with _operator_client(args) as client:
+    with _operator_client(args, operator=False) as client:
         result = client.cluster_initialize(args.name)
     if args.out:
         Path(args.out).write_text(result["csr"])
@@ -82,7 +86,7 @@ def cmd_initialize(args: argparse.Namespace, _ctx: Any) -> None:
     custodians = [_read(path, "custodian public key").decode(errors="replace") for path in args.custodian or []]
     if custodians and not args.shares_dir:
         raise CliError("give --shares-dir DIR: the encrypted recovery shares are shown only once")
-    with _operator_client(args) as client:
+    with _operator_client(args, operator=False) as client:
         result = client.cluster_install_certificate(certificate, anchor, custodians, args.threshold or 0)
     files = []
     if result["shares"]:
@@ -98,7 +102,13 @@ def cmd_initialize(args: argparse.Namespace, _ctx: Any) -> None:
     if files:
         text += (f"\n{len(files)} encrypted recovery shares ({result['recovery']['threshold']} needed) in "
                  f"{args.shares_dir}: give share N to custodian N; each opens only with that custodian's key")
-    text += "\nnext: strongroom cluster activate (sets the first admin's password)"
+    if args.activation_secret_file:
+        write_private_file(Path(args.activation_secret_file), (result["activation_secret"] + "\n").encode())
+        data["activation_secret_file"] = args.activation_secret_file
+        text += f"\nactivation secret written to {args.activation_secret_file} (mode 0600)"
+    else:
+        text += f"\nactivation secret (shown once): {result['activation_secret']}"
+    text += "\nnext: strongroom cluster activate --activation-secret ... (sets the first admin's password)"
     emit(data, as_json=args.json, text=text)
 
 
@@ -290,6 +300,8 @@ def register_cluster(cluster: Any, add: Any) -> None:
                    "EC P-384); repeat for each custodian")
     p.add_argument("--threshold", type=int, help="how many custodians' shares rebuild the cluster key (M of N)")
     p.add_argument("--shares-dir", help="where the encrypted shares are written (one file per custodian)")
+    p.add_argument("--activation-secret-file",
+                   help="write the one-time activation secret here (0600) instead of printing it")
     p.add_argument("--node", help="node to talk to (default: the first of client.json)")
     p = add(cluster, "recover", cmd_recover,
             "build a new cluster in --dir from a backup and M decrypted recovery shares (no node survives)")

@@ -22,6 +22,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from strongroom.errors import CKR, HsmError
+from strongroom.pki.certs import PkiError
+from strongroom.transport.tls import require_node
 from strongroom.transport.protocol import (
     DEFAULT_MAX_FRAME,
     FrameDecoder,
@@ -73,6 +75,11 @@ class AsyncConnection:
             reader, writer = await asyncio.open_connection(
                 host, port, ssl=context, server_hostname=server_hostname or host, limit=READ_CHUNK
             )
+        try:
+            require_node(writer.get_extra_info("ssl_object"))
+        except PkiError as exc:
+            writer.close()
+            raise ClientError(CKR.DEVICE_ERROR, f"{host}:{port}: {exc}") from None
         return cls(reader, writer, max_frame)
 
     @classmethod

@@ -3,7 +3,13 @@
 A profile is a small JSON file (``client.json`` in a ``strongroom up`` directory)::
 
     {"cluster_name": "...", "ca": "ca/ca.crt", "cert": "client/client.crt", "key": "client/client.key",
+     "operator_cert": "operator/operator.crt", "operator_key": "operator/operator.key",
      "nodes": [{"id": "node1", "zone": "a", "address": "127.0.0.1:2223"}]}
+
+``cert``/``key`` are an application host's identity (certificate role ``agent``: HSM users log
+in through it); ``operator_cert``/``operator_key``, where present, the operator's (backups,
+zeroize, node removal; no login). A ``strongroom up`` directory has both; a real deployment
+gives each person only theirs.
 
 Relative paths are relative to the profile's folder.
 """
@@ -48,6 +54,16 @@ class ClientProfile:
     cert: Path
     key: Path
     nodes: tuple[NodeAddress, ...]
+    operator_cert: Path | None = None
+    operator_key: Path | None = None
+
+    def as_operator(self) -> ClientProfile:
+        """The same cluster through the operator's certificate (operator acts need it)."""
+        if self.operator_cert is None or self.operator_key is None:
+            raise ProfileError("this profile holds no operator certificate (operator_cert/operator_key): operator "
+                               "acts (backups, zeroize, node removal) need the operator's certificate")
+        return ClientProfile(self.cluster_name, self.ca, self.operator_cert, self.operator_key, self.nodes,
+                             self.operator_cert, self.operator_key)
 
     @classmethod
     def load(cls, path: Path) -> ClientProfile:
@@ -70,6 +86,8 @@ class ClientProfile:
                 nodes=tuple(
                     NodeAddress.parse(n["id"], n["address"], n.get("zone", "a")) for n in document["nodes"]
                 ),
+                operator_cert=base / document["operator_cert"] if document.get("operator_cert") else None,
+                operator_key=base / document["operator_key"] if document.get("operator_key") else None,
             )
         except (KeyError, TypeError) as exc:
             raise ProfileError(f"{path} lacks a setting: {exc}") from None
@@ -81,6 +99,9 @@ class ClientProfile:
             "ca": os.path.relpath(self.ca, base),
             "cert": os.path.relpath(self.cert, base),
             "key": os.path.relpath(self.key, base),
+            **({"operator_cert": os.path.relpath(self.operator_cert, base),
+                "operator_key": os.path.relpath(self.operator_key, base)}
+               if self.operator_cert is not None and self.operator_key is not None else {}),
             "nodes": [{"id": n.node_id, "zone": n.zone, "address": n.address} for n in self.nodes],
         }
         path.write_text(json.dumps(document, indent=2) + "\n")

@@ -141,8 +141,14 @@ class Client:
     def cluster_csr(self) -> str:
         return str(self.call("cluster.csr")["csr"])
 
-    def cluster_activate(self, password: str, username: str = "admin") -> dict[str, Any]:
-        return self.call("cluster.activate", username=username, password=password)
+    def cluster_activate(self, password: str, activation_secret: str, username: str = "admin") -> dict[str, Any]:
+        """Set the first admin's password; ``activation_secret`` is what cluster_install_certificate returned."""
+        return self.call("cluster.activate", username=username, password=password,
+                         activation_secret=activation_secret)
+
+    def hsm_enroll(self, node_id: str, certificate_pem: str) -> dict[str, Any]:
+        """(Admin) allow this node certificate to receive the cluster key."""
+        return self.call("hsm.enroll", node_id=node_id, certificate=certificate_pem)
 
     def zeroize(self, node_id: str) -> dict[str, Any]:
         """Destroy the cluster key of the node this client is connected to (``node_id`` must name it)."""

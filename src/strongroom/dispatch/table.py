@@ -33,6 +33,13 @@ ALL_STATES = frozenset(LIFE_CYCLE)
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
+# Who may call an operation, by the role of the certificate on the connection (see strongroom.pki.certs):
+# an application host (the agent, the CLI and SDK of the customer's users), the operator, a node.
+AGENT = "agent"
+OPERATOR = "operator"
+NODE = "node"
+EVERY_PEER = frozenset({AGENT, OPERATOR, NODE})
+
 
 @dataclass(frozen=True)
 class OperationSpec:
@@ -42,6 +49,9 @@ class OperationSpec:
     roles: frozenset[str] | None  # None: no login needed
     states: frozenset[str]
     in_error_state: bool  # still served when self-tests failed (status only)
+    #: Certificate roles that may call it: by default only application hosts; an operator's or a
+    #: node's certificate reaches only the operations that name its role.
+    peers: frozenset[str] = frozenset({AGENT})
 
 
 OPERATIONS: dict[str, OperationSpec] = {}
@@ -54,6 +64,7 @@ def operation(
     roles: Iterable[str] | None = None,
     states: Iterable[str] = (ACTIVE,),
     in_error_state: bool = False,
+    peers: Iterable[str] = (AGENT,),
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         if name in OPERATIONS:
@@ -65,6 +76,7 @@ def operation(
             None if roles is None else frozenset(roles),
             frozenset(states),
             in_error_state,
+            frozenset(peers),
         )
         return handler
 
@@ -76,6 +88,14 @@ def lookup(name: str) -> OperationSpec:
     if spec is None:
         raise FunctionNotSupported(f"unknown operation {name!r}")
     return spec
+
+
+def check_peer(spec: OperationSpec, peer_role: str | None) -> None:
+    """Refuse a caller whose certificate's role may not call this operation."""
+    if peer_role not in spec.peers:
+        wanted = " or ".join(sorted(spec.peers))
+        raise ActionProhibited(f"{spec.name} needs a certificate with the {wanted} role; "
+                               f"this connection's certificate has {peer_role or 'no Strongroom'} role")
 
 
 def check_role(spec: OperationSpec, role: str) -> None:

@@ -3,11 +3,13 @@
 Layout of DIR (created on the first ``up``, reused afterwards)::
 
     ca/ca.key, ca/ca.crt          stand-in for the customer's CA (keep ca.key offline in production)
-    client/client.{key,crt}       the client identity of the CLI/SDK (later: the agent)
+    client/client.{key,crt}       an application host's identity (role agent): the agent, the CLI and SDK logins
+    operator/operator.{key,crt}   the operator's identity (role operator): backups, zeroize, node removal
     nodes/<id>/                   node.toml, tls/, sealed cluster key, audit.log, node.log, node.pid
     store/strongroom.db           the embedded SQLite store (encrypted records only)
     client.json                   client profile: node addresses + certificate paths
-    credentials.json              the generated first admin's password (0600, local use only)
+    custodians/                   (up --seal shares without --custodian) throw-away custodian keys and shares
+    cluster.id                    the cluster's id, once initialized (the admin password is printed once, kept nowhere)
     backups/<cluster id>/*.srbk   automatic and manual backups (encrypted records; useless without the cluster key)
     agent.toml, agent.sock        the client agent's configuration and its Unix socket (PKCS#11 path)
     agent.pid, agent.log
@@ -36,6 +38,7 @@ from strongroom.client import Client, ClientError, ClientProfile, NodeAddress
 from strongroom.local import etcd
 from strongroom.errors import CKR
 from strongroom.node.config import BackupPolicy, NodeConfig
+from strongroom.seal import SHARES, SealSettings
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 60.0
@@ -67,16 +70,28 @@ class Layout:
         return self.root / "client" / "client.crt"
 
     @property
+    def operator_key(self) -> Path:
+        return self.root / "operator" / "operator.key"
+
+    @property
+    def operator_cert(self) -> Path:
+        return self.root / "operator" / "operator.crt"
+
+    @property
+    def custodians(self) -> Path:
+        return self.root / "custodians"
+
+    @property
+    def cluster_id_file(self) -> Path:
+        return self.root / "cluster.id"
+
+    @property
     def store(self) -> Path:
         return self.root / "store" / "strongroom.db"
 
     @property
     def profile(self) -> Path:
         return self.root / "client.json"
-
-    @property
-    def credentials(self) -> Path:
-        return self.root / "credentials.json"
 
     @property
     def env_file(self) -> Path:
@@ -111,7 +126,7 @@ def _free_port() -> int:
 
 
 def _create(layout: Layout, nodes: int, workers: int, cluster_name: str,
-            ca: tuple[pki.CAPrivateKey, Any] | None = None) -> None:
+            ca: tuple[pki.CAPrivateKey, Any] | None = None, seal: SealSettings | None = None) -> None:
     """Lay out DIR: certificates from ``ca`` (the customer's CA; default a throw-away one), node configs."""
     if not 1 <= nodes <= 8:
         raise LocalClusterError("--nodes is 1 (embedded SQLite store) to 8 (one etcd member and node per zone)")
@@ -123,14 +138,20 @@ def _create(layout: Layout, nodes: int, workers: int, cluster_name: str,
         except etcd.EtcdError as exc:
             raise LocalClusterError(str(exc)) from None
         endpoints = [m.client_url for m in etcd.plan(layout.root, nodes)]
-    for sub in ("ca", "client", "store", "nodes", "backups"):
+    for sub in ("ca", "client", "operator", "store", "nodes", "backups"):
         (layout.root / sub).mkdir(mode=0o700, exist_ok=True)
     ca_key, ca_cert = ca or pki.create_ca(f"{cluster_name} local customer CA")
     pki.write_private_key(layout.ca_key, ca_key)
     pki.write_cert(layout.ca_cert, ca_cert)
-    client_key, client_cert = pki.issue_client_certificate(ca_key, ca_cert, "strongroom-cli")
+    # Two identities, two roles: the agent's certificate (on every application host) never reaches an
+    # operator act, and the operator's never logs in.
+    client_key, client_cert = pki.issue_client_certificate(ca_key, ca_cert, "local-agent", role=pki.AGENT)
     pki.write_private_key(layout.client_key, client_key)
     pki.write_cert(layout.client_cert, client_cert)
+    operator_key, operator_cert = pki.issue_client_certificate(ca_key, ca_cert, "local-operator", role=pki.OPERATOR)
+    pki.write_private_key(layout.operator_key, operator_key)
+    pki.write_cert(layout.operator_cert, operator_cert)
+    ports = {f"node{index}": _free_port() for index in range(1, nodes + 1)}
     addresses = []
     for index in range(1, nodes + 1):
         node_id = f"node{index}"
@@ -144,7 +165,7 @@ def _create(layout: Layout, nodes: int, workers: int, cluster_name: str,
             node_id=node_id,
             node_dir=node_dir,
             host=HOST,
-            port=_free_port(),
+            port=ports[node_id],
             tls_cert=node_dir / "tls" / "node.crt",
             tls_key=node_dir / "tls" / "node.key",
             ca_cert=layout.ca_cert,
@@ -156,12 +177,13 @@ def _create(layout: Layout, nodes: int, workers: int, cluster_name: str,
             store_endpoints=endpoints,
             # A local cluster looks often, so its first backup follows activation within seconds.
             backup=BackupPolicy(dir=layout.backups, check_seconds=5.0),
+            seal=seal or SealSettings(),
+            peers=[f"{HOST}:{port}" for other, port in ports.items() if other != node_id],
         )
         layout.node_config(node_id).write_text(config.to_toml())
         addresses.append(NodeAddress(node_id, HOST, config.port, config.zone))
-    ClientProfile(cluster_name, layout.ca_cert, layout.client_cert, layout.client_key, tuple(addresses)).write(
-        layout.profile
-    )
+    ClientProfile(cluster_name, layout.ca_cert, layout.client_cert, layout.client_key, tuple(addresses),
+                  layout.operator_cert, layout.operator_key).write(layout.profile)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -236,30 +258,40 @@ def _start_and_check(layout: Layout, node: NodeAddress) -> dict[str, Any]:
     status = _wait_ready(layout, node, pid)
     if status["state"] == "error":
         raise LocalClusterError(f"node {node.node_id} is in the error state: {status['error']}")
-    return {"id": node.node_id, "zone": node.zone, "address": node.address, "pid": pid}
+    return {"id": node.node_id, "zone": node.zone, "address": node.address, "pid": pid, "state": status["state"],
+            "seal": status.get("seal")}
 
 
-def _join_if_needed(layout: Layout, node: NodeAddress, peers: list[NodeAddress]) -> None:
-    from strongroom.seal import seal_exists
+def wait_for_key(layout: Layout, node: NodeAddress, pid: int, timeout: float = START_TIMEOUT) -> dict[str, Any]:
+    """Wait until a node that joins (or unseals) holds the cluster key; its last status."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    profile = ClientProfile.load(layout.profile)
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            raise LocalClusterError(
+                f"node {node.node_id} exited; its log ends with:\n{_log_tail(layout, node.node_id)}")
+        try:
+            with Client(profile, node, timeout=10) as client:
+                status = client.node_status()
+        except ClientError:
+            status = {}
+        if status.get("state") not in (None, "sealed", "uninitialized"):
+            return status
+        time.sleep(0.2)
+    raise LocalClusterError(f"node {node.node_id} did not receive the cluster key within {timeout:.0f} s "
+                            f"({(status.get('seal') or {}).get('detail') or status.get('error') or 'no answer'}); "
+                            f"its log ends with:\n{_log_tail(layout, node.node_id)}")
 
-    if seal_exists(layout.node_dir(node.node_id)):
-        return
-    import asyncio
 
-    from strongroom.node.join import JoinError, join_cluster
+@dataclass
+class Initialized:
+    """What initialization gives the customer once, and only here."""
 
-    config = NodeConfig.load(layout.node_config(node.node_id))
-    try:
-        asyncio.run(join_cluster(config, [p.address for p in peers]))
-    except JoinError as exc:
-        raise LocalClusterError(f"node {node.node_id} could not join the cluster: {exc}") from None
-
-
-def _credentials(layout: Layout) -> dict[str, str]:
-    try:
-        return json.loads(layout.credentials.read_text())
-    except FileNotFoundError:
-        return {}
+    admin_user: str
+    admin_password: str
+    cluster_id: str
+    shares: list[str]
 
 
 def initialize_cluster(client: Client, cluster_name: str, ca_key: pki.CAPrivateKey, ca_cert: Any,
@@ -271,44 +303,96 @@ def initialize_cluster(client: Client, cluster_name: str, ca_key: pki.CAPrivateK
                                               custodians, threshold)
 
 
-def _initialize(layout: Layout, profile: ClientProfile, cluster_name: str, node: NodeAddress) -> dict[str, str]:
-    """Initialize and activate a fresh cluster, or finish an initialization that was interrupted."""
-    credentials = _credentials(layout)
+def _custodians(layout: Layout, custodians: list[Path], threshold: int | None,
+                seal: SealSettings) -> tuple[list[str], int]:
+    """The custodians' public keys (PEM) and the threshold; for a shares seal without any given, throw-away
+    custodians in DIR/custodians (local use: their private keys lie beside the shares)."""
+    if custodians:
+        try:
+            pems = [path.read_text() for path in custodians]
+        except OSError as exc:
+            raise LocalClusterError(f"cannot read a custodian key: {exc}") from None
+        return pems, threshold or (len(pems) // 2 + 1)
+    if seal.type != SHARES:
+        return [], 0
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    layout.custodians.mkdir(mode=0o700, exist_ok=True)
+    pems = []
+    for index in range(1, 4):
+        key = ec.generate_private_key(ec.SECP384R1())
+        pki.write_private_key(layout.custodians / f"custodian-{index}.key", key)
+        pems.append(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo).decode())
+    return pems, threshold or 2
+
+
+def _initialize(layout: Layout, profile: ClientProfile, cluster_name: str, node: NodeAddress,
+                custodians: list[Path], threshold: int | None, seal: SealSettings) -> Initialized | None:
+    """Initialize and activate a fresh cluster; None when it was initialized before."""
     with Client(profile, node) as client:
         state = client.cluster_status()["state"]
+        if state == "active":
+            return None
+        if state not in ("uninitialized", "initialize_in_progress"):
+            raise LocalClusterError(
+                f"the cluster is {state}: an initialization was interrupted after its activation secret was "
+                "given out; finish it with `strongroom cluster activate --activation-secret ...` or start over "
+                "in a new directory")
         if state == "uninitialized":
-            made = client.cluster_initialize(cluster_name)
-            state = made["state"]
-        if state == "initialize_in_progress":
-            # `up` plays the customer with its throw-away CA: sign the cluster CSR and install it.
-            ca_key, ca_cert = pki.load_private_key(layout.ca_key), pki.load_certificate(layout.ca_cert)
-            cert = pki.sign_csr(ca_key, ca_cert, client.cluster_csr().encode(), days=3650, server=False, client=True)
-            client.cluster_install_certificate(pki.cert_to_pem(cert).decode(), pki.cert_to_pem(ca_cert).decode())
-            state = "initialized"
-        if state == "initialized":
-            if not credentials:
-                credentials = {"admin_user": "admin", "admin_password": secrets.token_urlsafe(18)}
-                write_private_file(layout.credentials, json.dumps(credentials).encode())
-            client.cluster_activate(credentials["admin_password"], credentials["admin_user"])
-    return credentials
+            client.cluster_initialize(cluster_name)
+        # `up` plays the customer with its throw-away CA: sign the cluster CSR and install it.
+        ca_key, ca_cert = pki.load_private_key(layout.ca_key), pki.load_certificate(layout.ca_cert)
+        cert = pki.sign_csr(ca_key, ca_cert, client.cluster_csr().encode(), days=3650, server=False, client=True)
+        pems, needed = _custodians(layout, custodians, threshold, seal)
+        installed = client.cluster_install_certificate(pki.cert_to_pem(cert).decode(),
+                                                       pki.cert_to_pem(ca_cert).decode(), pems, needed)
+        shares = []
+        if installed["shares"]:
+            layout.custodians.mkdir(mode=0o700, exist_ok=True)
+            for index, share in enumerate(installed["shares"], start=1):
+                path = layout.custodians / f"share-{index}.json"
+                write_private_file(path, share.encode())
+                shares.append(str(path))
+        password = secrets.token_urlsafe(18)
+        client.cluster_activate(password, installed["activation_secret"], "admin")
+    write_private_file(layout.cluster_id_file, f"{installed['cluster_id']}\n".encode())
+    return Initialized("admin", password, str(installed["cluster_id"]), shares)
+
+
+def enroll_nodes(profile: ClientProfile, admin: tuple[str, str], nodes: list[tuple[str, Path]]) -> None:
+    """As an admin, enroll node certificates (node id, certificate file) so they may receive the key."""
+    with Client(profile, timeout=30) as client:
+        client.login(admin[0], admin[1], "admin")
+        for node_id, cert_path in nodes:
+            client.hsm_enroll(node_id, cert_path.read_text())
+        client.logout()
 
 
 def _cluster_existed(layout: Layout) -> bool:
-    """Whether DIR ever held an initialized cluster (credentials written, or a node zeroized since)."""
+    """Whether DIR ever held an initialized cluster (initialized by up, or a node zeroized since)."""
     from strongroom.seal import zeroized
 
-    return layout.credentials.exists() or any(zeroized(layout.node_dir(n)) for n in layout.node_ids())
+    return layout.cluster_id_file.exists() or any(zeroized(layout.node_dir(n)) for n in layout.node_ids())
 
 
 def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_name: str = "strongroom",
        ca_cert: Path | None = None, ca_key: Path | None = None, initialize: bool = True,
-       kms: bool = False) -> dict[str, Any]:
+       kms: bool = False, seal: SealSettings | None = None, custodians: list[Path] | None = None,
+       threshold: int | None = None) -> dict[str, Any]:
     """Start the cluster in ``directory``, creating it first if needed.
 
     ``ca_cert``/``ca_key``: the customer's CA for a new directory's certificates (default: a
     throw-away CA). ``initialize=False`` leaves a new cluster uninitialized, for the customer's
     own ``cluster init`` / ``cluster initialize`` / ``cluster activate``. ``kms``: also start the
     KMS gateway (and on later ``up`` runs it starts again by itself: DIR has a kms.toml then).
+    ``seal``: how a new directory's nodes keep the cluster key at rest (default ``file``);
+    ``custodians``/``threshold``: who receives the recovery shares (a shares seal needs some:
+    without any, throw-away custodians are made in DIR/custodians).
+
+    The first admin's password is in the result of the ``up`` that initialized the cluster, and
+    nowhere else (nor in cluster.json).
     """
     layout = Layout(directory.resolve())
     workers = workers or min(os.cpu_count() or 1, 8)
@@ -321,16 +405,20 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
                 ca = (pki.load_private_key(ca_key), pki.load_certificate(ca_cert))
             except pki.PkiError as exc:
                 raise LocalClusterError(str(exc)) from None
-        _create(layout, nodes, workers, cluster_name, ca=ca)
+        _create(layout, nodes, workers, cluster_name, ca=ca, seal=seal)
+    elif seal is not None:
+        raise LocalClusterError(f"{layout.root} exists: its nodes keep their seal; change one node's seal with "
+                                "`strongroom seal migrate --dir DIR --node ID --to TYPE`")
     profile = ClientProfile.load(layout.profile)
     cluster_name = profile.cluster_name
+    seal_settings = NodeConfig.load(layout.node_config(profile.nodes[0].node_id)).seal
     if etcd.load(layout.root):
         try:
             etcd.start(layout.root)
         except etcd.EtcdError as exc:
             raise LocalClusterError(str(exc)) from None
-    # A node that holds the cluster key starts first (on a new cluster: the first node, which
-    # initializes it); the others receive the key from it (authenticated key exchange) before they start.
+    # A node that holds a seal starts first (on a new cluster: the first node, which initializes
+    # it); the others receive the key from a running node once the admin enrolled them.
     from strongroom.seal import seal_exists
 
     sealed = [n for n in profile.nodes if seal_exists(layout.node_dir(n.node_id))]
@@ -341,12 +429,21 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
             "--share SHARE ...` (recovery shares) or `strongroom backup restore --from DIR` (a surviving cluster)")
     leader = sealed[0] if sealed else profile.nodes[0]
     started = [_start_and_check(layout, leader)]
-    credentials = _initialize(layout, profile, cluster_name, leader) if initialize else _credentials(layout)
+    made: Initialized | None = None
+    if initialize and started[0]["state"] != "sealed":
+        made = _initialize(layout, profile, cluster_name, leader, custodians or [], threshold, seal_settings)
+        started[0] = _start_and_check(layout, leader)
+    newcomers = [n for n in profile.nodes if n is not leader and not seal_exists(layout.node_dir(n.node_id))]
+    if made is not None and newcomers:
+        enroll_nodes(profile, (made.admin_user, made.admin_password),
+                     [(n.node_id, layout.node_dir(n.node_id) / "tls" / "node.crt") for n in newcomers])
     for node in profile.nodes:
         if node is leader or (not initialize and not sealed):
             continue
-        _join_if_needed(layout, node, [leader])
-        started.append(_start_and_check(layout, node))
+        entry = _start_and_check(layout, node)
+        if node in newcomers and made is not None:
+            entry.update(state=wait_for_key(layout, node, entry["pid"])["state"])
+        started.append(entry)
     order = [n.node_id for n in profile.nodes]
     started.sort(key=lambda entry: order.index(entry["id"]))
     try:
@@ -364,31 +461,40 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
     if kms or (layout.root / "kms.toml").exists():
         from strongroom.kms.local import GatewayStartError, start_gateway
 
-        if not credentials:
-            raise LocalClusterError("the KMS gateway of a local cluster needs the admin credentials of "
-                                    "credentials.json (a cluster initialized by `up`)")
         try:
-            gateway = start_gateway(layout.root)
+            gateway = start_gateway(layout.root, admin=None if made is None else (made.admin_user,
+                                                                                  made.admin_password))
         except GatewayStartError as exc:
             raise LocalClusterError(str(exc)) from None
         env_lines.append(f"export STRONGROOM_KMS_ENDPOINT={gateway['kms_endpoint']}")
     layout.env_file.write_text("\n".join(env_lines) + "\n")
-    summary = {
+    summary: dict[str, Any] = {
         "dir": str(layout.root),
         "cluster_name": cluster_name,
         "token_label": cluster_name,
         "agent_socket": agent_socket,
         "agent_pid": agent_pid,
         "pkcs11_module": module,
-        "admin_user": credentials.get("admin_user"),
-        "admin_password": credentials.get("admin_password"),
+        "admin_user": "admin",
+        "admin_password": None,
         "env_file": str(layout.env_file),
         "client_profile": str(layout.profile),
         "ca_cert": str(layout.ca_cert),
+        "seal": seal_settings.type,
+        "sealed": [n["id"] for n in started if n.get("state") == "sealed"],
         "nodes": started,
         **gateway,
     }
+    if seal_settings.type == "file":
+        from strongroom.seal.file import WARNING
+
+        summary["warning"] = WARNING
     write_private_file(layout.summary, json.dumps(summary, indent=2).encode())
+    if made is not None:
+        # Printed this once; kept nowhere (not in cluster.json).
+        summary.update(admin_password=made.admin_password, cluster_id=made.cluster_id)
+        if made.shares:
+            summary["recovery_shares"] = made.shares
     return summary
 
 
@@ -410,9 +516,50 @@ def down(directory: Path) -> dict[str, Any]:
         if pid is not None:
             _stop_group(pid)
             stopped.append({"id": node_id, "pid": pid})
+        # Whatever still runs that node's configuration (workers whose supervisor was killed, on a
+        # system without PR_SET_PDEATHSIG): stopped too, found by command line, not by a pid file.
+        leftovers = node_processes(layout.node_config(node_id))
+        if leftovers:
+            stop_processes(leftovers)
+            stopped += [{"id": node_id, "pid": left} for left in sorted(leftovers)]
         layout.node_pid(node_id).unlink(missing_ok=True)
     stopped += etcd.stop(layout.root)
     return {"dir": str(layout.root), "stopped": stopped}
+
+
+def node_processes(config_path: Path) -> set[int]:
+    """Live processes serving the node configuration at ``config_path`` (its supervisor and workers)."""
+    wanted = [b"node", b"serve", b"--config", str(config_path).encode()]
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(") ", 1)[1][:1]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and all(part in argv for part in wanted):
+            found.add(int(entry.name))
+    return found
+
+
+def stop_processes(pids: set[int]) -> None:
+    """SIGTERM, then SIGKILL what is still there after the stop timeout."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline and any(_pid_alive(pid) for pid in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        if _pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _stop_group(pid: int) -> None:

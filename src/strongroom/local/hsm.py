@@ -1,9 +1,10 @@
 """``strongroom hsm add / remove``: grow and shrink the local cluster of a ``strongroom up`` directory.
 
 ``add_node`` gives a new node its own certificate from the (stand-in) customer CA,
-has it receive the cluster key from a running node through the authenticated key
-exchange of :mod:`strongroom.node.join` *before* it starts, starts it and lists it
-in ``client.json``. ``remove_node`` revokes the node's certificate through another
+has an admin enroll that certificate (``hsm.enroll``: the admin's credentials come from
+``STRONGROOM_PIN``), starts the node — which receives the cluster key from a running node
+through the authenticated key exchange of :mod:`strongroom.node.join` — and lists it in
+``client.json``. ``remove_node`` revokes the node's certificate through another
 node (``hsm.revoke``, an operator act made with the operator's client
 certificate), stops the node, zeroizes its sealed key and unlists it. A removed
 node's folder stays (its audit log remains evidence) with its configuration
@@ -26,10 +27,11 @@ from strongroom.local.cluster import (
     Layout,
     LocalClusterError,
     _free_port,
-    _join_if_needed,
     _read_pid,
     _start_and_check,
     _stop_group,
+    enroll_nodes,
+    wait_for_key,
 )
 from strongroom.node.config import ConfigError, NodeConfig
 
@@ -53,11 +55,16 @@ def _next_node_id(layout: Layout) -> str:
 
 
 def _write_profile(layout: Layout, profile: ClientProfile, nodes: list[NodeAddress]) -> None:
-    ClientProfile(profile.cluster_name, profile.ca, profile.cert, profile.key, tuple(nodes)).write(layout.profile)
+    replace(profile, nodes=tuple(nodes)).write(layout.profile)
 
 
-def add_node(directory: Path, zone: str | None = None) -> dict[str, Any]:
-    """Add a node to the running cluster in ``directory``; returns ``{id, zone, address, pid}``."""
+def add_node(directory: Path, zone: str | None = None, admin: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Add a node to the running cluster in ``directory``; returns ``{id, zone, address, pid}``.
+
+    ``admin``: (user, password) of an admin, who enrolls the new node's certificate.
+    """
+    if admin is None:
+        raise LocalClusterError("adding a node needs an admin to enroll it: set STRONGROOM_PIN=admin:password")
     layout = Layout(Path(directory).resolve())
     profile = _profile(layout)
     if not profile.nodes:
@@ -85,11 +92,15 @@ def add_node(directory: Path, zone: str | None = None) -> dict[str, Any]:
         pki.write_private_key(node_dir / "tls" / "node.key", key)
         pki.write_cert(node_dir / "tls" / "node.crt", cert)
         config = replace(template, node_id=node_id, node_dir=node_dir, zone=zone, port=_free_port(),
-                         tls_cert=node_dir / "tls" / "node.crt", tls_key=node_dir / "tls" / "node.key")
+                         tls_cert=node_dir / "tls" / "node.crt", tls_key=node_dir / "tls" / "node.key",
+                         peers=[n.address for n in profile.nodes])
         layout.node_config(node_id).write_text(config.to_toml())
         node = NodeAddress(node_id, config.host, config.port, zone)
-        # The key exchange happens before the node process exists; any running node may serve it.
-        _join_if_needed(layout, node, list(profile.nodes))
+        # Only an enrolled certificate receives the cluster key.
+        try:
+            enroll_nodes(profile, admin, [(node_id, node_dir / "tls" / "node.crt")])
+        except ClientError as exc:
+            raise LocalClusterError(f"could not enroll {node_id} (nothing was started): {exc.message}") from None
     except (LocalClusterError, pki.PkiError, OSError) as exc:
         shutil.rmtree(node_dir, ignore_errors=True)  # nothing of value yet: no key was sealed there
         if isinstance(exc, LocalClusterError):
@@ -97,6 +108,7 @@ def add_node(directory: Path, zone: str | None = None) -> dict[str, Any]:
         raise LocalClusterError(f"cannot prepare node {node_id}: {exc}") from None
     try:
         started = _start_and_check(layout, node)
+        started.update(state=wait_for_key(layout, node, started["pid"])["state"])
     except LocalClusterError:
         # It holds the key now: do not leave a sealed copy behind a node nobody lists.
         pid = _read_pid(layout.node_pid(node_id))
@@ -133,9 +145,13 @@ def remove_node(directory: Path, node_id: str) -> dict[str, Any]:
     #    new connections with this certificate, and the node leaves the registry agents follow.
     revocation = None
     failures = []
+    try:
+        operator = profile.as_operator()
+    except ProfileError as exc:
+        raise LocalClusterError(str(exc)) from None
     for other in others:
         try:
-            with Client(profile, other, timeout=30) as client:
+            with Client(operator, other, timeout=30) as client:
                 revocation = client.call("hsm.revoke", node_id=node_id, serial=f"{serial:x}")
             break
         except ClientError as exc:

@@ -9,6 +9,7 @@ from typing import Any
 
 import tomli_w
 
+from strongroom.seal import SealError, SealSettings
 from strongroom.transport.protocol import DEFAULT_MAX_FRAME
 
 
@@ -67,6 +68,11 @@ class NodeConfig:
     store_password_file: Path | None = None
     limits: Limits = field(default_factory=Limits)
     backup: BackupPolicy = field(default_factory=BackupPolicy)
+    #: ``[seal]``: how this node keeps the cluster key at rest (strongroom.seal).
+    seal: SealSettings = field(default_factory=SealSettings)
+    #: Other nodes' addresses (HOST:PORT): where a node without the key (joining, or with a shares
+    #: seal) asks for it. Addresses seen in the registry are remembered beside them.
+    peers: list[str] = field(default_factory=list)
     # Test-only fault injection: names of self-tests to treat as failed. Empty in production.
     fail_selftests: list[str] = field(default_factory=list)
 
@@ -97,7 +103,10 @@ class NodeConfig:
             "tls": {"cert": str(self.tls_cert), "key": str(self.tls_key), "ca": str(self.ca_cert)},
             "store": self._store_document(),
             "limits": {f.name: getattr(self.limits, f.name) for f in fields(Limits)},
+            "seal": self.seal.to_document(),
         }
+        if self.peers:
+            document["peers"] = list(self.peers)
         if self.backup.dir is not None:
             document["backup"] = {"dir": str(self.backup.dir), "interval_hours": self.backup.interval_hours,
                                   "retention_days": self.backup.retention_days,
@@ -173,11 +182,15 @@ class NodeConfig:
                 limits=Limits(**limits_doc),
                 backup=_backup_policy(path, document.get("backup", {})),
                 fail_selftests=list(document.get("testing", {}).get("fail_selftests", [])),
+                seal=SealSettings.from_document(document.get("seal", {})),
+                peers=[str(p) for p in document.get("peers", [])],
             )
         except KeyError as exc:
             raise ConfigError(f"{path}: missing setting {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: bad value: {exc}") from None
+        except SealError as exc:
+            raise ConfigError(f"{path}: [seal]: {exc}") from None
 
 
 def _backup_policy(path: Path, document: dict[str, Any]) -> BackupPolicy:

@@ -1,13 +1,15 @@
 """Joining a cluster: a new node receives the cluster key from a running node.
 
 The exchange (operation ``hsm.clone_key``) runs inside an mTLS connection on which
-both ends present a *node* certificate of the customer's CA (serverAuth and
-clientAuth; the serving node checks the newcomer's CN, EKU and revocation, the
-newcomer's TLS context checks the server's name, chain and serverAuth).
+both ends present a *node* certificate of the customer's CA (node role, serverAuth and
+clientAuth; the serving node checks that the newcomer's certificate is the one an admin
+enrolled for that node id and is not revoked, the newcomer checks the server's name,
+chain and role). The node's supervisor runs it by itself whenever it has no key: a new
+node joining, or a node with a ``shares`` seal starting while others run.
 
 On top of that channel the key itself is encrypted to the newcomer's ephemeral
-X25519 key, so it never exists in clear outside the two node processes, and never
-passes through the store::
+X25519 key (:mod:`strongroom.pki.sealedbox`), so it never exists in clear outside the
+two node processes, and never passes through the store::
 
     newcomer                                    serving node
     e_c <- X25519 (fresh)
@@ -27,26 +29,20 @@ and to the node id it was made for.
 from __future__ import annotations
 
 import asyncio
-import os
-from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from strongroom.seal import CLUSTER_KEY_BYTES, SealedIdentity, SealError, seal_cluster_key, seal_exists
 from strongroom.node.config import NodeConfig
+from strongroom.pki.sealedbox import NONCE_BYTES, PUBLIC_BYTES, BoxError, EphemeralKey, SealedBox, open_box, seal_box
+from strongroom.seal import CLUSTER_KEY_BYTES
 
 INFO_PREFIX = b"strongroom clone-key v1\0"
-PUBLIC_BYTES = 32
-NONCE_BYTES = 12
 #: Per peer: connecting, the handshake and the exchange.
 PEER_TIMEOUT = 15.0
 
-__all__ = ["JoinError", "JoinKeyPair", "join_cluster", "open_cluster_key", "seal_for_newcomer"]
+__all__ = ["PUBLIC_BYTES", "JoinError", "JoinKeyPair", "fetch_cluster_key", "open_cluster_key", "seal_for_newcomer"]
+
+#: The newcomer's ephemeral key for one attempt (never reuse it).
+JoinKeyPair = EphemeralKey
 
 
 class JoinError(Exception):
@@ -55,20 +51,6 @@ class JoinError(Exception):
 
 def _info(cluster_id: str, node_id: str) -> bytes:
     return INFO_PREFIX + cluster_id.encode() + b"\0" + node_id.encode()
-
-
-def _raw(public: X25519PublicKey) -> bytes:
-    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def _wrapping_key(private: X25519PrivateKey, peer_public: bytes, server_public: bytes, client_public: bytes,
-                  info: bytes) -> bytes:
-    """X25519 then HKDF-SHA256. Raises ValueError for a malformed or low-order peer key."""
-    if len(peer_public) != PUBLIC_BYTES:
-        raise ValueError(f"an X25519 public key is {PUBLIC_BYTES} bytes, not {len(peer_public)}")
-    # OpenSSL refuses (ValueError) a peer key that gives the all-zero shared secret.
-    shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
-    return HKDF(hashes.SHA256(), 32, salt=server_public + client_public, info=info).derive(shared)
 
 
 # --- the serving node's half ------------------------------------------------------------
@@ -82,34 +64,18 @@ def seal_for_newcomer(cluster_key: bytes | bytearray, cluster_id: str, node_id: 
     """
     if len(cluster_key) != CLUSTER_KEY_BYTES:
         raise ValueError(f"a cluster key is {CLUSTER_KEY_BYTES} bytes")
-    ephemeral = X25519PrivateKey.generate()
-    server_public = _raw(ephemeral.public_key())
-    info = _info(cluster_id, node_id)
-    key = _wrapping_key(ephemeral, client_public, server_public, client_public, info)
-    nonce = os.urandom(NONCE_BYTES)
-    ciphertext = AESGCM(key).encrypt(nonce, bytes(cluster_key), info)
-    return {"cluster_id": cluster_id, "server_public": server_public, "nonce": nonce, "ciphertext": ciphertext}
+    try:
+        box = seal_box(client_public, cluster_key, _info(cluster_id, node_id))
+    except BoxError as exc:
+        raise ValueError(str(exc)) from None
+    return {"cluster_id": cluster_id, "server_public": box.sender_public, "nonce": box.nonce,
+            "ciphertext": box.ciphertext}
 
 
 # --- the newcomer's half ------------------------------------------------------------------
 
 
-@dataclass
-class JoinKeyPair:
-    """The newcomer's ephemeral X25519 key for one attempt (never reuse it)."""
-
-    private: X25519PrivateKey
-
-    @classmethod
-    def generate(cls) -> JoinKeyPair:
-        return cls(X25519PrivateKey.generate())
-
-    @property
-    def public(self) -> bytes:
-        return _raw(self.private.public_key())
-
-
-def open_cluster_key(pair: JoinKeyPair, node_id: str, reply: Any) -> tuple[str, bytearray]:
+def open_cluster_key(pair: EphemeralKey, node_id: str, reply: Any) -> tuple[str, bytearray]:
     """Decrypt an ``hsm.clone_key`` reply: (cluster_id, cluster key). Raises JoinError."""
     try:
         cluster_id = reply["cluster_id"]
@@ -121,15 +87,10 @@ def open_cluster_key(pair: JoinKeyPair, node_id: str, reply: Any) -> tuple[str, 
     if not (isinstance(cluster_id, str) and isinstance(server_public, bytes) and isinstance(nonce, bytes)
             and isinstance(ciphertext, bytes) and len(nonce) == NONCE_BYTES):
         raise JoinError("the reply to hsm.clone_key is malformed")
-    info = _info(cluster_id, node_id)
     try:
-        key = _wrapping_key(pair.private, server_public, server_public, pair.public, info)
-        cluster_key = bytearray(AESGCM(key).decrypt(nonce, ciphertext, info))
-    except ValueError as exc:
-        raise JoinError(f"the server's ephemeral key is unusable: {exc}") from None
-    except InvalidTag:
-        raise JoinError("the encrypted cluster key failed authentication (altered, or not made for this node)") \
-            from None
+        cluster_key = open_box(pair, SealedBox(server_public, nonce, ciphertext), _info(cluster_id, node_id))
+    except BoxError as exc:
+        raise JoinError(f"the encrypted cluster key does not open: {exc}") from None
     if len(cluster_key) != CLUSTER_KEY_BYTES:
         cluster_key[:] = bytes(len(cluster_key))
         raise JoinError("the cluster key received has the wrong size")
@@ -144,7 +105,7 @@ async def fetch_cluster_key(config: NodeConfig, peer: str, *, timeout: float = P
 
     address = NodeAddress.parse("peer", peer)
     context = client_context(config.tls_cert, config.tls_key, config.ca_cert)
-    pair = JoinKeyPair.generate()
+    pair = EphemeralKey.generate()
     async with asyncio.timeout(timeout):
         connection = await AsyncConnection.open(address.host, address.port, context, timeout=timeout)
         try:
@@ -152,37 +113,3 @@ async def fetch_cluster_key(config: NodeConfig, peer: str, *, timeout: float = P
         finally:
             await connection.close()
     return open_cluster_key(pair, config.node_id, reply)
-
-
-async def join_cluster(config: NodeConfig, peers: list[str]) -> SealedIdentity:
-    """Obtain the cluster key from the first peer that gives it, and seal it in ``config.node_dir``.
-
-    Call before the node starts (a node without a seal refuses to serve an initialized store).
-    """
-    if seal_exists(config.node_dir):
-        raise JoinError(f"{config.node_dir} already holds a sealed cluster key; this node needs no join")
-    if not peers:
-        raise JoinError("no running node to receive the cluster key from")
-    failures = []
-    for peer in peers:
-        try:
-            cluster_id, cluster_key = await fetch_cluster_key(config, peer)
-        except JoinError as exc:
-            failures.append(f"{peer}: {exc}")
-            continue
-        except TimeoutError:
-            failures.append(f"{peer}: no answer within {PEER_TIMEOUT:.0f} s")
-            continue
-        except Exception as exc:  # noqa: BLE001 - connection, TLS and error replies: try the next peer
-            failures.append(f"{peer}: {getattr(exc, 'message', None) or exc or type(exc).__name__}")
-            continue
-        identity = SealedIdentity(cluster_id, config.node_id)
-        try:
-            config.node_dir.mkdir(parents=True, exist_ok=True)
-            seal_cluster_key(config.node_dir, identity, cluster_key)
-        except (SealError, OSError) as exc:
-            raise JoinError(f"received the cluster key from {peer} but could not seal it: {exc}") from None
-        finally:
-            cluster_key[:] = bytes(len(cluster_key))
-        return identity
-    raise JoinError("could not obtain the cluster key from any node: " + "; ".join(failures))

@@ -1,9 +1,11 @@
-"""The node process: harden, self-test, then serve with one or more worker processes.
+"""The node process: harden, self-test, open the seal, then serve with worker processes.
 
 pyca/cryptography holds the GIL during RSA and EC operations, so a node runs
 several worker processes (about one per core) that accept on one shared listening
 socket. Each worker has its own store connection, caches and login sessions; a
-client connection stays on the worker that accepted it.
+client connection stays on the worker that accepted it. The main process is the
+workers' supervisor (:mod:`strongroom.node.supervisor`): it holds the seal and the
+cluster key for the node, and no worker outlives it.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from pathlib import Path
 from strongroom.audit import AuditLog
 from strongroom.seal import startup_refusal
 from strongroom.dispatch import ops  # noqa: F401  (registers every operation)
-from strongroom.errors import HsmError
-from strongroom.node import backups, freshness, registry, selftest
+from strongroom.node import backups, freshness, registry, selftest, supervisor
+from strongroom.node.channel import SupervisorLink
 from strongroom.node.config import NodeConfig
 from strongroom.hardening import harden_process
 from strongroom.node.services import NodeServices
@@ -63,27 +65,31 @@ def _listen(config: NodeConfig) -> socket.socket:
 
 
 async def _worker(config: NodeConfig, sock: socket.socket, report: selftest.SelfTestReport, boot: int,
-                  error: str | None, index: int = 0) -> None:
+                  error: str | None, channel: socket.socket | None = None,
+                  initial: tuple[str, bytearray] | None = None, index: int = 0) -> None:
     store = config.open_store()
-    services = NodeServices(config, store, report, boot, error)
+    link = SupervisorLink(channel)
+    services = NodeServices(config, store, report, boot, error, supervisor=link)
     stop = asyncio.Event()
 
     def shutdown() -> None:
         stop.set()
-        if config.workers > 1:
-            os.kill(os.getppid(), signal.SIGTERM)  # the supervisor stops the sibling workers
+        os.kill(os.getppid(), signal.SIGTERM)  # the supervisor stops the sibling workers
 
     services.shutdown = shutdown
     fresh = freshness.Freshness(services, advance=index == 0)  # store rollback and audit head checks
-    if services.error is None:
-        try:
-            services.try_unseal()
-        except HsmError as exc:
-            log.error("%s", exc.message)
+
+    async def key_arrived() -> None:
         if await fresh.check():
             await services.register_node()
             if index == 0:
                 await fresh.publish_audit_head()
+
+    services.on_key_installed = key_arrived
+    link.on_lost = stop.set
+    await link.start()
+    if initial is not None and services.error is None:
+        services.adopt_key(*initial)
     listener = NodeListener(
         services.handle,
         admit=services.admit_connection,
@@ -111,12 +117,14 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: selftest.Self
         await fresh.publish_audit_head()  # clean shutdown: the head as it is now
     await services.stop_background()
     await listener.close()
+    await link.close()
     await store.close()
 
 
 def _run_worker(config: NodeConfig, sock: socket.socket, report: selftest.SelfTestReport, boot: int,
-                error: str | None, index: int = 0) -> None:
-    asyncio.run(_worker(config, sock, report, boot, error, index))
+                error: str | None, channel: socket.socket, initial: tuple[str, bytearray] | None,
+                index: int = 0) -> None:
+    asyncio.run(_worker(config, sock, report, boot, error, channel, initial, index))
 
 
 def serve(config_path: Path) -> int:
@@ -129,13 +137,14 @@ def serve(config_path: Path) -> int:
     # One line per etcd request would drown the node's log.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # First of all, before any secret is read: no core dumps, no ptrace by the same user.
+    hardening = harden_process()
+    log.info("hardening: %s", hardening)
     refusal = startup_refusal(config.node_dir)
     if refusal is not None:
         # Say it where the operator looks first (stderr/node.log), then refuse: no worker, no socket.
         log.error("refusing to start: %s", refusal)
         return 2
-    hardening = harden_process()
-    log.info("hardening: %s", hardening)
     report = selftest.run_all(fail=frozenset(config.fail_selftests))
     error = None
     if not report.ok:
@@ -149,52 +158,11 @@ def serve(config_path: Path) -> int:
             actor=None,
             outcome="ok" if error is None else "CKR_DEVICE_ERROR",
             details={"self_tests": "passed" if report.ok else f"failed: {', '.join(report.failed_names)}",
-                     "error": error, "workers": config.workers},
+                     "error": error, "workers": config.workers, "seal": config.seal.type},
         )
     sock = _listen(config)
-    if config.workers <= 1:
-        _run_worker(config, sock, report, boot, error)
-        return 0
-    return _supervise(config, sock, report, boot, error)
 
+    def run_worker(channel: socket.socket, initial: tuple[str, bytearray] | None, index: int) -> None:
+        _run_worker(config, sock, report, boot, error, channel, initial, index)
 
-def _supervise(config: NodeConfig, sock: socket.socket, report: selftest.SelfTestReport, boot: int,
-               error: str | None) -> int:
-    children: list[int] = []
-    for index in range(config.workers):
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                _run_worker(config, sock, report, boot, error, index)
-            except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
-                log.exception("worker crashed")
-                code = 1
-            finally:
-                os._exit(code)
-        children.append(pid)
-    sock.close()
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            try:
-                os.kill(child, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    status = 0
-    while children:
-        try:
-            pid, code = os.wait()
-        except ChildProcessError:
-            break
-        if pid in children:
-            children.remove(pid)
-            if os.waitstatus_to_exitcode(code) != 0:
-                status = 1
-                # One worker dying takes the node down: a supervisor (systemd, `strongroom up`)
-                # restarts it whole, rather than running with less capacity unnoticed.
-                forward(signal.SIGTERM, None)
-    return status
+    return supervisor.run(config, sock, boot, run_worker)

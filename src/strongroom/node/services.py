@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +23,10 @@ from strongroom.auth.users import UserDirectory
 from strongroom.barrier import Barrier
 from strongroom.barrier.barrier import STORE_INTEGRITY_PURPOSE, derive_subkey
 from strongroom.auth.throttle import LoginThrottle
-from strongroom.seal import SealError, destroy_seal, mark_zeroized, seal_exists, unseal_cluster_key
+from strongroom.node.channel import SupervisorLink
+from strongroom.seal import destroy_seal, mark_zeroized
 from strongroom.dispatch import table
+from strongroom.dispatch.auditing import audit_refusal
 from strongroom.dispatch.table import ACTIVE, INITIALIZED, UNINITIALIZED
 from strongroom.errors import CKR, CryptokiNotInitialized, DeviceError, HsmError
 from strongroom.node.config import NodeConfig
@@ -38,6 +40,8 @@ from strongroom.transport.protocol import Request
 log = logging.getLogger(__name__)
 
 CLUSTER_META_KEY = "cluster/meta"
+#: How long a request waits for the cluster key a sibling worker or the supervisor is handing over.
+KEY_WAIT_SECONDS = 1.0
 #: ``revoked/<certificate serial, lowercase hex>``: certificates taken out of the cluster (hsm remove).
 REVOKED_PREFIX = "revoked/"
 
@@ -67,8 +71,15 @@ class NodeServices:
         selftest: SelfTestReport,
         boot: int,
         error: str | None = None,
+        supervisor: SupervisorLink | None = None,
     ) -> None:
         self.config = config
+        #: The channel to this node's supervisor (which holds the seal); detached in unit tests.
+        self.supervisor = supervisor or SupervisorLink(None)
+        self.supervisor.on_key = self.adopt_key
+        #: Called (as a task) once this worker holds the cluster key: freshness check, registration.
+        self.on_key_installed: Callable[[], Awaitable[None]] | None = None
+        self._key_arrived = asyncio.Event()
         self.store = store
         self.selftest = selftest
         self.boot = boot
@@ -106,6 +117,21 @@ class NodeServices:
 
     # --- cluster key and state ---------------------------------------------------
 
+    def adopt_key(self, cluster_id: str, key: bytearray) -> None:
+        """The supervisor handed this worker the cluster key (from the seal, a peer, or the custodians)."""
+        if self.barrier is not None:
+            key[:] = bytes(len(key))
+            return
+        self.install_cluster_key(cluster_id, key)
+        if self.on_key_installed is not None:
+            self._background.append(asyncio.get_running_loop().create_task(self.on_key_installed()))
+
+    def share_new_key(self, cluster_id: str, key: bytearray) -> None:
+        """This worker made the cluster key (cluster.initialize): install it and give it to the supervisor,
+        which keeps it for the sibling workers."""
+        self.supervisor.give_key(cluster_id, key)
+        self.install_cluster_key(cluster_id, key)
+
     def install_cluster_key(self, cluster_id: str, key: bytearray) -> None:
         self.barrier = Barrier(self.store, key)
         # A store that can authenticate its own bookkeeping (SQLite: versions, history) gets its key.
@@ -120,6 +146,7 @@ class NodeServices:
         self.objects = ObjectRepository(self.barrier, max_objects=self.config.limits.max_objects)
         self.cluster_id = cluster_id
         self._background.append(asyncio.get_running_loop().create_task(self.objects.follow()))
+        self._key_arrived.set()
 
     async def stop_background(self) -> None:
         """Stop the tasks that use the store, before the store closes."""
@@ -141,6 +168,8 @@ class NodeServices:
         self.objects = None
         self.cluster_id = None
         self._state = None
+        self._key_arrived.clear()
+        self.supervisor.forget_key()
 
     def zeroize(self) -> None:
         """hsm.zeroize: destroy the sealed key and the secrets in memory, mark the node, then stop it."""
@@ -155,6 +184,7 @@ class NodeServices:
     async def heartbeat(self) -> None:
         """Keep this node's registry record fresh (``cluster.status`` reports health from it)."""
         from strongroom.node import registry
+        from strongroom.node.supervisor import remember_peers
 
         while True:
             await asyncio.sleep(registry.HEARTBEAT_SECONDS)
@@ -163,6 +193,9 @@ class NodeServices:
             try:
                 await registry.register(self.barrier, self.config.node_id, self.config.zone, self.config.address,
                                         self.boot, heartbeat=True)
+                # Where to ask for the key after a restart (a shares seal), beside node.toml's peers.
+                addresses = [n["address"] for n in await registry.nodes(self.barrier) if n.get("address")]
+                await asyncio.to_thread(remember_peers, self.config, addresses)
             except Exception as exc:  # noqa: BLE001 - a missed heartbeat shows as "unreachable", no more
                 log.debug("heartbeat not recorded: %s", exc)
 
@@ -185,49 +218,44 @@ class NodeServices:
 
     async def admit_connection(self, peer: Any) -> str | None:
         """The listener's admission hook: why a new connection must be closed, or None."""
-        if self.barrier is None and self.error is None:
-            try:
-                self.try_unseal()
-            except HsmError:
-                return None  # the requests will fail with the reason
+        if getattr(peer, "role", None) is None:
+            return ("its certificate carries no Strongroom role (a SAN URI urn:strongroom:<node|agent|operator>:"
+                    "<name>; see the README's certificate section)")
         if await self.is_revoked(peer.serial):
             return "its certificate is revoked"
         return None
 
     def has_cluster_key(self) -> bool:
-        """Whether this worker holds the cluster key, opening the seal if another worker made it since.
-
-        (Initialization lands on one worker; the background tasks of another must not wait for a
-        request to reach them before they see the cluster.)
-        """
-        try:
-            self.try_unseal()
-        except HsmError:
-            return False
+        """Whether this worker holds the cluster key (the supervisor hands it over when it has it)."""
         return self.barrier is not None
 
-    def try_unseal(self) -> None:
-        """Open the sealed cluster key if this worker has not yet (another worker may have initialized)."""
-        if self.barrier is not None or not seal_exists(self.config.node_dir):
-            return
+    async def seal_status(self) -> dict[str, Any]:
+        """The seal as the supervisor sees it (type, sealed or not, why, unseal progress)."""
+        if not self.supervisor.attached:
+            return {"type": self.config.seal.type, "state": "unsealed" if self.barrier else "sealed", "detail": ""}
         try:
-            identity, key = unseal_cluster_key(self.config.node_dir)
-        except SealError as exc:
-            self.error = str(exc)
-            raise DeviceError(str(exc)) from None
-        self.install_cluster_key(identity.cluster_id, key)
+            return dict((await self.supervisor.request("status"))["seal"])
+        except Exception as exc:  # noqa: BLE001 - status must describe, not fail
+            return {"type": self.config.seal.type, "state": "unknown", "detail": str(exc)}
 
     async def cluster_state(self) -> str:
         # Once active a cluster stays active, so only the set-up phase reads the store per call.
         if self._state == ACTIVE:
             return ACTIVE
-        self.try_unseal()
         if self.barrier is None:
             if await self.store.get(CLUSTER_META_KEY) is not None:
-                raise DeviceError(
-                    "the store holds an initialized cluster but this node has no cluster key; "
-                    "add the node to the cluster instead of initializing it"
-                )
+                # Initialized here a moment ago (on a sibling worker), or sealed: give the key a moment.
+                try:
+                    async with asyncio.timeout(KEY_WAIT_SECONDS):
+                        await self._key_arrived.wait()
+                except TimeoutError:
+                    seal = await self.seal_status()
+                    raise DeviceError(
+                        f"this node is sealed: {seal.get('detail') or 'it has no cluster key'} "
+                        f"(a new node receives the key from a running node once an admin enrolled it; "
+                        f"a shares seal needs `strongroom unseal`)"
+                    ) from None
+                return await self.cluster_state()
             self._state = UNINITIALIZED
             return UNINITIALIZED
         meta = await self.barrier.get(CLUSTER_META_KEY)
@@ -337,21 +365,21 @@ class NodeServices:
         spec = None
         try:
             spec = table.lookup(request.op)
+            if isinstance(peer, str):
+                call = Call(self, request, connection_id, peer, None)
+            else:
+                call = Call(self, request, connection_id, peer.name, None, peer)
+            await self._check_peer(spec, call)
             if self.error is not None and not spec.in_error_state:
                 raise HsmError(f"the node is in the error state: {self.error}", CKR.DEVICE_ERROR)
             if self.error is None and spec.states != table.ALL_STATES:
                 state = await self.cluster_state()
                 if state not in spec.states:
                     raise _state_error(state, spec.name, spec.states)
-            session = None
             if spec.roles is not None:
-                session = self.sessions.resolve(request.session)
-                table.check_role(spec, session.role.value)
+                call.session = self.sessions.resolve(request.session)
+                table.check_role(spec, call.session.role.value)
             args = table.parse_args(spec.args, request.args)
-            if isinstance(peer, str):
-                call = Call(self, request, connection_id, peer, session)
-            else:
-                call = Call(self, request, connection_id, peer.name, session, peer)
             result = await spec.handler(call, args)
             return CKR.OK, result
         except asyncio.CancelledError:
@@ -359,6 +387,17 @@ class NodeServices:
         except BaseException as exc:  # noqa: BLE001 - every failure must become a reply
             self.counters["errors"] += 1
             return table.error_reply(exc, request.op)
+
+    async def _check_peer(self, spec: table.OperationSpec, call: Call) -> None:
+        """The certificate's role must be one the operation names; a refusal of a privileged
+        operation (one an application host may not call) is audited."""
+        try:
+            table.check_peer(spec, getattr(call.peer, "role", None))
+        except HsmError as exc:
+            if table.AGENT not in spec.peers:
+                await audit_refusal(call, spec.name, exc, {"peer": call.peer_name, "peer_role": getattr(
+                    call.peer, "role", None), "peer_fingerprint": getattr(call.peer, "fingerprint_sha256", None)})
+            raise
 
 
 def _state_error(state: str, op: str, allowed: frozenset[str]) -> HsmError:

@@ -6,6 +6,21 @@ certificate is signed by that CA, and a peer is only accepted if its certificate
 chains to it, so everything here is about producing certificates OpenSSL will
 verify strictly (critical BasicConstraints, SKI/AKI, explicit EKU).
 
+Every certificate Strongroom issues or accepts for a connection carries its **role** as a
+SubjectAlternativeName URI, ``urn:strongroom:<role>:<name>``:
+
+============  ==========================================================================
+``node``      an HSM node (name: its node id). Only a node certificate of an enrolled node
+              receives the cluster key; nodes accept nothing else from it.
+``agent``     an application host (the agent, the CLI and SDK of the customer's users): may
+              log in as an HSM user; never performs an operator act.
+``operator``  the people who run the machines: backups, zeroize, revoke, remove; no HSM login.
+============  ==========================================================================
+
+The role is the CA's decision: :func:`sign_csr` drops any role a request asks for and writes
+the one the signer chose. A customer issuing certificates with their own CA adds the URI in
+its extension config (``subjectAltName = URI:urn:strongroom:agent:web-17, ...``).
+
 Private keys are written once, with mode 0600, and never leave their directory.
 """
 
@@ -39,7 +54,14 @@ PathLike = Union[str, "os.PathLike[str]"]
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 
 __all__ = [
+    "AGENT",
+    "NODE",
+    "OPERATOR",
+    "ROLES",
+    "CertificateRole",
     "CAPrivateKey",
+    "certificate_role",
+    "role_uri",
     "KeyPair",
     "PkiError",
     "cert_to_pem",
@@ -69,6 +91,49 @@ class PkiError(Exception):
     def __init__(self, message: str, path: PathLike | None = None) -> None:
         self.path = None if path is None else Path(path)
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+# --------------------------------------------------------------------- roles
+
+ROLE_URI_PREFIX = "urn:strongroom:"
+NODE, AGENT, OPERATOR = "node", "agent", "operator"
+ROLES = (NODE, AGENT, OPERATOR)
+
+
+@dataclass(frozen=True)
+class CertificateRole:
+    role: str
+    name: str
+
+
+def role_uri(role: str, name: str) -> str:
+    if role not in ROLES:
+        raise PkiError(f"unknown certificate role {role!r} (one of: {', '.join(ROLES)})")
+    if not name or ":" in name or not name.isprintable():
+        raise PkiError(f"a certificate role needs a printable name without ':', not {name!r}")
+    return f"{ROLE_URI_PREFIX}{role}:{name}"
+
+
+def _role_uris(san: x509.SubjectAlternativeName | None) -> list[str]:
+    if san is None:
+        return []
+    return [u for u in san.get_values_for_type(x509.UniformResourceIdentifier)
+            if u.lower().startswith(ROLE_URI_PREFIX)]
+
+
+def certificate_role(cert: x509.Certificate) -> CertificateRole | None:
+    """The Strongroom role the certificate carries, or None (none, several, or malformed: no role)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = _role_uris(san)
+    if len(uris) != 1:
+        return None
+    role, _, name = uris[0][len(ROLE_URI_PREFIX):].partition(":")
+    if role not in ROLES or not name:
+        return None
+    return CertificateRole(role, name)
 
 
 # --------------------------------------------------------------------- PEM / files
@@ -222,8 +287,8 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _subject_alt_name(hosts: list[str]) -> x509.SubjectAlternativeName:
-    names: list[x509.GeneralName] = []
+def _subject_alt_name(hosts: list[str], role: str | None = None) -> x509.SubjectAlternativeName:
+    names: list[x509.GeneralName] = [] if role is None else [x509.UniformResourceIdentifier(role)]
     for host in hosts:
         host = host.strip()
         if not host:
@@ -361,7 +426,7 @@ def issue_node_certificate(
         raise PkiError("a node certificate needs at least one host name or IP address")
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _leaf(ca_key, ca_cert, _name(node_id), key.public_key(), days=days,
-                 server=True, client=True, san=_subject_alt_name(hosts))
+                 server=True, client=True, san=_subject_alt_name(hosts, role_uri(NODE, node_id)))
     return key, cert
 
 
@@ -370,16 +435,21 @@ def issue_client_certificate(
     ca_cert: x509.Certificate,
     name: str,
     *,
+    role: str = AGENT,
     days: int = 825,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A P-256 key and clientAuth-only certificate for an agent, CLI or SDK user.
+    """A P-256 key and clientAuth-only certificate for an application host (``agent``: the agent,
+    CLI or SDK) or for the ``operator``.
 
     clientAuth only: OpenSSL checks the purpose, so this certificate cannot be used
-    to impersonate a node to a client.
+    to impersonate a node to a client (nor can its role: clients check for ``node``).
     """
+    if role == NODE:
+        raise PkiError("a node certificate comes from issue_node_certificate (it needs host names)")
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _leaf(ca_key, ca_cert, _name(name), key.public_key(), days=days,
-                 server=False, client=True, san=None)
+                 server=False, client=True, san=x509.SubjectAlternativeName(
+                     [x509.UniformResourceIdentifier(role_uri(role, name))]))
     return key, cert
 
 
@@ -391,11 +461,13 @@ def sign_csr(
     days: int,
     server: bool,
     client: bool,
+    role: CertificateRole | None = None,
 ) -> x509.Certificate:
     """Sign a PEM CSR, so a key generated elsewhere never has to travel.
 
     Only the subject and the SubjectAlternativeName are taken from the request;
-    every other extension is the CA's decision, not the requester's.
+    every other extension is the CA's decision, not the requester's. So is the
+    Strongroom role: a role URI in the request is dropped, ``role`` (if any) written.
     """
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
@@ -408,7 +480,14 @@ def sign_csr(
             x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         san = None
-    if server and san is None:
+    if san is not None or role is not None:
+        kept = [] if san is None else [n for n in san if not (isinstance(n, x509.UniformResourceIdentifier)
+                                                             and n.value.lower().startswith(ROLE_URI_PREFIX))]
+        if role is not None:
+            kept.insert(0, x509.UniformResourceIdentifier(role_uri(role.role, role.name)))
+        san = x509.SubjectAlternativeName(kept) if kept else None
+    if server and (san is None or not san.get_values_for_type(x509.DNSName) + [
+            str(ip) for ip in san.get_values_for_type(x509.IPAddress)]):
         raise PkiError("a server certificate needs a SubjectAlternativeName in the CSR")
     public_key = csr.public_key()
     if not isinstance(public_key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey,

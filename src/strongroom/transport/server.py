@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 class ConnectionPeer(PeerIdentity):
     """The verified peer certificate of a connection, plus its serial (what revocation names)."""
 
-    serial: int
+    serial: int = 0
 
     @property
     def name(self) -> str:

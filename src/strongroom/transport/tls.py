@@ -19,9 +19,17 @@ from typing import Union
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from strongroom.pki.certs import PathLike, PkiError, fingerprint_sha256, load_certificate, load_private_key
+from strongroom.pki.certs import (
+    NODE,
+    PathLike,
+    PkiError,
+    certificate_role,
+    fingerprint_sha256,
+    load_certificate,
+    load_private_key,
+)
 
-__all__ = ["PeerIdentity", "client_context", "peer_identity", "server_context"]
+__all__ = ["NotANode", "PeerIdentity", "client_context", "peer_identity", "require_node", "server_context"]
 
 
 def _base_context(protocol: int) -> ssl.SSLContext:
@@ -82,6 +90,15 @@ class PeerIdentity:
     fingerprint_sha256: str
     client_auth: bool
     server_auth: bool
+    #: The Strongroom role the certificate carries (node, agent, operator; None: none or ambiguous)
+    #: and the name that goes with it (a node's id). See strongroom.pki.certs.
+    role: str | None = None
+    role_name: str | None = None
+
+    @property
+    def is_node(self) -> bool:
+        """A node certificate: the node role and both TLS purposes (nodes dial each other)."""
+        return self.role == NODE and self.server_auth and self.client_auth
 
 
 def _common_name(cert: x509.Certificate) -> str | None:
@@ -124,10 +141,27 @@ def peer_identity(ssl_object: Union[ssl.SSLObject, ssl.SSLSocket]) -> PeerIdenti
     if not der:
         raise PkiError("the peer presented no certificate")
     cert = x509.load_der_x509_certificate(der)
+    role = certificate_role(cert)
     return PeerIdentity(
         common_name=_common_name(cert),
         san=_san(cert),
         fingerprint_sha256=fingerprint_sha256(cert),
         client_auth=_eku_allows(cert, ExtendedKeyUsageOID.CLIENT_AUTH),
         server_auth=_eku_allows(cert, ExtendedKeyUsageOID.SERVER_AUTH),
+        role=None if role is None else role.role,
+        role_name=None if role is None else role.name,
     )
+
+
+class NotANode(PkiError):
+    """The server a client dialled presented a certificate without the node role."""
+
+
+def require_node(ssl_object: Union[ssl.SSLObject, ssl.SSLSocket]) -> PeerIdentity:
+    """Check, after the handshake, that the server is a node: a certificate of the customer's CA
+    issued for an application host or the operator must not impersonate a node (and collect PINs)."""
+    identity = peer_identity(ssl_object)
+    if not identity.is_node:
+        raise NotANode(f"the server's certificate (CN={identity.common_name!r}) does not carry the node role "
+                       "(SAN URI urn:strongroom:node:<id>, serverAuth and clientAuth): not a Strongroom node")
+    return identity

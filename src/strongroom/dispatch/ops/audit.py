@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from strongroom.audit.heads import HEADS_PREFIX
-from strongroom.dispatch.table import ACTIVE, INITIALIZE_IN_PROGRESS, INITIALIZED, operation
+from strongroom.dispatch.table import ACTIVE, AGENT, INITIALIZE_IN_PROGRESS, INITIALIZED, OPERATOR, operation
 
 
-@operation("audit.heads", states=(INITIALIZE_IN_PROGRESS, INITIALIZED, ACTIVE))
+@operation("audit.heads", states=(INITIALIZE_IN_PROGRESS, INITIALIZED, ACTIVE), peers=(AGENT, OPERATOR))
 async def heads(call: Any, _args: None) -> dict[str, Any]:
     """The last audit head (seq, hash, boot, first record's hash) each node recorded in the store.
 

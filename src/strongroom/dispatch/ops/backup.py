@@ -1,5 +1,8 @@
 """``backup.*``: the operator takes a backup through a node, without any customer credential.
 
+Only a certificate with the operator role reaches these operations (dispatch checks it and
+audits a refusal): an application host's certificate never does.
+
 The node makes the whole file (:func:`strongroom.node.backups.produce_backup`) and
 keeps it in this worker's memory for a few minutes, while the operator's tool reads
 it in chunks on the same connection (a backup is larger than a frame). What the
@@ -13,8 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from strongroom.dispatch.auditing import audit_refusal
-from strongroom.dispatch.table import ACTIVE, INITIALIZED, operation
+from strongroom.dispatch.table import ACTIVE, INITIALIZED, OPERATOR, operation
 from strongroom.errors import ActionProhibited, ArgumentsBad, DeviceError
 from strongroom.node.backups import LAST_BACKUP_KEY, BackupRefused, produce_backup, record_last
 
@@ -42,28 +44,16 @@ def _pending(services: Any) -> dict[str, Pending]:
     return table
 
 
-def _check_client_peer(peer: Any) -> None:
-    if peer is None or getattr(peer, "serial", None) is None:
-        raise ActionProhibited("backups are taken over an mTLS connection with a client certificate")
-    if not peer.client_auth:
-        raise ActionProhibited(f"backup.create needs a client certificate; CN={peer.common_name!r} is not one")
-
-
 @dataclass
 class CreateArgs:
     trigger: str = "manual"
 
 
-@operation("backup.create", args=CreateArgs, states=STATES)
+@operation("backup.create", args=CreateArgs, states=STATES, peers=(OPERATOR,))
 async def create(call: Any, args: CreateArgs) -> dict[str, Any]:
     services = call.services
     if args.trigger not in TRIGGERS:
         raise ArgumentsBad(f"trigger must be one of {', '.join(TRIGGERS)}")
-    try:
-        _check_client_peer(call.peer)
-    except ActionProhibited as exc:
-        await audit_refusal(call, "backup.create", exc, {"peer": call.peer_name})
-        raise
     pending = _pending(services)
     if len(pending) >= MAX_PENDING:
         raise ActionProhibited(f"{MAX_PENDING} backups are already waiting to be read on this node; "
@@ -90,9 +80,8 @@ class ReadArgs:
     length: int = MAX_CHUNK
 
 
-@operation("backup.read", args=ReadArgs, states=STATES)
+@operation("backup.read", args=ReadArgs, states=STATES, peers=(OPERATOR,))
 async def read(call: Any, args: ReadArgs) -> dict[str, Any]:
-    _check_client_peer(call.peer)
     entry = _pending(call.services).get(args.backup_id)
     if entry is None:
         raise ArgumentsBad(f"no backup {args.backup_id!r} is waiting on this connection's node worker "
@@ -107,7 +96,6 @@ class ReleaseArgs:
     backup_id: str
 
 
-@operation("backup.release", args=ReleaseArgs, states=STATES)
+@operation("backup.release", args=ReleaseArgs, states=STATES, peers=(OPERATOR,))
 async def release(call: Any, args: ReleaseArgs) -> dict[str, Any]:
-    _check_client_peer(call.peer)
     return {"released": _pending(call.services).pop(args.backup_id, None) is not None}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import os
+import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -12,9 +15,18 @@ from typing import Any
 from strongroom.auth.passwords import hash_password
 from strongroom.auth.users import Role, check_password_rules, key_of, normalize_username
 from strongroom.barrier import Write
-from strongroom.seal import CLUSTER_KEY_BYTES, SealedIdentity, SealError, seal_cluster_key
-from strongroom.dispatch.table import ACTIVE, ALL_STATES, INITIALIZE_IN_PROGRESS, INITIALIZED, UNINITIALIZED, operation
-from strongroom.errors import ActionProhibited, ArgumentsBad, PinIncorrect
+from strongroom.seal import CLUSTER_KEY_BYTES, SHARES, SealedIdentity, SealError, seal_cluster_key, seal_exists
+from strongroom.dispatch.table import (
+    ACTIVE,
+    AGENT,
+    ALL_STATES,
+    EVERY_PEER,
+    INITIALIZE_IN_PROGRESS,
+    INITIALIZED,
+    UNINITIALIZED,
+    operation,
+)
+from strongroom.errors import ActionProhibited, ArgumentsBad, DeviceError, PinIncorrect
 from strongroom.node import registry
 from strongroom.node.backups import LAST_BACKUP_KEY
 from strongroom.node.identity import IDENTITY_KEY, ClusterIdentity, IdentityError, check_cluster_certificate
@@ -32,7 +44,12 @@ class InitializeArgs:
     cluster_name: str = "strongroom"
 
 
-@operation("cluster.initialize", args=InitializeArgs, states=(UNINITIALIZED,))
+#: Initialization is the customer's act (they hold the CA that signs the cluster CSR, and activation
+#: makes the first admin): an application host's certificate, never the operator's.
+OWNER = (AGENT,)
+
+
+@operation("cluster.initialize", args=InitializeArgs, states=(UNINITIALIZED,), peers=OWNER)
 async def initialize(call: Any, args: InitializeArgs) -> dict[str, Any]:
     """Create the cluster key and the cluster's identity key inside this node; return the cluster CSR.
 
@@ -49,10 +66,14 @@ async def initialize(call: Any, args: InitializeArgs) -> dict[str, Any]:
     csr = identity.csr(cluster_id, args.cluster_name).decode()
     key = bytearray(os.urandom(CLUSTER_KEY_BYTES))
     try:
-        seal_cluster_key(services.config.node_dir, SealedIdentity(cluster_id, services.config.node_id), key)
-    except SealError:
-        raise ActionProhibited("this node already holds a cluster key") from None
-    services.install_cluster_key(cluster_id, key)
+        await asyncio.to_thread(seal_cluster_key, services.config.node_dir,
+                                SealedIdentity(cluster_id, services.config.node_id), key, services.config.seal)
+    except SealError as exc:
+        key[:] = bytes(len(key))
+        if seal_exists(services.config.node_dir):
+            raise ActionProhibited("this node already holds a cluster key") from None
+        raise DeviceError(f"the cluster key could not be sealed ({services.config.seal.type} seal): {exc}") from None
+    services.share_new_key(cluster_id, key)
     barrier = services.require_barrier()
     now = time.time()
     meta = {"cluster_id": cluster_id, "name": args.cluster_name, "state": INITIALIZE_IN_PROGRESS, "created": now,
@@ -70,7 +91,7 @@ async def initialize(call: Any, args: InitializeArgs) -> dict[str, Any]:
     return {"cluster_id": cluster_id, "state": INITIALIZE_IN_PROGRESS, "admin_username": FIRST_ADMIN, "csr": csr}
 
 
-@operation("cluster.csr", states=(INITIALIZE_IN_PROGRESS, INITIALIZED, ACTIVE))
+@operation("cluster.csr", states=(INITIALIZE_IN_PROGRESS, INITIALIZED, ACTIVE), peers=OWNER)
 async def csr(call: Any, _args: None) -> dict[str, Any]:
     """The cluster CSR again (it is public), e.g. when the first copy was lost."""
     meta = await call.services.require_barrier().get(CLUSTER_META_KEY)
@@ -90,7 +111,7 @@ class InstallCertificateArgs:
     threshold: int = 0
 
 
-@operation("cluster.install_certificate", args=InstallCertificateArgs, states=(INITIALIZE_IN_PROGRESS,))
+@operation("cluster.install_certificate", args=InstallCertificateArgs, states=(INITIALIZE_IN_PROGRESS,), peers=OWNER)
 async def install_certificate(call: Any, args: InstallCertificateArgs) -> dict[str, Any]:
     """Complete initialization: the customer's certificate for the cluster CSR, their CA, and optionally
     the custodians among whom the cluster key is split M-of-N (the encrypted shares are returned once)."""
@@ -123,10 +144,16 @@ async def install_certificate(call: Any, args: InstallCertificateArgs) -> dict[s
         shares = [share.to_json() for share in encrypted]
         recovery = {"threshold": args.threshold, "total": len(keys),
                     "custodians": [share.custodian_fingerprint for share in encrypted]}
+    if services.config.seal.type == SHARES and recovery is None:
+        raise ArgumentsBad("this node's seal is of type shares: a cold start needs the custodians' recovery shares, "
+                           "so initialization needs custodians (--custodian PEM ... --threshold M)")
     meta = await barrier.get(CLUSTER_META_KEY)
+    # Activation makes the first admin: only whoever holds this secret (the customer who completed
+    # initialization) may do it, not whoever reaches a node or an agent socket first.
+    activation_secret = secrets.token_urlsafe(ACTIVATION_SECRET_BYTES)
     value = dict(meta.value, state=INITIALIZED, cluster_certificate=args.certificate, trust_anchor=args.trust_anchor,
                  trust_anchor_fingerprint=fingerprint_sha256(anchor), certificate_fingerprint=fingerprint_sha256(cert),
-                 recovery=recovery)
+                 recovery=recovery, activation_digest=_activation_digest(activation_secret))
     await services.audit("cluster.install_certificate", actor=None,
                          details={"trust_anchor": fingerprint_sha256(anchor), "recovery": recovery})
     try:
@@ -134,16 +161,27 @@ async def install_certificate(call: Any, args: InstallCertificateArgs) -> dict[s
     except ConflictError:
         raise ActionProhibited("the cluster's certificate was installed concurrently") from None
     return {"cluster_id": services.cluster_id, "state": INITIALIZED,
-            "trust_anchor_fingerprint": fingerprint_sha256(anchor), "recovery": recovery, "shares": shares}
+            "trust_anchor_fingerprint": fingerprint_sha256(anchor), "recovery": recovery, "shares": shares,
+            "activation_secret": activation_secret}
+
+
+ACTIVATION_SECRET_BYTES = 24
+
+
+def _activation_digest(secret: str) -> str:
+    # A random 192-bit secret: a plain hash is enough (nothing to stretch), compared in constant time.
+    return hashlib.sha256(b"strongroom activation\0" + secret.encode()).hexdigest()
 
 
 @dataclass
 class ActivateArgs:
     password: str
+    #: Printed once by cluster.install_certificate (``strongroom cluster initialize``).
+    activation_secret: str
     username: str = FIRST_ADMIN
 
 
-@operation("cluster.activate", args=ActivateArgs, states=(INITIALIZED,))
+@operation("cluster.activate", args=ActivateArgs, states=(INITIALIZED,), peers=OWNER)
 async def activate(call: Any, args: ActivateArgs) -> dict[str, Any]:
     """The unactivated admin sets its password; the cluster becomes active."""
     services = call.services
@@ -152,7 +190,12 @@ async def activate(call: Any, args: ActivateArgs) -> dict[str, Any]:
     check_password_rules(args.password)
     meta = await barrier.get(CLUSTER_META_KEY)
     admin = await barrier.get(key_of(username))
-    if meta is None or admin is None or admin.value.get("password") is not None:
+    digest = None if meta is None else meta.value.get("activation_digest")
+    if digest is None or not hmac.compare_digest(str(digest), _activation_digest(args.activation_secret)):
+        await services.audit("cluster.activate", actor=username, outcome="CKR_PIN_INCORRECT",
+                             details={"reason": "wrong activation secret"})
+        raise PinIncorrect("the activation secret is wrong: use the one `strongroom cluster initialize` printed")
+    if admin is None or admin.value.get("password") is not None:
         await services.audit("cluster.activate", actor=username, outcome="CKR_PIN_INCORRECT")
         raise PinIncorrect(f"{username!r} is not the unactivated admin of this cluster")
     password_hash = await asyncio.to_thread(hash_password, args.password)
@@ -160,7 +203,8 @@ async def activate(call: Any, args: ActivateArgs) -> dict[str, Any]:
     new_admin = dict(admin.value, password=password_hash.to_record())
     try:
         await barrier.commit(
-            [Write(CLUSTER_META_KEY, dict(meta.value, state=ACTIVE, activated=time.time()), meta),
+            [Write(CLUSTER_META_KEY, {**{k: v for k, v in meta.value.items() if k != "activation_digest"},
+                                      "state": ACTIVE, "activated": time.time()}, meta),
              Write(admin.key, new_admin, admin)]
         )
     except ConflictError:
@@ -168,7 +212,7 @@ async def activate(call: Any, args: ActivateArgs) -> dict[str, Any]:
     return {"cluster_id": services.cluster_id, "state": ACTIVE}
 
 
-@operation("cluster.status", states=ALL_STATES)
+@operation("cluster.status", states=ALL_STATES, peers=EVERY_PEER)
 async def status(call: Any, _args: None) -> dict[str, Any]:
     services = call.services
     state = await services.cluster_state()

@@ -1,15 +1,16 @@
-"""``hsm.*``: nodes joining (receiving the cluster key) and leaving (revocation) the cluster.
+"""``hsm.*``: nodes enrolled by an admin, joining (receiving the cluster key) and leaving the cluster.
 
-Neither operation takes a login: they are control-plane acts, authorized by the
-certificate the caller presented in the mTLS handshake (both chain to the
-customer's CA, or the handshake would have failed):
-
-* ``hsm.clone_key`` — a *node* certificate (serverAuth + clientAuth) whose CN is
-  the node id asking, not revoked. The key travels encrypted to the newcomer's
-  ephemeral X25519 key (see :mod:`strongroom.node.join`).
-* ``hsm.revoke`` — a *client* certificate (clientAuth only): the operator's act of
-  removing a node, as CloudHSM's DeleteHsm is an AWS API call rather than an HSM
-  login. It grants no access to keys; its worst use is taking a node out.
+* ``hsm.enroll`` — an admin (logged in) names the node certificate that may receive the
+  cluster key: ``enrolled/<node id>`` records its SHA-256 fingerprint. Without it no
+  certificate of the customer's CA, node role or not, gets the key.
+* ``hsm.clone_key`` — no login: a connection whose certificate has the *node* role
+  (dispatch checks it), is the enrolled certificate of the node id it names, and is not
+  revoked. The key travels encrypted to the newcomer's ephemeral X25519 key (see
+  :mod:`strongroom.node.join`).
+* ``hsm.revoke`` — the operator's act of removing a node (operator role, no login), as
+  CloudHSM's DeleteHsm is an AWS API call rather than an HSM login. It grants no access
+  to keys; its worst use is taking a node out.
+* ``hsm.zeroize`` — an admin, or the operator with no login.
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
+from strongroom.auth.users import Role
 from strongroom.barrier import Remove, Write
 from strongroom.dispatch.auditing import audit_refusal, witness
-from strongroom.dispatch.table import ACTIVE, ALL_STATES, INITIALIZED, operation
+from strongroom.dispatch.table import ACTIVE, AGENT, ALL_STATES, INITIALIZED, NODE, OPERATOR, operation
 from strongroom.errors import ActionProhibited, ArgumentsBad, DeviceError, HsmError
 from strongroom.node.join import PUBLIC_BYTES, seal_for_newcomer
 from strongroom.node.services import REVOKED_PREFIX
+from strongroom.pki import certificate_role, fingerprint_sha256, verify_issued_by
 from strongroom.store.base import ConflictError
 
 log = logging.getLogger(__name__)
@@ -34,10 +39,17 @@ log = logging.getLogger(__name__)
 STATES = (INITIALIZED, ACTIVE)
 #: RFC 5280: a serial number is at most 20 octets.
 MAX_SERIAL_HEX = 40
+#: ``enrolled/<node id>``: the certificate an admin allowed to receive the cluster key.
+ENROLLED_PREFIX = "enrolled/"
+MAX_PEM = 16 * 1024
 
 
 def revoked_key(serial: int) -> str:
     return f"{REVOKED_PREFIX}{serial:x}"
+
+
+def enrolled_key(node_id: str) -> str:
+    return f"{ENROLLED_PREFIX}{node_id}"
 
 
 def _who(peer: Any) -> str:
@@ -45,30 +57,81 @@ def _who(peer: Any) -> str:
 
 
 async def check_node_peer(services: Any, peer: Any, node_id: str) -> None:
-    """Refuse (ACTION_PROHIBITED) unless ``peer`` is the unrevoked node certificate of ``node_id``."""
+    """Refuse (ACTION_PROHIBITED) unless ``peer`` is the enrolled, unrevoked node certificate of ``node_id``."""
     if peer is None or getattr(peer, "serial", None) is None:
         raise ActionProhibited("hsm.clone_key: the peer's certificate is unknown on this connection")
-    if not (peer.server_auth and peer.client_auth):
+    if not peer.is_node:
         raise ActionProhibited(
-            f"hsm.clone_key needs a node certificate (serverAuth and clientAuth) of the cluster's CA; "
-            f"{_who(peer)} is a client certificate"
+            f"hsm.clone_key needs a node certificate (SAN URI urn:strongroom:node:<id>, serverAuth and "
+            f"clientAuth) of the cluster's CA; {_who(peer)} is not one"
         )
-    if peer.common_name != node_id:
+    if peer.role_name != node_id:
         raise ActionProhibited(
-            f"hsm.clone_key: the certificate presented is for {peer.common_name!r}, not for node {node_id!r}"
+            f"hsm.clone_key: the certificate presented is for node {peer.role_name!r}, not for node {node_id!r}"
         )
+    enrolled = await services.require_barrier().get(enrolled_key(node_id))
+    if enrolled is None:
+        raise ActionProhibited(f"hsm.clone_key: node {node_id!r} is not enrolled; an admin enrolls its "
+                               "certificate first (strongroom hsm enroll --id ID --cert FILE)")
+    if enrolled.value.get("fingerprint") != peer.fingerprint_sha256:
+        raise ActionProhibited(f"hsm.clone_key: the certificate presented is not the one enrolled for {node_id!r}")
     if await services.is_revoked(peer.serial):
         raise ActionProhibited(f"hsm.clone_key: the certificate of {node_id!r} (serial {peer.serial:x}) is revoked")
 
 
-def _check_operator_peer(peer: Any, op: str = "hsm.revoke") -> None:
-    if peer is None or getattr(peer, "serial", None) is None:
-        raise ActionProhibited(f"{op}: the peer's certificate is unknown on this connection")
-    if peer.server_auth or not peer.client_auth:
-        raise ActionProhibited(
-            f"{op} is the operator's act and needs a client certificate (clientAuth only) of the "
-            f"cluster's CA; {_who(peer)} is a node certificate"
-        )
+@dataclass
+class EnrollArgs:
+    node_id: str
+    #: The node's certificate (PEM), as its operator sent it to the admin.
+    certificate: str
+
+
+@operation("hsm.enroll", args=EnrollArgs, roles=(Role.ADMIN.value,), states=STATES, peers=(AGENT,))
+async def enroll(call: Any, args: EnrollArgs) -> dict[str, Any]:
+    """An admin allows one node certificate to receive the cluster key (``hsm.clone_key``).
+
+    Idempotent for the same certificate; enrolling another certificate for the same node id
+    replaces the first (a node whose certificate was renewed).
+    """
+    services = call.services
+    details: dict[str, Any] = {"node_id": args.node_id}
+    try:
+        if len(args.certificate) > MAX_PEM:
+            raise ArgumentsBad(f"a certificate is at most {MAX_PEM} bytes of PEM")
+        try:
+            cert = x509.load_pem_x509_certificate(args.certificate.encode())
+        except ValueError:
+            raise ArgumentsBad("certificate is not a PEM certificate") from None
+        role = certificate_role(cert)
+        if role is None or role.role != NODE or role.name != args.node_id:
+            raise ArgumentsBad(f"the certificate does not carry the node role for {args.node_id!r} "
+                               f"(SAN URI urn:strongroom:node:{args.node_id})")
+        from strongroom.pki import load_certificate
+
+        if not verify_issued_by(cert, load_certificate(services.config.ca_cert)):
+            raise ArgumentsBad("the certificate was not issued by the cluster's CA (the trust anchor)")
+        fingerprint = fingerprint_sha256(cert)
+        details.update(fingerprint=fingerprint, serial=f"{cert.serial_number:x}")
+        if await services.is_revoked(cert.serial_number):
+            raise ActionProhibited(f"that certificate (serial {cert.serial_number:x}) is revoked")
+        barrier = services.require_barrier()
+        key = enrolled_key(args.node_id)
+        record = {"node_id": args.node_id, "fingerprint": fingerprint, "serial": f"{cert.serial_number:x}",
+                  "enrolled_by": call.actor, "enrolled_at": time.time()}
+        for _attempt in range(3):
+            existing = await barrier.get(key)
+            if existing is not None and existing.value.get("fingerprint") == fingerprint:
+                return dict(existing.value, already_enrolled=True)
+            await witness(call, "hsm.enroll", details)()
+            try:
+                await barrier.commit([Write(key, record, existing)])
+            except ConflictError:
+                continue
+            return dict(record, already_enrolled=False)
+        raise DeviceError("hsm.enroll: the record kept changing; try again")
+    except HsmError as exc:
+        await audit_refusal(call, "hsm.enroll", exc, details)
+        raise
 
 
 @dataclass
@@ -77,7 +140,7 @@ class CloneKeyArgs:
     ephemeral_public: bytes
 
 
-@operation("hsm.clone_key", args=CloneKeyArgs, states=STATES)
+@operation("hsm.clone_key", args=CloneKeyArgs, states=STATES, peers=(NODE,))
 async def clone_key(call: Any, args: CloneKeyArgs) -> dict[str, Any]:
     """Give the cluster key to a joining node, encrypted to its ephemeral X25519 key."""
     services = call.services
@@ -122,7 +185,7 @@ def _parse_serial(text: str) -> int:
     return int(digits, 16)
 
 
-@operation("hsm.revoke", args=RevokeArgs, states=STATES)
+@operation("hsm.revoke", args=RevokeArgs, states=STATES, peers=(OPERATOR,))
 async def revoke(call: Any, args: RevokeArgs) -> dict[str, Any]:
     """Revoke a node's certificate (``revoked/<serial>``) and drop the node from the registry.
 
@@ -137,7 +200,6 @@ async def revoke(call: Any, args: RevokeArgs) -> dict[str, Any]:
     details = {"node_id": args.node_id, "serial": f"{serial:x}",
                "peer_fingerprint": getattr(peer, "fingerprint_sha256", None)}
     try:
-        _check_operator_peer(peer)
         if serial == _own_serial(Path(services.config.tls_cert)):
             raise ActionProhibited("a node does not revoke its own certificate; send hsm.revoke to another node")
         barrier = services.require_barrier()
@@ -147,10 +209,13 @@ async def revoke(call: Any, args: RevokeArgs) -> dict[str, Any]:
             if existing is not None:
                 return dict(existing.value, already_revoked=True)
             listed = await barrier.get(registry.key_of(args.node_id))
+            enrolled = await barrier.get(enrolled_key(args.node_id))
             record = {"node_id": args.node_id, "serial": f"{serial:x}", "revoked_at": time.time()}
             changes: list[Any] = [Write(key, record)]
             if listed is not None:
                 changes.append(Remove(listed.key, listed))
+            if enrolled is not None and enrolled.value.get("serial") == f"{serial:x}":
+                changes.append(Remove(enrolled.key, enrolled))
             await witness(call, "hsm.revoke", details)()
             try:
                 await barrier.commit(changes)
@@ -169,12 +234,12 @@ class ZeroizeArgs:
     node_id: str
 
 
-@operation("hsm.zeroize", args=ZeroizeArgs, states=ALL_STATES)
+@operation("hsm.zeroize", args=ZeroizeArgs, states=ALL_STATES, peers=(OPERATOR, AGENT))
 async def zeroize(call: Any, args: ZeroizeArgs) -> dict[str, Any]:
     """Destroy this node's copy of the cluster key and take the node out of the cluster.
 
     Allowed to a logged-in admin (crypto officer) and, with no login, to the operator's
-    client certificate: an emergency stop for one node, as the operator may also delete
+    certificate: an emergency stop for one node, as the operator may also delete
     an HSM. Other nodes keep serving; with every node zeroized only backups remain,
     restorable with recovery shares.
     """
@@ -186,7 +251,9 @@ async def zeroize(call: Any, args: ZeroizeArgs) -> dict[str, Any]:
         # No login needed (the operator has none), but a caller who sent a session must be an admin.
         session = None if call.request.session is None else services.sessions.resolve(call.request.session)
         if session is None:
-            _check_operator_peer(call.peer, "hsm.zeroize")
+            if getattr(call.peer, "role", None) != OPERATOR:
+                raise ActionProhibited("hsm.zeroize: without a login only the operator's certificate may zeroize "
+                                       "a node; an application host's needs an admin login")
         elif session.role.value != "admin":
             raise ActionProhibited("hsm.zeroize: only an admin or the operator may zeroize a node")
         if args.node_id != services.config.node_id:

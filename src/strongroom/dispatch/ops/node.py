@@ -1,22 +1,30 @@
-"""``node.*``: health of this node; served without login, even in the error state."""
+"""``node.*``: health of this node (served without login, even in the error state) and its unsealing."""
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from strongroom import __version__
-from strongroom.dispatch.table import ALL_STATES, error_reply, operation
+from strongroom.dispatch.table import AGENT, ALL_STATES, EVERY_PEER, OPERATOR, error_reply, operation
+from strongroom.errors import ActionProhibited, ArgumentsBad
 
 
-@operation("node.status", states=ALL_STATES, in_error_state=True)
+@operation("node.status", states=ALL_STATES, in_error_state=True, peers=EVERY_PEER)
 async def status(call: Any, _args: None) -> dict[str, Any]:
     services = call.services
     config = services.config
     problem = services.error
+    seal = await services.seal_status()
     try:
-        state = "error" if problem else await services.cluster_state()
+        if problem:
+            state = "error"
+        elif not services.has_cluster_key() and seal.get("state") == "sealed":
+            state, problem = "sealed", seal.get("detail")
+        else:
+            state = await services.cluster_state()
     except Exception as exc:  # noqa: BLE001 - status must describe any failure, not fail itself
         state, problem = "error", error_reply(exc, "node.status")[1]
     report = services.selftest
@@ -26,7 +34,8 @@ async def status(call: Any, _args: None) -> dict[str, Any]:
         "address": config.address,
         "version": __version__,
         "state": state,
-        "cluster_state": None if state == "error" else state,
+        "cluster_state": None if state in ("error", "sealed") else state,
+        "seal": seal,
         "cluster_id": services.cluster_id,
         "error": problem,
         "self_tests": {
@@ -41,7 +50,7 @@ async def status(call: Any, _args: None) -> dict[str, Any]:
     }
 
 
-@operation("node.metrics", states=ALL_STATES)
+@operation("node.metrics", states=ALL_STATES, peers=(AGENT, OPERATOR))
 async def metrics(call: Any, _args: None) -> dict[str, Any]:
     """Operator metrics of this worker: counts only, never key material or labels.
 
@@ -61,3 +70,44 @@ async def metrics(call: Any, _args: None) -> dict[str, Any]:
         "crypto_operations": sum(services.key_use.values()),
         "crypto_operations_by_key": {str(handle): count for handle, count in services.key_use.most_common(100)},
     }
+
+
+# --- unsealing a node with a shares seal (strongroom unseal; see strongroom.seal.shares) -------------
+
+#: Custodians use the operator's tool or an application host's; never a node certificate.
+UNSEALERS = (AGENT, OPERATOR)
+
+
+async def _ask_supervisor(call: Any, kind: str, **fields: Any) -> dict[str, Any]:
+    services = call.services
+    if not services.supervisor.attached:
+        raise ActionProhibited("this node runs without a supervisor: nothing to unseal")
+    reply = await services.supervisor.request(kind, **fields)
+    if reply.get("error"):
+        raise ArgumentsBad(str(reply["error"]))
+    return reply
+
+
+@operation("node.unseal_begin", states=ALL_STATES, peers=UNSEALERS)
+async def unseal_begin(call: Any, _args: None) -> dict[str, Any]:
+    """The current unseal attempt: its id, the supervisor's one-time X25519 key, the progress."""
+    return dict((await _ask_supervisor(call, "unseal_begin"))["attempt"])
+
+
+@dataclass
+class UnsealSubmitArgs:
+    attempt_id: str
+    sender_public: bytes
+    nonce: bytes
+    #: The custodian's decrypted share, in a sealed box to the attempt's key (a few hundred bytes).
+    ciphertext: bytes
+
+
+@operation("node.unseal_submit", args=UnsealSubmitArgs, states=ALL_STATES, peers=UNSEALERS)
+async def unseal_submit(call: Any, args: UnsealSubmitArgs) -> dict[str, Any]:
+    if len(args.ciphertext) > 8192 or len(args.sender_public) != 32 or len(args.attempt_id) > 64:
+        raise ArgumentsBad("malformed unseal submission")
+    reply = await _ask_supervisor(call, "unseal_submit", attempt_id=args.attempt_id,
+                                  sender_public=args.sender_public, nonce=args.nonce, ciphertext=args.ciphertext)
+    return {"unsealed": bool(reply["unsealed"]), "submitted": reply["submitted"], "threshold": reply["threshold"],
+            "node_id": call.services.config.node_id}
