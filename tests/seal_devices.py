@@ -1,11 +1,12 @@
-"""Real devices for the seal tests: a software TPM (swtpm) and SoftHSMv2 tokens, in test directories.
+"""Real devices for the seal tests: a software TPM, SoftHSMv2 tokens, a second cluster's KMS gateway.
 
 :class:`SwTpm` runs ``swtpm socket --tpm2`` on two free loopback ports (server P, control P+1,
 as libtss2-tcti-swtpm expects) with its state in its own directory: a new directory is a new
 TPM (new owner seed), the same directory after a restart is the same TPM. :class:`SoftHsm`
 makes a private SoftHSMv2 token directory with its own ``SOFTHSM2_CONF``; SoftHSMv2 reads
 that variable at ``C_Initialize``, so a test switches tokens with :meth:`SoftHsm.activate`
-(the seal provider finalizes the module after every use).
+(the seal provider finalizes the module after every use). :class:`KmsCluster` is a second
+Strongroom cluster started with ``strongroom up --kms``: its gateway keeps the KEKs of ``kms`` seals.
 
 Nothing here skips: CI installs swtpm, tpm2-tools and softhsm2, and a missing one fails.
 """
@@ -13,6 +14,7 @@ Nothing here skips: CI installs swtpm, tpm2-tools and softhsm2, and a missing on
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -20,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 SO_PIN = "so-pin-1234"
@@ -156,3 +159,67 @@ class SoftHsm:
                 os.environ.pop("SOFTHSM2_CONF", None)
             else:
                 os.environ["SOFTHSM2_CONF"] = old
+
+
+@dataclass
+class KmsCluster:
+    """A second cluster whose KMS gateway keeps KEKs, and what `up --kms` printed about it."""
+
+    cluster: Any  # tests.integration.conftest.LocalCluster
+    secret_file: Path
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.cluster.summary
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.info["kms_endpoint"])
+
+    @property
+    def ca_bundle(self) -> str | None:
+        return self.info.get("kms_ca_bundle")
+
+    def client(self, endpoint: str | None = None, ca_bundle: str | None = None) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("kms", endpoint_url=endpoint or self.endpoint, region_name=self.info["kms_region"],
+                            aws_access_key_id=self.info["kms_access_key_id"],
+                            aws_secret_access_key=self.info["kms_secret_access_key"],
+                            verify=ca_bundle or self.ca_bundle or True,
+                            config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+
+    def new_key(self) -> str:
+        """A new symmetric KMS key; its ARN."""
+        return str(self.client().create_key(Description="strongroom seal test")["KeyMetadata"]["Arn"])
+
+    def options(self, key_id: str, **more: Any) -> dict[str, Any]:
+        """The ``[seal]`` options of a kms seal with ``key_id`` (no secret: the secret's file)."""
+        options = {"endpoint": self.endpoint, "region": self.info["kms_region"], "key_id": key_id,
+                   "access_key_id": self.info["kms_access_key_id"], "secret_access_key_file": str(self.secret_file)}
+        if self.ca_bundle:
+            options["ca_bundle"] = self.ca_bundle
+        return {**options, **more}
+
+    def gateway(self, command: str) -> None:
+        """``strongroom kms start|stop`` for this cluster."""
+        result = self.cluster.run("kms", command, pin=self.cluster.admin_pin)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@contextlib.contextmanager
+def kms_cluster(directory: Path) -> Iterator[KmsCluster]:
+    from tests.integration.conftest import LocalCluster
+
+    cluster = LocalCluster(directory / "kms-cluster", workers=1)
+    result = cluster.run("up", "--workers", "1", "--kms")
+    assert result.returncode == 0, result.stdout + result.stderr
+    cluster.summary = json.loads(result.stdout)
+    try:
+        secret_file = directory / "kms-secret"
+        secret_file.write_text(cluster.summary["kms_secret_access_key"] + "\n")
+        secret_file.chmod(0o600)
+        yield KmsCluster(cluster, secret_file)
+    finally:
+        cluster.down()

@@ -16,13 +16,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -42,66 +39,19 @@ from strongroom.seal import (
     unseal_cluster_key,
 )
 from strongroom.seal.kms import KmsKek, check_endpoint, encryption_context
-from tests.integration.conftest import LocalCluster
+from tests.seal_devices import KmsCluster, kms_cluster
 
 IDENTITY = SealedIdentity("cluster-7f3a", "node-a")
 
 
-@dataclass
-class SecondCluster:
-    """The cluster whose gateway keeps the KEKs, and what `up --kms` printed about it."""
-
-    cluster: LocalCluster
-    info: dict[str, Any]
-    secret_file: Path
-
-    @property
-    def endpoint(self) -> str:
-        return self.info["kms_endpoint"]
-
-    @property
-    def ca_bundle(self) -> str | None:
-        return self.info.get("kms_ca_bundle")
-
-    def client(self, endpoint: str | None = None, ca_bundle: str | None = None) -> Any:
-        return boto3.client("kms", endpoint_url=endpoint or self.endpoint, region_name=self.info["kms_region"],
-                            aws_access_key_id=self.info["kms_access_key_id"],
-                            aws_secret_access_key=self.info["kms_secret_access_key"],
-                            verify=ca_bundle or self.ca_bundle or True,
-                            config=Config(retries={"max_attempts": 1, "mode": "standard"}))
-
-    def new_key(self) -> str:
-        return self.client().create_key(Description="strongroom seal test")["KeyMetadata"]["Arn"]
-
-    def options(self, key_id: str, **more: Any) -> dict[str, Any]:
-        options = {"endpoint": self.endpoint, "region": self.info["kms_region"], "key_id": key_id,
-                   "access_key_id": self.info["kms_access_key_id"], "secret_access_key_file": str(self.secret_file)}
-        if self.ca_bundle:
-            options["ca_bundle"] = self.ca_bundle
-        return {**options, **more}
-
-    def provider(self, key_id: str, **more: Any) -> KmsKek:
-        return provider_for(SealSettings("kms", self.options(key_id, **more)), self.secret_file.parent)
-
-    def gateway(self, command: str) -> None:
-        result = self.cluster.run("kms", command, pin=self.cluster.admin_pin)
-        assert result.returncode == 0, result.stdout + result.stderr
-
-
 @pytest.fixture(scope="module")
-def second(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecondCluster]:
-    base = tmp_path_factory.mktemp("kms-seal")
-    cluster = LocalCluster(base / "second", workers=1)
-    result = cluster.run("up", "--workers", "1", "--kms")
-    assert result.returncode == 0, result.stdout + result.stderr
-    cluster.summary = json.loads(result.stdout)
-    try:
-        secret_file = base / "kms-secret"
-        secret_file.write_text(cluster.summary["kms_secret_access_key"] + "\n")
-        secret_file.chmod(0o600)
-        yield SecondCluster(cluster, cluster.summary, secret_file)
-    finally:
-        cluster.down()
+def second(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KmsCluster]:
+    with kms_cluster(tmp_path_factory.mktemp("kms-seal")) as cluster:
+        yield cluster
+
+
+def kms_provider(second: KmsCluster, key_id: str, **more: Any) -> KmsKek:
+    return provider_for(SealSettings("kms", second.options(key_id, **more)), second.secret_file.parent)
 
 
 @pytest.fixture
@@ -131,13 +81,13 @@ def test_an_alias_names_the_key_and_the_record_keeps_its_arn(second, tmp_path):
     key_id = second.new_key()
     alias = f"alias/seal-{os.urandom(4).hex()}"
     second.client().create_alias(AliasName=alias, TargetKeyId=key_id)
-    kek, stored = second.provider(alias).create(IDENTITY)
+    kek, stored = kms_provider(second, alias).create(IDENTITY)
     assert stored["key_id"] == key_id  # the alias may move later; the blob stays with its key
-    assert second.provider(alias).recover(IDENTITY, stored) == kek
+    assert kms_provider(second, alias).recover(IDENTITY, stored) == kek
 
 
 def test_another_nodes_or_clusters_blob_is_refused(second, tmp_path):
-    provider = second.provider(second.new_key())
+    provider = kms_provider(second, second.new_key())
     _, stored = provider.create(IDENTITY)
     for other in (SealedIdentity("cluster-7f3a", "node-b"), SealedIdentity("cluster-other", "node-a")):
         with pytest.raises(SealError, match="InvalidCiphertextException") as excinfo:
@@ -146,7 +96,7 @@ def test_another_nodes_or_clusters_blob_is_refused(second, tmp_path):
 
 
 def test_a_blob_presented_with_another_key_is_refused(second):
-    provider = second.provider(second.new_key())
+    provider = kms_provider(second, second.new_key())
     _, stored = provider.create(IDENTITY)
     with pytest.raises(SealError) as excinfo:
         provider.recover(IDENTITY, dict(stored, key_id=second.new_key()))
@@ -156,7 +106,7 @@ def test_a_blob_presented_with_another_key_is_refused(second):
 
 def test_a_disabled_key_shuts_the_seal_until_it_is_enabled(second):
     key_id = second.new_key()
-    provider = second.provider(key_id)
+    provider = kms_provider(second, key_id)
     kek, stored = provider.create(IDENTITY)
     second.client().disable_key(KeyId=key_id)
     with pytest.raises(SealError, match="DisabledException") as excinfo:
@@ -170,7 +120,7 @@ def test_a_disabled_key_shuts_the_seal_until_it_is_enabled(second):
 
 def test_a_key_scheduled_for_deletion_shuts_the_seal(second):
     key_id = second.new_key()
-    provider = second.provider(key_id)
+    provider = kms_provider(second, key_id)
     kek, stored = provider.create(IDENTITY)
     second.client().schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
     with pytest.raises(SealError, match="pending deletion") as excinfo:
@@ -183,15 +133,15 @@ def test_a_key_scheduled_for_deletion_shuts_the_seal(second):
 
 def test_a_missing_key_and_wrong_credentials_are_refused(second, tmp_path):
     key_id = second.new_key()
-    _, stored = second.provider(key_id).create(IDENTITY)
+    _, stored = kms_provider(second, key_id).create(IDENTITY)
     wrong_secret = tmp_path / "wrong-secret"
     wrong_secret.write_text("x" * 40)
     cases = [
-        (second.provider(f"arn:aws:kms:{second.info['kms_region']}:111122223333:key/"
+        (kms_provider(second, f"arn:aws:kms:{second.info['kms_region']}:111122223333:key/"
                          "00000000-0000-4000-8000-000000000000"), "NotFoundException", "create"),
-        (second.provider(key_id, secret_access_key_file=str(wrong_secret)), "Signature", "recover"),
-        (second.provider(key_id, access_key_id="AKIA" + "Z" * 16), "UnrecognizedClientException", "recover"),
-        (second.provider(key_id, secret_access_key_file=str(tmp_path / "no-such-file")), "cannot read", "recover"),
+        (kms_provider(second, key_id, secret_access_key_file=str(wrong_secret)), "Signature", "recover"),
+        (kms_provider(second, key_id, access_key_id="AKIA" + "Z" * 16), "UnrecognizedClientException", "recover"),
+        (kms_provider(second, key_id, secret_access_key_file=str(tmp_path / "no-such-file")), "cannot read", "recover"),
     ]
     for provider, message, action in cases:
         with pytest.raises(SealError, match=message) as excinfo:
@@ -201,7 +151,7 @@ def test_a_missing_key_and_wrong_credentials_are_refused(second, tmp_path):
 
 
 def test_a_damaged_record_is_refused_before_any_request(second):
-    provider = second.provider(second.new_key())
+    provider = kms_provider(second, second.new_key())
     _, stored = provider.create(IDENTITY)
     for damaged in ({}, dict(stored, ciphertext="%%%"), dict(stored, ciphertext=""),
                     dict(stored, ciphertext=base64.b64encode(b"x" * 10_000).decode()), {"ciphertext": "AAAA"}):
@@ -210,7 +160,7 @@ def test_a_damaged_record_is_refused_before_any_request(second):
 
 
 def test_the_gateway_stopped_is_unavailable_with_a_clear_message(second):
-    provider = second.provider(second.new_key())
+    provider = kms_provider(second, second.new_key())
     kek, stored = provider.create(IDENTITY)
     second.gateway("stop")
     try:
@@ -230,7 +180,7 @@ def test_the_gateway_stopped_is_unavailable_with_a_clear_message(second):
 def test_the_kms_cluster_down_behind_a_running_gateway_is_unavailable(second):
     from tests.integration.kms.conftest import stop_nodes_and_agent
 
-    provider = second.provider(second.new_key())
+    provider = kms_provider(second, second.new_key())
     kek, stored = provider.create(IDENTITY)
     stop_nodes_and_agent(second.cluster)
     try:
@@ -283,7 +233,7 @@ def _server_cert(ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate,
 
 
 @pytest.fixture(scope="module")
-def https(second: SecondCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
+def https(second: KmsCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
     """(endpoint, the right CA file, another CA's file): a second gateway of the cluster serving HTTPS."""
     directory = tmp_path_factory.mktemp("kms-https")
     ca_key, ca = _ca("seal test CA")
@@ -320,7 +270,7 @@ def https(second: SecondCluster, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def test_https_with_the_ca_bundle_round_trips(second, https):
     endpoint, ca_file, _ = https
-    provider = second.provider(second.new_key(), endpoint=endpoint, ca_bundle=str(ca_file))
+    provider = kms_provider(second, second.new_key(), endpoint=endpoint, ca_bundle=str(ca_file))
     kek, stored = provider.create(IDENTITY)
     assert provider.recover(IDENTITY, stored) == kek
 
@@ -328,14 +278,14 @@ def test_https_with_the_ca_bundle_round_trips(second, https):
 def test_https_against_another_ca_is_refused(second, https):
     endpoint, ca_file, other_ca_file = https
     key_id = second.new_key()
-    _, stored = second.provider(key_id, endpoint=endpoint, ca_bundle=str(ca_file)).create(IDENTITY)
-    impostor = second.provider(key_id, endpoint=endpoint, ca_bundle=str(other_ca_file))
+    _, stored = kms_provider(second, key_id, endpoint=endpoint, ca_bundle=str(ca_file)).create(IDENTITY)
+    impostor = kms_provider(second, key_id, endpoint=endpoint, ca_bundle=str(other_ca_file))
     for action in (lambda: impostor.recover(IDENTITY, stored), lambda: impostor.create(IDENTITY)):
         with pytest.raises(SealError, match="TLS verification") as excinfo:
             action()
         assert not isinstance(excinfo.value, SealUnavailable)
     with pytest.raises(SealError, match="no such file"):
-        second.provider(key_id, endpoint=endpoint, ca_bundle=str(ca_file) + ".missing").recover(IDENTITY, stored)
+        kms_provider(second, key_id, endpoint=endpoint, ca_bundle=str(ca_file) + ".missing").recover(IDENTITY, stored)
 
 
 # --- options (no request is sent) ------------------------------------------------------------------
