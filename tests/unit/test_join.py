@@ -1,8 +1,8 @@
-"""Joining a node: the clone-key exchange, who may ask for the key, revocation.
+"""Joining a node: the clone-key exchange, who may ask for the key (role, enrollment), revocation.
 
 In-process: the two halves of the exchange as functions; then a real NodeServices
-over SQLite serving ``hsm.clone_key``/``hsm.revoke`` to peers built from real
-certificates; then the whole path over mTLS through a NodeListener on loopback.
+over SQLite serving ``hsm.enroll``/``hsm.clone_key``/``hsm.revoke`` to peers built from
+real certificates; then the whole path over mTLS through a NodeListener on loopback.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from cryptography.hazmat.primitives import serialization
 
 from strongroom import pki
 from strongroom.audit import AuditLog
-from strongroom.seal import SealedIdentity, seal_exists, unseal_cluster_key
 from strongroom.dispatch import ops  # noqa: F401  (registers the operations)
 from strongroom.errors import CKR
 from strongroom.node.config import NodeConfig
-from strongroom.node.join import JoinError, JoinKeyPair, join_cluster, open_cluster_key, seal_for_newcomer
+from strongroom.client import ClientError
+from strongroom.node.join import JoinError, JoinKeyPair, fetch_cluster_key, open_cluster_key, seal_for_newcomer
 from strongroom.node.selftest import SelfTestReport
 from strongroom.node.services import NodeServices
 from strongroom.store.sqlite import SqliteStore
@@ -121,8 +121,8 @@ class Pki:
         key, cert = pki.issue_node_certificate(self.ca_key, self.ca_cert, node_id, hosts=["127.0.0.1", node_id])
         return self._write(node_id, key, cert)
 
-    def client(self, name: str) -> tuple[Path, Path, x509.Certificate]:
-        key, cert = pki.issue_client_certificate(self.ca_key, self.ca_cert, name)
+    def client(self, name: str, role: str = pki.AGENT) -> tuple[Path, Path, x509.Certificate]:
+        key, cert = pki.issue_client_certificate(self.ca_key, self.ca_cert, name, role=role)
         return self._write(name, key, cert)
 
     def _write(self, name: str, key: Any, cert: x509.Certificate) -> tuple[Path, Path, x509.Certificate]:
@@ -155,20 +155,32 @@ class Node:
         self.store = SqliteStore(self.config.store_path)
         self.services = NodeServices(self.config, self.store, SelfTestReport((), (), 0.0), boot=1)
         self.node1_peer = peer_of(x509.load_pem_x509_certificate(self.config.tls_cert.read_bytes()))
-        self.operator = peer_of(self.pki.client("operator")[2])
+        self.operator = peer_of(self.pki.client("operator", role=pki.OPERATOR)[2])
+        self.agent = peer_of(self.pki.client("agent")[2])
+        self.admin: bytes | None = None
 
-    async def call(self, op: str, args: dict[str, Any], peer: Any) -> tuple[int, Any]:
-        return await self.services.handle(Request(1, op, None, args), 1, peer)
+    async def call(self, op: str, args: dict[str, Any], peer: Any, session: bytes | None = None) -> tuple[int, Any]:
+        return await self.services.handle(Request(1, op, session, args), 1, peer)
 
     async def initialize(self) -> None:
-        code, body = await self.call("cluster.initialize", {}, self.operator)
+        code, body = await self.call("cluster.initialize", {}, self.agent)
         assert code == CKR.OK, body
         cert = pki.sign_csr(self.pki.ca_key, self.pki.ca_cert, body["csr"].encode(), days=30, server=False,
                             client=True)
         code, body = await self.call("cluster.install_certificate",
                                      {"certificate": pki.cert_to_pem(cert).decode(),
-                                      "trust_anchor": pki.cert_to_pem(self.pki.ca_cert).decode()}, self.operator)
+                                      "trust_anchor": pki.cert_to_pem(self.pki.ca_cert).decode()}, self.agent)
         assert code == CKR.OK, body
+        code, body = await self.call("cluster.activate", {"password": "first-admin-pw",
+                                                          "activation_secret": body["activation_secret"]}, self.agent)
+        assert code == CKR.OK, body
+        code, body = await self.call("session.login", {"username": "admin", "password": "first-admin-pw"}, self.agent)
+        assert code == CKR.OK, body
+        self.admin = body["session"]
+
+    async def enroll(self, node_id: str, cert: x509.Certificate) -> tuple[int, Any]:
+        return await self.call("hsm.enroll", {"node_id": node_id, "certificate": pki.cert_to_pem(cert).decode()},
+                               self.agent, self.admin)
 
     async def close(self) -> None:
         await self.services.stop_background()
@@ -194,10 +206,28 @@ def audit_events(node: Node) -> list[tuple[str, str]]:
     return [(r["event"], r["outcome"]) for r in map(json.loads, lines)]
 
 
-def test_a_node_certificate_receives_the_key(tmp_path: Path) -> None:
+def test_a_node_certificate_receives_the_key_once_enrolled(tmp_path: Path) -> None:
     async def scenario(node: Node) -> None:
-        newcomer = peer_of(node.pki.node("node2")[2])
+        cert = node.pki.node("node2")[2]
+        newcomer = peer_of(cert)
         pair = JoinKeyPair.generate()
+        code, reply = await node.call("hsm.clone_key", {"node_id": "node2", "ephemeral_public": pair.public},
+                                      newcomer)
+        assert code == CKR.ACTION_PROHIBITED and "not enrolled" in reply
+        # Enrollment is an admin's act: the operator cannot, nor can an admin enroll a certificate of another role.
+        code, reply = await node.call("hsm.enroll", {"node_id": "node2", "certificate": pki.cert_to_pem(cert).decode()},
+                                      node.operator, node.admin)
+        assert code == CKR.ACTION_PROHIBITED, reply
+        code, reply = await node.enroll("node2", node.pki.client("node2-agent")[2])
+        assert code == CKR.ARGUMENTS_BAD and "node role" in reply
+        code, reply = await node.enroll("node3", cert)
+        assert code == CKR.ARGUMENTS_BAD and "node role" in reply
+        code, reply = await node.enroll("node2", cert)
+        assert code == CKR.OK, reply
+        # Another certificate with the same node id is not the enrolled one.
+        code, reply = await node.call("hsm.clone_key", {"node_id": "node2", "ephemeral_public": pair.public},
+                                      peer_of(node.pki.node("node2")[2]))
+        assert code == CKR.ACTION_PROHIBITED and "not the one enrolled" in reply
         code, reply = await node.call("hsm.clone_key", {"node_id": "node2", "ephemeral_public": pair.public},
                                       newcomer)
         assert code == CKR.OK, reply
@@ -213,17 +243,20 @@ def test_wrong_certificates_are_refused(tmp_path: Path) -> None:
     async def scenario(node: Node) -> None:
         pair = JoinKeyPair.generate()
         cases = {
-            "client certificate": (node.operator, "node2", "client certificate"),
-            "another node's CN": (peer_of(node.pki.node("node3")[2]), "node2", "not for node 'node2'"),
-            "no certificate known": ("node2", "node2", "unknown"),
+            "operator certificate": (node.operator, "node2", "node role"),
+            "agent certificate": (node.agent, "node2", "node role"),
+            "another node's certificate": (peer_of(node.pki.node("node3")[2]), "node2", "not for node 'node2'"),
+            "no certificate known": ("node2", "node2", "no Strongroom role"),
         }
         for what, (peer, node_id, message) in cases.items():
             code, body = await node.call("hsm.clone_key", {"node_id": node_id, "ephemeral_public": pair.public}, peer)
             assert code == CKR.ACTION_PROHIBITED, what
             assert message in body, (what, body)
         assert ("hsm.clone_key", "CKR_ACTION_PROHIBITED") in audit_events(node)
+        cert = node.pki.node("node2")[2]
+        assert (await node.enroll("node2", cert))[0] == CKR.OK
         code, body = await node.call("hsm.clone_key", {"node_id": "node2", "ephemeral_public": bytes(32)},
-                                     peer_of(node.pki.node("node2")[2]))
+                                     peer_of(cert))
         assert code == CKR.ARGUMENTS_BAD, body
 
     run_node(tmp_path, scenario)
@@ -235,9 +268,12 @@ def test_revoked_certificate_is_refused_and_its_connections_closed(tmp_path: Pat
         newcomer = peer_of(cert)
         assert await node.services.admit_connection(newcomer) is None
         args = {"node_id": "node2", "serial": f"{cert.serial_number:x}"}
-        # Only the operator's client certificate may revoke, and a node not its own certificate.
-        code, body = await node.call("hsm.revoke", args, peer_of(node.pki.node("node3")[2]))
-        assert code == CKR.ACTION_PROHIBITED and "client certificate" in body
+        assert (await node.enroll("node2", cert))[0] == CKR.OK
+        # Only the operator's certificate may revoke (not a node's, not an application host's), and a node
+        # not its own certificate.
+        for other in (peer_of(node.pki.node("node3")[2]), node.agent):
+            code, body = await node.call("hsm.revoke", args, other)
+            assert code == CKR.ACTION_PROHIBITED and "operator role" in body
         own = {"node_id": "node1", "serial": f"{node.node1_peer.serial:x}"}
         code, body = await node.call("hsm.revoke", own, node.operator)
         assert code == CKR.ACTION_PROHIBITED and "its own certificate" in body
@@ -257,7 +293,7 @@ def test_revoked_certificate_is_refused_and_its_connections_closed(tmp_path: Pat
         pair = JoinKeyPair.generate()
         code, body = await node.call("hsm.clone_key", {"node_id": "node2", "ephemeral_public": pair.public},
                                      newcomer)
-        assert code == CKR.ACTION_PROHIBITED and "revoked" in body
+        assert code == CKR.ACTION_PROHIBITED and "enrolled" in body  # revocation also ends the enrollment
         assert "revoked" in (await node.services.admit_connection(newcomer) or "")
         assert await node.services.admit_connection(node.operator) is None
         assert ("hsm.revoke", "ok") in audit_events(node)
@@ -298,29 +334,29 @@ def test_join_over_mtls(tmp_path: Path) -> None:
         try:
             newcomer = node_config(tmp_path, node.pki, "node2")
             dead = f"127.0.0.1:{_free_port()}"
-            identity = await join_cluster(newcomer, [dead, address])  # the first peer is down: the next serves
-            assert identity == SealedIdentity(node.services.cluster_id, "node2")
-            sealed_identity, key = unseal_cluster_key(newcomer.node_dir)
-            assert sealed_identity == identity and key == node.services.cluster_key
-            with pytest.raises(JoinError, match="already holds"):
-                await join_cluster(newcomer, [address])
+            with pytest.raises((ClientError, OSError)):
+                await fetch_cluster_key(newcomer, dead)
+            with pytest.raises(ClientError, match="not enrolled"):
+                await fetch_cluster_key(newcomer, address)
+            assert (await node.enroll("node2", x509.load_pem_x509_certificate(newcomer.tls_cert.read_bytes())))[0] \
+                == CKR.OK
+            cluster_id, key = await fetch_cluster_key(newcomer, address)
+            assert cluster_id == node.services.cluster_id and key == node.services.cluster_key
 
-            # A client certificate in a node's configuration does not get the key.
+            # An application host's certificate in a node's configuration does not get the key; an operator's
+            # certificate is not even admitted past the role check.
             impostor = node_config(tmp_path, node.pki, "node3")
             impostor.tls_cert, impostor.tls_key, _ = node.pki.client("node3")
-            with pytest.raises(JoinError, match="client certificate") as refused:
-                await join_cluster(impostor, [dead, address])
-            assert dead in str(refused.value)  # every peer's failure is named
-            assert not seal_exists(impostor.node_dir)
+            with pytest.raises(ClientError, match="node role"):
+                await fetch_cluster_key(impostor, address)
 
             # Revoked: the connection is closed on arrival.
             revoked = node_config(tmp_path, node.pki, "node4")
             serial = x509.load_pem_x509_certificate(revoked.tls_cert.read_bytes()).serial_number
             code, body = await node.call("hsm.revoke", {"node_id": "node4", "serial": f"{serial:x}"}, node.operator)
             assert code == CKR.OK, body
-            with pytest.raises(JoinError, match="closed|lost|receive"):
-                await join_cluster(revoked, [address])
-            assert not seal_exists(revoked.node_dir)
+            with pytest.raises((ClientError, ConnectionError)):
+                await fetch_cluster_key(revoked, address)
         finally:
             await listener.close()
 

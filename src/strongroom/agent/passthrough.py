@@ -29,9 +29,27 @@ IDEMPOTENT = frozenset({
     "crypto.encrypt", "crypto.decrypt", "crypto.digest", "random.generate",
 })
 
-#: Operator acts that must not be reachable by whoever can open the socket.
-REFUSED = frozenset({"cluster.initialize", "cluster.install_certificate", "hsm.revoke", "hsm.clone_key",
-                     "hsm.zeroize", "backup.create", "backup.read", "backup.release"})
+_MULTIPART = tuple(f"crypto.{kind}_{step}" for kind in ("encrypt", "decrypt", "sign", "verify", "digest")
+                   for step in ("init", "single", "update", "final"))
+
+#: What an SDK/CLI client on this host may ask of a node through the agent: the customer's users'
+#: operations (log in, manage users, keys and objects, cryptography) and status. Nothing else goes
+#: through: not initialization or activation (whoever opens the socket first must not become the
+#: first admin), not the operator's acts (backups, zeroize, revocation), not a node's (the cluster
+#: key), not enrollment or unsealing. Those need a certificate of their own, straight to a node.
+ALLOWED = frozenset({
+    "node.status", "cluster.status", "mechanism.list",
+    "session.login", "session.logout", "session.info", "session.context_login",
+    "user.create", "user.delete", "user.list", "user.change_password",
+    "p11session.open", "p11session.close",
+    "object.create", "object.find", "object.list", "object.get_attributes", "object.set_attributes",
+    "object.destroy", "object.copy", "object.share", "object.unshare",
+    "key.generate", "key.generate_pair", "key.wrap", "key.unwrap", "key.derive",
+    "crypto.encrypt", "crypto.decrypt", "crypto.sign", "crypto.verify", "crypto.digest", "crypto.cancel",
+    *_MULTIPART,
+    "random.generate",
+    "kms.access_key.create", "kms.access_key.list", "kms.access_key.delete",
+})
 
 
 class Passthrough:
@@ -52,10 +70,11 @@ class Passthrough:
         except ProtocolError as exc:
             self._writer.write(encode_reply(exc.request_id or 0, exc.code, str(exc)))
             return
-        if request.op in REFUSED:
+        if request.op not in ALLOWED:
             self._writer.write(encode_reply(request.request_id, CKR.ACTION_PROHIBITED,
-                                            f"{request.op} is not available through the agent; "
-                                            "run it against a node with the operator's certificate"))
+                                            f"{request.op} is not available through the agent (it forwards only "
+                                            "the operations of the HSM's users); run it against a node with a "
+                                            "certificate of your own (strongroom --dir DIR ...)"))
             return
         attempts = 2 if request.op in IDEMPOTENT else 1
         failed: list[NodeLink] = []

@@ -32,7 +32,7 @@ from strongroom.agent.functions import Connection, dispatch
 from strongroom.agent.passthrough import Passthrough
 from strongroom.agent.runtime import Agent
 from strongroom.errors import CKR
-from strongroom.transport.protocol import FrameDecoder, FrameTooLarge, OversizedFrame, frame
+from strongroom.transport.protocol import FrameDecoder, FrameTooLarge, OversizedFrame, frame, unpack_limited
 
 log = logging.getLogger("strongroom.agent")
 
@@ -80,7 +80,7 @@ def is_node_protocol(payload: bytes) -> bool:
 
 def decode_request(payload: bytes) -> tuple[int, str, list[Any]]:
     try:
-        message = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+        message = unpack_limited(payload)
     except Exception as exc:  # noqa: BLE001 - any garbage is a protocol error
         raise BadMessage(f"undecodable message ({exc.__class__.__name__})") from None
     if not isinstance(message, list) or len(message) != 4:

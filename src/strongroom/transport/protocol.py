@@ -174,12 +174,43 @@ def frame(payload: bytes) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
+#: Arrays and maps one message may hold. An empty array is one byte on the wire and ~60 bytes as a
+#: Python list: without a budget a 4 MiB frame of them costs hundreds of MiB before any check runs.
+MAX_CONTAINERS = 65536
+#: Elements of one array or map (PKCS#11 templates and object lists stay far below).
+MAX_CONTAINER_LEN = 65536
+
+
+class _Budget:
+    """Counts the containers msgpack builds and stops the decoder when the budget is spent."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def spend(self, value: Any) -> Any:
+        self.left -= 1
+        if self.left < 0:
+            raise ValueError("too many arrays and maps in one message")
+        return value
+
+
+def unpack_limited(payload: bytes, max_containers: int = MAX_CONTAINERS) -> Any:
+    """msgpack-decode ``payload`` from the network with limits on sizes and on the number of containers.
+
+    Raises ValueError (and msgpack's own errors) for anything that is not a small, well-formed message.
+    """
+    budget = _Budget(max_containers)
+    # strict_map_key keeps map keys to str/bytes; raw=False decodes strings as UTF-8.
+    return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True, list_hook=budget.spend,
+                           object_hook=budget.spend, max_array_len=MAX_CONTAINER_LEN,
+                           max_map_len=MAX_CONTAINER_LEN)
+
+
 def _unpack(payload: bytes) -> Any:
     try:
-        # strict_map_key keeps map keys to str/bytes; raw=False decodes strings as UTF-8.
-        return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+        return unpack_limited(payload)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise ProtocolError(f"undecodable message: {exc.__class__.__name__}") from None
+        raise ProtocolError(f"undecodable message: {exc.__class__.__name__}: {exc}") from None
     except Exception as exc:  # msgpack raises a few other types on garbage (e.g. TypeError)
         raise ProtocolError(f"undecodable message: {exc.__class__.__name__}") from None
 
