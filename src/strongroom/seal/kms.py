@@ -21,6 +21,9 @@ Options (``node.toml [seal]``; no secret in them):
 The KEK comes back from the KMS in the response body: over plain HTTP anyone on the path would
 read it, so ``http://`` is accepted for loopback endpoints only.
 
+Zeroization (:meth:`KekProvider.destroy`) removes nothing in the KMS: its key may serve other nodes'
+seals, and the blob goes with the seal file. Revoke the node's access or disable the key for that.
+
 Errors: no answer (connection refused, timeout, 5xx, throttling) is :class:`SealUnavailable`
 and the node retries; a refusal (another node's blob, another key, the key disabled or pending
 deletion, access denied, unknown credentials) is :class:`SealError`. Connect and read timeouts

@@ -29,6 +29,9 @@ its standard input and comes back from ``tpm2_unseal`` through its standard outp
 files the tools exchange (``*.ctx``) hold objects encrypted by the TPM's context key, in a
 private temporary directory removed afterwards.
 
+Nothing is kept inside the TPM, so zeroization has nothing to remove there: overwriting the seal
+file removes the only copy of the blobs.
+
 Errors: the TPM not answering (no device, swtpm down, TPM busy) is :class:`SealUnavailable`;
 an object that fails the TPM's integrity check (another TPM, a cleared owner hierarchy, an
 altered blob) or a PCR policy that fails is :class:`SealError`.
