@@ -17,6 +17,7 @@ from strongroom.agent.config import AgentConfig, ConfigError
 from strongroom.agent.nodes import NodePool
 from strongroom.agent.runtime import Agent
 from strongroom.agent.server import AgentServer, AgentSocketError
+from strongroom.hardening import harden_process
 from strongroom.pki import PkiError
 
 log = logging.getLogger("strongroom.agent")
@@ -70,4 +71,6 @@ def run(config_path: Path) -> int:
         format="%(asctime)s agent %(process)d %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # The agent holds its applications' PINs (for transparent re-login): no core dumps, no ptrace.
+    log.info("hardening: %s", harden_process())
     return asyncio.run(serve(config))

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from strongroom.hardening import harden_process
 from strongroom.cli.output import CliError, emit, emit_error, table
 from strongroom.client import Client, ClientError, ProfileError
 
@@ -492,6 +493,9 @@ def run(argv: list[str], ctx: Context, parser: argparse.ArgumentParser) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The CLI reads PINs, passwords and recovery shares: keep them out of core dumps and other
+    # processes of the same user (ptrace), as the node and the agent do.
+    harden_process()
     ctx = Context()
     try:
         return run(list(sys.argv[1:] if argv is None else argv), ctx, build_parser())
