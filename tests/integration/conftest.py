@@ -33,7 +33,11 @@ class LocalCluster:
         result = self.run("up", "--workers", str(self.workers))
         if check:
             assert result.returncode == 0, result.stdout + result.stderr
-            self.summary = json.loads(result.stdout)
+            summary = json.loads(result.stdout)
+            # The first admin's password is printed by the `up` that initialized the cluster, and only then.
+            if summary.get("admin_password") is None:
+                summary["admin_password"] = self.summary.get("admin_password")
+            self.summary = summary
         return result
 
     def down(self) -> dict[str, Any]:
