@@ -2,9 +2,12 @@
 
 * ``kms serve --config F`` or ``kms serve --dir DIR [--port P] [--region R] [--account-id A]``:
   run the gateway in the foreground (``--dir``: of a ``strongroom up`` directory, set up on
-  first use: the ``kmsuser`` crypto user and a full-rights access key).
+  first use — the ``kmsuser`` crypto user and a full-rights access key, as the admin of
+  ``STRONGROOM_PIN=admin:…`` — with an HTTPS certificate from DIR's CA).
 * ``kms setup --dir DIR``: only that set-up; prints the access key.
 * ``kms start --dir DIR`` / ``kms stop --dir DIR``: the gateway of DIR in the background.
+* ``--insecure-http`` (serve, start): plain HTTP instead of HTTPS, which the gateway then warns
+  about in its log (with ``--dir``/``start`` it is kept in DIR/kms.toml).
 * ``kms access-key create --name N [--policy F] [--service-user U]``, ``kms access-key list``,
   ``kms access-key delete --id AKIA…``: admins (``STRONGROOM_PIN=admin:…``). The secret is
   printed once, by ``create``; the cluster keeps it encrypted and never shows it again.
@@ -44,10 +47,11 @@ def cmd_serve(args: argparse.Namespace, _ctx: Any) -> None:
     if args.config:
         if any(v is not None for v in (args.port, args.region, args.account_id)):
             raise CliError("--port, --region and --account-id go with --dir; with --config edit the file")
-        raise SystemExit(serve(Path(args.config)))
+        raise SystemExit(serve(Path(args.config), insecure_http=args.insecure_http))
     root = _directory(args).resolve()
     _local(lambda: local.setup(root))
-    _local(lambda: local.write_config(root, port=args.port, region=args.region, account_id=args.account_id))
+    _local(lambda: local.write_config(root, port=args.port, region=args.region, account_id=args.account_id,
+                                      insecure_http=True if args.insecure_http else None))
     raise SystemExit(serve(root / local.CONFIG_FILE))
 
 
@@ -58,7 +62,7 @@ def cmd_setup(args: argparse.Namespace, _ctx: Any) -> None:
     key = _local(lambda: local.setup(root))
     config = _local(lambda: local.write_config(root))
     result = dict(key, config=str(root / local.CONFIG_FILE), region=config.kms.region,
-                  endpoint=f"http://{config.kms.host}:{config.kms.port}")
+                  endpoint=local.endpoint(config), ca_bundle=local.ca_bundle(root, config))
     emit(result, as_json=args.json,
          text=f"access key {key['access_key_id']} (secret in {root / local.ACCESS_KEY_FILE}); "
               f"configuration {root / local.CONFIG_FILE}")
@@ -68,8 +72,10 @@ def cmd_start(args: argparse.Namespace, _ctx: Any) -> None:
     from strongroom.kms.local import start_gateway
 
     root = _directory(args)
-    result = _local(lambda: start_gateway(root, port=args.port, region=args.region, account_id=args.account_id))
-    emit(result, as_json=args.json, text=f"KMS endpoint {result['kms_endpoint']} (pid {result['kms_pid']})")
+    result = _local(lambda: start_gateway(root, port=args.port, region=args.region, account_id=args.account_id,
+                                          insecure_http=True if args.insecure_http else None))
+    trust = f"; CA bundle {result['kms_ca_bundle']}" if result.get("kms_ca_bundle") else ""
+    emit(result, as_json=args.json, text=f"KMS endpoint {result['kms_endpoint']} (pid {result['kms_pid']}){trust}")
 
 
 def cmd_stop(args: argparse.Namespace, _ctx: Any) -> None:
@@ -111,6 +117,10 @@ def cmd_access_key_delete(args: argparse.Namespace, ctx: Any) -> None:
     emit(result, as_json=args.json, text=f"deleted access key {result['access_key_id']} ({result['name']})")
 
 
+INSECURE_HELP = ("serve plain HTTP instead of HTTPS (tests, or a TLS proxy on the same host); the gateway warns "
+                 "about it in its log")
+
+
 def register(sub: Any, add: Any) -> None:
     group = sub.add_parser("kms", help="the KMS-compatible API: gateway and access keys").add_subparsers(
         dest="kms_command", required=True, metavar="KMS_COMMAND")
@@ -119,12 +129,14 @@ def register(sub: Any, add: Any) -> None:
     p.add_argument("--port", type=int, help="with --dir: the port (default: kept from DIR/kms.toml, else free)")
     p.add_argument("--region", help="with --dir: the region it serves (default us-east-1)")
     p.add_argument("--account-id", help="with --dir: the 12-digit account id in ARNs (default 111122223333)")
+    p.add_argument("--insecure-http", action="store_true", help=INSECURE_HELP)
     add(group, "setup", cmd_setup,
         "create the kmsuser crypto user and a full-rights access key for the gateway of DIR (local use)")
     p = add(group, "start", cmd_start, "start the gateway of DIR in the background")
     p.add_argument("--port", type=int)
     p.add_argument("--region")
     p.add_argument("--account-id")
+    p.add_argument("--insecure-http", action="store_true", help=INSECURE_HELP)
     add(group, "stop", cmd_stop, "stop the gateway of DIR")
     keys = group.add_parser("access-key", help="SigV4 access keys (admins)").add_subparsers(
         dest="access_key_command", required=True, metavar="ACCESS_KEY_COMMAND")

@@ -32,6 +32,8 @@ IDEMPOTENT = frozenset({"crypto.encrypt", "crypto.decrypt", "random.generate", "
 IDEMPOTENT = IDEMPOTENT | frozenset({"crypto.sign", "crypto.verify", "object.get_attributes"})
 _RELOGIN = frozenset({CKR.SESSION_HANDLE_INVALID, CKR.USER_NOT_LOGGED_IN, CKR.SESSION_CLOSED})
 _CONNECTION_LOST = frozenset({CKR.DEVICE_REMOVED})
+#: The node takes a requester address of at most this many characters (kms.sigv4.* ``source``).
+SOURCE_MAX = 64
 
 
 class ClusterError(Exception):
@@ -238,15 +240,18 @@ class Backend:
     # --- SigV4 and metadata records ---------------------------------------------------------------------
 
     async def verify_sigv4(self, access_key_id: str, date: str, region: str, service: str,
-                           string_to_sign: str, signature: str) -> dict[str, Any]:
+                           string_to_sign: str, signature: str, *, source: str = "") -> dict[str, Any]:
+        """``source``: the requester's address, for the node's (aggregated) audit of a refusal."""
         return await self.call("kms.sigv4.verify", {
             "access_key_id": access_key_id, "date": date, "region": region, "service": service,
-            "string_to_sign": string_to_sign, "signature": signature})
+            "string_to_sign": string_to_sign, "signature": signature, "source": source[:SOURCE_MAX]})
 
-    async def sigv4_signing_key(self, access_key_id: str, date: str, region: str, service: str) -> dict[str, Any]:
+    async def sigv4_signing_key(self, access_key_id: str, date: str, region: str, service: str, *,
+                                source: str = "") -> dict[str, Any]:
         """{signing_key (32 bytes), name, policy}: the day-scoped derived key, never the secret."""
         return await self.call("kms.sigv4.signing_key", {"access_key_id": access_key_id, "date": date,
-                                                         "region": region, "service": service})
+                                                         "region": region, "service": service,
+                                                         "source": source[:SOURCE_MAX]})
 
     async def record_get(self, key: str) -> tuple[dict[str, Any] | None, int]:
         result = await self.call("kms.record.get", {"key": key})

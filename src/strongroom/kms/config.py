@@ -8,11 +8,16 @@
     region = "us-east-1"
     account_id = "111122223333"       # 12 digits; ARNs name it
     partition = "aws"
-    tls_cert = "kms/tls.crt"          # optional: HTTPS with this certificate and key
+    tls_cert = "kms/tls.crt"          # HTTPS with this certificate and key (required, unless ...)
     tls_key = "kms/tls.key"
+    # insecure_http = true            # ... plain HTTP instead, asked for explicitly (tests, a TLS proxy in front)
     max_skew_seconds = 300            # SigV4 clock skew limit
     signing_key_cache_seconds = 300   # how long a SigV4 signing key from the node is kept (0: verify in the node)
     key_cache_seconds = 1.0           # how long a key record read for a request is reused (0: never)
+    unknown_key_cache_seconds = 10.0  # how long an access key id the node does not know is answered alone
+    auth_failures_per_second = 5.0    # failed authentications per source address and per access key id ...
+    auth_failure_burst = 20           # ... with this burst (0: no limit); then ThrottlingException
+    auth_failures_per_second_total = 100.0   # failed authentications sent to the node, all sources (0: no limit)
     log_level = "info"
 
     [cluster]
@@ -61,6 +66,8 @@ class ServerSettings:
     partition: str = "aws"
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: Plain HTTP, only when asked for: without it the gateway needs tls_cert and tls_key.
+    insecure_http: bool = False
     max_skew_seconds: float = 300.0
     #: How long a day-scoped SigV4 signing key fetched from the node is used (0: every request is
     #: verified in the node, as before). A deleted access key keeps working this long at most.
@@ -68,6 +75,15 @@ class ServerSettings:
     #: How long a key record read from the cluster is reused by later requests (0: never). Changes
     #: made through this gateway are seen at once; another gateway's within this many seconds.
     key_cache_seconds: float = 1.0
+    #: How long an access key id the node said it does not know is refused without asking it again.
+    unknown_key_cache_seconds: float = 10.0
+    #: Failed authentications (unknown access key, bad signature) per second and burst, per source
+    #: address and per access key id; beyond them, requests the node would have to decide are
+    #: answered ThrottlingException without asking it (see strongroom.kms.auth_limits).
+    auth_failures_per_second: float = 5.0
+    auth_failure_burst: int = 20
+    #: The same for all sources together (failures that reach the node); 0: no overall limit.
+    auth_failures_per_second_total: float = 100.0
     log_level: str = "info"
     max_body_bytes: int = 256 * 1024
 
@@ -105,7 +121,8 @@ class GatewayConfig:
         return path if path.is_absolute() else self.base / path
 
     @classmethod
-    def load(cls, path: Path) -> GatewayConfig:
+    def load(cls, path: Path, *, validate: bool = True) -> GatewayConfig:
+        """``validate=False``: read a file to fix it up (e.g. an older kms.toml without TLS)."""
         path = Path(path)
         try:
             document = tomllib.loads(path.read_text())
@@ -119,7 +136,8 @@ class GatewayConfig:
             deletion=_section(DeletionSettings, document.get("deletion", {}), "deletion"),
             base=path.resolve().parent,
         )
-        config.validate()
+        if validate:
+            config.validate()
         return config
 
     def validate(self) -> None:
@@ -132,6 +150,14 @@ class GatewayConfig:
             raise ConfigError("kms.account_id is 12 digits")
         if (k.tls_cert is None) != (k.tls_key is None):
             raise ConfigError("give both kms.tls_cert and kms.tls_key, or neither")
+        if not isinstance(k.insecure_http, bool):
+            raise ConfigError("kms.insecure_http is true or false")
+        if k.tls_cert is None and not k.insecure_http:
+            raise ConfigError("the KMS gateway serves HTTPS: give kms.tls_cert and kms.tls_key (a certificate for "
+                              "the names clients connect to), or set kms.insecure_http = true for plain HTTP "
+                              "(tests, or behind a TLS-terminating proxy on the same host)")
+        if k.tls_cert is not None and k.insecure_http:
+            raise ConfigError("kms.insecure_http = true and kms.tls_cert both given: choose one")
         if k.log_level not in LOG_LEVELS:
             raise ConfigError(f"kms.log_level is one of {', '.join(LOG_LEVELS)}")
         if not 1 <= k.max_skew_seconds <= 3600:
@@ -140,6 +166,14 @@ class GatewayConfig:
             raise ConfigError("kms.signing_key_cache_seconds is 0 to 3600")
         if not 0 <= k.key_cache_seconds <= 60:
             raise ConfigError("kms.key_cache_seconds is 0 to 60")
+        if not 0 <= k.unknown_key_cache_seconds <= 3600:
+            raise ConfigError("kms.unknown_key_cache_seconds is 0 to 3600")
+        if not 0 <= k.auth_failures_per_second <= 100_000 or not 0 <= k.auth_failures_per_second_total <= 1_000_000:
+            raise ConfigError("kms.auth_failures_per_second(_total) is 0 (no limit) or a positive rate")
+        if not isinstance(k.auth_failure_burst, int) or not 0 <= k.auth_failure_burst <= 100_000:
+            raise ConfigError("kms.auth_failure_burst is 0 (no limit) to 100000")
+        if not 1024 <= k.max_body_bytes <= 16 * 1024 * 1024:
+            raise ConfigError("kms.max_body_bytes is 1024 to 16777216")
         if (c.profile is None) == (c.agent_socket is None):
             raise ConfigError("give exactly one of cluster.profile and cluster.agent_socket")
         if not 1 <= c.connections <= 64:

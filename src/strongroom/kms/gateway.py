@@ -7,6 +7,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,14 @@ from typing import Any
 from strongroom.errors import CKR
 from strongroom.kms import sigv4
 from strongroom.kms.arn import Location
+from strongroom.kms.auth_limits import (
+    ACCESS_KEY_ID_RE,
+    THROTTLED_MESSAGE,
+    ExpiringSet,
+    FailureLimiter,
+    Reservation,
+    source_of,
+)
 from strongroom.kms.backend import Backend, ClusterError
 from strongroom.kms.config import GatewayConfig
 from strongroom.kms.errors import (
@@ -24,6 +33,7 @@ from strongroom.kms.errors import (
     InvalidSignature,
     KmsError,
     SerializationError,
+    Throttling,
     UnknownOperation,
     UnrecognizedClient,
 )
@@ -44,6 +54,11 @@ from strongroom.kms.validation import Params
 
 log = logging.getLogger("strongroom.kms")
 TARGET_PREFIX = "TrentService."
+#: The node's refusals that are the caller's failed authentication (counted by the rate limits).
+AUTHENTICATION_FAILURES = frozenset({CKR.KEY_HANDLE_INVALID, CKR.SIGNATURE_INVALID, CKR.ARGUMENTS_BAD})
+RECENT_KEY_SECONDS = 3600.0
+#: At most one "throttling" warning in the log per this many seconds.
+THROTTLE_LOG_SECONDS = 60.0
 CONTENT_TYPES = ("application/x-amz-json-1.1", "application/x-amz-json-1.0", "application/json")
 
 
@@ -116,6 +131,28 @@ def _authentication_failure(exc: ClusterError) -> KmsError:
     return cluster_failure(exc)
 
 
+#: No KMS request nests deeper than 4 (CreateGrant's Constraints: body, object, map, value).
+MAX_JSON_DEPTH = 8
+_JSON_TOKENS = re.compile(rb'[\[\]{}]|"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def json_too_deep(body: bytes, limit: int) -> bool:
+    """Whether ``body`` nests arrays/objects more than ``limit`` deep (strings skipped), before it is
+    parsed: Python's parser would recurse into it. Cheap when there are few brackets at all."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth = 0
+    for match in _JSON_TOKENS.finditer(body):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return False
+
+
 @functools.lru_cache(maxsize=256)
 def _identity(access_key_id: str, name: str, policy_text: str | None) -> Identity:
     """The request's identity; the access-key policy is parsed once per distinct text."""
@@ -148,6 +185,13 @@ class Gateway:
         self.metadata.key_hook = self.keystores.annotate
         self.metadata.unreachable_hook = self.keystores.unreachable
         self.signing_keys = SigningKeyCache(backend.sigv4_signing_key, ttl=config.kms.signing_key_cache_seconds)
+        k = config.kms
+        self.unknown_keys = ExpiringSet(k.unknown_key_cache_seconds)
+        #: Access keys that authenticated within the hour: their signing-key fetches skip their own bucket.
+        self.recent_keys = ExpiringSet(RECENT_KEY_SECONDS)
+        self.limiter = FailureLimiter(k.auth_failures_per_second, k.auth_failure_burst,
+                                      k.auth_failures_per_second_total)
+        self._throttle_logged = -THROTTLE_LOG_SECONDS
         self.where = Location(config.kms.region, config.kms.account_id, config.kms.partition)
         self.operations = load()
         self._sweeper: asyncio.Task[None] | None = None
@@ -155,45 +199,95 @@ class Gateway:
     # --- authentication and authorization ------------------------------------------------------------
 
     async def authenticate(self, method: str, raw_path: str, raw_query: str, headers: sigv4.Headers,
-                           body: bytes) -> Identity:
+                           body: bytes, source: str = "") -> Identity:
+        """SigV4: every check the gateway can make alone, then the signature with the held signing key;
+        the node only for what it must decide, within the failed-authentication limits
+        (:mod:`.auth_limits`). ``source``: the peer's address (rate limits, the node's audit)."""
         prepared = sigv4.prepare(method, raw_path, raw_query, headers, body, region=self.where.region,
                                  max_skew=self.config.kms.max_skew_seconds)
+        source = source_of(source)
+        access_key_id = prepared.access_key_id
+        if not ACCESS_KEY_ID_RE.match(access_key_id) or access_key_id in self.unknown_keys:
+            self.limiter.failed(None, source, access_key_id)
+            raise UnrecognizedClient(sigv4.UNKNOWN_KEY_MESSAGE)
         if not self.signing_keys.enabled:
-            return await self._verify_in_node(prepared)
-        scope = (prepared.access_key_id, prepared.date, prepared.region, prepared.service)
+            return await self._verify_in_node(prepared, source)
+        scope = (access_key_id, prepared.date, prepared.region, prepared.service)
         entry = self.signing_keys.cached(scope)
         if entry is None:
-            try:
-                entry = await self.signing_keys.get(scope)
-            except ClusterError as exc:
-                raise _authentication_failure(exc) from None
+            entry = await self._fetch_signing_key(scope, source)
         if sigv4.matches(entry.signing_key, prepared):
+            self.recent_keys.add(access_key_id)
             return _identity(entry.access_key_id, entry.name, entry.policy)
         # A mismatch: ask the node once (it holds the current secret and audits the failure). If it
         # verifies, the cached signing key was stale (the access key was re-created): fetch it again.
         try:
-            identity = await self._verify_in_node(prepared)
+            identity = await self._verify_in_node(prepared, source)
         except ClusterError:  # the cluster cannot be asked: the signing key we hold said no
+            self.limiter.failed(None, source, access_key_id)
             raise InvalidSignature(sigv4.MISMATCH_MESSAGE) from None
         except UnrecognizedClient:
             self.signing_keys.drop(scope)
             raise
         try:
-            await self.signing_keys.get(scope, refresh=True)
+            await self.signing_keys.get(scope, refresh=True, source=source)
         except ClusterError:
             self.signing_keys.drop(scope)
         return identity
 
-    async def _verify_in_node(self, prepared: sigv4.Prepared) -> Identity:
-        """The node checks the signature (``kms.sigv4.verify``); ClusterError only when unreachable."""
+    def _reserve(self, source: str, access_key_id: str, *, known: bool = False) -> Reservation:
+        reservation = self.limiter.reserve(source, access_key_id, known=known)
+        if reservation is None:
+            now = time.monotonic()
+            if now - self._throttle_logged >= THROTTLE_LOG_SECONDS:
+                self._throttle_logged = now
+                log.warning("throttling failed authentications (from %s, access key %s; %d throttled so far)",
+                            source, access_key_id[:32], self.limiter.throttled)
+            raise Throttling(THROTTLED_MESSAGE)
+        return reservation
+
+    def _node_refused(self, exc: ClusterError, reservation: Reservation | None, source: str,
+                      access_key_id: str) -> KmsError:
+        """The node's answer about an access key, as AWS's error; an authentication failure is counted."""
+        if exc.unreachable or exc.code not in AUTHENTICATION_FAILURES:
+            if reservation is not None:
+                self.limiter.succeeded(reservation)  # not the caller's failure: the tokens go back
+            return _authentication_failure(exc)
+        if exc.code == CKR.KEY_HANDLE_INVALID:
+            self.unknown_keys.add(access_key_id)
+            self.recent_keys.discard(access_key_id)
+        self.limiter.failed(reservation, source, access_key_id)
+        return _authentication_failure(exc)
+
+    async def _fetch_signing_key(self, scope: tuple[str, str, str, str], source: str) -> Any:
+        access_key_id = scope[0]
+        # Joining a fetch already under way costs no token: concurrent first requests of one client
+        # are one round trip, and they must not empty its bucket.
+        reservation = None if self.signing_keys.pending(scope) else self._reserve(
+            source, access_key_id, known=access_key_id in self.recent_keys)
         try:
-            verified = await self.backend.verify_sigv4(prepared.access_key_id, prepared.date, prepared.region,
+            entry = await self.signing_keys.get(scope, source=source)
+        except ClusterError as exc:
+            raise self._node_refused(exc, reservation, source, access_key_id) from None
+        if reservation is not None:
+            self.limiter.succeeded(reservation)
+        return entry
+
+    async def _verify_in_node(self, prepared: sigv4.Prepared, source: str) -> Identity:
+        """The node checks the signature (``kms.sigv4.verify``); ClusterError only when unreachable."""
+        access_key_id = prepared.access_key_id
+        reservation = self._reserve(source, access_key_id)
+        try:
+            verified = await self.backend.verify_sigv4(access_key_id, prepared.date, prepared.region,
                                                        prepared.service, prepared.string_to_sign,
-                                                       prepared.signature)
+                                                       prepared.signature, source=source)
         except ClusterError as exc:
             if exc.unreachable:
+                self.limiter.succeeded(reservation)
                 raise
-            raise _authentication_failure(exc) from None
+            raise self._node_refused(exc, reservation, source, access_key_id) from None
+        self.limiter.succeeded(reservation)
+        self.recent_keys.add(access_key_id)
         return _identity(verified["access_key_id"], verified["name"], verified.get("policy"))
 
     def principal(self, identity: Identity) -> str:
@@ -265,12 +359,12 @@ class Gateway:
     # --- one request ---------------------------------------------------------------------------------
 
     async def handle(self, method: str, raw_path: str, raw_query: str, headers: sigv4.Headers,
-                     body: bytes) -> tuple[int, dict[str, Any]]:
+                     body: bytes, source: str = "") -> tuple[int, dict[str, Any]]:
         """Serve one request; returns (HTTP status, JSON body). Never raises."""
         operation = "?"
         try:
             try:
-                identity = await self.authenticate(method, raw_path, raw_query, headers, body)
+                identity = await self.authenticate(method, raw_path, raw_query, headers, body, source)
             except ClusterError as exc:
                 raise _authentication_failure(exc) from None
             target = headers.get("x-amz-target") or ""
@@ -282,9 +376,11 @@ class Gateway:
             content_type = (headers.get("content-type") or "").split(";")[0].strip().lower()
             if content_type not in CONTENT_TYPES:
                 raise SerializationError(f"Unsupported Content-Type {content_type or '(none)'}")
+            if json_too_deep(body, MAX_JSON_DEPTH):
+                raise SerializationError(f"The request body nests JSON deeper than {MAX_JSON_DEPTH} levels")
             try:
                 document = json.loads(body or b"{}")
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise SerializationError("The request body is not valid JSON") from None
             if not isinstance(document, dict):
                 raise SerializationError("The request body must be a JSON object")

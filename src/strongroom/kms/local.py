@@ -2,19 +2,29 @@
 
 For ``strongroom up --kms`` / ``down`` and ``strongroom kms serve --dir``. Files in DIR::
 
-    kms.toml                the gateway's configuration (kept across restarts: same port)
+    kms.toml                the gateway's configuration (kept across restarts: same port, same scheme)
     kms.pid, kms.log        the running gateway's pid and its log
+    kms.serving             the endpoint the running gateway serves
     kms/kmsuser.password    the KMS service user's generated password (0600)
     kms/access-key.json     a generated access key with every right (0600; local use only)
+    kms/tls.crt, tls.key    the gateway's HTTPS certificate, issued by DIR/ca (serverAuth only,
+                            SAN 127.0.0.1 and localhost; issued again when it nears its end or
+                            the CA changed) and its key (0600)
 
-Setting up logs in as the directory's first admin (``credentials.json``), creates the crypto
-user ``kmsuser`` with a random password (or resets it when the password file was lost) and
-an access key bound to it.
+The gateway serves HTTPS; clients trust DIR/ca/ca.crt (``kms_ca_bundle``: boto3 ``verify=``,
+AWS CLI ``--ca-bundle``, ``AWS_CA_BUNDLE``). Plain HTTP only when asked (``insecure_http``).
+
+Setting up (once: when the password or access-key file is missing) logs in as an admin — the
+one the caller passes, else ``STRONGROOM_PIN=user:password`` — creates the crypto user
+``kmsuser`` with a random password (or resets it when the password file was lost) and an
+access key bound to it. No admin password is written to DIR.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import secrets
 import socket
 import subprocess
@@ -23,18 +33,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-from strongroom.seal import write_private_file
-from strongroom.kms.config import ClusterSettings, DeletionSettings, GatewayConfig, ServerSettings
+from strongroom import pki
+from strongroom.kms.config import ClusterSettings, ConfigError, DeletionSettings, GatewayConfig, ServerSettings
 from strongroom.local.processes import terminate
+from strongroom.seal import write_private_file
 
 CONFIG_FILE = "kms.toml"
 PID_FILE = "kms.pid"
+#: The endpoint the running gateway serves (a restart is needed when the configuration changed scheme).
+SERVING_FILE = "kms.serving"
 LOG_FILE = "kms.log"
 STATE_DIR = "kms"
 PASSWORD_FILE = "kms/kmsuser.password"
 ACCESS_KEY_FILE = "kms/access-key.json"
 SERVICE_USER = "kmsuser"
+TLS_CERT_FILE = "kms/tls.crt"
+TLS_KEY_FILE = "kms/tls.key"
+CA_CERT_FILE = "ca/ca.crt"
+CA_KEY_FILE = "ca/ca.key"
 HOST = "127.0.0.1"
+#: The names the local gateway's certificate is valid for (clients dial 127.0.0.1 or localhost).
+TLS_HOSTS = ("127.0.0.1", "localhost")
+TLS_DAYS = 825
+#: A certificate this close to its end is issued again at the next start.
+TLS_RENEW_DAYS = 30
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
@@ -49,16 +71,32 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _admin(root: Path) -> tuple[str, str]:
+#: ``user:password`` of an admin, when the caller passes none (the CLI's convention).
+PIN_VARIABLE = "STRONGROOM_PIN"
+
+
+def _admin(root: Path, admin: tuple[str, str] | None) -> tuple[str, str]:
+    """The admin that set-up logs in as: the one given, else STRONGROOM_PIN, else (for now) credentials.json."""
+    if admin is not None:
+        return admin
+    pin = os.environ.get(PIN_VARIABLE)
+    if pin:
+        user, sep, password = pin.partition(":")
+        if not sep or not user or not password:
+            raise GatewayStartError(f"{PIN_VARIABLE} must be user:password")
+        return user, password
+    # TODO(lead): remove when up passes admin
     try:
         credentials = json.loads((root / "credentials.json").read_text())
         return credentials["admin_user"], credentials["admin_password"]
     except (FileNotFoundError, KeyError, ValueError):
-        raise GatewayStartError(f"{root} has no admin credentials (credentials.json): run `strongroom up` "
-                                "first") from None
+        pass
+    raise GatewayStartError(
+        f"setting up the KMS gateway of {root} (its service user and access key) needs an admin: pass "
+        f"admin=(user, password) to start_gateway, or set {PIN_VARIABLE}=user:password") from None
 
 
-def setup(root: Path, *, service_user: str = SERVICE_USER) -> dict[str, str]:
+def setup(root: Path, *, service_user: str = SERVICE_USER, admin: tuple[str, str] | None = None) -> dict[str, str]:
     """Create (once) the service user and a full-rights access key; returns the access key."""
     from strongroom.client import Client, ClientError
 
@@ -67,7 +105,7 @@ def setup(root: Path, *, service_user: str = SERVICE_USER) -> dict[str, str]:
     password_path, key_path = root / PASSWORD_FILE, root / ACCESS_KEY_FILE
     if password_path.exists() and key_path.exists():
         return json.loads(key_path.read_text())
-    admin_user, admin_password = _admin(root)
+    admin_user, admin_password = _admin(root, admin)
     with Client.from_dir(root, timeout=30) as client:
         client.login(admin_user, admin_password)
         try:
@@ -90,13 +128,72 @@ def setup(root: Path, *, service_user: str = SERVICE_USER) -> dict[str, str]:
     return json.loads(key_path.read_text())
 
 
+def _certificate_usable(cert: Any, ca_cert: Any) -> bool:
+    import datetime as dt
+
+    from cryptography import x509
+
+    if not pki.verify_issued_by(cert, ca_cert):
+        return False  # the directory's CA changed
+    if cert.not_valid_after_utc - dt.datetime.now(dt.UTC) < dt.timedelta(days=TLS_RENEW_DAYS):
+        return False
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    names = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} | set(san.get_values_for_type(x509.DNSName))
+    return set(TLS_HOSTS) <= names
+
+
+def ensure_certificate(root: Path) -> tuple[Path, Path]:
+    """DIR/kms/tls.{crt,key}: the gateway's HTTPS certificate from DIR's CA, issued when missing, near
+    its end, or not from the current CA. A plain server certificate (serverAuth only, no Strongroom
+    role): it cannot act as a client, agent, operator or node certificate of the cluster."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    root = Path(root).resolve()
+    cert_path, key_path = root / TLS_CERT_FILE, root / TLS_KEY_FILE
+    try:
+        ca_cert = pki.load_certificate(root / CA_CERT_FILE)
+        if cert_path.exists() and key_path.exists() and _certificate_usable(pki.load_certificate(cert_path), ca_cert):
+            return cert_path, key_path
+        ca_key = pki.load_private_key(root / CA_KEY_FILE)
+        key = ec.generate_private_key(ec.SECP256R1())
+        names = [x509.IPAddress(ipaddress.ip_address(TLS_HOSTS[0])), x509.DNSName(TLS_HOSTS[1])]
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "strongroom-kms")]))
+               .add_extension(x509.SubjectAlternativeName(names), critical=False)
+               .sign(key, hashes.SHA256()))
+        cert = pki.sign_csr(ca_key, ca_cert, csr.public_bytes(serialization.Encoding.PEM), days=TLS_DAYS,
+                            server=True, client=False)
+        (root / STATE_DIR).mkdir(mode=0o700, exist_ok=True)
+        pki.write_private_key(key_path, key)
+        pki.write_cert(cert_path, cert)
+    except pki.PkiError as exc:
+        raise GatewayStartError(f"cannot issue the KMS gateway's HTTPS certificate from the directory's CA ({exc}); "
+                                f"put a certificate in {CONFIG_FILE} (kms.tls_cert / kms.tls_key) or start with "
+                                "--insecure-http") from None
+    return cert_path, key_path
+
+
 def write_config(root: Path, *, port: int | None = None, region: str | None = None, account_id: str | None = None,
-                 check_seconds: float | None = None, day_seconds: float | None = None) -> GatewayConfig:
-    """DIR/kms.toml: created on first use, kept afterwards (same port), overridden where given."""
+                 check_seconds: float | None = None, day_seconds: float | None = None,
+                 insecure_http: bool | None = None) -> GatewayConfig:
+    """DIR/kms.toml: created on first use, kept afterwards (same port), overridden where given.
+
+    HTTPS with DIR/kms/tls.crt (issued or renewed here) unless the file names a certificate of
+    its own; ``insecure_http`` True: plain HTTP from now on, False: HTTPS again, None: as the file
+    says (a new file: HTTPS). An older kms.toml without TLS is moved to HTTPS."""
     root = Path(root).resolve()
     path = root / CONFIG_FILE
     if path.exists():
-        config = GatewayConfig.load(path)
+        try:
+            config = GatewayConfig.load(path, validate=False)
+        except ConfigError as exc:
+            raise GatewayStartError(str(exc)) from None
     else:
         config = GatewayConfig(
             kms=ServerSettings(host=HOST, port=_free_port()),
@@ -114,9 +211,32 @@ def write_config(root: Path, *, port: int | None = None, region: str | None = No
         config.deletion.check_seconds = check_seconds
     if day_seconds is not None:
         config.deletion.day_seconds = day_seconds
-    config.validate()
+    if insecure_http is not None:
+        config.kms.insecure_http = insecure_http
+    if config.kms.insecure_http:
+        config.kms.tls_cert = config.kms.tls_key = None
+    elif config.kms.tls_cert is None or config.kms.tls_cert == TLS_CERT_FILE:
+        ensure_certificate(root)
+        config.kms.tls_cert, config.kms.tls_key = TLS_CERT_FILE, TLS_KEY_FILE
+    try:
+        config.validate()
+    except ConfigError as exc:
+        raise GatewayStartError(str(exc)) from None
     config.write(path)
     return config
+
+
+def endpoint(config: GatewayConfig) -> str:
+    scheme = "http" if config.kms.insecure_http else "https"
+    return f"{scheme}://{config.kms.host}:{config.kms.port}"
+
+
+def ca_bundle(root: Path, config: GatewayConfig) -> str | None:
+    """The CA file clients verify the gateway with: DIR's CA for the local certificate; None for plain HTTP.
+    (A certificate of another CA named in kms.toml: that CA is the operator's to hand out.)"""
+    if config.kms.insecure_http or config.kms.tls_cert != TLS_CERT_FILE:
+        return None
+    return str(Path(root).resolve() / CA_CERT_FILE)
 
 
 def _pid(root: Path) -> int | None:
@@ -132,6 +252,14 @@ def _pid(root: Path) -> int | None:
     if state == "Z" or b"kms" not in cmdline or b"serve" not in cmdline:
         return None  # gone, or the pid now belongs to something else
     return pid
+
+
+def _serving(root: Path) -> str | None:
+    """The endpoint the running gateway was started with (DIR/kms.serving)."""
+    try:
+        return (root / SERVING_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
 
 
 def _answers(port: int) -> bool:
@@ -150,9 +278,9 @@ def _log_tail(root: Path, lines: int = 15) -> str:
 
 
 def _summary(root: Path, config: GatewayConfig, key: dict[str, str], pid: int | None) -> dict[str, Any]:
-    scheme = "https" if config.kms.tls_cert else "http"
     return {
-        "kms_endpoint": f"{scheme}://{config.kms.host}:{config.kms.port}",
+        "kms_endpoint": endpoint(config),
+        "kms_ca_bundle": ca_bundle(root, config),
         "kms_region": config.kms.region,
         "kms_account_id": config.kms.account_id,
         "kms_access_key_id": key["access_key_id"],
@@ -164,26 +292,33 @@ def _summary(root: Path, config: GatewayConfig, key: dict[str, str], pid: int | 
 
 def start_gateway(root: Path, *, port: int | None = None, region: str | None = None,
                   account_id: str | None = None, check_seconds: float | None = None,
-                  day_seconds: float | None = None) -> dict[str, Any]:
+                  day_seconds: float | None = None, admin: tuple[str, str] | None = None,
+                  insecure_http: bool | None = None) -> dict[str, Any]:
     """Set up (once) and start the gateway of DIR unless it runs; wait until it answers.
 
-    Returns ``{"kms_endpoint", "kms_region", "kms_account_id", "kms_access_key_id",
-    "kms_secret_access_key", "kms_pid", "kms_log"}``. ``day_seconds``/``check_seconds`` are test
-    knobs (how long a day of a deletion window lasts, how often deletions are swept).
+    Returns ``{"kms_endpoint" (https://…), "kms_ca_bundle" (the CA file that verifies it; None for
+    plain HTTP), "kms_region", "kms_account_id", "kms_access_key_id", "kms_secret_access_key",
+    "kms_pid", "kms_log"}`` — what ``strongroom up --kms`` adds to its JSON. ``admin``: (user,
+    password) of an admin, needed only by the first set-up (else STRONGROOM_PIN).
+    ``insecure_http``: see :func:`write_config`. ``day_seconds``/``check_seconds`` are test knobs
+    (how long a day of a deletion window lasts, how often deletions are swept).
     """
     root = Path(root).resolve()
-    key = setup(root)
+    key = setup(root, admin=admin)
     config = write_config(root, port=port, region=region, account_id=account_id,
-                          check_seconds=check_seconds, day_seconds=day_seconds)
+                          check_seconds=check_seconds, day_seconds=day_seconds, insecure_http=insecure_http)
     pid = _pid(root)
     if pid is not None and _answers(config.kms.port):
-        return _summary(root, config, key, pid)
+        if _serving(root) == endpoint(config):
+            return _summary(root, config, key, pid)
+        stop_gateway(root)  # it serves another scheme or port than the configuration now says
     with open(root / LOG_FILE, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "strongroom", "kms", "serve", "--config", str(root / CONFIG_FILE)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
         )
     (root / PID_FILE).write_text(f"{process.pid}\n")
+    (root / SERVING_FILE).write_text(endpoint(config) + "\n")
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -199,6 +334,7 @@ def stop_gateway(root: Path) -> int | None:
     root = Path(root).resolve()
     pid = _pid(root)
     (root / PID_FILE).unlink(missing_ok=True)
+    (root / SERVING_FILE).unlink(missing_ok=True)
     if pid is None:
         return None
     terminate(pid, STOP_TIMEOUT)
@@ -210,6 +346,7 @@ def gateway_status(root: Path) -> dict[str, Any]:
     root = Path(root).resolve()
     pid = _pid(root)
     path = root / CONFIG_FILE
-    port = GatewayConfig.load(path).kms.port if path.exists() else None
+    config = GatewayConfig.load(path, validate=False) if path.exists() else None
+    port = None if config is None else config.kms.port
     health = "stopped" if pid is None else ("running" if port is not None and _answers(port) else "unresponsive")
-    return {"pid": pid, "endpoint": None if port is None else f"http://{HOST}:{port}", "health": health}
+    return {"pid": pid, "endpoint": None if config is None else endpoint(config), "health": health}

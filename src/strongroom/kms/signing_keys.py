@@ -39,7 +39,7 @@ class SigningKey:
 
 
 class SigningKeyCache:
-    def __init__(self, fetch: Callable[[str, str, str, str], Awaitable[dict[str, Any]]], *, ttl: float = DEFAULT_TTL,
+    def __init__(self, fetch: Callable[..., Awaitable[dict[str, Any]]], *, ttl: float = DEFAULT_TTL,
                  max_entries: int = DEFAULT_MAX_ENTRIES, clock: Callable[[], float] = time.monotonic) -> None:
         self._fetch = fetch
         self.ttl = ttl
@@ -67,10 +67,15 @@ class SigningKeyCache:
         self._entries.move_to_end(key)
         return entry
 
-    async def get(self, key: CacheKey, *, refresh: bool = False) -> SigningKey:
+    def pending(self, key: CacheKey) -> bool:
+        """Whether a fetch of ``key`` is under way (a :meth:`get` now joins it)."""
+        return key in self._inflight
+
+    async def get(self, key: CacheKey, *, refresh: bool = False, source: str = "") -> SigningKey:
         """The cached entry, or fetched from the node (one fetch per key at a time).
         ``refresh`` fetches even when cached. Errors of the fetch (unknown key, cluster
-        unreachable) propagate and cache nothing."""
+        unreachable) propagate and cache nothing. ``source``: the requester's address, for the
+        node's audit of a refusal."""
         if not refresh:
             entry = self.cached(key)
             if entry is not None:
@@ -81,7 +86,7 @@ class SigningKeyCache:
         future: asyncio.Future[SigningKey] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            entry = await self._load(key)
+            entry = await self._load(key, source)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: no "never retrieved" warning when nobody else waits
@@ -92,9 +97,9 @@ class SigningKeyCache:
         finally:
             self._inflight.pop(key, None)
 
-    async def _load(self, key: CacheKey) -> SigningKey:
+    async def _load(self, key: CacheKey, source: str) -> SigningKey:
         self.fetches += 1
-        answer = await self._fetch(*key)
+        answer = await self._fetch(*key, source=source)
         signing_key = answer["signing_key"]
         if not isinstance(signing_key, bytes) or len(signing_key) != 32:
             raise ValueError("the node returned a malformed signing key")

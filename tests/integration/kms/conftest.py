@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,28 @@ class KmsEnv:
     def secret(self) -> str:
         return self.info["kms_secret_access_key"]
 
+    @property
+    def ca_bundle(self) -> str | None:
+        """The CA file that verifies the gateway's HTTPS certificate (None: plain HTTP)."""
+        return self.info.get("kms_ca_bundle")
+
+    @property
+    def verify(self) -> str | bool:
+        """What boto3 takes (``verify=``) to check the gateway's certificate."""
+        return self.ca_bundle or True
+
+    @property
+    def tls(self) -> ssl.SSLContext | bool:
+        """What httpx takes (``verify=``) to check the gateway's certificate."""
+        return ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else True
+
     def client(self, access_key_id: str | None = None, secret: str | None = None, region: str = REGION) -> Any:
         return boto3.client(
             "kms", endpoint_url=self.endpoint, region_name=region,
             aws_access_key_id=access_key_id or self.access_key_id,
             aws_secret_access_key=secret or self.secret,
             config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+            verify=self.verify,
         )
 
     def arn(self, key_id: str) -> str:
@@ -66,7 +83,8 @@ class KmsEnv:
         env.update(AWS_ACCESS_KEY_ID=self.access_key_id, AWS_SECRET_ACCESS_KEY=self.secret,
                    AWS_DEFAULT_REGION=REGION, AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null",
                    AWS_MAX_ATTEMPTS="1")
-        result = subprocess.run([str(AWS_CLI), "kms", *args, "--endpoint-url", self.endpoint, "--output", "json"],
+        tls = ["--ca-bundle", self.ca_bundle] if self.ca_bundle else []
+        result = subprocess.run([str(AWS_CLI), "kms", *args, "--endpoint-url", self.endpoint, *tls, "--output", "json"],
                                 capture_output=True, text=True, env=env, timeout=60)
         if check:
             assert result.returncode == 0, result.stderr
@@ -76,12 +94,17 @@ class KmsEnv:
         return json.loads(self.aws(*args).stdout or "null")
 
 
+def admin_of(cluster: LocalCluster) -> tuple[str, str]:
+    """The first admin's credentials, as `up` printed them (set-up takes them; no file holds them)."""
+    return cluster.summary["admin_user"], cluster.summary["admin_password"]
+
+
 @pytest.fixture(scope="module")
 def kms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KmsEnv]:
     cluster = LocalCluster(tmp_path_factory.mktemp("kms") / "cluster")
     cluster.up()
     try:
-        info = start_gateway(cluster.dir, day_seconds=3600.0, check_seconds=1.0)
+        info = start_gateway(cluster.dir, day_seconds=3600.0, check_seconds=1.0, admin=admin_of(cluster))
         yield KmsEnv(cluster, info)
     finally:
         stop_gateway(cluster.dir)
@@ -100,31 +123,48 @@ def error_of(excinfo: Any) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def short_day_gateway(kms: KmsEnv, name: str, day_seconds: float, check_seconds: float = 0.2) -> Iterator[KmsEnv]:
-    """A second gateway process on the same cluster whose deletion and rotation "day" lasts ``day_seconds``."""
+def second_gateway(kms: KmsEnv, name: str, configure: Callable[[GatewayConfig], None] | None = None,
+                   extra_args: tuple[str, ...] = ()) -> Iterator[KmsEnv]:
+    """Another gateway process on the same cluster (its own port, limits and caches): DIR/kms.toml as
+    ``configure`` changes it, run with ``strongroom kms serve --config DIR/<name>.toml [extra_args]``."""
     root = kms.cluster.dir
     config = GatewayConfig.load(root / "kms.toml")
     config.kms.port = _free_port()
-    config.deletion.day_seconds = day_seconds
-    config.deletion.check_seconds = check_seconds
+    if configure is not None:
+        configure(config)
     config.write(root / f"{name}.toml")
     with open(root / f"{name}.log", "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "strongroom", "kms", "serve", "--config",
-                                    str(root / f"{name}.toml")], stdout=log, stderr=subprocess.STDOUT)
+                                    str(root / f"{name}.toml"), *extra_args], stdout=log, stderr=subprocess.STDOUT)
     try:
-        fast = KmsEnv(kms.cluster, dict(kms.info, kms_endpoint=f"http://127.0.0.1:{config.kms.port}"))
+        https = config.kms.tls_cert is not None and "--insecure-http" not in extra_args
+        scheme = "https" if https else "http"
+        other = KmsEnv(kms.cluster, dict(kms.info, kms_endpoint=f"{scheme}://127.0.0.1:{config.kms.port}",
+                                         kms_ca_bundle=kms.ca_bundle if https else None, kms_pid=process.pid,
+                                         kms_log=str(root / f"{name}.log")))
         deadline = time.monotonic() + 30
         while True:
             try:
-                fast.client().list_keys(Limit=1)
+                other.client().list_keys(Limit=1)
                 break
             except Exception:
-                assert time.monotonic() < deadline and process.poll() is None, "the second gateway did not start"
+                assert time.monotonic() < deadline and process.poll() is None, f"the gateway {name} did not start"
                 time.sleep(0.1)
-        yield fast
+        yield other
     finally:
         process.terminate()
         process.wait(10)
+
+
+@contextlib.contextmanager
+def short_day_gateway(kms: KmsEnv, name: str, day_seconds: float, check_seconds: float = 0.2) -> Iterator[KmsEnv]:
+    """A second gateway process on the same cluster whose deletion and rotation "day" lasts ``day_seconds``."""
+    def configure(config: GatewayConfig) -> None:
+        config.deletion.day_seconds = day_seconds
+        config.deletion.check_seconds = check_seconds
+
+    with second_gateway(kms, name, configure) as fast:
+        yield fast
 
 
 def wait_deleted(client: Any, key_id: str, timeout: float = 20) -> None:
@@ -150,14 +190,14 @@ def key_store_cluster(directory: Path, kmsuser_password: str, **config: Any) -> 
     cluster = LocalCluster(directory)
     cluster.up()
     try:
-        setup(cluster.dir, service_user=KEY_STORE_GATEWAY_USER)
+        setup(cluster.dir, service_user=KEY_STORE_GATEWAY_USER, admin=admin_of(cluster))
         gateway_config = write_config(cluster.dir, **config)
         gateway_config.cluster.username = KEY_STORE_GATEWAY_USER
         gateway_config.write(cluster.dir / "kms.toml")
         admin = cluster.admin()
         admin.user_create("kmsuser", "crypto-user", kmsuser_password)
         admin.logout()
-        yield KmsEnv(cluster, start_gateway(cluster.dir))
+        yield KmsEnv(cluster, start_gateway(cluster.dir, admin=admin_of(cluster)))
     finally:
         stop_gateway(cluster.dir)
         cluster.down()

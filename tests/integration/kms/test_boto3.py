@@ -198,7 +198,8 @@ def raw_call(kms: KmsEnv, operation: str, body: dict[str, Any]) -> httpx.Respons
                          headers={"X-Amz-Target": f"TrentService.{operation}",
                                   "Content-Type": "application/x-amz-json-1.1"})
     SigV4Auth(Credentials(kms.access_key_id, kms.secret), "kms", REGION).add_auth(request)
-    return httpx.post(kms.endpoint + "/", content=request.body, headers=dict(request.headers.items()), timeout=30)
+    return httpx.post(kms.endpoint + "/", content=request.body, headers=dict(request.headers.items()), timeout=30,
+                      verify=kms.tls)
 
 
 def test_size_limits_checked_by_the_server(kms: KmsEnv, client: Any) -> None:
@@ -478,12 +479,18 @@ def test_aws_cli(kms: KmsEnv, tmp_path: Any) -> None:
 def test_aws_encryption_sdk(kms: KmsEnv, client: Any, monkeypatch: Any) -> None:
     import aws_encryption_sdk as esdk
     arn = new_key(client)["Arn"]
+    import botocore.session
+
     monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", kms.endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", kms.access_key_id)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", kms.secret)
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    # The master-key provider builds its own clients: the gateway's CA reaches them through a botocore session.
+    session = botocore.session.Session()
+    if kms.ca_bundle:
+        session.set_config_variable("ca_bundle", kms.ca_bundle)
     sdk = esdk.EncryptionSDKClient(commitment_policy=esdk.CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT)
-    provider = esdk.StrictAwsKmsMasterKeyProvider(key_ids=[arn])
+    provider = esdk.StrictAwsKmsMasterKeyProvider(key_ids=[arn], botocore_session=session)
     message, _header = sdk.encrypt(source=b"envelope" * 100, key_provider=provider,
                                    encryption_context={"purpose": "test"})
     plaintext, header = sdk.decrypt(source=message, key_provider=provider)

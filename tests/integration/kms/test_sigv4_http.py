@@ -32,7 +32,8 @@ def signed(kms: KmsEnv, body: dict[str, Any] | None = None, *, operation: str = 
 
 
 def send(kms: KmsEnv, request: dict[str, Any]) -> httpx.Response:
-    return httpx.post(kms.endpoint + "/", headers=request["headers"], content=request["content"], timeout=30)
+    return httpx.post(kms.endpoint + "/", headers=request["headers"], content=request["content"], timeout=30,
+                      verify=kms.tls)
 
 
 def error(reply: httpx.Response) -> tuple[int, str, str]:

@@ -22,11 +22,14 @@ def test_up_with_kms_prints_a_ready_endpoint_and_down_stops_it(tmp_path: Path) -
 
     summary = json.loads(result.stdout)
     try:
-        for key in ("kms_endpoint", "kms_region", "kms_access_key_id", "kms_secret_access_key"):
+        for key in ("kms_endpoint", "kms_region", "kms_access_key_id", "kms_secret_access_key", "kms_ca_bundle"):
             assert summary[key], key
+        # HTTPS by default, with a certificate of the cluster's CA (the bundle `up` names).
+        assert summary["kms_endpoint"].startswith("https://127.0.0.1:")
+        assert summary["kms_ca_bundle"] == summary["ca_cert"]
         kms = boto3.client("kms", endpoint_url=summary["kms_endpoint"], region_name=summary["kms_region"],
                            aws_access_key_id=summary["kms_access_key_id"],
-                           aws_secret_access_key=summary["kms_secret_access_key"])
+                           aws_secret_access_key=summary["kms_secret_access_key"], verify=summary["kms_ca_bundle"])
         key_id = kms.create_key(Description="from up --kms")["KeyMetadata"]["KeyId"]
         blob = kms.encrypt(KeyId=key_id, Plaintext=b"hello")["CiphertextBlob"]
         assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"hello"

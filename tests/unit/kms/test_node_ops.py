@@ -169,7 +169,10 @@ def _today(offset_days: int = 0) -> str:
     return (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=offset_days)).strftime("%Y%m%d")
 
 
-def test_sigv4_signing_key_role_binding_date_and_audit(tmp_path):
+def test_sigv4_signing_key_role_binding_date_and_audit(tmp_path, monkeypatch):
+    failures = kms.FailureAudit()
+    monkeypatch.setattr(kms, "FAILURES", failures)
+
     async def body(services: FakeServices) -> None:
         created = await op(kms.access_key_create, kms.AccessKeyCreateArgs, admin(services), name="ci",
                            policy='{"Version": "2012-10-17", "Statement": []}')
@@ -207,8 +210,17 @@ def test_sigv4_signing_key_role_binding_date_and_audit(tmp_path):
             await op(kms.sigv4_signing_key_op, kms.SigV4SigningKeyArgs, user(services), **args)
         issued_events = [d for e, outcome, d in services.audited if e == "kms.sigv4.signing_key" and outcome == "ok"]
         assert sorted(d["date"] for d in issued_events) == sorted([_today(), _today(-1), _today(1)])
-        refused = [d for e, outcome, d in services.audited if e == "kms.sigv4.signing_key" and outcome != "ok"]
-        assert len(refused) == 7
+        # Refusals are audited aggregated: the first of each group (service user, outcome, source, access key
+        # or "unknown") at once, the rest counted into one record when the interval ends.
+        refused = [(outcome, d) for e, outcome, d in services.audited if e == "kms.sigv4.signing_key" and outcome != "ok"]
+        assert sorted(o for o, _ in refused) == ["CKR_ARGUMENTS_BAD", "CKR_KEY_HANDLE_INVALID", "CKR_KEY_HANDLE_INVALID"]
+        assert all(d["count"] == 1 and d["source"] == "unknown" for _, d in refused)
+        before = len(services.audited)
+        await failures.close_all(services)
+        summaries = {o: d for e, o, d in services.audited[before:]}
+        assert summaries["CKR_ARGUMENTS_BAD"]["count"] == 3 and summaries["CKR_ARGUMENTS_BAD"]["aggregated"]
+        assert summaries["CKR_KEY_HANDLE_INVALID"]["count"] == 1
+        assert summaries["CKR_KEY_HANDLE_INVALID"]["sample_access_key_ids"] == ["not-an-id"]
         # Deleting the access key ends issuance (and removes its issuance marker).
         await op(kms.access_key_delete, kms.AccessKeyDeleteArgs, admin(services), access_key_id=key_id)
         assert await services.barrier.get(kms.SIGNING_KEY_ISSUED_PREFIX + key_id) is None
@@ -224,3 +236,82 @@ def test_sigv4_signing_key_is_for_crypto_users_only():
 
     spec = OPERATIONS["kms.sigv4.signing_key"]
     assert spec.roles == frozenset(kms.CRYPTO_USER) == OPERATIONS["kms.sigv4.verify"].roles
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_refused_sigv4_requests_are_audited_once_per_group_and_interval(tmp_path, monkeypatch):
+    """A flood of bad requests: two audit records per (service user, outcome, source, key) and interval."""
+    clock = Clock()
+    failures = kms.FailureAudit(interval=60, max_groups=3, clock=clock)
+    monkeypatch.setattr(kms, "FAILURES", failures)
+
+    async def body(services: FakeServices) -> None:
+        created = await op(kms.access_key_create, kms.AccessKeyCreateArgs, admin(services), name="ci")
+        key_id = created["access_key_id"]
+        to_sign = f"AWS4-HMAC-SHA256\n{_today()}T120000Z\n{_today()}/us-east-1/kms/aws4_request\n" + "cd" * 32
+        bad = {"date": _today(), "region": "us-east-1", "service": "kms", "string_to_sign": to_sign,
+               "signature": "0" * 64}
+        start = len(services.audited)
+
+        async def refuse(access_key_id: str, source: str) -> None:
+            with pytest.raises(HsmError):
+                await op(kms.sigv4_verify, kms.SigV4VerifyArgs, user(services), access_key_id=access_key_id,
+                         source=source, **bad)
+
+        for i in range(50):  # a bad signature for a real key, and 50 unknown ids, from one address
+            await refuse(key_id, "203.0.113.7")
+            await refuse(f"AKIA{i:016d}", "203.0.113.7")
+        written = services.audited[start:]
+        assert [(e, o, d["access_key_id"], d["count"]) for e, o, d in written] == [
+            ("kms.sigv4.verify", "CKR_SIGNATURE_INVALID", key_id, 1),
+            ("kms.sigv4.verify", "CKR_KEY_HANDLE_INVALID", "AKIA" + "0" * 16, 1)]
+        assert all(d["source"] == "203.0.113.7" for _, _, d in written)
+        clock.now += 30
+        await refuse(key_id, "198.51.100.1")  # another address: its own group
+        assert len(services.audited) == start + 3
+        # The interval ends (the timer, or the next refusal after it): one record with the count each.
+        clock.now += 31
+        before = len(services.audited)
+        await refuse(key_id, "203.0.113.7")
+        closed = services.audited[before:]
+        assert [(o, d["count"], d.get("aggregated")) for _, o, d in closed] == [
+            ("CKR_SIGNATURE_INVALID", 49, True), ("CKR_SIGNATURE_INVALID", 1, None)]  # summary, then a new group
+        await failures.close_all(services)
+        summary = next(d for _, o, d in services.audited if o == "CKR_KEY_HANDLE_INVALID" and d.get("aggregated"))
+        assert summary["count"] == 49 and summary["access_key_id"] == "unknown"
+        assert summary["sample_access_key_ids"] == [f"AKIA{i:016d}" for i in range(1, 6)]
+        assert summary["first"].endswith("Z") and summary["interval_seconds"] == 60
+        # Bounded: beyond max_groups, refusals share one catch-all group per outcome.
+        before = len(services.audited)
+        for n in range(6):
+            await refuse(key_id, f"192.0.2.{n}")
+        groups = [d["source"] for _, _, d in services.audited[before:]]
+        assert groups == ["192.0.2.0", "192.0.2.1", "192.0.2.2", "*"] and len(failures) == 4
+        # A source the gateway did not send, or not printable: "unknown".
+        await refuse(key_id, "\x00bad")
+        assert len(failures) == 4
+
+    run(tmp_path, body)
+
+
+def test_the_timer_writes_the_aggregated_record(tmp_path, monkeypatch):
+    failures = kms.FailureAudit(interval=0.05)
+    monkeypatch.setattr(kms, "FAILURES", failures)
+
+    async def body(services: FakeServices) -> None:
+        for _ in range(5):
+            with pytest.raises(HsmError):
+                await op(kms.sigv4_signing_key_op, kms.SigV4SigningKeyArgs, user(services), access_key_id="AKIA" + "Q" * 16,
+                         date=_today(), region="us-east-1", service="kms", source="127.0.0.1")
+        assert len(services.audited) == 1
+        await asyncio.sleep(0.2)
+        assert [d["count"] for _, _, d in services.audited] == [1, 4] and len(failures) == 0
+
+    run(tmp_path, body)

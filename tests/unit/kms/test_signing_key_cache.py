@@ -36,6 +36,7 @@ class FakeNode:
     def __init__(self) -> None:
         self.secrets = {KEY_ID: SECRET}
         self.calls: list[str] = []
+        self.sources: list[str] = []
         self.unreachable = False
 
     def _check(self, access_key_id: str) -> str:
@@ -45,14 +46,17 @@ class FakeNode:
             raise ClusterError(CKR.KEY_HANDLE_INVALID, "unknown")
         return self.secrets[access_key_id]
 
-    async def sigv4_signing_key(self, access_key_id: str, date: str, region: str, service: str) -> dict[str, Any]:
+    async def sigv4_signing_key(self, access_key_id: str, date: str, region: str, service: str, *,
+                                source: str = "") -> dict[str, Any]:
         self.calls.append("signing_key")
+        self.sources.append(source)
         secret = self._check(access_key_id)
         return {"signing_key": sigv4.signing_key(secret, date, region, service), "name": "ci", "policy": None}
 
     async def verify_sigv4(self, access_key_id: str, date: str, region: str, service: str, string_to_sign: str,
-                           signature: str) -> dict[str, Any]:
+                           signature: str, *, source: str = "") -> dict[str, Any]:
         self.calls.append("verify")
+        self.sources.append(source)
         secret = self._check(access_key_id)
         if sigv4.signature(secret, sigv4.Prepared(access_key_id, date, region, service, string_to_sign,
                                                   signature)) != signature:

@@ -37,22 +37,32 @@ change and need no node upgrade, and a bug there cannot reach key material (the 
 holds any) or another user's records. A user who holds the service user's password could write
 nonsense metadata — but that user can already destroy and use the keys themselves.
 
-Every access-key change and every metadata commit is audited (management events); failed
-SigV4 verifications are audited (authentication failures); successful ones are not (one fsync
-per KMS request would cap the API at the disk's sync rate) — as with crypto operations, which
-the node counts but does not log one by one.
+Every access-key change and every metadata commit is audited (management events); successful
+SigV4 verifications are not (one fsync per KMS request would cap the API at the disk's sync
+rate) — as with crypto operations, which the node counts but does not log one by one. Refused
+SigV4 verifications and signing-key requests (unknown access key, bad signature) are audited
+**aggregated** (:class:`FailureAudit`): the first refusal of a group — the service user, the
+event, the outcome, the requester's address as the gateway reports it (``source``) and the
+access key id (or ``unknown`` for ids that name no access key) — is written at once; the
+following ones within :data:`FAILURE_AUDIT_SECONDS` are counted and written as one record with
+the count (``details.count``, the time of the first and last, a few sample ids) when the
+interval ends. A flood of bad requests therefore costs two audit records per group and
+interval and worker process, not an fsync each. (Counts not yet written are lost if the worker
+stops before its interval ends; the first refusal of each group never is.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import re
 import secrets
 import string
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -64,6 +74,7 @@ from strongroom.dispatch.table import operation
 from strongroom.errors import CKR, ArgumentsBad, HsmError, SignatureInvalid
 from strongroom.store.base import ConflictError
 
+log = logging.getLogger("strongroom.dispatch.kms")
 ADMIN = (Role.ADMIN.value,)
 CRYPTO_USER = (Role.CRYPTO_USER.value,)
 
@@ -100,6 +111,116 @@ class UnknownAccessKey(HsmError):
 
 class RecordLimit(HsmError):
     code = CKR.DEVICE_MEMORY
+
+
+# --- aggregated audit of refused SigV4 requests ------------------------------------------------------
+
+FAILURE_AUDIT_SECONDS = 60.0
+#: Open groups per worker; beyond, refusals are counted in one catch-all group per event and outcome.
+FAILURE_AUDIT_MAX_GROUPS = 1024
+FAILURE_AUDIT_SAMPLES = 5
+UNKNOWN_KEY = "unknown"
+SOURCE_MAX = 64
+
+GroupKey = tuple[str, str, str, str, str]  # (actor, event, outcome, source, access key id or "unknown")
+
+
+def _utc(moment: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(moment, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass
+class _FailureGroup:
+    opened: float
+    count: int = 0
+    first: float = 0.0
+    last: float = 0.0
+    samples: list[str] = field(default_factory=list)
+
+
+class FailureAudit:
+    """One audit record per group of refusals and interval, with a count (see the module docstring)."""
+
+    def __init__(self, interval: float = FAILURE_AUDIT_SECONDS, max_groups: int = FAILURE_AUDIT_MAX_GROUPS,
+                 clock: Any = time.time) -> None:
+        self.interval = interval
+        self.max_groups = max_groups
+        self._clock = clock
+        self._groups: dict[GroupKey, _FailureGroup] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    async def refused(self, call: Any, event: str, exc: HsmError, access_key_id: str, source: str,
+                      *, known: bool) -> None:
+        """Audit a refusal: at once when it opens a group, else counted into the group's record."""
+        outcome = exc.code.spec_name
+        source = source[:SOURCE_MAX] if source and source.isprintable() else "unknown"
+        key_id = access_key_id[:128] if known else UNKNOWN_KEY
+        group_key: GroupKey = (call.actor or "", event, outcome, source, key_id)
+        if group_key not in self._groups and len(self._groups) >= self.max_groups:
+            group_key = (call.actor or "", event, outcome, "*", "*")
+        now = self._clock()
+        group = self._groups.get(group_key)
+        if group is not None and now - group.opened >= self.interval:
+            await self.close(call.services, group_key, group.opened)  # its timer has not run (yet)
+            group = None
+        if group is None:
+            self._groups[group_key] = _FailureGroup(opened=now)
+            self._schedule_close(call.services, group_key, now)
+            details: dict[str, Any] = {"access_key_id": access_key_id[:128], "source": group_key[3], "count": 1}
+            if group_key[3] != source:
+                details["first_source"] = source  # the catch-all group
+            await audit_refusal(call, event, exc, details)
+            return
+        if group.count == 0:
+            group.first = now
+        group.count += 1
+        group.last = now
+        if not known and len(group.samples) < FAILURE_AUDIT_SAMPLES and access_key_id[:128] not in group.samples:
+            group.samples.append(access_key_id[:128])
+
+    def _schedule_close(self, services: Any, group_key: GroupKey, opened: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        def close() -> None:
+            task = loop.create_task(self.close(services, group_key, opened))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+        loop.call_later(self.interval, close)
+
+    async def close(self, services: Any, group_key: GroupKey, opened: float | None = None) -> None:
+        """End a group's interval (``opened``: only the group opened then): one record with the count
+        of the refusals not yet written, if any."""
+        group = self._groups.get(group_key)
+        if group is None or (opened is not None and group.opened != opened):
+            return
+        del self._groups[group_key]
+        if group.count == 0:
+            return
+        actor, event, outcome, source, key_id = group_key
+        details: dict[str, Any] = {"access_key_id": key_id, "source": source, "count": group.count,
+                                   "first": _utc(group.first), "last": _utc(group.last),
+                                   "interval_seconds": self.interval, "aggregated": True}
+        if group.samples:
+            details["sample_access_key_ids"] = list(group.samples)
+        try:
+            await services.audit(event, actor=actor or None, outcome=outcome, details=details)
+        except HsmError as exc:
+            log.error("could not write the aggregated audit record of %d %s refusals: %s", group.count, event, exc)
+
+
+    async def close_all(self, services: Any) -> None:
+        for group_key in list(self._groups):
+            await self.close(services, group_key)
+
+
+#: This worker's aggregation (each worker process audits its own refusals).
+FAILURES = FailureAudit()
 
 
 # --- access keys (admins) -----------------------------------------------------------------------
@@ -233,6 +354,8 @@ class SigV4VerifyArgs:
     service: str
     string_to_sign: str
     signature: str
+    #: The requester's address as the gateway saw it (audit only; at most 64 characters).
+    source: str = ""
 
 
 def _check_sigv4_args(args: SigV4VerifyArgs) -> None:
@@ -266,7 +389,8 @@ async def sigv4_verify(call: Any, args: SigV4VerifyArgs) -> dict[str, Any]:
         if not hmac.compare_digest(expected.encode(), args.signature.encode()):
             raise SignatureInvalid("The request signature does not match the access key's secret.")
     except HsmError as exc:
-        await audit_refusal(call, "kms.sigv4.verify", exc, {"access_key_id": args.access_key_id[:128]})
+        await FAILURES.refused(call, "kms.sigv4.verify", exc, args.access_key_id, args.source,
+                               known=isinstance(exc, SignatureInvalid))
         raise
     return {"access_key_id": record["access_key_id"], "name": record["name"], "policy": record.get("policy")}
 
@@ -292,6 +416,8 @@ class SigV4SigningKeyArgs:
     date: str
     region: str
     service: str
+    #: The requester's address as the gateway saw it (audit only; at most 64 characters).
+    source: str = ""
 
 
 def _check_signing_date(date: str, now: float | None = None) -> None:
@@ -330,7 +456,6 @@ async def sigv4_signing_key_op(call: Any, args: SigV4SigningKeyArgs) -> dict[str
     """The day-scoped SigV4 signing key of an access key, so the gateway can verify signatures
     itself. Only the service user the key is bound to gets it; only for dates within a day of the
     node's clock; the secret never leaves the node. Issuance is audited once per key and day."""
-    details = {"access_key_id": args.access_key_id[:128], "date": args.date[:16]}
     barrier = call.services.require_barrier()
     try:
         if not 1 <= len(args.access_key_id) <= 128 or not args.access_key_id.isprintable():
@@ -345,7 +470,7 @@ async def sigv4_signing_key_op(call: Any, args: SigV4SigningKeyArgs) -> dict[str
         record = entry.value
         await _audit_issuance_once(call, barrier, record["access_key_id"], args.date)
     except HsmError as exc:
-        await audit_refusal(call, "kms.sigv4.signing_key", exc, details)
+        await FAILURES.refused(call, "kms.sigv4.signing_key", exc, args.access_key_id, args.source, known=False)
         raise
     return {"signing_key": sigv4_signing_key(record["secret"], args.date, args.region, args.service),
             "name": record["name"], "policy": record.get("policy")}

@@ -153,8 +153,13 @@ async def seal(ctx: Context, key: KmsKey, plaintext: bytes, context: dict[str, s
 
 
 async def open_blob(ctx: Context, blob: bytes, context: dict[str, str], requested: str | None,
-                    action: str | None = None) -> tuple[KmsKey, bytes, Material]:
-    """Decrypt a blob: (its key, the plaintext, the material version used)."""
+                    action: str | None = None, *, dry_run: bool = False) -> tuple[KmsKey, bytes, Material]:
+    """Decrypt a blob: (its key, the plaintext, the material version used).
+
+    ``dry_run``: every check of the real call — the blob's key, ``requested`` naming it, key policy,
+    grants and grant tokens, key state and usage, the material version — then
+    DryRunOperationException instead of the decryption. So an unauthorized caller gets the same
+    AccessDeniedException with or without DryRun, and never the key's state."""
     parsed = ciphertext.parse(blob)
     key = await ctx.metadata.get_key(parsed.key_id)
     if key is None:
@@ -175,6 +180,8 @@ async def open_blob(ctx: Context, blob: bytes, context: dict[str, str], requeste
         material = None if fresh is None else fresh.material(parsed.material_version)
         if material is None:
             raise InvalidCiphertext("")
+    if dry_run:
+        refuse_dry_run()
     try:
         plaintext = await (await key_backend(ctx, key)).gcm_decrypt(material.handle, parsed.iv,
                                                                     ciphertext.aad(parsed.header, context), parsed.body)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from strongroom.kms import ciphertext
 from strongroom.kms.errors import InvalidCiphertext, Validation
 from strongroom.kms.gateway import Context
 from strongroom.kms.keyspecs import DATA_KEY_SPECS, ENCRYPTION_ALGORITHMS
@@ -75,22 +74,9 @@ async def decrypt(ctx: Context) -> dict[str, Any]:
     if algorithm is not None and algorithm != ALGORITHM:
         # An RSA algorithm without a KeyId cannot match a symmetric ciphertext.
         raise InvalidCiphertext("")
-    if is_dry_run:
-        await _dry_run_decrypt(ctx, blob, key_id)
-    key, plaintext, material = await open_blob(ctx, blob, context, key_id)
+    key, plaintext, material = await open_blob(ctx, blob, context, key_id, dry_run=is_dry_run)
     return {"KeyId": ctx.where.key_arn(key.key_id), "Plaintext": b64(plaintext), "EncryptionAlgorithm": ALGORITHM,
             "KeyMaterialId": material.material_id}
-
-
-async def _dry_run_decrypt(ctx: Context, blob: bytes, key_id: str | None) -> None:
-    parsed = ciphertext.parse(blob)
-    key = await ctx.metadata.get_key(parsed.key_id)
-    if key is None:
-        raise InvalidCiphertext("")
-    if key_id is not None:
-        await resolve_key(ctx, key_id)
-    require_usable(ctx, key)
-    refuse_dry_run()
 
 
 @kms_operation("ReEncrypt")
@@ -131,10 +117,8 @@ async def re_encrypt(ctx: Context) -> dict[str, Any]:
         if source_algorithm is not None and source_algorithm != ALGORITHM:
             # An RSA algorithm without a SourceKeyId cannot match a symmetric ciphertext.
             raise InvalidCiphertext("")
-        if is_dry_run:
-            await _dry_run_decrypt(ctx, blob, source_key_id)
         source, plaintext, source_material = await open_blob(ctx, blob, source_context, source_key_id,
-                                                             action="kms:ReEncryptFrom")
+                                                             action="kms:ReEncryptFrom", dry_run=is_dry_run)
         used_algorithm = ALGORITHM
         result["SourceKeyMaterialId"] = source_material.material_id
     if rsa_destination is not None:
