@@ -214,7 +214,10 @@ def _session(tcti: str) -> Iterator[_Session]:
         if managed:
             yield _Session(tcti, Path(workdir), managed=True)
             return
-        fd = os.open(_lock_path(tcti), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(_lock_path(tcti), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:  # e.g. someone else's file (or a symlink) in its place
+            raise SealUnavailable(f"cannot open the TPM lock file {_lock_path(tcti)}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             session = _Session(tcti, Path(workdir), managed=False)
