@@ -44,9 +44,18 @@ def node_client(cluster: LocalCluster, node_id: str) -> Client:
 
 
 def add_node(cluster: LocalCluster, *extra: str) -> dict:
-    rc, out = cluster.cli("hsm", "add", *extra)
+    # Adding a node is enrolling its certificate: an admin's act.
+    rc, out = cluster.cli("hsm", "add", *extra, pin=cluster.admin_pin)
     assert rc == 0, out
     return out["data"]
+
+
+def test_adding_a_node_needs_an_admin(cluster: LocalCluster) -> None:
+    rc, out = cluster.cli("hsm", "add")
+    assert rc != 0 and "STRONGROOM_PIN" in out["error"]
+    rc, out = cluster.cli("hsm", "add", pin="admin:wrong-password")
+    assert rc != 0 and "could not enroll" in out["error"]
+    assert [n["id"] for n in json.loads((cluster.dir / "client.json").read_text())["nodes"]] == ["node1"]
 
 
 def test_added_node_receives_the_key_and_serves(cluster: LocalCluster) -> None:
@@ -61,14 +70,16 @@ def test_added_node_receives_the_key_and_serves(cluster: LocalCluster) -> None:
     node = add_node(cluster, "--zone", "b")
     assert node["id"] == "node2" and node["zone"] == "b" and group_members(os.getpgid(node["pid"]))
 
-    # The key never went through the store: only node2's registry entry is new (besides the records
-    # every node keeps moving: the store epoch and its audit head), nothing else changed, and the
-    # cluster key's bytes appear nowhere in the store's files.
+    # The key never went through the store: only node2's enrollment and registry entry are new (besides
+    # the records every node keeps moving: the store epoch and its audit head), nothing else changed, and
+    # the cluster key's bytes appear nowhere in the store's files.
     after = store_records(cluster)
-    moving = {"cluster/epoch", "audit/heads/node1", "audit/heads/node2"}
+    # (and the admin who enrolled node2 logged in: their user record notes it)
+    moving = {"cluster/epoch", "audit/heads/node1", "audit/heads/node2", "users/admin"}
     assert {k: v for k, v in after.items() if k in before and k not in moving} == {
         k: v for k, v in before.items() if k not in moving}
-    assert set(after) - set(before) <= {"nodes/node2"} | moving
+    assert set(after) - set(before) <= {"nodes/node2", "enrolled/node2"} | moving
+    assert "enrolled/node2" in after
     node1_dir, node2_dir = cluster.dir / "nodes" / "node1", cluster.dir / "nodes" / "node2"
     identity1, key1 = unseal_cluster_key(node1_dir)
     identity2, key2 = unseal_cluster_key(node2_dir)
@@ -101,7 +112,7 @@ def test_a_client_certificate_cannot_clone_the_key(cluster: LocalCluster) -> Non
     with pytest.raises(ClientError) as refused:
         client.call("hsm.clone_key", node_id="strongroom-cli", ephemeral_public=JoinKeyPair.generate().public)
     assert refused.value.code == CKR.ACTION_PROHIBITED
-    assert "node certificate" in refused.value.message
+    assert "node role" in refused.value.message
     # Nor may it claim to be a node.
     with pytest.raises(ClientError) as refused:
         client.call("hsm.clone_key", node_id="node1", ephemeral_public=JoinKeyPair.generate().public)
@@ -111,6 +122,12 @@ def test_a_client_certificate_cannot_clone_the_key(cluster: LocalCluster) -> Non
 def test_removed_node_is_stopped_zeroized_and_locked_out(cluster: LocalCluster) -> None:
     rc, out = cluster.cli("hsm", "remove", "--id", "node1")
     assert rc != 0 and "last node" in out["error"]
+    # Removal revokes through the operator's certificate; the application host's may not.
+    node1 = ClientProfile.load(cluster.dir).nodes[0]
+    with pytest.raises(ClientError) as refused:
+        cluster.client().call("hsm.revoke", node_id="node1", serial="1234")
+    assert refused.value.code == CKR.ACTION_PROHIBITED and "operator role" in refused.value.message
+    del node1
 
     node = add_node(cluster)
     assert node["zone"] == "b"
