@@ -88,7 +88,7 @@ def bob(shared_cluster: LocalCluster) -> Client:
 def test_a_shared_user_cannot_export_the_owners_key(alice: Client, bob: Client) -> None:
     secret = aes_key(alice, "exportable-by-owner-only", {CKA.EXTRACTABLE: True})
     assert alice.share(secret, "own_bob") == ["own_bob"]
-    bob_public, bob_private = rsa_pair(bob, "bob-rsa")
+    bob_public, _bob_private = rsa_pair(bob, "bob-rsa")
     # The attack of issue 11: the shared user wraps the owner's extractable key under its own RSA key,
     # then unwraps the blob as a key it owns.
     assert _code(lambda: bob.wrap_key(CKM.RSA_PKCS_OAEP, bob_public, secret, OAEP)) == CKR.KEY_NOT_WRAPPABLE
@@ -428,7 +428,7 @@ def _pykcs11(cluster: LocalCluster, pin: str, body: str, **inputs: bytes) -> dic
     env.update(STRONGROOM_AGENT_SOCKET=cluster.summary["agent_socket"], MODULE=module, PIN=pin)
     env.update({f"IN_{name}": value.hex() for name, value in inputs.items()})
     script = PYKCS11_SCRIPT + textwrap.dedent(body) + "\nprint(json.dumps(OUT))\n"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=110)
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env, timeout=110)
     assert result.returncode == 0, f"script failed:\n{result.stdout}\n{result.stderr}"
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -507,7 +507,7 @@ def test_pkcs11_tool_signs_with_an_always_authenticate_key(shared_cluster: Local
     result = subprocess.run([tool, "--module", module, "--token-label", shared_cluster.summary["token_label"],
                              "--login", "--pin", "own_tool:tool-password", "--sign", "-m", "SHA256-RSA-PKCS",
                              "--id", "aa02", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "sig")],
-                            capture_output=True, text=True, env=env, timeout=90)
+                            check=False, capture_output=True, text=True, env=env, timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
     outside = rsa_mech.public_key_from_attributes(user.get_attributes(public, [CKA.MODULUS, CKA.PUBLIC_EXPONENT]))
     outside.verify((tmp_path / "sig").read_bytes(), b"pkcs11-tool data", padding.PKCS1v15(), hashes.SHA256())
@@ -551,7 +551,7 @@ def test_pkcs11_shared_user_cannot_wrap_or_copy_the_owners_key(shared_cluster: L
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
     env.update(STRONGROOM_AGENT_SOCKET=shared_cluster.summary["agent_socket"], MODULE=module,
                TOKEN_LABEL=shared_cluster.summary["token_label"], PIN="own_p11_user:user-password")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=110)
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env, timeout=110)
     assert result.returncode == 0, result.stdout + result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
     prohibited = "Unmapped error code 0x1b"  # CKR_ACTION_PROHIBITED, as python-pkcs11 0.10 names it

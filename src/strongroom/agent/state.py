@@ -79,6 +79,12 @@ class Operation:
     #: Initialized here only, because the node already accepted this key, mechanism and parameter
     #: shape for this user: a single-part call then costs one stateless node request instead of two.
     deferred: bool = False
+    #: The node said the key has CKA_ALWAYS_AUTHENTICATE: C_Login(CKU_CONTEXT_SPECIFIC) goes to the
+    #: node for this operation, and it is never re-created behind the application's back.
+    context_login: bool = False
+    #: ...and the node accepted one for it (the node checks this too; the agent answers first, since
+    #: a node's CKR_USER_NOT_LOGGED_IN on a stateful call reads as a lost login to the link layer).
+    authenticated: bool = False
 
 
 @dataclass

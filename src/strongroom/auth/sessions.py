@@ -29,6 +29,8 @@ class Session:
     last_used: float
     connection_id: int
     data: dict[str, object] = field(default_factory=dict)
+    #: The account (``User.uid``) logged in: keys and shares name it, not only the username.
+    user_id: str | None = None
 
 
 class SessionTable:
@@ -49,14 +51,15 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def open(self, username: str, role: Role, connection_id: int) -> Session:
+    def open(self, username: str, role: Role, connection_id: int, user_id: str | None = None) -> Session:
         self.expire_idle()
         if len(self._sessions) >= self._max_total:
             raise SessionCount(f"this node already serves the maximum of {self._max_total} sessions")
         if sum(1 for s in self._sessions.values() if s.username == username) >= self._max_per_user:
             raise SessionCount(f"user {username!r} already has the maximum of {self._max_per_user} sessions")
         now = self._clock()
-        session = Session(secrets.token_bytes(TOKEN_BYTES), username, role, now, now, connection_id)
+        session = Session(secrets.token_bytes(TOKEN_BYTES), username, role, now, now, connection_id,
+                          user_id=user_id)
         self._sessions[session.token] = session
         return session
 

@@ -3,9 +3,11 @@
 Per-user lockout (:mod:`strongroom.auth.users`) protects one account; this protects
 the admin role from a source that tries many accounts or passwords. A *source* is
 the client certificate of the connection (through an agent, every application of
-that host counts as one source). After ``limit`` consecutive failed admin logins
-the source waits ``backoff`` seconds before its next attempt, doubling with each
-further failure up to :data:`MAX_BACKOFF`; one successful login clears it.
+that host counts as one source). Every failed login of the source counts, whatever
+the name it tried: counting only the names that turn out to be admins would tell the
+caller which names are admins (the pause would show). After ``limit`` consecutive
+failures the source waits ``backoff`` seconds before its next *admin* login, doubling
+with each further failure up to :data:`MAX_BACKOFF`; a successful login clears it.
 Counts live in the worker's memory: a node with W workers allows up to W times
 the limit before every worker has slowed the source down.
 """

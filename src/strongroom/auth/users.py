@@ -5,6 +5,21 @@ node and every worker process sees the same accounts and the same failed-login
 counters, and both survive restarts. Every change is a conditional commit on the
 revision that was read: two workers racing on the same counter cannot lose an
 increment.
+
+Each account has a random ``uid`` drawn when it is created: a user deleted and
+created again under the same name is another account, and whatever named the old
+one (a key's owner, a share) does not reach the new one.
+
+What a login tells the caller. CloudHSM publishes usernames and lock state to anyone
+(``user list`` needs no login there); Strongroom does not (``user.list`` needs a
+login), so a login must not tell them either. Every refused login answers
+``CKR_PIN_INCORRECT`` "wrong username or password" after one Argon2id computation
+with the same parameters: an unknown user, a wrong password, an unactivated account
+and a locked account alike. Only a caller who gives the *right* password of a locked
+account learns that it is locked (``CKR_PIN_LOCKED``): that caller knows the password
+already. So that this answer is no unlimited guessing oracle, a locked account checks
+its real password for :data:`LOCKED_CHECKS` more attempts only; after them every
+attempt is answered as a wrong password (and costs the same) until an admin resets it.
 """
 
 from __future__ import annotations
@@ -12,13 +27,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from strongroom.auth.passwords import PasswordHash, burn_time, hash_password, verify_password
-from strongroom.barrier import Barrier, Entry, Remove, Unchanged, Write
+from strongroom.barrier import Barrier, Change, Entry, Remove, Unchanged, Write
 from strongroom.errors import (
     CKR,
     ActionProhibited,
@@ -29,19 +45,25 @@ from strongroom.errors import (
     PinLenRange,
     PinLocked,
 )
-from strongroom.store.base import ConflictError
+from strongroom.store.base import MAX_COMMIT_OPERATIONS, ConflictError
 
 PREFIX = "users/"
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_]{1,31}\Z")  # \Z, not $: "$" also matches before a final "\n"
 PASSWORD_MIN = 7
 PASSWORD_MAX = 32
 MAX_FAILED_LOGINS = 5
+#: Password checks a locked account still makes, so that its holder can learn it is locked.
+LOCKED_CHECKS = 5
 MAX_USERS = 1024
+#: The one answer of every refused login (see the module docstring).
+WRONG_CREDENTIALS = "wrong username or password"
 _CONFLICT_RETRIES = 20
 
 #: Called after every check passed and right before the commit: the audit write goes
 #: there, so a failed audit write stops the change and a refused change logs no success.
 Witness = Callable[[], Awaitable[None]]
+#: What else must change when a user goes (``user.delete``): the changes still needed for that name.
+Also = Callable[[str], Awaitable[list[Change]]]
 
 
 async def _no_witness() -> None:
@@ -89,6 +111,10 @@ def check_password_rules(password: object) -> str:
     return password
 
 
+def new_uid() -> str:
+    return secrets.token_hex(16)
+
+
 @dataclass(frozen=True)
 class User:
     name: str
@@ -97,6 +123,8 @@ class User:
     failed_logins: int
     created: float
     entry: Entry | None = None
+    #: This account (see the module docstring); records written before it existed get a stable stand-in.
+    uid: str = ""
 
     @property
     def locked(self) -> bool:
@@ -106,6 +134,9 @@ class User:
     def activated(self) -> bool:
         return self.password is not None
 
+    def with_counter(self, failed_logins: int, password: PasswordHash | None = None) -> User:
+        return User(self.name, self.role, password or self.password, failed_logins, self.created, uid=self.uid)
+
     def to_record(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -113,19 +144,22 @@ class User:
             "password": None if self.password is None else self.password.to_record(),
             "failed_logins": self.failed_logins,
             "created": self.created,
+            "uid": self.uid,
         }
 
     @classmethod
     def from_entry(cls, entry: Entry) -> User:
         value = entry.value
         password = value.get("password")
+        created = float(value["created"])
         return cls(
             name=value["name"],
             role=Role(value["role"]),
             password=None if password is None else PasswordHash.from_record(password),
             failed_logins=int(value["failed_logins"]),
-            created=float(value["created"]),
+            created=created,
             entry=entry,
+            uid=str(value.get("uid") or f"legacy-{created!r}"),
         )
 
     def public(self) -> dict[str, Any]:
@@ -163,7 +197,7 @@ class UserDirectory:
         return [User.from_entry(entry) for entry in entries]
 
     def new_user_write(self, name: str, role: Role, password_hash: PasswordHash | None) -> Write:
-        user = User(name, role, password_hash, 0, time.time())
+        user = User(name, role, password_hash, 0, time.time(), uid=new_uid())
         return Write(key_of(name), user.to_record(), None)
 
     async def create(self, name: str, role: Role, password: str, witness: Witness = _no_witness) -> User:
@@ -176,13 +210,19 @@ class UserDirectory:
             raise HsmError(f"the cluster already has the maximum of {MAX_USERS} users", CKR.DEVICE_MEMORY)
         password_hash = await asyncio.to_thread(hash_password, password)
         await witness()
+        write = self.new_user_write(name, role, password_hash)
         try:
-            await self._barrier.commit([self.new_user_write(name, role, password_hash)])
+            await self._barrier.commit([write])
         except ConflictError:
             raise UserExists(f"a user named {name!r} already exists") from None
-        return User(name, role, password_hash, 0, time.time())
+        return User(name, role, password_hash, 0, write.value["created"], uid=write.value["uid"])
 
-    async def delete(self, name: str, *, acting_user: str, witness: Witness = _no_witness) -> User:
+    async def delete(self, name: str, *, acting_user: str, witness: Witness = _no_witness,
+                     also: Also | None = None) -> User:
+        """Delete a user. ``also(name)`` gives the changes that must go with it (its names in share lists):
+        as many as the store's commit limit allows go in the same transaction as the removal, the rest
+        in bounded batches right after (``also`` is asked again for what remains). A batch that has not
+        landed yet is inert: it names the deleted account's uid, which no new account ever has."""
         name = normalize_username(name)
         if name == acting_user:
             raise ActionProhibited("you cannot delete the user you are logged in as")
@@ -197,13 +237,19 @@ class UserDirectory:
             assert target.entry is not None
             # Pin the other admins: a concurrent delete of the last one of them must conflict.
             pins = [Unchanged(u.entry.key, u.entry) for u in other_admins if u.entry is not None]
+            removal: list[Change] = [Remove(target.entry.key, target.entry), *pins]
+            if len(removal) > MAX_COMMIT_OPERATIONS:
+                raise HsmError("too many admins to pin in one transaction", CKR.FUNCTION_FAILED)
+            extra = [] if also is None else await also(name)
             await witness()
             witness = _no_witness
             try:
-                await self._barrier.commit([Remove(target.entry.key, target.entry), *pins][:64])
-                return target
+                await self._barrier.commit([*removal, *extra[:MAX_COMMIT_OPERATIONS - len(removal)]])
             except ConflictError:
                 continue
+            if also is not None and len(extra) > MAX_COMMIT_OPERATIONS - len(removal):
+                await self._in_batches(also, name)
+            return target
         raise HsmError("user records keep changing under this operation; try again", CKR.FUNCTION_FAILED)
 
     async def set_password(self, name: str, password: str, witness: Witness = _no_witness) -> User:
@@ -214,7 +260,7 @@ class UserDirectory:
         for _ in range(_CONFLICT_RETRIES):
             user = await self.require(name)
             assert user.entry is not None
-            updated = User(user.name, user.role, password_hash, 0, user.created)
+            updated = user.with_counter(0, password_hash)
             await witness()
             witness = _no_witness
             try:
@@ -227,41 +273,71 @@ class UserDirectory:
     async def authenticate(self, name: object, password: object) -> User:
         """Check a login; counts failures and locks after :data:`MAX_FAILED_LOGINS` in a row.
 
-        Unknown users and wrong passwords give the same error after the same work.
+        Every refusal is the same ``PinIncorrect`` after the same work, except a right password
+        of a locked account (see the module docstring).
         """
         if not isinstance(password, str) or not isinstance(name, str) or not USERNAME_RE.match(name):
-            raise PinIncorrect("wrong username or password")
+            raise PinIncorrect(WRONG_CREDENTIALS)
         name = name.lower()
         user = await self.get(name)
-        if user is None or user.password is None:
+        if user is None or user.password is None or user.failed_logins >= MAX_FAILED_LOGINS + LOCKED_CHECKS:
+            # Nothing to check against (or nothing more to tell): the same Argon2id work, the same answer.
             await asyncio.to_thread(burn_time, password)
-            raise PinIncorrect("wrong username or password")
-        # Count the attempt *before* checking the password, so parallel guesses cannot
-        # get more than MAX_FAILED_LOGINS tries in before the lock takes effect.
-        failures = await self._update_counter(name, reset=False)
-        if await asyncio.to_thread(verify_password, password, user.password):
-            await self._update_counter(name, reset=True)
-            return user
-        if failures >= MAX_FAILED_LOGINS:
-            raise PinIncorrect(f"wrong username or password; user {name!r} is now locked")
-        raise PinIncorrect("wrong username or password")
+            raise PinIncorrect(WRONG_CREDENTIALS)
+        # Count the attempt *before* checking the password, so parallel guesses cannot get
+        # more checks in than the limits allow.
+        counted = await self._count_attempt(name)
+        if counted is None:  # the last check of a locked account went to another attempt meanwhile
+            await asyncio.to_thread(burn_time, password)
+            raise PinIncorrect(WRONG_CREDENTIALS)
+        if not await asyncio.to_thread(verify_password, password, counted.password):
+            raise PinIncorrect(WRONG_CREDENTIALS)
+        if counted.failed_logins > MAX_FAILED_LOGINS:  # it was locked before this attempt
+            raise PinLocked(
+                f"user {name!r} is locked after {MAX_FAILED_LOGINS} failed logins; an admin must reset its password"
+            )
+        await self._reset_counter(name)
+        return counted
 
-    async def _update_counter(self, name: str, *, reset: bool) -> int:
+    async def _count_attempt(self, name: str) -> User | None:
+        """Add one to the counter; the user as counted, or None once a locked account has no check left."""
         for _ in range(_CONFLICT_RETRIES):
-            user = await self.require(name)
+            user = await self.get(name)
+            if user is None or user.password is None:
+                return None
+            if user.failed_logins >= MAX_FAILED_LOGINS + LOCKED_CHECKS:
+                return None
             assert user.entry is not None
-            if not reset and user.locked:
-                raise PinLocked(
-                    f"user {name!r} is locked after {MAX_FAILED_LOGINS} failed logins; "
-                    "an admin must reset its password"
-                )
-            if reset and user.failed_logins == 0:
-                return 0
-            failures = 0 if reset else user.failed_logins + 1
-            updated = User(user.name, user.role, user.password, failures, user.created)
+            counted = user.with_counter(user.failed_logins + 1)
             try:
-                await self._barrier.commit([Write(user.entry.key, updated.to_record(), user.entry)])
-                return failures
+                await self._barrier.commit([Write(user.entry.key, counted.to_record(), user.entry)])
+                return counted
             except ConflictError:
                 continue
         raise HsmError("the user record keeps changing; try again", CKR.FUNCTION_FAILED)
+
+    async def _reset_counter(self, name: str) -> None:
+        for _ in range(_CONFLICT_RETRIES):
+            user = await self.require(name)
+            assert user.entry is not None
+            if user.failed_logins == 0:
+                return
+            try:
+                await self._barrier.commit([Write(user.entry.key, user.with_counter(0).to_record(), user.entry)])
+                return
+            except ConflictError:
+                continue
+        raise HsmError("the user record keeps changing; try again", CKR.FUNCTION_FAILED)
+
+    async def _in_batches(self, also: Also, name: str) -> None:
+        """Commit what ``also(name)`` still asks for, at most the store's limit at a time."""
+        for _ in range(1024):  # 16,000 objects 64 at a time, with room for conflicts
+            remaining = await also(name)
+            if not remaining:
+                return
+            try:
+                await self._barrier.commit(remaining[:MAX_COMMIT_OPERATIONS])
+            except ConflictError:
+                continue
+        raise HsmError(f"user {name!r} is deleted but some share lists still name it; they name its old account "
+                       "only, which no new user has", CKR.FUNCTION_FAILED)

@@ -281,6 +281,11 @@ class Client:
     def digest(self, mechanism: int, data: bytes) -> bytes:
         return self.call("crypto.digest", mechanism=int(mechanism), data=data)["digest"]
 
+    def context_login(self, session: int, password: str) -> None:
+        """C_Login(CKU_CONTEXT_SPECIFIC): the password again, for the operation just initialized in
+        ``session`` whose key has CKA_ALWAYS_AUTHENTICATE (valid for that one operation)."""
+        self.call("session.context_login", session=session, password=password)
+
     def multipart(self, kind: str, session: int, mechanism: int, parts: list[bytes], key: int | None = None,
                   params: Any = None, signature: bytes | None = None) -> dict[str, Any]:
         """Run ``kind`` (encrypt/decrypt/sign/verify/digest) in parts; returns outputs joined."""

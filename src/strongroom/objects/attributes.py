@@ -57,6 +57,22 @@ class Direction(enum.Enum):
     TO_FALSE = "true->false"  # CKA_EXTRACTABLE
 
 
+class Copy(enum.Enum):
+    """What C_CopyObject may do to an attribute. PKCS#11 v2.40 §5.7 lets its template give new
+    values "for any attributes of the object that can ordinarily be modified" (CKA_EXTRACTABLE
+    true->false but not back, CKA_SENSITIVE to true) and for CKA_TOKEN and CKA_PRIVATE; a token
+    may refuse more. Strongroom's rule: a copy can never do what its source cannot. A value equal
+    to the source's is no change and always accepted."""
+
+    FREE = "any value"  # CKA_TOKEN: where the copy lives
+    AS_SET = "as C_SetAttributeValue could change the source (it must be CKA_MODIFIABLE)"
+    NARROW = "a usage may be switched off; on only where the source could be switched on (CKA_MODIFIABLE)"
+    ONE_WAY = "only in the attribute's direction"
+    SUBSET = "may only shrink (an empty list allows every mechanism)"
+    KEEP = "never changes"
+    RESET = "not carried: the copy gets the default"  # CKA_TRUSTED: set by an admin, per key
+
+
 KEY_CLASSES = frozenset({CKO.SECRET_KEY, CKO.PUBLIC_KEY, CKO.PRIVATE_KEY})
 ALL_CLASSES = frozenset({CKO.DATA, CKO.CERTIFICATE, *KEY_CLASSES})
 SECRET_OR_PRIVATE = frozenset({CKO.SECRET_KEY, CKO.PRIVATE_KEY})
@@ -78,6 +94,8 @@ class Rule:
     #: Set by the node, never by a caller (CKA_LOCAL, CKA_ALWAYS_SENSITIVE …).
     maintained: bool = False
     max_bytes: int = MAX_ATTRIBUTE_BYTES
+    #: C_CopyObject's rule; None: follows from the rest of the row (see :func:`copy_rule`).
+    copy: Copy | None = None
 
 
 def _r(cka: CKA, kind: Kind, classes: frozenset[CKO], **kw: Any) -> Rule:
@@ -86,6 +104,7 @@ def _r(cka: CKA, kind: Kind, classes: frozenset[CKO], **kw: Any) -> Rule:
 
 _B, _U, _Y, _D = Kind.BOOL, Kind.ULONG, Kind.BYTES, Kind.DATE
 FIXED = MAKE_COPY & ~Op.COPY  # given when the object is made, never changed afterwards
+_USAGE = Copy.NARROW
 
 RULES: dict[int, Rule] = {
     rule.cka: rule
@@ -93,7 +112,8 @@ RULES: dict[int, Rule] = {
         # --- every object -----------------------------------------------------------
         _r(CKA.CLASS, _U, ALL_CLASSES, settable=ALL_MAKE),
         _r(CKA.TOKEN, _B, ALL_CLASSES, settable=MAKE_COPY, default=False),
-        _r(CKA.PRIVATE, _B, ALL_CLASSES, settable=MAKE_COPY, default=True),
+        # A copy may make an object private, never public (a loosening once public objects are served).
+        _r(CKA.PRIVATE, _B, ALL_CLASSES, settable=MAKE_COPY, default=True, direction=Direction.TO_TRUE),
         _r(CKA.MODIFIABLE, _B, ALL_CLASSES, settable=MAKE_COPY, default=True, direction=Direction.TO_FALSE),
         _r(CKA.COPYABLE, _B, ALL_CLASSES, settable=MAKE_COPY | Op.SET, default=True, direction=Direction.TO_FALSE),
         _r(CKA.DESTROYABLE, _B, ALL_CLASSES, default=True),
@@ -120,28 +140,29 @@ RULES: dict[int, Rule] = {
         _r(CKA.START_DATE, _D, KEY_CLASSES | {CKO.CERTIFICATE}, default=b""),
         _r(CKA.END_DATE, _D, KEY_CLASSES | {CKO.CERTIFICATE}, default=b""),
         _r(CKA.SUBJECT, _Y, frozenset({CKO.PUBLIC_KEY, CKO.PRIVATE_KEY, CKO.CERTIFICATE}), default=b""),
-        _r(CKA.DERIVE, _B, KEY_CLASSES, default=False),
+        _r(CKA.DERIVE, _B, KEY_CLASSES, default=False, copy=_USAGE),
         _r(CKA.LOCAL, _B, KEY_CLASSES, settable=Op.NONE, maintained=True),
         _r(CKA.KEY_GEN_MECHANISM, _U, KEY_CLASSES, settable=Op.NONE, maintained=True),
-        _r(CKA.ALLOWED_MECHANISMS, Kind.MECHANISMS, KEY_CLASSES, settable=MAKE_COPY),
+        _r(CKA.ALLOWED_MECHANISMS, Kind.MECHANISMS, KEY_CLASSES, settable=MAKE_COPY, copy=Copy.SUBSET),
         # Usage flags. Defaults follow SoftHSMv2: what a key type can do, it may do unless told not to.
-        _r(CKA.ENCRYPT, _B, SECRET_OR_PUBLIC, default=True),
-        _r(CKA.VERIFY, _B, SECRET_OR_PUBLIC, default=True),
-        _r(CKA.VERIFY_RECOVER, _B, frozenset({CKO.PUBLIC_KEY}), default=False),
-        _r(CKA.WRAP, _B, SECRET_OR_PUBLIC, default=True),
-        _r(CKA.DECRYPT, _B, SECRET_OR_PRIVATE, default=True),
-        _r(CKA.SIGN, _B, SECRET_OR_PRIVATE, default=True),
-        _r(CKA.SIGN_RECOVER, _B, frozenset({CKO.PRIVATE_KEY}), default=False),
-        _r(CKA.UNWRAP, _B, SECRET_OR_PRIVATE, default=True),
-        _r(CKA.TRUSTED, _B, SECRET_OR_PUBLIC | {CKO.CERTIFICATE}, default=False, admin_only=True),
-        _r(CKA.WRAP_TEMPLATE, Kind.TEMPLATE, SECRET_OR_PUBLIC, settable=MAKE_COPY),
-        _r(CKA.UNWRAP_TEMPLATE, Kind.TEMPLATE, SECRET_OR_PRIVATE, settable=MAKE_COPY),
+        _r(CKA.ENCRYPT, _B, SECRET_OR_PUBLIC, default=True, copy=_USAGE),
+        _r(CKA.VERIFY, _B, SECRET_OR_PUBLIC, default=True, copy=_USAGE),
+        _r(CKA.VERIFY_RECOVER, _B, frozenset({CKO.PUBLIC_KEY}), default=False, copy=_USAGE),
+        _r(CKA.WRAP, _B, SECRET_OR_PUBLIC, default=True, copy=_USAGE),
+        _r(CKA.DECRYPT, _B, SECRET_OR_PRIVATE, default=True, copy=_USAGE),
+        _r(CKA.SIGN, _B, SECRET_OR_PRIVATE, default=True, copy=_USAGE),
+        _r(CKA.SIGN_RECOVER, _B, frozenset({CKO.PRIVATE_KEY}), default=False, copy=_USAGE),
+        _r(CKA.UNWRAP, _B, SECRET_OR_PRIVATE, default=True, copy=_USAGE),
+        _r(CKA.TRUSTED, _B, SECRET_OR_PUBLIC | {CKO.CERTIFICATE}, default=False, admin_only=True, copy=Copy.RESET),
+        _r(CKA.WRAP_TEMPLATE, Kind.TEMPLATE, SECRET_OR_PUBLIC, settable=ALL_MAKE, copy=Copy.KEEP),
+        _r(CKA.UNWRAP_TEMPLATE, Kind.TEMPLATE, SECRET_OR_PRIVATE, settable=ALL_MAKE, copy=Copy.KEEP),
         _r(CKA.SENSITIVE, _B, SECRET_OR_PRIVATE, default=True, direction=Direction.TO_TRUE),
         _r(CKA.EXTRACTABLE, _B, SECRET_OR_PRIVATE, default=False, direction=Direction.TO_FALSE),
         _r(CKA.WRAP_WITH_TRUSTED, _B, SECRET_OR_PRIVATE, default=False, direction=Direction.TO_TRUE),
         _r(CKA.ALWAYS_SENSITIVE, _B, SECRET_OR_PRIVATE, settable=Op.NONE, maintained=True),
         _r(CKA.NEVER_EXTRACTABLE, _B, SECRET_OR_PRIVATE, settable=Op.NONE, maintained=True),
-        _r(CKA.ALWAYS_AUTHENTICATE, _B, frozenset({CKO.PRIVATE_KEY}), settable=MAKE_COPY, default=False),
+        _r(CKA.ALWAYS_AUTHENTICATE, _B, frozenset({CKO.PRIVATE_KEY}), settable=MAKE_COPY, default=False,
+           direction=Direction.TO_TRUE),
         _r(CKA.VALUE_LEN, _U, frozenset({CKO.SECRET_KEY}), settable=Op.GENERATE | Op.UNWRAP | Op.DERIVE),
         # Public values of asymmetric keys: given when a public key is imported, computed otherwise.
         _r(CKA.MODULUS, _Y, frozenset({CKO.PUBLIC_KEY, CKO.PRIVATE_KEY}), settable=Op.CREATE),
@@ -159,6 +180,19 @@ RULES: dict[int, Rule] = {
         ],
     ]
 }
+
+
+def copy_rule(rule: Rule) -> Copy:
+    """C_CopyObject's rule for an attribute: its own, else what the rest of its row implies."""
+    if rule.copy is not None:
+        return rule.copy
+    if rule.maintained or not rule.settable & Op.COPY:
+        return Copy.KEEP
+    if rule.direction is not Direction.ANY:
+        return Copy.ONE_WAY
+    if rule.settable & Op.SET:
+        return Copy.AS_SET
+    return Copy.FREE
 
 
 def rule_for(cka: int) -> Rule:

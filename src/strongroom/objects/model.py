@@ -1,9 +1,6 @@
-"""A PKCS#11 object as the node stores it, and who may see, use and manage it.
+"""A PKCS#11 object as the node stores it: attributes, key material, owner and share list.
 
-Ownership follows CloudHSM: the crypto user who creates a key owns it; only the
-owner modifies, deletes, shares or unshares it; users it is shared with may use it
-and find it; admins may list every token object and read its public attributes
-but never use one.
+Who may see, use and manage it is decided in :mod:`strongroom.objects.access`.
 """
 
 from __future__ import annotations
@@ -34,6 +31,10 @@ class StoredObject:
     #: Secret value or PKCS#8 DER private key; lives only above the barrier, never leaves the node.
     material: bytes | None = None
     shared: frozenset[str] = frozenset()
+    #: The owner's account (``User.uid``); None on records from before accounts had ids.
+    owner_id: str | None = None
+    #: The account of each user in ``shared`` (by name); a name without one matches by name alone.
+    share_ids: dict[str, str] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
     #: PKCS#11 session that holds a session object (None for token objects).
     p11_session: int | None = None
@@ -65,24 +66,14 @@ class StoredObject:
     def with_changes(self, **changes: Any) -> StoredObject:
         return replace(self, **changes)
 
-    # -- access rules -------------------------------------------------------------------
-    def visible_to(self, username: str, is_admin: bool) -> bool:
-        if is_admin:
-            return self.p11_session is None
-        return username == self.owner or username in self.shared
-
-    def usable_by(self, username: str, is_admin: bool) -> bool:
-        return not is_admin and (username == self.owner or username in self.shared)
-
-    def manageable_by(self, username: str, is_admin: bool) -> bool:
-        return not is_admin and username == self.owner
-
     # -- persistence ------------------------------------------------------------------------
     def to_record(self) -> dict[str, Any]:
         return {
             "handle": self.handle,
             "owner": self.owner,
             "shared": sorted(self.shared),
+            "owner_id": self.owner_id,
+            "share_ids": dict(self.share_ids),
             "attributes": to_wire(self.attributes),
             "material": self.material,
             "created": self.created,
@@ -97,6 +88,8 @@ class StoredObject:
             attributes=from_wire(value["attributes"]),
             material=value.get("material"),
             shared=frozenset(value.get("shared", ())),
+            owner_id=value.get("owner_id"),
+            share_ids=dict(value.get("share_ids") or {}),
             created=float(value.get("created", 0.0)),
             entry=entry,
         )

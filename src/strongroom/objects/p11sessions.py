@@ -22,6 +22,9 @@ class ActiveOperation:
     mechanism: int
     key_handle: int | None
     parts: int = 0  # updates so far: a single-part call after one is CKR_OPERATION_ACTIVE
+    #: The key has CKA_ALWAYS_AUTHENTICATE: a context-specific login must come before the first step.
+    context_login: bool = False
+    authenticated: bool = False
 
 
 @dataclass
@@ -67,6 +70,10 @@ class P11SessionTable:
         if session is None or session.login_token != login_token:
             raise SessionHandleInvalid(f"no PKCS#11 session {handle} in this login")
         return session
+
+    def belongs(self, handle: int, login_token: bytes) -> bool:
+        session = self._sessions.get(handle)
+        return session is not None and session.login_token == login_token
 
     def of_login(self, login_token: bytes) -> set[int]:
         return {h for h, s in self._sessions.items() if s.login_token == login_token}

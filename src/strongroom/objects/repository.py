@@ -310,6 +310,21 @@ class ObjectRepository:
     def owned_count(self, username: str) -> int:
         return sum(1 for o in self.tokens.by_handle.values() if o.owner == username)
 
+    async def unshare_changes(self, username: str) -> list[Write]:
+        """The writes that take ``username`` out of every share list (user.delete), each conditional
+        on the record as this worker knows it after catching up with the store."""
+        await self.sync()
+        return [
+            Write(key_of(obj.handle), _without(obj, username).to_record(), obj.entry)
+            for obj in self.tokens.by_handle.values()
+            if username in obj.shared and obj.entry is not None
+        ]
+
 
 def entry_of(obj: StoredObject) -> Entry | None:
     return obj.entry
+
+
+def _without(obj: StoredObject, username: str) -> StoredObject:
+    share_ids = {name: uid for name, uid in obj.share_ids.items() if name != username}
+    return obj.with_changes(shared=obj.shared - {username}, share_ids=share_ids, entry=None)

@@ -13,7 +13,7 @@ from strongroom.errors import (
     TemplateIncomplete,
     TemplateInconsistent,
 )
-from strongroom.objects.attributes import RULES, Direction, Op, rule_for
+from strongroom.objects.attributes import RULES, Copy, Direction, Op, copy_rule, rule_for
 from strongroom.objects.model import StoredObject
 
 _CIPHER_USES = (CKA.ENCRYPT, CKA.DECRYPT, CKA.WRAP, CKA.UNWRAP)
@@ -101,14 +101,38 @@ def build(
     return attributes
 
 
-def copy_attributes(source: StoredObject, supplied: dict[int, Any], *, is_admin: bool) -> dict[int, Any]:
-    """C_CopyObject: the source's attributes with the allowed changes applied."""
+def copy_attributes(source: StoredObject, supplied: dict[int, Any]) -> dict[int, Any]:
+    """C_CopyObject: the source's attributes with the allowed changes applied (each attribute's
+    :class:`~strongroom.objects.attributes.Copy` rule; a copy never loosens its source)."""
     if not source.flag(CKA.COPYABLE):
         raise ActionProhibited("the object has CKA_COPYABLE false")
-    check_supplied(Op.COPY, source.object_class, supplied, is_admin=is_admin)
     attributes = dict(source.attributes)
+    for cka, rule in RULES.items():
+        if copy_rule(rule) is Copy.RESET and cka in attributes:
+            attributes[cka] = rule.default
+    modifiable = source.flag(CKA.MODIFIABLE)
     for cka, value in supplied.items():
-        _check_direction(cka, attributes.get(cka), value)
+        rule = rule_for(cka)
+        if source.object_class not in rule.classes:
+            raise AttributeTypeInvalid(f"{_name(cka)} does not apply to {source.object_class.name} objects")
+        current = attributes.get(cka)
+        if value == current:
+            continue  # repeating a value is no change
+        policy = copy_rule(rule)
+        if policy in (Copy.KEEP, Copy.RESET):
+            raise AttributeReadOnly(f"{_name(cka)} cannot be changed in a copy")
+        if policy is Copy.ONE_WAY:
+            _check_direction(cka, current, value)
+        elif policy is Copy.SUBSET:
+            if current and (not value or not set(value) <= set(current)):
+                raise AttributeReadOnly(f"{_name(cka)} of a copy may only leave out mechanisms its source allows")
+        elif policy is Copy.NARROW:
+            if value is True and not modifiable:
+                raise AttributeReadOnly(f"{_name(cka)} cannot be switched on in a copy of an object whose "
+                                        "CKA_MODIFIABLE is false")
+        elif policy is Copy.AS_SET and not modifiable:
+            raise AttributeReadOnly(f"{_name(cka)} cannot be changed in a copy of an object whose CKA_MODIFIABLE "
+                                    "is false")
         attributes[cka] = value
     return attributes
 

@@ -1,5 +1,6 @@
-"""The rules a key must pass before a mechanism may touch it: visibility, usage flags,
-allowed mechanisms, wrapping policy (CKA_WRAP_WITH_TRUSTED, CKA_WRAP_TEMPLATE)."""
+"""The rules a key must pass before a mechanism may touch it: who may (:mod:`strongroom.objects.access`),
+usage flags, allowed mechanisms, CKA_ALWAYS_AUTHENTICATE, wrapping policy (CKA_WRAP_WITH_TRUSTED,
+CKA_WRAP_TEMPLATE)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from strongroom.errors import (
     KeyNotWrappable,
     KeyUnextractable,
     MechanismInvalid,
-    ObjectHandleInvalid,
     TemplateInconsistent,
+    UserNotLoggedIn,
 )
+from strongroom.objects.access import Action, Actor, authorize
 from strongroom.objects.model import StoredObject
 from strongroom.objects.templates import matches
 
@@ -29,11 +31,18 @@ USAGE_FLAG = {
 }
 
 
-def check_use(obj: StoredObject, username: str, purpose: str, mechanism: int) -> None:
-    """May ``username`` use ``obj`` for ``purpose`` with ``mechanism``?"""
-    if not obj.usable_by(username, is_admin=False):
-        # Keys not shared with the caller do not exist for them.
-        raise KeyHandleInvalid(f"no key with handle {obj.handle}")
+#: What each purpose asks of the caller: deriving makes a new key out of the base key's secret,
+#: owned by the caller, so it is the owner's; everything else is a use.
+_ACTION = {purpose: Action.USE_KEY for purpose in USAGE_FLAG} | {"derive": Action.DERIVE_FROM}
+
+#: Uses for which CKA_ALWAYS_AUTHENTICATE asks the password each time. PKCS#11 v2.40 §4.9 names
+#: "sign or decrypt"; unwrapping and deriving with the private key are decryptions too.
+PER_USE_LOGIN = frozenset({"sign", "decrypt", "unwrap", "derive"})
+
+
+def check_use(obj: StoredObject, actor: Actor, purpose: str, mechanism: int) -> None:
+    """May ``actor`` use ``obj`` for ``purpose`` with ``mechanism``?"""
+    authorize(obj, actor, _ACTION[purpose])
     if obj.object_class not in (CKO.SECRET_KEY, CKO.PUBLIC_KEY, CKO.PRIVATE_KEY):
         raise KeyHandleInvalid(f"object {obj.handle} is not a key")
     flag = USAGE_FLAG[purpose]
@@ -44,12 +53,26 @@ def check_use(obj: StoredObject, username: str, purpose: str, mechanism: int) ->
         raise MechanismInvalid(f"key {obj.handle} does not allow this mechanism (CKA_ALLOWED_MECHANISMS)")
 
 
-def check_visible(obj: StoredObject, username: str, is_admin: bool) -> None:
-    if not obj.visible_to(username, is_admin):
-        raise ObjectHandleInvalid(f"no object with handle {obj.handle}")
+def needs_context_login(obj: StoredObject, purpose: str) -> bool:
+    """Does this use of ``obj`` need a context-specific login (C_Login CKU_CONTEXT_SPECIFIC) first?"""
+    return purpose in PER_USE_LOGIN and obj.flag(CKA.ALWAYS_AUTHENTICATE)
 
 
-def check_wrappable(target: StoredObject, wrapping: StoredObject) -> None:
+def refuse_without_context(obj: StoredObject, purpose: str) -> None:
+    """For calls that have no Init to log in after (single calls, C_UnwrapKey, C_DeriveKey)."""
+    if needs_context_login(obj, purpose):
+        raise UserNotLoggedIn(
+            f"key {obj.handle} has CKA_ALWAYS_AUTHENTICATE: each {purpose} needs a context-specific login "
+            f"after its init ({purpose}_init, session.context_login, then the operation)"
+            if purpose in ("sign", "decrypt") else
+            f"key {obj.handle} has CKA_ALWAYS_AUTHENTICATE: it cannot {purpose}, a call with no init to give "
+            "the password after"
+        )
+
+
+def check_wrappable(target: StoredObject, wrapping: StoredObject, actor: Actor) -> None:
+    """May ``actor`` export ``target`` under ``wrapping`` (which it may already use)?"""
+    authorize(target, actor, Action.EXPORT)
     if target.object_class not in (CKO.SECRET_KEY, CKO.PRIVATE_KEY):
         raise KeyNotWrappable("only secret and private keys are wrapped (public objects are read directly)")
     if not target.flag(CKA.EXTRACTABLE):

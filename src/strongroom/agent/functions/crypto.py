@@ -16,6 +16,11 @@ taken no update yet is initialized again on a new node session and the call goes
 transparently. An operation that has taken updates cannot be rebuilt (the node held
 its intermediate state): the call answers CKR_FUNCTION_FAILED and the operation ends;
 the application starts it again with C_<Kind>Init.
+
+A key with CKA_ALWAYS_AUTHENTICATE: the node's init says so (``context_login``), the operation is
+never deferred nor re-created, and C_Login(CKU_CONTEXT_SPECIFIC) is forwarded to the node that
+holds it (:func:`context_login`), which checks the password, counts a failure towards the user's
+lockout and audits the attempt. The agent keeps no copy of that password.
 """
 
 from __future__ import annotations
@@ -52,23 +57,27 @@ async def _node_init(ctx: Context, session: Session, op: Operation) -> None:
     for attempt in (1, 2):
         binding = await ensure_binding(ctx, session)
         try:
-            await in_session(ctx, session, binding, f"crypto.{op.kind}_init", args)
+            body = await in_session(ctx, session, binding, f"crypto.{op.kind}_init", args)
         except StateLost:
             if attempt == 2:
                 raise
             continue
         op.binding = binding
+        op.context_login = bool(isinstance(body, dict) and body.get("context_login"))
         return
 
 
 async def _node_step(ctx: Context, session: Session, op: Operation, step: str, args: dict[str, Any]) -> Any:
     """One update/final/single call of ``op``, re-initializing it on a new node session if the old
     one is gone and the operation has taken no update yet."""
+    if op.context_login and not op.authenticated:
+        raise AgentError(CKR.USER_NOT_LOGGED_IN, f"the key of this {op.kind} has CKA_ALWAYS_AUTHENTICATE: call "
+                                                 "C_Login(CKU_CONTEXT_SPECIFIC) right after the init")
     logins = ctx.app.logins
     for attempt in (1, 2):
         if op.binding is None or op.binding is not session.binding or not op.binding.valid(logins):
             op.binding = None
-            if op.parts:
+            if op.parts or op.context_login:  # a context login cannot be re-created for the application
                 raise OperationLost(op.kind)
             if op.deferred:
                 op.deferred = False  # going multi-part: the node needs the operation after all
@@ -83,7 +92,7 @@ async def _node_step(ctx: Context, session: Session, op: Operation, step: str, a
             raise
         except StateLost:
             op.binding = None
-            if op.parts or attempt == 2:
+            if op.parts or op.context_login or attempt == 2:
                 raise OperationLost(op.kind) from None
     raise AssertionError("unreachable")
 
@@ -138,7 +147,8 @@ async def _init(ctx: Context, handle: int, kind: str, mechanism: tuple[int, Any]
             op.deferred = True  # checked by the node before: the single-part call goes alone
         else:
             await _node_init(ctx, session, op)
-            ctx.app.validated.add(shape)
+            if not op.context_login:  # such a key never goes the one-request way
+                ctx.app.validated.add(shape)
         session.operations[kind] = op
     return []
 
@@ -309,3 +319,20 @@ def _register(kind: str, title: str) -> None:
 for _kind, _title in (("encrypt", "Encrypt"), ("decrypt", "Decrypt"), ("sign", "Sign"), ("verify", "Verify"),
                       ("digest", "Digest")):
     _register(_kind, _title)
+
+
+async def context_login(ctx: Context, session: Session, password: str) -> None:
+    """C_Login(CKU_CONTEXT_SPECIFIC) for the operations of ``session`` whose key asks for it."""
+    async with session.lock:
+        waiting = [op for op in session.operations.values() if op.context_login]
+        if not waiting:
+            # PKCS#11 v2.40 §5.6: a context-specific login without a context. No password is checked.
+            raise AgentError(CKR.OPERATION_NOT_INITIALIZED, "no operation in this session needs a context login")
+        binding = waiting[0].binding
+        if binding is None or binding is not session.binding or not binding.valid(ctx.app.logins):
+            for op in waiting:
+                await _abort(ctx, session, op)
+            raise OperationLost(waiting[0].kind)
+        await in_session(ctx, session, binding, "session.context_login", {"password": password})
+        for op in waiting:
+            op.authenticated = True

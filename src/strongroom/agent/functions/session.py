@@ -8,9 +8,9 @@ connections and after a node forgot the login (see :mod:`strongroom.agent.nodes`
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
+from strongroom.agent.functions.crypto import context_login
 from strongroom.agent.functions.registry import BYTES, ULONG, Context, function
 from strongroom.agent.nodes import Identity, Logins, NodeError
 from strongroom.agent.returns import AgentError
@@ -76,14 +76,20 @@ async def login(ctx: Context, handle: int, user_type: int, pin: bytes) -> list[A
     session = ctx.session(handle)
     app = ctx.app
     if user_type == CKU.CONTEXT_SPECIFIC:
-        # Re-authentication for a CKA_ALWAYS_AUTHENTICATE key: the held credentials must match.
+        # Re-authentication for a CKA_ALWAYS_AUTHENTICATE key. The node checks it (lockout, audit):
+        # the agent only passes it on, and keeps nothing of it.
         identity = app.identity
-        if identity is None or identity.user_type != CKU.USER or not session.operations:
+        if identity is None or identity.user_type != CKU.USER:
             raise AgentError(CKR.OPERATION_NOT_INITIALIZED, "no operation needs a context-specific login")
         parsed = _parse_pin(pin)
-        given = parsed[1] if parsed and parsed[0].lower() == identity.username else pin.decode("utf-8", "replace")
-        if not hmac.compare_digest(given.encode(), identity.password.encode()):
-            raise AgentError(CKR.PIN_INCORRECT, "wrong PIN")
+        if parsed is not None and parsed[0].lower() == identity.username:
+            password = parsed[1]  # the PIN as C_Login(CKU_USER) takes it, "username:password"
+        else:
+            try:
+                password = pin.decode("utf-8")
+            except UnicodeDecodeError:
+                raise AgentError(CKR.PIN_INCORRECT, "the PIN is not UTF-8") from None
+        await context_login(ctx, session, password)
         return []
     if user_type not in ROLES:
         raise AgentError(CKR.USER_TYPE_INVALID, f"unknown user type {user_type}")

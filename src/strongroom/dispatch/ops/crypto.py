@@ -5,6 +5,12 @@ path. Multi-part calls (``crypto.sign_init`` / ``_update`` / ``_final``) keep th
 state in a PKCS#11 session of the worker that serves the connection. As the spec
 says, a failed call ends the operation, and an operation of a kind that is already
 active in the session is ``CKR_OPERATION_ACTIVE``.
+
+A key with CKA_ALWAYS_AUTHENTICATE signs and decrypts only in a multi-part operation whose
+init was followed by a context-specific login (``session.context_login``), valid for that one
+operation; its init answers ``context_login: true`` so the caller knows. Without the login the
+next step fails with CKR_USER_NOT_LOGGED_IN and ends the operation; the single calls refuse
+such a key outright (PKCS#11 v2.40 §4.9, §5.6).
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ from typing import Any
 from strongroom.auth.users import Role
 from strongroom.dispatch.ops.key import usable_key
 from strongroom.dispatch.table import operation
+from strongroom.errors import UserNotLoggedIn
 from strongroom.mechanisms.base import Mechanism, lookup
 from strongroom.objects.p11sessions import ActiveOperation, P11Session
+from strongroom.objects.usage import needs_context_login, refuse_without_context
 
 CRYPTO_USER = (Role.CRYPTO_USER.value,)
 
@@ -45,12 +53,16 @@ class DigestArgs:
     params: Any = None
 
 
-async def _start(call: Any, kind: str, key_handle: int, mechanism_id: int, raw_params: Any) -> Any:
+async def _start(call: Any, kind: str, key_handle: int, mechanism_id: int, raw_params: Any,
+                 *, single: bool = True) -> tuple[Any, bool]:
+    """The mechanism's operation object, and whether it needs a context-specific login first."""
     mechanism: Mechanism = lookup(mechanism_id)
     params = mechanism.parse_params(raw_params)
     obj, key = await usable_key(call, key_handle, kind, mechanism_id)
+    if single:
+        refuse_without_context(obj, kind)
     call.services.key_use[obj.handle] += 1
-    return getattr(mechanism, kind)(key, params)
+    return getattr(mechanism, kind)(key, params), needs_context_login(obj, kind)
 
 
 def _cipher_result(operation: Any, data: bytes) -> dict[str, Any]:
@@ -62,25 +74,25 @@ def _cipher_result(operation: Any, data: bytes) -> dict[str, Any]:
 
 @operation("crypto.encrypt", args=OneShotArgs, roles=CRYPTO_USER)
 async def encrypt(call: Any, args: OneShotArgs) -> dict[str, Any]:
-    cipher = await _start(call, "encrypt", args.key, args.mechanism, args.params)
+    cipher, _ = await _start(call, "encrypt", args.key, args.mechanism, args.params)
     return _cipher_result(cipher, cipher.one_shot(args.data))
 
 
 @operation("crypto.decrypt", args=OneShotArgs, roles=CRYPTO_USER)
 async def decrypt(call: Any, args: OneShotArgs) -> dict[str, Any]:
-    cipher = await _start(call, "decrypt", args.key, args.mechanism, args.params)
+    cipher, _ = await _start(call, "decrypt", args.key, args.mechanism, args.params)
     return {"data": cipher.one_shot(args.data)}
 
 
 @operation("crypto.sign", args=OneShotArgs, roles=CRYPTO_USER)
 async def sign(call: Any, args: OneShotArgs) -> dict[str, Any]:
-    signer = await _start(call, "sign", args.key, args.mechanism, args.params)
+    signer, _ = await _start(call, "sign", args.key, args.mechanism, args.params)
     return {"signature": signer.one_shot(args.data)}
 
 
 @operation("crypto.verify", args=VerifyArgs, roles=CRYPTO_USER)
 async def verify(call: Any, args: VerifyArgs) -> dict[str, Any]:
-    verifier = await _start(call, "verify", args.key, args.mechanism, args.params)
+    verifier, _ = await _start(call, "verify", args.key, args.mechanism, args.params)
     verifier.one_shot(args.data, args.signature)
     return {"valid": True}
 
@@ -130,6 +142,14 @@ def _p11(call: Any, handle: int) -> P11Session:
     return call.services.p11.get(handle, call.session.token)
 
 
+def _authenticated(session: P11Session, active: ActiveOperation) -> None:
+    """A step of an operation whose key asks the password each time: the context login came first?"""
+    if active.context_login and not active.authenticated:
+        session.end(active.kind)  # a failed call ends the operation
+        raise UserNotLoggedIn(f"key {active.key_handle} has CKA_ALWAYS_AUTHENTICATE: log in for this "
+                              f"{active.kind} (session.context_login) right after its init")
+
+
 def _register_multipart(kind: str) -> None:
     """Register ``crypto.<kind>_init/_update/_final`` for one kind of operation."""
 
@@ -139,6 +159,7 @@ def _register_multipart(kind: str) -> None:
             from strongroom.errors import OperationActive
 
             raise OperationActive(f"a {kind} operation is already active in this session")
+        context_login = False
         if kind == "digest":
             mechanism = lookup(args.mechanism)
             state = mechanism.digest(mechanism.parse_params(args.params))
@@ -147,14 +168,17 @@ def _register_multipart(kind: str) -> None:
                 from strongroom.errors import ArgumentsBad
 
                 raise ArgumentsBad(f"{kind}_init needs a key")
-            state = await _start(call, kind, args.key, args.mechanism, args.params)
-        session.start(ActiveOperation(kind, state, args.mechanism, args.key))
-        iv = getattr(state, "iv", None)
-        return {} if iv is None else {"iv": iv}
+            state, context_login = await _start(call, kind, args.key, args.mechanism, args.params, single=False)
+        session.start(ActiveOperation(kind, state, args.mechanism, args.key, context_login=context_login))
+        reply: dict[str, Any] = {} if getattr(state, "iv", None) is None else {"iv": state.iv}
+        if context_login:
+            reply["context_login"] = True
+        return reply
 
     async def update(call: Any, args: UpdateArgs) -> dict[str, Any]:
         session = _p11(call, args.session)
         active = session.current(kind)
+        _authenticated(session, active)
         active.parts += 1
         try:
             output = active.operation.update(args.data)
@@ -166,6 +190,7 @@ def _register_multipart(kind: str) -> None:
     async def final(call: Any, args: FinalArgs) -> dict[str, Any]:
         session = _p11(call, args.session)
         active = session.current(kind)
+        _authenticated(session, active)
         try:
             output = active.operation.final()
         finally:
@@ -176,6 +201,7 @@ def _register_multipart(kind: str) -> None:
     async def verify_final(call: Any, args: VerifyFinalArgs) -> dict[str, Any]:
         session = _p11(call, args.session)
         active = session.current(kind)
+        _authenticated(session, active)
         try:
             active.operation.final(args.signature)
         finally:
@@ -186,6 +212,7 @@ def _register_multipart(kind: str) -> None:
         """C_Encrypt/C_Sign/… after C_*Init: the whole input at once, then the operation ends."""
         session = _p11(call, args.session)
         active = session.current(kind)
+        _authenticated(session, active)
         if active.parts:
             from strongroom.errors import OperationActive
 

@@ -2,7 +2,8 @@
 
 C_GenerateKey, C_GenerateKeyPair, C_WrapKey, C_UnwrapKey and C_DeriveKey. Every key
 made here is owned by the crypto user who made it and is audited; key material never
-leaves except wrapped, and only from extractable keys.
+leaves except wrapped, only from extractable keys, and only by their owner (a user a key
+is shared with may wrap and unwrap *with* it, not export it: objects/access.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from strongroom.auth.users import Role
 from strongroom.constants import CKA, CKK, CKO
 from strongroom.dispatch.auditing import audit_refusal, witness
-from strongroom.dispatch.ops.object import p11_session_of, visible_object
+from strongroom.dispatch.ops.object import actor_of, new_object, object_for, p11_session_of
 from strongroom.dispatch.table import operation
 from strongroom.errors import (
     HsmError,
@@ -25,23 +26,26 @@ from strongroom.errors import (
     TemplateInconsistent,
     WrappedKeyInvalid,
 )
+from strongroom.objects.access import Action
 from strongroom.mechanisms.base import Key, lookup
 from strongroom.objects import templates
 from strongroom.objects.attributes import Op, coerce_template
 from strongroom.objects.keys import asymmetric_attributes, check_value, load_private, private_to_der
 from strongroom.objects.model import StoredObject
-from strongroom.objects.usage import check_use, check_wrappable, merge_unwrap_template
+from strongroom.objects.usage import check_use, check_wrappable, merge_unwrap_template, refuse_without_context
 
 CRYPTO_USER = (Role.CRYPTO_USER.value,)
 SECRET_LENGTHS = {CKK.AES: (16, 24, 32), CKK.GENERIC_SECRET: tuple(range(1, 513))}
 
 
 async def usable_key(call: Any, handle: int, purpose: str, mechanism: int) -> tuple[StoredObject, Key]:
+    objects = call.services.require_objects()
+    await objects.sync()  # sharing may have changed through another worker a moment ago
     try:
-        obj = await visible_object(call, handle)
+        obj = await objects.get(handle)
     except ObjectHandleInvalid:
         raise KeyHandleInvalid(f"no key with handle {handle}") from None
-    check_use(obj, call.session.username, purpose, mechanism)
+    check_use(obj, actor_of(call), purpose, mechanism)
     return obj, call.services.keys.key(obj)
 
 
@@ -77,7 +81,7 @@ async def generate(call: Any, args: GenerateArgs) -> dict[str, Any]:
     computed = _secret_computed(generated.key_type, generated.value) | generated.attributes
     attributes = templates.build(Op.GENERATE, CKO.SECRET_KEY, template, computed,
                                  key_gen_mechanism=args.mechanism)
-    obj = StoredObject(0, call.session.username, attributes, material=generated.value, p11_session=session)
+    obj = new_object(call, attributes, material=generated.value, p11_session=session)
     details = {"mechanism": mechanism.ckm.name, "label": obj.label(), "token": obj.token}
     try:
         (obj,) = await call.services.require_objects().add([obj], witness(call, "key.generate", details))
@@ -113,10 +117,9 @@ async def generate_pair(call: Any, args: GeneratePairArgs) -> dict[str, Any]:
                                         key_type | pair.public_attributes, key_gen_mechanism=args.mechanism)
     private_attributes = templates.build(Op.GENERATE, CKO.PRIVATE_KEY, private_template,
                                          key_type | pair.private_attributes, key_gen_mechanism=args.mechanism)
-    owner = call.session.username
-    public = StoredObject(0, owner, public_attributes, p11_session=public_session)
-    private = StoredObject(0, owner, private_attributes, material=private_to_der(pair.private),
-                           p11_session=private_session)
+    public = new_object(call, public_attributes, p11_session=public_session)
+    private = new_object(call, private_attributes, material=private_to_der(pair.private),
+                         p11_session=private_session)
     details = {"mechanism": mechanism.ckm.name, "label": private.label(), "token": private.token}
     try:
         await call.services.require_objects().add([public, private], witness(call, "key.generate_pair", details))
@@ -141,10 +144,8 @@ async def wrap(call: Any, args: WrapArgs) -> dict[str, Any]:
     details = {"mechanism": mechanism.ckm.name, "wrapping_key": args.wrapping_key, "key": args.key}
     try:
         wrapping, wrapping_key = await usable_key(call, args.wrapping_key, "wrap", args.mechanism)
-        target = await visible_object(call, args.key)
-        if not target.usable_by(call.session.username, is_admin=False):
-            raise KeyHandleInvalid(f"no key with handle {args.key}")
-        check_wrappable(target, wrapping)
+        target = await object_for(call, args.key, Action.EXPORT)
+        check_wrappable(target, wrapping, actor_of(call))
         wrapped = mechanism.wrap(wrapping_key, params, target.material or b"")
         await call.services.audit("key.wrap", actor=call.actor, details=details)
     except HsmError as exc:
@@ -170,6 +171,7 @@ async def unwrap(call: Any, args: UnwrapArgs) -> dict[str, Any]:
     details: dict[str, Any] = {"mechanism": mechanism.ckm.name, "unwrapping_key": args.unwrapping_key}
     try:
         unwrapping, unwrapping_key = await usable_key(call, args.unwrapping_key, "unwrap", args.mechanism)
+        refuse_without_context(unwrapping, "unwrap")
         template = merge_unwrap_template(unwrapping, coerce_template(args.template))
         object_class = template.get(CKA.CLASS)
         if object_class not in (CKO.SECRET_KEY, CKO.PRIVATE_KEY) or CKA.KEY_TYPE not in template:
@@ -203,7 +205,7 @@ def _unwrapped_object(call: Any, object_class: CKO, key_type: CKK, template: dic
         computed = {CKA.KEY_TYPE: key_type} | private_attributes
         material = private_to_der(private)
     attributes = templates.build(Op.UNWRAP, object_class, template, computed)
-    return StoredObject(0, call.session.username, attributes, material=material)
+    return new_object(call, attributes, material=material)
 
 
 @dataclass
@@ -224,6 +226,7 @@ async def derive(call: Any, args: DeriveArgs) -> dict[str, Any]:
     details: dict[str, Any] = {"mechanism": mechanism.ckm.name, "base_key": args.base_key}
     try:
         base, base_key = await usable_key(call, args.base_key, "derive", args.mechanism)
+        refuse_without_context(base, "derive")
         key_type = template.get(CKA.KEY_TYPE)
         if key_type not in SECRET_LENGTHS:
             raise TemplateIncomplete("derive needs CKA_KEY_TYPE: CKK_AES or CKK_GENERIC_SECRET")
@@ -238,8 +241,7 @@ async def derive(call: Any, args: DeriveArgs) -> dict[str, Any]:
         # PKCS#11: a derived key keeps these only if the base key had them.
         attributes[CKA.ALWAYS_SENSITIVE] = base.flag(CKA.ALWAYS_SENSITIVE) and attributes[CKA.SENSITIVE]
         attributes[CKA.NEVER_EXTRACTABLE] = base.flag(CKA.NEVER_EXTRACTABLE) and not attributes[CKA.EXTRACTABLE]
-        obj = StoredObject(0, call.session.username, attributes, material=value,
-                           p11_session=p11_session_of(call, args.session, template))
+        obj = new_object(call, attributes, material=value, p11_session=p11_session_of(call, args.session, template))
         details.update(label=obj.label(), token=obj.token)
         (obj,) = await call.services.require_objects().add([obj], witness(call, "key.derive", details))
     except HsmError as exc:

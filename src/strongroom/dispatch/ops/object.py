@@ -1,7 +1,9 @@
 """``object.*``: object management (PKCS#11 chapter "Object management functions") and sharing.
 
 C_CreateObject imports only what may travel in clear — public keys, certificates and
-data objects; secret and private keys enter only wrapped (``key.unwrap``).
+data objects; secret and private keys enter only wrapped (``key.unwrap``). Who may touch
+an existing object is decided by :func:`strongroom.objects.access.authorize`, through
+:func:`object_for` here, for every handler of this module and of ``key.*`` and ``crypto.*``.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from strongroom.errors import (
     TemplateIncomplete,
 )
 from strongroom.objects import templates
+from strongroom.objects.access import Access, Action, Actor, authorize, may
 from strongroom.objects.attributes import Op, coerce_template
 from strongroom.objects.keys import public_key_from_attributes
 from strongroom.objects.model import StoredObject
-from strongroom.objects.usage import check_visible
 
 CRYPTO_USER = (Role.CRYPTO_USER.value,)
 ANY_ROLE = (Role.ADMIN.value, Role.CRYPTO_USER.value)
@@ -46,21 +48,29 @@ def p11_session_of(call: Any, session: int | None, template: dict[int, Any]) -> 
     return session
 
 
-async def visible_object(call: Any, handle: int) -> StoredObject:
+def actor_of(call: Any) -> Actor:
+    """The caller as the access rule sees it."""
+    session = call.session
+    p11, token = call.services.p11, session.token
+    return Actor(session.username, session.user_id, session.role is Role.ADMIN,
+                 lambda handle: p11.belongs(handle, token))
+
+
+def new_object(call: Any, attributes: dict[int, Any], **fields: Any) -> StoredObject:
+    """An object the caller makes: it owns it (its account, not only its name)."""
+    return StoredObject(0, call.session.username, attributes, owner_id=call.session.user_id, **fields)
+
+
+async def object_for(call: Any, handle: int, action: Action) -> StoredObject:
+    """The object ``handle`` if the caller may do ``action`` with it, else the error PKCS#11 names."""
     objects = call.services.require_objects()
     # Another worker or node may have changed sharing or attributes a moment ago: catch up first.
     await objects.sync()
-    obj = await objects.get(handle)
-    check_visible(obj, call.session.username, is_admin(call))
-    if obj.p11_session is not None and obj.p11_session not in call.services.p11.of_login(call.session.token):
-        raise ObjectHandleInvalid(f"no object with handle {handle}")
-    return obj
-
-
-async def owned_object(call: Any, handle: int) -> StoredObject:
-    obj = await visible_object(call, handle)
-    if not obj.manageable_by(call.session.username, is_admin(call)):
-        raise ActionProhibited(f"only the owner of object {handle} may change or delete it")
+    try:
+        obj = await objects.get(handle)
+    except ObjectHandleInvalid:
+        raise action.not_found(handle) from None
+    authorize(obj, actor_of(call), action)
     return obj
 
 
@@ -100,7 +110,7 @@ async def create(call: Any, args: CreateArgs) -> dict[str, Any]:
         _check_certificate(template)
     session = p11_session_of(call, args.session, template)
     attributes = templates.build(Op.CREATE, object_class, template, computed, is_admin=False)
-    obj = StoredObject(0, call.session.username, attributes, p11_session=session)
+    obj = new_object(call, attributes, p11_session=session)
     details = {"class": object_class.name, "label": obj.label(), "token": obj.token}
     try:
         (obj,) = await call.services.require_objects().add([obj], witness(call, "object.create", details))
@@ -137,15 +147,8 @@ class FindArgs:
 @operation("object.find", args=FindArgs, roles=ANY_ROLE)
 async def find(call: Any, args: FindArgs) -> dict[str, Any]:
     template = coerce_template(args.template)
-    own_sessions = call.services.p11.of_login(call.session.token)
-    username, admin = call.session.username, is_admin(call)
-
-    def visible(obj: StoredObject) -> bool:
-        if obj.p11_session is not None and obj.p11_session not in own_sessions:
-            return False
-        return obj.visible_to(username, admin)
-
-    handles = await call.services.require_objects().search(template, visible)
+    actor = actor_of(call)
+    handles = await call.services.require_objects().search(template, lambda obj: may(obj, actor, Access.SEE))
     return {"handles": handles[: max(0, args.limit)]}
 
 
@@ -168,7 +171,7 @@ class GetAttributesArgs:
 
 @operation("object.get_attributes", args=GetAttributesArgs, roles=ANY_ROLE)
 async def get_attributes(call: Any, args: GetAttributesArgs) -> dict[str, Any]:
-    obj = await visible_object(call, args.handle)
+    obj = await object_for(call, args.handle, Action.READ)
     values, error = templates.read(obj, args.types)
     return {"attributes": values, "error": error}
 
@@ -183,13 +186,14 @@ class SetAttributesArgs:
 async def set_attributes(call: Any, args: SetAttributesArgs) -> dict[str, Any]:
     changes = coerce_template(args.template)
     objects = call.services.require_objects()
-    obj = await visible_object(call, args.handle)
     admin = is_admin(call)
-    if not admin and not obj.manageable_by(call.session.username, admin):
-        raise ActionProhibited(f"only the owner of object {args.handle} may change it")
+    # An admin marks keys trusted (and may change nothing else: templates.check_set); an owner the rest.
+    action = Action.SET_TRUST if admin else Action.SET_ATTRIBUTES
+    obj = await object_for(call, args.handle, action)
     details = {"handle": obj.handle, "attributes": sorted(f"CKA_{CKA(k).name}" for k in changes)}
     try:
         obj = await objects.fresh(obj)
+        authorize(obj, actor_of(call), action)
         updated_attributes = templates.check_set(obj, changes, is_admin=admin)
         await objects.replace(obj, obj.with_changes(attributes=updated_attributes),
                               witness(call, "object.set_attributes", details))
@@ -213,7 +217,7 @@ async def destroy(call: Any, args: HandleArgs) -> dict[str, Any]:
     objects = call.services.require_objects()
     details: dict[str, Any] = {"handle": args.handle}
     try:
-        obj = await objects.fresh(await owned_object(call, args.handle))
+        obj = await objects.fresh(await object_for(call, args.handle, Action.DESTROY))
         details["label"] = obj.label()
         if not obj.flag(CKA.DESTROYABLE):
             raise ActionProhibited(f"object {args.handle} has CKA_DESTROYABLE false")
@@ -235,12 +239,13 @@ class CopyArgs:
 @operation("object.copy", args=CopyArgs, roles=CRYPTO_USER)
 async def copy(call: Any, args: CopyArgs) -> dict[str, Any]:
     changes = coerce_template(args.template)
-    source = await owned_object(call, args.handle)
-    attributes = templates.copy_attributes(source, changes, is_admin=False)
-    session = p11_session_of(call, args.session, attributes)
-    new = StoredObject(0, call.session.username, attributes, material=source.material, p11_session=session)
-    details = {"source": source.handle, "token": new.token}
+    details: dict[str, Any] = {"source": args.handle, "attributes": sorted(f"CKA_{CKA(k).name}" for k in changes)}
     try:
+        source = await object_for(call, args.handle, Action.COPY)
+        attributes = templates.copy_attributes(source, changes)
+        session = p11_session_of(call, args.session, attributes)
+        new = new_object(call, attributes, material=source.material, p11_session=session)
+        details["token"] = new.token
         (new,) = await call.services.require_objects().add([new], witness(call, "object.copy", details))
     except HsmError as exc:
         await audit_refusal(call, "object.copy", exc, details)
@@ -264,9 +269,10 @@ async def _change_sharing(call: Any, args: ShareArgs, share: bool) -> dict[str, 
     username = normalize_username(args.username)
     details = {"handle": args.handle, "username": username}
     try:
-        obj = await objects.fresh(await owned_object(call, args.handle))
+        obj = await objects.fresh(await object_for(call, args.handle, Action.SHARE))
         if not obj.token:
             raise ActionProhibited("session objects cannot be shared")
+        share_ids = dict(obj.share_ids)
         if share:
             target = await services.require_users().require(username)
             if target.role is not Role.CRYPTO_USER:
@@ -274,11 +280,14 @@ async def _change_sharing(call: Any, args: ShareArgs, share: bool) -> dict[str, 
             if username == obj.owner:
                 raise ActionProhibited("the owner already has the key")
             shared = obj.shared | {username}
+            share_ids[username] = target.uid  # that account, not whoever holds the name later
         else:
             if username not in obj.shared:
                 raise ActionProhibited(f"object {args.handle} is not shared with {username!r}")
             shared = obj.shared - {username}
-        await objects.replace(obj, obj.with_changes(shared=frozenset(shared)), witness(call, event, details))
+            share_ids.pop(username, None)
+        await objects.replace(obj, obj.with_changes(shared=frozenset(shared), share_ids=share_ids),
+                              witness(call, event, details))
     except HsmError as exc:
         await audit_refusal(call, event, exc, details)
         raise

@@ -1,4 +1,9 @@
-"""``session.*``: login, logout and who-am-I. Every login attempt is audited."""
+"""``session.*``: login, logout, who-am-I and the context-specific login. Every login attempt is audited.
+
+A refused login never says more than "wrong username or password" to a caller who does not
+know the password (see :mod:`strongroom.auth.users`), and the per-source pause of admin logins
+counts every failure of the source, so that neither tells which names exist or are admins.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from strongroom.auth.users import Role
+from strongroom.auth.users import WRONG_CREDENTIALS, Role
 from strongroom.dispatch.table import operation
-from strongroom.errors import CKR, HsmError, PinIncorrect
+from strongroom.errors import CKR, HsmError, OperationNotInitialized, PinIncorrect
 
 log = logging.getLogger(__name__)
 
 ANY_ROLE = (Role.ADMIN.value, Role.CRYPTO_USER.value)
+CRYPTO_USER = (Role.CRYPTO_USER.value,)
 
 
 @dataclass
@@ -28,14 +34,9 @@ def _source(call: Any) -> str:
     return f"serial:{serial:x}" if serial is not None else f"peer:{call.peer_name}"
 
 
-async def _is_admin_attempt(users: Any, username: str, wanted: Role | None) -> bool:
-    if wanted is Role.ADMIN:
-        return True
-    try:
-        user = await users.get(username)
-    except HsmError:
-        return False
-    return user is not None and user.role is Role.ADMIN
+def _paused(call: Any, wait: float) -> HsmError:
+    return HsmError(f"too many failed admin logins from this client ({call.peer_name}); try again in {wait:.0f} s",
+                    CKR.FUNCTION_FAILED)
 
 
 @operation("session.login", args=LoginArgs)
@@ -44,31 +45,33 @@ async def login(call: Any, args: LoginArgs) -> dict[str, Any]:
     users = services.require_users()
     attempted = args.username.lower()[:31]
     source = _source(call)
-    admin_attempt = False
+    throttle = services.login_throttle
     try:
         wanted = None if args.role is None else Role.parse(args.role)
-        admin_attempt = await _is_admin_attempt(users, attempted, wanted)
-        wait = services.login_throttle.wait_seconds(source) if admin_attempt else 0.0
-        if wait > 0:
-            raise HsmError(f"too many failed admin logins from this client ({call.peer_name}); "
-                           f"try again in {wait:.0f} s", CKR.FUNCTION_FAILED)
+        # A paused source gets no admin login. Only what the caller said decides this before the
+        # password is checked; an account that turns out to be an admin is refused after the check,
+        # so only a caller who knows its password learns it is one.
+        wait = throttle.wait_seconds(source)
+        if wait > 0 and wanted is Role.ADMIN:
+            raise _paused(call, wait)
         user = await users.authenticate(args.username, args.password)
         if wanted is not None and user.role is not wanted:
             # Same answer as a wrong password: a login must not reveal a user's role.
-            raise PinIncorrect("wrong username or password")
-        session = services.sessions.open(user.name, user.role, call.connection_id)
+            raise PinIncorrect(WRONG_CREDENTIALS)
+        if wait > 0 and user.role is Role.ADMIN:
+            raise _paused(call, wait)
+        session = services.sessions.open(user.name, user.role, call.connection_id, user.uid)
     except HsmError as exc:
         details: dict[str, Any] = {"peer": call.peer_name}
-        if admin_attempt and exc.code in (CKR.PIN_INCORRECT, CKR.PIN_LOCKED):
-            pause = services.login_throttle.failed(source)
+        if exc.code in (CKR.PIN_INCORRECT, CKR.PIN_LOCKED):
+            pause = throttle.failed(source)
             if pause:
                 details["source_paused_seconds"] = pause
-                log.warning("failed admin logins from %s (%s) reached the limit; pausing it %.0f s",
+                log.warning("failed logins from %s (%s) reached the limit; pausing its admin logins %.0f s",
                             call.peer_name, source, pause)
         await services.audit("auth.login", actor=attempted, outcome=exc.code.spec_name, details=details)
         raise
-    if user.role is Role.ADMIN:
-        services.login_throttle.succeeded(source)
+    throttle.succeeded(source)
     await services.audit("auth.login", actor=user.name, details={"peer": call.peer_name, "role": user.role.value})
     return {"session": session.token, "username": user.name, "role": user.role.value}
 
@@ -84,3 +87,38 @@ async def logout(call: Any, _args: None) -> dict[str, Any]:
 @operation("session.info", roles=ANY_ROLE)
 async def info(call: Any, _args: None) -> dict[str, Any]:
     return {"username": call.session.username, "role": call.session.role.value}
+
+
+@dataclass
+class ContextLoginArgs:
+    session: int
+    password: str
+
+
+@operation("session.context_login", args=ContextLoginArgs, roles=CRYPTO_USER)
+async def context_login(call: Any, args: ContextLoginArgs) -> dict[str, Any]:
+    """C_Login(CKU_CONTEXT_SPECIFIC): the password again, for the operations of this PKCS#11 session
+    whose key has CKA_ALWAYS_AUTHENTICATE (PKCS#11 v2.40 §4.9, §5.6). Valid for those operations
+    only; checked against the session user's password like a login, counted towards its lockout
+    and audited (``auth.context_login``)."""
+    services = call.services
+    p11 = services.p11.get(args.session, call.session.token)
+    waiting = [op for op in p11.operations.values() if op.context_login and not op.authenticated]
+    if not waiting:
+        # As the spec says of a context-specific login without a context. No password is checked.
+        raise OperationNotInitialized("no operation in this session needs a context-specific login")
+    username = call.session.username
+    details: dict[str, Any] = {"peer": call.peer_name, "session": args.session,
+                               "operations": [{"kind": op.kind, "key": op.key_handle} for op in waiting]}
+    try:
+        user = await services.require_users().authenticate(username, args.password)
+        if user.uid != call.session.user_id:
+            # The account this session logged in as was deleted; a new one of that name is not it.
+            raise PinIncorrect(WRONG_CREDENTIALS)
+    except HsmError as exc:
+        await services.audit("auth.context_login", actor=username, outcome=exc.code.spec_name, details=details)
+        raise
+    await services.audit("auth.context_login", actor=username, details=details)
+    for op in waiting:
+        op.authenticated = True
+    return {}

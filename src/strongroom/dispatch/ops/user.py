@@ -43,17 +43,18 @@ class DeleteArgs:
 
 @operation("user.delete", args=DeleteArgs, roles=ADMIN)
 async def delete(call: Any, args: DeleteArgs) -> dict[str, Any]:
+    """Delete a user and take it out of every share list (objects/access.py: shares name the account, so
+    a new user of the same name never inherits them, even from a list not yet cleaned)."""
     services = call.services
     name = normalize_username(args.username)
     details = {"username": name}
     try:
-        objects = services.objects
-        if objects is not None:
-            await objects.sync()
-            if objects.owned_count(name):
-                raise ActionProhibited(f"user {name!r} owns {objects.owned_count(name)} key(s); delete them first")
+        objects = services.require_objects()
+        await objects.sync()
+        if objects.owned_count(name):
+            raise ActionProhibited(f"user {name!r} owns {objects.owned_count(name)} key(s); delete them first")
         user = await services.require_users().delete(
-            name, acting_user=call.actor, witness=witness(call, "user.delete", details)
+            name, acting_user=call.actor, witness=witness(call, "user.delete", details), also=objects.unshare_changes
         )
     except HsmError as exc:
         await audit_refusal(call, "user.delete", exc, details)
