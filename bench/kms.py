@@ -5,7 +5,8 @@
 Run through ``bench/kms`` (which sets up the venv first). One run:
 
 1. ``strongroom up --dir TMP`` (one node, its worker processes, the agent) and
-   ``strongroom.kms.local.start_gateway(TMP)`` (the gateway process, talking to the node over
+   ``strongroom.kms.local.start_gateway(TMP, admin=…)`` (the gateway process, HTTPS with a
+   certificate of the cluster's CA — ``--insecure-http``: plain HTTP —, talking to the node over
    mTLS with its own pipelined connections); one symmetric KMS key;
 2. **gateway**: each thread has its own boto3 client (own botocore session, own HTTP
    connection pool), makes 3 warm-up calls, waits at a barrier, then calls the operation in a
@@ -15,8 +16,9 @@ Run through ``bench/kms`` (which sets up the venv first). One run:
    cluster at most once a second), and runs AES-GCM in the node (GenerateDataKey also draws
    the data key from the node's CSPRNG);
 3. **echo** (the client's ceiling): the same boto3 loop against a local aiohttp server in its
-   own process (the gateway's HTTP stack) that answers every request at once with a canned
-   KMS-shaped response, verifying nothing. The difference between the two is what the gateway
+   own process (the gateway's HTTP stack, HTTPS with the gateway's certificate when the gateway
+   serves HTTPS) that answers every request at once with a canned KMS-shaped response,
+   verifying nothing. The difference between the two is what the gateway
    and the cluster add; the echo rate is what this client (Python threads, one GIL) can
    drive at most;
 4. **in-process AES-GCM** (the crypto alone): ``cryptography``'s AESGCM encrypting 1 KiB (for
@@ -60,7 +62,7 @@ OPS = ("Encrypt", "Decrypt", "GenerateDataKey")
 PAYLOAD = os.urandom(1024)
 
 ECHO_SERVER = r'''
-import base64, json, os, sys
+import base64, json, os, ssl, sys
 from aiohttp import web
 blob = base64.b64encode(os.urandom(1024 + 50)).decode()
 arn = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-0000-0000-000000000000"
@@ -78,7 +80,12 @@ async def handle(request):
                                             "x-amzn-RequestId": "echo"})
 app = web.Application()
 app.router.add_route("*", "/{tail:.*}", handle)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+tls = None
+if len(sys.argv) > 2:  # the gateway's certificate and key: the same TLS as the gateway
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.minimum_version = ssl.TLSVersion.TLSv1_2
+    tls.load_cert_chain(sys.argv[2], sys.argv[3])
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, ssl_context=tls)
 '''
 
 
@@ -194,6 +201,7 @@ def kms_client(endpoint: str, info: dict[str, Any]) -> Any:
     return session.client("kms", endpoint_url=endpoint, region_name=info["kms_region"],
                           aws_access_key_id=info["kms_access_key_id"],
                           aws_secret_access_key=info["kms_secret_access_key"],
+                          verify=info.get("kms_ca_bundle") or True,
                           config=Config(retries={"max_attempts": 1, "mode": "standard"}, max_pool_connections=4))
 
 
@@ -228,6 +236,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--insecure-http", action="store_true",
+                        help="the gateway (and the echo server) in plain HTTP instead of HTTPS")
     args = parser.parse_args()
     info_machine = machine_info()
     tmp = Path(tempfile.mkdtemp(prefix="kms-bench-"))
@@ -245,7 +255,8 @@ def main() -> int:
             raise RuntimeError(f"strongroom up failed: {p.stderr.strip()[-2000:]}")
         up = True
         summary = json.loads(p.stdout)
-        info = start_gateway(root)
+        info = start_gateway(root, admin=(summary["admin_user"], summary["admin_password"]),
+                             insecure_http=True if args.insecure_http else None)
         log(f"gateway at {info['kms_endpoint']} (pid {info['kms_pid']})")
         node_pids = [pid for n in summary["nodes"] for pid in descendants(int(n["pid"]))]
         pids = {"gateway": [int(info["kms_pid"])], "node": node_pids, "client": [os.getpid()]}
@@ -253,8 +264,10 @@ def main() -> int:
         key_id = client.create_key(Description="bench")["KeyMetadata"]["KeyId"]
         blob = client.encrypt(KeyId=key_id, Plaintext=PAYLOAD)["CiphertextBlob"]
         port = free_port()
-        echo = subprocess.Popen([str(PYTHON), "-c", ECHO_SERVER, str(port)], stdout=subprocess.DEVNULL,
+        tls = [] if args.insecure_http else [str(root / "kms" / "tls.crt"), str(root / "kms" / "tls.key")]
+        echo = subprocess.Popen([str(PYTHON), "-c", ECHO_SERVER, str(port), *tls], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
+        echo_endpoint = f"{'http' if args.insecure_http else 'https'}://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -273,7 +286,7 @@ def main() -> int:
                                              boto_op(op, info["kms_endpoint"], info, key_id, blob), pids)
                 log(f"{op}, {threads} thread(s): echo")
                 row["echo"] = run_threads(threads, args.seconds,
-                                          boto_op(op, f"http://127.0.0.1:{port}", info, key_id, blob), echo_pids)
+                                          boto_op(op, echo_endpoint, info, key_id, blob), echo_pids)
                 log(f"{op}, {threads} thread(s): in-process AES-GCM")
                 row["aesgcm"] = run_threads(threads, args.seconds, local_op(op), {"client": [os.getpid()]})
                 results.append(row)
@@ -287,9 +300,10 @@ def main() -> int:
                            env=env, timeout=180)
     elapsed = time.monotonic() - started
     m = info_machine
+    scheme = "plain HTTP" if args.insecure_http else "HTTPS"
     print(f"\n{m['date']}, commit {m['commit']}; {m['nproc']} x {m['cpu']}, Linux {m['kernel']}, "
-          f"Python {m['python']}, boto3 {m['boto3']} / botocore {m['botocore']}; {args.seconds:g} s per measurement; "
-          f"the run took {elapsed:.0f} s\n")
+          f"Python {m['python']}, boto3 {m['boto3']} / botocore {m['botocore']}; {scheme}; {args.seconds:g} s per "
+          f"measurement; the run took {elapsed:.0f} s\n")
     print("| operation | threads | gateway ops/s | p50 ms | p99 ms | echo ops/s | gateway/echo | "
           "AES-GCM in-process ops/s | gateway/AES-GCM |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
