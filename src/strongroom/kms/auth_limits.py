@@ -19,7 +19,10 @@ the node and its disk. Now:
   without asking the node. So at most ``burst`` unproven requests per source or key are in the
   node at once, and failures reach it at ``rate`` per second per source or key, ``total_rate``
   overall. A request whose signing key the gateway holds and whose signature matches needs no
-  token: legitimate clients behind an attacker's address keep working.
+  token, nor does fetching the signing key of an access key that authenticated here within the
+  hour (the signing-key cache already bounds those fetches to one per key, day and
+  ``signing_key_cache_seconds``): legitimate clients behind an attacker's address, and an access
+  key someone floods with bad signatures, keep working.
 
 Buckets are kept for at most ``max_entries`` sources and as many access key ids (a bucket
 that refilled is forgotten; beyond the bound the least recently used goes, which only makes
@@ -166,17 +169,11 @@ class FailureLimiter:
             dimensions.append((self.total, "*"))
         return dimensions
 
-    def reserve(self, source: str, access_key_id: str, *, known: bool = False) -> Reservation | None:
-        """A token from every bucket for a request the node must decide; None: throttle it.
-
-        ``known``: the access key authenticated here lately and the node is asked for its signing key
-        (not about a signature that did not match): its own bucket is not asked, so someone who
-        floods a known access key id with bad signatures cannot stop its owner's signing-key fetches."""
+    def reserve(self, source: str, access_key_id: str) -> Reservation | None:
+        """A token from every bucket for a request the node must decide; None: throttle it."""
         if not self.enabled:
             return Reservation(settled=True)
         dimensions = self._dimensions(source, access_key_id, total=True)
-        if known:
-            dimensions = [d for d in dimensions if d[0] is not self.keys]
         if not all(buckets.available(name) for buckets, name in dimensions):
             self.throttled += 1
             return None

@@ -7,7 +7,6 @@ import asyncio
 import functools
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +49,7 @@ from strongroom.kms.policy import (
     evaluate,
     parse_policy,
 )
-from strongroom.kms.validation import Params
+from strongroom.kms.validation import Params, json_too_deep
 
 log = logging.getLogger("strongroom.kms")
 TARGET_PREFIX = "TrentService."
@@ -133,24 +132,6 @@ def _authentication_failure(exc: ClusterError) -> KmsError:
 
 #: No KMS request nests deeper than 4 (CreateGrant's Constraints: body, object, map, value).
 MAX_JSON_DEPTH = 8
-_JSON_TOKENS = re.compile(rb'[\[\]{}]|"(?:[^"\\]|\\.)*"', re.DOTALL)
-
-
-def json_too_deep(body: bytes, limit: int) -> bool:
-    """Whether ``body`` nests arrays/objects more than ``limit`` deep (strings skipped), before it is
-    parsed: Python's parser would recurse into it. Cheap when there are few brackets at all."""
-    if body.count(b"[") + body.count(b"{") <= limit:
-        return False
-    depth = 0
-    for match in _JSON_TOKENS.finditer(body):
-        token = match.group()
-        if token in (b"[", b"{"):
-            depth += 1
-            if depth > limit:
-                return True
-        elif token in (b"]", b"}"):
-            depth -= 1
-    return False
 
 
 @functools.lru_cache(maxsize=256)
@@ -187,7 +168,7 @@ class Gateway:
         self.signing_keys = SigningKeyCache(backend.sigv4_signing_key, ttl=config.kms.signing_key_cache_seconds)
         k = config.kms
         self.unknown_keys = ExpiringSet(k.unknown_key_cache_seconds)
-        #: Access keys that authenticated within the hour: their signing-key fetches skip their own bucket.
+        #: Access keys that authenticated within the hour: fetching their signing key takes no token.
         self.recent_keys = ExpiringSet(RECENT_KEY_SECONDS)
         self.limiter = FailureLimiter(k.auth_failures_per_second, k.auth_failure_burst,
                                       k.auth_failures_per_second_total)
@@ -235,8 +216,8 @@ class Gateway:
             self.signing_keys.drop(scope)
         return identity
 
-    def _reserve(self, source: str, access_key_id: str, *, known: bool = False) -> Reservation:
-        reservation = self.limiter.reserve(source, access_key_id, known=known)
+    def _reserve(self, source: str, access_key_id: str) -> Reservation:
+        reservation = self.limiter.reserve(source, access_key_id)
         if reservation is None:
             now = time.monotonic()
             if now - self._throttle_logged >= THROTTLE_LOG_SECONDS:
@@ -261,10 +242,12 @@ class Gateway:
 
     async def _fetch_signing_key(self, scope: tuple[str, str, str, str], source: str) -> Any:
         access_key_id = scope[0]
-        # Joining a fetch already under way costs no token: concurrent first requests of one client
-        # are one round trip, and they must not empty its bucket.
-        reservation = None if self.signing_keys.pending(scope) else self._reserve(
-            source, access_key_id, known=access_key_id in self.recent_keys)
+        # No token to join a fetch under way (concurrent first requests of one client are one round
+        # trip), nor for an access key that authenticated here lately: the cache bounds its fetches to
+        # one per scope and signing_key_cache_seconds, and a flood of bad signatures for it (its
+        # bucket empty) or from its owner's address must not stop its owner's next fetch.
+        free = self.signing_keys.pending(scope) or access_key_id in self.recent_keys
+        reservation = None if free else self._reserve(source, access_key_id)
         try:
             entry = await self.signing_keys.get(scope, source=source)
         except ClusterError as exc:

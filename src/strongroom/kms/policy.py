@@ -37,6 +37,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from strongroom.kms.validation import json_too_deep
+
+#: The deepest supported policy is 6 levels (Statement, statement, Condition, operator, key, values).
+MAX_POLICY_DEPTH = 12
+
 
 class PolicyError(ValueError):
     pass
@@ -266,9 +271,11 @@ def _conditions(value: Any) -> tuple[Condition, ...]:
 
 def parse_policy(text: str, *, key_policy: bool = False) -> Policy:
     """Parse and check a policy; ``key_policy`` requires a Principal in every statement."""
+    if json_too_deep(text, MAX_POLICY_DEPTH):
+        raise PolicyError(f"The policy nests JSON deeper than {MAX_POLICY_DEPTH} levels.")
     try:
         document = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise PolicyError(f"The policy is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise PolicyError("A policy is a JSON object")

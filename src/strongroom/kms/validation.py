@@ -202,3 +202,25 @@ class Params:
             if isinstance(key, str) and isinstance(val, str):
                 result.append((key, val))
         return result
+
+
+_JSON_TOKENS = re.compile(rb'[\[\]{}]|"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def json_too_deep(text: bytes | str, limit: int) -> bool:
+    """Whether ``text`` nests JSON arrays/objects more than ``limit`` deep (brackets in strings do not
+    count), measured before parsing: Python's parser recurses into every level, and a few KiB of
+    brackets end in RecursionError. Cheap when there are few brackets at all."""
+    data = text.encode() if isinstance(text, str) else text
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    depth = 0
+    for match in _JSON_TOKENS.finditer(data):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return False

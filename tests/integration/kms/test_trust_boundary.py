@@ -293,7 +293,7 @@ def test_set_up_takes_the_admin_from_the_caller_or_strongroom_pin(tmp_path: Path
 # --- 6. decoder limits -----------------------------------------------------------------------------------------
 
 
-def test_header_and_json_limits(kms: KmsEnv) -> None:
+def test_header_and_json_limits(kms: KmsEnv, client: Any) -> None:
     with httpx.Client(verify=kms.tls, timeout=30) as http:
         # Many headers: refused by the HTTP parser, before any SigV4 work.
         body, headers = signed(kms, kms.access_key_id, kms.secret,
@@ -311,4 +311,10 @@ def test_header_and_json_limits(kms: KmsEnv) -> None:
         nested = b'{"Tags": [{"TagKey": "a", "TagValue": "b", "x": ' + b"[" * 40 + b"]" * 40 + b"}]}"
         body, headers = signed(kms, kms.access_key_id, kms.secret, body=nested, operation="CreateKey")
         assert answer(http.post(kms.endpoint + "/", content=body, headers=headers)) == (400, "SerializationException")
+    # A key policy is JSON inside the JSON: nested deep it is a malformed policy, not a fault (was a 500).
+    key_id = client.create_key()["KeyMetadata"]["KeyId"]
+    deep_policy = '{"Version": "2012-10-17", "Statement": ' + "[" * 5000 + "]" * 5000 + "}"
+    assert outcome(client.put_key_policy, KeyId=key_id, PolicyName="default", Policy=deep_policy)[0] == \
+        "MalformedPolicyDocumentException"
+    assert outcome(client.create_key, Policy=deep_policy)[0] == "MalformedPolicyDocumentException"
     assert "Traceback" not in Path(kms.info["kms_log"]).read_text()

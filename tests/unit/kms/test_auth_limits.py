@@ -14,7 +14,8 @@ from strongroom.kms.auth_limits import ExpiringSet, FailureLimiter, source_of
 from strongroom.kms.backend import ClusterError
 from strongroom.kms.config import ConfigError, GatewayConfig
 from strongroom.kms.errors import InvalidSignature, Throttling, UnrecognizedClient
-from strongroom.kms.gateway import Gateway, json_too_deep
+from strongroom.kms.gateway import Gateway
+from strongroom.kms.validation import json_too_deep
 from tests.unit.kms.test_signing_key_cache import DATE, KEY_ID, OTHER_SECRET, SECRET, Clock, FakeNode, prepared
 
 
@@ -93,9 +94,15 @@ def test_bad_signatures_for_a_real_key_are_throttled_per_key_across_sources() ->
         assert answers[10:] == ["ThrottlingException"] * 30
         # The key's owner still authenticates with the held signing key ...
         assert (await authenticate(gw, prepared(n=77), source="198.51.100.1")).name == "ci"
-        # ... and may fetch a new one (another day, an expired entry) though its key's bucket is empty.
+        # ... and may fetch a new one (another day, an expired entry) though its key's bucket is empty,
+        # even from an address whose own bucket is empty too.
+        for n in range(30):
+            await outcome(gw, unknown(n), source="203.0.113.0")
+        assert await outcome(gw, unknown(99), source="203.0.113.0") == "ThrottlingException"
         gw.signing_keys.clear()
-        assert (await authenticate(gw, prepared(n=78), source="198.51.100.1")).name == "ci"
+        node.calls.clear()
+        assert (await authenticate(gw, prepared(n=78), source="203.0.113.0")).name == "ci"
+        assert node.calls == ["signing_key"]
 
     asyncio.run(main())
 
@@ -192,6 +199,16 @@ def test_config_needs_tls_or_an_explicit_insecure_http() -> None:
         with pytest.raises(ConfigError):
             config.validate()
         setattr(config.kms, name, getattr(GatewayConfig().kms, name))
+
+
+def test_a_deeply_nested_policy_is_malformed_not_a_fault() -> None:
+    from strongroom.kms.policy import PolicyError, parse_policy
+
+    with pytest.raises(PolicyError):
+        parse_policy('{"Version": "2012-10-17", "Statement": ' + "[" * 5000 + "]" * 5000 + "}")
+    nested_ok = ('{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*", '
+                 '"Condition": {"ForAnyValue:StringEquals": {"kms:EncryptionContextKeys": ["a", "b"]}}}]}')
+    assert parse_policy(nested_ok)
 
 
 def test_json_nesting_is_measured_before_parsing() -> None:

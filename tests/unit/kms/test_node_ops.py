@@ -315,3 +315,12 @@ def test_the_timer_writes_the_aggregated_record(tmp_path, monkeypatch):
         assert [d["count"] for _, _, d in services.audited] == [1, 4] and len(failures) == 0
 
     run(tmp_path, body)
+
+
+def test_a_deeply_nested_access_key_policy_is_refused_not_a_fault(tmp_path):
+    async def body(services: FakeServices) -> None:
+        with pytest.raises(ArgumentsBad):
+            await op(kms.access_key_create, kms.AccessKeyCreateArgs, admin(services), name="deep",
+                     policy="[" * 2000 + "]" * 2000)
+
+    run(tmp_path, body)

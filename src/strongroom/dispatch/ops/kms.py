@@ -244,6 +244,8 @@ def _check_policy(policy: str | None) -> None:
         raise ArgumentsBad(f"an access-key policy is at most {MAX_POLICY_BYTES} bytes")
     try:
         document = json.loads(policy)
+    except RecursionError:  # brackets nested thousands deep: the parser recurses per level
+        raise ArgumentsBad("the access-key policy nests JSON too deep") from None
     except ValueError as exc:
         raise ArgumentsBad(f"the access-key policy is not JSON: {exc}") from None
     if not isinstance(document, dict):
