@@ -156,7 +156,12 @@ def test_full_cycle_customer_ca_backup_zeroize_recover_with_shares(tmp_path: Pat
         assert rc == 0, out
         assert out["data"]["recovery"]["threshold"] == 2 and len(out["data"]["share_files"]) == 3
         assert all(oct(Path(f).stat().st_mode & 0o777) == "0o600" for f in out["data"]["share_files"])
+        secret = out["data"]["activation_secret"]
         rc, out = run_cli(local, "cluster", "activate", "--password", ADMIN_PASSWORD)
+        assert rc != 0 and "activation secret" in out["error"], out
+        rc, out = run_cli(local, "cluster", "activate", "--password", ADMIN_PASSWORD, "--activation-secret", "guess")
+        assert rc != 0 and out["error_name"] == "CKR_PIN_INCORRECT", out
+        rc, out = run_cli(local, "cluster", "activate", "--password", ADMIN_PASSWORD, "--activation-secret", secret)
         assert rc == 0, out
         local.summary = {"admin_user": "admin", "admin_password": ADMIN_PASSWORD}
         status = local.admin().cluster_status()
@@ -280,7 +285,7 @@ def test_automatic_backups_after_activation_and_membership_change(cluster: Local
     assert len(first) == 1
     status = cluster.admin().cluster_status()
     assert status["last_backup"]["backup_id"] == first[0]["backup_id"]
-    rc, out = cluster.cli("hsm", "add")
+    rc, out = cluster.cli("hsm", "add", pin=cluster.admin_pin)
     assert rc == 0, out
     wait_for(lambda: [b for b in backups() if b["trigger"] == "membership"], 60, "a backup after hsm add", log)
     entry = backups()[0]
@@ -328,7 +333,7 @@ def test_a_backup_taken_while_keys_are_created_is_consistent_and_restores(cluste
     middle = files[1]
     restored = LocalCluster(tmp_path / "restored", workers=1)
     rc, out = restored.cli("backup", "restore", "--backup", str(middle), "--from", str(cluster.dir),
-                           "--workers", "1")
+                           "--workers", "1", pin=cluster.admin_pin)
     assert rc == 0, out
     try:
         assert out["data"]["restored"]["key_source"] == "cluster"
@@ -361,7 +366,7 @@ def test_backups_are_operator_acts_not_reachable_through_the_agent(cluster: Loca
 
 
 def test_zeroize_takes_one_node_out_and_the_others_keep_serving(cluster: LocalCluster) -> None:
-    rc, out = cluster.cli("hsm", "add")
+    rc, out = cluster.cli("hsm", "add", pin=cluster.admin_pin)
     assert rc == 0, out
     user = cluster.crypto_user("zed")
     public, private = user.generate_key_pair(CKM.EC_KEY_PAIR_GEN, {CKA.TOKEN: True, CKA.EC_PARAMS: P256},
@@ -375,7 +380,12 @@ def test_zeroize_takes_one_node_out_and_the_others_keep_serving(cluster: LocalCl
         on_node2.zeroize("node2")
     assert failure.value.code == CKR.ACTION_PROHIBITED
     on_node2.close()
+    # An application host's certificate without an admin login zeroizes nothing.
     with Client(profile, profile.nodes[0], timeout=30) as on_node1:
+        with pytest.raises(ClientError) as failure:
+            on_node1.zeroize("node1")
+        assert failure.value.code == CKR.ACTION_PROHIBITED
+    with Client(profile.as_operator(), profile.nodes[0], timeout=30) as on_node1:
         with pytest.raises(ClientError) as failure:
             on_node1.zeroize("node2")
         assert failure.value.code == CKR.ARGUMENTS_BAD
@@ -425,6 +435,6 @@ def test_failed_admin_logins_from_one_source_are_rate_limited(cluster: LocalClus
     with Client(other, timeout=30) as second:
         second.login(cluster.summary["admin_user"], cluster.summary["admin_password"])
     log = (cluster.node_dir / "node.log").read_text()
-    assert "failed admin logins" in log
+    assert "pausing its admin logins" in log
     audit = [json.loads(line) for line in (cluster.node_dir / "audit.log").read_text().splitlines() if line]
     assert any(r.get("details", {}).get("source_paused_seconds") for r in audit if r.get("event") == "auth.login")

@@ -232,8 +232,11 @@ def _check_signature(backup: Any, anchor_pem: bytes) -> str:
 def cmd_backup_restore(args: argparse.Namespace, _ctx: Any) -> None:
     from strongroom.local.restore import restore
 
+    from strongroom.cli.hsm import _admin_pin
+
     summary = _local(lambda: restore(Path(args.backup), _directory(args), from_dir=Path(args.from_dir),
-                                     ca_cert=_path(args.ca_cert), ca_key=_path(args.ca_key), workers=args.workers))
+                                     ca_cert=_path(args.ca_cert), ca_key=_path(args.ca_key), workers=args.workers,
+                                     admin=_admin_pin()))
     emit(summary, as_json=args.json, text=_restored_text(summary))
 
 

@@ -419,7 +419,7 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
             raise LocalClusterError(str(exc)) from None
     # A node that holds a seal starts first (on a new cluster: the first node, which initializes
     # it); the others receive the key from a running node once the admin enrolled them.
-    from strongroom.seal import seal_exists
+    from strongroom.seal import clear_zeroized, seal_exists
 
     sealed = [n for n in profile.nodes if seal_exists(layout.node_dir(n.node_id))]
     if not sealed and _cluster_existed(layout):
@@ -434,6 +434,11 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
         made = _initialize(layout, profile, cluster_name, leader, custodians or [], threshold, seal_settings)
         started[0] = _start_and_check(layout, leader)
     newcomers = [n for n in profile.nodes if n is not leader and not seal_exists(layout.node_dir(n.node_id))]
+    for node in newcomers:
+        # A node zeroized earlier rejoins when `up` starts it: its certificate is still enrolled, so it
+        # receives the key from a running node again (a node that must never come back is removed:
+        # `hsm remove` revokes its certificate).
+        clear_zeroized(layout.node_dir(node.node_id))
     if made is not None and newcomers:
         enroll_nodes(profile, (made.admin_user, made.admin_password),
                      [(n.node_id, layout.node_dir(n.node_id) / "tls" / "node.crt") for n in newcomers])
@@ -441,7 +446,7 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
         if node is leader or (not initialize and not sealed):
             continue
         entry = _start_and_check(layout, node)
-        if node in newcomers and made is not None:
+        if node in newcomers:
             entry.update(state=wait_for_key(layout, node, entry["pid"])["state"])
         started.append(entry)
     order = [n.node_id for n in profile.nodes]

@@ -21,7 +21,10 @@ behind: the new nodes register themselves. Finally the cluster is started as
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ import msgpack
 from strongroom import pki
 from strongroom.backup import Backup, BackupError, decode_backup
 from strongroom.barrier import Barrier
+from strongroom.barrier.barrier import STORE_INTEGRITY_PURPOSE, derive_subkey
 from strongroom.seal import SealedIdentity, SealError, destroy_seal, seal_cluster_key, unseal_cluster_key
 from strongroom.client import ClientProfile, ProfileError
 from strongroom.local import cluster
@@ -82,30 +86,61 @@ def _load_shares(paths: list[Path]) -> list[PlainShare]:
     return shares
 
 
-def _obtain_key(layout: Layout, node_id: str, backup: Backup, old: Layout | None, shares: list[Path]) -> None:
+def _key_from_old_cluster(old: Layout, config: NodeConfig, admin: tuple[str, str] | None) -> tuple[str, bytearray]:
+    """The cluster key from a running node of the old cluster, as a node enrolled there for this once.
+
+    The restoring process gets a one-time node certificate (``restore-<random>``) from the old
+    cluster's CA, an admin of the old cluster enrolls it, and the key comes through the usual
+    ``hsm.clone_key`` exchange. The certificate's private key is never written to disk, so its
+    enrollment is useless once this process ends.
+    """
+    from strongroom.client import ClientError
+    from strongroom.node.join import fetch_cluster_key
+
+    if admin is None:
+        raise LocalClusterError(f"the nodes of {old.root} give the cluster key only to an enrolled node: set "
+                                "STRONGROOM_PIN=admin:password (an admin of that cluster)")
+    try:
+        profile = ClientProfile.load(old.profile)
+        ca_key, ca_cert = pki.load_private_key(old.ca_key), pki.load_certificate(old.ca_cert)
+    except (ProfileError, pki.PkiError) as exc:
+        raise LocalClusterError(f"--from {old.root}: {exc}") from None
+    name = f"restore-{secrets.token_hex(4)}"
+    key, cert = pki.issue_node_certificate(ca_key, ca_cert, name, hosts=[cluster.HOST], days=1)
+    with tempfile.TemporaryDirectory(prefix="strongroom-restore-") as scratch:
+        cert_path, key_path = Path(scratch) / "node.crt", Path(scratch) / "node.key"
+        pki.write_cert(cert_path, cert)
+        pki.write_private_key(key_path, key)
+        try:
+            cluster.enroll_nodes(profile, admin, [(name, cert_path)])
+        except ClientError as exc:
+            raise LocalClusterError(f"could not enroll the restoring process in {old.root}: {exc.message}") from None
+        as_node = replace(config, node_id=name, tls_cert=cert_path, tls_key=key_path)
+        failures = []
+        for peer in profile.nodes:
+            try:
+                return asyncio.run(fetch_cluster_key(as_node, peer.address))
+            except Exception as exc:  # noqa: BLE001 - any peer failure: try the next one
+                failures.append(f"{peer.node_id}: {getattr(exc, 'message', None) or exc}")
+    raise LocalClusterError(f"no node of {old.root} gave the cluster key: {'; '.join(failures)}")
+
+
+def _obtain_key(layout: Layout, node_id: str, backup: Backup, old: Layout | None, shares: list[Path],
+                admin: tuple[str, str] | None = None) -> None:
     """Seal the cluster key in the new node's directory, from a surviving node or from shares."""
     config = NodeConfig.load(layout.node_config(node_id))
     cluster_id = backup.header.cluster_id
     if old is not None:
-        from strongroom.node.join import JoinError, join_cluster
-
-        try:
-            peers = [n.address for n in ClientProfile.load(old.profile).nodes]
-        except ProfileError as exc:
-            raise LocalClusterError(f"--from {old.root}: {exc}") from None
-        try:
-            identity = asyncio.run(join_cluster(config, peers))
-        except JoinError as exc:
-            raise LocalClusterError(f"no node of {old.root} gave the cluster key: {exc}") from None
-        if identity.cluster_id != cluster_id:
-            destroy_seal(config.node_dir)
-            raise LocalClusterError(f"the nodes of {old.root} belong to cluster {identity.cluster_id}, "
+        received_id, key = _key_from_old_cluster(old, config, admin)
+        if received_id != cluster_id:
+            key[:] = bytes(len(key))
+            raise LocalClusterError(f"the nodes of {old.root} belong to cluster {received_id}, "
                                     f"the backup to {cluster_id}")
-        return
-    try:
-        key = combine_shares(_load_shares(shares), cluster_id=cluster_id)
-    except RecoveryError as exc:
-        raise LocalClusterError(f"recovery refused: {exc}") from None
+    else:
+        try:
+            key = combine_shares(_load_shares(shares), cluster_id=cluster_id)
+        except RecoveryError as exc:
+            raise LocalClusterError(f"recovery refused: {exc}") from None
     try:
         seal_cluster_key(config.node_dir, SealedIdentity(cluster_id, node_id), key)
     except SealError as exc:
@@ -147,10 +182,12 @@ def _reseal(barrier: Barrier, backup: Backup, ca: tuple[Any, Any]) -> list[Put]:
 
 
 async def _import(config: NodeConfig, backup: Backup, ca: tuple[Any, Any]) -> int:
-    _identity, key = unseal_cluster_key(config.node_dir)
+    identity, key = unseal_cluster_key(config.node_dir)
     store = config.open_store()
     try:
         barrier = Barrier(store, key)
+        # The new store authenticates its rows from the first write, as the nodes will expect.
+        store.enable_integrity(derive_subkey(key, STORE_INTEGRITY_PURPOSE, identity.cluster_id))
         key[:] = bytes(len(key))
         if await store.revision() != 0:
             raise LocalClusterError("the new cluster's store is not empty; restore into a new directory")
@@ -163,7 +200,8 @@ async def _import(config: NodeConfig, backup: Backup, ca: tuple[Any, Any]) -> in
 
 
 def restore(backup_path: Path, directory: Path, *, from_dir: Path | None = None, shares: list[Path] | None = None,
-            ca_cert: Path | None = None, ca_key: Path | None = None, workers: int | None = None) -> dict[str, Any]:
+            ca_cert: Path | None = None, ca_key: Path | None = None, workers: int | None = None,
+            admin: tuple[str, str] | None = None) -> dict[str, Any]:
     """Build and start a one-node cluster in ``directory`` from the backup at ``backup_path``."""
     if (from_dir is None) == (not shares):
         raise LocalClusterError("say where the cluster key comes from: --from DIR (a running node of the "
@@ -181,7 +219,7 @@ def restore(backup_path: Path, directory: Path, *, from_dir: Path | None = None,
     try:
         cluster._create(layout, 1, workers or 1, name, ca=ca)
         node_id = layout.node_ids()[0]
-        _obtain_key(layout, node_id, backup, old, shares or [])
+        _obtain_key(layout, node_id, backup, old, shares or [], admin)
         restored = asyncio.run(_import(NodeConfig.load(layout.node_config(node_id)), backup, ca))
     except BaseException:
         # Nothing half-made stays behind: no sealed key, no partial store.
