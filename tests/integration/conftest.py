@@ -21,16 +21,18 @@ STRONGROOM = [sys.executable, "-m", "strongroom"]
 class LocalCluster:
     """A `strongroom up` directory driven through the CLI, plus SDK clients into it."""
 
-    def __init__(self, directory: Path, workers: int = 2) -> None:
+    def __init__(self, directory: Path, workers: int = 2, up_args: tuple[str, ...] = ()) -> None:
         self.dir = directory
         self.workers = workers
+        #: More arguments for every `up` (e.g. --nodes 3, --seal shares).
+        self.up_args = up_args
         self.summary: dict[str, Any] = {}
         self._clients: list[Client] = []
 
     # --- processes ------------------------------------------------------------------
 
     def up(self, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = self.run("up", "--workers", str(self.workers))
+        result = self.run("up", "--workers", str(self.workers), *self.up_args)
         if check:
             assert result.returncode == 0, result.stdout + result.stderr
             summary = json.loads(result.stdout)
