@@ -326,10 +326,10 @@ def test_unknown_users_cost_the_same_time_as_known_ones(cluster: LocalCluster) -
         timings["locked"].append(time.perf_counter() - started)
     medians = {kind: statistics.median(values) for kind, values in timings.items()}
     print("login failure medians (ms):", {k: round(v * 1000, 1) for k, v in medians.items()})
-    # Generous bounds (a loaded 2-core machine): without the dummy Argon2id an unknown user answers
-    # in a fraction of the time, so the ratio would fall far below these.
-    assert 0.6 < medians["unknown"] / medians["known"] < 1.67
-    assert 0.6 < medians["unknown"] / medians["locked"] < 1.67
+    # Generous bounds (a loaded 2-core machine): an account answered without the Argon2id work (as a
+    # locked one was) takes a tenth of the time, far outside them.
+    assert 0.5 < medians["unknown"] / medians["known"] < 2
+    assert 0.5 < medians["unknown"] / medians["locked"] < 2
 
 
 # --- 2. CKA_ALWAYS_AUTHENTICATE through the SDK ----------------------------------------------------------------

@@ -284,13 +284,19 @@ class UserDirectory:
             # Nothing to check against (or nothing more to tell): the same Argon2id work, the same answer.
             await asyncio.to_thread(burn_time, password)
             raise PinIncorrect(WRONG_CREDENTIALS)
-        # Count the attempt *before* checking the password, so parallel guesses cannot get
-        # more checks in than the limits allow.
-        counted = await self._count_attempt(name)
+        # The attempt is counted (committed) before its outcome is told, so parallel guesses cannot get
+        # more answers than the limits allow. The hash runs meanwhile: a known user then costs what an
+        # unknown one does (the Argon2id time), not that plus a store write.
+        check = asyncio.ensure_future(asyncio.to_thread(verify_password, password, user.password))
+        try:
+            counted = await self._count_attempt(name)
+        finally:
+            right = await check
         if counted is None:  # the last check of a locked account went to another attempt meanwhile
-            await asyncio.to_thread(burn_time, password)
             raise PinIncorrect(WRONG_CREDENTIALS)
-        if not await asyncio.to_thread(verify_password, password, counted.password):
+        if counted.password != user.password:  # an admin set a new password in between
+            right = await asyncio.to_thread(verify_password, password, counted.password)
+        if not right:
             raise PinIncorrect(WRONG_CREDENTIALS)
         if counted.failed_logins > MAX_FAILED_LOGINS:  # it was locked before this attempt
             raise PinLocked(

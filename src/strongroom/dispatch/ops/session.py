@@ -67,8 +67,8 @@ async def login(call: Any, args: LoginArgs) -> dict[str, Any]:
             pause = throttle.failed(source)
             if pause:
                 details["source_paused_seconds"] = pause
-                log.warning("failed logins from %s (%s) reached the limit; pausing its admin logins %.0f s",
-                            call.peer_name, source, pause)
+                log.warning("failed admin logins from %s (%s) reached the limit (every failed login counts); "
+                            "pausing its admin logins %.0f s", call.peer_name, source, pause)
         await services.audit("auth.login", actor=attempted, outcome=exc.code.spec_name, details=details)
         raise
     throttle.succeeded(source)
