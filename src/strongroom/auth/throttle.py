@@ -7,7 +7,9 @@ that host counts as one source). Every failed login of the source counts, whatev
 the name it tried: counting only the names that turn out to be admins would tell the
 caller which names are admins (the pause would show). After ``limit`` consecutive
 failures the source waits ``backoff`` seconds before its next *admin* login, doubling
-with each further failure up to :data:`MAX_BACKOFF`; a successful login clears it.
+with each further failure up to :data:`MAX_BACKOFF`; a successful login clears it (any
+account's: so a source that holds one valid account can keep clearing it, and the bound on
+guessing one account stays its own lockout, :data:`strongroom.auth.users.MAX_FAILED_LOGINS`).
 Counts live in the worker's memory: a node with W workers allows up to W times
 the limit before every worker has slowed the source down.
 """
