@@ -8,10 +8,12 @@ by putting an older copy of the database file back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import pytest
 from strongroom.audit import AuditLog, verify
 from strongroom.audit.heads import first_record, head_problem, head_value, record_at
 from strongroom.barrier import Barrier, Write
-from strongroom.seal import FRESHNESS_FILE, SealedIdentity, destroy_seal, seal_cluster_key
+from strongroom.barrier.barrier import STORE_INTEGRITY_PURPOSE, derive_subkey
 from strongroom.node.freshness import (
     EPOCH_KEY,
     Freshness,
@@ -28,9 +30,11 @@ from strongroom.node.freshness import (
     HighWaterMark,
     Mark,
     derive_key,
+    integrity_message,
     rollback_message,
     seal_id,
 )
+from strongroom.seal import FRESHNESS_FILE, SealedIdentity, destroy_seal, seal_cluster_key
 from strongroom.store.sqlite import SqliteStore
 
 CLUSTER_KEY = b"\x42" * 32
@@ -303,6 +307,109 @@ def test_a_restored_cluster_or_a_rejoined_node_starts_afresh(tmp_path: Path) -> 
         store = await initialized_store(new_db)
         services = FakeServices(node_dir, store)
         assert await Freshness(services, advance=True).check() and services.error is None
+        await store.close()
+
+    asyncio.run(main())
+
+
+# --- the SQLite store's integrity digest ------------------------------------------------------------
+
+INTEGRITY_KEY = derive_subkey(CLUSTER_KEY, STORE_INTEGRITY_PURPOSE, CLUSTER_ID)
+
+
+async def integrity_store(path: Path) -> SqliteStore:
+    """The store as a node opens it: with the integrity key from the cluster key."""
+    store = await SqliteStore.open(path)
+    store.enable_integrity(INTEGRITY_KEY)
+    return store
+
+
+def raw(path: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        return db.execute(statement, params).fetchall()
+
+
+def test_the_mark_keeps_the_store_integrity_origin_and_reads_old_marks(tmp_path: Path) -> None:
+    node_dir = make_node_dir(tmp_path)
+    mark = mark_file(node_dir)
+    assert mark.raise_to(Mark(5, 1)) == Mark(5, 1, "")  # etcd, or a store from before integrity
+    document = json.loads((node_dir / FRESHNESS_FILE).read_text())
+    assert "integrity" not in document  # the same file as before integrity existed
+    assert mark.raise_to(Mark(6, 1, "aa" * 16)) == Mark(6, 1, "aa" * 16)
+    assert mark.raise_to(Mark(7, 2, "bb" * 16)) == Mark(7, 2, "aa" * 16)  # set once: another one is an alarm
+    assert mark.load() == Mark(7, 2, "aa" * 16)
+    # Taking the origin out (to make any digest acceptable) breaks the MAC.
+    document = json.loads((node_dir / FRESHNESS_FILE).read_text())
+    del document["integrity"]
+    (node_dir / FRESHNESS_FILE).write_text(json.dumps(document))
+    with pytest.raises(FreshnessError, match="failed authentication"):
+        mark.load()
+    assert integrity_message(Mark(1, 1, "aa"), "aa") is None
+    assert integrity_message(Mark(1, 1, ""), "cc") is None
+    assert "made anew (origin cc; this node saw origin aa)" in (integrity_message(Mark(1, 1, "aa"), "cc") or "")
+
+
+def test_a_store_whose_digest_was_made_anew_is_refused(tmp_path: Path) -> None:
+    """Digest and its flag deleted, so that the store takes an old row as it is: the node's mark says no."""
+    node_dir = make_node_dir(tmp_path / "nodes")
+    db = tmp_path / "store" / "strongroom.db"
+    db.parent.mkdir()
+
+    async def main() -> None:
+        # A store written before integrity existed (no key): adopted once, no alarm, origin remembered.
+        store = await initialized_store(db)
+        await write_some(store, 3, prefix="users/")
+        await store.close()
+        store = await integrity_store(db)
+        services = FakeServices(node_dir, store)
+        assert await Freshness(services, advance=True).check() and services.error is None
+        assert store.integrity_adopted and mark_file(node_dir).load().integrity == store.integrity_id
+        barrier = services.barrier
+        key = (await store.list_prefix("users/")).records[0].key
+        entry = await barrier.get(key)
+        assert entry is not None
+        old = raw(db, "SELECT key, value, version, create_revision, mod_revision FROM kv WHERE key = ?", key)[0]
+        await barrier.commit([Write(key, {"failed_logins": 5}, entry)])
+        assert await Freshness(services, advance=True).check()
+        await store.close()
+
+        raw(db, "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?)", *old)  # the old row back...
+        raw(db, "DELETE FROM integrity_state")  # ...its digest and the flag that there was one, gone
+        raw(db, "DELETE FROM meta WHERE name = 'integrity'")
+        store = await integrity_store(db)
+        services = FakeServices(node_dir, store)
+        assert (await services.barrier.get(key)).value == entry.value  # the store alone takes the old row
+        assert not await Freshness(services, advance=False).check()
+        assert services.error is not None and "integrity digest was made anew" in services.error
+        assert [event for event, _ in services.audited] == ["store.tampered"]
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_record_put_back_while_the_node_was_stopped_stops_the_worker(tmp_path: Path) -> None:
+    node_dir = make_node_dir(tmp_path / "nodes")
+    db = tmp_path / "store" / "strongroom.db"
+    db.parent.mkdir()
+
+    async def main() -> None:
+        store = await integrity_store(db)
+        services = FakeServices(node_dir, store)
+        await services.barrier.commit([Write("cluster/meta", {"cluster_id": CLUSTER_ID, "state": "active"})])
+        await services.barrier.commit([Write("users/victim", {"failed_logins": 0})])
+        old = raw(db, "SELECT key, value, version, create_revision, mod_revision FROM kv WHERE key = ?",
+                  "users/victim")[0]
+        entry = await services.barrier.get("users/victim")
+        await services.barrier.commit([Write("users/victim", {"failed_logins": 5}, entry)])
+        assert await Freshness(services, advance=True).check()
+        await store.close()
+
+        raw(db, "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?)", *old)
+        store = await integrity_store(db)
+        services = FakeServices(node_dir, store)
+        assert not await Freshness(services, advance=True).check()
+        assert services.error is not None and "does not match its authenticated digest" in services.error
+        assert [event for event, _ in services.audited] == ["store.tampered"]
         await store.close()
 
     asyncio.run(main())

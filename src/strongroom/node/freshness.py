@@ -26,12 +26,18 @@ for a while, several workers (the file is only ever raised, under a lock, and
 replaced atomically), a node zeroized and added again or a restored cluster (a
 new seal, whose nonce the file is bound to, starts a new mark).
 
+Single records put back (an older version, or one deleted and created again) are
+the store's own business: etcd keeps versions itself, and the SQLite store
+authenticates every row against a digest of all of them (store/integrity.py). That
+digest starts once per store with a random origin, which the mark records too: a
+store whose digest was deleted and made anew (to have rows taken as they are)
+shows another origin, and is refused like a rollback. A store check that finds
+tampering puts the worker in the error state as well (audited ``store.tampered``).
+
 Limits: a rollback to a copy taken less than one heartbeat before the node last
-checked *and* padded with junk writes is not seen; someone who can write to the
-node's directory can delete the file (they can read the sealed key too: see the
-trust model). Replaying one record that was deleted and created again (its
-version restarts at 1) is not detected: that needs an authenticated index of
-every key, a shared record each write would have to update.
+checked is not seen (on SQLite with integrity, junk writes cannot pad it: they
+need the key); someone who can write to the node's directory can delete the file
+(with the ``file`` seal they can read the sealed key too: see the trust model).
 
 This module also records the node's audit head (:mod:`strongroom.audit.heads`).
 """
@@ -58,6 +64,7 @@ from strongroom.audit import heads as audit_heads
 from strongroom.barrier import RecordTampered, Write
 from strongroom.seal import FRESHNESS_FILE, SEAL_FILE
 from strongroom.store.base import ConflictError
+from strongroom.store.integrity import StoreTampered
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,8 @@ class FreshnessError(Exception):
 class Mark:
     revision: int = 0
     epoch: int = 0
+    #: The origin of the store's integrity digest (SQLite; "" when the store has none): set once, never changed.
+    integrity: str = ""
 
 
 def derive_key(cluster_key: bytes | bytearray, cluster_id: str, node_id: str) -> bytes:
@@ -108,6 +117,8 @@ class HighWaterMark:
         try:
             document = json.loads(self.path.read_bytes())
             body = {k: document[k] for k in ("format", "cluster_id", "node_id", "seal", "revision", "epoch")}
+            if "integrity" in document:  # absent from marks written before store integrity (and for etcd)
+                body["integrity"] = document["integrity"]
             mac = str(document["mac"])
         except FileNotFoundError:
             return None
@@ -119,9 +130,10 @@ class HighWaterMark:
             return None
         if body["format"] != FORMAT or not hmac.compare_digest(mac, self._mac(body)):
             raise FreshnessError(f"{self.path} failed authentication (altered?)")
-        if not all(isinstance(body[k], int) and not isinstance(body[k], bool) for k in ("revision", "epoch")):
+        if not all(isinstance(body[k], int) and not isinstance(body[k], bool) for k in ("revision", "epoch")) or (
+                not isinstance(body.get("integrity", ""), str)):
             raise FreshnessError(f"{self.path} is damaged")
-        return Mark(body["revision"], body["epoch"])
+        return Mark(body["revision"], body["epoch"], body.get("integrity", ""))
 
     def raise_to(self, seen: Mark) -> Mark:
         """Record ``seen`` unless the file already holds more (several workers write it)."""
@@ -131,9 +143,12 @@ class HighWaterMark:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             current = self.load() or Mark()
-            new = Mark(max(current.revision, seen.revision), max(current.epoch, seen.epoch))
+            new = Mark(max(current.revision, seen.revision), max(current.epoch, seen.epoch),
+                       current.integrity or seen.integrity)
             if new != current or not self.path.exists():
-                body = dict(self._bound, format=FORMAT, revision=new.revision, epoch=new.epoch)
+                body: dict[str, Any] = dict(self._bound, format=FORMAT, revision=new.revision, epoch=new.epoch)
+                if new.integrity:
+                    body["integrity"] = new.integrity
                 document = dict(body, mac=self._mac(body))
                 write_private_file(self.path, json.dumps(document, sort_keys=True).encode())
             return new
@@ -150,6 +165,15 @@ def rollback_message(seen: Mark, revision: int, epoch: int) -> str | None:
     else:
         return None
     return f"the store is older than this node has seen ({where}): rolled back? refusing to serve"
+
+
+def integrity_message(seen: Mark, integrity: str) -> str | None:
+    """Why a store whose digest has origin ``integrity`` is not the one this node saw, or None."""
+    if not seen.integrity or integrity == seen.integrity:
+        return None
+    now = f"origin {integrity}" if integrity else "no digest"
+    return (f"tamper response: the store's integrity digest was made anew ({now}; this node saw origin "
+            f"{seen.integrity}): it was deleted to have altered records taken as they are; refusing to serve")
 
 
 class Freshness:
@@ -170,17 +194,16 @@ class Freshness:
             return None
         return HighWaterMark(services.config.node_dir, key, services.cluster_id, services.config.node_id, seal)
 
-    async def _fail(self, message: str, details: dict[str, Any]) -> None:
+    async def _fail(self, message: str, details: dict[str, Any], event: str = "store.rollback") -> None:
         services = self.services
         if services.error is not None:
             return
         services.error = message
         log.error("%s", message)
         try:
-            await services.audit("store.rollback", actor=None, outcome="CKR_DEVICE_ERROR",
-                                 details=dict(details, error=message))
+            await services.audit(event, actor=None, outcome="CKR_DEVICE_ERROR", details=dict(details, error=message))
         except Exception:  # noqa: BLE001 - the error state holds whether or not the log takes it
-            log.exception("could not audit the store rollback")
+            log.exception("could not audit %s", event)
 
     async def check(self) -> bool:
         """Compare the store with this node's high-water mark; False when it went back (error state)."""
@@ -202,15 +225,24 @@ class Freshness:
         except RecordTampered as exc:
             await self._fail(exc.message, {"key": exc.key})
             return False
+        except StoreTampered as exc:
+            await self._fail(f"tamper response: {exc}", {"key": exc.key}, event="store.tampered")
+            return False
         except Exception as exc:  # noqa: BLE001 - an unreachable store is not a rollback; try again later
             log.warning("store freshness not checked: %s", exc)
             return True
         epoch = 0 if epoch_entry is None else epoch_entry.record.version
+        integrity = getattr(services.store, "integrity_id", None) or ""
         if seen is not None:
             problem = rollback_message(seen, revision, epoch)
             if problem is not None:
                 await self._fail(problem, {"revision": revision, "seen_revision": seen.revision, "epoch": epoch,
                                            "seen_epoch": seen.epoch})
+                return False
+            problem = integrity_message(seen, integrity)
+            if problem is not None:
+                await self._fail(problem, {"integrity": integrity, "seen_integrity": seen.integrity},
+                                 event="store.tampered")
                 return False
         else:
             log.info("store freshness: starting the high-water mark at revision %d, epoch %d", revision, epoch)
@@ -224,7 +256,7 @@ class Freshness:
                 pass  # another node advanced it meanwhile
             except Exception as exc:  # noqa: BLE001 - the next heartbeat tries again
                 log.debug("epoch not advanced: %s", exc)
-        await asyncio.to_thread(mark.raise_to, Mark(revision, epoch))
+        await asyncio.to_thread(mark.raise_to, Mark(revision, epoch, integrity))
         return True
 
     async def publish_audit_head(self) -> None:

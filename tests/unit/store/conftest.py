@@ -37,6 +37,8 @@ class StoreBackend(abc.ABC):
     """
 
     name: ClassVar[str]
+    #: Keeps no old values: a watch skips a put that a later change of the same key superseded.
+    coalesces_watch: ClassVar[bool] = False
 
     def __init__(self, runner: asyncio.Runner, tmp_path: Path, request: pytest.FixtureRequest) -> None:
         self._runner = runner
@@ -69,6 +71,7 @@ class StoreBackend(abc.ABC):
 
 class SqliteBackend(StoreBackend):
     name = "sqlite"
+    coalesces_watch = True
 
     def __init__(self, runner: asyncio.Runner, tmp_path: Path, request: pytest.FixtureRequest) -> None:
         super().__init__(runner, tmp_path, request)
@@ -87,6 +90,27 @@ class SqliteBackend(StoreBackend):
             "from strongroom.store.sqlite import SqliteStore\n"
             "async def open_store():\n"
             f"    return await SqliteStore.open({str(self.path)!r})\n"
+        )
+
+
+class SqliteIntegrityBackend(SqliteBackend):
+    """SQLite with the store-integrity key, as every node opens it: the same contract, every row checked."""
+
+    name = "sqlite-integrity"
+    key = b"\x5c" * 32
+
+    async def _open(self) -> Store:
+        store = await super()._open()
+        store.enable_integrity(self.key)
+        return store
+
+    def child_prelude(self) -> str:
+        return (
+            "from strongroom.store.sqlite import SqliteStore\n"
+            "async def open_store():\n"
+            f"    store = await SqliteStore.open({str(self.path)!r})\n"
+            f"    store.enable_integrity({self.key!r})\n"
+            "    return store\n"
         )
 
 
@@ -141,7 +165,11 @@ def etcd_session_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
         yield cluster
 
 
-BACKENDS: dict[str, type[StoreBackend]] = {"sqlite": SqliteBackend, "etcd": EtcdBackend}
+BACKENDS: dict[str, type[StoreBackend]] = {
+    "sqlite": SqliteBackend,
+    "sqlite-integrity": SqliteIntegrityBackend,
+    "etcd": EtcdBackend,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
