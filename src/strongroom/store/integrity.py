@@ -45,7 +45,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from strongroom.store.base import Record, StoreError
 
-__all__ = ["Change", "Index", "IntegrityKeys", "IntegrityRequired", "State", "StoreTampered", "change_of", "value_hash"]
+__all__ = ["Change", "Index", "IntegrityKeys", "IntegrityRequired", "State", "StoreTampered", "change_of", "state_of",
+           "value_hash"]
 
 #: An index entry: what the store last wrote under a key.
 Fingerprint = tuple[int, int, int, bytes]  # version, create_revision, mod_revision, SHA-256(value)
@@ -99,12 +100,13 @@ def fingerprint(record: Record) -> Fingerprint:
 
 
 def _are_ints(*values: object) -> bool:
-    return all(type(v) is int and v >= 0 for v in values)
+    return all(type(v) is int and 0 <= v < 1 << 63 for v in values)
 
 
 def change_of(key: object, deleted: object, version: object, created: object, digest: object) -> Change:
     """A history row as a :class:`Change`; a row someone wrote with the wrong types is tampering."""
-    if not (isinstance(key, str) and deleted in (0, 1) and _are_ints(version, created) and isinstance(digest, bytes)):
+    if not (isinstance(key, str) and deleted in (0, 1) and _are_ints(version, created) and isinstance(digest, bytes)
+            and len(digest) in (0, 32)):
         raise StoreTampered(f"the store's history has a malformed event for {key!r}")
     return Change(key, bool(deleted), version, created, digest)  # type: ignore[arg-type]
 
@@ -112,6 +114,14 @@ def change_of(key: object, deleted: object, version: object, created: object, di
 def _key_bytes(key: str) -> bytes:
     encoded = key.encode()
     return len(encoded).to_bytes(4, "big") + encoded
+
+
+def state_of(revision: object, chain_head: object, origin: object, mac: object) -> State:
+    """The digest row as a :class:`State`; one with the wrong types or sizes never authenticates."""
+    if (_are_ints(revision) and isinstance(chain_head, bytes) and len(chain_head) == 32 and isinstance(origin, bytes)
+            and len(origin) == ORIGIN_SIZE and isinstance(mac, bytes)):
+        return State(revision, chain_head, origin, mac)  # type: ignore[arg-type]
+    return State(0, ZERO_LINK, bytes(ORIGIN_SIZE), b"")  # an empty MAC matches nothing
 
 
 class IntegrityKeys:

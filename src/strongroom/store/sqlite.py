@@ -66,6 +66,7 @@ from strongroom.store.integrity import (
     State,
     StoreTampered,
     change_of,
+    state_of,
     value_hash,
 )
 
@@ -459,7 +460,7 @@ class SqliteStore(Store):
             link: bytes | None = ZERO_LINK
         else:
             row = db.execute("SELECT link FROM chain WHERE revision = ?", (revision,)).fetchone()
-            link = row[0] if row is not None and isinstance(row[0], bytes) else None
+            link = row[0] if row is not None and isinstance(row[0], bytes) and len(row[0]) == 32 else None
         if link is None:  # the history starts later (integrity began there): list again instead
             raise CompactedError(revision + 1, index.floor)
         rows = db.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE revision > ? AND revision <= ?"
@@ -657,12 +658,7 @@ def _history(rows: list[tuple[Any, ...]]) -> dict[int, list[Change]]:
 
 def _read_state(db: sqlite3.Connection) -> State | None:
     row = db.execute("SELECT revision, chain_head, origin, mac FROM integrity_state WHERE id = 1").fetchone()
-    if row is None:
-        return None
-    revision, head, origin, mac = row
-    if not all(isinstance(v, bytes) for v in (head, origin, mac)) or not isinstance(revision, int):
-        return State(-1, b"", b"", b"")  # never authenticates
-    return State(revision, head, origin, mac)
+    return None if row is None else state_of(*row)
 
 
 def _write_state(db: sqlite3.Connection, state: State) -> None:
@@ -745,6 +741,8 @@ def _translate(exc: sqlite3.Error, path: Path, busy_timeout: float, *, writing: 
     code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
     where = f"SQLite store {str(path)!r}"
+    if "Could not decode to UTF-8" in str(exc):  # the store only ever writes UTF-8: someone else wrote this
+        return StoreTampered(f"{where} holds text that is not UTF-8 (altered outside the store?): {exc}")
     if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         return UnavailableError(f"{where} stayed locked by another connection for over {busy_timeout:g}s: {exc}")
     if primary == sqlite3.SQLITE_FULL:

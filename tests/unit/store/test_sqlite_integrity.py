@@ -315,6 +315,7 @@ HISTORY_ATTACKS = {
     "revision-pushed-up": "UPDATE meta SET value = value + 1 WHERE name = 'revision'",
     "revision-as-text": "UPDATE meta SET value = 'many' WHERE name = 'revision'",
     "event-hash-as-text": "UPDATE events SET value_hash = 'x' WHERE id = (SELECT MAX(id) FROM events)",
+    "event-hash-too-long": "UPDATE events SET value_hash = zeroblob(300) WHERE id = (SELECT MAX(id) FROM events)",
     "chain-link-as-text": "UPDATE chain SET link = 'x' WHERE revision = (SELECT MAX(revision) FROM chain)",
     "revision-pulled-down": "UPDATE meta SET value = value - 1 WHERE name = 'revision'",
 }
@@ -393,13 +394,22 @@ def _text_value(path: Path, saved: dict[str, RowTuple]) -> None:
     sql(path, "UPDATE kv SET value = 'value 2' WHERE key = 'users/alice'")
 
 
+def _reshape_digest(path: Path, saved: dict[str, RowTuple]) -> None:
+    sql(path, "UPDATE integrity_state SET chain_head = CAST(chain_head || X'00' AS BLOB), "
+              "origin = CAST(substr(origin, 2) AS BLOB)")
+
+
+def _key_not_utf8(path: Path, saved: dict[str, RowTuple]) -> None:
+    sql(path, "UPDATE kv SET key = CAST(X'75ff' AS TEXT) WHERE key = 'users/bob'")
+
+
 def _drop_digest(path: Path, saved: dict[str, RowTuple]) -> None:
     put_row(path, saved["old"])
     sql(path, "DELETE FROM integrity_state")
 
 
 @pytest.mark.parametrize("tamper", [_copy_back, _delete_row, _resurrect, _edit_version, _add_row, _text_value,
-                                    _drop_digest],
+                                    _reshape_digest, _key_not_utf8, _drop_digest],
                          ids=lambda f: f.__name__.strip("_"))
 def test_a_file_edited_while_stopped_is_refused_on_open(tmp_path: Path,
                                                          tamper: Callable[[Path, dict[str, RowTuple]], None]) -> None:
