@@ -143,7 +143,7 @@ def _stopped(cluster: LocalCluster, node_id: str) -> bool:
 
 
 def test_restart_and_a_zeroized_node_added_again_raise_no_alarm(cluster: LocalCluster) -> None:
-    rc, out = cluster.cli("hsm", "add")
+    rc, out = cluster.cli("hsm", "add", pin=cluster.admin_pin)
     assert rc == 0, out
     make_key(cluster, "steady1")
     cluster.down()
