@@ -38,6 +38,7 @@ from strongroom.agent.config import AgentConfig
 from strongroom.client.connection import AsyncConnection, ClientError
 from strongroom.client.profile import NodeAddress
 from strongroom.errors import CKR
+from strongroom.hardening import wipe
 from strongroom.transport.protocol import Reply
 from strongroom.transport.tls import client_context
 
@@ -199,12 +200,24 @@ async def _quiet_close(conn: AsyncConnection) -> None:
 
 @dataclass
 class Identity:
-    """An application's credentials. Held in agent memory only, never written anywhere."""
+    """An application's credentials. Held in agent memory only, never written anywhere.
+
+    The password is kept in a bytearray so that logging out wipes it (:meth:`forget_password`);
+    the short-lived ``str`` copies a login request makes cannot be wiped (Python's limit).
+    """
 
     username: str
-    password: str = field(repr=False)
+    password: bytearray = field(repr=False)
     role: str  # "crypto-user" (CKU_USER) or "admin" (CKU_SO)
     user_type: int
+
+    def replace_password(self, text: str) -> None:
+        self.forget_password()
+        self.password = bytearray(text.encode())
+
+    def forget_password(self) -> None:
+        wipe(self.password)
+        self.password = bytearray()
 
 
 @dataclass
@@ -262,7 +275,7 @@ class Logins:
                 raise NodeError(CKR.USER_NOT_LOGGED_IN, self.closed)
             epoch = link.epoch
             reply = await link.request("session.login", {
-                "username": self.identity.username, "password": self.identity.password,
+                "username": self.identity.username, "password": self.identity.password.decode(),
                 "role": self.identity.role,
             }, None)
             if not reply.ok:
@@ -287,7 +300,7 @@ class Logins:
         held = [(name, s.token, s.epoch) for name, s in self._states.items() if s.token is not None]
         self._states.clear()
         self.closed = "logged out"
-        self.identity.password = ""
+        self.identity.forget_password()
         return held
 
 
@@ -416,8 +429,10 @@ class NodePool:
                         log.info("%s: node %s forgot the login of %s; logging in again", op, use.name,
                                  logins.identity.username)
                         continue
-                elif stateful:
+                elif stateful and reply.code == CKR.SESSION_HANDLE_INVALID:
                     raise StateLost(f"node {use.name} no longer knows the PKCS#11 session")
+                # A live login answered USER_NOT_LOGGED_IN: the operation itself wants a login (a key
+                # with CKA_ALWAYS_AUTHENTICATE needs its context-specific one): the application's answer.
             raise NodeError(reply.code, reply.body)
 
     async def _login_dead(self, link: NodeLink, token: bytes) -> bool:

@@ -58,7 +58,7 @@ class Harness:
     def log_in_locally(self, user_type: int = CKU.USER) -> None:
         app = self.conn.app
         role = "crypto-user" if user_type == CKU.USER else "admin"
-        app.logins = Logins(Identity("alice", "pw", role, user_type))
+        app.logins = Logins(Identity("alice", bytearray(b"pw"), role, user_type))
 
 
 @pytest.fixture

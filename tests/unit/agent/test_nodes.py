@@ -122,7 +122,7 @@ def pool_for(certs: dict[str, Path], *ports: int) -> NodePool:
 
 
 def identity(password: str = "secret-pw") -> Logins:
-    return Logins(Identity("alice", password, "crypto-user", 1))
+    return Logins(Identity("alice", bytearray(password.encode()), "crypto-user", 1))
 
 
 def run(scenario: Callable[[FakeNode, NodePool], Any], certs: dict[str, Path]) -> None:
@@ -246,3 +246,11 @@ def test_least_loaded_link_is_chosen(certs: dict[str, Path]) -> None:
                 await node.stop()
 
     asyncio.run(main())
+
+
+def test_logging_out_wipes_the_held_password() -> None:
+    logins = identity("secret-pw")
+    held = logins.identity.password
+    assert bytes(held) == b"secret-pw"
+    logins.clear()
+    assert held == bytearray(len(b"secret-pw")) and not logins.identity.password  # zeroed in place, then dropped

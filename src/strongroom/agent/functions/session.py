@@ -113,7 +113,7 @@ async def login(ctx: Context, handle: int, user_type: int, pin: bytes) -> list[A
             raise NodeError(reply.code, reply.body)
         if app.finalized:
             raise AgentError(CKR.CRYPTOKI_NOT_INITIALIZED, "the application was finalized meanwhile")
-        logins = Logins(Identity(str(reply.body["username"]), password, role, user_type))
+        logins = Logins(Identity(str(reply.body["username"]), bytearray(password.encode()), role, user_type))
         logins.adopt(link, reply.body["session"], epoch)
         app.logins = logins
         app.home = link
@@ -185,5 +185,5 @@ async def set_pin(ctx: Context, handle: int, old: bytes, new: bytes) -> list[Any
     if not change.ok:
         raise NodeError(change.code, change.body)
     if identity is not None and identity.username == reply.body["username"]:
-        identity.password = new_text  # later transparent logins use the new password
+        identity.replace_password(new_text)  # later transparent logins use the new password
     return []
