@@ -76,7 +76,7 @@ PIN_VARIABLE = "STRONGROOM_PIN"
 
 
 def _admin(root: Path, admin: tuple[str, str] | None) -> tuple[str, str]:
-    """The admin that set-up logs in as: the one given, else STRONGROOM_PIN, else (for now) credentials.json."""
+    """The admin that set-up logs in as: the one given, else STRONGROOM_PIN."""
     if admin is not None:
         return admin
     pin = os.environ.get(PIN_VARIABLE)
@@ -85,12 +85,6 @@ def _admin(root: Path, admin: tuple[str, str] | None) -> tuple[str, str]:
         if not sep or not user or not password:
             raise GatewayStartError(f"{PIN_VARIABLE} must be user:password")
         return user, password
-    # TODO(lead): remove when up passes admin
-    try:
-        credentials = json.loads((root / "credentials.json").read_text())
-        return credentials["admin_user"], credentials["admin_password"]
-    except (FileNotFoundError, KeyError, ValueError):
-        pass
     raise GatewayStartError(
         f"setting up the KMS gateway of {root} (its service user and access key) needs an admin: pass "
         f"admin=(user, password) to start_gateway, or set {PIN_VARIABLE}=user:password") from None

@@ -472,6 +472,9 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
         except GatewayStartError as exc:
             raise LocalClusterError(str(exc)) from None
         env_lines.append(f"export STRONGROOM_KMS_ENDPOINT={gateway['kms_endpoint']}")
+        if gateway.get("kms_ca_bundle"):
+            # boto3 and the AWS CLI verify the gateway's HTTPS certificate against the cluster's CA.
+            env_lines.append(f"export AWS_CA_BUNDLE={gateway['kms_ca_bundle']}")
     layout.env_file.write_text("\n".join(env_lines) + "\n")
     summary: dict[str, Any] = {
         "dir": str(layout.root),

@@ -261,7 +261,7 @@ def test_set_up_takes_the_admin_from_the_caller_or_strongroom_pin(tmp_path: Path
     cluster = LocalCluster(tmp_path / "c", workers=1)
     cluster.up()
     try:
-        (cluster.dir / "credentials.json").unlink(missing_ok=True)  # what `up` will keep: nothing
+        assert not (cluster.dir / "credentials.json").exists()  # `up` keeps no admin password
         monkeypatch.delenv("STRONGROOM_PIN", raising=False)
         with pytest.raises(GatewayStartError) as caught:
             start_gateway(cluster.dir)
