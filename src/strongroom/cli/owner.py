@@ -104,6 +104,7 @@ def cmd_initialize(args: argparse.Namespace, _ctx: Any) -> None:
                  f"{args.shares_dir}: give share N to custodian N; each opens only with that custodian's key")
     if args.activation_secret_file:
         write_private_file(Path(args.activation_secret_file), (result["activation_secret"] + "\n").encode())
+        del data["activation_secret"]  # written only where the customer asked
         data["activation_secret_file"] = args.activation_secret_file
         text += f"\nactivation secret written to {args.activation_secret_file} (mode 0600)"
     else:
