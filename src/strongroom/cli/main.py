@@ -123,7 +123,11 @@ def cmd_status(args: argparse.Namespace, _ctx: Context) -> None:
 
     result = _local(lambda: cluster.status(Path(args.dir)))
     text = f"cluster {result['cluster_name']}: {'healthy' if result['healthy'] else 'NOT healthy'}\n"
-    text += table(result["nodes"], ["id", "zone", "address", "pid", "health", "state", "error"])
+    text += table(result["nodes"], ["id", "zone", "address", "pid", "health", "state", "seal", "error"])
+    if any(n.get("seal") == "file" for n in result["nodes"]):
+        from strongroom.seal.file import WARNING
+
+        text += f"\nwarning: {WARNING}"
     agent = result["agent"]
     text += f"\nagent: {agent['health']} (pid {agent['pid']}, socket {agent['socket']})"
     if result.get("etcd"):

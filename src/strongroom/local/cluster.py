@@ -634,8 +634,11 @@ def status(directory: Path) -> dict[str, Any]:
             try:
                 with Client(profile, node, timeout=5) as client:
                     node_status = client.node_status()
-                entry["health"] = "error" if node_status["state"] == "error" else "healthy"
+                entry["health"] = {"error": "error", "sealed": "sealed"}.get(node_status["state"], "healthy")
                 entry["state"] = node_status["state"]
+                seal = node_status.get("seal") or {}
+                entry["seal"] = seal.get("type")
+                entry["seal_detail"] = seal.get("detail")
                 entry["error"] = node_status["error"]
                 entry["self_tests_failed"] = node_status["self_tests"]["failed"]
             except ClientError as exc:
