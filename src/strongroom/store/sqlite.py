@@ -606,8 +606,6 @@ def _configure(db: sqlite3.Connection, path: Path) -> None:
     db.execute("PRAGMA synchronous = FULL")
     # What SQLite frees (a replaced row, trimmed history) is zeroed, not left for whoever reads the file.
     db.execute("PRAGMA secure_delete = ON")
-    # The WAL holds page images of recent writes: truncate it whenever a checkpoint resets it.
-    db.execute("PRAGMA journal_size_limit = 0")
     # The schema is in the file: views and triggers someone adds there run no functions with side effects.
     db.execute("PRAGMA trusted_schema = OFF")
 
