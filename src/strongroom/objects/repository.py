@@ -175,11 +175,14 @@ class ObjectRepository:
         It watches the whole keyspace, not only objects, so that its revision tracks the
         store's and :meth:`sync` knows when the cache has caught up.
         """
+        last_failure: str | None = None
+        pause = 1.0
         while True:
             try:
                 async with self._sync_lock:
                     await self.load()
                 self._following = True
+                last_failure, pause = None, 1.0
                 async for event in self._store.watch("", self._revision + 1):
                     if event.record.key.startswith(PREFIX):
                         self._apply(event.deleted, event.record)
@@ -191,9 +194,14 @@ class ObjectRepository:
                 continue
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the follower must survive store hiccups
-                log.exception("object watch failed; retrying")
-                await asyncio.sleep(1)
+            except Exception as exc:  # noqa: BLE001 - the follower must survive store hiccups
+                # The same failure once (a refused store can last): not a traceback every second.
+                failure = f"{type(exc).__name__}: {exc}"
+                if failure != last_failure:
+                    log.warning("object watch failed (%s); retrying with backoff", failure)
+                    last_failure = failure
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 30.0)
             finally:
                 self._following = False
 

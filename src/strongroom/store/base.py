@@ -143,6 +143,9 @@ class Store(abc.ABC):
     def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
         """Changes to keys under ``prefix`` from ``start_revision`` (inclusive) on, in order.
 
+        A backend may skip a put that a later change of the same key replaced (SQLite keeps no old
+        values, so it cannot report them): deletes, and the latest value of every key, always arrive.
+
         Raises :class:`CompactedError` (from the iterator) when ``start_revision``
         is older than what the store keeps.
         """
