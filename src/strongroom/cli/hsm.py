@@ -7,37 +7,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from strongroom.cli.common import admin_pin, directory, local, node_client
 from strongroom.cli.output import CliError, emit
-
-
-def _directory(args: argparse.Namespace) -> Path:
-    directory = getattr(args, "dir", None) or os.environ.get("STRONGROOM_DIR")
-    if not directory:
-        raise CliError("give the cluster directory with --dir DIR (or set STRONGROOM_DIR)")
-    return Path(directory)
-
-
-def _local(action: Any) -> dict[str, Any]:
-    from strongroom.local.cluster import LocalClusterError
-
-    try:
-        return action()
-    except LocalClusterError as exc:
-        raise CliError(str(exc)) from None
-
-
-def _admin_pin() -> tuple[str, str] | None:
-    pin = os.environ.get("STRONGROOM_PIN")
-    if not pin or ":" not in pin:
-        return None
-    username, _, password = pin.partition(":")
-    return username, password
 
 
 def cmd_add(args: argparse.Namespace, _ctx: Any) -> None:
     from strongroom.local.hsm import add_node
 
-    node = _local(lambda: add_node(_directory(args), args.zone, admin=_admin_pin()))
+    node = local(lambda: add_node(directory(args), args.zone, admin=admin_pin()))
     emit(node, as_json=args.json,
          text=f"added {node['id']} (zone {node['zone']}) at {node['address']}, pid {node['pid']}")
 
@@ -45,23 +22,21 @@ def cmd_add(args: argparse.Namespace, _ctx: Any) -> None:
 def cmd_remove(args: argparse.Namespace, _ctx: Any) -> None:
     from strongroom.local.hsm import remove_node
 
-    result = _local(lambda: remove_node(_directory(args), args.id))
+    result = local(lambda: remove_node(directory(args), args.id))
     emit(result, as_json=args.json,
          text=f"removed {result['id']}: certificate {result['serial']} revoked, node stopped, sealed key destroyed")
 
 
 def cmd_enroll(args: argparse.Namespace, _ctx: Any) -> None:
     """An admin allows a node certificate to receive the cluster key (for nodes on other hosts)."""
-    from strongroom.cli.owner import _operator_client
-
-    admin = _admin_pin()
+    admin = admin_pin()
     if admin is None:
         raise CliError("set STRONGROOM_PIN=admin-user:password (enrolling a node is an admin's act)")
     try:
         certificate = Path(args.cert).read_text()
     except OSError as exc:
         raise CliError(f"cannot read {args.cert}: {exc.strerror or exc}") from None
-    with _operator_client(args, operator=False) as client:
+    with node_client(args, operator=False) as client:
         client.login(admin[0], admin[1], "admin")
         result = client.hsm_enroll(args.id, certificate)
     emit(result, as_json=args.json,
@@ -71,9 +46,7 @@ def cmd_enroll(args: argparse.Namespace, _ctx: Any) -> None:
 
 def cmd_zeroize(args: argparse.Namespace, ctx: Any) -> None:
     """Admin (STRONGROOM_PIN of an admin) or, with --operator, the operator's emergency stop of one node."""
-    from strongroom.cli.owner import _operator_client
-
-    with _operator_client(args, operator=args.operator) as client:
+    with node_client(args, operator=args.operator) as client:
         if not args.operator:
             pin = os.environ.get("STRONGROOM_PIN")
             if not pin or ":" not in pin:

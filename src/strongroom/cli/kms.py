@@ -16,18 +16,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
+from strongroom.cli.common import directory
 from strongroom.cli.output import CliError, emit, table
-
-
-def _directory(args: argparse.Namespace) -> Path:
-    directory = getattr(args, "dir", None) or os.environ.get("STRONGROOM_DIR")
-    if not directory:
-        raise CliError("give the cluster directory with --dir DIR (or set STRONGROOM_DIR)")
-    return Path(directory)
 
 
 def _local(action: Any) -> Any:
@@ -48,7 +41,7 @@ def cmd_serve(args: argparse.Namespace, _ctx: Any) -> None:
         if any(v is not None for v in (args.port, args.region, args.account_id)):
             raise CliError("--port, --region and --account-id go with --dir; with --config edit the file")
         raise SystemExit(serve(Path(args.config), insecure_http=args.insecure_http))
-    root = _directory(args).resolve()
+    root = directory(args).resolve()
     _local(lambda: local.setup(root))
     _local(lambda: local.write_config(root, port=args.port, region=args.region, account_id=args.account_id,
                                       insecure_http=True if args.insecure_http else None))
@@ -58,7 +51,7 @@ def cmd_serve(args: argparse.Namespace, _ctx: Any) -> None:
 def cmd_setup(args: argparse.Namespace, _ctx: Any) -> None:
     from strongroom.kms import local
 
-    root = _directory(args).resolve()
+    root = directory(args).resolve()
     key = _local(lambda: local.setup(root))
     config = _local(lambda: local.write_config(root))
     result = dict(key, config=str(root / local.CONFIG_FILE), region=config.kms.region,
@@ -71,7 +64,7 @@ def cmd_setup(args: argparse.Namespace, _ctx: Any) -> None:
 def cmd_start(args: argparse.Namespace, _ctx: Any) -> None:
     from strongroom.kms.local import start_gateway
 
-    root = _directory(args)
+    root = directory(args)
     result = _local(lambda: start_gateway(root, port=args.port, region=args.region, account_id=args.account_id,
                                           insecure_http=True if args.insecure_http else None))
     trust = f"; CA bundle {result['kms_ca_bundle']}" if result.get("kms_ca_bundle") else ""
@@ -81,7 +74,7 @@ def cmd_start(args: argparse.Namespace, _ctx: Any) -> None:
 def cmd_stop(args: argparse.Namespace, _ctx: Any) -> None:
     from strongroom.kms.local import stop_gateway
 
-    pid = stop_gateway(_directory(args))
+    pid = stop_gateway(directory(args))
     emit({"stopped": pid}, as_json=args.json, text="stopped" if pid else "the KMS gateway was not running")
 
 

@@ -17,14 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from strongroom.cli.common import admin_pin, directory, local, node_client
 from strongroom.cli.output import CliError, emit, table
-
-
-def _directory(args: argparse.Namespace) -> Path:
-    directory = getattr(args, "dir", None) or os.environ.get("STRONGROOM_DIR")
-    if not directory:
-        raise CliError("give the cluster directory with --dir DIR (or set STRONGROOM_DIR)")
-    return Path(directory)
 
 
 def _read(path: str, what: str) -> bytes:
@@ -34,41 +28,11 @@ def _read(path: str, what: str) -> bytes:
         raise CliError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
-def _operator_client(args: argparse.Namespace, *, operator: bool = True) -> Any:
-    """A connection to one node, no login: with the directory's operator certificate (operator acts:
-    backups, zeroize), or with ``operator=False`` its application-host certificate (the customer's
-    set-up steps and admin acts that log in)."""
-    from strongroom.client import Client, ClientProfile, ProfileError
-
-    directory = _directory(args)
-    try:
-        profile = ClientProfile.load(directory / "client.json")
-        if operator:
-            profile = profile.as_operator()
-    except ProfileError as exc:
-        raise CliError(str(exc)) from None
-    node = None
-    if getattr(args, "node", None):
-        node = next((n for n in profile.nodes if n.node_id == args.node), None)
-        if node is None:
-            raise CliError(f"{directory} lists no node {args.node!r} (see `strongroom status`)")
-    return Client(profile, node, timeout=120)
-
-
-def _local(action: Any) -> Any:
-    from strongroom.local.cluster import LocalClusterError
-
-    try:
-        return action()
-    except LocalClusterError as exc:
-        raise CliError(str(exc)) from None
-
-
 # --- initialization -----------------------------------------------------------------
 
 
 def cmd_init(args: argparse.Namespace, _ctx: Any) -> None:
-    with _operator_client(args, operator=False) as client:
+    with node_client(args, operator=False) as client:
         result = client.cluster_initialize(args.name)
     if args.out:
         Path(args.out).write_text(result["csr"])
@@ -86,7 +50,7 @@ def cmd_initialize(args: argparse.Namespace, _ctx: Any) -> None:
     custodians = [_read(path, "custodian public key").decode(errors="replace") for path in args.custodian or []]
     if custodians and not args.shares_dir:
         raise CliError("give --shares-dir DIR: the encrypted recovery shares are shown only once")
-    with _operator_client(args, operator=False) as client:
+    with node_client(args, operator=False) as client:
         result = client.cluster_install_certificate(certificate, anchor, custodians, args.threshold or 0)
     files = []
     if result["shares"]:
@@ -134,14 +98,14 @@ def cmd_sign_csr(args: argparse.Namespace, _ctx: Any) -> None:
 def _catalog(args: argparse.Namespace) -> Any:
     from strongroom.backup import BackupCatalog
 
-    return BackupCatalog(_directory(args) / "backups")
+    return BackupCatalog(directory(args) / "backups")
 
 
 def cmd_backup_create(args: argparse.Namespace, _ctx: Any) -> None:
     from strongroom.backup import BackupError, decode_backup
     from strongroom.seal import write_private_file
 
-    with _operator_client(args) as client:
+    with node_client(args) as client:
         _header, data = client.backup_create()
     try:
         backup = decode_backup(data)
@@ -233,18 +197,16 @@ def _check_signature(backup: Any, anchor_pem: bytes) -> str:
 def cmd_backup_restore(args: argparse.Namespace, _ctx: Any) -> None:
     from strongroom.local.restore import restore
 
-    from strongroom.cli.hsm import _admin_pin
-
-    summary = _local(lambda: restore(Path(args.backup), _directory(args), from_dir=Path(args.from_dir),
+    summary = local(lambda: restore(Path(args.backup), directory(args), from_dir=Path(args.from_dir),
                                      ca_cert=_path(args.ca_cert), ca_key=_path(args.ca_key), workers=args.workers,
-                                     admin=_admin_pin()))
+                                     admin=admin_pin()))
     emit(summary, as_json=args.json, text=_restored_text(summary))
 
 
 def cmd_recover(args: argparse.Namespace, _ctx: Any) -> None:
     from strongroom.local.restore import restore
 
-    summary = _local(lambda: restore(Path(args.backup), _directory(args), shares=[Path(s) for s in args.share],
+    summary = local(lambda: restore(Path(args.backup), directory(args), shares=[Path(s) for s in args.share],
                                      ca_cert=_path(args.ca_cert), ca_key=_path(args.ca_key), workers=args.workers))
     emit(summary, as_json=args.json, text=_restored_text(summary))
 

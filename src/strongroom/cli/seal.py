@@ -11,18 +11,11 @@ the other nodes keep serving.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
+from strongroom.cli.common import directory
 from strongroom.cli.output import CliError, emit
-
-
-def _directory(args: argparse.Namespace) -> Path:
-    directory = getattr(args, "dir", None) or os.environ.get("STRONGROOM_DIR")
-    if not directory:
-        raise CliError("give the cluster directory with --dir DIR (or set STRONGROOM_DIR)")
-    return Path(directory)
 
 
 def _plain_share(args: argparse.Namespace) -> Any:
@@ -51,11 +44,11 @@ def _plain_share(args: argparse.Namespace) -> Any:
         raise CliError(str(exc)) from None
 
 
-def _node_statuses(directory: Path, operator: bool = True) -> list[tuple[Any, dict[str, Any] | None]]:
+def _node_statuses(root: Path, operator: bool = True) -> list[tuple[Any, dict[str, Any] | None]]:
     from strongroom.client import Client, ClientError, ClientProfile, ProfileError
 
     try:
-        profile = ClientProfile.load(directory / "client.json")
+        profile = ClientProfile.load(root / "client.json")
         if operator:
             profile = profile.as_operator()
     except ProfileError as exc:
@@ -76,12 +69,12 @@ def cmd_unseal(args: argparse.Namespace, _ctx: Any) -> None:
     from strongroom.seal.shares import UnsealRefused, box_share
 
     harden_process()  # a decrypted share is about to be in this process's memory
-    directory = _directory(args)
-    statuses = _node_statuses(directory)
+    root = directory(args)
+    statuses = _node_statuses(root)
     if args.node:
         targets = [n for n, _s in statuses if n.node_id == args.node]
         if not targets:
-            raise CliError(f"{directory} lists no node {args.node!r}")
+            raise CliError(f"{root} lists no node {args.node!r}")
     else:
         targets = [n for n, s in statuses if s is not None and s.get("state") == "sealed"][:1]
         if not targets:
@@ -89,7 +82,7 @@ def cmd_unseal(args: argparse.Namespace, _ctx: Any) -> None:
     node = targets[0]
     share = _plain_share(args)
     try:
-        profile = ClientProfile.load(directory / "client.json").as_operator()
+        profile = ClientProfile.load(root / "client.json").as_operator()
         with Client(profile, node, timeout=30) as client:
             attempt = client.call("node.unseal_begin")
             result = client.call("node.unseal_submit", **box_share(attempt, share))
@@ -104,7 +97,7 @@ def cmd_unseal(args: argparse.Namespace, _ctx: Any) -> None:
 
 def cmd_status(args: argparse.Namespace, _ctx: Any) -> None:
     rows = []
-    for node, status in _node_statuses(_directory(args)):
+    for node, status in _node_statuses(directory(args)):
         seal = (status or {}).get("seal") or {}
         rows.append({"id": node.node_id, "state": (status or {}).get("state", "unreachable"),
                      "seal": seal.get("type"), "seal_state": seal.get("state"), "detail": seal.get("detail")})
@@ -124,7 +117,7 @@ def cmd_migrate(args: argparse.Namespace, _ctx: Any) -> None:
             raise CliError(f"--seal-option takes KEY=VALUE, not {item!r}")
         options[name] = value
     try:
-        result = migrate(_directory(args), args.node, args.to, options)
+        result = migrate(directory(args), args.node, args.to, options)
     except LocalClusterError as exc:
         raise CliError(str(exc)) from None
     emit(result, as_json=args.json,

@@ -6,6 +6,7 @@ See :mod:`strongroom.seal.base`.
 from strongroom.seal.base import (
     CLUSTER_KEY_BYTES,
     FRESHNESS_FILE,
+    KEK_FILE,
     SEAL_FILE,
     SEAL_TYPES,
     SHARES,
@@ -31,7 +32,6 @@ from strongroom.seal.base import (
     write_private_file,
     zeroized,
 )
-from strongroom.seal.file import KEK_FILE
 
 __all__ = [
     "CLUSTER_KEY_BYTES", "FRESHNESS_FILE", "KEK_FILE", "SEAL_FILE", "SEAL_TYPES", "SHARES", "ZEROIZED_FILE",

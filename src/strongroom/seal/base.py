@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 SEAL_FORMAT = 2
 SEAL_FILE = "cluster.seal"
+#: The ``file`` seal's key-encryption key, beside the seal (strongroom.seal.file).
+KEK_FILE = "seal.key"
 #: Left by hsm.zeroize: the node must not start again until it rejoins a cluster.
 ZEROIZED_FILE = "zeroized"
 #: The node's store high-water mark (see strongroom.node.freshness); it goes with the seal it belongs to.
@@ -355,8 +357,6 @@ def destroy_seal(node_dir: Path) -> None:
         except SealError:
             pass  # the seal file goes anyway: without it the KEK opens nothing
     overwrite_and_remove(node_dir / SEAL_FILE)
-    from strongroom.seal.file import KEK_FILE
-
     overwrite_and_remove(node_dir / KEK_FILE)  # a file seal's KEK, even when the document was unreadable
 
 

@@ -11,10 +11,16 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from strongroom.seal.base import KEK_BYTES, KekProvider, SealedIdentity, SealError, overwrite_and_remove, register
-from strongroom.seal.base import write_private_file
-
-KEK_FILE = "seal.key"
+from strongroom.seal.base import (
+    KEK_BYTES,
+    KEK_FILE,
+    KekProvider,
+    SealedIdentity,
+    SealError,
+    overwrite_and_remove,
+    register,
+    write_private_file,
+)
 WARNING = ("seal type 'file': the key-encryption key lies beside the sealed cluster key; anyone who can read "
            "this node's directory can read every key (local development only; use tpm, kms, pkcs11 or shares)")
 

@@ -1,0 +1,61 @@
+"""What the command groups share: the cluster directory, the admin PIN, a connection to one node."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from strongroom.cli.output import CliError
+
+T = TypeVar("T")
+
+
+def directory(args: argparse.Namespace) -> Path:
+    """``--dir``, else ``STRONGROOM_DIR``; a CLI error saying what to pass otherwise."""
+    path = getattr(args, "dir", None) or os.environ.get("STRONGROOM_DIR")
+    if not path:
+        raise CliError("give the cluster directory with --dir DIR (or set STRONGROOM_DIR)")
+    return Path(path)
+
+
+def admin_pin() -> tuple[str, str] | None:
+    """``STRONGROOM_PIN=user:password`` (CloudHSM's CLOUDHSM_PIN), or None."""
+    pin = os.environ.get("STRONGROOM_PIN")
+    if not pin or ":" not in pin:
+        return None
+    username, _, password = pin.partition(":")
+    return username, password
+
+
+def node_client(args: argparse.Namespace, *, operator: bool = True) -> Any:
+    """A connection to one node (``--node``, else the first), no login: with the directory's operator
+    certificate (operator acts: backups, zeroize), or with ``operator=False`` its application-host
+    certificate (the customer's set-up steps and admin acts that log in)."""
+    from strongroom.client import Client, ClientProfile, ProfileError
+
+    root = directory(args)
+    try:
+        profile = ClientProfile.load(root / "client.json")
+        if operator:
+            profile = profile.as_operator()
+    except ProfileError as exc:
+        raise CliError(str(exc)) from None
+    node = None
+    if getattr(args, "node", None):
+        node = next((n for n in profile.nodes if n.node_id == args.node), None)
+        if node is None:
+            raise CliError(f"{root} lists no node {args.node!r} (see `strongroom status`)")
+    return Client(profile, node, timeout=120)
+
+
+def local(action: Callable[[], T]) -> T:
+    """Run a local-cluster action; its refusals become CLI errors."""
+    from strongroom.local.cluster import LocalClusterError
+
+    try:
+        return action()
+    except LocalClusterError as exc:
+        raise CliError(str(exc)) from None
