@@ -371,8 +371,12 @@ def _tool_help() -> str:
 def test_aes_gcm_round_trip(tool: Tool, known: Known) -> None:
     usage = _tool_help()
     if "--aad" not in usage or "--tag-bits-len" not in usage:
-        pytest.skip("this pkcs11-tool (OpenSC < 0.24) has no AES-GCM (--aad, --tag-bits-len); "
-                    "GCM is covered through python-pkcs11 and PyKCS11")
+        # Debian 12's OpenSC 0.23 cannot pass GCM parameters (--aad/--tag-bits-len arrived in 0.24): what it
+        # can check is that the token offers AES-GCM for encryption and decryption. The round trip itself
+        # runs through python-pkcs11 and PyKCS11; with a newer pkcs11-tool it runs here too.
+        listed = [line for line in tool.run("--list-mechanisms", login=False).splitlines() if "AES-GCM" in line]
+        assert listed and "encrypt" in listed[0] and "decrypt" in listed[0], listed
+        return
     data, iv, aad = os.urandom(61), os.urandom(12), b"header"
     args = ["--iv", iv.hex(), "--aad", aad.hex(), "--tag-bits-len", "128"]
     sealed = tool.cipher("encrypt", known.aes_id, "AES-GCM", data, *args)
