@@ -3,7 +3,10 @@
 
 Run after upgrading the header (Debian package libp11-kit-dev):
     python3 scripts/gen_constants.py [/usr/include/p11-kit-1/p11-kit/pkcs11.h]
-tests/unit/test_constants.py checks that the committed file matches the header.
+It overwrites the file; `git diff src/strongroom/constants.py` then shows what the new header
+changed (nothing, on the header the committed file was made from). No test runs this: a header
+update is a deliberate step. Return codes (CKR_*) are not generated: they live, with the errors
+that carry them, in src/strongroom/errors.py.
 """
 
 from __future__ import annotations

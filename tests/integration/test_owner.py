@@ -25,7 +25,7 @@ from strongroom.client import Client, ClientError, ClientProfile
 from strongroom.constants import CKA, CKM, CKO
 from strongroom.errors import CKR
 from strongroom.mechanisms import ec as ec_mech
-from strongroom.node.identity import ClusterIdentity
+from strongroom.services.identity import ClusterIdentity
 from strongroom.recovery import decrypt_share, load_custodian_key, split_cluster_key
 
 from .conftest import LocalCluster, group_members

@@ -24,7 +24,7 @@ from strongroom import pki
 from strongroom.client import Client, ClientError, ClientProfile
 from strongroom.constants import CKA, CKM
 from strongroom.errors import CKR
-from strongroom.node.join import JoinKeyPair
+from strongroom.services.join import JoinKeyPair
 
 from .conftest import LocalCluster, group_members
 

@@ -23,7 +23,7 @@ from strongroom.audit import AuditLog, verify
 from strongroom.audit.heads import first_record, head_problem, head_value, record_at
 from strongroom.barrier import Barrier, Write
 from strongroom.barrier.barrier import STORE_INTEGRITY_PURPOSE, derive_subkey
-from strongroom.node.freshness import (
+from strongroom.services.freshness import (
     EPOCH_KEY,
     Freshness,
     FreshnessError,

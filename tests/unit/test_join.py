@@ -22,9 +22,9 @@ from strongroom import pki
 from strongroom.audit import AuditLog
 from strongroom.dispatch import ops  # noqa: F401  (registers the operations)
 from strongroom.errors import CKR
-from strongroom.node.config import NodeConfig
+from strongroom.services.config import NodeConfig
 from strongroom.client import ClientError
-from strongroom.node.join import JoinError, JoinKeyPair, fetch_cluster_key, open_cluster_key, seal_for_newcomer
+from strongroom.services.join import JoinError, JoinKeyPair, fetch_cluster_key, open_cluster_key, seal_for_newcomer
 from strongroom.node.selftest import SelfTestReport
 from strongroom.node.services import NodeServices
 from strongroom.store.sqlite import SqliteStore

@@ -4,7 +4,7 @@ A hash chain shows any edit, removal or insertion, but not that the *newest*
 records were cut off the end: the shorter log is a valid chain. So each node
 records its log's head (``seq``, ``hash``, ``boot``, and ``first``, the hash of
 its first record, which names the log) in the store through the barrier, every
-few seconds and at clean shutdown (:mod:`strongroom.node.freshness`).
+few seconds and at clean shutdown (:mod:`strongroom.services.freshness`).
 ``strongroom audit verify --dir`` then compares each log with the head its node
 recorded (:func:`head_problem`): a log that ends before the recorded seq, or
 whose record at that seq has another hash, was truncated or rewritten.

@@ -141,7 +141,7 @@ def cmd_status(args: argparse.Namespace, _ctx: Context) -> None:
 
 
 def cmd_node_serve(args: argparse.Namespace, _ctx: Context) -> None:
-    from strongroom.node.config import ConfigError
+    from strongroom.services.config import ConfigError
     from strongroom.node.main import serve
 
     try:

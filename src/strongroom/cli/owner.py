@@ -175,7 +175,7 @@ def _check_signature(backup: Any, anchor_pem: bytes) -> str:
     from cryptography import x509
 
     from strongroom import pki
-    from strongroom.node.identity import verify_digest_signature
+    from strongroom.services.identity import verify_digest_signature
 
     if not backup.signature:
         raise CliError("the backup is not signed: it cannot be shown to come from the cluster")

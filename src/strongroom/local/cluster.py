@@ -37,7 +37,7 @@ from strongroom.seal import write_private_file
 from strongroom.client import Client, ClientError, ClientProfile, NodeAddress
 from strongroom.local import etcd
 from strongroom.errors import CKR
-from strongroom.node.config import BackupPolicy, NodeConfig
+from strongroom.services.config import BackupPolicy, NodeConfig
 from strongroom.seal import SHARES, SealSettings
 
 HOST = "127.0.0.1"

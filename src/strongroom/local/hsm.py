@@ -3,7 +3,7 @@
 ``add_node`` gives a new node its own certificate from the (stand-in) customer CA,
 has an admin enroll that certificate (``hsm.enroll``: the admin's credentials come from
 ``STRONGROOM_PIN``), starts the node — which receives the cluster key from a running node
-through the authenticated key exchange of :mod:`strongroom.node.join` — and lists it in
+through the authenticated key exchange of :mod:`strongroom.services.join` — and lists it in
 ``client.json``. ``remove_node`` revokes the node's certificate through another
 node (``hsm.revoke``, an operator act made with the operator's client
 certificate), stops the node, zeroizes its sealed key and unlists it. A removed
@@ -33,7 +33,7 @@ from strongroom.local.cluster import (
     enroll_nodes,
     wait_for_key,
 )
-from strongroom.node.config import ConfigError, NodeConfig
+from strongroom.services.config import ConfigError, NodeConfig
 
 ZONES = "abcdefghijklmnopqrstuvwxyz"
 _NODE_ID = re.compile(r"node(\d+)")

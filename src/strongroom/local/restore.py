@@ -38,8 +38,8 @@ from strongroom.seal import SealedIdentity, SealError, destroy_seal, seal_cluste
 from strongroom.client import ClientProfile, ProfileError
 from strongroom.local import cluster
 from strongroom.local.cluster import Layout, LocalClusterError
-from strongroom.node.config import NodeConfig
-from strongroom.node.identity import IDENTITY_KEY, ClusterIdentity, verify_digest_signature
+from strongroom.services.config import NodeConfig
+from strongroom.services.identity import IDENTITY_KEY, ClusterIdentity, verify_digest_signature
 from strongroom.recovery import PlainShare, RecoveryError, combine_shares
 from strongroom.store.base import MAX_COMMIT_OPERATIONS, Put, Record
 
@@ -95,7 +95,7 @@ def _key_from_old_cluster(old: Layout, config: NodeConfig, admin: tuple[str, str
     enrollment is useless once this process ends.
     """
     from strongroom.client import ClientError
-    from strongroom.node.join import fetch_cluster_key
+    from strongroom.services.join import fetch_cluster_key
 
     if admin is None:
         raise LocalClusterError(f"the nodes of {old.root} give the cluster key only to an enrolled node: set "

@@ -24,7 +24,7 @@ from strongroom.local.cluster import (
     stop_processes,
     wait_for_key,
 )
-from strongroom.node.config import ConfigError, NodeConfig
+from strongroom.services.config import ConfigError, NodeConfig
 from strongroom.seal import SHARES, SealError, SealSettings, seal_info
 
 

@@ -46,7 +46,7 @@ SEAL_FILE = "cluster.seal"
 KEK_FILE = "seal.key"
 #: Left by hsm.zeroize: the node must not start again until it rejoins a cluster.
 ZEROIZED_FILE = "zeroized"
-#: The node's store high-water mark (see strongroom.node.freshness); it goes with the seal it belongs to.
+#: The node's store high-water mark (see strongroom.services.freshness); it goes with the seal it belongs to.
 FRESHNESS_FILE = "store.freshness"
 CLUSTER_KEY_BYTES = 32
 KEK_BYTES = 32

@@ -21,7 +21,7 @@ under a key derived from the cluster key (``Store.enable_integrity``):
   that is not the one the store last wrote, or present where the index says deleted (or the
   reverse), is refused with :class:`StoreTampered`.
 * **An origin.** Integrity starts once per store, with a random ``origin`` bound into the
-  state MAC; the node remembers it in its high-water mark (node/freshness.py), so deleting
+  state MAC; the node remembers it in its high-water mark (services/freshness.py), so deleting
   the digest to make the store start over is seen.
 
 What this does not do: a process keeps no memory across restarts, so putting back a whole
