@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from strongroom.cli.common import admin_pin, directory, local, node_client
+from strongroom.cli.context import AddCommand, Context
 from strongroom.cli.output import CliError, emit
 
 
-def cmd_add(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_add(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.local.hsm import add_node
 
     node = local(lambda: add_node(directory(args), args.zone, admin=admin_pin()))
@@ -19,7 +20,7 @@ def cmd_add(args: argparse.Namespace, _ctx: Any) -> None:
          text=f"added {node['id']} (zone {node['zone']}) at {node['address']}, pid {node['pid']}")
 
 
-def cmd_remove(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_remove(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.local.hsm import remove_node
 
     result = local(lambda: remove_node(directory(args), args.id))
@@ -27,7 +28,7 @@ def cmd_remove(args: argparse.Namespace, _ctx: Any) -> None:
          text=f"removed {result['id']}: certificate {result['serial']} revoked, node stopped, sealed key destroyed")
 
 
-def cmd_enroll(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_enroll(args: argparse.Namespace, _ctx: Context) -> None:
     """An admin allows a node certificate to receive the cluster key (for nodes on other hosts)."""
     admin = admin_pin()
     if admin is None:
@@ -59,7 +60,7 @@ def cmd_zeroize(args: argparse.Namespace, ctx: Any) -> None:
          text=f"node {result['node_id']} zeroized: its cluster key is destroyed and it has stopped")
 
 
-def register(sub: Any, add: Any) -> None:
+def register(sub: Any, add: AddCommand) -> None:
     group = sub.add_parser("hsm", help="add or remove nodes of a local cluster (operator)").add_subparsers(
         dest="hsm_command", required=True, metavar="HSM_COMMAND")
     p = add(group, "add", cmd_add,

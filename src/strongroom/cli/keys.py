@@ -21,18 +21,16 @@ from __future__ import annotations
 import argparse
 import base64
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from strongroom.cli.context import AddCommand, Context, Handler
 from strongroom.cli.output import CliError, emit, table
 from strongroom.client import Client, ClientError
 from strongroom.constants import CKA, CKG, CKK, CKM, CKO
 from strongroom.errors import HsmError
-
-if TYPE_CHECKING:
-    from strongroom.cli.main import Context
 
 #: One node call carries at most this much data (mechanisms.base.MAX_DATA); larger inputs
 #: go through the multi-part calls in chunks of CHUNK bytes.
@@ -582,7 +580,7 @@ def _p11_session(client: Client) -> int:
     return handle
 
 
-def _safe(handler: Callable[[argparse.Namespace, Context], None]) -> Callable[[argparse.Namespace, Context], None]:
+def _safe(handler: Handler) -> Handler:
     """Local failures (a bad PEM, a curve we do not know …) become one-line CLI errors too."""
 
     @functools.wraps(handler)
@@ -684,7 +682,7 @@ def cmd_key_delete(args: argparse.Namespace, ctx: Context) -> None:
          text=f"deleted {_ref(view['handle'])} ({_class_name(view['class'])} {view['label']!r})")
 
 
-def _sharing(share: bool) -> Callable[[argparse.Namespace, Context], None]:
+def _sharing(share: bool) -> Handler:
     @_safe
     def handler(args: argparse.Namespace, ctx: Context) -> None:
         client = ctx.logged_in(args)
@@ -862,7 +860,7 @@ def _run(client: Client, kind: str, mech: Mech, handle: int, data: bytes, params
             pass
 
 
-def _crypto(kind: str) -> Callable[[argparse.Namespace, Context], None]:
+def _crypto(kind: str) -> Handler:
     @_safe
     def handler(args: argparse.Namespace, ctx: Context) -> None:
         mech = mechanism(args.mechanism, kind)
@@ -903,8 +901,6 @@ def _crypto(kind: str) -> Callable[[argparse.Namespace, Context], None]:
 
 
 # --- parser ---------------------------------------------------------------------------------------
-
-AddCommand = Callable[[Any, str, Callable[[argparse.Namespace, "Context"], None], str], argparse.ArgumentParser]
 
 FILTER_HELP = "attr.NAME=VALUE ... or key-reference=0x... (names: " + ", ".join(ATTRIBUTES) + ")"
 ATTRIBUTES_HELP = "NAME=VALUE ... (names: " + ", ".join(ATTRIBUTES) + ")"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from strongroom.cli.common import directory
+from strongroom.cli.context import AddCommand, Context
 from strongroom.cli.output import CliError, emit, table
 
 
@@ -33,7 +34,7 @@ def _local(action: Any) -> Any:
         raise CliError(str(exc)) from None
 
 
-def cmd_serve(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_serve(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.kms import local
     from strongroom.kms.server import serve
 
@@ -48,7 +49,7 @@ def cmd_serve(args: argparse.Namespace, _ctx: Any) -> None:
     raise SystemExit(serve(root / local.CONFIG_FILE))
 
 
-def cmd_setup(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_setup(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.kms import local
 
     root = directory(args).resolve()
@@ -61,7 +62,7 @@ def cmd_setup(args: argparse.Namespace, _ctx: Any) -> None:
               f"configuration {root / local.CONFIG_FILE}")
 
 
-def cmd_start(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_start(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.kms.local import start_gateway
 
     root = directory(args)
@@ -71,7 +72,7 @@ def cmd_start(args: argparse.Namespace, _ctx: Any) -> None:
     emit(result, as_json=args.json, text=f"KMS endpoint {result['kms_endpoint']} (pid {result['kms_pid']}){trust}")
 
 
-def cmd_stop(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_stop(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.kms.local import stop_gateway
 
     pid = stop_gateway(directory(args))
@@ -114,7 +115,7 @@ INSECURE_HELP = ("serve plain HTTP instead of HTTPS (tests, or a TLS proxy on th
                  "about it in its log")
 
 
-def register(sub: Any, add: Any) -> None:
+def register(sub: Any, add: AddCommand) -> None:
     group = sub.add_parser("kms", help="the KMS-compatible API: gateway and access keys").add_subparsers(
         dest="kms_command", required=True, metavar="KMS_COMMAND")
     p = add(group, "serve", cmd_serve, "run the KMS gateway in the foreground (--config F, or --dir DIR)")

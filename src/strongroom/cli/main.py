@@ -14,73 +14,14 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from strongroom.hardening import harden_process
+from strongroom.cli.common import local
+from strongroom.cli.context import Context, Handler
 from strongroom.cli.output import CliError, emit, emit_error, table
 from strongroom.client import Client, ClientError, ProfileError
-
-Handler = Callable[[argparse.Namespace, "Context"], None]
-
-
-class Context:
-    """What a command needs: where the cluster is and, lazily, a logged-in client."""
-
-    def __init__(self, interactive: bool = False) -> None:
-        self.interactive = interactive
-        self.client: Client | None = None
-        self.directory: Path | str | None = None
-
-    def connect(self, args: argparse.Namespace) -> Client:
-        """``--dir`` talks to a node directly (operator/admin tooling, needs the client certificate);
-        otherwise the host's agent (``STRONGROOM_AGENT_SOCKET``), else ``STRONGROOM_DIR``."""
-        explicit = getattr(args, "dir", None)
-        agent = os.environ.get("STRONGROOM_AGENT_SOCKET")
-        target: Path | str | None
-        if explicit:
-            target = Path(explicit)
-        elif agent:
-            target = agent
-        elif os.environ.get("STRONGROOM_DIR"):
-            target = Path(os.environ["STRONGROOM_DIR"])
-        else:
-            raise CliError("no cluster given: set STRONGROOM_AGENT_SOCKET (source the env file of `strongroom up`) "
-                           "or pass --dir DIR")
-        if self.client is None or self.directory != target:
-            if self.client is not None:
-                self.client.close()
-            try:
-                self.client = Client.from_agent(target) if isinstance(target, str) else Client.from_dir(target)
-            except ProfileError as exc:
-                raise CliError(str(exc)) from None
-            self.directory = target
-        return self.client
-
-    def logged_in(self, args: argparse.Namespace) -> Client:
-        client = self.connect(args)
-        if client.session is not None:
-            return client
-        if self.interactive:
-            raise CliError("log in first: login --username NAME --role admin|crypto-user")
-        pin = os.environ.get("STRONGROOM_PIN")
-        if not pin or ":" not in pin:
-            raise CliError("set STRONGROOM_PIN=username:password (and STRONGROOM_ROLE if needed) to run this command")
-        username, _, password = pin.partition(":")
-        client.login(username, password, os.environ.get("STRONGROOM_ROLE") or None)
-        return client
-
-    def close(self) -> None:
-        if self.client is not None:
-            if not self.interactive:
-                try:
-                    self.client.logout()
-                except ClientError:
-                    pass
-            self.client.close()
-            self.client = None
-
+from strongroom.hardening import harden_process
 
 # --- commands -------------------------------------------------------------------------
 
@@ -102,7 +43,7 @@ def cmd_up(args: argparse.Namespace, _ctx: Context) -> None:
             seal = SealSettings(args.seal or "file", options)
         except SealError as exc:
             raise CliError(str(exc)) from None
-    summary = _local(lambda: cluster.up(
+    summary = local(lambda: cluster.up(
         Path(args.dir), nodes=args.nodes, workers=args.workers, ca_cert=args.ca_cert and Path(args.ca_cert),
         ca_key=args.ca_key and Path(args.ca_key), initialize=not args.no_initialize, kms=args.kms, seal=seal,
         custodians=[Path(c) for c in args.custodian or []], threshold=args.threshold))
@@ -113,7 +54,7 @@ def cmd_up(args: argparse.Namespace, _ctx: Context) -> None:
 def cmd_down(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.local import cluster
 
-    result = _local(lambda: cluster.down(Path(args.dir)))
+    result = local(lambda: cluster.down(Path(args.dir)))
     stopped = ", ".join(f"{n['id']} (pid {n['pid']})" for n in result["stopped"]) or "nothing was running"
     emit(result, as_json=args.json, text=f"stopped: {stopped}")
 
@@ -121,7 +62,7 @@ def cmd_down(args: argparse.Namespace, _ctx: Context) -> None:
 def cmd_status(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.local import cluster
 
-    result = _local(lambda: cluster.status(Path(args.dir)))
+    result = local(lambda: cluster.status(Path(args.dir)))
     text = f"cluster {result['cluster_name']}: {'healthy' if result['healthy'] else 'NOT healthy'}\n"
     text += table(result["nodes"], ["id", "zone", "address", "pid", "health", "state", "seal", "error"])
     if any(n.get("seal") == "file" for n in result["nodes"]):
@@ -360,15 +301,6 @@ def _ask_password(prompt: str) -> str:
     if not sys.stdin.isatty():
         raise CliError("give the password with --password (no terminal to ask on)")
     return getpass.getpass(prompt)
-
-
-def _local(action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    from strongroom.local.cluster import LocalClusterError
-
-    try:
-        return action()
-    except LocalClusterError as exc:
-        raise CliError(str(exc)) from None
 
 
 def _json_text(value: Any) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from strongroom.cli.common import admin_pin, directory, local, node_client
+from strongroom.cli.context import AddCommand, Context
 from strongroom.cli.output import CliError, emit, table
 
 
@@ -31,7 +32,7 @@ def _read(path: str, what: str) -> bytes:
 # --- initialization -----------------------------------------------------------------
 
 
-def cmd_init(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_init(args: argparse.Namespace, _ctx: Context) -> None:
     with node_client(args, operator=False) as client:
         result = client.cluster_initialize(args.name)
     if args.out:
@@ -42,7 +43,7 @@ def cmd_init(args: argparse.Namespace, _ctx: Any) -> None:
                + "\nSign it with your CA, then: strongroom cluster initialize --signed-cert CERT --trust-anchor CA"))
 
 
-def cmd_initialize(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_initialize(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.seal import write_private_file
 
     certificate = _read(args.signed_cert, "certificate").decode(errors="replace")
@@ -77,7 +78,7 @@ def cmd_initialize(args: argparse.Namespace, _ctx: Any) -> None:
     emit(data, as_json=args.json, text=text)
 
 
-def cmd_sign_csr(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_sign_csr(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom import pki
 
     try:
@@ -101,7 +102,7 @@ def _catalog(args: argparse.Namespace) -> Any:
     return BackupCatalog(directory(args) / "backups")
 
 
-def cmd_backup_create(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_backup_create(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.backup import BackupError, decode_backup
     from strongroom.seal import write_private_file
 
@@ -130,7 +131,7 @@ def _entry(entry: Any) -> dict[str, Any]:
             "revision": entry.revision, "trigger": entry.trigger, "size": entry.size, "file": str(entry.path)}
 
 
-def cmd_backup_list(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_backup_list(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.backup import BackupError
 
     try:
@@ -142,7 +143,7 @@ def cmd_backup_list(args: argparse.Namespace, _ctx: Any) -> None:
          else "no backups")
 
 
-def cmd_backup_delete(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_backup_delete(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.backup import BackupError
 
     try:
@@ -152,7 +153,7 @@ def cmd_backup_delete(args: argparse.Namespace, _ctx: Any) -> None:
     emit(_entry(entry), as_json=args.json, text=f"deleted backup {entry.backup_id}")
 
 
-def cmd_backup_verify(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_backup_verify(args: argparse.Namespace, _ctx: Context) -> None:
     """Offline, without the cluster key: the checksum; with --trust-anchor also the cluster's signature."""
     from strongroom.backup import BackupError, decode_backup
 
@@ -194,7 +195,7 @@ def _check_signature(backup: Any, anchor_pem: bytes) -> str:
     return f"ok (cluster certificate {pki.fingerprint_sha256(cert)}, issued by the trust anchor)"
 
 
-def cmd_backup_restore(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_backup_restore(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.local.restore import restore
 
     summary = local(lambda: restore(Path(args.backup), directory(args), from_dir=Path(args.from_dir),
@@ -203,7 +204,7 @@ def cmd_backup_restore(args: argparse.Namespace, _ctx: Any) -> None:
     emit(summary, as_json=args.json, text=_restored_text(summary))
 
 
-def cmd_recover(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_recover(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.local.restore import restore
 
     summary = local(lambda: restore(Path(args.backup), directory(args), shares=[Path(s) for s in args.share],
@@ -225,7 +226,7 @@ def _restored_text(summary: dict[str, Any]) -> str:
 # --- recovery shares ---------------------------------------------------------------------
 
 
-def cmd_decrypt_share(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_decrypt_share(args: argparse.Namespace, _ctx: Context) -> None:
     """The custodian's step, on their own machine: open their share with their private key."""
     from strongroom.seal import write_private_file
     from strongroom.recovery import EncryptedShare, RecoveryError, decrypt_share, load_custodian_private_key
@@ -253,7 +254,7 @@ def cmd_decrypt_share(args: argparse.Namespace, _ctx: Any) -> None:
 # --- registration ---------------------------------------------------------------------------
 
 
-def register_cluster(cluster: Any, add: Any) -> None:
+def register_cluster(cluster: Any, add: AddCommand) -> None:
     p = add(cluster, "init", cmd_init, "create the cluster key and identity in the first node; prints the CSR")
     p.add_argument("--name", default="strongroom", help="cluster name (1 to 32 characters)")
     p.add_argument("--out", help="write the cluster CSR to this file")
@@ -283,7 +284,7 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="worker processes of the new node")
 
 
-def register(sub: Any, add: Any) -> None:
+def register(sub: Any, add: AddCommand) -> None:
     backup = sub.add_parser("backup", help="backups of the encrypted store (operator)").add_subparsers(
         dest="backup_command", required=True, metavar="BACKUP_COMMAND")
     p = add(backup, "create", cmd_backup_create, "take a backup now through a node (no customer credential)")

@@ -6,25 +6,20 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from strongroom.cli.context import AddCommand, Context
 from strongroom.cli.output import CliError, emit
+from strongroom.pkcs11_module import candidate_paths, find_module
 
-MODULE_NAME = "libstrongroom-pkcs11.so"
 P11KIT_SYSTEM_DIR = Path("/etc/pkcs11/modules")
 
 
-def candidate_paths() -> list[Path]:
-    """Installed wheel first (package data), then a source checkout's build folder."""
-    package = Path(__file__).resolve().parent.parent
-    return [package / "lib" / MODULE_NAME, package.parent.parent / "pkcs11" / "build" / MODULE_NAME]
-
-
 def module_path() -> Path:
-    for path in candidate_paths():
-        if path.is_file():
-            return path
-    searched = ", ".join(str(p) for p in candidate_paths())
-    raise CliError(f"the PKCS#11 module is not built (looked in {searched}); run `make -C pkcs11` "
-                   "in the source tree or reinstall the package")
+    path = find_module()
+    if path is None:
+        searched = ", ".join(str(p) for p in candidate_paths())
+        raise CliError(f"the PKCS#11 module is not built (looked in {searched}); run `make -C pkcs11` "
+                       "in the source tree or reinstall the package")
+    return path
 
 
 def p11kit_config(path: Path) -> str:
@@ -32,12 +27,12 @@ def p11kit_config(path: Path) -> str:
     return f"module: {path}\ncritical: no\ntrust-policy: no\n"
 
 
-def cmd_module_path(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_module_path(args: argparse.Namespace, _ctx: Context) -> None:
     path = module_path()
     emit({"path": str(path)}, as_json=args.json, text=str(path))
 
 
-def cmd_p11kit_config(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_p11kit_config(args: argparse.Namespace, _ctx: Context) -> None:
     text = p11kit_config(module_path())
     if args.install or args.install_dir:
         target_dir = Path(args.install_dir) if args.install_dir else P11KIT_SYSTEM_DIR
@@ -53,7 +48,7 @@ def cmd_p11kit_config(args: argparse.Namespace, _ctx: Any) -> None:
     emit({"config": text}, as_json=args.json, text=text.rstrip("\n"))
 
 
-def register(sub: Any, add: Any) -> None:
+def register(sub: Any, add: AddCommand) -> None:
     group = sub.add_parser("pkcs11", help="the PKCS#11 module").add_subparsers(
         dest="pkcs11_command", required=True, metavar="PKCS11_COMMAND")
     add(group, "module-path", cmd_module_path, "print the path of the built PKCS#11 module")

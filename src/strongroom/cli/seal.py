@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from strongroom.cli.common import directory
+from strongroom.cli.context import AddCommand, Context
 from strongroom.cli.output import CliError, emit
 
 
@@ -63,7 +64,7 @@ def _node_statuses(root: Path, operator: bool = True) -> list[tuple[Any, dict[st
     return result
 
 
-def cmd_unseal(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_unseal(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.client import Client, ClientError, ClientProfile, ProfileError
     from strongroom.hardening import harden_process
     from strongroom.seal.shares import UnsealRefused, box_share
@@ -95,7 +96,7 @@ def cmd_unseal(args: argparse.Namespace, _ctx: Any) -> None:
     emit(result, as_json=args.json, text=text)
 
 
-def cmd_status(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_status(args: argparse.Namespace, _ctx: Context) -> None:
     rows = []
     for node, status in _node_statuses(directory(args)):
         seal = (status or {}).get("seal") or {}
@@ -106,7 +107,7 @@ def cmd_status(args: argparse.Namespace, _ctx: Any) -> None:
     emit({"nodes": rows}, as_json=args.json, text=table(rows, ["id", "state", "seal", "seal_state", "detail"]))
 
 
-def cmd_migrate(args: argparse.Namespace, _ctx: Any) -> None:
+def cmd_migrate(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.local.cluster import LocalClusterError
     from strongroom.local.seal import migrate
 
@@ -124,7 +125,7 @@ def cmd_migrate(args: argparse.Namespace, _ctx: Any) -> None:
          text=f"node {result['id']}: seal migrated from {result['from']} to {result['to']} (pid {result['pid']})")
 
 
-def register(sub: Any, add: Any) -> None:
+def register(sub: Any, add: AddCommand) -> None:
     p = add(sub, "unseal", cmd_unseal, "submit one custodian's recovery share to a sealed node (shares seal)")
     p.add_argument("--share", required=True,
                    help="the share: decrypted (recovery decrypt-share) or encrypted with --key")

@@ -37,6 +37,7 @@ from strongroom.seal import write_private_file
 from strongroom.client import Client, ClientError, ClientProfile, NodeAddress
 from strongroom.local import etcd
 from strongroom.errors import CKR
+from strongroom.pkcs11_module import find_module
 from strongroom.services.config import BackupPolicy, NodeConfig
 from strongroom.seal import SHARES, SealSettings
 
@@ -456,7 +457,8 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
     except AgentStartError as exc:
         raise LocalClusterError(str(exc)) from None
     agent_socket = str(socket_path(layout.root))
-    module = _module_path()
+    found = find_module()
+    module = None if found is None else str(found)
     env_lines = [
         f"export STRONGROOM_DIR={layout.root}",
         f"export STRONGROOM_AGENT_SOCKET={agent_socket}",
@@ -657,15 +659,6 @@ def status(directory: Path) -> dict[str, Any]:
         result["kms"] = gateway_status(layout.root)
         result["healthy"] = healthy and result["kms"]["health"] == "running"
     return result
-
-
-def _module_path() -> str | None:
-    from strongroom.cli.pkcs11 import candidate_paths
-
-    for path in candidate_paths():
-        if path.is_file():
-            return str(path)
-    return None
 
 
 __all__ = ["CKR", "Layout", "LocalClusterError", "down", "status", "up"]
