@@ -29,9 +29,6 @@ IDEMPOTENT = frozenset({
     "crypto.encrypt", "crypto.decrypt", "crypto.digest", "random.generate",
 })
 
-_MULTIPART = tuple(f"crypto.{kind}_{step}" for kind in ("encrypt", "decrypt", "sign", "verify", "digest")
-                   for step in ("init", "single", "update", "final"))
-
 #: What an SDK/CLI client on this host may ask of a node through the agent: the customer's users'
 #: operations (log in, manage users, keys and objects, cryptography) and status. Nothing else goes
 #: through: not initialization or activation (whoever opens the socket first must not become the
@@ -46,7 +43,11 @@ ALLOWED = frozenset({
     "object.destroy", "object.copy", "object.share", "object.unshare",
     "key.generate", "key.generate_pair", "key.wrap", "key.unwrap", "key.derive",
     "crypto.encrypt", "crypto.decrypt", "crypto.sign", "crypto.verify", "crypto.digest", "crypto.cancel",
-    *_MULTIPART,
+    "crypto.encrypt_init", "crypto.encrypt_single", "crypto.encrypt_update", "crypto.encrypt_final",
+    "crypto.decrypt_init", "crypto.decrypt_single", "crypto.decrypt_update", "crypto.decrypt_final",
+    "crypto.sign_init", "crypto.sign_single", "crypto.sign_update", "crypto.sign_final",
+    "crypto.verify_init", "crypto.verify_single", "crypto.verify_update", "crypto.verify_final",
+    "crypto.digest_init", "crypto.digest_single", "crypto.digest_update", "crypto.digest_final",
     "random.generate",
     "kms.access_key.create", "kms.access_key.list", "kms.access_key.delete",
 })

@@ -2,7 +2,10 @@
 
 ``C_<Kind>Init`` becomes ``crypto.<kind>_init`` on the session's node p11session
 (opened on first use), the single-part call ``crypto.<kind>_single``, and
-``C_<Kind>Update`` / ``C_<Kind>Final`` ``crypto.<kind>_update`` / ``_final``.
+``C_<Kind>Update`` / ``C_<Kind>Final`` ``crypto.<kind>_update`` / ``_final`` (the names are
+spelled out in :data:`NODE_OPERATIONS`). An init whose user, key, mechanism and parameter
+shape the node accepted before is only recorded here, and its single-part call goes as one
+stateless ``crypto.<kind>`` request (:attr:`~strongroom.agent.state.Operation.deferred`).
 
 Output capacity (§5.2): a computed output is kept across a size query (cap -1) or a
 too-small buffer, so the operation is neither repeated nor ended; the next call of the
@@ -26,6 +29,7 @@ lockout and audits the attempt. The agent keeps no copy of that password.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from strongroom.agent.functions.common import deliver, ensure_binding, in_session, require_user, stateless
@@ -38,7 +42,35 @@ from strongroom.errors import CKR
 
 log = logging.getLogger("strongroom.agent")
 
-OUTPUT_KEY = {"encrypt": "data", "decrypt": "data", "sign": "signature", "digest": "digest"}
+
+
+@dataclass(frozen=True)
+class NodeOperations:
+    """The node operations behind one kind of PKCS#11 operation, spelled out so that a grep for one
+    (``crypto.sign_init``) finds where the agent calls it."""
+
+    init: str
+    single: str
+    update: str
+    final: str
+    #: The stateless form that carries mechanism, key and data in one request (see Operation.deferred).
+    one_request: str
+    #: The key of the reply that holds the output (verify answers none).
+    output: str
+
+
+NODE_OPERATIONS: dict[str, NodeOperations] = {
+    "encrypt": NodeOperations("crypto.encrypt_init", "crypto.encrypt_single", "crypto.encrypt_update",
+                              "crypto.encrypt_final", "crypto.encrypt", "data"),
+    "decrypt": NodeOperations("crypto.decrypt_init", "crypto.decrypt_single", "crypto.decrypt_update",
+                              "crypto.decrypt_final", "crypto.decrypt", "data"),
+    "sign": NodeOperations("crypto.sign_init", "crypto.sign_single", "crypto.sign_update",
+                           "crypto.sign_final", "crypto.sign", "signature"),
+    "verify": NodeOperations("crypto.verify_init", "crypto.verify_single", "crypto.verify_update",
+                             "crypto.verify_final", "crypto.verify", ""),
+    "digest": NodeOperations("crypto.digest_init", "crypto.digest_single", "crypto.digest_update",
+                             "crypto.digest_final", "crypto.digest", "digest"),
+}
 
 
 class OperationLost(AgentError):
@@ -57,7 +89,7 @@ async def _node_init(ctx: Context, session: Session, op: Operation) -> None:
     for attempt in (1, 2):
         binding = await ensure_binding(ctx, session)
         try:
-            body = await in_session(ctx, session, binding, f"crypto.{op.kind}_init", args)
+            body = await in_session(ctx, session, binding, NODE_OPERATIONS[op.kind].init, args)
         except StateLost:
             if attempt == 2:
                 raise
@@ -67,8 +99,8 @@ async def _node_init(ctx: Context, session: Session, op: Operation) -> None:
         return
 
 
-async def _node_step(ctx: Context, session: Session, op: Operation, step: str, args: dict[str, Any]) -> Any:
-    """One update/final/single call of ``op``, re-initializing it on a new node session if the old
+async def _node_step(ctx: Context, session: Session, op: Operation, node_op: str, args: dict[str, Any]) -> Any:
+    """One update/final/single call (``node_op``) of ``op``, re-initializing it on a new node session if the old
     one is gone and the operation has taken no update yet."""
     if op.context_login and not op.authenticated:
         raise AgentError(CKR.USER_NOT_LOGGED_IN, f"the key of this {op.kind} has CKA_ALWAYS_AUTHENTICATE: call "
@@ -86,7 +118,7 @@ async def _node_step(ctx: Context, session: Session, op: Operation, step: str, a
             await _node_init(ctx, session, op)
         assert op.binding is not None
         try:
-            return await in_session(ctx, session, op.binding, f"crypto.{op.kind}_{step}", args)
+            return await in_session(ctx, session, op.binding, node_op, args)
         except NodeError:
             op.binding = None  # a failed call ends the operation on the node
             raise
@@ -176,7 +208,8 @@ async def _deferred_single(ctx: Context, op: Operation, data: bytes, signature: 
         args["key"] = op.key
     if signature is not None:
         args["signature"] = signature
-    return await stateless(ctx, f"crypto.{op.kind}", args, handles=() if op.key is None else (op.key,))
+    return await stateless(ctx, NODE_OPERATIONS[op.kind].one_request, args,
+                           handles=() if op.key is None else (op.key,))
 
 
 async def _single(ctx: Context, handle: int, kind: str, data: bytes, cap: int) -> Result | list[Any]:
@@ -197,9 +230,9 @@ async def _single(ctx: Context, handle: int, kind: str, data: bytes, cap: int) -
             if op.deferred:
                 body = await _deferred_single(ctx, op, data)
             else:
-                body = await _node_step(ctx, session, op, "single", {"data": data})
+                body = await _node_step(ctx, session, op, NODE_OPERATIONS[kind].single, {"data": data})
             op.binding = None  # the node ended it
-            return _deliver(session, op, Pending(ctx.function, stamp, body[OUTPUT_KEY[kind]], True), cap)
+            return _deliver(session, op, Pending(ctx.function, stamp, body[NODE_OPERATIONS[kind].output], True), cap)
         except BaseException as exc:
             if _ends_operation(exc):
                 await _abort(ctx, session, op)
@@ -218,7 +251,7 @@ async def _update(ctx: Context, handle: int, kind: str, data: bytes, cap: int | 
                 if op.pending.fingerprint != stamp:
                     raise AgentError(CKR.ARGUMENTS_BAD, "call again with the same input to get the kept output")
                 return _deliver(session, op, op.pending, cap if cap is not None else -1)
-            body = await _node_step(ctx, session, op, "update", {"data": data})
+            body = await _node_step(ctx, session, op, NODE_OPERATIONS[kind].update, {"data": data})
             op.parts += 1
             if cap is None:
                 return []
@@ -239,29 +272,32 @@ async def _final(ctx: Context, handle: int, kind: str, cap: int) -> Result | lis
                 if op.pending.function != ctx.function:
                     raise AgentError(CKR.OPERATION_ACTIVE, "finish the output of the previous call first")
                 return _deliver(session, op, op.pending, cap)
-            body = await _node_step(ctx, session, op, "final", {})
+            body = await _node_step(ctx, session, op, NODE_OPERATIONS[kind].final, {})
             op.binding = None
-            return _deliver(session, op, Pending(ctx.function, stamp, body[OUTPUT_KEY[kind]], True), cap)
+            return _deliver(session, op, Pending(ctx.function, stamp, body[NODE_OPERATIONS[kind].output], True), cap)
         except BaseException as exc:
             if _ends_operation(exc):
                 await _abort(ctx, session, op)
             raise
 
 
-async def _verify(ctx: Context, handle: int, step: str, args: dict[str, Any]) -> list[Any]:
+async def _verify(ctx: Context, handle: int, *, data: bytes | None = None, signature: bytes) -> list[Any]:
+    """C_Verify (``data`` given) or C_VerifyFinal: both end the operation, whatever the outcome."""
     session = ctx.session(handle)
     async with session.lock:
         op = _current(session, "verify")
         try:
-            if step == "single" and op.parts:
+            if data is not None and op.parts:
                 raise AgentError(CKR.OPERATION_ACTIVE, "a multi-part verification is in progress")
-            if step == "single" and op.deferred:
-                await _deferred_single(ctx, op, args["data"], args["signature"])
+            if data is not None and op.deferred:
+                await _deferred_single(ctx, op, data, signature)
+            elif data is not None:
+                await _node_step(ctx, session, op, NODE_OPERATIONS["verify"].single,
+                                 {"data": data, "signature": signature})
             else:
-                await _node_step(ctx, session, op, step, args)
+                await _node_step(ctx, session, op, NODE_OPERATIONS["verify"].final, {"signature": signature})
             op.binding = None
         finally:
-            # C_Verify and C_VerifyFinal always end the operation, whatever the outcome.
             await _abort(ctx, session, op)
     return []
 
@@ -269,56 +305,104 @@ async def _verify(ctx: Context, handle: int, step: str, args: dict[str, Any]) ->
 # --- the functions ------------------------------------------------------------------------------------
 
 
-def _register(kind: str, title: str) -> None:
-    if kind == "digest":
-        async def init(ctx: Context, handle: int, mechanism: tuple[int, Any]) -> list[Any]:
-            return await _init(ctx, handle, kind, mechanism, None)
-
-        function("C_DigestInit", ULONG, MECHANISM)(init)
-    else:
-        async def init_with_key(ctx: Context, handle: int, mechanism: tuple[int, Any], key: int) -> list[Any]:
-            return await _init(ctx, handle, kind, mechanism, key)
-
-        function(f"C_{title}Init", ULONG, MECHANISM, ULONG)(init_with_key)
-
-    if kind == "verify":
-        async def verify(ctx: Context, handle: int, data: bytes, signature: bytes) -> list[Any]:
-            return await _verify(ctx, handle, "single", {"data": data, "signature": signature})
-
-        async def verify_update(ctx: Context, handle: int, data: bytes) -> Any:
-            return await _update(ctx, handle, kind, data, None)
-
-        async def verify_final(ctx: Context, handle: int, signature: bytes) -> list[Any]:
-            return await _verify(ctx, handle, "final", {"signature": signature})
-
-        function("C_Verify", ULONG, BYTES, BYTES)(verify)
-        function("C_VerifyUpdate", ULONG, BYTES)(verify_update)
-        function("C_VerifyFinal", ULONG, BYTES)(verify_final)
-        return
-
-    async def single(ctx: Context, handle: int, data: bytes, cap: int) -> Any:
-        return await _single(ctx, handle, kind, data, cap)
-
-    async def final(ctx: Context, handle: int, cap: int) -> Any:
-        return await _final(ctx, handle, kind, cap)
-
-    function(f"C_{title}", ULONG, BYTES, CAP)(single)
-    function(f"C_{title}Final", ULONG, CAP)(final)
-    if kind in ("encrypt", "decrypt"):
-        async def update_with_output(ctx: Context, handle: int, data: bytes, cap: int) -> Any:
-            return await _update(ctx, handle, kind, data, cap)
-
-        function(f"C_{title}Update", ULONG, BYTES, CAP)(update_with_output)
-    else:
-        async def update(ctx: Context, handle: int, data: bytes) -> Any:
-            return await _update(ctx, handle, kind, data, None)
-
-        function(f"C_{title}Update", ULONG, BYTES)(update)
+@function("C_EncryptInit", ULONG, MECHANISM, ULONG)
+async def encrypt_init(ctx: Context, handle: int, mechanism: tuple[int, Any], key: int) -> list[Any]:
+    return await _init(ctx, handle, "encrypt", mechanism, key)
 
 
-for _kind, _title in (("encrypt", "Encrypt"), ("decrypt", "Decrypt"), ("sign", "Sign"), ("verify", "Verify"),
-                      ("digest", "Digest")):
-    _register(_kind, _title)
+@function("C_Encrypt", ULONG, BYTES, CAP)
+async def encrypt(ctx: Context, handle: int, data: bytes, cap: int) -> Result | list[Any]:
+    return await _single(ctx, handle, "encrypt", data, cap)
+
+
+@function("C_EncryptUpdate", ULONG, BYTES, CAP)
+async def encrypt_update(ctx: Context, handle: int, data: bytes, cap: int) -> Result | list[Any]:
+    return await _update(ctx, handle, "encrypt", data, cap)
+
+
+@function("C_EncryptFinal", ULONG, CAP)
+async def encrypt_final(ctx: Context, handle: int, cap: int) -> Result | list[Any]:
+    return await _final(ctx, handle, "encrypt", cap)
+
+
+@function("C_DecryptInit", ULONG, MECHANISM, ULONG)
+async def decrypt_init(ctx: Context, handle: int, mechanism: tuple[int, Any], key: int) -> list[Any]:
+    return await _init(ctx, handle, "decrypt", mechanism, key)
+
+
+@function("C_Decrypt", ULONG, BYTES, CAP)
+async def decrypt(ctx: Context, handle: int, data: bytes, cap: int) -> Result | list[Any]:
+    return await _single(ctx, handle, "decrypt", data, cap)
+
+
+@function("C_DecryptUpdate", ULONG, BYTES, CAP)
+async def decrypt_update(ctx: Context, handle: int, data: bytes, cap: int) -> Result | list[Any]:
+    return await _update(ctx, handle, "decrypt", data, cap)
+
+
+@function("C_DecryptFinal", ULONG, CAP)
+async def decrypt_final(ctx: Context, handle: int, cap: int) -> Result | list[Any]:
+    return await _final(ctx, handle, "decrypt", cap)
+
+
+@function("C_SignInit", ULONG, MECHANISM, ULONG)
+async def sign_init(ctx: Context, handle: int, mechanism: tuple[int, Any], key: int) -> list[Any]:
+    return await _init(ctx, handle, "sign", mechanism, key)
+
+
+@function("C_Sign", ULONG, BYTES, CAP)
+async def sign(ctx: Context, handle: int, data: bytes, cap: int) -> Result | list[Any]:
+    return await _single(ctx, handle, "sign", data, cap)
+
+
+@function("C_SignUpdate", ULONG, BYTES)
+async def sign_update(ctx: Context, handle: int, data: bytes) -> Result | list[Any]:
+    return await _update(ctx, handle, "sign", data, None)
+
+
+@function("C_SignFinal", ULONG, CAP)
+async def sign_final(ctx: Context, handle: int, cap: int) -> Result | list[Any]:
+    return await _final(ctx, handle, "sign", cap)
+
+
+@function("C_VerifyInit", ULONG, MECHANISM, ULONG)
+async def verify_init(ctx: Context, handle: int, mechanism: tuple[int, Any], key: int) -> list[Any]:
+    return await _init(ctx, handle, "verify", mechanism, key)
+
+
+@function("C_Verify", ULONG, BYTES, BYTES)
+async def verify(ctx: Context, handle: int, data: bytes, signature: bytes) -> list[Any]:
+    return await _verify(ctx, handle, data=data, signature=signature)
+
+
+@function("C_VerifyUpdate", ULONG, BYTES)
+async def verify_update(ctx: Context, handle: int, data: bytes) -> Result | list[Any]:
+    return await _update(ctx, handle, "verify", data, None)
+
+
+@function("C_VerifyFinal", ULONG, BYTES)
+async def verify_final(ctx: Context, handle: int, signature: bytes) -> list[Any]:
+    return await _verify(ctx, handle, signature=signature)
+
+
+@function("C_DigestInit", ULONG, MECHANISM)
+async def digest_init(ctx: Context, handle: int, mechanism: tuple[int, Any]) -> list[Any]:
+    return await _init(ctx, handle, "digest", mechanism, None)
+
+
+@function("C_Digest", ULONG, BYTES, CAP)
+async def digest(ctx: Context, handle: int, data: bytes, cap: int) -> Result | list[Any]:
+    return await _single(ctx, handle, "digest", data, cap)
+
+
+@function("C_DigestUpdate", ULONG, BYTES)
+async def digest_update(ctx: Context, handle: int, data: bytes) -> Result | list[Any]:
+    return await _update(ctx, handle, "digest", data, None)
+
+
+@function("C_DigestFinal", ULONG, CAP)
+async def digest_final(ctx: Context, handle: int, cap: int) -> Result | list[Any]:
+    return await _final(ctx, handle, "digest", cap)
 
 
 async def context_login(ctx: Context, session: Session, password: str) -> None:
