@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from strongroom.client import Client
 from strongroom.local.cluster import process_group_members as group_members
 
 STRONGROOM = [sys.executable, "-m", "strongroom"]
+PKCS11_DIR = Path(__file__).resolve().parents[2] / "pkcs11"
 
 
 class LocalCluster:
@@ -125,3 +128,61 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCl
         yield local
     finally:
         local.down()
+
+
+# --- the PKCS#11 module, as applications load it -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pkcs11Module:
+    """The plain (non-sanitizer) build of the module: the library applications load."""
+
+    path: Path
+    #: What `make` printed (a test checks the build is free of warnings).
+    make_output: str
+
+
+@pytest.fixture(scope="session")
+def pkcs11_module() -> Pkcs11Module:
+    """`make -C pkcs11`, once per session. Built rather than taken from `up`'s summary: `up` names the
+    module only if one was built before it ran, and in a source checkout it names this same file."""
+    if shutil.which("make") is None or shutil.which("cc") is None:
+        pytest.fail("building the PKCS#11 module needs make and a C compiler (apt-get install gcc make)")
+    result = subprocess.run(["make", "-C", str(PKCS11_DIR)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    path = PKCS11_DIR / "build" / "libstrongroom-pkcs11.so"
+    assert path.is_file(), f"make succeeded but built no {path}"
+    return Pkcs11Module(path, result.stdout + result.stderr)
+
+
+@dataclass(frozen=True)
+class Pkcs11Target:
+    """What an application needs to reach a cluster through the module: the library, the agent's
+    socket, the token label, and crypto users to log in as."""
+
+    cluster: LocalCluster
+    module: Path
+    socket: str
+    token_label: str
+
+    def crypto_user(self, name: str, password: str) -> str:
+        """Create a crypto user (a name unique in the cluster); its PIN as applications give it."""
+        admin = self.cluster.admin()
+        admin.user_create(name, "crypto-user", password)
+        admin.logout()
+        return f"{name}:{password}"
+
+
+def pkcs11_target(cluster: LocalCluster, module: Pkcs11Module) -> Pkcs11Target:
+    summary = cluster.summary
+    assert summary.get("agent_socket"), f"`strongroom up` reported no agent socket: {summary}"
+    named = summary.get("pkcs11_module")
+    # Applications are told the module through the env file `up` writes: it must be the one tested.
+    assert named is None or Path(named).resolve() == module.path.resolve(), (named, module.path)
+    return Pkcs11Target(cluster, module.path, summary["agent_socket"], summary["token_label"])
+
+
+@pytest.fixture(scope="module")
+def pkcs11(pkcs11_module: Pkcs11Module, shared_cluster: LocalCluster) -> Pkcs11Target:
+    """The shared cluster as a PKCS#11 application sees it (tests add their own crypto users)."""
+    return pkcs11_target(shared_cluster, pkcs11_module)

@@ -27,10 +27,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from .conftest import LocalCluster
+from .conftest import PKCS11_DIR, Pkcs11Module, Pkcs11Target
 
-ROOT = Path(__file__).resolve().parents[2]
-PKCS11_DIR = ROOT / "pkcs11"
 SANITIZER_ENV = {
     "ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1:abort_on_error=0:detect_stack_use_after_return=1",
     "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
@@ -47,7 +45,6 @@ class Build:
     def __init__(self) -> None:
         self.driver = PKCS11_DIR / "build" / "asan" / "p11driver"
         self.module = PKCS11_DIR / "build" / "asan" / "libstrongroom-pkcs11.so"
-        self.plain_module = PKCS11_DIR / "build" / "libstrongroom-pkcs11.so"
 
     def run(self, scenario: str, *, socket_path: str | None, pin: str = "-", extra_env: dict[str, str] | None = None,
             timeout: float = 240) -> str:
@@ -80,14 +77,9 @@ def build() -> Build:
 
 
 @pytest.fixture(scope="module")
-def agent(shared_cluster: LocalCluster) -> Iterator[tuple[str, str]]:
+def agent(pkcs11: Pkcs11Target) -> tuple[str, str]:
     """(agent socket, PIN of a fresh crypto user) of the shared cluster."""
-    socket_path = shared_cluster.summary.get("agent_socket")
-    assert socket_path, "`strongroom up` reported no agent_socket"
-    admin = shared_cluster.admin()
-    admin.user_create("p11driver", "crypto-user", "password1")
-    admin.logout()
-    yield socket_path, "p11driver:password1"
+    return pkcs11.socket, pkcs11.crypto_user("p11driver", "password1")
 
 
 @pytest.mark.slow
@@ -106,24 +98,23 @@ def test_threads_against_agent(build: Build, agent: tuple[str, str]) -> None:
     assert "threads: 0 failure(s)" in output
 
 
-def test_summary_names_the_module(shared_cluster: LocalCluster) -> None:
-    module = shared_cluster.summary.get("pkcs11_module")
-    assert module and Path(module).is_file(), module
+def test_summary_names_the_module(pkcs11: Pkcs11Target) -> None:
+    """`up` (after the build) names the module applications should load: the one built."""
+    module = pkcs11.cluster.summary.get("pkcs11_module")
+    assert module and Path(module).resolve() == pkcs11.module.resolve(), module
 
 
 # --- without an agent ----------------------------------------------------------------------------
 
 
-def test_plain_build_exports_only_pkcs11_symbols(build: Build) -> None:
-    result = subprocess.run(["make", "-C", str(PKCS11_DIR)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "warning" not in result.stderr.lower(), result.stderr
-    nm = subprocess.run(["nm", "-D", "--defined-only", str(build.plain_module)], capture_output=True, text=True,
+def test_plain_build_exports_only_pkcs11_symbols(pkcs11_module: Pkcs11Module) -> None:
+    assert "warning" not in pkcs11_module.make_output.lower(), pkcs11_module.make_output
+    nm = subprocess.run(["nm", "-D", "--defined-only", str(pkcs11_module.path)], capture_output=True, text=True,
                         check=True)
     symbols = [line.split()[-1] for line in nm.stdout.splitlines() if line.strip()]
     assert symbols and all(name.startswith("C_") for name in symbols), symbols
     assert len(symbols) == 68 and "C_GetFunctionList" in symbols
-    ldd = subprocess.run(["ldd", str(build.plain_module)], capture_output=True, text=True, check=True).stdout
+    ldd = subprocess.run(["ldd", str(pkcs11_module.path)], capture_output=True, text=True, check=True).stdout
     needed = {line.split()[0] for line in ldd.splitlines() if "=>" in line}
     assert needed <= {"libc.so.6", "libpthread.so.0"}, needed
 

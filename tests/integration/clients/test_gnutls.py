@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from strongroom.client import Client
 from strongroom.constants import CKA, CKM
 
-from ..conftest import LocalCluster
+from ..conftest import Pkcs11Target
 
 PASSWORD = "pass-word-2"
 P256_OID = bytes.fromhex("06082a8648ce3d030107")
@@ -36,22 +36,22 @@ pytestmark = [
 
 @dataclass
 class Hsm:
-    cluster: LocalCluster
+    target: Pkcs11Target
     user: str
     sdk: Client
 
     @property
     def module(self) -> str:
-        return self.cluster.summary["pkcs11_module"]
+        return str(self.target.module)
 
     @property
     def token(self) -> str:
-        return self.cluster.summary["token_label"]
+        return self.target.token_label
 
     def env(self, pin: str | None = None, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("STRONGROOM_", "GNUTLS_", "P11_KIT_")) and k != "OPENSSL_CONF"}
-        env["STRONGROOM_AGENT_SOCKET"] = self.cluster.summary["agent_socket"]
+        env["STRONGROOM_AGENT_SOCKET"] = self.target.socket
         if pin is not None:
             env["GNUTLS_PIN"] = pin
         env.update(extra)
@@ -81,15 +81,12 @@ def generate(sdk: Client, kind: str, label: str, key_id: bytes) -> None:
 
 
 @pytest.fixture(scope="module")
-def hsm(shared_cluster: LocalCluster) -> Hsm:
-    summary = shared_cluster.summary
-    if not summary.get("agent_socket") or not summary.get("pkcs11_module"):
-        pytest.fail(f"`strongroom up` reported no agent or module: {summary}")
+def hsm(pkcs11: Pkcs11Target) -> Hsm:
     user = "gnutls_user"
-    sdk = shared_cluster.crypto_user(user, PASSWORD)
+    sdk = pkcs11.cluster.crypto_user(user, PASSWORD)  # an SDK login: the keys are made through it
     for kind, key_id in (("rsa", b"\x31"), ("ec", b"\x32")):
         generate(sdk, kind, f"gnutls-{kind}", key_id)
-    return Hsm(shared_cluster, user, sdk)
+    return Hsm(pkcs11, user, sdk)
 
 
 def public_der(pem: bytes) -> bytes:
@@ -188,8 +185,8 @@ def _user_namespace_works() -> bool:
 def test_certtool_through_p11kit_registration(hsm: Hsm, tmp_path: Path) -> None:
     """`strongroom pkcs11 p11-kit-config --install --install-dir` + p11-kit's per-user configuration."""
     config_home = tmp_path / "config"
-    installed = hsm.cluster.cli("pkcs11", "p11-kit-config", "--install", "--install-dir",
-                                str(config_home / "pkcs11" / "modules"))
+    installed = hsm.target.cluster.cli("pkcs11", "p11-kit-config", "--install", "--install-dir",
+                                       str(config_home / "pkcs11" / "modules"))
     assert installed[0] == 0, installed
     module_file = config_home / "pkcs11" / "modules" / "strongroom.module"
     assert f"module: {hsm.module}" in module_file.read_text()

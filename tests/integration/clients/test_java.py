@@ -23,10 +23,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from ..conftest import LocalCluster
+from ..conftest import Pkcs11Module, Pkcs11Target
 
-ROOT = Path(__file__).resolve().parents[3]
-PKCS11_DIR = ROOT / "pkcs11"
 JAVA_SOURCE = Path(__file__).resolve().parent / "java" / "StrongroomJce.java"
 JAVA_TIMEOUT = 120  # the run takes a few seconds; this only bounds a hang
 USER, PASSWORD = "jce", "jce-password-1"
@@ -58,26 +56,14 @@ def jce_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def pkcs11_module() -> Path:
-    """The plain (non-sanitizer) build of the module: the one applications load."""
-    result = subprocess.run(["make", "-C", str(PKCS11_DIR)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    module = PKCS11_DIR / "build" / "libstrongroom-pkcs11.so"
-    assert module.is_file()
-    return module
-
-
 @pytest.fixture(scope="module")
-def jce_user(shared_cluster: LocalCluster) -> Iterator[str]:
+def jce_user(pkcs11: Pkcs11Target) -> Iterator[str]:
     """A crypto user with one token AES key (made with the CLI) for the key store to list."""
-    admin = shared_cluster.admin()
-    admin.user_create(USER, "crypto-user", PASSWORD)
-    admin.logout()
-    code, reply = shared_cluster.cli("key", "generate-symmetric", "aes", "--label", TOKEN_AES,
-                                     "--key-length-bytes", "32", pin=f"{USER}:{PASSWORD}")
+    pin = pkcs11.crypto_user(USER, PASSWORD)
+    code, reply = pkcs11.cluster.cli("key", "generate-symmetric", "aes", "--label", TOKEN_AES,
+                                     "--key-length-bytes", "32", pin=pin)
     assert code == 0, reply
-    yield f"{USER}:{PASSWORD}"
+    yield pin
 
 
 def _run_java(classes: Path, config: Path, socket_path: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -112,13 +98,10 @@ def _parse(stdout: str) -> tuple[dict[str, str], dict[str, bytes], list[str]]:
     return checks, data, other
 
 
-def test_jce_through_sunpkcs11(shared_cluster: LocalCluster, jce_classes: Path, pkcs11_module: Path,
-                               jce_user: str, tmp_path: Path) -> None:
-    socket_path = shared_cluster.summary["agent_socket"]
-    assert socket_path, "strongroom up reported no agent socket"
-    config = _sunpkcs11_config(tmp_path / "strongroom-pkcs11.cfg", pkcs11_module)
+def test_jce_through_sunpkcs11(pkcs11: Pkcs11Target, jce_classes: Path, jce_user: str, tmp_path: Path) -> None:
+    config = _sunpkcs11_config(tmp_path / "strongroom-pkcs11.cfg", pkcs11.module)
 
-    result = _run_java(jce_classes, config, socket_path, jce_user, f"{USER}:not-the-password", TOKEN_AES)
+    result = _run_java(jce_classes, config, pkcs11.socket, jce_user, f"{USER}:not-the-password", TOKEN_AES)
     report = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
     checks, data, other = _parse(result.stdout)
@@ -146,9 +129,9 @@ def test_jce_through_sunpkcs11(shared_cluster: LocalCluster, jce_classes: Path, 
     assert TOKEN_AES in alias_line.split(" ", 2)[2].split(","), alias_line
 
 
-def test_jce_without_agent_fails_cleanly(jce_classes: Path, pkcs11_module: Path, tmp_path: Path) -> None:
+def test_jce_without_agent_fails_cleanly(jce_classes: Path, pkcs11_module: Pkcs11Module, tmp_path: Path) -> None:
     """No agent behind the socket: the provider cannot initialize and the JVM reports it (no hang, no crash)."""
-    config = _sunpkcs11_config(tmp_path / "strongroom-pkcs11.cfg", pkcs11_module)
+    config = _sunpkcs11_config(tmp_path / "strongroom-pkcs11.cfg", pkcs11_module.path)
     result = _run_java(jce_classes, config, str(tmp_path / "nobody.sock"), "u:p", "u:q")
     assert result.returncode != 0
     assert result.stdout.splitlines()[1].startswith("FAIL provider:"), result.stdout + result.stderr

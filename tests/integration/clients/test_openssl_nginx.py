@@ -38,7 +38,7 @@ from cryptography.x509 import load_pem_x509_certificate
 
 from strongroom.local.cluster import process_group_members
 
-from ..conftest import LocalCluster
+from ..conftest import Pkcs11Target
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 PASSWORD = "pass-word-1"
@@ -69,17 +69,17 @@ pytestmark = [
 
 @dataclass
 class Hsm:
-    cluster: LocalCluster
+    target: Pkcs11Target
     user: str
     workdir: Path
 
     @property
     def module(self) -> str:
-        return self.cluster.summary["pkcs11_module"]
+        return str(self.target.module)
 
     @property
     def token(self) -> str:
-        return self.cluster.summary["token_label"]
+        return self.target.token_label
 
     @property
     def pin(self) -> str:
@@ -93,7 +93,7 @@ class Hsm:
 
     def module_env(self) -> dict[str, str]:
         env = self.clean_env()
-        env["STRONGROOM_AGENT_SOCKET"] = self.cluster.summary["agent_socket"]
+        env["STRONGROOM_AGENT_SOCKET"] = self.target.socket
         return env
 
     def engine_env(self, conf: Path) -> dict[str, str]:
@@ -135,13 +135,10 @@ def engine_conf(path: Path, module: str, init: bool) -> Path:
 
 
 @pytest.fixture(scope="module")
-def hsm(shared_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Hsm:
-    summary = shared_cluster.summary
-    if not summary.get("agent_socket") or not summary.get("pkcs11_module"):
-        pytest.fail(f"`strongroom up` reported no agent or module: {summary}")
+def hsm(pkcs11: Pkcs11Target, tmp_path_factory: pytest.TempPathFactory) -> Hsm:
     user = "openssl_user"
-    shared_cluster.crypto_user(user, PASSWORD).logout()
-    return Hsm(shared_cluster, user, tmp_path_factory.mktemp("openssl"))
+    pkcs11.crypto_user(user, PASSWORD)
+    return Hsm(pkcs11, user, tmp_path_factory.mktemp("openssl"))
 
 
 def public_pem_via_engine(hsm: Hsm, conf: Path, label: str, out: Path) -> bytes:

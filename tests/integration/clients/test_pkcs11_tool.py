@@ -39,9 +39,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap, aes_key_wrap_with_padding
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from ..conftest import LocalCluster
+from ..conftest import Pkcs11Target
 
-ROOT = Path(__file__).resolve().parents[3]
 PKCS11_TOOL = shutil.which("pkcs11-tool")
 
 pytestmark = pytest.mark.skipif(PKCS11_TOOL is None,
@@ -50,18 +49,6 @@ pytestmark = pytest.mark.skipif(PKCS11_TOOL is None,
 SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
 MESSAGE = b"Strongroom and pkcs11-tool: " + bytes(range(256)) * 3
 IV16 = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
-
-
-def module_path(cluster: LocalCluster) -> str:
-    """The module `up` reported, built first if `up` found none."""
-    reported = cluster.summary.get("pkcs11_module")
-    if reported and Path(reported).is_file():
-        return reported
-    build = subprocess.run(["make", "-C", str(ROOT / "pkcs11")], capture_output=True, text=True, timeout=300)
-    assert build.returncode == 0, build.stdout + build.stderr
-    built = ROOT / "pkcs11" / "build" / "libstrongroom-pkcs11.so"
-    assert built.is_file()
-    return str(built)
 
 
 @dataclass
@@ -129,15 +116,9 @@ class Tool:
 
 
 @pytest.fixture(scope="module")
-def tool(shared_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Tool:
-    socket_path = shared_cluster.summary.get("agent_socket")
-    assert socket_path, f"`strongroom up` reported no agent socket: {shared_cluster.summary}"
-    admin = shared_cluster.admin()
-    admin.user_create("opensc_tool", "crypto-user", "tool-password")
-    admin.logout()
-    return Tool(module=module_path(shared_cluster), socket=socket_path,
-                token_label=shared_cluster.summary["token_label"], pin="opensc_tool:tool-password",
-                workdir=tmp_path_factory.mktemp("pkcs11-tool"))
+def tool(pkcs11: Pkcs11Target, tmp_path_factory: pytest.TempPathFactory) -> Tool:
+    return Tool(module=str(pkcs11.module), socket=pkcs11.socket, token_label=pkcs11.token_label,
+                pin=pkcs11.crypto_user("opensc_tool", "tool-password"), workdir=tmp_path_factory.mktemp("pkcs11-tool"))
 
 
 @dataclass

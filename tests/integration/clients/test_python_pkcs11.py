@@ -17,7 +17,6 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,9 +29,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap, aes_key_wrap_with_padding
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from ..conftest import LocalCluster
+from ..conftest import Pkcs11Target
 
-ROOT = Path(__file__).resolve().parents[3]
 HAVE_PYTHON_PKCS11 = importlib.util.find_spec("pkcs11") is not None
 HAVE_PYKCS11 = importlib.util.find_spec("PyKCS11") is not None
 needs_python_pkcs11 = pytest.mark.skipif(not HAVE_PYTHON_PKCS11, reason="pip install python-pkcs11")
@@ -138,27 +136,12 @@ class Runner:
         return self.run(PYKCS11_PREAMBLE, body, **inputs)
 
 
-def _module_path(cluster: LocalCluster) -> str:
-    reported = cluster.summary.get("pkcs11_module")
-    if reported and Path(reported).is_file():
-        return reported
-    build = subprocess.run(["make", "-C", str(ROOT / "pkcs11")], capture_output=True, text=True, timeout=300)
-    assert build.returncode == 0, build.stdout + build.stderr
-    built = ROOT / "pkcs11" / "build" / "libstrongroom-pkcs11.so"
-    assert built.is_file()
-    return str(built)
-
-
 @pytest.fixture(scope="module")
-def runner(shared_cluster: LocalCluster) -> Runner:
-    socket_path = shared_cluster.summary.get("agent_socket")
-    assert socket_path, f"`strongroom up` reported no agent socket: {shared_cluster.summary}"
-    admin = shared_cluster.admin()
-    admin.user_create("py_pkcs11", "crypto-user", "py-password")
-    admin.user_create("py_kcs11", "crypto-user", "kcs-password")
-    admin.logout()
-    return Runner(module=_module_path(shared_cluster), socket=socket_path,
-                  token_label=shared_cluster.summary["token_label"], user="py_pkcs11", password="py-password")
+def runner(pkcs11: Pkcs11Target) -> Runner:
+    pkcs11.crypto_user("py_pkcs11", "py-password")
+    pkcs11.crypto_user("py_kcs11", "kcs-password")
+    return Runner(module=str(pkcs11.module), socket=pkcs11.socket, token_label=pkcs11.token_label,
+                  user="py_pkcs11", password="py-password")
 
 
 @pytest.fixture(scope="module")

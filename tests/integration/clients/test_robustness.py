@@ -32,12 +32,10 @@ from strongroom.agent.config import AgentConfig, Timeouts
 from strongroom.agent.local import PID_FILE, agent_status, stop_agent
 from strongroom.local.cluster import process_group_members
 
-from ..conftest import LocalCluster
+from ..conftest import LocalCluster, Pkcs11Module, Pkcs11Target, pkcs11_target
 
 pytest.importorskip("pkcs11", reason="python-pkcs11 drives the module here (pip install python-pkcs11)")
 
-ROOT = Path(__file__).resolve().parents[3]
-PKCS11_DIR = ROOT / "pkcs11"
 KEY_LABEL = "robust-ec"
 PASSWORD = "robust-password-1"
 #: Bounds a wait that only a broken system exceeds (never a pass/fail criterion on a healthy one).
@@ -200,34 +198,23 @@ elif MODE == "load":
 # --- helpers ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def pkcs11_module() -> Path:
-    """The plain (non-sanitizer) build of the module: the one applications load."""
-    result = subprocess.run(["make", "-C", str(PKCS11_DIR)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    module = PKCS11_DIR / "build" / "libstrongroom-pkcs11.so"
-    assert module.is_file()
-    return module
-
-
 class Apps:
     """Starts APP subprocesses against one cluster; kills whatever is left at the end."""
 
-    def __init__(self, cluster: LocalCluster, module: Path, script: Path, pin: str) -> None:
-        self.cluster = cluster
-        self.module = module
+    def __init__(self, target: Pkcs11Target, script: Path, pin: str) -> None:
+        self.target = target
         self.script = script
         self.pin = pin
         self.started: list[subprocess.Popen[str]] = []
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
-        env["STRONGROOM_AGENT_SOCKET"] = self.cluster.summary["agent_socket"]
+        env["STRONGROOM_AGENT_SOCKET"] = self.target.socket
         env["STRONGROOM_PKCS11_TIMEOUT"] = "90"  # above any wait below: the agent's answer comes first
         return env
 
     def argv(self, mode: str, arg: str | None = None) -> list[str]:
-        argv = [sys.executable, str(self.script), str(self.module), self.cluster.summary["token_label"], self.pin,
+        argv = [sys.executable, str(self.script), str(self.target.module), self.target.token_label, self.pin,
                 KEY_LABEL, mode]
         return argv + ([arg] if arg is not None else [])
 
@@ -274,14 +261,11 @@ def send(process: subprocess.Popen[str], line: str) -> None:
     stdin.flush()
 
 
-def setup_user(cluster: LocalCluster, name: str) -> str:
+def setup_user(target: Pkcs11Target, name: str) -> str:
     """A crypto user owning a token EC P-256 key pair labelled KEY_LABEL (made with the CLI)."""
-    admin = cluster.admin()
-    admin.user_create(name, "crypto-user", PASSWORD)
-    admin.logout()
-    pin = f"{name}:{PASSWORD}"
-    code, reply = cluster.cli("key", "generate-asymmetric-pair", "ec", "--label", KEY_LABEL, "--curve", "secp256r1",
-                              pin=pin)
+    pin = target.crypto_user(name, PASSWORD)
+    code, reply = target.cluster.cli("key", "generate-asymmetric-pair", "ec", "--label", KEY_LABEL,
+                                     "--curve", "secp256r1", pin=pin)
     assert code == 0, reply
     return pin
 
@@ -311,9 +295,9 @@ def app_script(tmp_path: Path) -> Path:
 # --- (a) an application killed mid-operation ----------------------------------------------------------
 
 
-def test_application_killed_mid_operation_leaves_agent_healthy(shared_cluster: LocalCluster, pkcs11_module: Path,
+def test_application_killed_mid_operation_leaves_agent_healthy(shared_cluster: LocalCluster, pkcs11: Pkcs11Target,
                                                                app_script: Path) -> None:
-    apps = Apps(shared_cluster, pkcs11_module, app_script, setup_user(shared_cluster, "robust_kill"))
+    apps = Apps(pkcs11, app_script, setup_user(pkcs11, "robust_kill"))
     agent_log = shared_cluster.dir / "agent.log"
     agent_pid = agent_status(shared_cluster.dir)["pid"]
     try:
@@ -347,9 +331,9 @@ def test_application_killed_mid_operation_leaves_agent_healthy(shared_cluster: L
 # --- (b) the agent restarted under a running application ----------------------------------------------
 
 
-def test_agent_restart_under_application(shared_cluster: LocalCluster, pkcs11_module: Path,
+def test_agent_restart_under_application(shared_cluster: LocalCluster, pkcs11: Pkcs11Target,
                                          app_script: Path) -> None:
-    apps = Apps(shared_cluster, pkcs11_module, app_script, setup_user(shared_cluster, "robust_agent"))
+    apps = Apps(pkcs11, app_script, setup_user(pkcs11, "robust_agent"))
     try:
         app = apps.start("restart")
         assert read_json_line(app) == {"step": "ready"}
@@ -422,10 +406,11 @@ def patient_agent(cluster: LocalCluster) -> Iterator[LocalCluster]:
         log.close()
 
 
-def test_node_restart_under_load_is_invisible(patient_agent: LocalCluster, pkcs11_module: Path,
+def test_node_restart_under_load_is_invisible(patient_agent: LocalCluster, pkcs11_module: Pkcs11Module,
                                               app_script: Path) -> None:
     cluster = patient_agent
-    apps = Apps(cluster, pkcs11_module, app_script, setup_user(cluster, "robust_node"))
+    target = pkcs11_target(cluster, pkcs11_module)
+    apps = Apps(target, app_script, setup_user(target, "robust_node"))
     try:
         app = apps.start("load", "4")
         assert read_json_line(app) == {"step": "ready"}
