@@ -4,11 +4,9 @@ background work (deleting keys whose deletion date passed). HTTP lives in :mod:`
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from strongroom.errors import CKR
@@ -22,13 +20,13 @@ from strongroom.kms.auth_limits import (
     Reservation,
     source_of,
 )
+from strongroom.kms.authorization import Authorizer, Identity, identity_for
 from strongroom.kms.backend import Backend, ClusterError
 from strongroom.kms.config import GatewayConfig
+from strongroom.kms.context import Context, Services
 from strongroom.kms.errors import (
-    AccessDenied,
     DependencyTimeout,
     InternalError,
-    InvalidGrantToken,
     InvalidSignature,
     KmsError,
     SerializationError,
@@ -36,19 +34,12 @@ from strongroom.kms.errors import (
     UnknownOperation,
     UnrecognizedClient,
 )
+from strongroom.kms.grants import list_grants
 from strongroom.kms.keystores import KeyStores
-from strongroom.kms.model import ALIASES, DELETED, ENABLED, KEYS, PENDING_DELETION, Conflict, Metadata, delete
-from strongroom.kms.ops import OperationSpec, load
+from strongroom.kms.model import ALIASES, DELETED, ENABLED, KEYS, PENDING_DELETION, Conflict, KmsKey, Metadata, delete
+from strongroom.kms.ops import load
+from strongroom.kms.ops.rotation import rotate
 from strongroom.kms.signing_keys import SigningKeyCache
-from strongroom.kms.policy import (
-    Policy,
-    PolicyError,
-    Request,
-    cached_key_policy,
-    default_key_policy,
-    evaluate,
-    parse_policy,
-)
 from strongroom.kms.validation import Params, json_too_deep
 
 log = logging.getLogger("strongroom.kms")
@@ -59,56 +50,6 @@ RECENT_KEY_SECONDS = 3600.0
 #: At most one "throttling" warning in the log per this many seconds.
 THROTTLE_LOG_SECONDS = 60.0
 CONTENT_TYPES = ("application/x-amz-json-1.1", "application/x-amz-json-1.0", "application/json")
-
-
-@dataclass(frozen=True)
-class Identity:
-    access_key_id: str
-    name: str
-    policy: Policy | None
-    policy_error: str | None = None
-
-
-@dataclass
-class Context:
-    gateway: Gateway
-    identity: Identity
-    operation: OperationSpec
-    params: Params
-    #: The grant that authorized the last key-level check (None: a policy did).
-    grant: Any = None
-    tokens_checked: bool = False
-
-    @property
-    def where(self) -> Location:
-        return self.gateway.where
-
-    @property
-    def backend(self) -> Backend:
-        return self.gateway.backend
-
-    @property
-    def metadata(self) -> Metadata:
-        return self.gateway.metadata
-
-    @property
-    def config(self) -> GatewayConfig:
-        return self.gateway.config
-
-    def authorize(self, resource: str, action: str | None = None) -> None:
-        """Resources without a key policy ("*", aliases): the access key's own policy decides."""
-        self.gateway.authorize(self.identity, action or self.operation.action, resource)
-
-    async def authorize_key(self, key: Any, action: str | None = None) -> None:
-        """A key: its key policy, the access key's policy, and the key's grants decide."""
-        await self.gateway.authorize_key(self, key, action or self.operation.action)
-
-    async def authorize_key_id(self, key_id: str, action: str | None = None) -> None:
-        key = await self.metadata.get_key(key_id)
-        if key is None:
-            self.authorize(self.where.key_arn(key_id), action)
-        else:
-            await self.authorize_key(key, action)
 
 
 def cluster_failure(exc: ClusterError) -> KmsError:
@@ -134,29 +75,6 @@ def _authentication_failure(exc: ClusterError) -> KmsError:
 MAX_JSON_DEPTH = 8
 
 
-@functools.lru_cache(maxsize=256)
-def _identity(access_key_id: str, name: str, policy_text: str | None) -> Identity:
-    """The request's identity; the access-key policy is parsed once per distinct text."""
-    policy, error = None, None
-    if policy_text:
-        try:
-            policy = parse_policy(policy_text)
-        except PolicyError as exc:
-            error = str(exc)
-    return Identity(access_key_id, name, policy, error)
-
-
-#: Where an operation's encryption context is, per IAM action (conditions and grant constraints).
-CONTEXT_MEMBERS = {"kms:ReEncryptFrom": "SourceEncryptionContext", "kms:ReEncryptTo": "DestinationEncryptionContext"}
-
-
-def request_context(body: dict[str, Any], action: str) -> dict[str, str] | None:
-    value = body.get(CONTEXT_MEMBERS.get(action, "EncryptionContext"))
-    if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        return value
-    return None
-
-
 class Gateway:
     def __init__(self, config: GatewayConfig, backend: Backend) -> None:
         self.config = config
@@ -174,10 +92,12 @@ class Gateway:
                                       k.auth_failures_per_second_total)
         self._throttle_logged = -THROTTLE_LOG_SECONDS
         self.where = Location(config.kms.region, config.kms.account_id, config.kms.partition)
+        self.services = Services(config, self.where, backend, self.metadata, self.keystores,
+                                 Authorizer(self.where, backend))
         self.operations = load()
         self._sweeper: asyncio.Task[None] | None = None
 
-    # --- authentication and authorization ------------------------------------------------------------
+    # --- authentication ---------------------------------------------------------------------------
 
     async def authenticate(self, method: str, raw_path: str, raw_query: str, headers: sigv4.Headers,
                            body: bytes, source: str = "") -> Identity:
@@ -199,7 +119,7 @@ class Gateway:
             entry = await self._fetch_signing_key(scope, source)
         if sigv4.matches(entry.signing_key, prepared):
             self.recent_keys.add(access_key_id)
-            return _identity(entry.access_key_id, entry.name, entry.policy)
+            return identity_for(entry.access_key_id, entry.name, entry.policy)
         # A mismatch: ask the node once (it holds the current secret and audits the failure). If it
         # verifies, the cached signing key was stale (the access key was re-created): fetch it again.
         try:
@@ -271,73 +191,7 @@ class Gateway:
             raise self._node_refused(exc, reservation, source, access_key_id) from None
         self.limiter.succeeded(reservation)
         self.recent_keys.add(access_key_id)
-        return _identity(verified["access_key_id"], verified["name"], verified.get("policy"))
-
-    def principal(self, identity: Identity) -> str:
-        """An access key acts as the IAM user ``arn:<partition>:iam::<account>:user/<access key name>``."""
-        return f"arn:{self.where.partition}:iam::{self.where.account}:user/{identity.name}"
-
-    def authorize(self, identity: Identity, action: str, resource: str) -> None:
-        if identity.policy is None and identity.policy_error is None:
-            return
-        request = Request(action, resource, self.principal(identity), self.where.account)
-        decision = "implicit" if identity.policy is None else identity.policy.decide(action, resource, request)
-        if decision == "allow":
-            return
-        self._denied(identity, action, resource, decision, "identity-based")
-
-    def _denied(self, identity: Identity, action: str, resource: str, decision: str, where: str) -> None:
-        article = "an" if where == "identity-based" else "a"
-        why = (f"with an explicit deny in {article} {where} policy" if decision == "deny"
-               else f"because no {where} policy allows the {action} action")
-        raise AccessDenied(f"User: {self.principal(identity)} is not authorized to perform: {action} "
-                           f"on resource: {resource} {why}")
-
-    def key_policy(self, key: Any) -> Policy:
-        text = key.policy or default_key_policy(self.where.partition, self.where.account)
-        try:
-            return cached_key_policy(text)
-        except PolicyError:
-            log.warning("the stored key policy of %s does not parse; it allows nothing", key.key_id)
-            return Policy(())
-
-    async def check_grant_tokens(self, ctx: Context) -> None:
-        """Every GrantTokens entry must be one of our tokens (InvalidGrantTokenException)."""
-        from strongroom.kms.grants import get_grant, parse_token
-
-        if ctx.tokens_checked:
-            return
-        ctx.tokens_checked = True
-        tokens = ctx.params.body.get("GrantTokens")
-        for token in tokens if isinstance(tokens, list) else []:
-            parsed = parse_token(token) if isinstance(token, str) else None
-            grant = None if parsed is None else await get_grant(self.backend, parsed[0], parsed[1])
-            if parsed is None or (grant is not None and grant.nonce != parsed[2]):
-                raise InvalidGrantToken("The grant token is invalid.")
-
-    async def authorize_key(self, ctx: Context, key: Any, action: str) -> None:
-        """AWS's evaluation for a principal of the key's account: an explicit Deny (key policy or
-        identity policy) wins; the key policy allowing the principal, or allowing the account and
-        the identity policy allowing it, or a grant, allows; anything else is denied."""
-        from strongroom.kms.grants import list_grants
-
-        identity = ctx.identity
-        resource = self.where.key_arn(key.key_id)
-        principal = self.principal(identity)
-        context = request_context(ctx.params.body, action)
-        await self.check_grant_tokens(ctx)
-        request = Request(action, resource, principal, self.where.account, context)
-        decision, where = evaluate(request, self.key_policy(key), identity.policy, identity.policy_error is not None)
-        ctx.grant = None
-        if decision == "allow":
-            return
-        if decision == "implicit":
-            operation = action.split(":", 1)[1] if ":" in action else action
-            for grant in await list_grants(self.backend, key.key_id):
-                if grant.allows(principal, operation, context):
-                    ctx.grant = grant
-                    return
-        self._denied(identity, action, resource, decision, where)
+        return identity_for(verified["access_key_id"], verified["name"], verified.get("policy"))
 
     # --- one request ---------------------------------------------------------------------------------
 
@@ -367,7 +221,7 @@ class Gateway:
                 raise SerializationError("The request body is not valid JSON") from None
             if not isinstance(document, dict):
                 raise SerializationError("The request body must be a JSON object")
-            ctx = Context(self, identity, spec, Params(document))
+            ctx = Context(self.services, identity, spec, Params(document))
             if spec.keyless:
                 ctx.authorize("*")
             result = await spec.handler(ctx)
@@ -427,21 +281,17 @@ class Gateway:
 
     # --- automatic rotation (part of the sweep) --------------------------------------------------------
 
-    def rotation_due(self, key: Any, now: float) -> bool:
+    def rotation_due(self, key: KmsKey, now: float) -> bool:
         return (key.state == ENABLED and key.rotation_period is not None and key.rotation_anchor is not None
                 and key.rotation_anchor + key.rotation_period * self.config.deletion.day_seconds <= now)
 
     async def rotate_due(self, key_id: str, now: float) -> None:
-        from strongroom.kms.ops.rotation import rotate
-
         try:
-            await rotate(self, key_id, "AUTOMATIC", lambda key: self.rotation_due(key, now))
+            await rotate(self.services, key_id, "AUTOMATIC", lambda key: self.rotation_due(key, now))
         except KmsError as exc:
             log.warning("automatic rotation of %s failed: %s %s", key_id, exc.code, exc.message)
 
     async def _delete_grants(self, key_id: str) -> None:
-        from strongroom.kms.grants import list_grants
-
         for grant in await list_grants(self.backend, key_id):
             try:
                 await self.metadata.commit([delete(grant.record_key, grant.revision)])
@@ -450,7 +300,7 @@ class Gateway:
 
     async def delete_key(self, key_id: str, now: float) -> bool:
         """Tombstone the key and drop its aliases, destroy its cluster objects, remove the record."""
-        def tombstone(key: Any) -> None:
+        def tombstone(key: KmsKey) -> None:
             if key.state == PENDING_DELETION and key.deletion_date is not None and key.deletion_date <= now:
                 key.state = DELETED
 

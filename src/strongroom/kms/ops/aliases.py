@@ -6,10 +6,9 @@ import time
 from typing import Any
 
 from strongroom.kms.arn import ALIAS_PATTERN, parse_alias_name
+from strongroom.kms.context import Context, kms_operation
 from strongroom.kms.errors import AlreadyExists, InvalidAliasName, NotFound, Validation
-from strongroom.kms.gateway import Context
 from strongroom.kms.model import ALIASES, Alias, Conflict, delete, put
-from strongroom.kms.ops import kms_operation
 from strongroom.kms.ops.common import (
     KEY_ID_MAX,
     page,

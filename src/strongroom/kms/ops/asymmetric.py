@@ -23,7 +23,7 @@ exactly as Encrypt would: Decrypt of PrivateKeyCiphertextBlob returns the PKCS#8
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from strongroom.constants import CKA, CKG, CKK, CKM
 from strongroom.errors import CKR
 from strongroom.kms.backend import ClusterError
+from strongroom.kms.context import Context, kms_operation
 from strongroom.kms.errors import (
     INCORRECT_KEY_MESSAGE,
     IncorrectKey,
@@ -60,7 +61,6 @@ from strongroom.kms.keyspecs import (
     rsa_max_plaintext,
 )
 from strongroom.kms.model import KmsKey, Material, new_material, new_pair_material
-from strongroom.kms.ops import kms_operation
 from strongroom.kms.ops.common import (
     KEY_ID_MAX,
     PLAINTEXT_MAX,
@@ -76,9 +76,6 @@ from strongroom.kms.ops.common import (
     resolve_key,
     seal,
 )
-
-if TYPE_CHECKING:
-    from strongroom.kms.gateway import Context
 
 F4 = b"\x01\x00\x01"
 SIGNATURE_MAX = 6144

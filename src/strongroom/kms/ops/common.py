@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from strongroom.errors import CKR
 from strongroom.kms import ciphertext
 from strongroom.kms.arn import parse_identifier
 from strongroom.kms.backend import ClusterError
+from strongroom.kms.context import Context
 from strongroom.kms.errors import (
     INCORRECT_KEY_MESSAGE,
     Disabled,
@@ -26,9 +27,6 @@ from strongroom.kms.errors import (
 )
 from strongroom.kms.model import DISABLED, PENDING_DELETION, KmsKey, Material
 from strongroom.kms.validation import Params
-
-if TYPE_CHECKING:
-    from strongroom.kms.gateway import Context
 
 KEY_ID_MAX = 2048
 PLAINTEXT_MAX = 4096
@@ -131,7 +129,7 @@ def encryption_context(params: Params, member: str = "EncryptionContext") -> dic
 async def key_backend(ctx: Context, key: KmsKey) -> Any:
     """The cluster session a key's material is used through: the service user's, or for keys of a
     custom key store the store's own (KMSInvalidStateException while it is not connected)."""
-    return await ctx.gateway.keystores.backend_for(key)
+    return await ctx.keystores.backend_for(key)
 
 
 async def seal(ctx: Context, key: KmsKey, plaintext: bytes, context: dict[str, str]) -> tuple[bytes, Material]:

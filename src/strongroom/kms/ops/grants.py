@@ -1,7 +1,7 @@
 """Grants: CreateGrant, ListGrants, ListRetirableGrants, RetireGrant, RevokeGrant.
 
 Records and tokens are :mod:`strongroom.kms.grants`; the gateway consults a key's grants when
-its policies do not allow a request (:meth:`strongroom.kms.gateway.Gateway.authorize_key`).
+its policies do not allow a request (:meth:`strongroom.kms.authorization.Authorizer.authorize_key`).
 A grant created by a principal who holds ``kms:CreateGrant`` only through a grant may give at
 most that grant's operations, with an encryption-context constraint at least as strict.
 """
@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 from strongroom.kms.arn import parse_identifier
+from strongroom.kms.context import Context, kms_operation
 from strongroom.kms.errors import InvalidGrantId, InvalidGrantToken, NotFound, Validation
-from strongroom.kms.gateway import Context
 from strongroom.kms.grants import (
     Grant,
     get_grant,
@@ -23,7 +23,6 @@ from strongroom.kms.grants import (
     parse_token,
 )
 from strongroom.kms.model import KmsKey, put
-from strongroom.kms.ops import kms_operation
 from strongroom.kms.ops.common import (
     GRANT_TOKEN_MAX,
     KEY_ID_MAX,
@@ -175,7 +174,7 @@ async def create_grant(ctx: Context) -> dict[str, Any]:
 
 
 async def _refuse(ctx: Context, key: KmsKey, action: str) -> None:
-    ctx.gateway._denied(ctx.identity, action, ctx.where.key_arn(key.key_id), "implicit", "resource-based")
+    ctx.authorizer.denied(ctx.identity, action, ctx.where.key_arn(key.key_id), "implicit", "resource-based")
 
 
 @kms_operation("ListGrants")
@@ -213,7 +212,7 @@ async def list_retirable_grants(ctx: Context) -> dict[str, Any]:
     marker = read_marker(p)
     p.check()
     if retiring is None:
-        retiring = ctx.gateway.principal(ctx.identity)
+        retiring = ctx.principal
     after = parse_marker(marker, "grants")
     grants = [g for g in await list_grants(ctx.backend) if g.retiring == retiring]
     return _page(ctx, grants, after, limit)
@@ -260,17 +259,17 @@ async def retire_grant(ctx: Context) -> dict[str, Any]:
         raise NotFound(f"Grant ID {grant_id} not found.")
     if nonce is not None and grant.nonce != nonce:
         raise InvalidGrantToken("The grant token is invalid.")
-    await ctx.gateway.check_grant_tokens(ctx)
-    principal = ctx.gateway.principal(ctx.identity)
+    await ctx.check_grant_tokens()
+    principal = ctx.principal
     allowed = principal == grant.retiring or (principal == grant.grantee and "RetireGrant" in grant.operations)
     if not allowed:
         # The account in which the grant was created (principals whose policies allow kms:RetireGrant).
         arn = ctx.where.key_arn(key.key_id)
         request = Request("kms:RetireGrant", arn, principal, ctx.where.account)
-        decision, where = evaluate(request, ctx.gateway.key_policy(key), ctx.identity.policy,
+        decision, where = evaluate(request, ctx.authorizer.key_policy(key), ctx.identity.policy,
                                    ctx.identity.policy_error is not None)
         if decision != "allow":
-            ctx.gateway._denied(ctx.identity, "kms:RetireGrant", arn, decision, where)
+            ctx.authorizer.denied(ctx.identity, "kms:RetireGrant", arn, decision, where)
     if is_dry_run:
         refuse_dry_run()
     await _delete(ctx, grant)

@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 from strongroom.kms.arn import new_key_id
+from strongroom.kms.context import Context, kms_operation
 from strongroom.kms.errors import InvalidState, MalformedPolicyDocument, UnsupportedOperation, Validation
-from strongroom.kms.gateway import Context
 from strongroom.kms.keyspecs import KEY_SPECS, KEY_USAGES, ORIGINS
 from strongroom.kms.model import (
     DISABLED,
@@ -21,7 +21,7 @@ from strongroom.kms.model import (
     new_material,
     put,
 )
-from strongroom.kms.ops import kms_operation
+from strongroom.kms.ops.asymmetric import generate_material
 from strongroom.kms.ops.common import (
     KEY_ID_MAX,
     page,
@@ -32,7 +32,6 @@ from strongroom.kms.ops.common import (
     resolve_key,
 )
 from strongroom.kms.ops.keystores import new_store_key
-from strongroom.kms.ops.asymmetric import generate_material
 from strongroom.kms.ops.tags import check_new_tags
 
 DESCRIPTION_MAX = 8192

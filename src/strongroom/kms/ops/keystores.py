@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from strongroom.kms.backend import Backend
+from strongroom.kms.context import Context, kms_operation
 from strongroom.kms.errors import (
     CloudHsmClusterInUse,
     CloudHsmClusterNotActive,
@@ -22,7 +23,6 @@ from strongroom.kms.errors import (
     UnsupportedOperation,
     Validation,
 )
-from strongroom.kms.gateway import Context
 from strongroom.kms.keystores import (
     CONNECTED,
     DISCONNECTED,
@@ -34,7 +34,6 @@ from strongroom.kms.keystores import (
     trust_anchor_fingerprint,
 )
 from strongroom.kms.model import delete, put
-from strongroom.kms.ops import kms_operation
 from strongroom.kms.ops.common import page, parse_marker, read_marker
 
 STORE_TYPES = ("AWS_CLOUDHSM", "EXTERNAL_KEY_STORE")
@@ -66,7 +65,7 @@ async def _require_cluster(ctx: Context, cluster_id: str) -> dict[str, Any]:
 
 
 async def _store(ctx: Context, store_id: str) -> KeyStore:
-    store = await ctx.gateway.keystores.get(store_id)
+    store = await ctx.keystores.get(store_id)
     if store is None:
         raise CustomKeyStoreNotFound(f"Custom key store '{store_id}' does not exist.")
     return store
@@ -100,7 +99,7 @@ async def create_custom_key_store(ctx: Context) -> dict[str, Any]:
     if fingerprint is None or fingerprint != status.get("trust_anchor_fingerprint"):
         raise IncorrectTrustAnchor(f"The trust anchor certificate in the request is not the trust anchor of "
                                    f"cluster '{cluster_id}'.")
-    keystores = ctx.gateway.keystores
+    keystores = ctx.keystores
     existing = await keystores.by_name(name)
     if existing is not None:
         if (existing.cluster_id, existing.trust_anchor, existing.password, existing.state) == (
@@ -119,7 +118,7 @@ async def create_custom_key_store(ctx: Context) -> dict[str, Any]:
 
 
 def _entry(ctx: Context, store: KeyStore) -> dict[str, Any]:
-    state, code = ctx.gateway.keystores.connection_state(store)
+    state, code = ctx.keystores.connection_state(store)
     entry: dict[str, Any] = {
         "CustomKeyStoreId": store.store_id,
         "CustomKeyStoreName": store.name,
@@ -144,7 +143,7 @@ async def describe_custom_key_stores(ctx: Context) -> dict[str, Any]:
     p.check()
     if store_id is not None and name is not None:
         raise Validation("Specify either CustomKeyStoreId or CustomKeyStoreName, not both.")
-    keystores = ctx.gateway.keystores
+    keystores = ctx.keystores
     if store_id is not None or name is not None:
         store = await (keystores.get(store_id) if store_id is not None else keystores.by_name(name or ""))
         if store is None:
@@ -167,7 +166,7 @@ def _store_id(ctx: Context) -> str:
 async def connect_custom_key_store(ctx: Context) -> dict[str, Any]:
     store_id = _store_id(ctx)
     ctx.params.check()
-    keystores = ctx.gateway.keystores
+    keystores = ctx.keystores
     store = await _store(ctx, store_id)
     state, _ = keystores.connection_state(store)
     if state == FAILED:
@@ -192,7 +191,7 @@ async def connect_custom_key_store(ctx: Context) -> dict[str, Any]:
 async def disconnect_custom_key_store(ctx: Context) -> dict[str, Any]:
     store_id = _store_id(ctx)
     ctx.params.check()
-    keystores = ctx.gateway.keystores
+    keystores = ctx.keystores
 
     def disconnect(current: KeyStore) -> None:
         if current.state == DISCONNECTED:
@@ -222,7 +221,7 @@ async def update_custom_key_store(ctx: Context) -> dict[str, Any]:
     cluster_id = p.string("CloudHsmClusterId", min_len=19, max_len=CLUSTER_ID_MAX)
     p.check()
     _refuse_xks(ctx)
-    keystores = ctx.gateway.keystores
+    keystores = ctx.keystores
     store = await _store(ctx, store_id)
     _require_disconnected(store, "UpdateCustomKeyStore")
     if cluster_id is not None and cluster_id != store.cluster_id:
@@ -255,7 +254,7 @@ async def update_custom_key_store(ctx: Context) -> dict[str, Any]:
 async def delete_custom_key_store(ctx: Context) -> dict[str, Any]:
     store_id = _store_id(ctx)
     ctx.params.check()
-    keystores = ctx.gateway.keystores
+    keystores = ctx.keystores
     store = await _store(ctx, store_id)
     _require_disconnected(store, "DeleteCustomKeyStore")
     cursor = ""
@@ -309,7 +308,7 @@ async def new_store_key(ctx: Context, origin: str, store_id: str | None, spec: A
                                    "only SYMMETRIC_DEFAULT encryption keys are.")
     if multi_region:
         raise UnsupportedOperation("Multi-Region keys cannot be created in a custom key store.")
-    keystores = ctx.gateway.keystores
+    keystores = ctx.keystores
     store = await _store(ctx, store_id)
     backend = await keystores.connected_backend(store_id)
     if store.state != CONNECTED or backend is None:
@@ -322,7 +321,7 @@ async def new_store_key(ctx: Context, origin: str, store_id: str | None, spec: A
 
 async def store_random(ctx: Context, store_id: str, length: int) -> bytes:
     """GenerateRandom with CustomKeyStoreId: random bytes through the store's session."""
-    keystores = ctx.gateway.keystores
+    keystores = ctx.keystores
     store = await _store(ctx, store_id)
     backend = await keystores.connected_backend(store_id)
     if store.state != CONNECTED or backend is None:

@@ -7,13 +7,13 @@ CKM_SHA*_HMAC of its spec; the MAC is computed and compared (constant time) in a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from strongroom.kms.backend import ClusterError
+from strongroom.kms.context import Context, kms_operation
 from strongroom.kms.errors import KmsInvalidMac
 from strongroom.kms.keyspecs import MAC_ALGORITHM_NAMES, MAC_ALGORITHMS
 from strongroom.kms.model import KmsKey
-from strongroom.kms.ops import kms_operation
 from strongroom.kms.ops.asymmetric import HMAC_MECHANISMS, _unavailable, incompatible, key_spec
 from strongroom.kms.ops.common import (
     KEY_ID_MAX,
@@ -26,9 +26,6 @@ from strongroom.kms.ops.common import (
     require_usage,
     resolve_key,
 )
-
-if TYPE_CHECKING:
-    from strongroom.kms.gateway import Context
 
 MAC_MAX = 6144
 

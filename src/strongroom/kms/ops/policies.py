@@ -3,7 +3,7 @@
 Every key has one policy, named ``default``; a key created without one gets AWS's default
 (:func:`strongroom.kms.policy.default_key_policy`: the account may do everything, so access
 keys' own policies decide). Policies are enforced on every operation on a key by the gateway
-(:meth:`strongroom.kms.gateway.Gateway.authorize_key`). A new policy must parse as the
+(:meth:`strongroom.kms.authorization.Authorizer.authorize_key`). A new policy must parse as the
 supported subset (:mod:`strongroom.kms.policy`; anything else is
 ``MalformedPolicyDocumentException`` naming it), be at most 32 KiB (``LimitExceededException``)
 and — unless ``BypassPolicyLockoutSafetyCheck`` — still allow the caller ``kms:PutKeyPolicy``.
@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from strongroom.kms.context import Context, kms_operation
 from strongroom.kms.errors import LimitExceeded, MalformedPolicyDocument, NotFound
-from strongroom.kms.gateway import Context
 from strongroom.kms.model import KmsKey
-from strongroom.kms.ops import kms_operation
 from strongroom.kms.ops.common import (
     KEY_ID_MAX,
     parse_marker,
@@ -44,9 +43,8 @@ def check_new_policy(ctx: Context, text: str, key_arn: str | None, bypass: bool)
         raise MalformedPolicyDocument(str(exc)) from None
     if bypass:
         return
-    gateway = ctx.gateway
     resource = key_arn or ctx.where.key_arn("*")
-    request = Request("kms:PutKeyPolicy", resource, gateway.principal(ctx.identity), ctx.where.account)
+    request = Request("kms:PutKeyPolicy", resource, ctx.principal, ctx.where.account)
     decision, _ = evaluate(request, policy, ctx.identity.policy, ctx.identity.policy_error is not None)
     if decision != "allow":
         raise MalformedPolicyDocument(LOCKOUT_MESSAGE)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from strongroom.kms.context import Context, kms_operation
 from strongroom.kms.errors import Validation
-from strongroom.kms.gateway import Context
-from strongroom.kms.ops import kms_operation
 from strongroom.kms.ops.common import b64, refuse_recipient
 
 MAX_BYTES = 1024

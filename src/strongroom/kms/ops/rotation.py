@@ -1,5 +1,6 @@
 """Key rotation: EnableKeyRotation, DisableKeyRotation, GetKeyRotationStatus, RotateKeyOnDemand,
-ListKeyRotations; automatic rotation runs in the gateway's sweep (:meth:`Gateway.rotate_due`).
+ListKeyRotations; automatic rotation runs in the gateway's sweep
+(:meth:`strongroom.kms.gateway.Gateway.rotate_due`).
 
 A rotation generates a new non-extractable AES key object in the cluster (label
 ``kms/<key id>/<version>``), appends it to the key's material versions and makes it current.
@@ -14,16 +15,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from strongroom.kms.backend import Backend
+from strongroom.kms.context import Context, Services, kms_operation
 from strongroom.kms.errors import Disabled, InvalidMarker, InvalidState, LimitExceeded, NotFound, UnsupportedOperation
-from strongroom.kms.gateway import Context
 from strongroom.kms.model import DISABLED, PENDING_DELETION, KmsKey, new_material
-from strongroom.kms.ops import kms_operation
 from strongroom.kms.ops.common import KEY_ID_MAX, page, parse_marker, read_limit, read_marker, resolve_key
-
-if TYPE_CHECKING:
-    from strongroom.kms.gateway import Gateway
 
 ROTATION_MIN, ROTATION_MAX, ROTATION_DEFAULT = 90, 2560, 365
 ON_DEMAND_LIMIT = 10
@@ -58,17 +56,17 @@ def on_demand_count(key: KmsKey) -> int:
     return sum(1 for r in key.rotations if r.get("type") == "ON_DEMAND")
 
 
-async def rotate(gateway: Gateway, key_id: str, kind: str, check: Callable[[KmsKey], Any]) -> KmsKey | None:
+async def rotate(services: Services, key_id: str, kind: str, check: Callable[[KmsKey], Any]) -> KmsKey | None:
     """Add a new material version and make it current. ``check(key)`` runs on every read of the
     record (raising refuses; returning False skips for automatic rotation). None when skipped."""
-    where = gateway.where
-    key = await gateway.metadata.get_key(key_id)
+    where = services.where
+    key = await services.metadata.get_key(key_id)
     if key is None:
         raise NotFound(f"Key '{where.key_arn(key_id)}' does not exist")
     if check(key) is False:
         return None
     version = max((m.version for m in key.materials), default=0) + 1
-    handle = await gateway.backend.generate_aes_key(f"kms/{key_id}/{version}", 32)
+    handle = await services.backend.generate_aes_key(f"kms/{key_id}/{version}", 32)
     skipped = False
 
     def change(key: KmsKey) -> None:
@@ -85,14 +83,14 @@ async def rotate(gateway: Gateway, key_id: str, kind: str, check: Callable[[KmsK
             key.rotation_anchor = now
 
     try:
-        updated = await gateway.metadata.update_key(key_id, change)
+        updated = await services.metadata.update_key(key_id, change)
     except BaseException as exc:
-        await _destroy(gateway, handle, key_id)
+        await _destroy(services.backend, handle, key_id)
         if isinstance(exc, _Skip):
             return None
         raise
     if updated is None:
-        await _destroy(gateway, handle, key_id)
+        await _destroy(services.backend, handle, key_id)
         raise NotFound(f"Key '{where.key_arn(key_id)}' does not exist")
     log.info("rotated KMS key %s (%s) to key material version %d", key_id, kind, updated.current_material)
     return updated
@@ -102,9 +100,9 @@ class _Skip(Exception):
     pass
 
 
-async def _destroy(gateway: Gateway, handle: int, key_id: str) -> None:
+async def _destroy(backend: Backend, handle: int, key_id: str) -> None:
     try:
-        await gateway.backend.destroy_object(handle)
+        await backend.destroy_object(handle)
     except Exception as exc:  # noqa: BLE001 - the original outcome is what matters
         log.warning("could not destroy the unused rotation key %s of %s: %s", handle, key_id, exc)
 
@@ -176,7 +174,7 @@ async def rotate_key_on_demand(ctx: Context) -> dict[str, Any]:
             raise LimitExceeded("The on-demand rotations limit has been reached for the given keyId. "
                                 f"No more on-demand rotations can be performed for this key: {arn}")
 
-    await rotate(ctx.gateway, key.key_id, "ON_DEMAND", check)
+    await rotate(ctx.services, key.key_id, "ON_DEMAND", check)
     return {"KeyId": arn}
 
 

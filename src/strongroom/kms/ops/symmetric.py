@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from strongroom.kms.context import Context, kms_operation
 from strongroom.kms.errors import InvalidCiphertext, Validation
-from strongroom.kms.gateway import Context
 from strongroom.kms.keyspecs import DATA_KEY_SPECS, ENCRYPTION_ALGORITHMS
-from strongroom.kms.ops import asymmetric, kms_operation
+from strongroom.kms.ops import asymmetric
 from strongroom.kms.ops.common import (
     CIPHERTEXT_MAX,
     KEY_ID_MAX,

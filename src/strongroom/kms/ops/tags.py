@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from strongroom.kms.context import Context, kms_operation
 from strongroom.kms.errors import InvalidMarker, TagError
-from strongroom.kms.gateway import Context
 from strongroom.kms.model import KmsKey
-from strongroom.kms.ops import kms_operation
 from strongroom.kms.ops.common import (
     KEY_ID_MAX,
     page,
