@@ -21,9 +21,10 @@ from pathlib import Path
 from strongroom.audit import AuditLog
 from strongroom.seal import startup_refusal
 from strongroom.dispatch import ops  # noqa: F401  (registers every operation)
-from strongroom.node import backups, freshness, registry, selftest, supervisor
+from strongroom.node import selftest, supervisor
+from strongroom.services import backups, freshness, registry
 from strongroom.node.channel import SupervisorLink
-from strongroom.node.config import NodeConfig
+from strongroom.services.config import NodeConfig
 from strongroom.hardening import harden_process
 from strongroom.node.services import NodeServices
 from strongroom.transport.server import NodeListener

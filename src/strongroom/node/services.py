@@ -29,7 +29,7 @@ from strongroom.dispatch import table
 from strongroom.dispatch.auditing import audit_refusal
 from strongroom.dispatch.table import ACTIVE, INITIALIZED, UNINITIALIZED
 from strongroom.errors import CKR, CryptokiNotInitialized, DeviceError, HsmError
-from strongroom.node.config import NodeConfig
+from strongroom.services.config import NodeConfig
 from strongroom.objects.keys import KeyLoader
 from strongroom.objects.p11sessions import P11SessionTable
 from strongroom.objects.repository import ObjectRepository
@@ -106,7 +106,7 @@ class NodeServices:
         # node (encrypted to that node's ephemeral key). Set in install_cluster_key, wiped in
         # forget_cluster_key; nothing else may read it.
         self.cluster_key: bytearray | None = None
-        #: HMAC key of this node's store high-water mark (node/freshness.py), derived from the cluster key.
+        #: HMAC key of this node's store high-water mark (services/freshness.py), derived from the cluster key.
         self.freshness_key: bytes | None = None
         self.login_throttle = LoginThrottle(config.limits.admin_login_failures_per_source,
                                             config.limits.admin_login_backoff_seconds)
@@ -136,7 +136,7 @@ class NodeServices:
         self.barrier = Barrier(self.store, key)
         # A store that can authenticate its own bookkeeping (SQLite: versions, history) gets its key.
         self.store.enable_integrity(derive_subkey(key, STORE_INTEGRITY_PURPOSE, cluster_id))
-        from strongroom.node.freshness import derive_key
+        from strongroom.services.freshness import derive_key
 
         self.freshness_key = derive_key(key, cluster_id, self.config.node_id)
         self._wipe_cluster_key()  # hsm join
@@ -183,8 +183,8 @@ class NodeServices:
 
     async def heartbeat(self) -> None:
         """Keep this node's registry record fresh (``cluster.status`` reports health from it)."""
-        from strongroom.node import registry
-        from strongroom.node.supervisor import remember_peers
+        from strongroom.services import registry
+        from strongroom.services.peers import remember_peers
 
         while True:
             await asyncio.sleep(registry.HEARTBEAT_SECONDS)
@@ -275,7 +275,7 @@ class NodeServices:
         """Record this node's address in the cluster (agents discover nodes from it)."""
         if self.barrier is None:
             return
-        from strongroom.node import registry
+        from strongroom.services import registry
 
         try:
             await registry.register(self.barrier, self.config.node_id, self.config.zone, self.config.address,

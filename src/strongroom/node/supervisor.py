@@ -20,7 +20,6 @@ whole, rather than running with less capacity unnoticed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -32,7 +31,6 @@ from typing import Any
 from strongroom.audit import AuditLog, AuditWriteError
 from strongroom.hardening import die_with_parent
 from strongroom.node.channel import ChannelClosed, encode, open_stream, read_message
-from strongroom.node.config import NodeConfig
 from strongroom.pki.sealedbox import SealedBox
 from strongroom.seal import (
     SHARES,
@@ -48,13 +46,14 @@ from strongroom.seal import (
     unseal_cluster_key,
 )
 from strongroom.seal.shares import UnsealAttempt, UnsealRefused
+from strongroom.services.config import NodeConfig
+from strongroom.services.peers import load_peers
 
 log = logging.getLogger("strongroom.node")
 
 #: Between two rounds of asking the peers for the key, and of retrying an unreachable seal provider.
 RETRY_SECONDS = 3.0
-#: Addresses of the other nodes seen in the registry (not secret), for a restart without peers in node.toml.
-PEERS_FILE = "peers.json"
+
 
 class SealRefusal(Exception):
     """The seal failed authentication: the node must not start."""
@@ -80,31 +79,6 @@ class WorkerHandle:
     channel: socket.socket
     writer: asyncio.StreamWriter | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-
-def load_peers(config: NodeConfig) -> list[str]:
-    """The peers of node.toml, then those remembered from the registry; never this node itself."""
-    peers = list(config.peers)
-    try:
-        remembered = json.loads((config.node_dir / PEERS_FILE).read_text())
-        peers += [str(p) for p in remembered if isinstance(p, str)]
-    except (FileNotFoundError, ValueError, TypeError):
-        pass
-    seen: set[str] = set()
-    return [p for p in peers if p != config.address and not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
-
-
-def remember_peers(config: NodeConfig, addresses: list[str]) -> None:
-    addresses = sorted({a for a in addresses if a != config.address})
-    path = config.node_dir / PEERS_FILE
-    try:
-        if json.loads(path.read_text()) == addresses:
-            return
-    except (FileNotFoundError, ValueError):
-        pass
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(addresses))
-    os.replace(tmp, path)
 
 
 class Supervisor:
@@ -372,7 +346,7 @@ class Supervisor:
 
     async def _obtain_key(self) -> None:
         """While this node has no key: retry an unreachable provider, or ask the peers."""
-        from strongroom.node.join import fetch_cluster_key
+        from strongroom.services.join import fetch_cluster_key
 
         failures_logged = False
         while True:
@@ -455,4 +429,4 @@ def run(config: NodeConfig, sock: socket.socket, boot: int, run_worker: Callable
     return asyncio.run(supervisor.supervise())
 
 
-__all__ = ["PEERS_FILE", "SealState", "Supervisor", "load_peers", "remember_peers", "run"]
+__all__ = ["SealState", "Supervisor", "run"]

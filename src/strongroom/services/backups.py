@@ -3,7 +3,7 @@
 A node reads every record of the store at one revision (records stay as the
 barrier encrypted them: the backup is useless without the cluster key), wraps
 them with the cluster's metadata, a SHA-256 over the whole and a signature by the
-cluster identity key (:mod:`strongroom.node.identity`). Key pairs are committed
+cluster identity key (:mod:`strongroom.services.identity`). Key pairs are committed
 in one store transaction, so a snapshot holds both halves or neither.
 
 Automatic backups (:func:`run_scheduler`, on one worker of every node that has a
@@ -26,8 +26,8 @@ from typing import Any
 
 from strongroom.backup import BackupCatalog, BackupHeader, BackupRecord, encode_backup
 from strongroom.barrier import Write
-from strongroom.node import registry
-from strongroom.node.identity import IDENTITY_KEY, ClusterIdentity
+from strongroom.services import registry
+from strongroom.services.identity import IDENTITY_KEY, ClusterIdentity
 from strongroom.store.base import ConflictError, StoreError
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from strongroom.node.config import NodeConfig
+from strongroom.services.config import NodeConfig
 from strongroom.pki.sealedbox import NONCE_BYTES, PUBLIC_BYTES, BoxError, EphemeralKey, SealedBox, open_box, seal_box
 from strongroom.seal import CLUSTER_KEY_BYTES
 

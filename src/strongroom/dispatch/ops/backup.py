@@ -3,7 +3,7 @@
 Only a certificate with the operator role reaches these operations (dispatch checks it and
 audits a refusal): an application host's certificate never does.
 
-The node makes the whole file (:func:`strongroom.node.backups.produce_backup`) and
+The node makes the whole file (:func:`strongroom.services.backups.produce_backup`) and
 keeps it in this worker's memory for a few minutes, while the operator's tool reads
 it in chunks on the same connection (a backup is larger than a frame). What the
 operator receives is ciphertext records, the cluster's public metadata and a
@@ -18,7 +18,7 @@ from typing import Any
 
 from strongroom.dispatch.table import ACTIVE, INITIALIZED, OPERATOR, operation
 from strongroom.errors import ActionProhibited, ArgumentsBad, DeviceError
-from strongroom.node.backups import LAST_BACKUP_KEY, BackupRefused, produce_backup, record_last
+from strongroom.services.backups import LAST_BACKUP_KEY, BackupRefused, produce_backup, record_last
 
 STATES = (INITIALIZED, ACTIVE)
 #: Largest chunk one backup.read returns (a frame is 2 MiB).

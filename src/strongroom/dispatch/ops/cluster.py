@@ -27,9 +27,9 @@ from strongroom.dispatch.table import (
     operation,
 )
 from strongroom.errors import ActionProhibited, ArgumentsBad, DeviceError, PinIncorrect
-from strongroom.node import registry
-from strongroom.node.backups import LAST_BACKUP_KEY
-from strongroom.node.identity import IDENTITY_KEY, ClusterIdentity, IdentityError, check_cluster_certificate
+from strongroom.services import registry
+from strongroom.services.backups import LAST_BACKUP_KEY
+from strongroom.services.identity import IDENTITY_KEY, ClusterIdentity, IdentityError, check_cluster_certificate
 from strongroom.pki import fingerprint_sha256, load_certificate
 from strongroom.recovery import RecoveryError, load_custodian_key, split_cluster_key
 from strongroom.node.services import CLUSTER_META_KEY

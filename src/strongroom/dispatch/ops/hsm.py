@@ -6,7 +6,7 @@
 * ``hsm.clone_key`` — no login: a connection whose certificate has the *node* role
   (dispatch checks it), is the enrolled certificate of the node id it names, and is not
   revoked. The key travels encrypted to the newcomer's ephemeral X25519 key (see
-  :mod:`strongroom.node.join`).
+  :mod:`strongroom.services.join`).
 * ``hsm.revoke`` — the operator's act of removing a node (operator role, no login), as
   CloudHSM's DeleteHsm is an AWS API call rather than an HSM login. It grants no access
   to keys; its worst use is taking a node out.
@@ -29,7 +29,7 @@ from strongroom.barrier import Remove, Write
 from strongroom.dispatch.auditing import audit_refusal, witness
 from strongroom.dispatch.table import ACTIVE, AGENT, ALL_STATES, INITIALIZED, NODE, OPERATOR, operation
 from strongroom.errors import ActionProhibited, ArgumentsBad, DeviceError, HsmError
-from strongroom.node.join import PUBLIC_BYTES, seal_for_newcomer
+from strongroom.services.join import PUBLIC_BYTES, seal_for_newcomer
 from strongroom.node.services import REVOKED_PREFIX
 from strongroom.pki import certificate_role, fingerprint_sha256, verify_issued_by
 from strongroom.store.base import ConflictError
@@ -192,7 +192,7 @@ async def revoke(call: Any, args: RevokeArgs) -> dict[str, Any]:
     Nodes then close new connections made with that certificate and refuse it
     ``hsm.clone_key``. Idempotent: revoking again answers with the first record.
     """
-    from strongroom.node import registry
+    from strongroom.services import registry
 
     services = call.services
     peer = call.peer
@@ -243,7 +243,7 @@ async def zeroize(call: Any, args: ZeroizeArgs) -> dict[str, Any]:
     an HSM. Other nodes keep serving; with every node zeroized only backups remain,
     restorable with recovery shares.
     """
-    from strongroom.node import registry
+    from strongroom.services import registry
 
     services = call.services
     details = {"node_id": args.node_id, "peer": call.peer_name}
