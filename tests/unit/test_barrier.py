@@ -324,3 +324,39 @@ def test_commit_with_a_stale_entry_conflicts_and_writes_nothing(tmp_path):
         assert new is not None and new.value == {"v": "new"}
 
     run_with_barrier(tmp_path, body)
+
+
+def test_paged_listing_decrypts_only_the_page_and_counting_decrypts_nothing(tmp_path):
+    async def body(barrier: Barrier, path: Path) -> None:
+        for name in ("a", "b", "c", "d"):
+            await put(barrier, f"list/{name}", {"name": name})
+        await put(barrier, "other/x", {"name": "x"})
+        page, more = await barrier.list_page("list/", limit=2)
+        assert [e.value["name"] for e in page] == ["a", "b"] and more
+        page, more = await barrier.list_page("list/", start_after="list/b", limit=2)
+        assert [e.key for e in page] == ["list/c", "list/d"] and not more
+        assert (await barrier.list_page("list/", start_after="list/d", limit=5)) == ([], False)
+        # A tampered record outside the page is not opened (nor counted as anything but a record) ...
+        set_raw_value(path, "list/d", raw_row(path, "list/a")[0])
+        page, more = await barrier.list_page("list/", limit=3)
+        assert [e.key for e in page] == ["list/a", "list/b", "list/c"] and more
+        assert await barrier.count_prefix("list/") == 4 and await barrier.count_prefix("none/") == 0
+        # ... and one inside it is refused, naming it.
+        with pytest.raises(RecordTampered) as exc_info:
+            await barrier.list_page("list/", start_after="list/b", limit=3)
+        assert_tampered(exc_info, "list/d")
+
+    run_with_barrier(tmp_path, body)
+
+
+def test_snapshot_is_every_record_as_stored(tmp_path):
+    async def body(barrier: Barrier, path: Path) -> None:
+        await put(barrier, "a", {"secret": "s3cr3t"})
+        await put(barrier, "b/c", {"n": 1})
+        snapshot = await barrier.snapshot()
+        assert [r.key for r in snapshot.records] == ["a", "b/c"]
+        assert snapshot.revision == await barrier.store.revision()
+        assert all(r.value.startswith(MAGIC) and b"s3cr3t" not in r.value for r in snapshot.records)
+        assert barrier.decode(snapshot.records[0]).value == {"secret": "s3cr3t"}
+
+    run_with_barrier(tmp_path, body)

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from strongroom.errors import CKR, HsmError
-from strongroom.store.base import Check, Delete, Put, Record, Store
+from strongroom.store.base import Check, Delete, Listing, Put, Record, Store
 
 MAGIC = b"SRB1"
 _HEADER = struct.Struct(">4sI12s")  # magic, key epoch, nonce
@@ -145,6 +145,22 @@ class Barrier:
     async def list_prefix(self, prefix: str) -> tuple[list[Entry], int]:
         listing = await self._store.list_prefix(prefix)
         return [self.decode(record) for record in listing.records], listing.revision
+
+    async def list_page(self, prefix: str, *, start_after: str = "", limit: int) -> tuple[list[Entry], bool]:
+        """At most ``limit`` records under ``prefix`` whose key sorts after ``start_after`` (a whole key), in key
+        order, and whether more follow. Only the records returned are decrypted."""
+        listing = await self._store.list_prefix(prefix)
+        remaining = [record for record in listing.records if record.key > start_after]
+        page = remaining[:limit]
+        return [self.decode(record) for record in page], len(remaining) > len(page)
+
+    async def count_prefix(self, prefix: str) -> int:
+        """How many records there are under ``prefix`` (none is decrypted)."""
+        return len((await self._store.list_prefix(prefix)).records)
+
+    async def snapshot(self) -> Listing:
+        """Every record of the store at one revision, as stored (encrypted): what a backup holds."""
+        return await self._store.list_prefix("")
 
     def _encrypted(self, write: Write) -> Put:
         version = 1 if write.previous is None else write.previous.record.version + 1

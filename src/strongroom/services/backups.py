@@ -44,7 +44,7 @@ class BackupRefused(Exception):
 async def produce_backup(services: Any, trigger: str) -> tuple[BackupHeader, bytes, dict[str, Any]]:
     """Snapshot the store; returns the header, the file's bytes and the ``backup/last`` value to record."""
     barrier = services.require_barrier()
-    listing = await services.store.list_prefix("")
+    listing = await barrier.snapshot()
     by_key = {record.key: record for record in listing.records}
     if META_KEY not in by_key or IDENTITY_KEY not in by_key:
         raise BackupRefused("the store holds no initialized cluster")

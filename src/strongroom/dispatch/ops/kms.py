@@ -273,8 +273,7 @@ async def access_key_create(call: Any, args: AccessKeyCreateArgs) -> dict[str, A
             raise ArgumentsBad("an access-key name is 1 to 64 of letters, digits and _.@+=,-")
         service_user = normalize_username(args.service_user)
         _check_policy(args.policy)
-        listing = await barrier.store.list_prefix(ACCESS_KEY_PREFIX)
-        if len(listing.records) >= MAX_ACCESS_KEYS:
+        if await barrier.count_prefix(ACCESS_KEY_PREFIX) >= MAX_ACCESS_KEYS:
             raise RecordLimit(f"the cluster already has the maximum of {MAX_ACCESS_KEYS} KMS access keys")
         record = {
             "access_key_id": _new_access_key_id(),
@@ -522,16 +521,10 @@ async def record_list(call: Any, args: RecordListArgs) -> dict[str, Any]:
         raise ArgumentsBad(f"limit is 1 to {MAX_LIST}")
     barrier = call.services.require_barrier()
     namespace = _namespace(call)
-    listing = await barrier.store.list_prefix(namespace + args.prefix)
     after = namespace + args.start_after if args.start_after else ""
-    # Only the records returned are decrypted: the listing is sorted by key.
-    remaining = [r for r in listing.records if r.key > after]
-    page = remaining[: args.limit]
-    records = []
-    for raw in page:
-        entry = barrier.decode(raw)
-        records.append({"key": raw.key[len(namespace):], "value": entry.value, "revision": entry.revision})
-    return {"records": records, "more": len(remaining) > len(page)}
+    page, more = await barrier.list_page(namespace + args.prefix, start_after=after, limit=args.limit)
+    records = [{"key": entry.key[len(namespace):], "value": entry.value, "revision": entry.revision} for entry in page]
+    return {"records": records, "more": more}
 
 
 @dataclass
@@ -577,8 +570,7 @@ async def record_commit(call: Any, args: RecordCommitArgs) -> dict[str, Any]:
             return {"ok": False, "conflict": key[len(namespace):]}
         changes.append(Write(key, value, entry) if value is not None else Remove(key, entry))
     if any(expect == 0 for _, expect, _ in parsed):
-        listing = await barrier.store.list_prefix(namespace)
-        if len(listing.records) + sum(1 for _, e, _ in parsed if e == 0) > MAX_RECORDS:
+        if await barrier.count_prefix(namespace) + sum(1 for _, e, _ in parsed if e == 0) > MAX_RECORDS:
             raise RecordLimit(f"a KMS service user holds at most {MAX_RECORDS} records")
     details = {"keys": [key[len(namespace):] for key, _, _ in parsed][:MAX_CHANGES]}
     try:
