@@ -56,6 +56,7 @@ from strongroom.mechanisms.base import (
     Mechanism,
     SignOperation,
     VerifyOperation,
+    check_part,
     register,
 )
 
@@ -99,13 +100,6 @@ def _describe(key: Key) -> str:
         return f"{CKK(key.key_type).name} {CKO(key.object_class).name}"
     except ValueError:
         return f"key type {key.key_type!r}"
-
-
-def _check_size(data: bytes) -> None:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ArgumentsBad(f"expected bytes, got {type(data).__name__}")
-    if len(data) > MAX_DATA:
-        raise DataLenRange(f"at most {MAX_DATA} bytes per call; send larger inputs in parts")
 
 
 def _dict_params(ckm: CKM, params: Any, required: set[str], optional: set[str]) -> dict[str, Any]:
@@ -163,7 +157,7 @@ class _BlockOp(CipherOperation):
         self._total = 0
 
     def update(self, data: bytes) -> bytes:
-        _check_size(data)
+        check_part(data)
         self._total += len(data)
         return self._ctx.update(data)
 
@@ -179,7 +173,7 @@ class _PadEncryptOp(CipherOperation):
         self._padder = padding.PKCS7(BLOCK * 8).padder()
 
     def update(self, data: bytes) -> bytes:
-        _check_size(data)
+        check_part(data)
         return self._ctx.update(self._padder.update(data))
 
     def final(self) -> bytes:
@@ -195,7 +189,7 @@ class _PadDecryptOp(CipherOperation):
         self._total = 0
 
     def update(self, data: bytes) -> bytes:
-        _check_size(data)
+        check_part(data)
         self._total += len(data)
         return self._unpadder.update(self._ctx.update(data))
 
@@ -222,7 +216,7 @@ class _CtrOp(CipherOperation):
         self._counter_bits = params.counter_bits
 
     def update(self, data: bytes) -> bytes:
-        _check_size(data)
+        check_part(data)
         if len(data) > self._budget:
             raise DataLenRange(f"this input would wrap the {self._counter_bits}-bit counter")
         self._budget -= len(data)
@@ -240,7 +234,7 @@ class _GcmEncryptOp(CipherOperation):
         self._tag_len = params.tag_len
 
     def update(self, data: bytes) -> bytes:
-        _check_size(data)
+        check_part(data)
         try:
             return self._ctx.update(data)
         except (ValueError, OverflowError):  # GCM's 2^39-256 bit message limit
@@ -266,7 +260,7 @@ class _GcmDecryptOp(CipherOperation):
         self._total = 0
 
     def update(self, data: bytes) -> bytes:
-        _check_size(data)
+        check_part(data)
         self._total += len(data)
         if self._total > GCM_DECRYPT_LIMIT + self._tag_len:
             self._plain.clear()
@@ -298,7 +292,7 @@ class _OneShotOp(CipherOperation):
         self._compute = compute
 
     def one_shot(self, data: bytes) -> bytes:
-        _check_size(data)
+        check_part(data)
         return self._compute(bytes(data))
 
 
@@ -359,12 +353,12 @@ class AesCbcPad(_AesCbcBase):
 
     def wrap(self, wrapping_key: Key, params: Any, key_bytes: bytes) -> bytes:
         _aes_key(wrapping_key, _Role.WRAPPING)
-        _check_size(key_bytes)
+        check_part(key_bytes)
         return self.encrypt(wrapping_key, params).one_shot(key_bytes)
 
     def unwrap(self, unwrapping_key: Key, params: Any, wrapped: bytes) -> bytes:
         _aes_key(unwrapping_key, _Role.UNWRAPPING)
-        _check_size(wrapped)
+        check_part(wrapped)
         try:
             return self.decrypt(unwrapping_key, params).one_shot(wrapped)
         except EncryptedDataLenRange as exc:
@@ -475,13 +469,13 @@ class AesGcm(_AesMechanism):
     def wrap(self, wrapping_key: Key, params: Any, key_bytes: bytes) -> bytes:
         p = self._wrap_params(params)
         secret = _aes_key(wrapping_key, _Role.WRAPPING)
-        _check_size(key_bytes)
+        check_part(key_bytes)
         return _GcmEncryptOp(secret, p, p.iv).one_shot(key_bytes)
 
     def unwrap(self, unwrapping_key: Key, params: Any, wrapped: bytes) -> bytes:
         p = self._wrap_params(params)
         secret = _aes_key(unwrapping_key, _Role.UNWRAPPING)
-        _check_size(wrapped)
+        check_part(wrapped)
         if len(wrapped) < p.tag_len:
             raise WrappedKeyLenRange(f"wrapped key is shorter than its {p.tag_len}-byte tag")
         try:
@@ -558,13 +552,13 @@ class _KeyWrapBase(_AesMechanism):
     def wrap(self, wrapping_key: Key, params: Any, key_bytes: bytes) -> bytes:
         self.parse_params(params)
         kek = _aes_key(wrapping_key, _Role.WRAPPING)
-        _check_size(key_bytes)
+        check_part(key_bytes)
         return self._wrap_or_raise(kek, bytes(key_bytes), KeySizeRange)
 
     def unwrap(self, unwrapping_key: Key, params: Any, wrapped: bytes) -> bytes:
         self.parse_params(params)
         kek = _aes_key(unwrapping_key, _Role.UNWRAPPING)
-        _check_size(wrapped)
+        check_part(wrapped)
         return self._unwrap_or_raise(kek, bytes(wrapped), WrappedKeyLenRange, WrappedKeyInvalid)
 
 
@@ -632,7 +626,7 @@ class _CmacSignOp(SignOperation):
         self._mac_len = mac_len
 
     def update(self, data: bytes) -> None:
-        _check_size(data)
+        check_part(data)
         self._cmac.update(data)
 
     def final(self) -> bytes:
@@ -645,7 +639,7 @@ class _CmacVerifyOp(VerifyOperation):
         self._mac_len = mac_len
 
     def update(self, data: bytes) -> None:
-        _check_size(data)
+        check_part(data)
         self._cmac.update(data)
 
     def final(self, signature: bytes) -> None:

@@ -53,12 +53,15 @@ from strongroom.errors import (
 MAX_DATA = 1 << 20
 
 
-def check_part(data: object) -> bytes:
-    """One call's input: bytes-like and at most MAX_DATA, so one request cannot pin the node."""
+def check_part(data: object, *, multipart: bool = True) -> bytes:
+    """One call's input (data, or a key to wrap or unwrap): bytes-like (else CKR_ARGUMENTS_BAD)
+    and at most MAX_DATA (else CKR_DATA_LEN_RANGE), so one request cannot pin the node. Every
+    mechanism family checks its input here; ``multipart=False`` for those that have no parts."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ArgumentsBad(f"data must be bytes, not {type(data).__name__}")
     if len(data) > MAX_DATA:
-        raise DataLenRange(f"at most {MAX_DATA} bytes per call; send larger inputs in parts")
+        advice = "send larger inputs in parts" if multipart else "this mechanism takes its input in one part"
+        raise DataLenRange(f"at most {MAX_DATA} bytes per call; {advice}")
     return bytes(data)
 
 

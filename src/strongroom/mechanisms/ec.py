@@ -51,7 +51,6 @@ from strongroom.errors import (
     TemplateInconsistent,
 )
 from strongroom.mechanisms.base import (
-    MAX_DATA,
     Capability,
     GeneratedPair,
     Key,
@@ -59,6 +58,7 @@ from strongroom.mechanisms.base import (
     SignOperation,
     Stream,
     VerifyOperation,
+    check_part,
     register,
 )
 from strongroom.mechanisms.hashes import HASHES
@@ -316,15 +316,6 @@ class EcKeyPairGen(Mechanism):
 # -- ECDSA ----------------------------------------------------------------------------------
 
 
-def _check_input(data: object) -> bytes:
-    raw = as_bytes(data)
-    if raw is None:
-        raise ArgumentsBad(f"data must be bytes, not {type(data).__name__}")
-    if len(raw) > MAX_DATA:
-        raise DataLenRange(f"at most {MAX_DATA} bytes per call; send larger inputs in parts")
-    return raw
-
-
 def _raw_digest(curve: ec.EllipticCurve, data: bytes) -> tuple[bytes, hashes.HashAlgorithm]:
     """CKM_ECDSA input as (digest, algorithm) for cryptography's Prehashed.
 
@@ -427,7 +418,7 @@ class _RawSign(SignOperation, _OneShot):
 
     def one_shot(self, data: bytes) -> bytes:
         self._consume()
-        digest, algorithm = _raw_digest(self._private.curve, _check_input(data))
+        digest, algorithm = _raw_digest(self._private.curve, check_part(data))
         return _sign_digest(self._private, digest, algorithm)
 
 
@@ -438,7 +429,7 @@ class _RawVerify(VerifyOperation, _OneShot):
 
     def one_shot(self, data: bytes, signature: bytes) -> None:
         self._consume()
-        digest, algorithm = _raw_digest(self._public.curve, _check_input(data))
+        digest, algorithm = _raw_digest(self._public.curve, check_part(data))
         _verify_digest(self._public, digest, algorithm, signature)
 
 

@@ -26,7 +26,6 @@ from strongroom.errors import (
     ArgumentsBad,
     AttributeValueInvalid,
     CurveNotSupported,
-    DataLenRange,
     DeviceError,
     KeyTypeInconsistent,
     MechanismParamInvalid,
@@ -38,13 +37,13 @@ from strongroom.errors import (
     TemplateInconsistent,
 )
 from strongroom.mechanisms.base import (
-    MAX_DATA,
     Capability,
     GeneratedPair,
     Key,
     Mechanism,
     SignOperation,
     VerifyOperation,
+    check_part,
     register,
 )
 from strongroom.mechanisms.ec import TAG_OCTET_STRING, as_bytes, der_decode, der_encode, der_oid, der_printable
@@ -203,15 +202,6 @@ class EdwardsKeyPairGen(Mechanism):
 # -- EdDSA ----------------------------------------------------------------------------------
 
 
-def _check_input(data: object) -> bytes:
-    raw = as_bytes(data)
-    if raw is None:
-        raise ArgumentsBad(f"data must be bytes, not {type(data).__name__}")
-    if len(raw) > MAX_DATA:
-        raise DataLenRange(f"EdDSA is single-part: at most {MAX_DATA} bytes")
-    return raw
-
-
 class _OneShot:
     def __init__(self) -> None:
         self._used = False
@@ -229,7 +219,7 @@ class _EdSign(SignOperation, _OneShot):
 
     def one_shot(self, data: bytes) -> bytes:
         self._consume()
-        return self._private.sign(_check_input(data))
+        return self._private.sign(check_part(data, multipart=False))
 
 
 class _EdVerify(VerifyOperation, _OneShot):
@@ -239,7 +229,7 @@ class _EdVerify(VerifyOperation, _OneShot):
 
     def one_shot(self, data: bytes, signature: bytes) -> None:
         self._consume()
-        message = _check_input(data)
+        message = check_part(data, multipart=False)
         raw = as_bytes(signature)
         if raw is None:
             raise ArgumentsBad(f"signature must be bytes, not {type(signature).__name__}")

@@ -69,6 +69,7 @@ from strongroom.mechanisms.base import (
     Mechanism,
     SignOperation,
     VerifyOperation,
+    check_part,
     register,
 )
 from strongroom.mechanisms.hashes import hash_for, mgf1_for
@@ -207,11 +208,6 @@ def _modulus_len(key: RSAPrivateKey | RSAPublicKey) -> int:
     return (key.key_size + 7) // 8
 
 
-def _check_part(data: bytes) -> None:
-    if len(data) > MAX_DATA:
-        raise DataLenRange(f"at most {MAX_DATA} bytes per call; send larger input in parts")
-
-
 # -- parameters ------------------------------------------------------------------------
 
 
@@ -336,7 +332,7 @@ class _HashSign(_Finishable, SignOperation):
 
     def update(self, data: bytes) -> None:
         self._begin()
-        _check_part(data)
+        check_part(data)
         self._hash.update(data)
 
     def final(self) -> bytes:
@@ -352,7 +348,7 @@ class _HashVerify(_Finishable, VerifyOperation):
 
     def update(self, data: bytes) -> None:
         self._begin()
-        _check_part(data)
+        check_part(data)
         self._hash.update(data)
 
     def final(self, signature: bytes) -> None:

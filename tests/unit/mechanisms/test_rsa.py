@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from strongroom.constants import CKA, CKG, CKK, CKM, CKO, CKZ
 from strongroom.errors import (
     CKR,
+    ArgumentsBad,
     AttributeValueInvalid,
     DataLenRange,
     DeviceError,
@@ -993,6 +994,12 @@ def test_oversize_parts(priv: Key, pub: Key) -> None:
             lookup(ckm).sign(priv, params).update(big)
         with pytest.raises(DataLenRange):
             lookup(ckm).verify(pub, params).update(big)
+        # The shared input check (mechanisms.base.check_part): a value that is not bytes is the
+        # caller's error, not the hash library's TypeError.
+        with pytest.raises(ArgumentsBad):
+            lookup(ckm).sign(priv, params).update("text")  # type: ignore[arg-type]
+        with pytest.raises(ArgumentsBad):
+            lookup(ckm).verify(pub, params).update("text")  # type: ignore[arg-type]
         op = lookup(ckm).sign(priv, params)
         op.update(bytes(MAX_DATA))  # exactly the limit is fine
         op.update(bytes(MAX_DATA))
