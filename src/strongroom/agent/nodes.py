@@ -88,6 +88,8 @@ class NodeLink:
         self.in_flight = 0
         self.healthy = False
         self.status: dict[str, Any] = {}
+        #: The node's ``mechanism.list`` as told on this connection (:mod:`strongroom.agent.mechanisms`).
+        self.mechanisms: list[dict[str, Any]] | None = None
         self.last_error: str | None = None
         self._lock = asyncio.Lock()
         self._last_attempt = 0.0
@@ -130,6 +132,7 @@ class NodeLink:
                 return False
             old, self.conn = self.conn, conn
             self.epoch += 1
+            self.mechanisms = None  # perhaps a node restarted with other software: ask it again
             self.healthy = True  # until the health check says otherwise
             self.last_error = None
             self.backoff = BACKOFF_START

@@ -8,12 +8,12 @@ import time
 from typing import Any
 
 from strongroom.agent.config import AgentConfig
+from strongroom.agent.mechanisms import mechanism_list
 from strongroom.agent.nodes import NodePool, NodeTimeout, NodeUnavailable
 from strongroom.agent.state import App, Session
 
 log = logging.getLogger("strongroom.agent")
 
-MECHANISM_CACHE_SECONDS = 3600.0
 CLUSTER_CACHE_SECONDS = 10.0
 LOGOUT_TIMEOUT = 5.0
 
@@ -23,8 +23,6 @@ class Agent:
         self.config = config
         self.pool = pool
         self.apps: dict[bytes, App] = {}
-        self.mechanisms: list[dict[str, Any]] | None = None
-        self.mechanisms_at = 0.0
         self.cluster: dict[str, Any] | None = None
         self.cluster_at = 0.0
 
@@ -44,32 +42,8 @@ class Agent:
         return status
 
     async def mechanism_list(self, prefer: App | None) -> list[dict[str, Any]]:
-        """The cluster's mechanisms (``mechanism.list`` needs a login: any application's will do)."""
-        now = time.monotonic()
-        if self.mechanisms is not None and now - self.mechanisms_at < MECHANISM_CACHE_SECONDS:
-            return self.mechanisms
-        candidates = [prefer] if prefer is not None else []
-        candidates += [app for app in self.apps.values() if app is not prefer]
-        for app in candidates:
-            if app.logins is None or app.logins.closed:
-                continue
-            try:
-                body, _link, _serial = await self.pool.call("mechanism.list", {}, logins=app.logins,
-                                                            link=app.home, idempotent=True)
-            except Exception as exc:  # noqa: BLE001 - try the next login, then the local list
-                log.info("mechanism.list through %s failed: %s", app.logins.identity.username, exc)
-                continue
-            self.mechanisms, self.mechanisms_at = list(body["mechanisms"]), now
-            return self.mechanisms
-        if self.mechanisms is not None:
-            return self.mechanisms
-        # Nobody is logged in yet: this agent's own copy of the node software knows the same
-        # mechanisms. It is not cached, so the cluster's answer replaces it after a login.
-        from strongroom.dispatch.ops.mechanism import list_mechanisms
-
-        import strongroom.mechanisms  # noqa: F401 - registers every family
-
-        return list((await list_mechanisms(None, None))["mechanisms"])
+        """The token's mechanisms, as the node that serves ``prefer`` lists them (see :mod:`.mechanisms`)."""
+        return await mechanism_list(self.pool, self.apps.values(), prefer)
 
     # --- ending things --------------------------------------------------------------------
 

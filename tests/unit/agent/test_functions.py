@@ -18,7 +18,7 @@ from strongroom.agent.config import AgentConfig
 from strongroom.agent.functions import FUNCTIONS, dispatch
 from strongroom.agent.functions import registry
 from strongroom.agent.functions.common import deliver
-from strongroom.agent.nodes import Identity, Logins
+from strongroom.agent.nodes import Identity, Logins, NodeUnavailable
 from strongroom.agent.returns import ALLOWED, UNIVERSAL, allowed, finish, translate
 from strongroom.agent.runtime import Agent
 from strongroom.agent.state import Pending
@@ -37,10 +37,19 @@ class FakeConnection:
         self.peer_pid = 4242
 
 
+class NoNodes:
+    """A node pool whose nodes never answer: what the agent decides alone."""
+
+    links: list[Any] = []
+
+    async def acquire(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise NodeUnavailable("no node in this test")
+
+
 def make_agent() -> Agent:
     config = AgentConfig(socket=Path("/tmp/x.sock"), ca=Path("ca"), cert=Path("c"), key=Path("k"),
                          nodes=(NodeAddress("node1", "127.0.0.1", 1),), slot_id=3)
-    return Agent(config, pool=None)  # type: ignore[arg-type]
+    return Agent(config, pool=NoNodes())  # type: ignore[arg-type]
 
 
 class Harness:
@@ -143,14 +152,15 @@ def test_unexpected_exceptions_become_general_error(h: Harness, monkeypatch: pyt
     assert h.call("C_GetSlotInfo", 3) == (CKR.GENERAL_ERROR, [])
 
 
-def test_mechanisms_before_anyone_logged_in_come_from_the_local_registry(h: Harness) -> None:
+def test_mechanisms_when_no_node_ever_answered_come_from_this_hosts_software(h: Harness) -> None:
     h.init()
     rv, (mechanisms,) = h.call("C_GetMechanismList", 3)
     assert rv == CKR.OK and 0x1087 in mechanisms  # CKM_AES_GCM
     rv, (minimum, maximum, flags) = h.call("C_GetMechanismInfo", 3, 0x1087)
     assert (rv, minimum, maximum) == (CKR.OK, 16, 32) and flags & CKF.ENCRYPT
+    rv, (_minimum, _maximum, flags) = h.call("C_GetMechanismInfo", 3, 0x1041)  # CKM_ECDSA
+    assert rv == CKR.OK and flags & CKF.EC_F_P and flags & CKF.EC_NAMEDCURVE and flags & CKF.EC_UNCOMPRESS
     assert h.call("C_GetMechanismInfo", 3, 0x3)[0] == CKR.MECHANISM_INVALID  # CKM_RSA_X_509
-    assert h.agent.mechanisms is None  # not cached: the cluster's answer replaces it after a login
 
 
 def test_slot_info(h: Harness) -> None:

@@ -27,6 +27,9 @@ from strongroom.errors import CKR
 from strongroom.transport.protocol import FrameDecoder, decode_request, encode_reply
 from strongroom.transport.tls import server_context
 
+#: What this fake node lists: one mechanism the agent's own software does not know (0x80001234).
+MECHANISMS = [{"mechanism": 0x80001234, "name": "CKM_VENDOR_TEST", "min_key_size": 1, "max_key_size": 2, "flags": 1}]
+
 Behaviour = Callable[["FakeNode", str, bytes | None, dict[str, Any]], Any]
 
 
@@ -42,6 +45,8 @@ class FakeNode:
         self.logins = 0
         self.calls: list[str] = []
         self.drop_on: set[str] = set()  # ops whose next call kills the connection instead of answering
+        #: mechanism.list wants a login (as dispatch declares it today) unless this is False.
+        self.mechanisms_need_login = True
         self.writers: list[asyncio.StreamWriter] = []
 
     async def start(self) -> None:
@@ -79,6 +84,8 @@ class FakeNode:
     def _answer(self, op: str, token: bytes | None, args: dict[str, Any], mine: set[bytes]) -> tuple[int, Any]:
         if op == "node.status":
             return 0, {"state": "active"}
+        if op == "mechanism.list" and not self.mechanisms_need_login:
+            return 0, {"mechanisms": MECHANISMS}
         if op == "session.login":
             self.logins += 1
             if args["password"] != self.password:
@@ -95,6 +102,8 @@ class FakeNode:
             return 0, {"username": "alice"}
         if op == "p11.gone":
             return CKR.SESSION_HANDLE_INVALID, "no PKCS#11 session 1 in this login"
+        if op == "mechanism.list":
+            return 0, {"mechanisms": MECHANISMS}
         return 0, {"op": op}
 
 
