@@ -289,8 +289,8 @@ def _key_type_name(value: Any) -> str | None:
 
 
 def _curve_name(params: bytes) -> str:
-    from strongroom.mechanisms import ec as ec_mech
-    from strongroom.mechanisms import eddsa
+    from strongroom.encoding import ec as ec_mech
+    from strongroom.encoding import eddsa
 
     try:
         return ec_mech.curve_from_params(params).name
@@ -627,14 +627,14 @@ def cmd_key_generate_pair(args: argparse.Namespace, ctx: Context) -> None:
     elif kind == "ec":
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        from strongroom.mechanisms.ec import params_for_curve
+        from strongroom.encoding.ec import params_for_curve
 
         curves = {"secp256r1": ec.SECP256R1, "prime256v1": ec.SECP256R1, "secp384r1": ec.SECP384R1,
                   "secp521r1": ec.SECP521R1, "secp256k1": ec.SECP256K1}
         ckm = CKM.EC_KEY_PAIR_GEN
         public[CKA.EC_PARAMS] = params_for_curve(curves[args.curve]())
     else:
-        from strongroom.mechanisms.eddsa import ED25519
+        from strongroom.encoding.eddsa import ED25519
 
         ckm = CKM.EC_EDWARDS_KEY_PAIR_GEN
         public[CKA.EC_PARAMS] = ED25519.params
@@ -769,9 +769,9 @@ def cmd_key_import_public(args: argparse.Namespace, ctx: Context) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-    from strongroom.mechanisms import ec as ec_mech
-    from strongroom.mechanisms import eddsa as eddsa_mech
-    from strongroom.mechanisms import rsa as rsa_mech
+    from strongroom.encoding import ec as ec_mech
+    from strongroom.encoding import eddsa as eddsa_mech
+    from strongroom.encoding import rsa as rsa_mech
 
     pem = _read(args.pem, "PEM file")
     try:

@@ -3,22 +3,9 @@
 Mechanisms: CKM_EC_KEY_PAIR_GEN (= CKM_ECDSA_KEY_PAIR_GEN), CKM_ECDSA (the caller hashes),
 CKM_ECDSA_SHA1/SHA224/SHA256/SHA384/SHA512 (the node hashes, in parts) and CKM_ECDH1_DERIVE.
 
-Encodings (PKCS#11 v2.40 §2.3.3):
-
-* ``CKA_EC_PARAMS`` is the DER of an X9.62 ``Parameters`` choice. We accept the
-  ``namedCurve`` OID and, because some tools send it, the PrintableString curve name
-  ("prime256v1"/"secp256r1", "secp384r1", "secp521r1", "secp256k1"); explicit domain
-  parameters, ``implicitlyCA`` and every other curve are CKR_CURVE_NOT_SUPPORTED. We
-  write the OID form.
-* ``CKA_EC_POINT`` is the DER OCTET STRING wrapping the X9.62 point (uncompressed when
-  we write it). Some applications send the bare point instead; on input we take both,
-  which is unambiguous because a bare point and a wrapped one never have the same
-  length on these curves (see :func:`decode_point`).
-* Signatures are ``r || s``, each left-padded to the byte length of the group order.
-
-pyca/cryptography has no general DER encoder, so the two fixed shapes we need (an OID
-or PrintableString as a whole value, an OCTET STRING) go through the small strict TLV
-helpers below; that is encoding, all cryptography is the library's.
+The encodings (``CKA_EC_PARAMS`` as a namedCurve OID or PrintableString name, ``CKA_EC_POINT``
+bare or DER-wrapped, signatures as ``r || s``) are :mod:`strongroom.encoding.ec`'s: the KMS
+gateway and the CLI describe keys the same way without importing the node's mechanisms.
 """
 
 from __future__ import annotations
@@ -27,16 +14,32 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 
 from strongroom.constants import CKA, CKD, CKK, CKM
+
+# The encodings (curves, points, attributes) live in strongroom.encoding.ec; the object layer and
+# the tests still name params_for_curve, key_attributes and public_key_from_attributes through here.
+from strongroom.encoding.der import as_bytes
+from strongroom.encoding.ec import (
+    MAX_BITS,
+    MIN_BITS,
+    check_curve,
+    curve_from_params,
+    decode_point,
+    encode_point,
+    order_len,
+    signature_from_der,
+    signature_to_der,
+)
+from strongroom.encoding.ec import key_attributes as key_attributes
+from strongroom.encoding.ec import params_for_curve as params_for_curve
+from strongroom.encoding.ec import public_key_from_attributes as public_key_from_attributes
 from strongroom.errors import (
     CKR,
     ArgumentsBad,
-    AttributeValueInvalid,
-    CurveNotSupported,
     DataLenRange,
     DeviceError,
     HsmError,
@@ -63,186 +66,6 @@ from strongroom.mechanisms.base import (
 )
 from strongroom.mechanisms.hashes import HASHES
 
-# -- minimal DER ------------------------------------------------------------------------
-
-TAG_OCTET_STRING = 0x04
-TAG_OID = 0x06
-TAG_PRINTABLE_STRING = 0x13
-
-
-def der_encode(tag: int, content: bytes) -> bytes:
-    """One DER TLV with a definite, minimal length."""
-    size = len(content)
-    if size < 0x80:
-        return bytes((tag, size)) + content
-    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(length))) + length + content
-
-
-def der_decode(tag: int, data: bytes) -> bytes:
-    """The content of the single TLV that ``data`` must be, exactly; ValueError otherwise.
-
-    Strict DER: definite minimal length, nothing after the value. Lengths above 0xFFFF
-    are refused since no value we parse comes close.
-    """
-    if len(data) < 2 or data[0] != tag:
-        raise ValueError(f"expected a DER value with tag 0x{tag:02x}")
-    first = data[1]
-    if first < 0x80:
-        length, offset = first, 2
-    else:
-        count = first & 0x7F
-        if count == 0 or count > 2:
-            raise ValueError("indefinite or oversized DER length")
-        field = data[2 : 2 + count]
-        if len(field) != count or field[0] == 0:
-            raise ValueError("truncated or non-minimal DER length")
-        length, offset = int.from_bytes(field, "big"), 2 + count
-        if length < 0x80:
-            raise ValueError("non-minimal DER length")
-    if len(data) - offset != length:
-        raise ValueError("DER length does not match the data")
-    return bytes(data[offset:])
-
-
-def der_oid(dotted: str) -> bytes:
-    """DER of an OBJECT IDENTIFIER given in dotted form (base-128 arcs, X.690 §8.19)."""
-    arcs = [int(arc) for arc in dotted.split(".")]
-    body = bytearray()
-    for arc in [40 * arcs[0] + arcs[1], *arcs[2:]]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        body += bytes(reversed(chunk))
-    return der_encode(TAG_OID, bytes(body))
-
-
-def der_printable(name: str) -> bytes:
-    return der_encode(TAG_PRINTABLE_STRING, name.encode("ascii"))
-
-
-def as_bytes(value: object) -> bytes | None:
-    return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else None
-
-
-# -- curves -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _CurveInfo:
-    curve: type[ec.EllipticCurve]
-    oid: str
-    names: tuple[str, ...]
-
-
-# For these four curves the bit length of the group order n equals the field size that
-# cryptography reports as key_size, so key_size serves for both nLen and the field length.
-_CURVE_INFO = (
-    _CurveInfo(ec.SECP256R1, "1.2.840.10045.3.1.7", ("prime256v1", "secp256r1")),
-    _CurveInfo(ec.SECP384R1, "1.3.132.0.34", ("secp384r1",)),
-    _CurveInfo(ec.SECP521R1, "1.3.132.0.35", ("secp521r1",)),
-    _CurveInfo(ec.SECP256K1, "1.3.132.0.10", ("secp256k1",)),
-)
-
-#: cryptography curve name -> CKA_EC_PARAMS we write (the namedCurve OID).
-_PARAMS_BY_NAME: dict[str, bytes] = {info.curve.name: der_oid(info.oid) for info in _CURVE_INFO}
-#: Every CKA_EC_PARAMS encoding we accept -> curve class.
-_CURVE_BY_PARAMS: dict[bytes, type[ec.EllipticCurve]] = {}
-for _info in _CURVE_INFO:
-    _CURVE_BY_PARAMS[der_oid(_info.oid)] = _info.curve
-    for _name in _info.names:
-        _CURVE_BY_PARAMS[der_printable(_name)] = _info.curve
-
-MIN_BITS = 256
-MAX_BITS = 521
-
-
-def curve_from_params(der: object) -> ec.EllipticCurve:
-    """The curve a CKA_EC_PARAMS value names (CurveNotSupported for anything else)."""
-    data = as_bytes(der)
-    if data is None:
-        raise AttributeValueInvalid(f"CKA_EC_PARAMS must be bytes, not {type(der).__name__}")
-    curve = _CURVE_BY_PARAMS.get(data)
-    if curve is None:
-        raise CurveNotSupported("CKA_EC_PARAMS must name P-256, P-384, P-521 or secp256k1 by OID")
-    return curve()
-
-
-def params_for_curve(curve: ec.EllipticCurve) -> bytes:
-    """CKA_EC_PARAMS (DER namedCurve OID) for a curve."""
-    params = _PARAMS_BY_NAME.get(getattr(curve, "name", ""))
-    if params is None:
-        raise CurveNotSupported(f"curve {getattr(curve, 'name', curve)!r} is not supported")
-    return params
-
-
-def _check_curve(curve: ec.EllipticCurve) -> None:
-    if curve.name not in _PARAMS_BY_NAME:
-        raise CurveNotSupported(f"curve {curve.name} is not supported")
-
-
-def order_len(curve: ec.EllipticCurve) -> int:
-    """nLen: bytes of the group order (and of r, s and the ECDH shared secret here)."""
-    return (curve.key_size + 7) // 8
-
-
-def key_size_bits(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> int:
-    """What Key.size_bits and CKA_* size reporting should say for an EC key."""
-    return key.curve.key_size
-
-
-# -- points and attributes ----------------------------------------------------------------
-
-
-def encode_point(public_key: ec.EllipticCurvePublicKey) -> bytes:
-    """CKA_EC_POINT: DER OCTET STRING wrapping the uncompressed X9.62 point (PKCS#11 v2.40)."""
-    point = public_key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-    return der_encode(TAG_OCTET_STRING, point)
-
-
-def decode_point(curve: ec.EllipticCurve, data: object) -> ec.EllipticCurvePublicKey:
-    """A public key from a point given bare or DER-wrapped, compressed or uncompressed.
-
-    A bare point is 1+f (compressed) or 1+2f (uncompressed) bytes for a field of f bytes;
-    its DER wrapping adds 2 or 3 header bytes, so for f >= 32 the lengths never collide
-    and the length alone says which form we have (both start with 0x04 otherwise).
-    The library checks that the point lies on the curve.
-    """
-    raw = as_bytes(data)
-    if raw is None:
-        raise PublicKeyInvalid(f"an EC point must be bytes, not {type(data).__name__}")
-    _check_curve(curve)
-    field = order_len(curve)
-    bare_sizes = (1 + field, 1 + 2 * field)
-    if len(raw) not in bare_sizes:
-        try:
-            raw = der_decode(TAG_OCTET_STRING, raw)
-        except ValueError as exc:
-            raise PublicKeyInvalid(f"not a {curve.name} point: {exc}") from None
-        if len(raw) not in bare_sizes:
-            raise PublicKeyInvalid(f"not a {curve.name} point: {len(raw)} bytes")
-    try:
-        return ec.EllipticCurvePublicKey.from_encoded_point(curve, raw)
-    except (ValueError, UnsupportedAlgorithm):
-        raise PublicKeyInvalid(f"the point is not a valid {curve.name} point") from None
-
-
-def public_key_from_attributes(attrs: dict[int, Any]) -> ec.EllipticCurvePublicKey:
-    """The public key that CKA_EC_PARAMS and CKA_EC_POINT describe (imports, unwrap checks)."""
-    for attr in (CKA.EC_PARAMS, CKA.EC_POINT):
-        if attr not in attrs:
-            raise TemplateIncomplete(f"an EC public key needs CKA_{attr.name}")
-    return decode_point(curve_from_params(attrs[CKA.EC_PARAMS]), attrs[CKA.EC_POINT])
-
-
-def key_attributes(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> dict[int, Any]:
-    """CKA_EC_PARAMS and CKA_EC_POINT for a key (e.g. one unwrapped from PKCS#8)."""
-    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
-    return {CKA.EC_PARAMS: params_for_curve(key.curve), CKA.EC_POINT: encode_point(public)}
-
-
 # -- keys handed to the mechanisms ---------------------------------------------------------
 
 
@@ -250,7 +73,7 @@ def _private(key: Key, what: str) -> ec.EllipticCurvePrivateKey:
     key.require_type(CKK.EC)
     if not isinstance(key.private, ec.EllipticCurvePrivateKey):
         raise KeyTypeInconsistent(f"{what} needs an EC private key")
-    _check_curve(key.private.curve)
+    check_curve(key.private.curve)
     return key.private
 
 
@@ -262,7 +85,7 @@ def _public(key: Key, what: str) -> ec.EllipticCurvePublicKey:
         public = key.private.public_key()
     else:
         raise KeyTypeInconsistent(f"{what} needs an EC public key")
-    _check_curve(public.curve)
+    check_curve(public.curve)
     return public
 
 
@@ -343,9 +166,10 @@ def _sign_digest(private: ec.EllipticCurvePrivateKey, digest: bytes, algorithm: 
         der = private.sign(digest, ec.ECDSA(utils.Prehashed(algorithm)))
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise HsmError(f"ECDSA signing failed: {exc}", CKR.FUNCTION_FAILED) from None
-    r, s = utils.decode_dss_signature(der)
-    size = order_len(private.curve)
-    return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    raw = signature_from_der(der, private.curve)
+    if raw is None:  # the library's own signature is always one
+        raise HsmError("ECDSA signing produced no r || s", CKR.FUNCTION_FAILED)
+    return raw
 
 
 def _verify_digest(
@@ -359,10 +183,8 @@ def _verify_digest(
     # even-length) signatures from older encoders must be accepted.
     if not raw or len(raw) % 2 or len(raw) > 2 * size:
         raise SignatureLenRange(f"an ECDSA signature on {public.curve.name} is r||s of {2 * size} bytes")
-    half = len(raw) // 2
-    r, s = int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
     try:
-        public.verify(utils.encode_dss_signature(r, s), digest, ec.ECDSA(utils.Prehashed(algorithm)))
+        public.verify(signature_to_der(raw), digest, ec.ECDSA(utils.Prehashed(algorithm)))
     except (InvalidSignature, ValueError, UnsupportedAlgorithm):
         raise SignatureInvalid("the ECDSA signature does not verify") from None
 

@@ -6,16 +6,14 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo, encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo
 
 from strongroom.constants import CKG, CKM
 from strongroom.kms.keyspecs import KEY_SPECS, SIGNING_ALGORITHMS, rsa_max_plaintext
 from strongroom.kms.model import Material, new_pair_material
 from strongroom.kms.ops.asymmetric import (
     DIGEST_INFO,
-    ORDER_BYTES,
     _mechanism,
-    _raw_ecdsa,
     _sign_mechanisms,
     new_key_pair,
     pair_encodings,
@@ -68,16 +66,6 @@ def test_mechanisms_for_every_algorithm() -> None:
     assert _mechanism(ecdsa, "DIGEST", b"d")[0] == int(CKM.ECDSA)
     assert sorted(_sign_mechanisms(KEY_SPECS["ECC_NIST_P256"])) == sorted([int(CKM.ECDSA_SHA256), int(CKM.ECDSA)])
     assert len(_sign_mechanisms(KEY_SPECS["RSA_2048"])) == 8
-
-
-def test_ecdsa_der_to_raw() -> None:
-    size = ORDER_BYTES["secp521r1"]
-    raw = _raw_ecdsa(encode_dss_signature(5, 7), "secp521r1")
-    assert raw == (5).to_bytes(size, "big") + (7).to_bytes(size, "big")
-    assert _raw_ecdsa(b"\x30\x00", "secp256r1") is None
-    assert _raw_ecdsa(b"not der", "secp256r1") is None
-    assert _raw_ecdsa(encode_dss_signature(1 << 256, 1), "secp256r1") is None
-    assert _raw_ecdsa(encode_dss_signature(0, 1), "secp256r1") is None
 
 
 @pytest.mark.parametrize("spec", ["ECC_NIST_P521", "ECC_SECG_P256K1", "ECC_NIST_EDWARDS25519", "RSA_2048"])

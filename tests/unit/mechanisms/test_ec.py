@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 from cryptography_vectors import open_vector_file
 
 from strongroom.constants import CKA, CKD, CKK, CKM, CKO
+from strongroom.encoding import der
+from strongroom.encoding import ec as eec
 from strongroom.errors import (
     ArgumentsBad,
     AttributeValueInvalid,
@@ -125,10 +127,10 @@ def test_params_oid_matches_spki(curve: ec.EllipticCurve) -> None:
         .public_key()
         .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-    params = ecm.params_for_curve(curve)
+    params = eec.params_for_curve(curve)
     assert params[0] == 0x06 and params in spki
-    assert ecm.curve_from_params(params).name == curve.name
-    assert ecm.curve_from_params(bytearray(params)).name == curve.name
+    assert eec.curve_from_params(params).name == curve.name
+    assert eec.curve_from_params(bytearray(params)).name == curve.name
 
 
 @pytest.mark.parametrize(
@@ -143,7 +145,7 @@ def test_params_oid_matches_spki(curve: ec.EllipticCurve) -> None:
 )
 def test_params_printable_names(name: str, curve: str) -> None:
     der = bytes([0x13, len(name)]) + name.encode()
-    assert ecm.curve_from_params(der).name == curve
+    assert eec.curve_from_params(der).name == curve
 
 
 @pytest.mark.parametrize(
@@ -165,7 +167,7 @@ def test_params_printable_names(name: str, curve: str) -> None:
 )
 def test_params_unsupported(der: bytes) -> None:
     with pytest.raises(CurveNotSupported):
-        ecm.curve_from_params(der)
+        eec.curve_from_params(der)
 
 
 def _tlvs(data: bytes) -> Iterator[bytes]:
@@ -183,7 +185,7 @@ def _tlvs(data: bytes) -> Iterator[bytes]:
 
 
 def _content(tlv: bytes) -> bytes:
-    return ecm.der_decode(tlv[0], tlv)
+    return der.der_decode(tlv[0], tlv)
 
 
 def test_params_explicit_from_vectors() -> None:
@@ -195,16 +197,16 @@ def test_params_explicit_from_vectors() -> None:
     _oid, explicit = _tlvs(_content(algorithm))
     assert explicit[0] == 0x30  # SEQUENCE: ECParameters, not a named curve
     with pytest.raises(CurveNotSupported):
-        ecm.curve_from_params(explicit)
+        eec.curve_from_params(explicit)
 
 
 def test_params_type() -> None:
     with pytest.raises(AttributeValueInvalid):
-        ecm.curve_from_params("prime256v1")
+        eec.curve_from_params("prime256v1")
     with pytest.raises(AttributeValueInvalid):
-        ecm.curve_from_params(None)
+        eec.curve_from_params(None)
     with pytest.raises(CurveNotSupported):
-        ecm.params_for_curve(ec.SECP224R1())
+        eec.params_for_curve(ec.SECP224R1())
 
 
 # -- DER helpers ----------------------------------------------------------------------------
@@ -214,8 +216,8 @@ def test_der_roundtrip_and_strictness() -> None:
     for size in (0, 1, 127, 128, 255, 256, 1000):
         content = bytes(range(256)) * 4
         content = content[:size]
-        assert ecm.der_decode(0x04, ecm.der_encode(0x04, content)) == content
-    assert ecm.der_encode(0x04, b"\x00" * 133)[:3] == b"\x04\x81\x85"
+        assert der.der_decode(0x04, der.der_encode(0x04, content)) == content
+    assert der.der_encode(0x04, b"\x00" * 133)[:3] == b"\x04\x81\x85"
     for bad in (
         b"",
         b"\x04",
@@ -228,7 +230,7 @@ def test_der_roundtrip_and_strictness() -> None:
         b"\x04\x83\x00\x00\x01\x00",  # too long a length field
     ):
         with pytest.raises(ValueError):
-            ecm.der_decode(0x04, bad)
+            der.der_decode(0x04, bad)
 
 
 # -- CKA_EC_POINT ---------------------------------------------------------------------------
@@ -239,14 +241,14 @@ def test_point_forms(curve: ec.EllipticCurve) -> None:
     public = private_key(curve).public_key()
     uncompressed = raw_point(public)
     compressed = raw_point(public, compressed=True)
-    encoded = ecm.encode_point(public)
-    assert ecm.der_decode(0x04, encoded) == uncompressed
-    for form in (encoded, uncompressed, compressed, ecm.der_encode(0x04, compressed), bytearray(encoded)):
-        assert ecm.decode_point(curve, form) == public
+    encoded = eec.encode_point(public)
+    assert der.der_decode(0x04, encoded) == uncompressed
+    for form in (encoded, uncompressed, compressed, der.der_encode(0x04, compressed), bytearray(encoded)):
+        assert eec.decode_point(curve, form) == public
 
 
 def test_point_p521_uses_long_form_length() -> None:
-    encoded = ecm.encode_point(private_key(ec.SECP521R1()).public_key())
+    encoded = eec.encode_point(private_key(ec.SECP521R1()).public_key())
     assert encoded[:3] == b"\x04\x81\x85" and len(encoded) == 136
 
 
@@ -258,37 +260,37 @@ def test_point_invalid(curve: ec.EllipticCurve) -> None:
     other = next(c for c in CURVES if NLEN[c.name] != NLEN[curve.name])
     bad = [
         off_curve,
-        ecm.der_encode(0x04, off_curve),
+        der.der_encode(0x04, off_curve),
         b"\x00",  # point at infinity
-        ecm.der_encode(0x04, b"\x00"),
+        der.der_encode(0x04, b"\x00"),
         b"\x05" + point[1:],  # unknown point form
         b"\x02" + point[1:],  # compressed tag, uncompressed length
         point[:-1],
-        ecm.encode_point(public) + b"\x00",
+        eec.encode_point(public) + b"\x00",
         raw_point(private_key(other).public_key()),
         b"",
     ]
     for data in bad:
         with pytest.raises(PublicKeyInvalid):
-            ecm.decode_point(curve, data)
+            eec.decode_point(curve, data)
     with pytest.raises(PublicKeyInvalid):
-        ecm.decode_point(curve, point.hex())
+        eec.decode_point(curve, point.hex())
 
 
 def test_attributes_roundtrip() -> None:
     for curve in CURVES:
         private = private_key(curve)
-        attrs = ecm.key_attributes(private)
-        assert attrs == ecm.key_attributes(private.public_key())
+        attrs = eec.key_attributes(private)
+        assert attrs == eec.key_attributes(private.public_key())
         assert set(attrs) == {CKA.EC_PARAMS, CKA.EC_POINT}
-        assert ecm.public_key_from_attributes(attrs) == private.public_key()
-        assert ecm.key_size_bits(private) == curve.key_size
+        assert eec.public_key_from_attributes(attrs) == private.public_key()
+        assert eec.key_size_bits(private) == curve.key_size
     with pytest.raises(TemplateIncomplete):
-        ecm.public_key_from_attributes({CKA.EC_PARAMS: ecm.params_for_curve(ec.SECP256R1())})
+        eec.public_key_from_attributes({CKA.EC_PARAMS: eec.params_for_curve(ec.SECP256R1())})
     with pytest.raises(TemplateIncomplete):
-        ecm.public_key_from_attributes({CKA.EC_POINT: b"\x04"})
+        eec.public_key_from_attributes({CKA.EC_POINT: b"\x04"})
     with pytest.raises(CurveNotSupported):
-        ecm.public_key_from_attributes(
+        eec.public_key_from_attributes(
             {CKA.EC_PARAMS: bytes.fromhex("06052b81040021"), CKA.EC_POINT: attrs[CKA.EC_POINT]}
         )
 
@@ -298,16 +300,16 @@ def test_attributes_roundtrip() -> None:
 
 @pytest.mark.parametrize("curve", CURVES, ids=CURVE_IDS)
 def test_generate_key_pair(curve: ec.EllipticCurve) -> None:
-    params = ecm.params_for_curve(curve)
+    params = eec.params_for_curve(curve)
     pair = lookup(CKM.EC_KEY_PAIR_GEN).generate_key_pair(None, {CKA.EC_PARAMS: params}, {})
     assert pair.key_type == CKK.EC
     assert isinstance(pair.private, ec.EllipticCurvePrivateKey)
     assert pair.private.curve.name == curve.name
-    assert pair.public_attributes == {CKA.EC_PARAMS: params, CKA.EC_POINT: ecm.encode_point(pair.private.public_key())}
+    assert pair.public_attributes == {CKA.EC_PARAMS: params, CKA.EC_POINT: eec.encode_point(pair.private.public_key())}
     assert pair.private_attributes == {CKA.EC_PARAMS: params}
     # The pair works with the library directly.
     signature = pair.private.sign(b"m", ec.ECDSA(hashes.SHA256()))
-    ecm.public_key_from_attributes(pair.public_attributes).verify(signature, b"m", ec.ECDSA(hashes.SHA256()))
+    eec.public_key_from_attributes(pair.public_attributes).verify(signature, b"m", ec.ECDSA(hashes.SHA256()))
 
 
 def test_generate_key_pair_keeps_callers_encoding() -> None:
@@ -317,13 +319,13 @@ def test_generate_key_pair_keeps_callers_encoding() -> None:
     assert pair.private.curve.name == "secp256r1"
     # Same curve in the other encoding is consistent.
     lookup(CKM.EC_KEY_PAIR_GEN).generate_key_pair(
-        None, {CKA.EC_PARAMS: name}, {CKA.EC_PARAMS: ecm.params_for_curve(ec.SECP256R1())}
+        None, {CKA.EC_PARAMS: name}, {CKA.EC_PARAMS: eec.params_for_curve(ec.SECP256R1())}
     )
 
 
 def test_generate_key_pair_errors() -> None:
     gen = lookup(CKM.EC_KEY_PAIR_GEN)
-    p256 = ecm.params_for_curve(ec.SECP256R1())
+    p256 = eec.params_for_curve(ec.SECP256R1())
     with pytest.raises(TemplateIncomplete):
         gen.generate_key_pair(None, {}, {CKA.EC_PARAMS: p256})
     with pytest.raises(CurveNotSupported):
@@ -331,7 +333,7 @@ def test_generate_key_pair_errors() -> None:
     with pytest.raises(AttributeValueInvalid):
         gen.generate_key_pair(None, {CKA.EC_PARAMS: 7}, {})
     with pytest.raises(TemplateInconsistent):
-        gen.generate_key_pair(None, {CKA.EC_PARAMS: p256}, {CKA.EC_PARAMS: ecm.params_for_curve(ec.SECP384R1())})
+        gen.generate_key_pair(None, {CKA.EC_PARAMS: p256}, {CKA.EC_PARAMS: eec.params_for_curve(ec.SECP384R1())})
     with pytest.raises(MechanismParamInvalid):
         gen.generate_key_pair(b"\x01", {CKA.EC_PARAMS: p256}, {})
 
@@ -414,7 +416,7 @@ def test_ecdsa_fips_186_3_sigver() -> None:
         expected = v["Result"].startswith("P")
         point = b"\x04" + int(v["Qx"], 16).to_bytes(n_len, "big") + int(v["Qy"], 16).to_bytes(n_len, "big")
         try:
-            public = ecm.decode_point(curve, point)
+            public = eec.decode_point(curve, point)
         except PublicKeyInvalid:
             assert not expected
             continue
@@ -448,7 +450,7 @@ def test_ecdsa_secp256k1_vectors() -> None:
                     count[section] = count.get(section, 0) + 1
                     if count[section] <= 10:
                         point = b"\x04" + _fixed(record["Qx"], 32) + _fixed(record["Qy"], 32)
-                        public = ecm.decode_point(ec.SECP256K1(), point)
+                        public = eec.decode_point(ec.SECP256K1(), point)
                         sig = int(record["R"], 16).to_bytes(32, "big") + int(record["S"], 16).to_bytes(32, "big")
                         mech_verify(hashes_by_name[section], public, bytes.fromhex(record["Msg"]), sig)
                     record = {}
@@ -659,7 +661,7 @@ def test_ecdh_kdf_cross_check(curve: ec.EllipticCurve, kdf: CKD) -> None:
     bob = ec.generate_private_key(curve)
     shared = b"shared info"
     for length in (16, 32, 100):
-        ours = derive(alice, ecdh_params(kdf, ecm.encode_point(bob.public_key()), shared), length)
+        ours = derive(alice, ecdh_params(kdf, eec.encode_point(bob.public_key()), shared), length)
         z = bob.exchange(ec.ECDH(), alice.public_key())
         theirs = X963KDF(algorithm=KDFS[kdf](), length=length, sharedinfo=shared).derive(z)
         assert ours == theirs
@@ -681,7 +683,7 @@ def test_ecdh_null_kdf(curve: ec.EllipticCurve) -> None:
     z = bob.exchange(ec.ECDH(), alice.public_key())
     n_len = NLEN[curve.name]
     assert len(z) == n_len
-    params = ecdh_params(CKD.NULL, ecm.encode_point(bob.public_key()), None)
+    params = ecdh_params(CKD.NULL, eec.encode_point(bob.public_key()), None)
     assert derive(alice, params, n_len) == z
     # PKCS#11 §2.3.9: truncation removes bytes from the leading end.
     assert derive(alice, params, 16) == z[-16:]
@@ -769,7 +771,7 @@ def test_ecdh_public_and_length_errors() -> None:
     off_curve = point[:-1] + bytes([point[-1] ^ 1])
     for public in (
         off_curve,
-        ecm.der_encode(0x04, off_curve),
+        der.der_encode(0x04, off_curve),
         raw_point(private_key(ec.SECP384R1()).public_key()),
         b"\x00",
         b"garbage",

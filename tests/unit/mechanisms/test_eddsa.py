@@ -10,6 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 from cryptography_vectors import open_vector_file
 
 from strongroom.constants import CKA, CKK, CKM, CKO
+from strongroom.encoding import eddsa as eddsa_enc
+from strongroom.encoding.der import der_decode, der_encode
 from strongroom.errors import (
     ArgumentsBad,
     AttributeValueInvalid,
@@ -28,32 +30,31 @@ from strongroom.errors import (
 )
 from strongroom.mechanisms import eddsa
 from strongroom.mechanisms.base import MAX_DATA, Capability, Key, lookup
-from strongroom.mechanisms.ec import der_decode, der_encode
 
 ED25519_OID = bytes.fromhex("06032b6570")
 ED448_OID = bytes.fromhex("06032b6571")
 PRIVATE_TYPES = {"edwards25519": ed25519.Ed25519PrivateKey, "edwards448": ed448.Ed448PrivateKey}
-CURVES = [eddsa.ED25519, eddsa.ED448]
+CURVES = [eddsa_enc.ED25519, eddsa_enc.ED448]
 CURVE_IDS = [c.name for c in CURVES]
 
 
-def priv_key(private: eddsa.EdPrivateKey) -> Key:
-    return Key(CKK.EC_EDWARDS, CKO.PRIVATE_KEY, private=private, size_bits=eddsa.key_size_bits(private))
+def priv_key(private: eddsa_enc.EdPrivateKey) -> Key:
+    return Key(CKK.EC_EDWARDS, CKO.PRIVATE_KEY, private=private, size_bits=eddsa_enc.key_size_bits(private))
 
 
-def pub_key(public: eddsa.EdPublicKey) -> Key:
-    return Key(CKK.EC_EDWARDS, CKO.PUBLIC_KEY, public=public, size_bits=eddsa.key_size_bits(public))
+def pub_key(public: eddsa_enc.EdPublicKey) -> Key:
+    return Key(CKK.EC_EDWARDS, CKO.PUBLIC_KEY, public=public, size_bits=eddsa_enc.key_size_bits(public))
 
 
-def sign(private: eddsa.EdPrivateKey, data: bytes) -> bytes:
+def sign(private: eddsa_enc.EdPrivateKey, data: bytes) -> bytes:
     return lookup(CKM.EDDSA).sign(priv_key(private), None).one_shot(data)
 
 
-def verify(public: eddsa.EdPublicKey, data: bytes, signature: bytes) -> None:
+def verify(public: eddsa_enc.EdPublicKey, data: bytes, signature: bytes) -> None:
     lookup(CKM.EDDSA).verify(pub_key(public), None).one_shot(data, signature)
 
 
-def raw(public: eddsa.EdPublicKey) -> bytes:
+def raw(public: eddsa_enc.EdPublicKey) -> bytes:
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -92,14 +93,14 @@ def test_ed25519_rfc8032_test1() -> None:
     private = ed25519.Ed25519PrivateKey.from_private_bytes(secret)
     assert raw(private.public_key()) == public
     assert sign(private, b"") == signature
-    verify(eddsa.decode_point(eddsa.ED25519, public), b"", signature)
+    verify(eddsa_enc.decode_point(eddsa_enc.ED25519, public), b"", signature)
 
 
 def test_ed25519_vectors() -> None:
     for secret, public, message, signature in _ed25519_vectors(64):
         private = ed25519.Ed25519PrivateKey.from_private_bytes(secret)
         assert sign(private, message) == signature  # Ed25519 is deterministic
-        verify(eddsa.decode_point(eddsa.ED25519, der_encode(0x04, public)), message, signature)
+        verify(eddsa_enc.decode_point(eddsa_enc.ED25519, der_encode(0x04, public)), message, signature)
 
 
 def test_ed448_rfc8032_vectors() -> None:
@@ -119,7 +120,7 @@ def test_ed448_rfc8032_vectors() -> None:
                 message = bytes.fromhex(record["MESSAGE"])
                 signature = bytes.fromhex(record["SIGNATURE"])
                 assert sign(private, message) == signature
-                verify(eddsa.decode_point(eddsa.ED448, public), message, signature)
+                verify(eddsa_enc.decode_point(eddsa_enc.ED448, public), message, signature)
                 checked += 1
             record = {}
     assert checked >= 8
@@ -129,7 +130,7 @@ def test_ed448_rfc8032_vectors() -> None:
 
 
 @pytest.mark.parametrize("curve", CURVES, ids=CURVE_IDS)
-def test_cross_check(curve: eddsa.EdwardsCurve) -> None:
+def test_cross_check(curve: eddsa_enc.EdwardsCurve) -> None:
     private = PRIVATE_TYPES[curve.name].generate()
     public = private.public_key()
     for message in (b"", b"m", bytes(range(256)) * 40):
@@ -145,24 +146,24 @@ def test_cross_check(curve: eddsa.EdwardsCurve) -> None:
 
 
 @pytest.mark.parametrize("curve", CURVES, ids=CURVE_IDS)
-def test_params_and_points(curve: eddsa.EdwardsCurve) -> None:
+def test_params_and_points(curve: eddsa_enc.EdwardsCurve) -> None:
     private = PRIVATE_TYPES[curve.name].generate()
     public = private.public_key()
     spki = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     assert curve.params in spki  # the library's own encoding of the RFC 8410 OID
-    assert eddsa.curve_from_params(curve.params) is curve
-    assert eddsa.curve_from_params(bytes([0x13, len(curve.name)]) + curve.name.encode()) is curve
-    attrs = eddsa.key_attributes(private)
-    assert attrs == eddsa.key_attributes(public) == {CKA.EC_PARAMS: curve.params, CKA.EC_POINT: attrs[CKA.EC_POINT]}
+    assert eddsa_enc.curve_from_params(curve.params) is curve
+    assert eddsa_enc.curve_from_params(bytes([0x13, len(curve.name)]) + curve.name.encode()) is curve
+    attrs = eddsa_enc.key_attributes(private)
+    assert attrs == eddsa_enc.key_attributes(public) == {CKA.EC_PARAMS: curve.params, CKA.EC_POINT: attrs[CKA.EC_POINT]}
     assert der_decode(0x04, attrs[CKA.EC_POINT]) == raw(public)
-    assert eddsa.public_key_from_attributes(attrs) == public
-    assert eddsa.decode_point(curve, raw(public)) == public
-    assert eddsa.key_size_bits(private) == curve.size_bits
+    assert eddsa_enc.public_key_from_attributes(attrs) == public
+    assert eddsa_enc.decode_point(curve, raw(public)) == public
+    assert eddsa_enc.key_size_bits(private) == curve.size_bits
     for bad in (raw(public)[:-1], raw(public) + b"\x00", der_encode(0x04, raw(public)[:-1]), b"", b"\x04\x00"):
         with pytest.raises(PublicKeyInvalid):
-            eddsa.decode_point(curve, bad)
+            eddsa_enc.decode_point(curve, bad)
     with pytest.raises(PublicKeyInvalid):
-        eddsa.decode_point(curve, raw(public).hex())
+        eddsa_enc.decode_point(curve, raw(public).hex())
 
 
 def test_params_errors() -> None:
@@ -176,13 +177,13 @@ def test_params_errors() -> None:
         b"",
     ):
         with pytest.raises(CurveNotSupported):
-            eddsa.curve_from_params(der)
+            eddsa_enc.curve_from_params(der)
     with pytest.raises(AttributeValueInvalid):
-        eddsa.curve_from_params("edwards25519")
+        eddsa_enc.curve_from_params("edwards25519")
     with pytest.raises(TemplateIncomplete):
-        eddsa.public_key_from_attributes({CKA.EC_PARAMS: ED25519_OID})
+        eddsa_enc.public_key_from_attributes({CKA.EC_PARAMS: ED25519_OID})
     with pytest.raises(KeyTypeInconsistent):
-        eddsa.key_attributes(ec.generate_private_key(ec.SECP256R1()))  # type: ignore[arg-type]
+        eddsa_enc.key_attributes(ec.generate_private_key(ec.SECP256R1()))  # type: ignore[arg-type]
 
 
 # -- key pair generation --------------------------------------------------------------------
@@ -191,20 +192,20 @@ def test_params_errors() -> None:
 @pytest.mark.parametrize(
     "params, curve",
     [
-        (ED25519_OID, eddsa.ED25519),
-        (b"\x13\x0cedwards25519", eddsa.ED25519),
-        (ED448_OID, eddsa.ED448),
-        (b"\x13\x0aedwards448", eddsa.ED448),
+        (ED25519_OID, eddsa_enc.ED25519),
+        (b"\x13\x0cedwards25519", eddsa_enc.ED25519),
+        (ED448_OID, eddsa_enc.ED448),
+        (b"\x13\x0aedwards448", eddsa_enc.ED448),
     ],
 )
-def test_generate_key_pair(params: bytes, curve: eddsa.EdwardsCurve) -> None:
+def test_generate_key_pair(params: bytes, curve: eddsa_enc.EdwardsCurve) -> None:
     pair = lookup(CKM.EC_EDWARDS_KEY_PAIR_GEN).generate_key_pair(None, {CKA.EC_PARAMS: params}, {})
     assert pair.key_type == CKK.EC_EDWARDS
     assert isinstance(pair.private, PRIVATE_TYPES[curve.name])
-    point = eddsa.encode_point(pair.private.public_key())
+    point = eddsa_enc.encode_point(pair.private.public_key())
     assert pair.public_attributes == {CKA.EC_PARAMS: params, CKA.EC_POINT: point}
     assert pair.private_attributes == {CKA.EC_PARAMS: params}
-    public = eddsa.public_key_from_attributes(pair.public_attributes)
+    public = eddsa_enc.public_key_from_attributes(pair.public_attributes)
     public.verify(pair.private.sign(b"m"), b"m")
 
 
@@ -235,7 +236,7 @@ def test_pairwise_test_detects_mismatch() -> None:
 
 
 @pytest.mark.parametrize("curve", CURVES, ids=CURVE_IDS)
-def test_signature_errors(curve: eddsa.EdwardsCurve) -> None:
+def test_signature_errors(curve: eddsa_enc.EdwardsCurve) -> None:
     private = PRIVATE_TYPES[curve.name].generate()
     public = private.public_key()
     signature = sign(private, b"msg")

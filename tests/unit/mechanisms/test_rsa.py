@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from strongroom.constants import CKA, CKG, CKK, CKM, CKO, CKZ
+from strongroom.encoding import rsa as rsa_enc
 from strongroom.errors import (
     CKR,
     ArgumentsBad,
@@ -85,7 +86,7 @@ def priv(pair2048: Any) -> Key:
 @pytest.fixture(scope="module")
 def pub(pair2048: Any) -> Key:
     """The public half as the object layer would rebuild it from its stored attributes."""
-    return public_key(mrsa.public_key_from_attributes(pair2048.public_attributes))
+    return public_key(rsa_enc.public_key_from_attributes(pair2048.public_attributes))
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +255,7 @@ def _private_from_ned(n: int, e: int, d: int) -> rsa.RSAPrivateKey:
 
 def _public_from_record(record: dict[str, str]) -> Key:
     attrs = {CKA.MODULUS: bytes.fromhex(record["n"]), CKA.PUBLIC_EXPONENT: bytes.fromhex(record["e"])}
-    return public_key(mrsa.public_key_from_attributes(attrs))
+    return public_key(rsa_enc.public_key_from_attributes(attrs))
 
 
 # -- registry ---------------------------------------------------------------------------
@@ -309,7 +310,7 @@ def test_generated_pair(fixture: str, request: pytest.FixtureRequest) -> None:
         CKA.PUBLIC_EXPONENT: b"\x01\x00\x01",
     }
     # The pair works with cryptography used directly.
-    public = mrsa.public_key_from_attributes(pair.public_attributes)
+    public = rsa_enc.public_key_from_attributes(pair.public_attributes)
     signature = sign(CKM.SHA256_RSA_PKCS, private_key(pair.private), b"probe")
     public.verify(signature, b"probe", padding.PKCS1v15(), hashes.SHA256())
 
@@ -406,18 +407,18 @@ def test_pairwise_consistency_test_passes_a_good_pair(raw: rsa.RSAPrivateKey, mo
 
 def test_key_attributes_round_trip(raw: rsa.RSAPrivateKey) -> None:
     public = raw.public_key()
-    attrs = mrsa.key_attributes(public)
-    assert attrs == mrsa.key_attributes(raw)
+    attrs = rsa_enc.key_attributes(public)
+    assert attrs == rsa_enc.key_attributes(raw)
     assert attrs[CKA.MODULUS_BITS] == 2048 and len(attrs[CKA.MODULUS]) == 256
-    assert mrsa.public_key_from_attributes(attrs) == public
+    assert rsa_enc.public_key_from_attributes(attrs) == public
     # Leading zeros are tolerated; MODULUS_BITS may be absent.
     padded = {CKA.MODULUS: b"\x00" + attrs[CKA.MODULUS], CKA.PUBLIC_EXPONENT: b"\x00\x01\x00\x01"}
-    assert mrsa.public_key_from_attributes(padded) == public
+    assert rsa_enc.public_key_from_attributes(padded) == public
 
 
 def test_private_key_attributes(raw: rsa.RSAPrivateKey) -> None:
     n = raw.private_numbers()
-    attrs = mrsa.private_key_attributes(raw)
+    attrs = rsa_enc.private_key_attributes(raw)
     as_int = {k: int.from_bytes(v, "big") for k, v in attrs.items() if isinstance(v, bytes)}
     assert as_int == {
         CKA.MODULUS: n.public_numbers.n,
@@ -433,8 +434,8 @@ def test_private_key_attributes(raw: rsa.RSAPrivateKey) -> None:
 
 
 def test_public_key_from_attributes_accepts_legacy_sizes(small: rsa.RSAPrivateKey) -> None:
-    attrs = mrsa.key_attributes(small)
-    assert mrsa.public_key_from_attributes(attrs).key_size == 1024
+    attrs = rsa_enc.key_attributes(small)
+    assert rsa_enc.public_key_from_attributes(attrs).key_size == 1024
 
 
 def _attrs(n: int, e: int = 65537, extra: dict[int, Any] | None = None) -> dict[int, Any]:
@@ -468,7 +469,7 @@ ODD_2048 = (1 << 2047) | 1
 )
 def test_public_key_from_attributes_errors(attrs: dict[int, Any], error: type[HsmError]) -> None:
     with pytest.raises(error):
-        mrsa.public_key_from_attributes(attrs)
+        rsa_enc.public_key_from_attributes(attrs)
 
 
 # -- PKCS#1 v1.5 signatures with hashing --------------------------------------------------

@@ -27,9 +27,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from strongroom.constants import CKA, CKG, CKK, CKM
+from strongroom.encoding import ec as ec_encoding
+from strongroom.encoding import rsa as rsa_encoding
+from strongroom.encoding.ec import curve_named, params_for_curve, signature_from_der, signature_to_der
 from strongroom.errors import CKR
 from strongroom.kms.backend import ClusterError
 from strongroom.kms.context import Context, kms_operation
@@ -96,21 +98,9 @@ DIGEST_INFO = {
     "sha384": bytes.fromhex("3041300d060960864801650304020205000430"),
     "sha512": bytes.fromhex("3051300d060960864801650304020305000440"),
 }
-#: Bytes of r and s per curve (the group order's length).
-ORDER_BYTES = {"secp256r1": 32, "secp384r1": 48, "secp521r1": 66, "secp256k1": 32}
-CURVES: dict[str, type[ec.EllipticCurve]] = {"secp256r1": ec.SECP256R1, "secp384r1": ec.SECP384R1,
-                                             "secp521r1": ec.SECP521R1, "secp256k1": ec.SECP256K1}
-_NAMED_CURVE_OIDS = {"secp256r1": "1.2.840.10045.3.1.7", "secp384r1": "1.3.132.0.34", "secp521r1": "1.3.132.0.35",
-                     "secp256k1": "1.3.132.0.10"}
 
 
 # --- key material (CreateKey) ----------------------------------------------------------------------
-
-
-def _ec_params(curve: str) -> bytes:
-    from strongroom.mechanisms.ec import der_oid
-
-    return der_oid(_NAMED_CURVE_OIDS[curve])
 
 
 def _sign_mechanisms(spec: KeySpec) -> list[int]:
@@ -151,7 +141,7 @@ async def generate_material(ctx: Context, key_id: str, spec: KeySpec, usage: str
     elif spec.kind == ECC:
         public, private = await backend.generate_key_pair(
             label, int(CKM.EC_KEY_PAIR_GEN),
-            {CKA.KEY_TYPE: int(CKK.EC), CKA.EC_PARAMS: _ec_params(spec.curve), **flags_public},
+            {CKA.KEY_TYPE: int(CKK.EC), CKA.EC_PARAMS: params_for_curve(curve_named(spec.curve)), **flags_public},
             {CKA.KEY_TYPE: int(CKK.EC), **flags_private})
     else:
         raise UnsupportedOperation(f"KeySpec {spec.name} is not supported by this endpoint yet.")
@@ -235,23 +225,9 @@ async def sign(ctx: Context) -> dict[str, Any]:
         signature = await ctx.backend.sign(key.current.handle, mechanism, data, params)
     except ClusterError as exc:
         raise _unavailable(ctx, key, exc) from None
-    if chosen.scheme == "ECDSA":
-        half = len(signature) // 2
-        signature = encode_dss_signature(int.from_bytes(signature[:half], "big"),
-                                         int.from_bytes(signature[half:], "big"))
+    if chosen.scheme == "ECDSA":  # the node signs r || s, AWS answers DER
+        signature = signature_to_der(signature)
     return {"KeyId": ctx.where.key_arn(key.key_id), "Signature": b64(signature), "SigningAlgorithm": algorithm}
-
-
-def _raw_ecdsa(signature: bytes, curve: str) -> bytes | None:
-    """DER ECDSA-Sig-Value -> r || s for the node; None when it is not one (the signature is invalid)."""
-    try:
-        r, s = decode_dss_signature(signature)
-    except ValueError:
-        return None
-    size = ORDER_BYTES[curve]
-    if r <= 0 or s <= 0 or r.bit_length() > 8 * size or s.bit_length() > 8 * size:
-        return None
-    return r.to_bytes(size, "big") + s.to_bytes(size, "big")
 
 
 @kms_operation("Verify")
@@ -268,7 +244,7 @@ async def verify(ctx: Context) -> dict[str, Any]:
         refuse_dry_run()
     mechanism, params, data = _mechanism(chosen, message_type, message)
     if chosen.scheme == "ECDSA":
-        raw = _raw_ecdsa(signature, key_spec(key).curve)
+        raw = signature_from_der(signature, curve_named(key_spec(key).curve))
         if raw is None:
             raise KmsInvalidSignature("")
         signature = raw
@@ -291,19 +267,16 @@ async def verify(ctx: Context) -> dict[str, Any]:
 
 async def public_key_der(ctx: Context, key: KmsKey) -> bytes:
     """DER SubjectPublicKeyInfo of the key, built from the public key object's attributes."""
-    from strongroom.mechanisms import ec as cluster_ec
-    from strongroom.mechanisms import rsa as cluster_rsa
-
     material = key.current
     assert material.public_handle is not None
     spec = key_spec(key)
     try:
         if spec.kind == RSA:
             attributes = await ctx.backend.get_attributes(material.public_handle, [CKA.MODULUS, CKA.PUBLIC_EXPONENT])
-            public: Any = cluster_rsa.public_key_from_attributes(attributes)
+            public: Any = rsa_encoding.public_key_from_attributes(attributes)
         else:
             attributes = await ctx.backend.get_attributes(material.public_handle, [CKA.EC_PARAMS, CKA.EC_POINT])
-            public = cluster_ec.public_key_from_attributes(attributes)
+            public = ec_encoding.public_key_from_attributes(attributes)
     except ClusterError as exc:
         raise _unavailable(ctx, key, exc) from None
     return public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -448,7 +421,7 @@ def new_key_pair(spec: str) -> Any:
         return rsa.generate_private_key(public_exponent=65537, key_size=int(spec[4:]))
     if spec == "ECC_NIST_EDWARDS25519":
         return ed25519.Ed25519PrivateKey.generate()
-    return ec.generate_private_key(CURVES[KEY_SPECS[spec].curve]())
+    return ec.generate_private_key(curve_named(KEY_SPECS[spec].curve))
 
 
 def pair_encodings(private: Any) -> tuple[bytes, bytes]:
