@@ -49,7 +49,8 @@ class FakeConfig:
 
 
 class FakeServices:
-    """What the freshness checks use of a worker's NodeServices."""
+    """What the freshness checks use of a worker's services: it stands in for the keyring (barrier, cluster id,
+    freshness key), the health (error state, boot) and the auditor at once."""
 
     def __init__(self, node_dir: Path, store: SqliteStore, node_id: str = "node1") -> None:
         self.config = FakeConfig(node_dir, node_id)
@@ -61,12 +62,12 @@ class FakeServices:
         self.boot = 1
         self.audited: list[tuple[str, dict[str, Any]]] = []
 
-    def has_cluster_key(self) -> bool:
-        return True
-
-    async def audit(self, event: str, *, actor: str | None, outcome: str = "ok",
-                    details: dict[str, Any] | None = None) -> None:
+    async def record(self, event: str, *, actor: str | None, outcome: str = "ok",
+                     details: dict[str, Any] | None = None) -> None:
         self.audited.append((event, details or {}))
+
+    def freshness(self, *, advance: bool) -> Freshness:
+        return Freshness(self.config, self.store, self, self, self, advance=advance)
 
 
 def make_node_dir(root: Path, name: str = "node1") -> Path:
@@ -195,7 +196,7 @@ def test_no_false_alarm_on_restart_pause_and_sibling_workers(tmp_path: Path) -> 
     async def main() -> None:
         store = await initialized_store(db)
         services = FakeServices(node_dir, store)
-        first, second = Freshness(services, advance=True), Freshness(services, advance=False)
+        first, second = services.freshness(advance=True), services.freshness(advance=False)
         for _ in range(5):
             assert await first.check() and await second.check()
             await write_some(store, 3)
@@ -211,8 +212,8 @@ def test_no_false_alarm_on_restart_pause_and_sibling_workers(tmp_path: Path) -> 
         store = await initialized_store(db)
         await write_some(store, 20)
         services = FakeServices(node_dir, store)
-        assert await Freshness(services, advance=True).check()
-        assert await Freshness(services, advance=False).check()
+        assert await services.freshness(advance=True).check()
+        assert await services.freshness(advance=False).check()
         assert services.error is None and services.audited == []
         await store.close()
 
@@ -222,7 +223,7 @@ def test_no_false_alarm_on_restart_pause_and_sibling_workers(tmp_path: Path) -> 
 async def seen_then_copied(tmp_path: Path, node_dir: Path, db: Path) -> None:
     """A store the node has checked once, copied aside to tmp_path/old (what an operator could put back)."""
     store = await initialized_store(db)
-    await Freshness(FakeServices(node_dir, store), advance=True).check()
+    await FakeServices(node_dir, store).freshness(advance=True).check()
     await store.close()
     copy_store(db, tmp_path / "old")
 
@@ -237,13 +238,13 @@ def test_an_older_copy_of_the_whole_store_is_refused_and_audited(tmp_path: Path)
 
         store = await initialized_store(db)
         await write_some(store, 4)
-        assert await Freshness(FakeServices(node_dir, store), advance=True).check()
+        assert await FakeServices(node_dir, store).freshness(advance=True).check()
         await store.close()
 
         put_back(tmp_path / "old", db)
         store = await initialized_store(db)
         services = FakeServices(node_dir, store)
-        assert not await Freshness(services, advance=True).check()
+        assert not await services.freshness(advance=True).check()
         assert services.error is not None
         assert services.error.startswith("the store is older than this node has seen (revision ")
         assert services.error.endswith("): rolled back? refusing to serve")
@@ -251,7 +252,7 @@ def test_an_older_copy_of_the_whole_store_is_refused_and_audited(tmp_path: Path)
         # It does not advance anything in the old store, and says so again after a restart.
         assert (await services.barrier.get(EPOCH_KEY)).record.version == 1
         again = FakeServices(node_dir, store)
-        assert not await Freshness(again, advance=False).check()
+        assert not await again.freshness(advance=False).check()
         await store.close()
 
     asyncio.run(main())
@@ -266,7 +267,7 @@ def test_a_rollback_padded_with_junk_writes_is_caught_by_the_epoch(tmp_path: Pat
         await seen_then_copied(tmp_path, node_dir, db)
         store = await initialized_store(db)
         for _ in range(3):
-            await Freshness(FakeServices(node_dir, store), advance=True).check()
+            await FakeServices(node_dir, store).freshness(advance=True).check()
         await store.close()
 
         put_back(tmp_path / "old", db)
@@ -274,7 +275,7 @@ def test_a_rollback_padded_with_junk_writes_is_caught_by_the_epoch(tmp_path: Pat
         for i in range(50):  # the operator pushes the (unauthenticated) revision up with raw writes
             await store.put(f"junk/{i}", b"x")
         services = FakeServices(node_dir, store)
-        assert not await Freshness(services, advance=True).check()
+        assert not await services.freshness(advance=True).check()
         assert "(epoch 1 < 4)" in (services.error or "")
         await store.close()
 
@@ -289,7 +290,7 @@ def test_a_restored_cluster_or_a_rejoined_node_starts_afresh(tmp_path: Path) -> 
     async def main() -> None:
         store = await initialized_store(db)
         await write_some(store, 30)
-        assert await Freshness(FakeServices(node_dir, store), advance=True).check()
+        assert await FakeServices(node_dir, store).freshness(advance=True).check()
         await store.close()
 
         # Restored from a backup: a new, younger store, and a new node directory.
@@ -298,7 +299,7 @@ def test_a_restored_cluster_or_a_rejoined_node_starts_afresh(tmp_path: Path) -> 
         new_dir = make_node_dir(tmp_path / "restored-nodes")
         store = await initialized_store(new_db)
         services = FakeServices(new_dir, store)
-        assert await Freshness(services, advance=True).check() and services.error is None
+        assert await services.freshness(advance=True).check() and services.error is None
         await store.close()
 
         # The old node zeroized and added to the (restored) cluster: a new seal, a new mark.
@@ -306,7 +307,7 @@ def test_a_restored_cluster_or_a_rejoined_node_starts_afresh(tmp_path: Path) -> 
         seal_cluster_key(node_dir, SealedIdentity(CLUSTER_ID, "node1"), bytearray(CLUSTER_KEY))
         store = await initialized_store(new_db)
         services = FakeServices(node_dir, store)
-        assert await Freshness(services, advance=True).check() and services.error is None
+        assert await services.freshness(advance=True).check() and services.error is None
         await store.close()
 
     asyncio.run(main())
@@ -362,7 +363,7 @@ def test_a_store_whose_digest_was_made_anew_is_refused(tmp_path: Path) -> None:
         await store.close()
         store = await integrity_store(db)
         services = FakeServices(node_dir, store)
-        assert await Freshness(services, advance=True).check() and services.error is None
+        assert await services.freshness(advance=True).check() and services.error is None
         assert store.integrity_adopted and mark_file(node_dir).load().integrity == store.integrity_id
         barrier = services.barrier
         key = (await store.list_prefix("users/")).records[0].key
@@ -370,7 +371,7 @@ def test_a_store_whose_digest_was_made_anew_is_refused(tmp_path: Path) -> None:
         assert entry is not None
         old = raw(db, "SELECT key, value, version, create_revision, mod_revision FROM kv WHERE key = ?", key)[0]
         await barrier.commit([Write(key, {"failed_logins": 5}, entry)])
-        assert await Freshness(services, advance=True).check()
+        assert await services.freshness(advance=True).check()
         await store.close()
 
         raw(db, "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?)", *old)  # the old row back...
@@ -379,7 +380,7 @@ def test_a_store_whose_digest_was_made_anew_is_refused(tmp_path: Path) -> None:
         store = await integrity_store(db)
         services = FakeServices(node_dir, store)
         assert (await services.barrier.get(key)).value == entry.value  # the store alone takes the old row
-        assert not await Freshness(services, advance=False).check()
+        assert not await services.freshness(advance=False).check()
         assert services.error is not None and "integrity digest was made anew" in services.error
         assert [event for event, _ in services.audited] == ["store.tampered"]
         await store.close()
@@ -401,13 +402,13 @@ def test_a_record_put_back_while_the_node_was_stopped_stops_the_worker(tmp_path:
                   "users/victim")[0]
         entry = await services.barrier.get("users/victim")
         await services.barrier.commit([Write("users/victim", {"failed_logins": 5}, entry)])
-        assert await Freshness(services, advance=True).check()
+        assert await services.freshness(advance=True).check()
         await store.close()
 
         raw(db, "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?)", *old)
         store = await integrity_store(db)
         services = FakeServices(node_dir, store)
-        assert not await Freshness(services, advance=True).check()
+        assert not await services.freshness(advance=True).check()
         assert services.error is not None and "does not match its authenticated digest" in services.error
         assert [event for event, _ in services.audited] == ["store.tampered"]
         await store.close()
@@ -478,7 +479,7 @@ def test_the_node_records_its_head_and_never_lowers_it(tmp_path: Path) -> None:
     async def main() -> None:
         store = await initialized_store(db)
         services = FakeServices(node_dir, store)
-        worker = Freshness(services, advance=True)
+        worker = services.freshness(advance=True)
         await worker.publish_audit_head()
         recorded = (await services.barrier.get("audit/heads/node1")).value
         assert recorded["seq"] == 5 and recorded["hash"] == log.head().hash
@@ -490,7 +491,7 @@ def test_the_node_records_its_head_and_never_lowers_it(tmp_path: Path) -> None:
         lines = (node_dir / "audit.log").read_bytes().splitlines(keepends=True)
         (node_dir / "audit.log").write_bytes(b"".join(lines[:-2]))
         await worker.publish_audit_head()
-        await Freshness(services, advance=True).publish_audit_head()  # a restarted node, too
+        await services.freshness(advance=True).publish_audit_head()  # a restarted node, too
         assert (await services.barrier.get("audit/heads/node1")).value["seq"] == 6
         assert [event for event, _ in services.audited] == ["audit.head_mismatch", "audit.head_mismatch"]
         await store.close()

@@ -1,7 +1,7 @@
 """Joining a node: the clone-key exchange, who may ask for the key (role, enrollment), revocation.
 
-In-process: the two halves of the exchange as functions; then a real NodeServices
-over SQLite serving ``hsm.enroll``/``hsm.clone_key``/``hsm.revoke`` to peers built from
+In-process: the two halves of the exchange as functions; then a real node worker (its services
+and request pipeline) over SQLite serving ``hsm.enroll``/``hsm.clone_key``/``hsm.revoke`` to peers built from
 real certificates; then the whole path over mTLS through a NodeListener on loopback.
 """
 
@@ -20,13 +20,12 @@ from cryptography.hazmat.primitives import serialization
 
 from strongroom import pki
 from strongroom.audit import AuditLog
-from strongroom.dispatch import ops  # noqa: F401  (registers the operations)
-from strongroom.errors import CKR
-from strongroom.services.config import NodeConfig
 from strongroom.client import ClientError
+from strongroom.errors import CKR
+from strongroom.node.worker import build_worker
+from strongroom.services.config import NodeConfig
+from strongroom.services.health import SelfTestReport
 from strongroom.services.join import JoinError, JoinKeyPair, fetch_cluster_key, open_cluster_key, seal_for_newcomer
-from strongroom.node.selftest import SelfTestReport
-from strongroom.node.services import NodeServices
 from strongroom.store.sqlite import SqliteStore
 from strongroom.transport.protocol import Request
 from strongroom.transport.server import ConnectionPeer, NodeListener, connection_peer
@@ -153,14 +152,15 @@ class Node:
         self.config = node_config(tmp, self.pki, "node1")
         AuditLog.create(self.config.audit_path)
         self.store = SqliteStore(self.config.store_path)
-        self.services = NodeServices(self.config, self.store, SelfTestReport((), (), 0.0), boot=1)
+        self.worker = build_worker(self.config, self.store, SelfTestReport((), (), 0.0), boot=1)
+        self.services = self.worker.services
         self.node1_peer = peer_of(x509.load_pem_x509_certificate(self.config.tls_cert.read_bytes()))
         self.operator = peer_of(self.pki.client("operator", role=pki.OPERATOR)[2])
         self.agent = peer_of(self.pki.client("agent")[2])
         self.admin: bytes | None = None
 
     async def call(self, op: str, args: dict[str, Any], peer: Any, session: bytes | None = None) -> tuple[int, Any]:
-        return await self.services.handle(Request(1, op, session, args), 1, peer)
+        return await self.worker.pipeline.handle(Request(1, op, session, args), 1, peer)
 
     async def initialize(self) -> None:
         code, body = await self.call("cluster.initialize", {}, self.agent)
@@ -183,7 +183,7 @@ class Node:
                                self.agent, self.admin)
 
     async def close(self) -> None:
-        await self.services.stop_background()
+        await self.services.keyring.stop_background()
         await self.store.close()
 
 
@@ -232,8 +232,8 @@ def test_a_node_certificate_receives_the_key_once_enrolled(tmp_path: Path) -> No
                                       newcomer)
         assert code == CKR.OK, reply
         cluster_id, key = open_cluster_key(pair, "node2", reply)
-        assert cluster_id == node.services.cluster_id
-        assert key == node.services.cluster_key
+        assert cluster_id == node.services.keyring.cluster_id
+        assert key == node.services.keyring.cluster_key
         assert ("hsm.clone_key", "ok") in audit_events(node)
 
     run_node(tmp_path, scenario)
@@ -266,7 +266,7 @@ def test_revoked_certificate_is_refused_and_its_connections_closed(tmp_path: Pat
     async def scenario(node: Node) -> None:
         _, _, cert = node.pki.node("node2")
         newcomer = peer_of(cert)
-        assert await node.services.admit_connection(newcomer) is None
+        assert await node.services.revocation.admit_connection(newcomer) is None
         args = {"node_id": "node2", "serial": f"{cert.serial_number:x}"}
         assert (await node.enroll("node2", cert))[0] == CKR.OK
         # Only the operator's certificate may revoke (not a node's, not an application host's), and a node
@@ -285,7 +285,7 @@ def test_revoked_certificate_is_refused_and_its_connections_closed(tmp_path: Pat
         assert body["serial"] == f"{cert.serial_number:x}" and not body["already_revoked"]
         code, again = await node.call("hsm.revoke", args, node.operator)
         assert code == CKR.OK and again["already_revoked"]
-        assert await node.services.is_revoked(cert.serial_number)
+        assert await node.services.revocation.is_revoked(cert.serial_number)
         # The record is encrypted like every other one: the serial is in the key, the rest is not.
         record = await node.store.get(f"revoked/{cert.serial_number:x}")
         assert record is not None and b"node2" not in record.value
@@ -294,8 +294,8 @@ def test_revoked_certificate_is_refused_and_its_connections_closed(tmp_path: Pat
         code, body = await node.call("hsm.clone_key", {"node_id": "node2", "ephemeral_public": pair.public},
                                      newcomer)
         assert code == CKR.ACTION_PROHIBITED and "enrolled" in body  # revocation also ends the enrollment
-        assert "revoked" in (await node.services.admit_connection(newcomer) or "")
-        assert await node.services.admit_connection(node.operator) is None
+        assert "revoked" in (await node.services.revocation.admit_connection(newcomer) or "")
+        assert await node.services.revocation.admit_connection(node.operator) is None
         assert ("hsm.revoke", "ok") in audit_events(node)
 
     run_node(tmp_path, scenario)
@@ -303,10 +303,10 @@ def test_revoked_certificate_is_refused_and_its_connections_closed(tmp_path: Pat
 
 def test_forget_cluster_key_wipes_the_copy(tmp_path: Path) -> None:
     async def scenario(node: Node) -> None:
-        held = node.services.cluster_key
+        held = node.services.keyring.cluster_key
         assert held is not None and any(held)
-        node.services.forget_cluster_key()
-        assert node.services.cluster_key is None and not any(held)
+        node.services.keyring.forget_cluster_key()
+        assert node.services.keyring.cluster_key is None and not any(held)
 
     run_node(tmp_path, scenario)
 
@@ -327,8 +327,8 @@ def test_join_over_mtls(tmp_path: Path) -> None:
         sock.listen(16)
         sock.setblocking(False)
         address = f"127.0.0.1:{sock.getsockname()[1]}"
-        listener = NodeListener(node.services.handle, max_frame=1 << 20, max_in_flight=8, max_connections=16,
-                                admit=node.services.admit_connection)
+        listener = NodeListener(node.worker.pipeline.handle, max_frame=1 << 20, max_in_flight=8, max_connections=16,
+                                admit=node.services.revocation.admit_connection)
         config = node.config
         await listener.start(sock, server_context(config.tls_cert, config.tls_key, config.ca_cert))
         try:
@@ -341,7 +341,7 @@ def test_join_over_mtls(tmp_path: Path) -> None:
             assert (await node.enroll("node2", x509.load_pem_x509_certificate(newcomer.tls_cert.read_bytes())))[0] \
                 == CKR.OK
             cluster_id, key = await fetch_cluster_key(newcomer, address)
-            assert cluster_id == node.services.cluster_id and key == node.services.cluster_key
+            assert cluster_id == node.services.keyring.cluster_id and key == node.services.keyring.cluster_key
 
             # An application host's certificate in a node's configuration does not get the key; an operator's
             # certificate is not even admitted past the role check.

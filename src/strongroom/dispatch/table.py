@@ -3,7 +3,8 @@
 Handlers live in :mod:`strongroom.dispatch.ops`, one module per op group (the
 part of the name before the dot: ``user.create`` is in ``ops/user.py``). Each
 declares, with :func:`operation`, who may call it (no login, or which roles),
-in which cluster states, and the dataclass its arguments must match.
+in which cluster states (:mod:`strongroom.services.state`), and the dataclass its
+arguments must match.
 """
 
 from __future__ import annotations
@@ -17,21 +18,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from strongroom.dispatch.call import Call
 from strongroom.errors import CKR, ActionProhibited, ArgumentsBad, DataLenRange, FunctionNotSupported, HsmError
+from strongroom.services.state import ACTIVE
 
 log = logging.getLogger(__name__)
 
-# Cluster life cycle (as CloudHSM): uninitialized -> initialize_in_progress (the cluster key and
-# identity exist, the customer has the CSR) -> initialized (certificate and trust anchor installed)
-# -> active (the first admin set its password).
-UNINITIALIZED = "uninitialized"
-INITIALIZE_IN_PROGRESS = "initialize_in_progress"
-INITIALIZED = "initialized"
-ACTIVE = "active"
-LIFE_CYCLE = (UNINITIALIZED, INITIALIZE_IN_PROGRESS, INITIALIZED, ACTIVE)
-ALL_STATES = frozenset(LIFE_CYCLE)
-
-Handler = Callable[[Any, Any], Awaitable[Any]]
+#: ``async def handler(call, args)``: ``args`` is the operation's argument dataclass (None if it takes none).
+Handler = Callable[[Call, Any], Awaitable[dict[str, Any]]]
 
 # Who may call an operation, by the role of the certificate on the connection (see strongroom.pki.certs):
 # an application host (the agent, the CLI and SDK of the customer's users), the operator, a node.

@@ -19,14 +19,14 @@ import sys
 from pathlib import Path
 
 from strongroom.audit import AuditLog
-from strongroom.seal import startup_refusal
-from strongroom.dispatch import ops  # noqa: F401  (registers every operation)
-from strongroom.node import selftest, supervisor
-from strongroom.services import backups, freshness, registry
-from strongroom.node.channel import SupervisorLink
-from strongroom.services.config import NodeConfig
 from strongroom.hardening import harden_process
-from strongroom.node.services import NodeServices
+from strongroom.node import selftest, supervisor
+from strongroom.node.channel import SupervisorLink
+from strongroom.node.worker import build_worker
+from strongroom.seal import startup_refusal
+from strongroom.services.config import NodeConfig
+from strongroom.services.health import SelfTestReport
+from strongroom.services.registry import HEARTBEAT_SECONDS
 from strongroom.transport.server import NodeListener
 from strongroom.transport.tls import server_context
 
@@ -65,47 +65,39 @@ def _listen(config: NodeConfig) -> socket.socket:
     return sock
 
 
-async def _worker(config: NodeConfig, sock: socket.socket, report: selftest.SelfTestReport, boot: int,
+async def _worker(config: NodeConfig, sock: socket.socket, report: SelfTestReport, boot: int,
                   error: str | None, channel: socket.socket | None = None,
                   initial: tuple[str, bytearray] | None = None, index: int = 0) -> None:
     store = config.open_store()
     link = SupervisorLink(channel)
-    services = NodeServices(config, store, report, boot, error, supervisor=link)
+    worker = build_worker(config, store, report, boot, error, link, index=index)
+    services = worker.services
     stop = asyncio.Event()
 
     def shutdown() -> None:
         stop.set()
         os.kill(os.getppid(), signal.SIGTERM)  # the supervisor stops the sibling workers
 
-    services.shutdown = shutdown
-    fresh = freshness.Freshness(services, advance=index == 0)  # store rollback and audit head checks
-
-    async def key_arrived() -> None:
-        if await fresh.check():
-            await services.register_node()
-            if index == 0:
-                await fresh.publish_audit_head()
-
-    services.on_key_installed = key_arrived
+    services.health.shutdown = shutdown
     link.on_lost = stop.set
     await link.start()
-    if initial is not None and services.error is None:
-        services.adopt_key(*initial)
+    if initial is not None and services.health.error is None:
+        services.keyring.adopt_key(*initial)
     listener = NodeListener(
-        services.handle,
-        admit=services.admit_connection,
+        worker.pipeline.handle,
+        admit=services.revocation.admit_connection,
         max_frame=config.limits.max_frame,
         max_in_flight=config.limits.max_in_flight,
         max_connections=config.limits.max_connections,
     )
     await listener.start(sock, server_context(config.tls_cert, config.tls_key, config.ca_cert))
-    tasks = [asyncio.create_task(services.watch_users()), asyncio.create_task(services.reap_sessions()),
-             asyncio.create_task(fresh.run(registry.HEARTBEAT_SECONDS))]
+    tasks = [asyncio.create_task(services.sessions.watch_users()), asyncio.create_task(services.sessions.reap()),
+             asyncio.create_task(worker.freshness.run(HEARTBEAT_SECONDS))]
     if index == 0:
         # One worker per node keeps the heartbeat and looks after automatic backups.
-        tasks.append(asyncio.create_task(services.heartbeat()))
+        tasks.append(asyncio.create_task(services.registration.heartbeat()))
         if config.backup.dir is not None:
-            tasks.append(asyncio.create_task(backups.run_scheduler(services)))
+            tasks.append(asyncio.create_task(services.backups.run_scheduler()))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -115,14 +107,14 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: selftest.Self
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     if index == 0:
-        await fresh.publish_audit_head()  # clean shutdown: the head as it is now
-    await services.stop_background()
+        await worker.freshness.publish_audit_head()  # clean shutdown: the head as it is now
+    await services.keyring.stop_background()
     await listener.close()
     await link.close()
     await store.close()
 
 
-def _run_worker(config: NodeConfig, sock: socket.socket, report: selftest.SelfTestReport, boot: int,
+def _run_worker(config: NodeConfig, sock: socket.socket, report: SelfTestReport, boot: int,
                 error: str | None, channel: socket.socket, initial: tuple[str, bytearray] | None,
                 index: int = 0) -> None:
     asyncio.run(_worker(config, sock, report, boot, error, channel, initial, index))

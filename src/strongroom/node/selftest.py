@@ -21,7 +21,7 @@ import hmac
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives.keywrap import (
     aes_key_wrap,
     aes_key_wrap_with_padding,
 )
+
+from strongroom.services.health import SelfTestFailure, SelfTestReport
 
 __all__ = [
     "KnownAnswerTest",
@@ -100,35 +102,6 @@ def known_answer_test(name: str) -> Callable[[_F], _F]:
 def registered() -> tuple[str, ...]:
     """Names of every registered KAT, in registration order."""
     return tuple(_REGISTRY)
-
-
-@dataclass(frozen=True)
-class SelfTestFailure:
-    name: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class SelfTestReport:
-    passed: tuple[str, ...]
-    failed: tuple[SelfTestFailure, ...]
-    duration: float  # seconds, wall clock, for the whole run
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    @property
-    def failed_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.failed)
-
-    def reason(self, name: str) -> str | None:
-        """The failure reason for ``name``, or None if it did not fail."""
-        for failure in self.failed:
-            if failure.name == name:
-                return failure.reason
-        return None
 
 
 def run_all(fail: Iterable[str] = frozenset()) -> SelfTestReport:

@@ -6,7 +6,7 @@ them with the cluster's metadata, a SHA-256 over the whole and a signature by th
 cluster identity key (:mod:`strongroom.services.identity`). Key pairs are committed
 in one store transaction, so a snapshot holds both halves or neither.
 
-Automatic backups (:func:`run_scheduler`, on one worker of every node that has a
+Automatic backups (:meth:`Backups.run_scheduler`, on one worker of every node that has a
 backup directory): one after activation, one after each change of membership,
 and one every ``interval_hours``. ``backup/last`` records the newest backup; a
 node writes its file only after winning the compare-and-swap on that record, so
@@ -21,34 +21,37 @@ import hashlib
 import logging
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from strongroom.backup import BackupCatalog, BackupHeader, BackupRecord, encode_backup
-from strongroom.barrier import Write
+from strongroom.barrier import Barrier, Entry, Write
 from strongroom.services import registry
+from strongroom.services.auditor import Auditor
+from strongroom.services.config import NodeConfig
+from strongroom.services.health import Health
 from strongroom.services.identity import IDENTITY_KEY, ClusterIdentity
+from strongroom.services.keyring import ClusterKeyring
+from strongroom.services.state import ACTIVE, CLUSTER_META_KEY
 from strongroom.store.base import ConflictError, StoreError
 
 log = logging.getLogger(__name__)
 
 LAST_BACKUP_KEY = "backup/last"
 SIGNATURE_ALGORITHM = "ecdsa-p384-prehashed-sha256"
-META_KEY = "cluster/meta"
 
 
 class BackupRefused(Exception):
     """The cluster cannot be backed up now (not initialized, store unavailable)."""
 
 
-async def produce_backup(services: Any, trigger: str) -> tuple[BackupHeader, bytes, dict[str, Any]]:
+async def produce_backup(barrier: Barrier, node_id: str, trigger: str) -> tuple[BackupHeader, bytes, dict[str, Any]]:
     """Snapshot the store; returns the header, the file's bytes and the ``backup/last`` value to record."""
-    barrier = services.require_barrier()
     listing = await barrier.snapshot()
     by_key = {record.key: record for record in listing.records}
-    if META_KEY not in by_key or IDENTITY_KEY not in by_key:
+    if CLUSTER_META_KEY not in by_key or IDENTITY_KEY not in by_key:
         raise BackupRefused("the store holds no initialized cluster")
-    meta = barrier.decode(by_key[META_KEY]).value
+    meta = barrier.decode(by_key[CLUSTER_META_KEY]).value
     identity = ClusterIdentity.from_record(barrier.decode(by_key[IDENTITY_KEY]).value)
     members = registry.membership(await registry.nodes(barrier))
     header = BackupHeader(
@@ -57,7 +60,7 @@ async def produce_backup(services: Any, trigger: str) -> tuple[BackupHeader, byt
         cluster_name=str(meta.get("name", "")),
         created=time.time(),
         revision=listing.revision,
-        node_id=services.config.node_id,
+        node_id=node_id,
         trigger=trigger,
         record_count=len(listing.records),
         trust_anchor_fingerprint=meta.get("trust_anchor_fingerprint"),
@@ -73,20 +76,19 @@ async def produce_backup(services: Any, trigger: str) -> tuple[BackupHeader, byt
     return header, data, last
 
 
-async def record_last(services: Any, last: dict[str, Any], previous: Any) -> bool:
+async def record_last(barrier: Barrier, last: dict[str, Any], previous: Entry | None) -> bool:
     """Record ``last`` as the newest backup unless another one was recorded since ``previous`` was read."""
     try:
-        await services.require_barrier().commit([Write(LAST_BACKUP_KEY, last, previous)])
+        await barrier.commit([Write(LAST_BACKUP_KEY, last, previous)])
     except ConflictError:
         return False
     return True
 
 
-async def due(services: Any, now: float) -> str | None:
+async def due(barrier: Barrier, interval_hours: float, now: float) -> str | None:
     """Why an automatic backup is due now (its trigger), or None."""
-    barrier = services.require_barrier()
-    meta = await barrier.get(META_KEY)
-    if meta is None or meta.value.get("state") != "active":
+    meta = await barrier.get(CLUSTER_META_KEY)
+    if meta is None or meta.value.get("state") != ACTIVE:
         return None
     last = await barrier.get(LAST_BACKUP_KEY)
     if last is None:
@@ -97,42 +99,72 @@ async def due(services: Any, now: float) -> str | None:
         return "activation"
     if registry.membership(await registry.nodes(barrier)) != value.get("membership"):
         return "membership"
-    if now - float(value.get("created", 0)) >= services.config.backup.interval_hours * 3600:
+    if now - float(value.get("created", 0)) >= interval_hours * 3600:
         return "scheduled"
     return None
 
 
-async def take_automatic_backup(services: Any, trigger: str) -> dict[str, Any] | None:
-    """Make, record and write one automatic backup; None if another node recorded one first."""
-    policy = services.config.backup
-    previous = await services.require_barrier().get(LAST_BACKUP_KEY)
-    header, data, last = await produce_backup(services, trigger)
-    if not await record_last(services, last, previous):
-        return None
-    catalog = BackupCatalog(policy.dir)
-    path = await asyncio.to_thread(catalog.write, data, header)
-    removed = await asyncio.to_thread(catalog.apply_retention, header.cluster_id, policy.retention_days)
-    await services.audit("backup.create", actor=None,
-                         details={"backup_id": header.backup_id, "trigger": trigger, "revision": header.revision,
-                                  "file": str(path), "retention_deleted": [e.backup_id for e in removed]})
-    log.info("automatic backup %s (%s) written to %s", header.backup_id, trigger, path)
-    return dict(asdict(header), path=str(path))
+@dataclass
+class Pending:
+    """A backup made for the operator (``backup.create``), waiting in this worker to be read out."""
+
+    data: bytes
+    expires: float
 
 
-async def run_scheduler(services: Any) -> None:
-    """Check every ``check_seconds`` whether an automatic backup is due; never raises."""
-    policy = services.config.backup
-    while True:
-        await asyncio.sleep(policy.check_seconds)
-        if services.error is not None or not services.has_cluster_key():
-            continue
-        try:
-            trigger = await due(services, time.time())
-            if trigger is not None:
-                await take_automatic_backup(services, trigger)
-        except asyncio.CancelledError:
-            raise
-        except (StoreError, BackupRefused, OSError) as exc:
-            log.warning("automatic backup not taken: %s", exc)
-        except Exception:  # noqa: BLE001 - the scheduler must outlive any one failure
-            log.exception("automatic backup failed")
+class Backups:
+    def __init__(self, config: NodeConfig, keyring: ClusterKeyring, audit: Auditor, health: Health) -> None:
+        self._config = config
+        self._keyring = keyring
+        self._audit = audit
+        self._health = health
+        self._pending: dict[str, Pending] = {}
+
+    def pending(self) -> dict[str, Pending]:
+        """This worker's backups waiting to be read, by backup id, with the expired ones dropped."""
+        table = self._pending
+        now = time.monotonic()
+        for backup_id in [k for k, v in table.items() if v.expires < now]:
+            del table[backup_id]
+        return table
+
+    async def produce(self, trigger: str) -> tuple[BackupHeader, bytes, dict[str, Any]]:
+        return await produce_backup(self._keyring.require_barrier(), self._config.node_id, trigger)
+
+    async def take_automatic_backup(self, trigger: str) -> dict[str, Any] | None:
+        """Make, record and write one automatic backup; None if another node recorded one first."""
+        policy = self._config.backup
+        if policy.dir is None:
+            raise BackupRefused("this node has no backup directory ([backup] dir)")
+        barrier = self._keyring.require_barrier()
+        previous = await barrier.get(LAST_BACKUP_KEY)
+        header, data, last = await self.produce(trigger)
+        if not await record_last(self._keyring.require_barrier(), last, previous):
+            return None
+        catalog = BackupCatalog(policy.dir)
+        path = await asyncio.to_thread(catalog.write, data, header)
+        removed = await asyncio.to_thread(catalog.apply_retention, header.cluster_id, policy.retention_days)
+        await self._audit.record("backup.create", actor=None,
+                                 details={"backup_id": header.backup_id, "trigger": trigger,
+                                          "revision": header.revision, "file": str(path),
+                                          "retention_deleted": [e.backup_id for e in removed]})
+        log.info("automatic backup %s (%s) written to %s", header.backup_id, trigger, path)
+        return dict(asdict(header), path=str(path))
+
+    async def run_scheduler(self) -> None:
+        """Check every ``check_seconds`` whether an automatic backup is due; never raises."""
+        policy = self._config.backup
+        while True:
+            await asyncio.sleep(policy.check_seconds)
+            if self._health.error is not None or not self._keyring.has_cluster_key():
+                continue
+            try:
+                trigger = await due(self._keyring.require_barrier(), policy.interval_hours, time.time())
+                if trigger is not None:
+                    await self.take_automatic_backup(trigger)
+            except asyncio.CancelledError:
+                raise
+            except (StoreError, BackupRefused, OSError) as exc:
+                log.warning("automatic backup not taken: %s", exc)
+            except Exception:  # noqa: BLE001 - the scheduler must outlive any one failure
+                log.exception("automatic backup failed")

@@ -54,16 +54,19 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from strongroom.audit import AuditLog, AuditWriteError
 from strongroom.audit import heads as audit_heads
-from strongroom.barrier import RecordTampered, Write
+from strongroom.barrier import Barrier, RecordTampered, Write
 from strongroom.seal import FRESHNESS_FILE, SEAL_FILE
-from strongroom.store.base import ConflictError
+from strongroom.services.auditor import Auditor
+from strongroom.services.config import NodeConfig
+from strongroom.services.health import Health
+from strongroom.store.base import ConflictError, Store
 from strongroom.store.integrity import StoreTampered
 
 log = logging.getLogger(__name__)
@@ -176,40 +179,54 @@ def integrity_message(seen: Mark, integrity: str) -> str | None:
             f"{seen.integrity}): it was deleted to have altered records taken as they are; refusing to serve")
 
 
+class KeyHolder(Protocol):
+    """What the checks need of the worker's cluster key (services.keyring.ClusterKeyring)."""
+
+    barrier: Barrier | None
+    cluster_id: str | None
+    freshness_key: bytes | None
+
+
 class Freshness:
     """One worker's checks: store freshness (every worker) and, on one worker, the audit head."""
 
-    def __init__(self, services: Any, *, advance: bool) -> None:
-        self.services = services
+    def __init__(self, config: NodeConfig, store: Store, keyring: KeyHolder, health: Health, audit: Auditor,
+                 *, advance: bool) -> None:
+        self._config = config
+        self._store = store
+        self._keyring = keyring
+        self._health = health
+        self._audit = audit
         self.advance = advance  # this worker advances the epoch and records the audit head
         self._published: tuple[int, str] | None = None
         self._first: str | None = None
         self._head_problem: str | None = None
 
     def _mark(self) -> HighWaterMark | None:
-        services = self.services
-        key = getattr(services, "freshness_key", None)
-        seal = seal_id(services.config.node_dir)
-        if key is None or seal is None or services.cluster_id is None:
+        config, keyring = self._config, self._keyring
+        key = keyring.freshness_key
+        seal = seal_id(config.node_dir)
+        if key is None or seal is None or keyring.cluster_id is None:
             return None
-        return HighWaterMark(services.config.node_dir, key, services.cluster_id, services.config.node_id, seal)
+        return HighWaterMark(config.node_dir, key, keyring.cluster_id, config.node_id, seal)
 
     async def _fail(self, message: str, details: dict[str, Any], event: str = "store.rollback") -> None:
-        services = self.services
-        if services.error is not None:
+        if self._health.error is not None:
             return
-        services.error = message
+        self._health.error = message
         log.error("%s", message)
         try:
-            await services.audit(event, actor=None, outcome="CKR_DEVICE_ERROR", details=dict(details, error=message))
+            await self._audit.record(event, actor=None, outcome="CKR_DEVICE_ERROR",
+                                     details=dict(details, error=message))
         except Exception:  # noqa: BLE001 - the error state holds whether or not the log takes it
             log.exception("could not audit %s", event)
 
     async def check(self) -> bool:
         """Compare the store with this node's high-water mark; False when it went back (error state)."""
-        services = self.services
-        if services.error is not None or not services.has_cluster_key():
-            return services.error is None
+        error = self._health.error
+        barrier = self._keyring.barrier
+        if error is not None or barrier is None:
+            return error is None
         mark = self._mark()
         if mark is None:
             return True
@@ -218,9 +235,8 @@ class Freshness:
         except FreshnessError as exc:
             await self._fail(f"tamper response: {exc}; refusing to serve", {"file": str(mark.path)})
             return False
-        barrier = services.barrier
         try:
-            revision = await services.store.revision()
+            revision = await self._store.revision()
             epoch_entry = await barrier.get(EPOCH_KEY)
         except RecordTampered as exc:
             await self._fail(exc.message, {"key": exc.key})
@@ -232,7 +248,7 @@ class Freshness:
             log.warning("store freshness not checked: %s", exc)
             return True
         epoch = 0 if epoch_entry is None else epoch_entry.record.version
-        integrity = getattr(services.store, "integrity_id", None) or ""
+        integrity = getattr(self._store, "integrity_id", None) or ""
         if seen is not None:
             problem = rollback_message(seen, revision, epoch)
             if problem is not None:
@@ -249,7 +265,7 @@ class Freshness:
         if self.advance:
             try:
                 if epoch_entry is not None or await barrier.get("cluster/meta") is not None:
-                    value = {"node": services.config.node_id, "time": time.time()}
+                    value = {"node": self._config.node_id, "time": time.time()}
                     revision = await barrier.commit([Write(EPOCH_KEY, value, epoch_entry)])
                     epoch += 1
             except ConflictError:
@@ -261,13 +277,13 @@ class Freshness:
 
     async def publish_audit_head(self) -> None:
         """Record this node's audit head in the store (``audit/heads/<node id>``), never lowering it."""
-        services = self.services
-        if services.error is not None or not services.has_cluster_key():
+        barrier = self._keyring.barrier
+        if self._health.error is not None or barrier is None:
             return
-        config = services.config
+        config = self._config
         try:
             head = await asyncio.to_thread(AuditLog(config.audit_path, node_id=config.node_id,
-                                                    boot=services.boot).head)
+                                                    boot=self._health.boot).head)
             if head is None or self._published == (head.seq, head.hash):
                 return
             if self._first is None:
@@ -276,7 +292,7 @@ class Freshness:
                     return
                 self._first = first.hash
             key = audit_heads.head_key(config.node_id)
-            entry = await services.barrier.get(key)
+            entry = await barrier.get(key)
             if entry is not None:
                 # Whoever recorded it (this process, an earlier boot), the log must still hold it.
                 problem = await asyncio.to_thread(audit_heads.head_problem, config.audit_path, entry.value, head.seq)
@@ -285,14 +301,14 @@ class Freshness:
                         self._head_problem = problem
                         message = f"the audit log {config.audit_path} {problem}; keeping the recorded head"
                         log.error("%s", message)
-                        await services.audit("audit.head_mismatch", actor=None, outcome="CKR_DEVICE_ERROR",
-                                             details={"recorded_seq": entry.value.get("seq"), "problem": problem})
+                        await self._audit.record("audit.head_mismatch", actor=None, outcome="CKR_DEVICE_ERROR",
+                                                 details={"recorded_seq": entry.value.get("seq"), "problem": problem})
                     return  # never overwrite the evidence
                 if int(entry.value.get("seq", 0)) >= head.seq:
                     self._published = (int(entry.value["seq"]), str(entry.value["hash"]))
                     return
             value = audit_heads.head_value(config.node_id, head, self._first)
-            await services.barrier.commit([Write(key, value, entry)])
+            await barrier.commit([Write(key, value, entry)])
             self._published = (head.seq, head.hash)
         except ConflictError:
             pass

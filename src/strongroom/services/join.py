@@ -31,9 +31,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from strongroom.services.config import NodeConfig
 from strongroom.pki.sealedbox import NONCE_BYTES, PUBLIC_BYTES, BoxError, EphemeralKey, SealedBox, open_box, seal_box
 from strongroom.seal import CLUSTER_KEY_BYTES
+from strongroom.services.config import NodeConfig
 
 INFO_PREFIX = b"strongroom clone-key v1\0"
 #: Per peer: connecting, the handshake and the exchange.

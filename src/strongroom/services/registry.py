@@ -7,11 +7,16 @@ reconfigured, and ``hsm remove`` deletes the record of a node it takes away.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
 from strongroom.barrier import Barrier, Remove, Write
+from strongroom.services.config import NodeConfig
+from strongroom.services.health import Health
+from strongroom.services.keyring import ClusterKeyring
+from strongroom.services.peers import remember_peers
 from strongroom.store.base import ConflictError
 
 log = logging.getLogger(__name__)
@@ -69,3 +74,40 @@ async def nodes(barrier: Barrier) -> list[dict[str, Any]]:
 def membership(entries: list[dict[str, Any]]) -> list[str]:
     """What identifies the set of members (an automatic backup follows each change of it)."""
     return sorted(f"{n['id']}@{n['address']}" for n in entries)
+
+
+class Registration:
+    """This node's own record: written when it gets the key, kept fresh by one worker's heartbeat."""
+
+    def __init__(self, config: NodeConfig, keyring: ClusterKeyring, health: Health) -> None:
+        self._config = config
+        self._keyring = keyring
+        self._health = health
+
+    async def register(self) -> None:
+        """Record this node's address in the cluster (agents discover nodes from it)."""
+        barrier = self._keyring.barrier
+        if barrier is None:
+            return
+        config = self._config
+        try:
+            await register(barrier, config.node_id, config.zone, config.address, self._health.boot)
+        except Exception as exc:  # noqa: BLE001 - serving matters more than being listed
+            log.warning("could not record this node in the cluster registry: %s", exc)
+
+    async def heartbeat(self) -> None:
+        """Keep this node's registry record fresh (``cluster.status`` reports health from it)."""
+        config = self._config
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            barrier = self._keyring.barrier
+            if self._health.error is not None or barrier is None:
+                continue
+            try:
+                await register(barrier, config.node_id, config.zone, config.address, self._health.boot,
+                               heartbeat=True)
+                # Where to ask for the key after a restart (a shares seal), beside node.toml's peers.
+                addresses = [n["address"] for n in await nodes(barrier) if n.get("address")]
+                await asyncio.to_thread(remember_peers, config, addresses)
+            except Exception as exc:  # noqa: BLE001 - a missed heartbeat shows as "unreachable", no more
+                log.debug("heartbeat not recorded: %s", exc)

@@ -22,14 +22,24 @@ CLUSTER_KEY = bytearray(b"\x24" * 32)
 
 @dataclass
 class FakeServices:
+    """What the kms.* handlers use of a worker's services: the barrier (through the keyring) and the auditor."""
+
     barrier: Barrier
     audited: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def keyring(self) -> FakeServices:
+        return self
+
+    @property
+    def audit(self) -> FakeServices:
+        return self
 
     def require_barrier(self) -> Barrier:
         return self.barrier
 
-    async def audit(self, event: str, *, actor: str | None, outcome: str = "ok",
-                    details: dict[str, Any] | None = None) -> None:
+    async def record(self, event: str, *, actor: str | None, outcome: str = "ok",
+                     details: dict[str, Any] | None = None) -> None:
         self.audited.append((event, outcome, details or {}))
 
 

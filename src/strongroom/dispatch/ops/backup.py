@@ -16,9 +16,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from strongroom.dispatch.table import ACTIVE, INITIALIZED, OPERATOR, operation
+from strongroom.dispatch.call import Call
+from strongroom.dispatch.table import OPERATOR, operation
 from strongroom.errors import ActionProhibited, ArgumentsBad, DeviceError
-from strongroom.services.backups import LAST_BACKUP_KEY, BackupRefused, produce_backup, record_last
+from strongroom.services.backups import LAST_BACKUP_KEY, BackupRefused, Pending, record_last
+from strongroom.services.state import ACTIVE, INITIALIZED
 
 STATES = (INITIALIZED, ACTIVE)
 #: Largest chunk one backup.read returns (a frame is 2 MiB).
@@ -30,46 +32,32 @@ TRIGGERS = ("manual",)
 
 
 @dataclass
-class Pending:
-    data: bytes
-    expires: float
-
-
-def _pending(services: Any) -> dict[str, Pending]:
-    """This worker's backups waiting to be read, with the expired ones dropped."""
-    table: dict[str, Pending] = services.pending_backups
-    now = time.monotonic()
-    for backup_id in [k for k, v in table.items() if v.expires < now]:
-        del table[backup_id]
-    return table
-
-
-@dataclass
 class CreateArgs:
     trigger: str = "manual"
 
 
 @operation("backup.create", args=CreateArgs, states=STATES, peers=(OPERATOR,))
-async def create(call: Any, args: CreateArgs) -> dict[str, Any]:
+async def create(call: Call, args: CreateArgs) -> dict[str, Any]:
     services = call.services
     if args.trigger not in TRIGGERS:
         raise ArgumentsBad(f"trigger must be one of {', '.join(TRIGGERS)}")
-    pending = _pending(services)
+    pending = services.backups.pending()
     if len(pending) >= MAX_PENDING:
         raise ActionProhibited(f"{MAX_PENDING} backups are already waiting to be read on this node; "
                                "read or release them first")
-    previous = await services.require_barrier().get(LAST_BACKUP_KEY)
+    previous = await services.keyring.require_barrier().get(LAST_BACKUP_KEY)
     try:
-        header, data, last = await produce_backup(services, args.trigger)
+        header, data, last = await services.backups.produce(args.trigger)
     except BackupRefused as exc:
         raise DeviceError(str(exc)) from None
     # A manual backup counts as the newest one even if an automatic one raced it: both are complete.
-    if not await record_last(services, last, previous):
-        await record_last(services, last, await services.require_barrier().get(LAST_BACKUP_KEY))
+    barrier = services.keyring.require_barrier()
+    if not await record_last(barrier, last, previous):
+        await record_last(barrier, last, await barrier.get(LAST_BACKUP_KEY))
     pending[header.backup_id] = Pending(data, time.monotonic() + PENDING_SECONDS)
-    await services.audit("backup.create", actor=call.actor,
-                         details={"backup_id": header.backup_id, "trigger": args.trigger,
-                                  "revision": header.revision, "peer": call.peer_name})
+    await services.audit.record("backup.create", actor=call.actor,
+                                details={"backup_id": header.backup_id, "trigger": args.trigger,
+                                         "revision": header.revision, "peer": call.peer_name})
     return {"header": asdict(header), "size": len(data), "sha256": last["sha256"], "chunk": MAX_CHUNK}
 
 
@@ -81,8 +69,8 @@ class ReadArgs:
 
 
 @operation("backup.read", args=ReadArgs, states=STATES, peers=(OPERATOR,))
-async def read(call: Any, args: ReadArgs) -> dict[str, Any]:
-    entry = _pending(call.services).get(args.backup_id)
+async def read(call: Call, args: ReadArgs) -> dict[str, Any]:
+    entry = call.services.backups.pending().get(args.backup_id)
     if entry is None:
         raise ArgumentsBad(f"no backup {args.backup_id!r} is waiting on this connection's node worker "
                            "(expired after 10 minutes, or made on another node)")
@@ -97,5 +85,5 @@ class ReleaseArgs:
 
 
 @operation("backup.release", args=ReleaseArgs, states=STATES, peers=(OPERATOR,))
-async def release(call: Any, args: ReleaseArgs) -> dict[str, Any]:
-    return {"released": _pending(call.services).pop(args.backup_id, None) is not None}
+async def release(call: Call, args: ReleaseArgs) -> dict[str, Any]:
+    return {"released": call.services.backups.pending().pop(args.backup_id, None) is not None}

@@ -15,24 +15,23 @@ from typing import Any
 from strongroom.auth.passwords import hash_password
 from strongroom.auth.users import Role, check_password_rules, key_of, normalize_username
 from strongroom.barrier import Write
-from strongroom.seal import CLUSTER_KEY_BYTES, SHARES, SealedIdentity, SealError, seal_cluster_key, seal_exists
-from strongroom.dispatch.table import (
-    ACTIVE,
-    AGENT,
-    ALL_STATES,
-    EVERY_PEER,
-    INITIALIZE_IN_PROGRESS,
-    INITIALIZED,
-    UNINITIALIZED,
-    operation,
-)
+from strongroom.dispatch.call import Call
+from strongroom.dispatch.table import AGENT, EVERY_PEER, operation
 from strongroom.errors import ActionProhibited, ArgumentsBad, DeviceError, PinIncorrect
+from strongroom.pki import fingerprint_sha256, load_certificate
+from strongroom.recovery import RecoveryError, load_custodian_key, split_cluster_key
+from strongroom.seal import CLUSTER_KEY_BYTES, SHARES, SealedIdentity, SealError, seal_cluster_key, seal_exists
 from strongroom.services import registry
 from strongroom.services.backups import LAST_BACKUP_KEY
 from strongroom.services.identity import IDENTITY_KEY, ClusterIdentity, IdentityError, check_cluster_certificate
-from strongroom.pki import fingerprint_sha256, load_certificate
-from strongroom.recovery import RecoveryError, load_custodian_key, split_cluster_key
-from strongroom.node.services import CLUSTER_META_KEY
+from strongroom.services.state import (
+    ACTIVE,
+    ALL_STATES,
+    CLUSTER_META_KEY,
+    INITIALIZE_IN_PROGRESS,
+    INITIALIZED,
+    UNINITIALIZED,
+)
 from strongroom.store.base import ConflictError
 
 #: The first admin exists from initialization on, without a password, until activation.
@@ -50,7 +49,7 @@ OWNER = (AGENT,)
 
 
 @operation("cluster.initialize", args=InitializeArgs, states=(UNINITIALIZED,), peers=OWNER)
-async def initialize(call: Any, args: InitializeArgs) -> dict[str, Any]:
+async def initialize(call: Call, args: InitializeArgs) -> dict[str, Any]:
     """Create the cluster key and the cluster's identity key inside this node; return the cluster CSR.
 
     Anyone holding a certificate of the customer's CA may initialize: it is the
@@ -73,29 +72,29 @@ async def initialize(call: Any, args: InitializeArgs) -> dict[str, Any]:
         if seal_exists(services.config.node_dir):
             raise ActionProhibited("this node already holds a cluster key") from None
         raise DeviceError(f"the cluster key could not be sealed ({services.config.seal.type} seal): {exc}") from None
-    services.share_new_key(cluster_id, key)
-    barrier = services.require_barrier()
+    services.keyring.share_new_key(cluster_id, key)
+    barrier = services.keyring.require_barrier()
     now = time.time()
     meta = {"cluster_id": cluster_id, "name": args.cluster_name, "state": INITIALIZE_IN_PROGRESS, "created": now,
             "csr": csr}
     admin = {"name": FIRST_ADMIN, "role": Role.ADMIN.value, "password": None, "failed_logins": 0, "created": now}
-    await services.audit("cluster.initialize", actor=None, details={"cluster_id": cluster_id})
+    await services.audit.record("cluster.initialize", actor=None, details={"cluster_id": cluster_id})
     try:
         await barrier.commit([Write(CLUSTER_META_KEY, meta), Write(IDENTITY_KEY, identity.to_record()),
                               Write(key_of(FIRST_ADMIN), admin)])
     except BaseException:
         # No cluster was created: the key sealed above belongs to nothing, destroy it.
-        services.forget_cluster_key()
+        services.keyring.forget_cluster_key()
         raise
-    await services.register_node()
+    await services.registration.register()
     return {"cluster_id": cluster_id, "state": INITIALIZE_IN_PROGRESS, "admin_username": FIRST_ADMIN, "csr": csr}
 
 
 @operation("cluster.csr", states=(INITIALIZE_IN_PROGRESS, INITIALIZED, ACTIVE), peers=OWNER)
-async def csr(call: Any, _args: None) -> dict[str, Any]:
+async def csr(call: Call, _args: None) -> dict[str, Any]:
     """The cluster CSR again (it is public), e.g. when the first copy was lost."""
-    meta = await call.services.require_barrier().get(CLUSTER_META_KEY)
-    return {"cluster_id": call.services.cluster_id, "csr": meta.value["csr"]}
+    meta = await call.services.keyring.require_barrier().get(CLUSTER_META_KEY)
+    return {"cluster_id": call.services.keyring.cluster_id, "csr": meta.value["csr"]}
 
 
 #: At most this many recovery custodians (and so shares); PEM public keys up to this size.
@@ -112,11 +111,11 @@ class InstallCertificateArgs:
 
 
 @operation("cluster.install_certificate", args=InstallCertificateArgs, states=(INITIALIZE_IN_PROGRESS,), peers=OWNER)
-async def install_certificate(call: Any, args: InstallCertificateArgs) -> dict[str, Any]:
+async def install_certificate(call: Call, args: InstallCertificateArgs) -> dict[str, Any]:
     """Complete initialization: the customer's certificate for the cluster CSR, their CA, and optionally
     the custodians among whom the cluster key is split M-of-N (the encrypted shares are returned once)."""
     services = call.services
-    barrier = services.require_barrier()
+    barrier = services.keyring.require_barrier()
     if len(args.certificate) > MAX_PEM or len(args.trust_anchor) > MAX_PEM:
         raise ArgumentsBad(f"a certificate is at most {MAX_PEM} bytes of PEM")
     if len(args.custodians) > MAX_CUSTODIANS or any(len(c) > MAX_PEM for c in args.custodians):
@@ -138,7 +137,8 @@ async def install_certificate(call: Any, args: InstallCertificateArgs) -> dict[s
             keys = [load_custodian_key(pem.encode()) for pem in args.custodians]
             if not 1 <= args.threshold <= len(keys):
                 raise RecoveryError(f"the threshold must be between 1 and the number of custodians ({len(keys)})")
-            encrypted = split_cluster_key(services.cluster_key, services.cluster_id, keys, args.threshold)
+            keyring = services.keyring
+            encrypted = split_cluster_key(keyring.cluster_key, keyring.cluster_id, keys, args.threshold)
         except RecoveryError as exc:
             raise ArgumentsBad(str(exc)) from None
         shares = [share.to_json() for share in encrypted]
@@ -154,13 +154,13 @@ async def install_certificate(call: Any, args: InstallCertificateArgs) -> dict[s
     value = dict(meta.value, state=INITIALIZED, cluster_certificate=args.certificate, trust_anchor=args.trust_anchor,
                  trust_anchor_fingerprint=fingerprint_sha256(anchor), certificate_fingerprint=fingerprint_sha256(cert),
                  recovery=recovery, activation_digest=_activation_digest(activation_secret))
-    await services.audit("cluster.install_certificate", actor=None,
-                         details={"trust_anchor": fingerprint_sha256(anchor), "recovery": recovery})
+    await services.audit.record("cluster.install_certificate", actor=None,
+                                details={"trust_anchor": fingerprint_sha256(anchor), "recovery": recovery})
     try:
         await barrier.commit([Write(CLUSTER_META_KEY, value, meta)])
     except ConflictError:
         raise ActionProhibited("the cluster's certificate was installed concurrently") from None
-    return {"cluster_id": services.cluster_id, "state": INITIALIZED,
+    return {"cluster_id": services.keyring.cluster_id, "state": INITIALIZED,
             "trust_anchor_fingerprint": fingerprint_sha256(anchor), "recovery": recovery, "shares": shares,
             "activation_secret": activation_secret}
 
@@ -182,24 +182,24 @@ class ActivateArgs:
 
 
 @operation("cluster.activate", args=ActivateArgs, states=(INITIALIZED,), peers=OWNER)
-async def activate(call: Any, args: ActivateArgs) -> dict[str, Any]:
+async def activate(call: Call, args: ActivateArgs) -> dict[str, Any]:
     """The unactivated admin sets its password; the cluster becomes active."""
     services = call.services
-    barrier = services.require_barrier()
+    barrier = services.keyring.require_barrier()
     username = normalize_username(args.username)
     check_password_rules(args.password)
     meta = await barrier.get(CLUSTER_META_KEY)
     admin = await barrier.get(key_of(username))
     digest = None if meta is None else meta.value.get("activation_digest")
     if digest is None or not hmac.compare_digest(str(digest), _activation_digest(args.activation_secret)):
-        await services.audit("cluster.activate", actor=username, outcome="CKR_PIN_INCORRECT",
-                             details={"reason": "wrong activation secret"})
+        await services.audit.record("cluster.activate", actor=username, outcome="CKR_PIN_INCORRECT",
+                                    details={"reason": "wrong activation secret"})
         raise PinIncorrect("the activation secret is wrong: use the one `strongroom cluster initialize` printed")
     if admin is None or admin.value.get("password") is not None:
-        await services.audit("cluster.activate", actor=username, outcome="CKR_PIN_INCORRECT")
+        await services.audit.record("cluster.activate", actor=username, outcome="CKR_PIN_INCORRECT")
         raise PinIncorrect(f"{username!r} is not the unactivated admin of this cluster")
     password_hash = await asyncio.to_thread(hash_password, args.password)
-    await services.audit("cluster.activate", actor=username)
+    await services.audit.record("cluster.activate", actor=username)
     new_admin = dict(admin.value, password=password_hash.to_record())
     try:
         await barrier.commit(
@@ -209,26 +209,26 @@ async def activate(call: Any, args: ActivateArgs) -> dict[str, Any]:
         )
     except ConflictError:
         raise ActionProhibited("the cluster was activated concurrently") from None
-    return {"cluster_id": services.cluster_id, "state": ACTIVE}
+    return {"cluster_id": services.keyring.cluster_id, "state": ACTIVE}
 
 
 @operation("cluster.status", states=ALL_STATES, peers=EVERY_PEER)
-async def status(call: Any, _args: None) -> dict[str, Any]:
+async def status(call: Call, _args: None) -> dict[str, Any]:
     services = call.services
-    state = await services.cluster_state()
-    result: dict[str, Any] = {"state": state, "cluster_id": services.cluster_id, "name": None,
+    state = await services.state.current()
+    result: dict[str, Any] = {"state": state, "cluster_id": services.keyring.cluster_id, "name": None,
                               "trust_anchor_fingerprint": None, "last_backup": None, "recovery": None}
-    if services.barrier is not None:
-        meta = await services.barrier.get(CLUSTER_META_KEY)
+    if services.keyring.barrier is not None:
+        meta = await services.keyring.barrier.get(CLUSTER_META_KEY)
         if meta is not None:
             for name in ("name", "created", "activated", "trust_anchor_fingerprint", "certificate_fingerprint",
                          "recovery"):
                 result[name] = meta.value.get(name)
-        last = await services.barrier.get(LAST_BACKUP_KEY)
+        last = await services.keyring.barrier.get(LAST_BACKUP_KEY)
         if last is not None:
             result["last_backup"] = last.value
     config = services.config
-    known = [] if services.barrier is None else await registry.nodes(services.barrier)
+    known = [] if services.keyring.barrier is None else await registry.nodes(services.keyring.barrier)
     if not any(n["id"] == config.node_id for n in known):
         known.append({"id": config.node_id, "zone": config.zone, "address": config.address, "health": "healthy"})
     result["nodes"] = known

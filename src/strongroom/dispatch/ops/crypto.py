@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from strongroom.auth.users import Role
+from strongroom.dispatch.call import Call
 from strongroom.dispatch.ops.key import usable_key
 from strongroom.dispatch.table import operation
 from strongroom.errors import UserNotLoggedIn
@@ -53,7 +54,7 @@ class DigestArgs:
     params: Any = None
 
 
-async def _start(call: Any, kind: str, key_handle: int, mechanism_id: int, raw_params: Any,
+async def _start(call: Call, kind: str, key_handle: int, mechanism_id: int, raw_params: Any,
                  *, single: bool = True) -> tuple[Any, bool]:
     """The mechanism's operation object, and whether it needs a context-specific login first."""
     mechanism: Mechanism = lookup(mechanism_id)
@@ -61,7 +62,7 @@ async def _start(call: Any, kind: str, key_handle: int, mechanism_id: int, raw_p
     obj, key = await usable_key(call, key_handle, kind, mechanism_id)
     if single:
         refuse_without_context(obj, kind)
-    call.services.key_use[obj.handle] += 1
+    call.services.health.key_use[obj.handle] += 1
     return getattr(mechanism, kind)(key, params), needs_context_login(obj, kind)
 
 
@@ -73,32 +74,32 @@ def _cipher_result(operation: Any, data: bytes) -> dict[str, Any]:
 
 
 @operation("crypto.encrypt", args=OneShotArgs, roles=CRYPTO_USER)
-async def encrypt(call: Any, args: OneShotArgs) -> dict[str, Any]:
+async def encrypt(call: Call, args: OneShotArgs) -> dict[str, Any]:
     cipher, _ = await _start(call, "encrypt", args.key, args.mechanism, args.params)
     return _cipher_result(cipher, cipher.one_shot(args.data))
 
 
 @operation("crypto.decrypt", args=OneShotArgs, roles=CRYPTO_USER)
-async def decrypt(call: Any, args: OneShotArgs) -> dict[str, Any]:
+async def decrypt(call: Call, args: OneShotArgs) -> dict[str, Any]:
     cipher, _ = await _start(call, "decrypt", args.key, args.mechanism, args.params)
     return {"data": cipher.one_shot(args.data)}
 
 
 @operation("crypto.sign", args=OneShotArgs, roles=CRYPTO_USER)
-async def sign(call: Any, args: OneShotArgs) -> dict[str, Any]:
+async def sign(call: Call, args: OneShotArgs) -> dict[str, Any]:
     signer, _ = await _start(call, "sign", args.key, args.mechanism, args.params)
     return {"signature": signer.one_shot(args.data)}
 
 
 @operation("crypto.verify", args=VerifyArgs, roles=CRYPTO_USER)
-async def verify(call: Any, args: VerifyArgs) -> dict[str, Any]:
+async def verify(call: Call, args: VerifyArgs) -> dict[str, Any]:
     verifier, _ = await _start(call, "verify", args.key, args.mechanism, args.params)
     verifier.one_shot(args.data, args.signature)
     return {"valid": True}
 
 
 @operation("crypto.digest", args=DigestArgs, roles=CRYPTO_USER)
-async def digest(call: Any, args: DigestArgs) -> dict[str, Any]:
+async def digest(call: Call, args: DigestArgs) -> dict[str, Any]:
     mechanism = lookup(args.mechanism)
     return {"digest": mechanism.digest(mechanism.parse_params(args.params)).one_shot(args.data)}
 
@@ -138,8 +139,8 @@ class VerifyFinalArgs:
     signature: bytes
 
 
-def _p11(call: Any, handle: int) -> P11Session:
-    return call.services.p11.get(handle, call.session.token)
+def _p11(call: Call, handle: int) -> P11Session:
+    return call.services.sessions.p11.get(handle, call.login.token)
 
 
 def _authenticated(session: P11Session, active: ActiveOperation) -> None:
@@ -153,7 +154,7 @@ def _authenticated(session: P11Session, active: ActiveOperation) -> None:
 def _register_multipart(kind: str) -> None:
     """Register ``crypto.<kind>_init/_update/_final`` for one kind of operation."""
 
-    async def init(call: Any, args: InitArgs) -> dict[str, Any]:
+    async def init(call: Call, args: InitArgs) -> dict[str, Any]:
         session = _p11(call, args.session)
         if kind in session.operations:
             from strongroom.errors import OperationActive
@@ -175,7 +176,7 @@ def _register_multipart(kind: str) -> None:
             reply["context_login"] = True
         return reply
 
-    async def update(call: Any, args: UpdateArgs) -> dict[str, Any]:
+    async def update(call: Call, args: UpdateArgs) -> dict[str, Any]:
         session = _p11(call, args.session)
         active = session.current(kind)
         _authenticated(session, active)
@@ -187,7 +188,7 @@ def _register_multipart(kind: str) -> None:
             raise
         return {"data": output} if kind in ("encrypt", "decrypt") else {}
 
-    async def final(call: Any, args: FinalArgs) -> dict[str, Any]:
+    async def final(call: Call, args: FinalArgs) -> dict[str, Any]:
         session = _p11(call, args.session)
         active = session.current(kind)
         _authenticated(session, active)
@@ -198,7 +199,7 @@ def _register_multipart(kind: str) -> None:
         name = {"encrypt": "data", "decrypt": "data", "sign": "signature", "digest": "digest"}[kind]
         return {name: output}
 
-    async def verify_final(call: Any, args: VerifyFinalArgs) -> dict[str, Any]:
+    async def verify_final(call: Call, args: VerifyFinalArgs) -> dict[str, Any]:
         session = _p11(call, args.session)
         active = session.current(kind)
         _authenticated(session, active)
@@ -208,7 +209,7 @@ def _register_multipart(kind: str) -> None:
             session.end(kind)
         return {"valid": True}
 
-    async def single(call: Any, args: SingleArgs) -> dict[str, Any]:
+    async def single(call: Call, args: SingleArgs) -> dict[str, Any]:
         """C_Encrypt/C_Sign/… after C_*Init: the whole input at once, then the operation ends."""
         session = _p11(call, args.session)
         active = session.current(kind)
@@ -252,7 +253,7 @@ class CancelArgs:
 
 
 @operation("crypto.cancel", args=CancelArgs, roles=CRYPTO_USER)
-async def cancel(call: Any, args: CancelArgs) -> dict[str, Any]:
+async def cancel(call: Call, args: CancelArgs) -> dict[str, Any]:
     """End an active operation without finishing it (C_*Final with a NULL buffer is not this)."""
     _p11(call, args.session).end(args.kind)
     return {}

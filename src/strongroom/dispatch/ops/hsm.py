@@ -25,14 +25,18 @@ from typing import Any
 from cryptography import x509
 
 from strongroom.auth.users import Role
-from strongroom.barrier import Remove, Write
+from strongroom.barrier import Change, Remove, Write
 from strongroom.dispatch.auditing import audit_refusal, witness
-from strongroom.dispatch.table import ACTIVE, AGENT, ALL_STATES, INITIALIZED, NODE, OPERATOR, operation
+from strongroom.dispatch.call import Call, Services
+from strongroom.dispatch.table import AGENT, NODE, OPERATOR, operation
 from strongroom.errors import ActionProhibited, ArgumentsBad, DeviceError, HsmError
+from strongroom.pki import certificate_role, fingerprint_sha256, load_certificate, verify_issued_by
+from strongroom.services import registry
 from strongroom.services.join import PUBLIC_BYTES, seal_for_newcomer
-from strongroom.node.services import REVOKED_PREFIX
-from strongroom.pki import certificate_role, fingerprint_sha256, verify_issued_by
+from strongroom.services.revocation import revoked_key
+from strongroom.services.state import ACTIVE, ALL_STATES, INITIALIZED
 from strongroom.store.base import ConflictError
+from strongroom.transport.server import ConnectionPeer
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +48,17 @@ ENROLLED_PREFIX = "enrolled/"
 MAX_PEM = 16 * 1024
 
 
-def revoked_key(serial: int) -> str:
-    return f"{REVOKED_PREFIX}{serial:x}"
-
-
 def enrolled_key(node_id: str) -> str:
     return f"{ENROLLED_PREFIX}{node_id}"
 
 
-def _who(peer: Any) -> str:
-    return "an unidentified peer" if peer is None else f"CN={peer.common_name!r}"
+def _who(peer: ConnectionPeer) -> str:
+    return f"CN={peer.common_name!r}"
 
 
-async def check_node_peer(services: Any, peer: Any, node_id: str) -> None:
+async def check_node_peer(services: Services, peer: ConnectionPeer | None, node_id: str) -> None:
     """Refuse (ACTION_PROHIBITED) unless ``peer`` is the enrolled, unrevoked node certificate of ``node_id``."""
-    if peer is None or getattr(peer, "serial", None) is None:
+    if peer is None:
         raise ActionProhibited("hsm.clone_key: the peer's certificate is unknown on this connection")
     if not peer.is_node:
         raise ActionProhibited(
@@ -69,13 +69,13 @@ async def check_node_peer(services: Any, peer: Any, node_id: str) -> None:
         raise ActionProhibited(
             f"hsm.clone_key: the certificate presented is for node {peer.role_name!r}, not for node {node_id!r}"
         )
-    enrolled = await services.require_barrier().get(enrolled_key(node_id))
+    enrolled = await services.keyring.require_barrier().get(enrolled_key(node_id))
     if enrolled is None:
         raise ActionProhibited(f"hsm.clone_key: node {node_id!r} is not enrolled; an admin enrolls its "
                                "certificate first (strongroom hsm enroll --id ID --cert FILE)")
     if enrolled.value.get("fingerprint") != peer.fingerprint_sha256:
         raise ActionProhibited(f"hsm.clone_key: the certificate presented is not the one enrolled for {node_id!r}")
-    if await services.is_revoked(peer.serial):
+    if await services.revocation.is_revoked(peer.serial):
         raise ActionProhibited(f"hsm.clone_key: the certificate of {node_id!r} (serial {peer.serial:x}) is revoked")
 
 
@@ -87,7 +87,7 @@ class EnrollArgs:
 
 
 @operation("hsm.enroll", args=EnrollArgs, roles=(Role.ADMIN.value,), states=STATES, peers=(AGENT,))
-async def enroll(call: Any, args: EnrollArgs) -> dict[str, Any]:
+async def enroll(call: Call, args: EnrollArgs) -> dict[str, Any]:
     """An admin allows one node certificate to receive the cluster key (``hsm.clone_key``).
 
     Idempotent for the same certificate; enrolling another certificate for the same node id
@@ -106,15 +106,13 @@ async def enroll(call: Any, args: EnrollArgs) -> dict[str, Any]:
         if role is None or role.role != NODE or role.name != args.node_id:
             raise ArgumentsBad(f"the certificate does not carry the node role for {args.node_id!r} "
                                f"(SAN URI urn:strongroom:node:{args.node_id})")
-        from strongroom.pki import load_certificate
-
         if not verify_issued_by(cert, load_certificate(services.config.ca_cert)):
             raise ArgumentsBad("the certificate was not issued by the cluster's CA (the trust anchor)")
         fingerprint = fingerprint_sha256(cert)
         details.update(fingerprint=fingerprint, serial=f"{cert.serial_number:x}")
-        if await services.is_revoked(cert.serial_number):
+        if await services.revocation.is_revoked(cert.serial_number):
             raise ActionProhibited(f"that certificate (serial {cert.serial_number:x}) is revoked")
-        barrier = services.require_barrier()
+        barrier = services.keyring.require_barrier()
         key = enrolled_key(args.node_id)
         record = {"node_id": args.node_id, "fingerprint": fingerprint, "serial": f"{cert.serial_number:x}",
                   "enrolled_by": call.actor, "enrolled_at": time.time()}
@@ -141,7 +139,7 @@ class CloneKeyArgs:
 
 
 @operation("hsm.clone_key", args=CloneKeyArgs, states=STATES, peers=(NODE,))
-async def clone_key(call: Any, args: CloneKeyArgs) -> dict[str, Any]:
+async def clone_key(call: Call, args: CloneKeyArgs) -> dict[str, Any]:
     """Give the cluster key to a joining node, encrypted to its ephemeral X25519 key."""
     services = call.services
     peer = call.peer
@@ -150,7 +148,7 @@ async def clone_key(call: Any, args: CloneKeyArgs) -> dict[str, Any]:
         await check_node_peer(services, peer, args.node_id)
         if len(args.ephemeral_public) != PUBLIC_BYTES:
             raise ArgumentsBad(f"ephemeral_public must be a {PUBLIC_BYTES}-byte X25519 public key")
-        key, cluster_id = services.cluster_key, services.cluster_id
+        key, cluster_id = services.keyring.cluster_key, services.keyring.cluster_id
         if key is None or cluster_id is None:
             raise DeviceError("this node holds no cluster key")
         try:
@@ -160,7 +158,7 @@ async def clone_key(call: Any, args: CloneKeyArgs) -> dict[str, Any]:
     except HsmError as exc:
         await audit_refusal(call, "hsm.clone_key", exc, details)
         raise
-    await services.audit("hsm.clone_key", actor=call.actor, details=details)
+    await services.audit.record("hsm.clone_key", actor=call.actor, details=details)
     return reply
 
 
@@ -173,8 +171,6 @@ class RevokeArgs:
 
 @functools.cache
 def _own_serial(cert_path: Path) -> int:
-    from strongroom.pki import load_certificate
-
     return load_certificate(cert_path).serial_number
 
 
@@ -186,14 +182,12 @@ def _parse_serial(text: str) -> int:
 
 
 @operation("hsm.revoke", args=RevokeArgs, states=STATES, peers=(OPERATOR,))
-async def revoke(call: Any, args: RevokeArgs) -> dict[str, Any]:
+async def revoke(call: Call, args: RevokeArgs) -> dict[str, Any]:
     """Revoke a node's certificate (``revoked/<serial>``) and drop the node from the registry.
 
     Nodes then close new connections made with that certificate and refuse it
     ``hsm.clone_key``. Idempotent: revoking again answers with the first record.
     """
-    from strongroom.services import registry
-
     services = call.services
     peer = call.peer
     serial = _parse_serial(args.serial)
@@ -202,7 +196,7 @@ async def revoke(call: Any, args: RevokeArgs) -> dict[str, Any]:
     try:
         if serial == _own_serial(Path(services.config.tls_cert)):
             raise ActionProhibited("a node does not revoke its own certificate; send hsm.revoke to another node")
-        barrier = services.require_barrier()
+        barrier = services.keyring.require_barrier()
         key = revoked_key(serial)
         for _attempt in range(3):
             existing = await barrier.get(key)
@@ -211,7 +205,7 @@ async def revoke(call: Any, args: RevokeArgs) -> dict[str, Any]:
             listed = await barrier.get(registry.key_of(args.node_id))
             enrolled = await barrier.get(enrolled_key(args.node_id))
             record = {"node_id": args.node_id, "serial": f"{serial:x}", "revoked_at": time.time()}
-            changes: list[Any] = [Write(key, record)]
+            changes: list[Change] = [Write(key, record)]
             if listed is not None:
                 changes.append(Remove(listed.key, listed))
             if enrolled is not None and enrolled.value.get("serial") == f"{serial:x}":
@@ -235,7 +229,7 @@ class ZeroizeArgs:
 
 
 @operation("hsm.zeroize", args=ZeroizeArgs, states=ALL_STATES, peers=(OPERATOR, AGENT))
-async def zeroize(call: Any, args: ZeroizeArgs) -> dict[str, Any]:
+async def zeroize(call: Call, args: ZeroizeArgs) -> dict[str, Any]:
     """Destroy this node's copy of the cluster key and take the node out of the cluster.
 
     Allowed to a logged-in admin (crypto officer) and, with no login, to the operator's
@@ -243,13 +237,11 @@ async def zeroize(call: Any, args: ZeroizeArgs) -> dict[str, Any]:
     an HSM. Other nodes keep serving; with every node zeroized only backups remain,
     restorable with recovery shares.
     """
-    from strongroom.services import registry
-
     services = call.services
     details = {"node_id": args.node_id, "peer": call.peer_name}
     try:
         # No login needed (the operator has none), but a caller who sent a session must be an admin.
-        session = None if call.request.session is None else services.sessions.resolve(call.request.session)
+        session = None if call.request.session is None else services.sessions.logins.resolve(call.request.session)
         if session is None:
             if getattr(call.peer, "role", None) != OPERATOR:
                 raise ActionProhibited("hsm.zeroize: without a login only the operator's certificate may zeroize "
@@ -262,12 +254,12 @@ async def zeroize(call: Any, args: ZeroizeArgs) -> dict[str, Any]:
     except HsmError as exc:
         await audit_refusal(call, "hsm.zeroize", exc, details)
         raise
-    await services.audit("hsm.zeroize", actor=None if session is None else session.username, details=details)
+    await services.audit.record("hsm.zeroize", actor=None if session is None else session.username, details=details)
     unregistered = False
-    if services.barrier is not None:
+    if services.keyring.barrier is not None:
         try:
-            unregistered = await registry.unregister(services.barrier, services.config.node_id)
+            unregistered = await registry.unregister(services.keyring.barrier, services.config.node_id)
         except Exception as exc:  # noqa: BLE001 - zeroizing must not depend on the store answering
             log.warning("zeroize: could not remove this node from the registry: %s", exc)
-    services.zeroize()
+    services.keyring.zeroize()
     return {"node_id": services.config.node_id, "zeroized": True, "unregistered": unregistered}

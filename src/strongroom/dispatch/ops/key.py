@@ -15,6 +15,7 @@ from typing import Any
 from strongroom.auth.users import Role
 from strongroom.constants import CKA, CKK, CKO
 from strongroom.dispatch.auditing import audit_refusal, witness
+from strongroom.dispatch.call import Call
 from strongroom.dispatch.ops.object import actor_of, new_object, object_for, p11_session_of
 from strongroom.dispatch.table import operation
 from strongroom.errors import (
@@ -26,9 +27,9 @@ from strongroom.errors import (
     TemplateInconsistent,
     WrappedKeyInvalid,
 )
-from strongroom.objects.access import Action
 from strongroom.mechanisms.base import Key, lookup
 from strongroom.objects import templates
+from strongroom.objects.access import Action
 from strongroom.objects.attributes import Op, coerce_template
 from strongroom.objects.keys import asymmetric_attributes, check_value, load_private, private_to_der
 from strongroom.objects.model import StoredObject
@@ -38,15 +39,15 @@ CRYPTO_USER = (Role.CRYPTO_USER.value,)
 SECRET_LENGTHS = {CKK.AES: (16, 24, 32), CKK.GENERIC_SECRET: tuple(range(1, 513))}
 
 
-async def usable_key(call: Any, handle: int, purpose: str, mechanism: int) -> tuple[StoredObject, Key]:
-    objects = call.services.require_objects()
+async def usable_key(call: Call, handle: int, purpose: str, mechanism: int) -> tuple[StoredObject, Key]:
+    objects = call.services.keyring.require_objects()
     await objects.sync()  # sharing may have changed through another worker a moment ago
     try:
         obj = await objects.get(handle)
     except ObjectHandleInvalid:
         raise KeyHandleInvalid(f"no key with handle {handle}") from None
     check_use(obj, actor_of(call), purpose, mechanism)
-    return obj, call.services.keys.key(obj)
+    return obj, call.services.keyring.keys.key(obj)
 
 
 def _secret_computed(key_type: CKK, value: bytes) -> dict[int, Any]:
@@ -71,7 +72,7 @@ class GenerateArgs:
 
 
 @operation("key.generate", args=GenerateArgs, roles=CRYPTO_USER)
-async def generate(call: Any, args: GenerateArgs) -> dict[str, Any]:
+async def generate(call: Call, args: GenerateArgs) -> dict[str, Any]:
     mechanism = lookup(args.mechanism)
     params = mechanism.parse_params(args.params)
     template = coerce_template(args.template)
@@ -84,7 +85,7 @@ async def generate(call: Any, args: GenerateArgs) -> dict[str, Any]:
     obj = new_object(call, attributes, material=generated.value, p11_session=session)
     details = {"mechanism": mechanism.ckm.name, "label": obj.label(), "token": obj.token}
     try:
-        (obj,) = await call.services.require_objects().add([obj], witness(call, "key.generate", details))
+        (obj,) = await call.services.keyring.require_objects().add([obj], witness(call, "key.generate", details))
     except HsmError as exc:
         await audit_refusal(call, "key.generate", exc, details)
         raise
@@ -101,7 +102,7 @@ class GeneratePairArgs:
 
 
 @operation("key.generate_pair", args=GeneratePairArgs, roles=CRYPTO_USER)
-async def generate_pair(call: Any, args: GeneratePairArgs) -> dict[str, Any]:
+async def generate_pair(call: Call, args: GeneratePairArgs) -> dict[str, Any]:
     mechanism = lookup(args.mechanism)
     params = mechanism.parse_params(args.params)
     public_template = coerce_template(args.public_template)
@@ -122,7 +123,8 @@ async def generate_pair(call: Any, args: GeneratePairArgs) -> dict[str, Any]:
                          p11_session=private_session)
     details = {"mechanism": mechanism.ckm.name, "label": private.label(), "token": private.token}
     try:
-        await call.services.require_objects().add([public, private], witness(call, "key.generate_pair", details))
+        objects = call.services.keyring.require_objects()
+        await objects.add([public, private], witness(call, "key.generate_pair", details))
     except HsmError as exc:
         await audit_refusal(call, "key.generate_pair", exc, details)
         raise
@@ -138,7 +140,7 @@ class WrapArgs:
 
 
 @operation("key.wrap", args=WrapArgs, roles=CRYPTO_USER)
-async def wrap(call: Any, args: WrapArgs) -> dict[str, Any]:
+async def wrap(call: Call, args: WrapArgs) -> dict[str, Any]:
     mechanism = lookup(args.mechanism)
     params = mechanism.parse_params(args.params)
     details = {"mechanism": mechanism.ckm.name, "wrapping_key": args.wrapping_key, "key": args.key}
@@ -147,7 +149,7 @@ async def wrap(call: Any, args: WrapArgs) -> dict[str, Any]:
         target = await object_for(call, args.key, Action.EXPORT)
         check_wrappable(target, wrapping, actor_of(call))
         wrapped = mechanism.wrap(wrapping_key, params, target.material or b"")
-        await call.services.audit("key.wrap", actor=call.actor, details=details)
+        await call.services.audit.record("key.wrap", actor=call.actor, details=details)
     except HsmError as exc:
         await audit_refusal(call, "key.wrap", exc, details)
         raise
@@ -165,7 +167,7 @@ class UnwrapArgs:
 
 
 @operation("key.unwrap", args=UnwrapArgs, roles=CRYPTO_USER)
-async def unwrap(call: Any, args: UnwrapArgs) -> dict[str, Any]:
+async def unwrap(call: Call, args: UnwrapArgs) -> dict[str, Any]:
     mechanism = lookup(args.mechanism)
     params = mechanism.parse_params(args.params)
     details: dict[str, Any] = {"mechanism": mechanism.ckm.name, "unwrapping_key": args.unwrapping_key}
@@ -181,14 +183,14 @@ async def unwrap(call: Any, args: UnwrapArgs) -> dict[str, Any]:
         obj = _unwrapped_object(call, object_class, CKK(template[CKA.KEY_TYPE]), template, key_bytes)
         obj.p11_session = p11_session_of(call, args.session, template)
         details.update(label=obj.label(), token=obj.token, **{"class": object_class.name})
-        (obj,) = await call.services.require_objects().add([obj], witness(call, "key.unwrap", details))
+        (obj,) = await call.services.keyring.require_objects().add([obj], witness(call, "key.unwrap", details))
     except HsmError as exc:
         await audit_refusal(call, "key.unwrap", exc, details)
         raise
     return {"handle": obj.handle}
 
 
-def _unwrapped_object(call: Any, object_class: CKO, key_type: CKK, template: dict[int, Any],
+def _unwrapped_object(call: Call, object_class: CKO, key_type: CKK, template: dict[int, Any],
                       key_bytes: bytes) -> StoredObject:
     if object_class is CKO.SECRET_KEY:
         if key_type not in SECRET_LENGTHS:
@@ -218,7 +220,7 @@ class DeriveArgs:
 
 
 @operation("key.derive", args=DeriveArgs, roles=CRYPTO_USER)
-async def derive(call: Any, args: DeriveArgs) -> dict[str, Any]:
+async def derive(call: Call, args: DeriveArgs) -> dict[str, Any]:
     mechanism = lookup(args.mechanism)
     params = mechanism.parse_params(args.params)
     template = coerce_template(args.template)
@@ -243,7 +245,7 @@ async def derive(call: Any, args: DeriveArgs) -> dict[str, Any]:
         attributes[CKA.NEVER_EXTRACTABLE] = base.flag(CKA.NEVER_EXTRACTABLE) and not attributes[CKA.EXTRACTABLE]
         obj = new_object(call, attributes, material=value, p11_session=p11_session_of(call, args.session, template))
         details.update(label=obj.label(), token=obj.token)
-        (obj,) = await call.services.require_objects().add([obj], witness(call, "key.derive", details))
+        (obj,) = await call.services.keyring.require_objects().add([obj], witness(call, "key.derive", details))
     except HsmError as exc:
         await audit_refusal(call, "key.derive", exc, details)
         raise

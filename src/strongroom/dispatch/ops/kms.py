@@ -62,14 +62,16 @@ import re
 import secrets
 import string
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from strongroom.auth.users import Role, normalize_username
-from strongroom.barrier import Remove, Write
+from strongroom.barrier import Barrier, Change, Remove, Write
 from strongroom.dispatch.auditing import audit_refusal, witness
+from strongroom.dispatch.call import Call, Services
 from strongroom.dispatch.table import operation
 from strongroom.errors import CKR, ArgumentsBad, HsmError, SignatureInvalid
 from strongroom.store.base import ConflictError
@@ -144,7 +146,7 @@ class FailureAudit:
     """One audit record per group of refusals and interval, with a count (see the module docstring)."""
 
     def __init__(self, interval: float = FAILURE_AUDIT_SECONDS, max_groups: int = FAILURE_AUDIT_MAX_GROUPS,
-                 clock: Any = time.time) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.interval = interval
         self.max_groups = max_groups
         self._clock = clock
@@ -154,7 +156,7 @@ class FailureAudit:
     def __len__(self) -> int:
         return len(self._groups)
 
-    async def refused(self, call: Any, event: str, exc: HsmError, access_key_id: str, source: str,
+    async def refused(self, call: Call, event: str, exc: HsmError, access_key_id: str, source: str,
                       *, known: bool) -> None:
         """Audit a refusal: at once when it opens a group, else counted into the group's record."""
         outcome = exc.code.spec_name
@@ -183,7 +185,7 @@ class FailureAudit:
         if not known and len(group.samples) < FAILURE_AUDIT_SAMPLES and access_key_id[:128] not in group.samples:
             group.samples.append(access_key_id[:128])
 
-    def _schedule_close(self, services: Any, group_key: GroupKey, opened: float) -> None:
+    def _schedule_close(self, services: Services, group_key: GroupKey, opened: float) -> None:
         loop = asyncio.get_running_loop()
 
         def close() -> None:
@@ -193,7 +195,7 @@ class FailureAudit:
 
         loop.call_later(self.interval, close)
 
-    async def close(self, services: Any, group_key: GroupKey, opened: float | None = None) -> None:
+    async def close(self, services: Services, group_key: GroupKey, opened: float | None = None) -> None:
         """End a group's interval (``opened``: only the group opened then): one record with the count
         of the refusals not yet written, if any."""
         group = self._groups.get(group_key)
@@ -209,12 +211,12 @@ class FailureAudit:
         if group.samples:
             details["sample_access_key_ids"] = list(group.samples)
         try:
-            await services.audit(event, actor=actor or None, outcome=outcome, details=details)
+            await services.audit.record(event, actor=actor or None, outcome=outcome, details=details)
         except HsmError as exc:
             log.error("could not write the aggregated audit record of %d %s refusals: %s", group.count, event, exc)
 
 
-    async def close_all(self, services: Any) -> None:
+    async def close_all(self, services: Services) -> None:
         for group_key in list(self._groups):
             await self.close(services, group_key)
 
@@ -264,9 +266,9 @@ class AccessKeyCreateArgs:
 
 
 @operation("kms.access_key.create", args=AccessKeyCreateArgs, roles=ADMIN)
-async def access_key_create(call: Any, args: AccessKeyCreateArgs) -> dict[str, Any]:
+async def access_key_create(call: Call, args: AccessKeyCreateArgs) -> dict[str, Any]:
     """A new access key; the reply is the only place its secret ever appears."""
-    barrier = call.services.require_barrier()
+    barrier = call.services.keyring.require_barrier()
     details: dict[str, Any] = {"name": args.name, "service_user": args.service_user}
     try:
         if not ACCESS_KEY_NAME_RE.match(args.name):
@@ -296,8 +298,8 @@ async def access_key_create(call: Any, args: AccessKeyCreateArgs) -> dict[str, A
 
 
 @operation("kms.access_key.list", roles=ADMIN)
-async def access_key_list(call: Any, _args: None) -> dict[str, Any]:
-    entries, _ = await call.services.require_barrier().list_prefix(ACCESS_KEY_PREFIX)
+async def access_key_list(call: Call, _args: None) -> dict[str, Any]:
+    entries, _ = await call.services.keyring.require_barrier().list_prefix(ACCESS_KEY_PREFIX)
     return {"access_keys": [_public(entry.value) for entry in entries]}
 
 
@@ -307,8 +309,8 @@ class AccessKeyDeleteArgs:
 
 
 @operation("kms.access_key.delete", args=AccessKeyDeleteArgs, roles=ADMIN)
-async def access_key_delete(call: Any, args: AccessKeyDeleteArgs) -> dict[str, Any]:
-    barrier = call.services.require_barrier()
+async def access_key_delete(call: Call, args: AccessKeyDeleteArgs) -> dict[str, Any]:
+    barrier = call.services.keyring.require_barrier()
     details = {"access_key_id": args.access_key_id}
     try:
         if not ACCESS_KEY_ID_RE.match(args.access_key_id):
@@ -318,7 +320,7 @@ async def access_key_delete(call: Any, args: AccessKeyDeleteArgs) -> dict[str, A
             raise UnknownAccessKey(f"no access key {args.access_key_id}")
         await witness(call, "kms.access_key.delete", details)()
         try:
-            changes: list[Any] = [Remove(entry.key, entry)]
+            changes: list[Change] = [Remove(entry.key, entry)]
             marker = await barrier.get(SIGNING_KEY_ISSUED_PREFIX + args.access_key_id)
             if marker is not None:
                 changes.append(Remove(marker.key, marker))
@@ -376,10 +378,10 @@ def _check_sigv4_args(args: SigV4VerifyArgs) -> None:
 
 
 @operation("kms.sigv4.verify", args=SigV4VerifyArgs, roles=CRYPTO_USER)
-async def sigv4_verify(call: Any, args: SigV4VerifyArgs) -> dict[str, Any]:
+async def sigv4_verify(call: Call, args: SigV4VerifyArgs) -> dict[str, Any]:
     """Check a SigV4 signature; answers only with the key's name and policy, or an error."""
     _check_sigv4_args(args)
-    barrier = call.services.require_barrier()
+    barrier = call.services.keyring.require_barrier()
     try:
         entry = (await barrier.get(ACCESS_KEY_PREFIX + args.access_key_id)
                  if ACCESS_KEY_ID_RE.match(args.access_key_id) else None)
@@ -430,12 +432,12 @@ def _check_signing_date(date: str, now: float | None = None) -> None:
         day = dt.datetime.strptime(date, "%Y%m%d").date()
     except ValueError:
         raise ArgumentsBad("date is YYYYMMDD") from None
-    today = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc).date()
+    today = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC).date()
     if abs((day - today).days) > SIGNING_KEY_MAX_DAYS:
         raise ArgumentsBad(f"a signing key is issued for {today:%Y%m%d} (UTC) and the day either side only")
 
 
-async def _audit_issuance_once(call: Any, barrier: Any, access_key_id: str, date: str) -> None:
+async def _audit_issuance_once(call: Call, barrier: Barrier, access_key_id: str, date: str) -> None:
     """One audit record per access key and day, not per request: a small marker record
     (``kms/signing-keys-issued/<id>``, the last few dates) says whether today's is already written.
     The audit record is written first (a failed audit write refuses the issuance)."""
@@ -453,11 +455,11 @@ async def _audit_issuance_once(call: Any, barrier: Any, access_key_id: str, date
 
 
 @operation("kms.sigv4.signing_key", args=SigV4SigningKeyArgs, roles=CRYPTO_USER)
-async def sigv4_signing_key_op(call: Any, args: SigV4SigningKeyArgs) -> dict[str, Any]:
+async def sigv4_signing_key_op(call: Call, args: SigV4SigningKeyArgs) -> dict[str, Any]:
     """The day-scoped SigV4 signing key of an access key, so the gateway can verify signatures
     itself. Only the service user the key is bound to gets it; only for dates within a day of the
     node's clock; the secret never leaves the node. Issuance is audited once per key and day."""
-    barrier = call.services.require_barrier()
+    barrier = call.services.keyring.require_barrier()
     try:
         if not 1 <= len(args.access_key_id) <= 128 or not args.access_key_id.isprintable():
             raise ArgumentsBad("access_key_id is 1 to 128 printable characters")
@@ -480,11 +482,11 @@ async def sigv4_signing_key_op(call: Any, args: SigV4SigningKeyArgs) -> dict[str
 # --- metadata records (the gateway's service user) ----------------------------------------------
 
 
-def _namespace(call: Any) -> str:
+def _namespace(call: Call) -> str:
     return f"{DATA_PREFIX}{call.actor}/"
 
 
-def _record_key(call: Any, key: str) -> str:
+def _record_key(call: Call, key: str) -> str:
     if (not isinstance(key, str) or not RECORD_KEY_RE.match(key)
             or any(part in (".", "..") for part in key.split("/"))):
         raise ArgumentsBad("a record key is 1 to 512 of letters, digits and :/_.@=+,- with no '.' or '..' "
@@ -498,8 +500,8 @@ class RecordGetArgs:
 
 
 @operation("kms.record.get", args=RecordGetArgs, roles=CRYPTO_USER)
-async def record_get(call: Any, args: RecordGetArgs) -> dict[str, Any]:
-    entry = await call.services.require_barrier().get(_record_key(call, args.key))
+async def record_get(call: Call, args: RecordGetArgs) -> dict[str, Any]:
+    entry = await call.services.keyring.require_barrier().get(_record_key(call, args.key))
     if entry is None:
         return {"value": None, "revision": 0}
     return {"value": entry.value, "revision": entry.revision}
@@ -513,13 +515,13 @@ class RecordListArgs:
 
 
 @operation("kms.record.list", args=RecordListArgs, roles=CRYPTO_USER)
-async def record_list(call: Any, args: RecordListArgs) -> dict[str, Any]:
+async def record_list(call: Call, args: RecordListArgs) -> dict[str, Any]:
     """Records whose key starts with ``prefix`` and sorts after ``start_after``, in key order."""
     if args.prefix and not RECORD_KEY_RE.match(args.prefix):
         raise ArgumentsBad("a record prefix is made of letters, digits and :/_.@=+,-")
     if not 1 <= args.limit <= MAX_LIST:
         raise ArgumentsBad(f"limit is 1 to {MAX_LIST}")
-    barrier = call.services.require_barrier()
+    barrier = call.services.keyring.require_barrier()
     namespace = _namespace(call)
     after = namespace + args.start_after if args.start_after else ""
     page, more = await barrier.list_page(namespace + args.prefix, start_after=after, limit=args.limit)
@@ -533,7 +535,7 @@ class RecordCommitArgs:
     changes: list[dict]
 
 
-def _parse_change(call: Any, change: Any) -> tuple[str, int, dict[str, Any] | None]:
+def _parse_change(call: Call, change: Any) -> tuple[str, int, dict[str, Any] | None]:
     if not isinstance(change, dict) or not set(change) <= {"key", "expect", "value", "delete"}:
         raise ArgumentsBad("a change is a map of key, expect and value (or delete)")
     key = _record_key(call, change.get("key"))
@@ -553,16 +555,16 @@ def _parse_change(call: Any, change: Any) -> tuple[str, int, dict[str, Any] | No
 
 
 @operation("kms.record.commit", args=RecordCommitArgs, roles=CRYPTO_USER)
-async def record_commit(call: Any, args: RecordCommitArgs) -> dict[str, Any]:
+async def record_commit(call: Call, args: RecordCommitArgs) -> dict[str, Any]:
     """Apply every change or none. A revision that moved on answers ``{"ok": false, "conflict": key}``."""
     if not 1 <= len(args.changes) <= MAX_CHANGES:
         raise ArgumentsBad(f"a commit has 1 to {MAX_CHANGES} changes")
     parsed = [_parse_change(call, change) for change in args.changes]
     if len({key for key, _, _ in parsed}) != len(parsed):
         raise ArgumentsBad("a commit names each record once")
-    barrier = call.services.require_barrier()
+    barrier = call.services.keyring.require_barrier()
     namespace = _namespace(call)
-    changes: list[Any] = []
+    changes: list[Change] = []
     for key, expect, value in parsed:
         entry = await barrier.get(key)
         current = 0 if entry is None else entry.revision

@@ -6,6 +6,7 @@ from typing import Any
 
 from strongroom.auth.users import Role
 from strongroom.constants import CKF
+from strongroom.dispatch.call import Call
 from strongroom.dispatch.table import operation
 from strongroom.mechanisms.base import Capability, all_mechanisms
 
@@ -24,7 +25,7 @@ _FLAGS = {
 
 
 @operation("mechanism.list", roles=(Role.ADMIN.value, Role.CRYPTO_USER.value))
-async def list_mechanisms(_call: Any, _args: None) -> dict[str, Any]:
+async def list_mechanisms(_call: Call, _args: None) -> dict[str, Any]:
     mechanisms = []
     for mechanism in all_mechanisms():
         # CKF_HW: the operation runs off the caller's host, inside the HSM (as CloudHSM reports).

@@ -14,6 +14,7 @@ from typing import Any
 from strongroom.auth.users import Role, normalize_username
 from strongroom.constants import CKA, CKK, CKO
 from strongroom.dispatch.auditing import audit_refusal, witness
+from strongroom.dispatch.call import Call
 from strongroom.dispatch.table import operation
 from strongroom.errors import (
     ActionProhibited,
@@ -34,36 +35,37 @@ ANY_ROLE = (Role.ADMIN.value, Role.CRYPTO_USER.value)
 IMPORTABLE = (CKO.PUBLIC_KEY, CKO.CERTIFICATE, CKO.DATA)
 
 
-def is_admin(call: Any) -> bool:
-    return call.session.role is Role.ADMIN
+def is_admin(call: Call) -> bool:
+    return call.login.role is Role.ADMIN
 
 
-def p11_session_of(call: Any, session: int | None, template: dict[int, Any]) -> int | None:
+def p11_session_of(call: Call, session: int | None, template: dict[int, Any]) -> int | None:
     """Session objects need the PKCS#11 session that will hold them."""
     if template.get(CKA.TOKEN, False):
         return None
     if session is None:
         raise ArgumentsBad("a session object (CKA_TOKEN false) needs the 'session' argument")
-    call.services.p11.get(session, call.session.token)
+    call.services.sessions.p11.get(session, call.login.token)
     return session
 
 
-def actor_of(call: Any) -> Actor:
+def actor_of(call: Call) -> Actor:
     """The caller as the access rule sees it."""
-    session = call.session
-    p11, token = call.services.p11, session.token
+    session = call.login
+    p11, token = call.services.sessions.p11, session.token
     return Actor(session.username, session.user_id, session.role is Role.ADMIN,
                  lambda handle: p11.belongs(handle, token))
 
 
-def new_object(call: Any, attributes: dict[int, Any], **fields: Any) -> StoredObject:
+def new_object(call: Call, attributes: dict[int, Any], **fields: Any) -> StoredObject:
     """An object the caller makes: it owns it (its account, not only its name)."""
-    return StoredObject(0, call.session.username, attributes, owner_id=call.session.user_id, **fields)
+    session = call.login
+    return StoredObject(0, session.username, attributes, owner_id=session.user_id, **fields)
 
 
-async def object_for(call: Any, handle: int, action: Action) -> StoredObject:
+async def object_for(call: Call, handle: int, action: Action) -> StoredObject:
     """The object ``handle`` if the caller may do ``action`` with it, else the error PKCS#11 names."""
-    objects = call.services.require_objects()
+    objects = call.services.keyring.require_objects()
     # Another worker or node may have changed sharing or attributes a moment ago: catch up first.
     await objects.sync()
     try:
@@ -88,7 +90,7 @@ class CreateArgs:
 
 
 @operation("object.create", args=CreateArgs, roles=CRYPTO_USER)
-async def create(call: Any, args: CreateArgs) -> dict[str, Any]:
+async def create(call: Call, args: CreateArgs) -> dict[str, Any]:
     template = coerce_template(args.template)
     object_class = template.get(CKA.CLASS)
     if object_class is None:
@@ -113,7 +115,7 @@ async def create(call: Any, args: CreateArgs) -> dict[str, Any]:
     obj = new_object(call, attributes, p11_session=session)
     details = {"class": object_class.name, "label": obj.label(), "token": obj.token}
     try:
-        (obj,) = await call.services.require_objects().add([obj], witness(call, "object.create", details))
+        (obj,) = await call.services.keyring.require_objects().add([obj], witness(call, "object.create", details))
     except HsmError as exc:
         await audit_refusal(call, "object.create", exc, details)
         raise
@@ -145,18 +147,18 @@ class FindArgs:
 
 
 @operation("object.find", args=FindArgs, roles=ANY_ROLE)
-async def find(call: Any, args: FindArgs) -> dict[str, Any]:
+async def find(call: Call, args: FindArgs) -> dict[str, Any]:
     template = coerce_template(args.template)
     actor = actor_of(call)
-    handles = await call.services.require_objects().search(template, lambda obj: may(obj, actor, Access.SEE))
+    handles = await call.services.keyring.require_objects().search(template, lambda obj: may(obj, actor, Access.SEE))
     return {"handles": handles[: max(0, args.limit)]}
 
 
 @operation("object.list", args=FindArgs, roles=ANY_ROLE)
-async def list_objects(call: Any, args: FindArgs) -> dict[str, Any]:
+async def list_objects(call: Call, args: FindArgs) -> dict[str, Any]:
     """A readable listing for people (the CLI): public facts only, never key material."""
     found = await find(call, args)
-    objects = call.services.require_objects()
+    objects = call.services.keyring.require_objects()
     return {"objects": [(await objects.get(h)).public_view() for h in found["handles"]]}
 
 
@@ -170,7 +172,7 @@ class GetAttributesArgs:
 
 
 @operation("object.get_attributes", args=GetAttributesArgs, roles=ANY_ROLE)
-async def get_attributes(call: Any, args: GetAttributesArgs) -> dict[str, Any]:
+async def get_attributes(call: Call, args: GetAttributesArgs) -> dict[str, Any]:
     obj = await object_for(call, args.handle, Action.READ)
     values, error = templates.read(obj, args.types)
     return {"attributes": values, "error": error}
@@ -183,9 +185,9 @@ class SetAttributesArgs:
 
 
 @operation("object.set_attributes", args=SetAttributesArgs, roles=ANY_ROLE)
-async def set_attributes(call: Any, args: SetAttributesArgs) -> dict[str, Any]:
+async def set_attributes(call: Call, args: SetAttributesArgs) -> dict[str, Any]:
     changes = coerce_template(args.template)
-    objects = call.services.require_objects()
+    objects = call.services.keyring.require_objects()
     admin = is_admin(call)
     # An admin marks keys trusted (and may change nothing else: templates.check_set); an owner the rest.
     action = Action.SET_TRUST if admin else Action.SET_ATTRIBUTES
@@ -200,7 +202,7 @@ async def set_attributes(call: Any, args: SetAttributesArgs) -> dict[str, Any]:
     except HsmError as exc:
         await audit_refusal(call, "object.set_attributes", exc, details)
         raise
-    call.services.keys.forget(obj.handle)
+    call.services.keyring.keys.forget(obj.handle)
     return {}
 
 
@@ -213,8 +215,8 @@ class HandleArgs:
 
 
 @operation("object.destroy", args=HandleArgs, roles=CRYPTO_USER)
-async def destroy(call: Any, args: HandleArgs) -> dict[str, Any]:
-    objects = call.services.require_objects()
+async def destroy(call: Call, args: HandleArgs) -> dict[str, Any]:
+    objects = call.services.keyring.require_objects()
     details: dict[str, Any] = {"handle": args.handle}
     try:
         obj = await objects.fresh(await object_for(call, args.handle, Action.DESTROY))
@@ -225,7 +227,7 @@ async def destroy(call: Any, args: HandleArgs) -> dict[str, Any]:
     except HsmError as exc:
         await audit_refusal(call, "object.destroy", exc, details)
         raise
-    call.services.keys.forget(args.handle)
+    call.services.keyring.keys.forget(args.handle)
     return {}
 
 
@@ -237,7 +239,7 @@ class CopyArgs:
 
 
 @operation("object.copy", args=CopyArgs, roles=CRYPTO_USER)
-async def copy(call: Any, args: CopyArgs) -> dict[str, Any]:
+async def copy(call: Call, args: CopyArgs) -> dict[str, Any]:
     changes = coerce_template(args.template)
     details: dict[str, Any] = {"source": args.handle, "attributes": sorted(f"CKA_{CKA(k).name}" for k in changes)}
     try:
@@ -246,7 +248,7 @@ async def copy(call: Any, args: CopyArgs) -> dict[str, Any]:
         session = p11_session_of(call, args.session, attributes)
         new = new_object(call, attributes, material=source.material, p11_session=session)
         details["token"] = new.token
-        (new,) = await call.services.require_objects().add([new], witness(call, "object.copy", details))
+        (new,) = await call.services.keyring.require_objects().add([new], witness(call, "object.copy", details))
     except HsmError as exc:
         await audit_refusal(call, "object.copy", exc, details)
         raise
@@ -262,10 +264,10 @@ class ShareArgs:
     username: str
 
 
-async def _change_sharing(call: Any, args: ShareArgs, share: bool) -> dict[str, Any]:
+async def _change_sharing(call: Call, args: ShareArgs, share: bool) -> dict[str, Any]:
     event = "object.share" if share else "object.unshare"
     services = call.services
-    objects = services.require_objects()
+    objects = services.keyring.require_objects()
     username = normalize_username(args.username)
     details = {"handle": args.handle, "username": username}
     try:
@@ -274,7 +276,7 @@ async def _change_sharing(call: Any, args: ShareArgs, share: bool) -> dict[str, 
             raise ActionProhibited("session objects cannot be shared")
         share_ids = dict(obj.share_ids)
         if share:
-            target = await services.require_users().require(username)
+            target = await services.keyring.require_users().require(username)
             if target.role is not Role.CRYPTO_USER:
                 raise ActionProhibited("keys can only be shared with crypto users")
             if username == obj.owner:
@@ -295,10 +297,10 @@ async def _change_sharing(call: Any, args: ShareArgs, share: bool) -> dict[str, 
 
 
 @operation("object.share", args=ShareArgs, roles=CRYPTO_USER)
-async def share(call: Any, args: ShareArgs) -> dict[str, Any]:
+async def share(call: Call, args: ShareArgs) -> dict[str, Any]:
     return await _change_sharing(call, args, share=True)
 
 
 @operation("object.unshare", args=ShareArgs, roles=CRYPTO_USER)
-async def unshare(call: Any, args: ShareArgs) -> dict[str, Any]:
+async def unshare(call: Call, args: ShareArgs) -> dict[str, Any]:
     return await _change_sharing(call, args, share=False)

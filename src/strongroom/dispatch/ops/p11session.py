@@ -6,14 +6,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from strongroom.auth.users import Role
+from strongroom.dispatch.call import Call
 from strongroom.dispatch.table import operation
 
 ANY_ROLE = (Role.ADMIN.value, Role.CRYPTO_USER.value)
 
 
 @operation("p11session.open", roles=ANY_ROLE)
-async def open_session(call: Any, _args: None) -> dict[str, Any]:
-    session = call.services.p11.open(call.session.token, call.session.username)
+async def open_session(call: Call, _args: None) -> dict[str, Any]:
+    login = call.login
+    session = call.services.sessions.p11.open(login.token, login.username)
     return {"session": session.handle}
 
 
@@ -23,8 +25,8 @@ class CloseArgs:
 
 
 @operation("p11session.close", args=CloseArgs, roles=ANY_ROLE)
-async def close_session(call: Any, args: CloseArgs) -> dict[str, Any]:
+async def close_session(call: Call, args: CloseArgs) -> dict[str, Any]:
     services = call.services
-    services.p11.get(args.session, call.session.token)  # only your own sessions
-    services.close_p11_session(args.session)
+    services.sessions.p11.get(args.session, call.login.token)  # only your own sessions
+    services.sessions.close_p11(args.session)
     return {}

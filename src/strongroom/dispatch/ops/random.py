@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from strongroom.auth.users import Role
+from strongroom.dispatch.call import Call
 from strongroom.dispatch.table import operation
 from strongroom.errors import DataLenRange
 
@@ -20,7 +21,7 @@ class GenerateArgs:
 
 
 @operation("random.generate", args=GenerateArgs, roles=(Role.CRYPTO_USER.value,))
-async def generate(_call: Any, args: GenerateArgs) -> dict[str, Any]:
+async def generate(_call: Call, args: GenerateArgs) -> dict[str, Any]:
     if not 1 <= args.length <= MAX_RANDOM_BYTES:
         raise DataLenRange(f"ask for 1 to {MAX_RANDOM_BYTES} random bytes")
     return {"random": os.urandom(args.length)}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from strongroom.auth.users import WRONG_CREDENTIALS, Role
+from strongroom.dispatch.call import Call
 from strongroom.dispatch.table import operation
 from strongroom.errors import CKR, HsmError, OperationNotInitialized, PinIncorrect
 
@@ -28,24 +29,24 @@ class LoginArgs:
     role: str | None = None
 
 
-def _source(call: Any) -> str:
+def _source(call: Call) -> str:
     """Who is trying: the client certificate of the connection (its serial), else its name."""
     serial = getattr(call.peer, "serial", None)
     return f"serial:{serial:x}" if serial is not None else f"peer:{call.peer_name}"
 
 
-def _paused(call: Any, wait: float) -> HsmError:
+def _paused(call: Call, wait: float) -> HsmError:
     return HsmError(f"too many failed admin logins from this client ({call.peer_name}); try again in {wait:.0f} s",
                     CKR.FUNCTION_FAILED)
 
 
 @operation("session.login", args=LoginArgs)
-async def login(call: Any, args: LoginArgs) -> dict[str, Any]:
+async def login(call: Call, args: LoginArgs) -> dict[str, Any]:
     services = call.services
-    users = services.require_users()
+    users = services.keyring.require_users()
     attempted = args.username.lower()[:31]
     source = _source(call)
-    throttle = services.login_throttle
+    throttle = services.sessions.throttle
     try:
         wanted = None if args.role is None else Role.parse(args.role)
         # A paused source gets no admin login. Only what the caller said decides this before the
@@ -60,7 +61,7 @@ async def login(call: Any, args: LoginArgs) -> dict[str, Any]:
             raise PinIncorrect(WRONG_CREDENTIALS)
         if wait > 0 and user.role is Role.ADMIN:
             raise _paused(call, wait)
-        session = services.sessions.open(user.name, user.role, call.connection_id, user.uid)
+        session = services.sessions.logins.open(user.name, user.role, call.connection_id, user.uid)
     except HsmError as exc:
         details: dict[str, Any] = {"peer": call.peer_name}
         if exc.code in (CKR.PIN_INCORRECT, CKR.PIN_LOCKED):
@@ -69,24 +70,27 @@ async def login(call: Any, args: LoginArgs) -> dict[str, Any]:
                 details["source_paused_seconds"] = pause
                 log.warning("failed admin logins from %s (%s) reached the limit (every failed login counts); "
                             "pausing its admin logins %.0f s", call.peer_name, source, pause)
-        await services.audit("auth.login", actor=attempted, outcome=exc.code.spec_name, details=details)
+        await services.audit.record("auth.login", actor=attempted, outcome=exc.code.spec_name, details=details)
         raise
     throttle.succeeded(source)
-    await services.audit("auth.login", actor=user.name, details={"peer": call.peer_name, "role": user.role.value})
+    await services.audit.record("auth.login", actor=user.name,
+                                details={"peer": call.peer_name, "role": user.role.value})
     return {"session": session.token, "username": user.name, "role": user.role.value}
 
 
 @operation("session.logout", roles=ANY_ROLE)
-async def logout(call: Any, _args: None) -> dict[str, Any]:
-    call.services.sessions.close(call.session.token)
-    call.services.end_login(call.session.token)
-    await call.services.audit("auth.logout", actor=call.actor)
+async def logout(call: Call, _args: None) -> dict[str, Any]:
+    token = call.login.token
+    call.services.sessions.logins.close(token)
+    call.services.sessions.end_login(token)
+    await call.services.audit.record("auth.logout", actor=call.actor)
     return {}
 
 
 @operation("session.info", roles=ANY_ROLE)
-async def info(call: Any, _args: None) -> dict[str, Any]:
-    return {"username": call.session.username, "role": call.session.role.value}
+async def info(call: Call, _args: None) -> dict[str, Any]:
+    login = call.login
+    return {"username": login.username, "role": login.role.value}
 
 
 @dataclass
@@ -96,29 +100,30 @@ class ContextLoginArgs:
 
 
 @operation("session.context_login", args=ContextLoginArgs, roles=CRYPTO_USER)
-async def context_login(call: Any, args: ContextLoginArgs) -> dict[str, Any]:
+async def context_login(call: Call, args: ContextLoginArgs) -> dict[str, Any]:
     """C_Login(CKU_CONTEXT_SPECIFIC): the password again, for the operations of this PKCS#11 session
     whose key has CKA_ALWAYS_AUTHENTICATE (PKCS#11 v2.40 §4.9, §5.6). Valid for those operations
     only; checked against the session user's password like a login, counted towards its lockout
     and audited (``auth.context_login``)."""
     services = call.services
-    p11 = services.p11.get(args.session, call.session.token)
+    login = call.login
+    p11 = services.sessions.p11.get(args.session, login.token)
     waiting = [op for op in p11.operations.values() if op.context_login and not op.authenticated]
     if not waiting:
         # As the spec says of a context-specific login without a context. No password is checked.
         raise OperationNotInitialized("no operation in this session needs a context-specific login")
-    username = call.session.username
+    username = login.username
     details: dict[str, Any] = {"peer": call.peer_name, "session": args.session,
                                "operations": [{"kind": op.kind, "key": op.key_handle} for op in waiting]}
     try:
-        user = await services.require_users().authenticate(username, args.password)
-        if user.uid != call.session.user_id:
+        user = await services.keyring.require_users().authenticate(username, args.password)
+        if user.uid != login.user_id:
             # The account this session logged in as was deleted; a new one of that name is not it.
             raise PinIncorrect(WRONG_CREDENTIALS)
     except HsmError as exc:
-        await services.audit("auth.context_login", actor=username, outcome=exc.code.spec_name, details=details)
+        await services.audit.record("auth.context_login", actor=username, outcome=exc.code.spec_name, details=details)
         raise
-    await services.audit("auth.context_login", actor=username, details=details)
+    await services.audit.record("auth.context_login", actor=username, details=details)
     for op in waiting:
         op.authenticated = True
     return {}

@@ -7,6 +7,7 @@ from typing import Any
 
 from strongroom.auth.users import Role, normalize_username
 from strongroom.dispatch.auditing import audit_refusal, witness
+from strongroom.dispatch.call import Call
 from strongroom.dispatch.table import operation
 from strongroom.errors import ActionProhibited, HsmError
 
@@ -22,11 +23,11 @@ class CreateArgs:
 
 
 @operation("user.create", args=CreateArgs, roles=ADMIN)
-async def create(call: Any, args: CreateArgs) -> dict[str, Any]:
+async def create(call: Call, args: CreateArgs) -> dict[str, Any]:
     services = call.services
     role = Role.parse(args.role)
     name = normalize_username(args.username)
-    users = services.require_users()
+    users = services.keyring.require_users()
     details = {"username": name, "role": role.value}
     try:
         user = await users.create(name, role, args.password, witness=witness(call, "user.create", details))
@@ -42,30 +43,30 @@ class DeleteArgs:
 
 
 @operation("user.delete", args=DeleteArgs, roles=ADMIN)
-async def delete(call: Any, args: DeleteArgs) -> dict[str, Any]:
+async def delete(call: Call, args: DeleteArgs) -> dict[str, Any]:
     """Delete a user and take it out of every share list (objects/access.py: shares name the account, so
     a new user of the same name never inherits them, even from a list not yet cleaned)."""
     services = call.services
     name = normalize_username(args.username)
     details = {"username": name}
     try:
-        objects = services.require_objects()
+        objects = services.keyring.require_objects()
         await objects.sync()
         if objects.owned_count(name):
             raise ActionProhibited(f"user {name!r} owns {objects.owned_count(name)} key(s); delete them first")
-        user = await services.require_users().delete(
+        user = await services.keyring.require_users().delete(
             name, acting_user=call.actor, witness=witness(call, "user.delete", details), also=objects.unshare_changes
         )
     except HsmError as exc:
         await audit_refusal(call, "user.delete", exc, details)
         raise
-    services.close_user_sessions(name)
+    services.sessions.close_user(name)
     return user.public()
 
 
 @operation("user.list", roles=ANY_ROLE)
-async def list_users(call: Any, _args: None) -> dict[str, Any]:
-    users = await call.services.require_users().list()
+async def list_users(call: Call, _args: None) -> dict[str, Any]:
+    users = await call.services.keyring.require_users().list()
     return {"users": [user.public() for user in users]}
 
 
@@ -76,15 +77,15 @@ class ChangePasswordArgs:
 
 
 @operation("user.change_password", args=ChangePasswordArgs, roles=ANY_ROLE)
-async def change_password(call: Any, args: ChangePasswordArgs) -> dict[str, Any]:
+async def change_password(call: Call, args: ChangePasswordArgs) -> dict[str, Any]:
     """Admins may reset anyone's password (which also unlocks); others only their own."""
     services = call.services
     name = normalize_username(args.username)
     details = {"username": name}
     try:
-        if call.session.role is not Role.ADMIN and name != call.actor:
+        if call.login.role is not Role.ADMIN and name != call.actor:
             raise ActionProhibited("a crypto user can only change its own password")
-        user = await services.require_users().set_password(
+        user = await services.keyring.require_users().set_password(
             name, args.password, witness=witness(call, "user.change_password", details)
         )
     except HsmError as exc:
