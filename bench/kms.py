@@ -5,7 +5,7 @@
 Run through ``bench/kms`` (which sets up the venv first). One run:
 
 1. ``strongroom up --dir TMP`` (one node, its worker processes, the agent) and
-   ``strongroom.kms.local.start_gateway(TMP, admin=…)`` (the gateway process, HTTPS with a
+   ``strongroom.local.gateway.start_gateway(TMP, admin=…)`` (the gateway process, HTTPS with a
    certificate of the cluster's CA — ``--insecure-http``: plain HTTP —, talking to the node over
    mTLS with its own pipelined connections); one symmetric KMS key;
 2. **gateway**: each thread has its own boto3 client (own botocore session, own HTTP
@@ -56,7 +56,7 @@ import boto3  # noqa: E402
 from botocore.config import Config  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
-from strongroom.kms.local import start_gateway, stop_gateway  # noqa: E402
+from strongroom.local.gateway import start_gateway, stop_gateway  # noqa: E402
 
 OPS = ("Encrypt", "Decrypt", "GenerateDataKey")
 PAYLOAD = os.urandom(1024)

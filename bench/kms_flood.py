@@ -4,7 +4,7 @@
 Run: ``.venv/bin/python bench/kms_flood.py [--seconds 5] [--threads 4] [--json FILE]``.
 
 1. ``strongroom up --dir TMP`` (one node, its workers, the agent) and
-   ``strongroom.kms.local.start_gateway`` (HTTPS with the cluster's CA, or HTTP on builds that
+   ``strongroom.local.gateway.start_gateway`` (HTTPS with the cluster's CA, or HTTP on builds that
    had no HTTPS);
 2. for each scenario, ``--threads`` client threads, each with one keep-alive HTTP(S) connection,
    replay requests signed beforehand (botocore's SigV4 signer) as fast as the gateway answers,
@@ -57,7 +57,7 @@ from botocore.awsrequest import AWSRequest  # noqa: E402
 from botocore.credentials import Credentials  # noqa: E402
 
 from kms import descendants, machine_info, proc_cpu  # noqa: E402
-from strongroom.kms.local import start_gateway, stop_gateway  # noqa: E402
+from strongroom.local.gateway import start_gateway, stop_gateway  # noqa: E402
 
 ALPHABET = string.ascii_uppercase + string.digits
 

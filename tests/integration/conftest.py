@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from strongroom.client import Client
-from strongroom.local.cluster import process_group_members as group_members
+from strongroom.local.processes import process_group_members as group_members
 
 STRONGROOM = [sys.executable, "-m", "strongroom"]
 PKCS11_DIR = Path(__file__).resolve().parents[2] / "pkcs11"

@@ -19,11 +19,10 @@ import tomli_w
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from strongroom.agent.config import write_for_local_cluster
-from strongroom.agent.local import stop_agent
 from strongroom.constants import CKA, CKK, CKM, CKO, CKS, CKU
 from strongroom.errors import CKR
-from strongroom.local.cluster import process_group_members
+from strongroom.local.agent import stop_agent, write_config
+from strongroom.local.processes import process_group_members
 from tests.integration.agent_client import AgentApp
 from tests.integration.conftest import LocalCluster
 
@@ -37,7 +36,7 @@ class AgentProcess:
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
-        self.config = write_for_local_cluster(directory)
+        self.config = write_config(directory)
         self.socket = str(directory / "agent.sock")
         self.log = directory / "agent.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -647,7 +646,7 @@ def test_agent_restart(cluster: LocalCluster, agent: AgentProcess) -> None:
 
 def test_local_helpers_for_up_down_status(cluster: LocalCluster) -> None:
     """What `strongroom up/down/status` call: start, check and stop the agent of a directory."""
-    from strongroom.agent.local import agent_status, start_agent
+    from strongroom.local.agent import agent_status, start_agent
 
     stop_agent(cluster.dir)  # in case `up` started one
     assert agent_status(cluster.dir)["health"] == "stopped"

@@ -13,6 +13,8 @@ from strongroom import pki
 from strongroom.client import Client, ClientError
 from strongroom.errors import CKR
 from strongroom.local import cluster as local_cluster
+from strongroom.local import nodes as local_nodes
+from strongroom.local.layout import Layout
 
 from .conftest import LocalCluster, group_members
 
@@ -65,12 +67,12 @@ def test_restart_keeps_users_and_cluster_without_reinitializing(cluster: LocalCl
 
 
 def test_only_activation_works_before_the_cluster_is_active(tmp_path: Path) -> None:
-    layout = local_cluster.Layout(tmp_path / "fresh")
-    local_cluster._create(layout, nodes=1, workers=1, cluster_name="fresh")
-    pid = local_cluster._start_node(layout, "node1")
+    layout = Layout((tmp_path / "fresh").resolve())
+    local_cluster.create(layout, nodes=1, workers=1, cluster_name="fresh")
+    pid = local_nodes.start_node(layout, "node1")
     try:
         client = Client.from_dir(layout.root)
-        local_cluster._wait_ready(layout, client.node, pid)
+        local_nodes.wait_ready(layout, client.node, pid)
         assert client.cluster_status()["state"] == "uninitialized"
         for op, args in [("session.login", {"username": "admin", "password": "password1"}),
                          ("user.list", {}), ("cluster.activate", {"password": "password1",

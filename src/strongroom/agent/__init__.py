@@ -4,14 +4,15 @@ It holds all PKCS#11 state of the applications on one host (slots, sessions, log
 find cursors, pending outputs), keeps mTLS connections to the cluster's nodes, and
 logs in on the applications' behalf with credentials it keeps in memory only.
 
-Modules: :mod:`config` (TOML file; :func:`config.write_for_local_cluster`),
-:mod:`server` (the Unix socket), :mod:`nodes` (node connections, health, choice,
-re-authentication), :mod:`state` (applications and sessions), :mod:`runtime`
-(agent-wide state, ending logins and sessions), :mod:`attrcodec` (raw attribute bytes
-<-> typed values), :mod:`returns` (which CK_RV each function may return),
-:mod:`functions` (one module per chapter of the PKCS#11 specification, registering
-the handlers by function name), :mod:`local` (start/stop/status for ``strongroom up``),
-:mod:`main` (``strongroom agent --config FILE``).
+Modules: :mod:`config` (TOML file), :mod:`server` (the Unix socket), :mod:`nodes` (node
+connections, health, choice, re-authentication), :mod:`passthrough` (the SDK's and CLI's
+node-protocol requests, relayed), :mod:`state` (applications and sessions), :mod:`runtime`
+(agent-wide state, ending logins and sessions), :mod:`mechanisms` (the token's mechanisms, as
+the nodes list them), :mod:`attrcodec` (raw attribute bytes <-> typed values), :mod:`returns`
+(which CK_RV each function may return), :mod:`functions` (one module per chapter of the
+PKCS#11 specification, registering each handler under its function name), :mod:`main`
+(``strongroom agent --config FILE``). Start, stop and status of the agent of a ``strongroom
+up`` directory are :mod:`strongroom.local.agent`'s.
 
 Model
 -----

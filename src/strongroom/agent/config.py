@@ -24,8 +24,9 @@
     zone = "a"
     address = "127.0.0.1:2223"
 
-Relative paths are relative to the configuration file's folder.
-:func:`write_for_local_cluster` writes one for a ``strongroom up`` directory.
+Relative paths are relative to the configuration file's folder. :meth:`AgentConfig.for_profile`
+makes one from a client profile (``client.json``); ``strongroom up`` writes one for its directory
+(:func:`strongroom.local.agent.write_config`).
 """
 
 from __future__ import annotations
@@ -40,8 +41,6 @@ import tomli_w
 
 from strongroom.client.profile import ClientProfile, NodeAddress, ProfileError
 
-AGENT_CONFIG_FILE = "agent.toml"
-AGENT_SOCKET_FILE = "agent.sock"
 #: sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -85,6 +84,12 @@ class AgentConfig:
         for name in ("connect", "request", "reconnect_wait", "health_interval"):
             if getattr(self.timeouts, name) <= 0:
                 raise ConfigError(f"timeouts.{name} must be positive")
+
+    @classmethod
+    def for_profile(cls, profile: ClientProfile, socket: Path) -> AgentConfig:
+        """The agent of the application host whose client profile is ``profile``, listening on ``socket``."""
+        return cls(socket=socket, cluster_name=profile.cluster_name, ca=profile.ca, cert=profile.cert,
+                   key=profile.key, nodes=profile.nodes)
 
     # --- file --------------------------------------------------------------------------
 
@@ -153,35 +158,3 @@ class AgentConfig:
             raise ConfigError(f"{path}: {exc}") from None
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: bad value: {exc}") from None
-
-
-def for_local_cluster(directory: Path) -> AgentConfig:
-    """The agent configuration of a ``strongroom up`` directory (from its client profile)."""
-    from strongroom.local.cluster import Layout
-
-    layout = Layout(Path(directory).resolve())
-    try:
-        profile = ClientProfile.load(layout.profile)
-    except ProfileError as exc:
-        raise ConfigError(str(exc)) from None
-    return AgentConfig(
-        socket=layout.root / AGENT_SOCKET_FILE,
-        cluster_name=profile.cluster_name,
-        ca=profile.ca,
-        cert=profile.cert,
-        key=profile.key,
-        nodes=profile.nodes,
-    )
-
-
-def write_for_local_cluster(directory: Path) -> Path:
-    """Write DIR/agent.toml for a ``strongroom up`` directory; returns its path.
-
-    The socket is DIR/agent.sock, the client identity DIR/client/client.{crt,key}, the CA
-    DIR/ca/ca.crt and the nodes those of DIR/client.json. Rewriting it is harmless (``up``
-    may call this on every start, so that node addresses stay current).
-    """
-    config = for_local_cluster(directory)
-    path = Path(directory).resolve() / AGENT_CONFIG_FILE
-    config.write(path)
-    return path

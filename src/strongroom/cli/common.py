@@ -53,7 +53,7 @@ def node_client(args: argparse.Namespace, *, operator: bool = True) -> Any:
 
 def local(action: Callable[[], T]) -> T:
     """Run a local-cluster action; its refusals become CLI errors."""
-    from strongroom.local.cluster import LocalClusterError
+    from strongroom.local.layout import LocalClusterError
 
     try:
         return action()

@@ -63,7 +63,7 @@ def cmd_setup(args: argparse.Namespace, _ctx: Context) -> None:
 
 
 def cmd_start(args: argparse.Namespace, _ctx: Context) -> None:
-    from strongroom.kms.local import start_gateway
+    from strongroom.local.gateway import start_gateway
 
     root = directory(args)
     result = _local(lambda: start_gateway(root, port=args.port, region=args.region, account_id=args.account_id,
@@ -73,13 +73,13 @@ def cmd_start(args: argparse.Namespace, _ctx: Context) -> None:
 
 
 def cmd_stop(args: argparse.Namespace, _ctx: Context) -> None:
-    from strongroom.kms.local import stop_gateway
+    from strongroom.local.gateway import stop_gateway
 
     pid = stop_gateway(directory(args))
     emit({"stopped": pid}, as_json=args.json, text="stopped" if pid else "the KMS gateway was not running")
 
 
-def cmd_access_key_create(args: argparse.Namespace, ctx: Any) -> None:
+def cmd_access_key_create(args: argparse.Namespace, ctx: Context) -> None:
     policy = None
     if args.policy:
         from strongroom.kms.policy import PolicyError, parse_policy
@@ -99,14 +99,14 @@ def cmd_access_key_create(args: argparse.Namespace, ctx: Any) -> None:
               "(the secret is shown only now)")
 
 
-def cmd_access_key_list(args: argparse.Namespace, ctx: Any) -> None:
+def cmd_access_key_list(args: argparse.Namespace, ctx: Context) -> None:
     keys = ctx.logged_in(args).call("kms.access_key.list")["access_keys"]
     rows = [dict(k, policy="custom" if k.get("policy") else "full access") for k in keys]
     emit({"access_keys": keys}, as_json=args.json,
          text=table(rows, ["access_key_id", "name", "service_user", "policy"]))
 
 
-def cmd_access_key_delete(args: argparse.Namespace, ctx: Any) -> None:
+def cmd_access_key_delete(args: argparse.Namespace, ctx: Context) -> None:
     result = ctx.logged_in(args).call("kms.access_key.delete", access_key_id=args.id)
     emit(result, as_json=args.json, text=f"deleted access key {result['access_key_id']} ({result['name']})")
 

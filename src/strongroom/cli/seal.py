@@ -108,7 +108,7 @@ def cmd_status(args: argparse.Namespace, _ctx: Context) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace, _ctx: Context) -> None:
-    from strongroom.local.cluster import LocalClusterError
+    from strongroom.local.layout import LocalClusterError
     from strongroom.local.seal import migrate
 
     options = {}

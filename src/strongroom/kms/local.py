@@ -1,10 +1,9 @@
-"""The KMS gateway of a ``strongroom up`` directory: set it up, start it in the background, stop it.
+"""The KMS gateway of a ``strongroom up`` directory: its set-up and configuration.
 
-For ``strongroom up --kms`` / ``down`` and ``strongroom kms serve --dir``. Files in DIR::
+For ``strongroom up --kms`` and ``strongroom kms serve / setup --dir``; the background process
+itself (start, stop, status) is :mod:`strongroom.local.gateway`'s. Files in DIR::
 
     kms.toml                the gateway's configuration (kept across restarts: same port, same scheme)
-    kms.pid, kms.log        the running gateway's pid and its log
-    kms.serving             the endpoint the running gateway serves
     kms/kmsuser.password    the KMS service user's generated password (0600)
     kms/access-key.json     a generated access key with every right (0600; local use only)
     kms/tls.crt, tls.key    the gateway's HTTPS certificate, issued by DIR/ca (serverAuth only,
@@ -27,22 +26,14 @@ import json
 import os
 import secrets
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from strongroom import pki
 from strongroom.kms.config import ClusterSettings, ConfigError, DeletionSettings, GatewayConfig, ServerSettings
-from strongroom.local.processes import terminate
 from strongroom.seal import write_private_file
 
 CONFIG_FILE = "kms.toml"
-PID_FILE = "kms.pid"
-#: The endpoint the running gateway serves (a restart is needed when the configuration changed scheme).
-SERVING_FILE = "kms.serving"
-LOG_FILE = "kms.log"
 STATE_DIR = "kms"
 PASSWORD_FILE = "kms/kmsuser.password"
 ACCESS_KEY_FILE = "kms/access-key.json"
@@ -57,8 +48,6 @@ TLS_HOSTS = ("127.0.0.1", "localhost")
 TLS_DAYS = 825
 #: A certificate this close to its end is issued again at the next start.
 TLS_RENEW_DAYS = 30
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
 
 
 class GatewayStartError(Exception):
@@ -231,116 +220,3 @@ def ca_bundle(root: Path, config: GatewayConfig) -> str | None:
     if config.kms.insecure_http or config.kms.tls_cert != TLS_CERT_FILE:
         return None
     return str(Path(root).resolve() / CA_CERT_FILE)
-
-
-def _pid(root: Path) -> int | None:
-    try:
-        pid = int((root / PID_FILE).read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1]
-    except (OSError, IndexError):
-        return None
-    if state == "Z" or b"kms" not in cmdline or b"serve" not in cmdline:
-        return None  # gone, or the pid now belongs to something else
-    return pid
-
-
-def _serving(root: Path) -> str | None:
-    """The endpoint the running gateway was started with (DIR/kms.serving)."""
-    try:
-        return (root / SERVING_FILE).read_text().strip()
-    except FileNotFoundError:
-        return None
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _log_tail(root: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join((root / LOG_FILE).read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return ""
-
-
-def _summary(root: Path, config: GatewayConfig, key: dict[str, str], pid: int | None) -> dict[str, Any]:
-    return {
-        "kms_endpoint": endpoint(config),
-        "kms_ca_bundle": ca_bundle(root, config),
-        "kms_region": config.kms.region,
-        "kms_account_id": config.kms.account_id,
-        "kms_access_key_id": key["access_key_id"],
-        "kms_secret_access_key": key["secret_access_key"],
-        "kms_pid": pid,
-        "kms_log": str(root / LOG_FILE),
-    }
-
-
-def start_gateway(root: Path, *, port: int | None = None, region: str | None = None,
-                  account_id: str | None = None, check_seconds: float | None = None,
-                  day_seconds: float | None = None, admin: tuple[str, str] | None = None,
-                  insecure_http: bool | None = None) -> dict[str, Any]:
-    """Set up (once) and start the gateway of DIR unless it runs; wait until it answers.
-
-    Returns ``{"kms_endpoint" (https://…), "kms_ca_bundle" (the CA file that verifies it; None for
-    plain HTTP), "kms_region", "kms_account_id", "kms_access_key_id", "kms_secret_access_key",
-    "kms_pid", "kms_log"}`` — what ``strongroom up --kms`` adds to its JSON. ``admin``: (user,
-    password) of an admin, needed only by the first set-up (else STRONGROOM_PIN).
-    ``insecure_http``: see :func:`write_config`. ``day_seconds``/``check_seconds`` are test knobs
-    (how long a day of a deletion window lasts, how often deletions are swept).
-    """
-    root = Path(root).resolve()
-    key = setup(root, admin=admin)
-    config = write_config(root, port=port, region=region, account_id=account_id,
-                          check_seconds=check_seconds, day_seconds=day_seconds, insecure_http=insecure_http)
-    pid = _pid(root)
-    if pid is not None and _answers(config.kms.port):
-        if _serving(root) == endpoint(config):
-            return _summary(root, config, key, pid)
-        stop_gateway(root)  # it serves another scheme or port than the configuration now says
-    with open(root / LOG_FILE, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "strongroom", "kms", "serve", "--config", str(root / CONFIG_FILE)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-        )
-    (root / PID_FILE).write_text(f"{process.pid}\n")
-    (root / SERVING_FILE).write_text(endpoint(config) + "\n")
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise GatewayStartError(f"the KMS gateway exited during start-up; its log ends with:\n{_log_tail(root)}")
-        if _answers(config.kms.port):
-            return _summary(root, config, key, process.pid)
-        time.sleep(0.05)
-    raise GatewayStartError(f"the KMS gateway did not listen on port {config.kms.port} within {START_TIMEOUT:.0f} s")
-
-
-def stop_gateway(root: Path) -> int | None:
-    """SIGTERM the gateway of DIR (SIGKILL if it hangs); returns its pid, or None if none ran."""
-    root = Path(root).resolve()
-    pid = _pid(root)
-    (root / PID_FILE).unlink(missing_ok=True)
-    (root / SERVING_FILE).unlink(missing_ok=True)
-    if pid is None:
-        return None
-    terminate(pid, STOP_TIMEOUT)
-    return pid
-
-
-def gateway_status(root: Path) -> dict[str, Any]:
-    """``{"pid", "endpoint", "health"}``: running, stopped or unresponsive."""
-    root = Path(root).resolve()
-    pid = _pid(root)
-    path = root / CONFIG_FILE
-    config = GatewayConfig.load(path, validate=False) if path.exists() else None
-    port = None if config is None else config.kms.port
-    health = "stopped" if pid is None else ("running" if port is not None and _answers(port) else "unresponsive")
-    return {"pid": pid, "endpoint": None if config is None else endpoint(config), "health": health}

@@ -1,20 +1,8 @@
 """``strongroom up / down / status``: a working local cluster in one directory.
 
-Layout of DIR (created on the first ``up``, reused afterwards)::
-
-    ca/ca.key, ca/ca.crt          stand-in for the customer's CA (keep ca.key offline in production)
-    client/client.{key,crt}       an application host's identity (role agent): the agent, the CLI and SDK logins
-    operator/operator.{key,crt}   the operator's identity (role operator): backups, zeroize, node removal
-    nodes/<id>/                   node.toml, tls/, sealed cluster key, audit.log, node.log, node.pid
-    store/strongroom.db           the embedded SQLite store (encrypted records only)
-    client.json                   client profile: node addresses + certificate paths
-    custodians/                   (up --seal shares without --custodian) throw-away custodian keys and shares
-    cluster.id                    the cluster's id, once initialized (the admin password is printed once, kept nowhere)
-    backups/<cluster id>/*.srbk   automatic and manual backups (encrypted records; useless without the cluster key)
-    agent.toml, agent.sock        the client agent's configuration and its Unix socket (PKCS#11 path)
-    agent.pid, agent.log
-    strongroom.env                export lines for a shell
-    cluster.json                  what ``up`` printed last
+The directory's layout is :mod:`strongroom.local.layout`'s; the processes ``up`` starts are
+launched by :mod:`strongroom.local.processes` (nodes: :mod:`.nodes`, the agent: :mod:`.agent`,
+the KMS gateway: :mod:`.gateway`, etcd members: :mod:`.etcd`).
 """
 
 from __future__ import annotations
@@ -22,111 +10,25 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from strongroom import pki
-from strongroom.agent.local import AgentStartError, agent_status, socket_path, start_agent, stop_agent
-from strongroom.seal import write_private_file
 from strongroom.client import Client, ClientError, ClientProfile, NodeAddress
+from strongroom.kms.local import CONFIG_FILE as KMS_CONFIG_FILE
+from strongroom.kms.local import GatewayStartError
 from strongroom.local import etcd
-from strongroom.errors import CKR
+from strongroom.local.agent import agent_status, start_agent, stop_agent
+from strongroom.local.gateway import gateway_status, start_gateway, stop_gateway
+from strongroom.local.layout import HOST, Layout, LocalClusterError, free_port
+from strongroom.local.nodes import running_pid, start_and_check, stop_node, wait_for_key
 from strongroom.pkcs11_module import find_module
+from strongroom.seal import SHARES, SealSettings, write_private_file
 from strongroom.services.config import BackupPolicy, NodeConfig
-from strongroom.seal import SHARES, SealSettings
-
-HOST = "127.0.0.1"
-START_TIMEOUT = 60.0
-STOP_TIMEOUT = 15.0
 
 
-class LocalClusterError(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class Layout:
-    root: Path
-
-    @property
-    def ca_key(self) -> Path:
-        return self.root / "ca" / "ca.key"
-
-    @property
-    def ca_cert(self) -> Path:
-        return self.root / "ca" / "ca.crt"
-
-    @property
-    def client_key(self) -> Path:
-        return self.root / "client" / "client.key"
-
-    @property
-    def client_cert(self) -> Path:
-        return self.root / "client" / "client.crt"
-
-    @property
-    def operator_key(self) -> Path:
-        return self.root / "operator" / "operator.key"
-
-    @property
-    def operator_cert(self) -> Path:
-        return self.root / "operator" / "operator.crt"
-
-    @property
-    def custodians(self) -> Path:
-        return self.root / "custodians"
-
-    @property
-    def cluster_id_file(self) -> Path:
-        return self.root / "cluster.id"
-
-    @property
-    def store(self) -> Path:
-        return self.root / "store" / "strongroom.db"
-
-    @property
-    def profile(self) -> Path:
-        return self.root / "client.json"
-
-    @property
-    def env_file(self) -> Path:
-        return self.root / "strongroom.env"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "cluster.json"
-
-    @property
-    def backups(self) -> Path:
-        return self.root / "backups"
-
-    def node_dir(self, node_id: str) -> Path:
-        return self.root / "nodes" / node_id
-
-    def node_config(self, node_id: str) -> Path:
-        return self.node_dir(node_id) / "node.toml"
-
-    def node_pid(self, node_id: str) -> Path:
-        return self.node_dir(node_id) / "node.pid"
-
-    def node_ids(self) -> list[str]:
-        nodes = self.root / "nodes"
-        return sorted(p.name for p in nodes.iterdir() if (p / "node.toml").exists()) if nodes.exists() else []
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _create(layout: Layout, nodes: int, workers: int, cluster_name: str,
+def create(layout: Layout, nodes: int, workers: int, cluster_name: str,
             ca: tuple[pki.CAPrivateKey, Any] | None = None, seal: SealSettings | None = None) -> None:
     """Lay out DIR: certificates from ``ca`` (the customer's CA; default a throw-away one), node configs."""
     if not 1 <= nodes <= 8:
@@ -152,7 +54,7 @@ def _create(layout: Layout, nodes: int, workers: int, cluster_name: str,
     operator_key, operator_cert = pki.issue_client_certificate(ca_key, ca_cert, "local-operator", role=pki.OPERATOR)
     pki.write_private_key(layout.operator_key, operator_key)
     pki.write_cert(layout.operator_cert, operator_cert)
-    ports = {f"node{index}": _free_port() for index in range(1, nodes + 1)}
+    ports = {f"node{index}": free_port() for index in range(1, nodes + 1)}
     addresses = []
     for index in range(1, nodes + 1):
         node_id = f"node{index}"
@@ -185,104 +87,6 @@ def _create(layout: Layout, nodes: int, workers: int, cluster_name: str,
         addresses.append(NodeAddress(node_id, HOST, config.port, config.zone))
     ClientProfile(cluster_name, layout.ca_cert, layout.client_cert, layout.client_key, tuple(addresses),
                   layout.operator_cert, layout.operator_key).write(layout.profile)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours counts as dead.
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        pid = int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    return pid if _pid_alive(pid) else None
-
-
-def _start_node(layout: Layout, node_id: str) -> int:
-    pid = _read_pid(layout.node_pid(node_id))
-    if pid is not None:
-        return pid
-    node_dir = layout.node_dir(node_id)
-    with open(node_dir / "node.log", "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "strongroom", "node", "serve", "--config", str(layout.node_config(node_id))],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: `down` stops the node and all its workers
-            close_fds=True,
-        )
-    layout.node_pid(node_id).write_text(f"{process.pid}\n")
-    return process.pid
-
-
-def _log_tail(layout: Layout, node_id: str, lines: int = 15) -> str:
-    try:
-        text = (layout.node_dir(node_id) / "node.log").read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _wait_ready(layout: Layout, node: NodeAddress, pid: int) -> dict[str, Any]:
-    deadline = time.monotonic() + START_TIMEOUT
-    last_error = ""
-    profile = ClientProfile.load(layout.profile)
-    while time.monotonic() < deadline:
-        if not _pid_alive(pid):
-            raise LocalClusterError(
-                f"node {node.node_id} exited during start-up; its log ends with:\n{_log_tail(layout, node.node_id)}"
-            )
-        try:
-            with Client(profile, node, timeout=10) as client:
-                return client.node_status()
-        except ClientError as exc:
-            last_error = exc.message
-        time.sleep(0.1)
-    raise LocalClusterError(f"node {node.node_id} did not answer within {START_TIMEOUT:.0f} s: {last_error}")
-
-
-def _start_and_check(layout: Layout, node: NodeAddress) -> dict[str, Any]:
-    pid = _start_node(layout, node.node_id)
-    status = _wait_ready(layout, node, pid)
-    if status["state"] == "error":
-        raise LocalClusterError(f"node {node.node_id} is in the error state: {status['error']}")
-    return {"id": node.node_id, "zone": node.zone, "address": node.address, "pid": pid, "state": status["state"],
-            "seal": status.get("seal")}
-
-
-def wait_for_key(layout: Layout, node: NodeAddress, pid: int, timeout: float = START_TIMEOUT) -> dict[str, Any]:
-    """Wait until a node that joins (or unseals) holds the cluster key; its last status."""
-    deadline = time.monotonic() + timeout
-    status: dict[str, Any] = {}
-    profile = ClientProfile.load(layout.profile)
-    while time.monotonic() < deadline:
-        if not _pid_alive(pid):
-            raise LocalClusterError(
-                f"node {node.node_id} exited; its log ends with:\n{_log_tail(layout, node.node_id)}")
-        try:
-            with Client(profile, node, timeout=10) as client:
-                status = client.node_status()
-        except ClientError:
-            status = {}
-        if status.get("state") not in (None, "sealed", "uninitialized"):
-            return status
-        time.sleep(0.2)
-    raise LocalClusterError(f"node {node.node_id} did not receive the cluster key within {timeout:.0f} s "
-                            f"({(status.get('seal') or {}).get('detail') or status.get('error') or 'no answer'}); "
-                            f"its log ends with:\n{_log_tail(layout, node.node_id)}")
 
 
 @dataclass
@@ -406,7 +210,7 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
                 ca = (pki.load_private_key(ca_key), pki.load_certificate(ca_cert))
             except pki.PkiError as exc:
                 raise LocalClusterError(str(exc)) from None
-        _create(layout, nodes, workers, cluster_name, ca=ca, seal=seal)
+        create(layout, nodes, workers, cluster_name, ca=ca, seal=seal)
     elif seal is not None:
         raise LocalClusterError(f"{layout.root} exists: its nodes keep their seal; change one node's seal with "
                                 "`strongroom seal migrate --dir DIR --node ID --to TYPE`")
@@ -429,11 +233,11 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
             "remain; rebuild the cluster in a new directory with `strongroom cluster recover --backup FILE "
             "--share SHARE ...` (recovery shares) or `strongroom backup restore --from DIR` (a surviving cluster)")
     leader = sealed[0] if sealed else profile.nodes[0]
-    started = [_start_and_check(layout, leader)]
+    started = [start_and_check(layout, leader)]
     made: Initialized | None = None
     if initialize and started[0]["state"] != "sealed":
         made = _initialize(layout, profile, cluster_name, leader, custodians or [], threshold, seal_settings)
-        started[0] = _start_and_check(layout, leader)
+        started[0] = start_and_check(layout, leader)
     newcomers = [n for n in profile.nodes if n is not leader and not seal_exists(layout.node_dir(n.node_id))]
     for node in newcomers:
         # A node zeroized earlier rejoins when `up` starts it: its certificate is still enrolled, so it
@@ -446,17 +250,14 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
     for node in profile.nodes:
         if node is leader or (not initialize and not sealed):
             continue
-        entry = _start_and_check(layout, node)
+        entry = start_and_check(layout, node)
         if node in newcomers:
             entry.update(state=wait_for_key(layout, node, entry["pid"])["state"])
         started.append(entry)
     order = [n.node_id for n in profile.nodes]
     started.sort(key=lambda entry: order.index(entry["id"]))
-    try:
-        agent_pid = start_agent(layout.root)
-    except AgentStartError as exc:
-        raise LocalClusterError(str(exc)) from None
-    agent_socket = str(socket_path(layout.root))
+    agent_pid = start_agent(layout.root)
+    agent_socket = str(layout.agent_socket)
     found = find_module()
     module = None if found is None else str(found)
     env_lines = [
@@ -465,9 +266,7 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
         f"export STRONGROOM_PKCS11_MODULE={module or ''}",
     ]
     gateway: dict[str, Any] = {}
-    if kms or (layout.root / "kms.toml").exists():
-        from strongroom.kms.local import GatewayStartError, start_gateway
-
+    if kms or (layout.root / KMS_CONFIG_FILE).exists():
         try:
             gateway = start_gateway(layout.root, admin=None if made is None else (made.admin_user,
                                                                                   made.admin_password))
@@ -513,8 +312,6 @@ def down(directory: Path) -> dict[str, Any]:
     if not layout.profile.exists():
         raise LocalClusterError(f"{directory} holds no Strongroom cluster")
     stopped = []
-    from strongroom.kms.local import stop_gateway
-
     gateway_pid = stop_gateway(layout.root)
     if gateway_pid is not None:
         stopped.append({"id": "kms", "pid": gateway_pid})
@@ -522,103 +319,11 @@ def down(directory: Path) -> dict[str, Any]:
     if agent_pid is not None:
         stopped.append({"id": "agent", "pid": agent_pid})
     for node_id in layout.node_ids():
-        pid = _read_pid(layout.node_pid(node_id))
-        if pid is not None:
-            _stop_group(pid)
-            stopped.append({"id": node_id, "pid": pid})
-        # Whatever still runs that node's configuration (workers whose supervisor was killed, on a
-        # system without PR_SET_PDEATHSIG): stopped too, found by command line, not by a pid file.
-        leftovers = node_processes(layout.node_config(node_id))
-        if leftovers:
-            stop_processes(leftovers)
-            stopped += [{"id": node_id, "pid": left} for left in sorted(leftovers)]
-        layout.node_pid(node_id).unlink(missing_ok=True)
+        pid, leftovers = stop_node(layout, node_id)
+        pids = ([] if pid is None else [pid]) + leftovers
+        stopped += [{"id": node_id, "pid": stopped_pid} for stopped_pid in pids]
     stopped += etcd.stop(layout.root)
     return {"dir": str(layout.root), "stopped": stopped}
-
-
-def node_processes(config_path: Path) -> set[int]:
-    """Live processes serving the node configuration at ``config_path`` (its supervisor and workers)."""
-    wanted = [b"node", b"serve", b"--config", str(config_path).encode()]
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(") ", 1)[1][:1]
-        except (OSError, IndexError):
-            continue
-        if state != "Z" and all(part in argv for part in wanted):
-            found.add(int(entry.name))
-    return found
-
-
-def stop_processes(pids: set[int]) -> None:
-    """SIGTERM, then SIGKILL what is still there after the stop timeout."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline and any(_pid_alive(pid) for pid in pids):
-        time.sleep(0.05)
-    for pid in pids:
-        if _pid_alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def _stop_group(pid: int) -> None:
-    """SIGTERM the node's process group (supervisor and workers), then SIGKILL what is left."""
-    try:
-        pgid = os.getpgid(pid)
-    except ProcessLookupError:
-        return
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline:
-        if not _group_alive(pgid):
-            return
-        _reap(pid)
-        time.sleep(0.05)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    _reap(pid)
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def _group_alive(pgid: int) -> bool:
-    return bool(process_group_members(pgid))
-
-
-def process_group_members(pgid: int) -> set[int]:
-    """Live (non-zombie) processes of a process group: a node's supervisor and workers."""
-    members = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.add(int(entry.name))
-    return members
 
 
 def status(directory: Path) -> dict[str, Any]:
@@ -628,7 +333,7 @@ def status(directory: Path) -> dict[str, Any]:
     profile = ClientProfile.load(layout.profile)
     nodes = []
     for node in profile.nodes:
-        pid = _read_pid(layout.node_pid(node.node_id))
+        pid = running_pid(layout, node.node_id)
         entry: dict[str, Any] = {"id": node.node_id, "zone": node.zone, "address": node.address, "pid": pid}
         if pid is None:
             entry["health"] = "stopped"
@@ -653,12 +358,8 @@ def status(directory: Path) -> dict[str, Any]:
                and all(m["health"] == "healthy" for m in members))
     result = {"dir": str(layout.root), "cluster_name": profile.cluster_name, "healthy": healthy, "nodes": nodes,
               "agent": agent, "etcd": members}
-    if (layout.root / "kms.toml").exists():
-        from strongroom.kms.local import gateway_status
-
+    if (layout.root / KMS_CONFIG_FILE).exists():
         result["kms"] = gateway_status(layout.root)
         result["healthy"] = healthy and result["kms"]["health"] == "running"
     return result
 
-
-__all__ = ["CKR", "Layout", "LocalClusterError", "down", "status", "up"]

@@ -10,18 +10,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from strongroom.local.processes import alive, terminate
+from strongroom.local.layout import HOST, free_port
+from strongroom.local.processes import Background
 
-HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
 
 
 class EtcdError(Exception):
@@ -50,15 +49,9 @@ def etcd_binary() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def plan(directory: Path, count: int) -> list[Member]:
     """Choose names and ports once; they are kept in DIR/etcd/members.json."""
-    members = [Member(f"etcd-{'abcdefgh'[i]}", _free_port(), _free_port()) for i in range(count)]
+    members = [Member(f"etcd-{'abcdefgh'[i]}", free_port(), free_port()) for i in range(count)]
     root = directory / "etcd"
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     (root / "members.json").write_text(json.dumps([asdict(m) for m in members], indent=2))
@@ -76,46 +69,34 @@ def endpoints(directory: Path) -> list[str]:
     return [m.client_url for m in load(directory)]
 
 
-def _pid_file(directory: Path, member: Member) -> Path:
-    return directory / "etcd" / f"{member.name}.pid"
-
-
-def _running_pid(directory: Path, member: Member) -> int | None:
-    try:
-        pid = int(_pid_file(directory, member).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return pid if alive(pid) else None
+def member_process(directory: Path, member: Member, binary: str = "etcd") -> Background:
+    """The etcd member's process (``binary``: only needed to start it)."""
+    data_dir = directory / "etcd" / member.name
+    members = load(directory)
+    initial = ",".join(f"{m.name}={m.peer_url}" for m in members)
+    state = "existing" if (data_dir / "member").exists() else "new"
+    argv = (binary, "--name", member.name, "--data-dir", str(data_dir),
+            "--listen-client-urls", member.client_url, "--advertise-client-urls", member.client_url,
+            "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
+            "--initial-cluster", initial, "--initial-cluster-state", state,
+            "--initial-cluster-token", f"strongroom-{directory.name}",
+            "--heartbeat-interval", "100", "--election-timeout", "1000",
+            # A member coming back after a partition must not depose a healthy leader.
+            "--pre-vote",
+            "--logger", "zap", "--log-level", "error", "--log-outputs", "stderr")
+    return Background(f"etcd member {member.name}", argv, directory / "etcd" / f"{member.name}.pid",
+                      directory / "etcd" / f"{member.name}.log", marks=("--data-dir", str(data_dir)))
 
 
 def start(directory: Path) -> list[int]:
     """Start every member not running yet; wait until the cluster has a leader."""
     members = load(directory)
     binary = etcd_binary()
-    initial = ",".join(f"{m.name}={m.peer_url}" for m in members)
     pids = []
     for member in members:
-        pid = _running_pid(directory, member)
-        if pid is None:
-            data_dir = directory / "etcd" / member.name
-            state = "existing" if (data_dir / "member").exists() else "new"
-            with open(directory / "etcd" / f"{member.name}.log", "ab") as log:
-                process = subprocess.Popen(
-                    [binary, "--name", member.name, "--data-dir", str(data_dir),
-                     "--listen-client-urls", member.client_url, "--advertise-client-urls", member.client_url,
-                     "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
-                     "--initial-cluster", initial, "--initial-cluster-state", state,
-                     "--initial-cluster-token", f"strongroom-{directory.name}",
-                     "--heartbeat-interval", "100", "--election-timeout", "1000",
-                     # A member coming back after a partition must not depose a healthy leader.
-                     "--pre-vote",
-                     "--logger", "zap", "--log-level", "error", "--log-outputs", "stderr"],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True, close_fds=True,
-                )
-            _pid_file(directory, member).write_text(f"{process.pid}\n")
-            pid = process.pid
-        pids.append(pid)
+        process = member_process(directory, member, binary)
+        pid = process.pid()
+        pids.append(pid if pid is not None else process.spawn())
     _wait_healthy(directory, members)
     return pids
 
@@ -137,20 +118,18 @@ def _wait_healthy(directory: Path, members: list[Member]) -> None:
 
 
 def stop(directory: Path) -> list[dict[str, object]]:
-    stopped = []
+    stopped: list[dict[str, object]] = []
     for member in load(directory):
-        pid = _running_pid(directory, member)
+        pid = member_process(directory, member).stop(STOP_TIMEOUT)
         if pid is not None:
-            terminate(pid, 10)
             stopped.append({"id": member.name, "pid": pid})
-        _pid_file(directory, member).unlink(missing_ok=True)
     return stopped
 
 
 def status(directory: Path) -> list[dict[str, object]]:
     result = []
     for member in load(directory):
-        pid = _running_pid(directory, member)
+        pid = member_process(directory, member).pid()
         health = "stopped"
         if pid is not None:
             try:

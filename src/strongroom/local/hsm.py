@@ -22,17 +22,9 @@ from typing import Any
 from strongroom import pki
 from strongroom.seal import destroy_seal
 from strongroom.client import Client, ClientError, ClientProfile, NodeAddress, ProfileError
-from strongroom.local.cluster import (
-    HOST,
-    Layout,
-    LocalClusterError,
-    _free_port,
-    _read_pid,
-    _start_and_check,
-    _stop_group,
-    enroll_nodes,
-    wait_for_key,
-)
+from strongroom.local.cluster import enroll_nodes
+from strongroom.local.layout import HOST, Layout, LocalClusterError, free_port
+from strongroom.local.nodes import start_and_check, stop_node, wait_for_key
 from strongroom.services.config import ConfigError, NodeConfig
 
 ZONES = "abcdefghijklmnopqrstuvwxyz"
@@ -91,7 +83,7 @@ def add_node(directory: Path, zone: str | None = None, admin: tuple[str, str] | 
         key, cert = pki.issue_node_certificate(ca_key, ca_cert, node_id, hosts=[HOST, "localhost", node_id])
         pki.write_private_key(node_dir / "tls" / "node.key", key)
         pki.write_cert(node_dir / "tls" / "node.crt", cert)
-        config = replace(template, node_id=node_id, node_dir=node_dir, zone=zone, port=_free_port(),
+        config = replace(template, node_id=node_id, node_dir=node_dir, zone=zone, port=free_port(),
                          tls_cert=node_dir / "tls" / "node.crt", tls_key=node_dir / "tls" / "node.key",
                          peers=[n.address for n in profile.nodes])
         layout.node_config(node_id).write_text(config.to_toml())
@@ -107,13 +99,11 @@ def add_node(directory: Path, zone: str | None = None, admin: tuple[str, str] | 
             raise
         raise LocalClusterError(f"cannot prepare node {node_id}: {exc}") from None
     try:
-        started = _start_and_check(layout, node)
+        started = start_and_check(layout, node)
         started.update(state=wait_for_key(layout, node, started["pid"])["state"])
     except LocalClusterError:
         # It holds the key now: do not leave a sealed copy behind a node nobody lists.
-        pid = _read_pid(layout.node_pid(node_id))
-        if pid is not None:
-            _stop_group(pid)
+        stop_node(layout, node_id)
         destroy_seal(node_dir)
         config_path = layout.node_config(node_id)
         config_path.replace(config_path.with_name(config_path.name + REMOVED_SUFFIX))
@@ -160,10 +150,7 @@ def remove_node(directory: Path, node_id: str) -> dict[str, Any]:
         raise LocalClusterError(f"could not revoke the certificate of {node_id} (nothing was changed): "
                                 + "; ".join(failures))
     # 2. Stop it: SIGTERM to its process group lets requests in flight finish.
-    pid = _read_pid(layout.node_pid(node_id))
-    if pid is not None:
-        _stop_group(pid)
-    layout.node_pid(node_id).unlink(missing_ok=True)
+    pid, _leftovers = stop_node(layout, node_id)
     # 3. Zeroize its copy of the cluster key, and unlist it.
     destroy_seal(node_dir)
     config_path = layout.node_config(node_id)

@@ -37,7 +37,7 @@ from strongroom.barrier.barrier import STORE_INTEGRITY_PURPOSE, derive_subkey
 from strongroom.seal import SealedIdentity, SealError, destroy_seal, seal_cluster_key, unseal_cluster_key
 from strongroom.client import ClientProfile, ProfileError
 from strongroom.local import cluster
-from strongroom.local.cluster import Layout, LocalClusterError
+from strongroom.local.layout import HOST, Layout, LocalClusterError
 from strongroom.services.config import NodeConfig
 from strongroom.services.identity import IDENTITY_KEY, ClusterIdentity, verify_digest_signature
 from strongroom.recovery import PlainShare, RecoveryError, combine_shares
@@ -106,7 +106,7 @@ def _key_from_old_cluster(old: Layout, config: NodeConfig, admin: tuple[str, str
     except (ProfileError, pki.PkiError) as exc:
         raise LocalClusterError(f"--from {old.root}: {exc}") from None
     name = f"restore-{secrets.token_hex(4)}"
-    key, cert = pki.issue_node_certificate(ca_key, ca_cert, name, hosts=[cluster.HOST], days=1)
+    key, cert = pki.issue_node_certificate(ca_key, ca_cert, name, hosts=[HOST], days=1)
     with tempfile.TemporaryDirectory(prefix="strongroom-restore-") as scratch:
         cert_path, key_path = Path(scratch) / "node.crt", Path(scratch) / "node.key"
         pki.write_cert(cert_path, cert)
@@ -217,7 +217,7 @@ def restore(backup_path: Path, directory: Path, *, from_dir: Path | None = None,
     ca = _ca_for(old, ca_cert, ca_key, name)
     created = not layout.root.exists()
     try:
-        cluster._create(layout, 1, workers or 1, name, ca=ca)
+        cluster.create(layout, 1, workers or 1, name, ca=ca)
         node_id = layout.node_ids()[0]
         _obtain_key(layout, node_id, backup, old, shares or [], admin)
         restored = asyncio.run(_import(NodeConfig.load(layout.node_config(node_id)), backup, ca))

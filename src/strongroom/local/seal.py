@@ -14,16 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from strongroom.client import Client, ClientError, ClientProfile, ProfileError
-from strongroom.local.cluster import (
-    Layout,
-    LocalClusterError,
-    _read_pid,
-    _start_and_check,
-    _stop_group,
-    node_processes,
-    stop_processes,
-    wait_for_key,
-)
+from strongroom.local.layout import Layout, LocalClusterError
+from strongroom.local.nodes import start_and_check, stop_node, wait_for_key
 from strongroom.services.config import ConfigError, NodeConfig
 from strongroom.seal import SHARES, SealError, SealSettings, seal_info
 
@@ -54,13 +46,8 @@ def migrate(directory: Path, node_id: str, to: str, options: dict[str, Any]) -> 
             raise LocalClusterError("this cluster was initialized without recovery custodians: a node with a shares "
                                     "seal could never start alone again. Keep another seal type")
     layout.node_config(node_id).write_text(replace(config, seal=settings).to_toml())
-    pid = _read_pid(layout.node_pid(node_id))
-    if pid is not None:
-        _stop_group(pid)
-    leftovers = node_processes(layout.node_config(node_id))
-    if leftovers:
-        stop_processes(leftovers)
-    started = _start_and_check(layout, node)
+    stop_node(layout, node_id)
+    started = start_and_check(layout, node)
     if started["state"] in ("sealed", "uninitialized"):
         started.update(state=wait_for_key(layout, node, started["pid"])["state"])
     try:

@@ -36,7 +36,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import load_pem_x509_certificate
 
-from strongroom.local.cluster import process_group_members
+from strongroom.local.processes import process_group_members
 
 from ..conftest import Pkcs11Target
 

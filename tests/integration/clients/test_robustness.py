@@ -29,8 +29,9 @@ from typing import IO, Any
 import pytest
 
 from strongroom.agent.config import AgentConfig, Timeouts
-from strongroom.agent.local import PID_FILE, agent_status, stop_agent
-from strongroom.local.cluster import process_group_members
+from strongroom.local.agent import agent_status, stop_agent
+from strongroom.local.layout import Layout
+from strongroom.local.processes import process_group_members
 
 from ..conftest import LocalCluster, Pkcs11Module, Pkcs11Target, pkcs11_target
 
@@ -338,7 +339,7 @@ def test_agent_restart_under_application(shared_cluster: LocalCluster, pkcs11: P
         app = apps.start("restart")
         assert read_json_line(app) == {"step": "ready"}
 
-        old_pid = int((shared_cluster.dir / PID_FILE).read_text())
+        old_pid = int(Layout(shared_cluster.dir).agent_pid.read_text())
         os.kill(old_pid, signal.SIGKILL)  # a crash: no goodbye, the socket file stays behind
         wait_for(lambda: agent_status(shared_cluster.dir)["health"] == "stopped", "the agent dying")
         assert cluster_status(shared_cluster)["agent"]["health"] == "stopped"
@@ -393,7 +394,7 @@ def patient_agent(cluster: LocalCluster) -> Iterator[LocalCluster]:
     agent = subprocess.Popen([sys.executable, "-m", "strongroom", "agent", "--config", str(patient)],
                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        (directory / PID_FILE).write_text(f"{agent.pid}\n")
+        Layout(directory).agent_pid.write_text(f"{agent.pid}\n")
         wait_for(lambda: agent.poll() is not None or agent_status(directory)["health"] == "running",
                  "the patient agent answering")
         assert agent_status(directory)["pid"] == agent.pid, (directory / "agent.log").read_text()

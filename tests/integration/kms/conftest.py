@@ -26,7 +26,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from strongroom.kms.config import GatewayConfig
-from strongroom.kms.local import _free_port, setup, start_gateway, stop_gateway, write_config
+from strongroom.kms.local import _free_port, setup, write_config
+from strongroom.local.gateway import start_gateway, stop_gateway
 from tests.integration.conftest import LocalCluster
 
 REGION = "us-east-1"
@@ -205,12 +206,11 @@ def key_store_cluster(directory: Path, kmsuser_password: str, **config: Any) -> 
 
 def stop_nodes_and_agent(cluster: LocalCluster) -> None:
     """Everything of the cluster but the gateway (`down` would stop the gateway too)."""
-    from strongroom.agent.local import stop_agent
-    from strongroom.local.cluster import Layout, _read_pid, _stop_group
+    from strongroom.local.agent import stop_agent
+    from strongroom.local.layout import Layout
+    from strongroom.local.nodes import stop_node
 
     layout = Layout(cluster.dir)
     stop_agent(layout.root)
     for node_id in layout.node_ids():
-        pid = _read_pid(layout.node_pid(node_id))
-        if pid is not None:
-            _stop_group(pid)
+        stop_node(layout, node_id)

@@ -443,7 +443,7 @@ def test_access_key_cli_policy_and_deletion(kms: KmsEnv, tmp_path: Any) -> None:
     assert code == 0, out
     # The gateway holds today's signing key of the deleted access key for at most
     # [kms] signing_key_cache_seconds (300 s): a fresh gateway process (empty cache) refuses it.
-    from strongroom.kms.local import start_gateway, stop_gateway
+    from strongroom.local.gateway import start_gateway, stop_gateway
 
     stop_gateway(kms.cluster.dir)
     kms.info.update(start_gateway(kms.cluster.dir))

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from strongroom import pki
 from strongroom.client import ClientError as SdkError
 from strongroom.constants import CKA
-from strongroom.kms.local import start_gateway, stop_gateway
+from strongroom.local.gateway import start_gateway, stop_gateway
 from tests.integration.kms.conftest import KEY_STORE_GATEWAY_USER, KmsEnv, error_of, key_store_cluster
 
 pytestmark = pytest.mark.slow

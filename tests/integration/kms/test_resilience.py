@@ -12,7 +12,8 @@ from botocore.exceptions import ClientError
 
 from strongroom import pki
 from strongroom.kms.config import GatewayConfig
-from strongroom.kms.local import _free_port, gateway_status, start_gateway, stop_gateway
+from strongroom.kms.local import _free_port
+from strongroom.local.gateway import gateway_status, start_gateway, stop_gateway
 from tests.integration.kms.conftest import KmsEnv, stop_nodes_and_agent
 
 pytestmark = pytest.mark.slow

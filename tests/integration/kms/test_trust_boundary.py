@@ -256,7 +256,8 @@ def test_the_gateway_process_is_hardened(kms: KmsEnv) -> None:
 
 
 def test_set_up_takes_the_admin_from_the_caller_or_strongroom_pin(tmp_path: Path, monkeypatch: Any) -> None:
-    from strongroom.kms.local import GatewayStartError, start_gateway, stop_gateway
+    from strongroom.kms.local import GatewayStartError
+    from strongroom.local.gateway import start_gateway, stop_gateway
 
     cluster = LocalCluster(tmp_path / "c", workers=1)
     cluster.up()

@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from strongroom.agent.config import AgentConfig, ConfigError, Timeouts, write_for_local_cluster
+from strongroom.agent.config import AgentConfig, ConfigError, Timeouts
 from strongroom.agent.runtime import Agent
 from strongroom.agent.server import (
     MAX_FRAME,
@@ -25,6 +25,8 @@ from strongroom.agent.server import (
     encode_reply,
 )
 from strongroom.client.profile import NodeAddress
+from strongroom.local.agent import write_config
+from strongroom.local.layout import LocalClusterError
 from strongroom.errors import CKR
 
 HEADER = struct.Struct(">I")
@@ -75,15 +77,15 @@ def test_config_for_a_local_cluster_directory(tmp_path: Path) -> None:
         "nodes": [{"id": "node1", "zone": "a", "address": "127.0.0.1:4000"},
                   {"id": "node2", "zone": "b", "address": "127.0.0.1:4001"}],
     }))
-    path = write_for_local_cluster(tmp_path)
+    path = write_config(tmp_path)
     assert path == tmp_path.resolve() / "agent.toml"
     loaded = AgentConfig.load(path)
     assert loaded.socket == tmp_path.resolve() / "agent.sock"
     assert loaded.cluster_name == "prod"
     assert loaded.cert == tmp_path.resolve() / "client" / "client.crt"
     assert [n.node_id for n in loaded.nodes] == ["node1", "node2"]
-    with pytest.raises(ConfigError):
-        write_for_local_cluster(tmp_path / "nothing-here")
+    with pytest.raises(LocalClusterError):
+        write_config(tmp_path / "nothing-here")
 
 
 # --- messages -------------------------------------------------------------------------------------------
