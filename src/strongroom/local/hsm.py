@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from strongroom import pki
-from strongroom.seal import destroy_seal
 from strongroom.client import Client, ClientError, ClientProfile, NodeAddress, ProfileError
 from strongroom.local.cluster import enroll_nodes
 from strongroom.local.layout import HOST, Layout, LocalClusterError, free_port
 from strongroom.local.nodes import start_and_check, stop_node, wait_for_key
+from strongroom.seal import destroy_seal
 from strongroom.services.config import ConfigError, NodeConfig
 
 ZONES = "abcdefghijklmnopqrstuvwxyz"

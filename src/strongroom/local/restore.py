@@ -34,13 +34,13 @@ from strongroom import pki
 from strongroom.backup import Backup, BackupError, decode_backup
 from strongroom.barrier import Barrier
 from strongroom.barrier.barrier import STORE_INTEGRITY_PURPOSE, derive_subkey
-from strongroom.seal import SealedIdentity, SealError, destroy_seal, seal_cluster_key, unseal_cluster_key
 from strongroom.client import ClientProfile, ProfileError
 from strongroom.local import cluster
 from strongroom.local.layout import HOST, Layout, LocalClusterError
+from strongroom.recovery import PlainShare, RecoveryError, combine_shares
+from strongroom.seal import SealedIdentity, SealError, destroy_seal, seal_cluster_key, unseal_cluster_key
 from strongroom.services.config import NodeConfig
 from strongroom.services.identity import IDENTITY_KEY, ClusterIdentity, verify_digest_signature
-from strongroom.recovery import PlainShare, RecoveryError, combine_shares
 from strongroom.store.base import MAX_COMMIT_OPERATIONS, Put, Record
 
 META_KEY = "cluster/meta"

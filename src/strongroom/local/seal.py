@@ -16,8 +16,8 @@ from typing import Any
 from strongroom.client import Client, ClientError, ClientProfile, ProfileError
 from strongroom.local.layout import Layout, LocalClusterError
 from strongroom.local.nodes import start_and_check, stop_node, wait_for_key
-from strongroom.services.config import ConfigError, NodeConfig
 from strongroom.seal import SHARES, SealError, SealSettings, seal_info
+from strongroom.services.config import ConfigError, NodeConfig
 
 
 def migrate(directory: Path, node_id: str, to: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -15,8 +15,7 @@ import pytest
 
 from strongroom.agent.attrcodec import Layout
 from strongroom.agent.config import AgentConfig
-from strongroom.agent.functions import FUNCTIONS, dispatch
-from strongroom.agent.functions import registry
+from strongroom.agent.functions import FUNCTIONS, dispatch, registry
 from strongroom.agent.functions.common import deliver
 from strongroom.agent.nodes import Identity, Logins, NodeUnavailable
 from strongroom.agent.returns import ALLOWED, UNIVERSAL, allowed, finish, translate

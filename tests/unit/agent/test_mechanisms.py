@@ -9,7 +9,7 @@ from strongroom.agent.attrcodec import Layout
 from strongroom.agent.nodes import NodePool
 from strongroom.agent.runtime import Agent
 from strongroom.agent.state import App
-from tests.unit.agent.test_nodes import MECHANISMS, FakeNode, certs, identity, run  # noqa: F401 - certs: fixture
+from tests.unit.agent.fake_node import MECHANISMS, FakeNode, identity, run
 
 CKM_AES_GCM = 0x1087
 

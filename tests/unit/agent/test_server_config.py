@@ -25,9 +25,9 @@ from strongroom.agent.server import (
     encode_reply,
 )
 from strongroom.client.profile import NodeAddress
+from strongroom.errors import CKR
 from strongroom.local.agent import write_config
 from strongroom.local.layout import LocalClusterError
-from strongroom.errors import CKR
 
 HEADER = struct.Struct(">I")
 

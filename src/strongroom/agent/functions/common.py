@@ -30,7 +30,8 @@ def require_login(ctx: Context, code: CKR = CKR.USER_NOT_LOGGED_IN) -> App:
     return app
 
 
-def route(app: App, handles: tuple[int, ...] = (), *, any_session_objects: bool = False) -> tuple[NodeLink | None, bool]:
+def route(app: App, handles: tuple[int, ...] = (), *,
+          any_session_objects: bool = False) -> tuple[NodeLink | None, bool]:
     """Where a stateless call goes: the application's home link if it names one of its session
     objects (or may see them: finds), else the least loaded link."""
     if app.home is not None and (
