@@ -121,9 +121,10 @@ RULES: dict[int, Rule] = {
         # --- data objects ---------------------------------------------------------------
         _r(CKA.APPLICATION, _Y, frozenset({CKO.DATA}), default=b"", max_bytes=MAX_LABEL_BYTES),
         _r(CKA.OBJECT_ID, _Y, frozenset({CKO.DATA}), default=b""),
-        # CKA_VALUE: readable for data objects and certificates, secret for keys (see is_secret).
+        # CKA_VALUE: readable for data objects and certificates, secret for keys (see is_secret). Never in
+        # C_UnwrapKey's template (PKCS#11 v2.40 footnote 6): the key's value is what was unwrapped.
         _r(CKA.VALUE, _Y, frozenset({CKO.DATA, CKO.CERTIFICATE, CKO.SECRET_KEY, CKO.PRIVATE_KEY}),
-           settable=Op.CREATE | Op.UNWRAP),
+           settable=Op.CREATE),
         # --- certificates -------------------------------------------------------------------
         _r(CKA.CERTIFICATE_TYPE, _U, frozenset({CKO.CERTIFICATE}), settable=Op.CREATE),
         _r(CKA.CERTIFICATE_CATEGORY, _U, frozenset({CKO.CERTIFICATE}), default=0),

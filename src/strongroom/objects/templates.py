@@ -64,6 +64,8 @@ def build(
     """
     check_supplied(op, object_class, {k: v for k, v in supplied.items() if k not in computed or k in IDENTITY},
                    is_admin=is_admin)
+    if supplied.get(CKA.CLASS, object_class) != object_class:
+        raise TemplateInconsistent(f"the template names another class than the {object_class.name} this call makes")
     for cka, value in computed.items():
         if cka in supplied and supplied[cka] != value:
             raise TemplateInconsistent(f"{_name(cka)} contradicts what the HSM determined for this object")

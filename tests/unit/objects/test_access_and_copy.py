@@ -28,6 +28,8 @@ from strongroom.objects.usage import (
     refuse_without_context,
 )
 
+from .builders import make_object
+
 ALICE = Actor("alice", "alice-1", False)
 BOB = Actor("bob", "bob-1", False)
 BOB_AGAIN = Actor("bob", "bob-2", False)  # deleted and created again: another account
@@ -215,3 +217,87 @@ def test_always_authenticate_and_copyable() -> None:
     assert templates.copy_attributes(private_key(), {CKA.ALWAYS_AUTHENTICATE: True})[CKA.ALWAYS_AUTHENTICATE]
     with pytest.raises(ActionProhibited):
         templates.copy_attributes(private_key({CKA.COPYABLE: False}), {})
+
+
+# --- gaps: admins, CKA_TRUSTED, the copy rule of every attribute -------------------------------------------------
+
+
+def test_an_admin_is_never_an_owner_or_a_user_whatever_its_name() -> None:
+    """Roles, not names: an admin account named like the owner, or listed as a share, uses nothing."""
+    namesake = Actor("alice", "alice-1", True)
+    listed = Actor("bob", "bob-1", True)
+    for admin in (namesake, listed):
+        assert [may(secret_key(), admin, a) for a in (Access.SEE, Access.USE, Access.OWN)] == [True, False, False]
+        with pytest.raises(ActionProhibited):
+            check_use(secret_key(), admin, "encrypt", CKM.AES_GCM)
+
+
+def test_only_admins_mark_token_objects_trusted() -> None:
+    key = secret_key()
+    authorize(key, ADMIN, Action.SET_TRUST)
+    with pytest.raises(ActionProhibited):
+        authorize(key, ALICE, Action.SET_TRUST)  # the owner sees it: refused, not hidden
+    with pytest.raises(ActionProhibited):
+        authorize(key, BOB, Action.SET_TRUST)
+    with pytest.raises(ObjectHandleInvalid):
+        authorize(key, CAROL, Action.SET_TRUST)
+    with pytest.raises(ObjectHandleInvalid):  # a session object does not exist for an admin
+        authorize(secret_key(p11_session=3), Actor("admin", "admin-1", True, holds_session=lambda _h: True),
+                  Action.SET_TRUST)
+
+
+def test_refusals_name_keys_as_keys_and_objects_as_objects() -> None:
+    for action in Action:
+        error = action.not_found(99)
+        assert isinstance(error, KeyHandleInvalid if action in (Action.USE_KEY, Action.EXPORT, Action.DERIVE_FROM)
+                          else ObjectHandleInvalid)
+        assert ("key" if isinstance(error, KeyHandleInvalid) else "object") in error.message
+
+
+def _changed(value: Any) -> Any:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, bytes):
+        return value + b"!"
+    if isinstance(value, list):
+        return [*value, CKM.AES_CBC]
+    return {**value, CKA.LABEL: b"more"}
+
+
+@pytest.mark.parametrize("cka", sorted(RULES, key=int), ids=lambda c: f"CKA_{CKA(c).name}")
+def test_each_attribute_s_copy_rule_holds(cka: int) -> None:
+    """Behaviour of C_CopyObject for every attribute a secret or private key has, on a modifiable source and
+    on one with CKA_MODIFIABLE false (PKCS#11 v2.40 §4.1.3 and §5.7: only what could be modified, plus
+    CKA_TOKEN/CKA_PRIVATE/CKA_MODIFIABLE; Strongroom's rule per attribute in attributes.Copy)."""
+    rule = RULES[cka]
+    extra = {CKA.ALLOWED_MECHANISMS: [CKM.AES_GCM, CKM.AES_ECB], CKA.START_DATE: b"20250101"}
+    sources = [make_object(CKO.SECRET_KEY, {**extra, CKA.WRAP_TEMPLATE: {CKA.EXTRACTABLE: False},
+                                            CKA.UNWRAP_TEMPLATE: {CKA.EXTRACTABLE: False}}),
+               make_object(CKO.PRIVATE_KEY, {**extra, CKA.UNWRAP_TEMPLATE: {CKA.EXTRACTABLE: False}})]
+    for source in sources:
+        if cka not in source.attributes:
+            continue
+        current = source.attributes[cka]
+        new = _changed(current)
+        policy = copy_rule(rule)
+        for modifiable in (True, False):
+            obj = source if modifiable else source.with_changes(
+                attributes={**source.attributes, CKA.MODIFIABLE: False})
+            if cka == CKA.MODIFIABLE and not modifiable:
+                current, new = False, True
+            if policy is Copy.SUBSET:
+                allowed = set(new) <= set(current)
+            elif policy is Copy.ONE_WAY:
+                allowed = (rule.direction.value == "false->true") is (new is True)
+            else:
+                allowed = {Copy.FREE: True, Copy.AS_SET: modifiable, Copy.NARROW: new is False or modifiable,
+                           Copy.KEEP: False, Copy.RESET: False}[policy]
+            if allowed:
+                assert templates.copy_attributes(obj, {cka: new})[cka] == new, (policy, modifiable)
+            else:
+                with pytest.raises(AttributeReadOnly):
+                    templates.copy_attributes(obj, {cka: new})
+            if policy is not Copy.RESET:
+                assert templates.copy_attributes(obj, {cka: obj.attributes[cka]})[cka] == obj.attributes[cka]
