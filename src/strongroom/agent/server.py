@@ -6,6 +6,9 @@ Framing is the node protocol's (4-byte big-endian length + msgpack, reusing
     request:  [1, id, function, args]
     reply:    [1, id, rv, outputs]
 
+A connection whose first message is the node protocol's 5-element request is an SDK or CLI
+client: its requests are relayed to a node (:mod:`strongroom.agent.passthrough`).
+
 A frame above 4 MiB is answered with CKR_DATA_LEN_RANGE and the connection closed; a
 message that cannot be decoded closes the connection; a well-formed message with bad
 fields is answered with CKR_ARGUMENTS_BAD. The socket is created with mode 0660: the
