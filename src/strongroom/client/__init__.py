@@ -1,7 +1,9 @@
-"""Client SDK: ``from strongroom.client import Client``."""
+"""Client SDK: ``from strongroom.client import Client`` (blocking) or :class:`AsyncClient`."""
 
-from strongroom.client.connection import ClientError, Connection
+from strongroom.client.calls import AsyncClient
+from strongroom.client.connection import AsyncConnection, ClientError, Connection
 from strongroom.client.profile import ClientProfile, NodeAddress, ProfileError
 from strongroom.client.sdk import Client
 
-__all__ = ["Client", "ClientError", "ClientProfile", "Connection", "NodeAddress", "ProfileError"]
+__all__ = ["AsyncClient", "AsyncConnection", "Client", "ClientError", "ClientProfile", "Connection", "NodeAddress",
+           "ProfileError"]

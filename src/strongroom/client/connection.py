@@ -17,13 +17,13 @@ import itertools
 import ssl
 import threading
 import weakref
+from collections.abc import Coroutine
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, TypeVar
 
 from strongroom.errors import CKR, HsmError
 from strongroom.pki.certs import PkiError
-from strongroom.transport.tls import require_node
 from strongroom.transport.protocol import (
     DEFAULT_MAX_FRAME,
     FrameDecoder,
@@ -32,9 +32,12 @@ from strongroom.transport.protocol import (
     decode_reply,
     encode_request,
 )
+from strongroom.transport.tls import require_node
 
+T = TypeVar("T")
 DEFAULT_TIMEOUT = 60.0
 READ_CHUNK = 256 * 1024
+NO_ANSWER = "the node did not answer in time"
 
 
 class ClientError(HsmError):
@@ -108,8 +111,18 @@ class AsyncConnection:
         self._pending[request_id] = future
         return future
 
-    async def call(self, op: str, args: dict[str, Any] | None = None, session: bytes | None = None) -> Any:
-        reply = await self.send(op, args or {}, session)
+    async def call(self, op: str, args: dict[str, Any] | None = None, session: bytes | None = None,
+                   timeout: float | None = None) -> Any:
+        """One request's reply body; an error reply raises ClientError (so does no reply within ``timeout``)."""
+        pending = self.send(op, args or {}, session)
+        if timeout is None:
+            reply = await pending
+        else:
+            try:
+                async with asyncio.timeout(timeout):
+                    reply = await pending
+            except TimeoutError:
+                raise ClientError(CKR.DEVICE_ERROR, NO_ANSWER) from None
         if not reply.ok:
             raise ClientError(reply.code, str(reply.body))
         return reply.body
@@ -193,6 +206,19 @@ class Connection:
     def _run(self, coro: Any, timeout: float | None = None) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
+    @property
+    def aio(self) -> AsyncConnection:
+        """The connection itself; use it only from coroutines given to :meth:`run`."""
+        return self._async
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on this connection's event-loop thread and wait for its result. The waits
+        inside have their own time limits (the blocking Client's calls pass its timeout)."""
+        if self._loop.is_closed():
+            coro.close()
+            raise ClientError(CKR.DEVICE_REMOVED, f"connection closed: {self.closed}")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
     def submit(self, op: str, args: dict[str, Any] | None = None, session: bytes | None = None) -> Future[Reply]:
         async def send() -> Reply:
             return await self._async.send(op, args or {}, session)
@@ -228,7 +254,7 @@ class Connection:
             return future.result(timeout or self._timeout)
         except FutureTimeout:
             future.cancel()
-            raise ClientError(CKR.DEVICE_ERROR, "the node did not answer in time") from None
+            raise ClientError(CKR.DEVICE_ERROR, NO_ANSWER) from None
         except ClientError:
             raise
 

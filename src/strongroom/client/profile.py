@@ -73,7 +73,8 @@ class ClientProfile:
         try:
             document = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ProfileError(f"{path} does not exist: is this a Strongroom directory (strongroom up --dir)?") from None
+            raise ProfileError(f"{path} does not exist: is this a Strongroom directory (strongroom up --dir)?") \
+                from None
         except ValueError as exc:
             raise ProfileError(f"{path} is not valid JSON: {exc}") from None
         base = path.parent

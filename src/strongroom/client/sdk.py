@@ -1,28 +1,44 @@
-"""The Python SDK: what the CLI and the tests use to talk to Strongroom.
+"""The blocking Python SDK: what the CLI, the tests and scripts use to talk to Strongroom.
 
-Today it connects straight to a node with the client certificate of a profile;
-once the agent exists the same calls go through ``STRONGROOM_AGENT_SOCKET``.
+:class:`Client` connects through the host's agent (``STRONGROOM_AGENT_SOCKET``) or straight to
+a node with the client certificate of a profile, and offers every call of
+:class:`~strongroom.client.calls.AsyncClient` with the same arguments, run to completion on the
+connection's event-loop thread: one definition of each call serves both.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import os
 import ssl
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from strongroom.client.calls import AsyncClient, Login, Template, pairs
 from strongroom.client.connection import ClientError, Connection
 from strongroom.client.profile import ClientProfile, NodeAddress, ProfileError, default_profile_path
 from strongroom.errors import CKR
 from strongroom.transport.tls import client_context
 
-Template = dict[int, Any]
+__all__ = ["Client", "Template", "pairs"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def pairs(template: Template) -> list[list[Any]]:
-    """Templates travel as [type, value] pairs; nested templates likewise."""
-    return [[int(k), pairs(v) if isinstance(v, dict) else v] for k, v in template.items()]
+def _blocking(
+    call: Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[Client, P], R]:
+    """The blocking form of one AsyncClient call: same arguments, same result, same errors."""
+
+    @functools.wraps(call)
+    def run(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        connection, calls = self._bound()
+        return connection.run(call(calls, *args, **kwargs))
+
+    run.__qualname__ = f"Client.{call.__name__}"
+    return run
 
 
 class Client:
@@ -39,9 +55,9 @@ class Client:
         self._timeout = timeout
         self._context: ssl.SSLContext | None = None
         self._connection: Connection | None = None
-        self.session: bytes | None = None
-        self.username: str | None = None
-        self.role: str | None = None
+        self._login = Login()
+        #: The calls bound to the connection they run on (replaced when the connection is).
+        self._calls: tuple[Connection, AsyncClient] | None = None
 
     @classmethod
     def from_dir(cls, directory: Path | str, **kwargs: Any) -> Client:
@@ -90,10 +106,32 @@ class Client:
                 ) from None
         return self._connection
 
-    def call(self, op: str, **args: Any) -> Any:
-        return self.connection.call(op, {k: v for k, v in args.items() if v is not None}, self.session)
+    def _bound(self) -> tuple[Connection, AsyncClient]:
+        connection = self.connection
+        bound = self._calls
+        if bound is None or bound[0] is not connection:
+            send = functools.partial(connection.aio.call, timeout=self._timeout)
+            bound = self._calls = (connection, AsyncClient(send, login=self._login))
+        return bound
+
+    @property
+    def session(self) -> bytes | None:
+        return self._login.session
+
+    @session.setter
+    def session(self, value: bytes | None) -> None:
+        self._login.session = value
+
+    @property
+    def username(self) -> str | None:
+        return self._login.username
+
+    @property
+    def role(self) -> str | None:
+        return self._login.role
 
     def close(self) -> None:
+        self._calls = None
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -104,203 +142,57 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- sessions --------------------------------------------------------------------
+    # --- the calls (AsyncClient's, blocking) ---------------------------------------------
 
-    def login(self, username: str, password: str, role: str | None = None) -> dict[str, Any]:
-        result = self.call("session.login", username=username, password=password, role=role)
-        self.session = result["session"]
-        self.username = result["username"]
-        self.role = result["role"]
-        return result
+    call = _blocking(AsyncClient.call)
 
-    def logout(self) -> None:
-        if self.session is not None:
-            try:
-                self.call("session.logout")
-            finally:
-                self.session = None
-                self.username = self.role = None
+    # sessions
+    login = _blocking(AsyncClient.login)
+    logout = _blocking(AsyncClient.logout)
+    context_login = _blocking(AsyncClient.context_login)
 
-    # --- node and cluster ----------------------------------------------------------------
+    # node and cluster
+    node_status = _blocking(AsyncClient.node_status)
+    cluster_status = _blocking(AsyncClient.cluster_status)
+    cluster_initialize = _blocking(AsyncClient.cluster_initialize)
+    cluster_install_certificate = _blocking(AsyncClient.cluster_install_certificate)
+    cluster_csr = _blocking(AsyncClient.cluster_csr)
+    cluster_activate = _blocking(AsyncClient.cluster_activate)
+    hsm_enroll = _blocking(AsyncClient.hsm_enroll)
+    zeroize = _blocking(AsyncClient.zeroize)
+    backup_create = _blocking(AsyncClient.backup_create)
 
-    def node_status(self) -> dict[str, Any]:
-        return self.call("node.status")
+    # users
+    user_create = _blocking(AsyncClient.user_create)
+    user_delete = _blocking(AsyncClient.user_delete)
+    user_list = _blocking(AsyncClient.user_list)
+    user_change_password = _blocking(AsyncClient.user_change_password)
 
-    def cluster_status(self) -> dict[str, Any]:
-        return self.call("cluster.status")
+    # PKCS#11 sessions, objects, keys
+    open_session = _blocking(AsyncClient.open_session)
+    close_session = _blocking(AsyncClient.close_session)
+    create_object = _blocking(AsyncClient.create_object)
+    find_objects = _blocking(AsyncClient.find_objects)
+    list_objects = _blocking(AsyncClient.list_objects)
+    get_attributes = _blocking(AsyncClient.get_attributes)
+    get_attribute = _blocking(AsyncClient.get_attribute)
+    set_attributes = _blocking(AsyncClient.set_attributes)
+    destroy_object = _blocking(AsyncClient.destroy_object)
+    copy_object = _blocking(AsyncClient.copy_object)
+    share = _blocking(AsyncClient.share)
+    unshare = _blocking(AsyncClient.unshare)
+    generate_key = _blocking(AsyncClient.generate_key)
+    generate_key_pair = _blocking(AsyncClient.generate_key_pair)
+    wrap_key = _blocking(AsyncClient.wrap_key)
+    unwrap_key = _blocking(AsyncClient.unwrap_key)
+    derive_key = _blocking(AsyncClient.derive_key)
+    mechanisms = _blocking(AsyncClient.mechanisms)
 
-    def cluster_initialize(self, cluster_name: str = "strongroom") -> dict[str, Any]:
-        return self.call("cluster.initialize", cluster_name=cluster_name)
-
-    def cluster_install_certificate(self, certificate: str, trust_anchor: str, custodians: list[str] | None = None,
-                                    threshold: int = 0) -> dict[str, Any]:
-        """Complete initialization with the customer's certificate for the cluster CSR and their CA."""
-        return self.call("cluster.install_certificate", certificate=certificate, trust_anchor=trust_anchor,
-                         custodians=custodians or [], threshold=threshold)
-
-    def cluster_csr(self) -> str:
-        return str(self.call("cluster.csr")["csr"])
-
-    def cluster_activate(self, password: str, activation_secret: str, username: str = "admin") -> dict[str, Any]:
-        """Set the first admin's password; ``activation_secret`` is what cluster_install_certificate returned."""
-        return self.call("cluster.activate", username=username, password=password,
-                         activation_secret=activation_secret)
-
-    def hsm_enroll(self, node_id: str, certificate_pem: str) -> dict[str, Any]:
-        """(Admin) allow this node certificate to receive the cluster key."""
-        return self.call("hsm.enroll", node_id=node_id, certificate=certificate_pem)
-
-    def zeroize(self, node_id: str) -> dict[str, Any]:
-        """Destroy the cluster key of the node this client is connected to (``node_id`` must name it)."""
-        return self.call("hsm.zeroize", node_id=node_id)
-
-    def backup_create(self) -> tuple[dict[str, Any], bytes]:
-        """Have the node make a backup now; returns its header and the file's bytes."""
-        made = self.call("backup.create")
-        backup_id, size = made["header"]["backup_id"], made["size"]
-        parts: list[bytes] = []
-        received = 0
-        try:
-            while received < size:
-                part = self.call("backup.read", backup_id=backup_id, offset=received, length=made["chunk"])["data"]
-                if not part:
-                    raise ClientError(CKR.DEVICE_ERROR, "the node returned an empty backup chunk")
-                parts.append(part)
-                received += len(part)
-        finally:
-            self.call("backup.release", backup_id=backup_id)
-        data = b"".join(parts)
-        if hashlib.sha256(data).hexdigest() != made["sha256"]:
-            raise ClientError(CKR.DEVICE_ERROR, "the backup changed in transit (SHA-256 differs from the node's)")
-        return made["header"], data
-
-    # --- users ------------------------------------------------------------------------------
-
-    def user_create(self, username: str, role: str, password: str) -> dict[str, Any]:
-        return self.call("user.create", username=username, role=role, password=password)
-
-    def user_delete(self, username: str) -> dict[str, Any]:
-        return self.call("user.delete", username=username)
-
-    def user_list(self) -> list[dict[str, Any]]:
-        return self.call("user.list")["users"]
-
-    def user_change_password(self, username: str, password: str) -> dict[str, Any]:
-        return self.call("user.change_password", username=username, password=password)
-
-    # --- PKCS#11 sessions, objects, keys (the node's PKCS#11 object model) ---------------------
-
-    def open_session(self) -> int:
-        return self.call("p11session.open")["session"]
-
-    def close_session(self, session: int) -> None:
-        self.call("p11session.close", session=session)
-
-    def create_object(self, template: Template, session: int | None = None) -> int:
-        return self.call("object.create", template=pairs(template), session=session)["handle"]
-
-    def find_objects(self, template: Template | None = None) -> list[int]:
-        return self.call("object.find", template=pairs(template or {}))["handles"]
-
-    def list_objects(self, template: Template | None = None) -> list[dict[str, Any]]:
-        return self.call("object.list", template=pairs(template or {}))["objects"]
-
-    def get_attributes(self, handle: int, types: list[int]) -> dict[int, Any]:
-        """Readable attributes as a map; raises ClientError with the call's CKR code if any was refused."""
-        result = self.call("object.get_attributes", handle=handle, types=[int(t) for t in types])
-        if result["error"] is not None:
-            raise ClientError(result["error"], f"attributes of object {handle}: {result['attributes']}")
-        return {k: v for k, v in result["attributes"]}
-
-    def get_attribute(self, handle: int, cka: int) -> Any:
-        return self.get_attributes(handle, [cka])[cka]
-
-    def set_attributes(self, handle: int, template: Template) -> None:
-        self.call("object.set_attributes", handle=handle, template=pairs(template))
-
-    def destroy_object(self, handle: int) -> None:
-        self.call("object.destroy", handle=handle)
-
-    def copy_object(self, handle: int, template: Template, session: int | None = None) -> int:
-        return self.call("object.copy", handle=handle, template=pairs(template), session=session)["handle"]
-
-    def share(self, handle: int, username: str) -> list[str]:
-        return self.call("object.share", handle=handle, username=username)["shared_with"]
-
-    def unshare(self, handle: int, username: str) -> list[str]:
-        return self.call("object.unshare", handle=handle, username=username)["shared_with"]
-
-    def generate_key(self, mechanism: int, template: Template, params: Any = None,
-                     session: int | None = None) -> int:
-        return self.call("key.generate", mechanism=int(mechanism), template=pairs(template), params=params,
-                         session=session)["handle"]
-
-    def generate_key_pair(self, mechanism: int, public_template: Template, private_template: Template,
-                          params: Any = None, session: int | None = None) -> tuple[int, int]:
-        result = self.call("key.generate_pair", mechanism=int(mechanism), public_template=pairs(public_template),
-                           private_template=pairs(private_template), params=params, session=session)
-        return result["public"], result["private"]
-
-    def wrap_key(self, mechanism: int, wrapping_key: int, key: int, params: Any = None) -> bytes:
-        return self.call("key.wrap", mechanism=int(mechanism), wrapping_key=wrapping_key, key=key,
-                         params=params)["wrapped"]
-
-    def unwrap_key(self, mechanism: int, unwrapping_key: int, wrapped: bytes, template: Template,
-                   params: Any = None, session: int | None = None) -> int:
-        return self.call("key.unwrap", mechanism=int(mechanism), unwrapping_key=unwrapping_key, wrapped=wrapped,
-                         template=pairs(template), params=params, session=session)["handle"]
-
-    def derive_key(self, mechanism: int, base_key: int, template: Template, params: Any = None,
-                   session: int | None = None) -> int:
-        return self.call("key.derive", mechanism=int(mechanism), base_key=base_key, template=pairs(template),
-                         params=params, session=session)["handle"]
-
-    def mechanisms(self) -> list[dict[str, Any]]:
-        return self.call("mechanism.list")["mechanisms"]
-
-    # --- crypto (crypto users) ---------------------------------------------------------------
-
-    def generate_random(self, length: int) -> bytes:
-        return self.call("random.generate", length=length)["random"]
-
-    def encrypt(self, key: int, mechanism: int, data: bytes, params: Any = None) -> dict[str, Any]:
-        """Returns {"data": ciphertext} plus {"iv": ...} when the node generated a GCM IV."""
-        return self.call("crypto.encrypt", key=key, mechanism=int(mechanism), data=data, params=params)
-
-    def decrypt(self, key: int, mechanism: int, data: bytes, params: Any = None) -> bytes:
-        return self.call("crypto.decrypt", key=key, mechanism=int(mechanism), data=data, params=params)["data"]
-
-    def sign(self, key: int, mechanism: int, data: bytes, params: Any = None) -> bytes:
-        return self.call("crypto.sign", key=key, mechanism=int(mechanism), data=data, params=params)["signature"]
-
-    def verify(self, key: int, mechanism: int, data: bytes, signature: bytes, params: Any = None) -> None:
-        """Raises ClientError (CKR_SIGNATURE_INVALID …) when the signature does not verify."""
-        self.call("crypto.verify", key=key, mechanism=int(mechanism), data=data, signature=signature,
-                  params=params)
-
-    def digest(self, mechanism: int, data: bytes) -> bytes:
-        return self.call("crypto.digest", mechanism=int(mechanism), data=data)["digest"]
-
-    def context_login(self, session: int, password: str) -> None:
-        """C_Login(CKU_CONTEXT_SPECIFIC): the password again, for the operation just initialized in
-        ``session`` whose key has CKA_ALWAYS_AUTHENTICATE (valid for that one operation)."""
-        self.call("session.context_login", session=session, password=password)
-
-    def multipart(self, kind: str, session: int, mechanism: int, parts: list[bytes], key: int | None = None,
-                  params: Any = None, signature: bytes | None = None) -> dict[str, Any]:
-        """Run ``kind`` (encrypt/decrypt/sign/verify/digest) in parts; returns outputs joined."""
-        started = self.call(f"crypto.{kind}_init", session=session, mechanism=int(mechanism), key=key,
-                            params=params)
-        output = b""
-        for part in parts:
-            output += self.call(f"crypto.{kind}_update", session=session, data=part).get("data", b"")
-        if kind == "verify":
-            self.call("crypto.verify_final", session=session, signature=signature)
-            return {"valid": True}
-        final = self.call(f"crypto.{kind}_final", session=session)
-        result: dict[str, Any] = dict(started)
-        if kind in ("encrypt", "decrypt"):
-            result["data"] = output + final["data"]
-        else:
-            result.update(final)
-        return result
+    # crypto
+    generate_random = _blocking(AsyncClient.generate_random)
+    encrypt = _blocking(AsyncClient.encrypt)
+    decrypt = _blocking(AsyncClient.decrypt)
+    sign = _blocking(AsyncClient.sign)
+    verify = _blocking(AsyncClient.verify)
+    digest = _blocking(AsyncClient.digest)
+    multipart = _blocking(AsyncClient.multipart)

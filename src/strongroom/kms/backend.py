@@ -1,4 +1,5 @@
-"""Everything the gateway asks of the cluster, over the async SDK connection.
+"""Everything the gateway asks of the cluster: the SDK's calls (:class:`~strongroom.client.AsyncClient`,
+``Backend.cluster``) over connections the gateway keeps.
 
 The gateway logs in as the KMS service user (a crypto user) on a few pipelined connections —
 straight to the nodes with a client profile (mTLS) or through the host's agent — and keeps
@@ -17,6 +18,7 @@ import ssl
 from collections.abc import Sequence
 from typing import Any
 
+from strongroom.client.calls import AsyncClient, Login
 from strongroom.client.connection import AsyncConnection, ClientError
 from strongroom.client.profile import ClientProfile, NodeAddress, ProfileError
 from strongroom.constants import CKA, CKK, CKM, CKO
@@ -87,7 +89,7 @@ class _Link:
         async with self.lock:
             if self.connection is not None and self.session is not None and self.connection.closed is None:
                 try:
-                    await asyncio.wait_for(self.connection.call("session.logout", {}, self.session), 5)
+                    await asyncio.wait_for(AsyncClient(self.connection.call, login=Login(self.session)).logout(), 5)
                 except Exception:  # noqa: BLE001 - best effort on shutdown
                     pass
             await self._drop()
@@ -110,6 +112,8 @@ class Backend:
         self._next = itertools.cycle(range(len(self._links)))
         self._node_cursor = 0
         self._login_failure: str | None = None
+        #: The cluster's calls (the SDK's), sent through :meth:`call`'s links.
+        self.cluster = AsyncClient(self._send, refused=ClusterError)
 
     # --- connections ------------------------------------------------------------------------------
 
@@ -146,8 +150,7 @@ class Backend:
         username = self.config.cluster.username
         try:
             result = await asyncio.wait_for(
-                connection.call("session.login", {"username": username, "password": self._password,
-                                                  "role": "crypto-user"}), self._timeout)
+                AsyncClient(connection.call).login(username, self._password, "crypto-user"), self._timeout)
         except ClientError as exc:
             if exc.code in (CKR.PIN_INCORRECT, CKR.PIN_LOCKED):
                 # Never retried automatically: a wrong password would lock the service user.
@@ -202,7 +205,11 @@ class Backend:
             raise ClusterError(code, str(reply.body))
         raise ClusterError(CKR.DEVICE_REMOVED, f"{op} failed after {attempts} attempts", unreachable=True)
 
-    # --- keys and cryptography --------------------------------------------------------------------------
+    async def _send(self, op: str, args: dict[str, Any], session: bytes | None) -> Any:
+        """The cluster calls' transport: :meth:`call` (each link sends under its own login)."""
+        return await self.call(op, args)
+
+    # --- keys and cryptography (the SDK's calls, with the gateway's templates and answers) ---------------
 
     async def generate_aes_key(self, label: str, length: int = 32) -> int:
         """A token AES key owned by the service user: sensitive, never extractable, GCM only."""
@@ -213,58 +220,50 @@ class Backend:
             CKA.SIGN: False, CKA.VERIFY: False, CKA.DERIVE: False,
             CKA.ALLOWED_MECHANISMS: [int(CKM.AES_GCM)],
         }
-        result = await self.call("key.generate", {"mechanism": int(CKM.AES_KEY_GEN),
-                                                  "template": [[int(k), v] for k, v in template.items()]})
-        return int(result["handle"])
+        return await self.cluster.generate_key(CKM.AES_KEY_GEN, template)
 
     async def destroy_object(self, handle: int) -> None:
         try:
-            await self.call("object.destroy", {"handle": handle})
+            await self.cluster.destroy_object(handle)
         except ClusterError as exc:
             if exc.code not in (CKR.OBJECT_HANDLE_INVALID, CKR.KEY_HANDLE_INVALID):
                 raise
 
     async def gcm_encrypt(self, handle: int, iv: bytes, aad: bytes, plaintext: bytes) -> bytes:
-        result = await self.call("crypto.encrypt", {"key": handle, "mechanism": int(CKM.AES_GCM), "data": plaintext,
-                                                    "params": {"iv": iv, "aad": aad, "tag_bits": 128}})
+        result = await self.cluster.encrypt(handle, CKM.AES_GCM, plaintext, {"iv": iv, "aad": aad, "tag_bits": 128})
         return result["data"]
 
     async def gcm_decrypt(self, handle: int, iv: bytes, aad: bytes, data: bytes) -> bytes:
-        result = await self.call("crypto.decrypt", {"key": handle, "mechanism": int(CKM.AES_GCM), "data": data,
-                                                    "params": {"iv": iv, "aad": aad, "tag_bits": 128}})
-        return result["data"]
+        return await self.cluster.decrypt(handle, CKM.AES_GCM, data, {"iv": iv, "aad": aad, "tag_bits": 128})
 
-    async def random(self, length: int) -> bytes:
-        return (await self.call("random.generate", {"length": length}))["random"]
-
-    # --- SigV4 and metadata records ---------------------------------------------------------------------
+    # --- SigV4 and metadata records (node operations only the gateway uses) -----------------------------
 
     async def verify_sigv4(self, access_key_id: str, date: str, region: str, service: str,
                            string_to_sign: str, signature: str, *, source: str = "") -> dict[str, Any]:
         """``source``: the requester's address, for the node's (aggregated) audit of a refusal."""
-        return await self.call("kms.sigv4.verify", {
-            "access_key_id": access_key_id, "date": date, "region": region, "service": service,
-            "string_to_sign": string_to_sign, "signature": signature, "source": source[:SOURCE_MAX]})
+        return await self.cluster.call(
+            "kms.sigv4.verify", access_key_id=access_key_id, date=date, region=region, service=service,
+            string_to_sign=string_to_sign, signature=signature, source=source[:SOURCE_MAX])
 
     async def sigv4_signing_key(self, access_key_id: str, date: str, region: str, service: str, *,
                                 source: str = "") -> dict[str, Any]:
         """{signing_key (32 bytes), name, policy}: the day-scoped derived key, never the secret."""
-        return await self.call("kms.sigv4.signing_key", {"access_key_id": access_key_id, "date": date,
-                                                         "region": region, "service": service,
-                                                         "source": source[:SOURCE_MAX]})
+        return await self.cluster.call(
+            "kms.sigv4.signing_key", access_key_id=access_key_id, date=date, region=region, service=service,
+            source=source[:SOURCE_MAX])
 
     async def record_get(self, key: str) -> tuple[dict[str, Any] | None, int]:
-        result = await self.call("kms.record.get", {"key": key})
+        result = await self.cluster.call("kms.record.get", key=key)
         return result["value"], int(result["revision"])
 
     async def record_list(self, prefix: str, start_after: str = "", limit: int = 1000
                           ) -> tuple[list[tuple[str, dict[str, Any], int]], bool]:
-        result = await self.call("kms.record.list", {"prefix": prefix, "start_after": start_after, "limit": limit})
+        result = await self.cluster.call("kms.record.list", prefix=prefix, start_after=start_after, limit=limit)
         return [(r["key"], r["value"], int(r["revision"])) for r in result["records"]], bool(result["more"])
 
     async def record_commit(self, changes: list[dict[str, Any]]) -> bool:
         """Apply all changes or none; False when a record moved on since it was read."""
-        result = await self.call("kms.record.commit", {"changes": changes})
+        result = await self.cluster.call("kms.record.commit", changes=changes)
         return bool(result["ok"])
 
     # --- asymmetric and HMAC keys (ops/asymmetric.py, ops/mac.py) ----------------------------------------
@@ -279,11 +278,7 @@ class Backend:
         public_template = {CKA.CLASS: int(CKO.PUBLIC_KEY), **common, **public}
         private_template = {CKA.CLASS: int(CKO.PRIVATE_KEY), **common, CKA.SENSITIVE: True,
                             CKA.EXTRACTABLE: False, **private}
-        result = await self.call("key.generate_pair", {
-            "mechanism": mechanism,
-            "public_template": [[int(k), v] for k, v in public_template.items()],
-            "private_template": [[int(k), v] for k, v in private_template.items()]})
-        return int(result["public"]), int(result["private"])
+        return await self.cluster.generate_key_pair(mechanism, public_template, private_template)
 
     async def generate_hmac_key(self, label: str, length: int, mechanism: int) -> int:
         """A token generic secret (sensitive, never extractable) usable only for one CKM_SHA*_HMAC."""
@@ -293,38 +288,14 @@ class Backend:
             CKA.SIGN: True, CKA.VERIFY: True, CKA.ENCRYPT: False, CKA.DECRYPT: False, CKA.WRAP: False,
             CKA.UNWRAP: False, CKA.DERIVE: False, CKA.ALLOWED_MECHANISMS: [mechanism],
         }
-        result = await self.call("key.generate", {"mechanism": int(CKM.GENERIC_SECRET_KEY_GEN),
-                                                  "template": [[int(k), v] for k, v in template.items()]})
-        return int(result["handle"])
-
-    async def get_attributes(self, handle: int, types: Sequence[int]) -> dict[int, Any]:
-        result = await self.call("object.get_attributes", {"handle": handle, "types": [int(t) for t in types]})
-        if result.get("error") is not None:
-            raise ClusterError(int(result["error"]), f"attributes of object {handle} are not readable")
-        return {int(k): v for k, v in result["attributes"]}
-
-    async def sign(self, handle: int, mechanism: int, data: bytes, params: Any = None) -> bytes:
-        result = await self.call("crypto.sign", {"key": handle, "mechanism": mechanism, "data": data,
-                                                 "params": params})
-        return result["signature"]
+        return await self.cluster.generate_key(CKM.GENERIC_SECRET_KEY_GEN, template)
 
     async def verify(self, handle: int, mechanism: int, data: bytes, signature: bytes, params: Any = None) -> bool:
         """True when the signature verifies, False when the cluster says it does not."""
         try:
-            await self.call("crypto.verify", {"key": handle, "mechanism": mechanism, "data": data,
-                                              "signature": signature, "params": params})
+            await self.cluster.verify(handle, mechanism, data, signature, params)
         except ClusterError as exc:
             if exc.code in (CKR.SIGNATURE_INVALID, CKR.SIGNATURE_LEN_RANGE):
                 return False
             raise
         return True
-
-    async def encrypt(self, handle: int, mechanism: int, data: bytes, params: Any = None) -> bytes:
-        result = await self.call("crypto.encrypt", {"key": handle, "mechanism": mechanism, "data": data,
-                                                    "params": params})
-        return result["data"]
-
-    async def decrypt(self, handle: int, mechanism: int, data: bytes, params: Any = None) -> bytes:
-        result = await self.call("crypto.decrypt", {"key": handle, "mechanism": mechanism, "data": data,
-                                                    "params": params})
-        return result["data"]

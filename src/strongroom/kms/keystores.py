@@ -255,10 +255,10 @@ class KeyStores:
 
     async def _try_connect(self, store: KeyStore, connection: _Connection) -> str | None:
         try:
-            status = await self.backend.call("cluster.status", {})
+            status = await self.backend.cluster.cluster_status()
             if status.get("cluster_id") != store.cluster_id:
                 return CLUSTER_NOT_FOUND
-            users = (await self.backend.call("user.list", {}))["users"]
+            users = await self.backend.cluster.user_list()
             user = next((u for u in users if u["username"] == self.user.lower()), None)
             if user is None or user.get("role") != "crypto-user":
                 return USER_NOT_FOUND

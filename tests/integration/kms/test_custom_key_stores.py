@@ -263,17 +263,21 @@ def test_lifecycle_keys_and_connection_states(env: KmsEnv, kms: Any) -> None:
 def test_connection_error_codes_without_a_cluster() -> None:
     """NETWORK_ERRORS and CLUSTER_NOT_FOUND need a cluster that vanishes between the request
     (authenticated by the cluster) and the connection: driven here on the state machine itself."""
+    from strongroom.client import AsyncClient
     from strongroom.errors import CKR
     from strongroom.kms.backend import ClusterError
     from strongroom.kms.config import ClusterSettings, GatewayConfig
     from strongroom.kms.keystores import CONNECTED, KeyStore, KeyStores, _Connection
 
-    class Unreachable:
-        async def call(self, op: str, args: Any = None) -> Any:
+    class Unreachable:  # the gateway's Backend as the key stores use it: the SDK's calls over one send
+        def __init__(self) -> None:
+            self.cluster = AsyncClient(self.send, refused=ClusterError)
+
+        async def send(self, op: str, args: Any, session: bytes | None) -> Any:
             raise ClusterError(CKR.DEVICE_REMOVED, "no node answers", unreachable=True)
 
-    class OtherCluster:
-        async def call(self, op: str, args: Any = None) -> Any:
+    class OtherCluster(Unreachable):
+        async def send(self, op: str, args: Any, session: bytes | None) -> Any:
             return {"cluster_id": "another"}
 
     async def attempt(backend: Any) -> str | None:

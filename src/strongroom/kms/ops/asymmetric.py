@@ -222,7 +222,7 @@ async def sign(ctx: Context) -> dict[str, Any]:
         refuse_dry_run()
     mechanism, params, data = _mechanism(chosen, message_type, message)
     try:
-        signature = await ctx.backend.sign(key.current.handle, mechanism, data, params)
+        signature = await ctx.backend.cluster.sign(key.current.handle, mechanism, data, params)
     except ClusterError as exc:
         raise _unavailable(ctx, key, exc) from None
     if chosen.scheme == "ECDSA":  # the node signs r || s, AWS answers DER
@@ -272,10 +272,11 @@ async def public_key_der(ctx: Context, key: KmsKey) -> bytes:
     spec = key_spec(key)
     try:
         if spec.kind == RSA:
-            attributes = await ctx.backend.get_attributes(material.public_handle, [CKA.MODULUS, CKA.PUBLIC_EXPONENT])
+            attributes = await ctx.backend.cluster.get_attributes(material.public_handle,
+                                                                [CKA.MODULUS, CKA.PUBLIC_EXPONENT])
             public: Any = rsa_encoding.public_key_from_attributes(attributes)
         else:
-            attributes = await ctx.backend.get_attributes(material.public_handle, [CKA.EC_PARAMS, CKA.EC_POINT])
+            attributes = await ctx.backend.cluster.get_attributes(material.public_handle, [CKA.EC_PARAMS, CKA.EC_POINT])
             public = ec_encoding.public_key_from_attributes(attributes)
     except ClusterError as exc:
         raise _unavailable(ctx, key, exc) from None
@@ -335,7 +336,8 @@ async def _oaep_encrypt(ctx: Context, key: KmsKey, plaintext: bytes, chosen: str
     material = key.current
     assert material.public_handle is not None
     try:
-        return await ctx.backend.encrypt(material.public_handle, int(CKM.RSA_PKCS_OAEP), plaintext, _oaep(chosen))
+        result = await ctx.backend.cluster.encrypt(material.public_handle, CKM.RSA_PKCS_OAEP, plaintext, _oaep(chosen))
+        return result["data"]
     except ClusterError as exc:
         raise _unavailable(ctx, key, exc) from None
 
@@ -404,7 +406,7 @@ async def rsa_decrypt(ctx: Context, blob: bytes, context: dict[str, str], key_id
     if is_dry_run:
         refuse_dry_run()
     try:
-        plaintext = await ctx.backend.decrypt(key.current.handle, int(CKM.RSA_PKCS_OAEP), blob, _oaep(chosen))
+        plaintext = await ctx.backend.cluster.decrypt(key.current.handle, CKM.RSA_PKCS_OAEP, blob, _oaep(chosen))
     except ClusterError as exc:
         if exc.code in (CKR.ENCRYPTED_DATA_INVALID, CKR.ENCRYPTED_DATA_LEN_RANGE, CKR.DATA_LEN_RANGE):
             raise InvalidCiphertext("") from None

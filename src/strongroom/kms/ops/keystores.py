@@ -51,7 +51,7 @@ def _keyless(ctx: Context) -> None:
 
 
 async def _cluster(ctx: Context) -> dict[str, Any]:
-    return await ctx.backend.call("cluster.status", {})
+    return await ctx.backend.cluster.cluster_status()
 
 
 async def _require_cluster(ctx: Context, cluster_id: str) -> dict[str, Any]:
@@ -328,4 +328,4 @@ async def store_random(ctx: Context, store_id: str, length: int) -> bytes:
         state, _ = keystores.connection_state(store)
         raise CustomKeyStoreInvalidState(f"Custom key store '{store_id}' is {state}; GenerateRandom needs it "
                                          "CONNECTED.")
-    return await backend.random(length)
+    return await backend.cluster.generate_random(length)

@@ -58,7 +58,7 @@ async def generate_mac(ctx: Context) -> dict[str, Any]:
     if is_dry_run:
         refuse_dry_run()
     try:
-        mac = await ctx.backend.sign(key.current.handle, mechanism, message)
+        mac = await ctx.backend.cluster.sign(key.current.handle, mechanism, message)
     except ClusterError as exc:
         raise _unavailable(ctx, key, exc) from None
     return {"Mac": b64(mac), "MacAlgorithm": algorithm, "KeyId": ctx.where.key_arn(key.key_id)}

@@ -25,4 +25,4 @@ async def generate_random(ctx: Context) -> dict[str, Any]:
         from strongroom.kms.ops.keystores import store_random
 
         return {"Plaintext": b64(await store_random(ctx, store, length))}
-    return {"Plaintext": b64(await ctx.backend.random(length))}
+    return {"Plaintext": b64(await ctx.backend.cluster.generate_random(length))}

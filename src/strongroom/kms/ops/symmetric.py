@@ -155,7 +155,7 @@ async def _data_key(ctx: Context, operation: str) -> tuple[dict[str, Any], bytes
     require_symmetric_encryption(ctx, key, operation, None)
     if is_dry_run:
         refuse_dry_run()
-    data = await ctx.backend.random(length)
+    data = await ctx.backend.cluster.generate_random(length)
     blob, material = await seal(ctx, key, data, context)
     return {"CiphertextBlob": b64(blob), "KeyId": ctx.where.key_arn(key.key_id),
             "KeyMaterialId": material.material_id}, data
