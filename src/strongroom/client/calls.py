@@ -15,14 +15,15 @@ Python value. How a request travels is the ``send`` function it is given:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from strongroom.client.connection import ClientError
 from strongroom.errors import CKR
 
-Template = dict[int, Any]
+#: Attribute type (CKA) -> value; a nested template (CKA_WRAP_TEMPLATE …) is a template again.
+Template = Mapping[int, Any]
 #: ``send(op, args, session)``: one request, its reply body; an error reply raises.
 Send = Callable[[str, dict[str, Any], "bytes | None"], Awaitable[Any]]
 #: The exception for a refusal inside a successful reply (an attribute that may not be read).

@@ -274,7 +274,7 @@ class Backend:
 
         The private key is sensitive and never extractable; both templates come from the caller
         (usage flags and CKA_ALLOWED_MECHANISMS restrict each half to its KMS algorithms)."""
-        common = {CKA.TOKEN: True, CKA.LABEL: label.encode()}
+        common: dict[int, Any] = {CKA.TOKEN: True, CKA.LABEL: label.encode()}
         public_template = {CKA.CLASS: int(CKO.PUBLIC_KEY), **common, **public}
         private_template = {CKA.CLASS: int(CKO.PRIVATE_KEY), **common, CKA.SENSITIVE: True,
                             CKA.EXTRACTABLE: False, **private}
