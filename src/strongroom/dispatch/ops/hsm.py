@@ -26,10 +26,10 @@ from cryptography import x509
 
 from strongroom.auth.users import Role
 from strongroom.barrier import Change, Remove, Write
-from strongroom.dispatch.auditing import audit_refusal, witness
+from strongroom.dispatch.auditing import audited, witness
 from strongroom.dispatch.call import Call, Services
 from strongroom.dispatch.table import AGENT, NODE, OPERATOR, operation
-from strongroom.errors import ActionProhibited, ArgumentsBad, DeviceError, HsmError
+from strongroom.errors import ActionProhibited, ArgumentsBad, DeviceError
 from strongroom.pki import certificate_role, fingerprint_sha256, load_certificate, verify_issued_by
 from strongroom.services import registry
 from strongroom.services.join import PUBLIC_BYTES, seal_for_newcomer
@@ -95,7 +95,7 @@ async def enroll(call: Call, args: EnrollArgs) -> dict[str, Any]:
     """
     services = call.services
     details: dict[str, Any] = {"node_id": args.node_id}
-    try:
+    async with audited(call, "hsm.enroll", details):
         if len(args.certificate) > MAX_PEM:
             raise ArgumentsBad(f"a certificate is at most {MAX_PEM} bytes of PEM")
         try:
@@ -127,9 +127,6 @@ async def enroll(call: Call, args: EnrollArgs) -> dict[str, Any]:
                 continue
             return dict(record, already_enrolled=False)
         raise DeviceError("hsm.enroll: the record kept changing; try again")
-    except HsmError as exc:
-        await audit_refusal(call, "hsm.enroll", exc, details)
-        raise
 
 
 @dataclass
@@ -144,7 +141,7 @@ async def clone_key(call: Call, args: CloneKeyArgs) -> dict[str, Any]:
     services = call.services
     peer = call.peer
     details = {"node_id": args.node_id, "peer_fingerprint": getattr(peer, "fingerprint_sha256", None)}
-    try:
+    async with audited(call, "hsm.clone_key", details):
         await check_node_peer(services, peer, args.node_id)
         if len(args.ephemeral_public) != PUBLIC_BYTES:
             raise ArgumentsBad(f"ephemeral_public must be a {PUBLIC_BYTES}-byte X25519 public key")
@@ -155,9 +152,6 @@ async def clone_key(call: Call, args: CloneKeyArgs) -> dict[str, Any]:
             reply = seal_for_newcomer(key, cluster_id, args.node_id, args.ephemeral_public)
         except ValueError as exc:
             raise ArgumentsBad(f"ephemeral_public is not a usable X25519 public key ({exc})") from None
-    except HsmError as exc:
-        await audit_refusal(call, "hsm.clone_key", exc, details)
-        raise
     await services.audit.record("hsm.clone_key", actor=call.actor, details=details)
     return reply
 
@@ -193,7 +187,7 @@ async def revoke(call: Call, args: RevokeArgs) -> dict[str, Any]:
     serial = _parse_serial(args.serial)
     details = {"node_id": args.node_id, "serial": f"{serial:x}",
                "peer_fingerprint": getattr(peer, "fingerprint_sha256", None)}
-    try:
+    async with audited(call, "hsm.revoke", details):
         if serial == _own_serial(Path(services.config.tls_cert)):
             raise ActionProhibited("a node does not revoke its own certificate; send hsm.revoke to another node")
         barrier = services.keyring.require_barrier()
@@ -217,9 +211,6 @@ async def revoke(call: Call, args: RevokeArgs) -> dict[str, Any]:
                 continue  # revoked, or the registry entry changed, meanwhile: read again
             return dict(record, already_revoked=False, unregistered=listed is not None)
         raise DeviceError("hsm.revoke: the records kept changing; try again")
-    except HsmError as exc:
-        await audit_refusal(call, "hsm.revoke", exc, details)
-        raise
 
 
 @dataclass
@@ -239,7 +230,7 @@ async def zeroize(call: Call, args: ZeroizeArgs) -> dict[str, Any]:
     """
     services = call.services
     details = {"node_id": args.node_id, "peer": call.peer_name}
-    try:
+    async with audited(call, "hsm.zeroize", details):
         # No login needed (the operator has none), but a caller who sent a session must be an admin.
         session = None if call.request.session is None else services.sessions.logins.resolve(call.request.session)
         if session is None:
@@ -251,9 +242,6 @@ async def zeroize(call: Call, args: ZeroizeArgs) -> dict[str, Any]:
         if args.node_id != services.config.node_id:
             raise ArgumentsBad(f"this request reached node {services.config.node_id!r}, not {args.node_id!r}; "
                                "nothing was zeroized")
-    except HsmError as exc:
-        await audit_refusal(call, "hsm.zeroize", exc, details)
-        raise
     await services.audit.record("hsm.zeroize", actor=None if session is None else session.username, details=details)
     unregistered = False
     if services.keyring.barrier is not None:

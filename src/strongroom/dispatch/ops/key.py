@@ -14,12 +14,11 @@ from typing import Any
 
 from strongroom.auth.users import Role
 from strongroom.constants import CKA, CKK, CKO
-from strongroom.dispatch.auditing import audit_refusal, witness
+from strongroom.dispatch.auditing import audited, witness
 from strongroom.dispatch.call import Call
 from strongroom.dispatch.ops.object import actor_of, new_object, object_for, p11_session_of
 from strongroom.dispatch.table import operation
 from strongroom.errors import (
-    HsmError,
     KeyHandleInvalid,
     KeySizeRange,
     ObjectHandleInvalid,
@@ -84,11 +83,8 @@ async def generate(call: Call, args: GenerateArgs) -> dict[str, Any]:
                                  key_gen_mechanism=args.mechanism)
     obj = new_object(call, attributes, material=generated.value, p11_session=session)
     details = {"mechanism": mechanism.ckm.name, "label": obj.label(), "token": obj.token}
-    try:
+    async with audited(call, "key.generate", details):
         (obj,) = await call.services.keyring.require_objects().add([obj], witness(call, "key.generate", details))
-    except HsmError as exc:
-        await audit_refusal(call, "key.generate", exc, details)
-        raise
     return {"handle": obj.handle}
 
 
@@ -122,12 +118,9 @@ async def generate_pair(call: Call, args: GeneratePairArgs) -> dict[str, Any]:
     private = new_object(call, private_attributes, material=private_to_der(pair.private),
                          p11_session=private_session)
     details = {"mechanism": mechanism.ckm.name, "label": private.label(), "token": private.token}
-    try:
+    async with audited(call, "key.generate_pair", details):
         objects = call.services.keyring.require_objects()
         await objects.add([public, private], witness(call, "key.generate_pair", details))
-    except HsmError as exc:
-        await audit_refusal(call, "key.generate_pair", exc, details)
-        raise
     return {"public": public.handle, "private": private.handle}
 
 
@@ -144,15 +137,12 @@ async def wrap(call: Call, args: WrapArgs) -> dict[str, Any]:
     mechanism = lookup(args.mechanism)
     params = mechanism.parse_params(args.params)
     details = {"mechanism": mechanism.ckm.name, "wrapping_key": args.wrapping_key, "key": args.key}
-    try:
+    async with audited(call, "key.wrap", details):
         wrapping, wrapping_key = await usable_key(call, args.wrapping_key, "wrap", args.mechanism)
         target = await object_for(call, args.key, Action.EXPORT)
         check_wrappable(target, wrapping, actor_of(call))
         wrapped = mechanism.wrap(wrapping_key, params, target.material or b"")
         await call.services.audit.record("key.wrap", actor=call.actor, details=details)
-    except HsmError as exc:
-        await audit_refusal(call, "key.wrap", exc, details)
-        raise
     return {"wrapped": wrapped}
 
 
@@ -171,7 +161,7 @@ async def unwrap(call: Call, args: UnwrapArgs) -> dict[str, Any]:
     mechanism = lookup(args.mechanism)
     params = mechanism.parse_params(args.params)
     details: dict[str, Any] = {"mechanism": mechanism.ckm.name, "unwrapping_key": args.unwrapping_key}
-    try:
+    async with audited(call, "key.unwrap", details):
         unwrapping, unwrapping_key = await usable_key(call, args.unwrapping_key, "unwrap", args.mechanism)
         refuse_without_context(unwrapping, "unwrap")
         template = merge_unwrap_template(unwrapping, coerce_template(args.template))
@@ -184,9 +174,6 @@ async def unwrap(call: Call, args: UnwrapArgs) -> dict[str, Any]:
         obj.p11_session = p11_session_of(call, args.session, template)
         details.update(label=obj.label(), token=obj.token, **{"class": object_class.name})
         (obj,) = await call.services.keyring.require_objects().add([obj], witness(call, "key.unwrap", details))
-    except HsmError as exc:
-        await audit_refusal(call, "key.unwrap", exc, details)
-        raise
     return {"handle": obj.handle}
 
 
@@ -226,7 +213,7 @@ async def derive(call: Call, args: DeriveArgs) -> dict[str, Any]:
     template = coerce_template(args.template)
     _class_must_be(template, CKO.SECRET_KEY)
     details: dict[str, Any] = {"mechanism": mechanism.ckm.name, "base_key": args.base_key}
-    try:
+    async with audited(call, "key.derive", details):
         base, base_key = await usable_key(call, args.base_key, "derive", args.mechanism)
         refuse_without_context(base, "derive")
         key_type = template.get(CKA.KEY_TYPE)
@@ -246,7 +233,4 @@ async def derive(call: Call, args: DeriveArgs) -> dict[str, Any]:
         obj = new_object(call, attributes, material=value, p11_session=p11_session_of(call, args.session, template))
         details.update(label=obj.label(), token=obj.token)
         (obj,) = await call.services.keyring.require_objects().add([obj], witness(call, "key.derive", details))
-    except HsmError as exc:
-        await audit_refusal(call, "key.derive", exc, details)
-        raise
     return {"handle": obj.handle}

@@ -70,7 +70,7 @@ import msgpack
 
 from strongroom.auth.users import Role, normalize_username
 from strongroom.barrier import Barrier, Change, Remove, Write
-from strongroom.dispatch.auditing import audit_refusal, witness
+from strongroom.dispatch.auditing import audit_refusal, audited, witness
 from strongroom.dispatch.call import Call, Services
 from strongroom.dispatch.table import operation
 from strongroom.errors import CKR, ArgumentsBad, HsmError, SignatureInvalid
@@ -270,7 +270,7 @@ async def access_key_create(call: Call, args: AccessKeyCreateArgs) -> dict[str, 
     """A new access key; the reply is the only place its secret ever appears."""
     barrier = call.services.keyring.require_barrier()
     details: dict[str, Any] = {"name": args.name, "service_user": args.service_user}
-    try:
+    async with audited(call, "kms.access_key.create", details):
         if not ACCESS_KEY_NAME_RE.match(args.name):
             raise ArgumentsBad("an access-key name is 1 to 64 of letters, digits and _.@+=,-")
         service_user = normalize_username(args.service_user)
@@ -291,9 +291,6 @@ async def access_key_create(call: Call, args: AccessKeyCreateArgs) -> dict[str, 
             await barrier.commit([Write(ACCESS_KEY_PREFIX + record["access_key_id"], record)])
         except ConflictError:
             raise HsmError("access key id collision; try again", CKR.FUNCTION_FAILED) from None
-    except HsmError as exc:
-        await audit_refusal(call, "kms.access_key.create", exc, details)
-        raise
     return dict(_public(record), secret_access_key=record["secret"])
 
 
@@ -312,7 +309,7 @@ class AccessKeyDeleteArgs:
 async def access_key_delete(call: Call, args: AccessKeyDeleteArgs) -> dict[str, Any]:
     barrier = call.services.keyring.require_barrier()
     details = {"access_key_id": args.access_key_id}
-    try:
+    async with audited(call, "kms.access_key.delete", details):
         if not ACCESS_KEY_ID_RE.match(args.access_key_id):
             raise ArgumentsBad("an access key id is AKIA followed by 16 capital letters and digits")
         entry = await barrier.get(ACCESS_KEY_PREFIX + args.access_key_id)
@@ -327,9 +324,6 @@ async def access_key_delete(call: Call, args: AccessKeyDeleteArgs) -> dict[str, 
             await barrier.commit(changes)
         except ConflictError:
             raise HsmError("the access key changed meanwhile; try again", CKR.FUNCTION_FAILED) from None
-    except HsmError as exc:
-        await audit_refusal(call, "kms.access_key.delete", exc, details)
-        raise
     return _public(entry.value)
 
 
@@ -576,11 +570,9 @@ async def record_commit(call: Call, args: RecordCommitArgs) -> dict[str, Any]:
             raise RecordLimit(f"a KMS service user holds at most {MAX_RECORDS} records")
     details = {"keys": [key[len(namespace):] for key, _, _ in parsed][:MAX_CHANGES]}
     try:
-        await witness(call, "kms.record.commit", details)()
-        revision = await barrier.commit(changes)
+        async with audited(call, "kms.record.commit", details):
+            await witness(call, "kms.record.commit", details)()
+            revision = await barrier.commit(changes)
     except ConflictError as exc:
         return {"ok": False, "conflict": exc.key[len(namespace):]}
-    except HsmError as exc:
-        await audit_refusal(call, "kms.record.commit", exc, details)
-        raise
     return {"ok": True, "revision": revision}

@@ -13,14 +13,13 @@ from typing import Any
 
 from strongroom.auth.users import Role, normalize_username
 from strongroom.constants import CKA, CKK, CKO
-from strongroom.dispatch.auditing import audit_refusal, witness
+from strongroom.dispatch.auditing import audited, witness
 from strongroom.dispatch.call import Call
 from strongroom.dispatch.table import operation
 from strongroom.errors import (
     ActionProhibited,
     ArgumentsBad,
     AttributeValueInvalid,
-    HsmError,
     ObjectHandleInvalid,
     TemplateIncomplete,
 )
@@ -114,11 +113,8 @@ async def create(call: Call, args: CreateArgs) -> dict[str, Any]:
     attributes = templates.build(Op.CREATE, object_class, template, computed, is_admin=False)
     obj = new_object(call, attributes, p11_session=session)
     details = {"class": object_class.name, "label": obj.label(), "token": obj.token}
-    try:
+    async with audited(call, "object.create", details):
         (obj,) = await call.services.keyring.require_objects().add([obj], witness(call, "object.create", details))
-    except HsmError as exc:
-        await audit_refusal(call, "object.create", exc, details)
-        raise
     return {"handle": obj.handle}
 
 
@@ -193,15 +189,12 @@ async def set_attributes(call: Call, args: SetAttributesArgs) -> dict[str, Any]:
     action = Action.SET_TRUST if admin else Action.SET_ATTRIBUTES
     obj = await object_for(call, args.handle, action)
     details = {"handle": obj.handle, "attributes": sorted(f"CKA_{CKA(k).name}" for k in changes)}
-    try:
+    async with audited(call, "object.set_attributes", details):
         obj = await objects.fresh(obj)
         authorize(obj, actor_of(call), action)
         updated_attributes = templates.check_set(obj, changes, is_admin=admin)
         await objects.replace(obj, obj.with_changes(attributes=updated_attributes),
                               witness(call, "object.set_attributes", details))
-    except HsmError as exc:
-        await audit_refusal(call, "object.set_attributes", exc, details)
-        raise
     call.services.keyring.keys.forget(obj.handle)
     return {}
 
@@ -218,15 +211,12 @@ class HandleArgs:
 async def destroy(call: Call, args: HandleArgs) -> dict[str, Any]:
     objects = call.services.keyring.require_objects()
     details: dict[str, Any] = {"handle": args.handle}
-    try:
+    async with audited(call, "object.destroy", details):
         obj = await objects.fresh(await object_for(call, args.handle, Action.DESTROY))
         details["label"] = obj.label()
         if not obj.flag(CKA.DESTROYABLE):
             raise ActionProhibited(f"object {args.handle} has CKA_DESTROYABLE false")
         await objects.destroy(obj, witness(call, "object.destroy", details))
-    except HsmError as exc:
-        await audit_refusal(call, "object.destroy", exc, details)
-        raise
     call.services.keyring.keys.forget(args.handle)
     return {}
 
@@ -242,16 +232,13 @@ class CopyArgs:
 async def copy(call: Call, args: CopyArgs) -> dict[str, Any]:
     changes = coerce_template(args.template)
     details: dict[str, Any] = {"source": args.handle, "attributes": sorted(f"CKA_{CKA(k).name}" for k in changes)}
-    try:
+    async with audited(call, "object.copy", details):
         source = await object_for(call, args.handle, Action.COPY)
         attributes = templates.copy_attributes(source, changes)
         session = p11_session_of(call, args.session, attributes)
         new = new_object(call, attributes, material=source.material, p11_session=session)
         details["token"] = new.token
         (new,) = await call.services.keyring.require_objects().add([new], witness(call, "object.copy", details))
-    except HsmError as exc:
-        await audit_refusal(call, "object.copy", exc, details)
-        raise
     return {"handle": new.handle}
 
 
@@ -270,7 +257,7 @@ async def _change_sharing(call: Call, args: ShareArgs, share: bool) -> dict[str,
     objects = services.keyring.require_objects()
     username = normalize_username(args.username)
     details = {"handle": args.handle, "username": username}
-    try:
+    async with audited(call, event, details):
         obj = await objects.fresh(await object_for(call, args.handle, Action.SHARE))
         if not obj.token:
             raise ActionProhibited("session objects cannot be shared")
@@ -290,9 +277,6 @@ async def _change_sharing(call: Call, args: ShareArgs, share: bool) -> dict[str,
             share_ids.pop(username, None)
         await objects.replace(obj, obj.with_changes(shared=frozenset(shared), share_ids=share_ids),
                               witness(call, event, details))
-    except HsmError as exc:
-        await audit_refusal(call, event, exc, details)
-        raise
     return {"handle": args.handle, "shared_with": sorted(shared)}
 
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from strongroom.auth.users import Role, normalize_username
-from strongroom.dispatch.auditing import audit_refusal, witness
+from strongroom.dispatch.auditing import audited, witness
 from strongroom.dispatch.call import Call
 from strongroom.dispatch.table import operation
-from strongroom.errors import ActionProhibited, HsmError
+from strongroom.errors import ActionProhibited
 
 ADMIN = (Role.ADMIN.value,)
 ANY_ROLE = (Role.ADMIN.value, Role.CRYPTO_USER.value)
@@ -29,11 +29,8 @@ async def create(call: Call, args: CreateArgs) -> dict[str, Any]:
     name = normalize_username(args.username)
     users = services.keyring.require_users()
     details = {"username": name, "role": role.value}
-    try:
+    async with audited(call, "user.create", details):
         user = await users.create(name, role, args.password, witness=witness(call, "user.create", details))
-    except HsmError as exc:
-        await audit_refusal(call, "user.create", exc, details)
-        raise
     return user.public()
 
 
@@ -49,7 +46,7 @@ async def delete(call: Call, args: DeleteArgs) -> dict[str, Any]:
     services = call.services
     name = normalize_username(args.username)
     details = {"username": name}
-    try:
+    async with audited(call, "user.delete", details):
         objects = services.keyring.require_objects()
         await objects.sync()
         if objects.owned_count(name):
@@ -57,9 +54,6 @@ async def delete(call: Call, args: DeleteArgs) -> dict[str, Any]:
         user = await services.keyring.require_users().delete(
             name, acting_user=call.actor, witness=witness(call, "user.delete", details), also=objects.unshare_changes
         )
-    except HsmError as exc:
-        await audit_refusal(call, "user.delete", exc, details)
-        raise
     services.sessions.close_user(name)
     return user.public()
 
@@ -82,13 +76,10 @@ async def change_password(call: Call, args: ChangePasswordArgs) -> dict[str, Any
     services = call.services
     name = normalize_username(args.username)
     details = {"username": name}
-    try:
+    async with audited(call, "user.change_password", details):
         if call.login.role is not Role.ADMIN and name != call.actor:
             raise ActionProhibited("a crypto user can only change its own password")
         user = await services.keyring.require_users().set_password(
             name, args.password, witness=witness(call, "user.change_password", details)
         )
-    except HsmError as exc:
-        await audit_refusal(call, "user.change_password", exc, details)
-        raise
     return user.public()
