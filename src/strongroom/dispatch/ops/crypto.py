@@ -22,7 +22,7 @@ from strongroom.auth.users import Role
 from strongroom.dispatch.call import Call
 from strongroom.dispatch.ops.key import usable_key
 from strongroom.dispatch.table import operation
-from strongroom.errors import UserNotLoggedIn
+from strongroom.errors import ArgumentsBad, OperationActive, UserNotLoggedIn
 from strongroom.mechanisms.base import Mechanism, lookup
 from strongroom.objects.p11sessions import ActiveOperation, P11Session
 from strongroom.objects.usage import needs_context_login, refuse_without_context
@@ -151,14 +151,19 @@ def _authenticated(session: P11Session, active: ActiveOperation) -> None:
                               f"{active.kind} (session.context_login) right after its init")
 
 
-def _register_multipart(kind: str) -> None:
-    """Register ``crypto.<kind>_init/_update/_final`` for one kind of operation."""
+class MultiPart:
+    """The steps of one kind of multi-part operation (``encrypt``, ``decrypt``, ``sign``, ``verify``, ``digest``):
+    its handlers, registered below under their names (``crypto.sign_init`` …)."""
 
-    async def init(call: Call, args: InitArgs) -> dict[str, Any]:
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    async def init(self, call: Call, args: InitArgs) -> dict[str, Any]:
+        kind = self.kind
         session = _p11(call, args.session)
         if kind in session.operations:
-            from strongroom.errors import OperationActive
-
             raise OperationActive(f"a {kind} operation is already active in this session")
         context_login = False
         if kind == "digest":
@@ -166,8 +171,6 @@ def _register_multipart(kind: str) -> None:
             state = mechanism.digest(mechanism.parse_params(args.params))
         else:
             if args.key is None:
-                from strongroom.errors import ArgumentsBad
-
                 raise ArgumentsBad(f"{kind}_init needs a key")
             state, context_login = await _start(call, kind, args.key, args.mechanism, args.params, single=False)
         session.start(ActiveOperation(kind, state, args.mechanism, args.key, context_login=context_login))
@@ -176,7 +179,8 @@ def _register_multipart(kind: str) -> None:
             reply["context_login"] = True
         return reply
 
-    async def update(call: Call, args: UpdateArgs) -> dict[str, Any]:
+    async def update(self, call: Call, args: UpdateArgs) -> dict[str, Any]:
+        kind = self.kind
         session = _p11(call, args.session)
         active = session.current(kind)
         _authenticated(session, active)
@@ -188,7 +192,8 @@ def _register_multipart(kind: str) -> None:
             raise
         return {"data": output} if kind in ("encrypt", "decrypt") else {}
 
-    async def final(call: Call, args: FinalArgs) -> dict[str, Any]:
+    async def final(self, call: Call, args: FinalArgs) -> dict[str, Any]:
+        kind = self.kind
         session = _p11(call, args.session)
         active = session.current(kind)
         _authenticated(session, active)
@@ -199,7 +204,8 @@ def _register_multipart(kind: str) -> None:
         name = {"encrypt": "data", "decrypt": "data", "sign": "signature", "digest": "digest"}[kind]
         return {name: output}
 
-    async def verify_final(call: Call, args: VerifyFinalArgs) -> dict[str, Any]:
+    async def verify_final(self, call: Call, args: VerifyFinalArgs) -> dict[str, Any]:
+        kind = self.kind
         session = _p11(call, args.session)
         active = session.current(kind)
         _authenticated(session, active)
@@ -209,20 +215,17 @@ def _register_multipart(kind: str) -> None:
             session.end(kind)
         return {"valid": True}
 
-    async def single(call: Call, args: SingleArgs) -> dict[str, Any]:
+    async def single(self, call: Call, args: SingleArgs) -> dict[str, Any]:
         """C_Encrypt/C_Sign/… after C_*Init: the whole input at once, then the operation ends."""
+        kind = self.kind
         session = _p11(call, args.session)
         active = session.current(kind)
         _authenticated(session, active)
         if active.parts:
-            from strongroom.errors import OperationActive
-
             raise OperationActive(f"a multi-part {kind} is in progress; finish it with {kind}_final")
         try:
             if kind == "verify":
                 if args.signature is None:
-                    from strongroom.errors import ArgumentsBad
-
                     raise ArgumentsBad("verify needs the signature")
                 active.operation.one_shot(args.data, args.signature)
                 return {"valid": True}
@@ -233,17 +236,37 @@ def _register_multipart(kind: str) -> None:
             return _cipher_result(active.operation, output)
         return {"signature" if kind == "sign" else "digest": output}
 
-    operation(f"crypto.{kind}_init", args=InitArgs, roles=CRYPTO_USER)(init)
-    operation(f"crypto.{kind}_single", args=SingleArgs, roles=CRYPTO_USER)(single)
-    operation(f"crypto.{kind}_update", args=UpdateArgs, roles=CRYPTO_USER)(update)
-    if kind == "verify":
-        operation("crypto.verify_final", args=VerifyFinalArgs, roles=CRYPTO_USER)(verify_final)
-    else:
-        operation(f"crypto.{kind}_final", args=FinalArgs, roles=CRYPTO_USER)(final)
 
+ENCRYPT = MultiPart("encrypt")
+DECRYPT = MultiPart("decrypt")
+SIGN = MultiPart("sign")
+VERIFY = MultiPart("verify")
+DIGEST = MultiPart("digest")
 
-for _kind in ("encrypt", "decrypt", "sign", "verify", "digest"):
-    _register_multipart(_kind)
+operation("crypto.encrypt_init", args=InitArgs, roles=CRYPTO_USER)(ENCRYPT.init)
+operation("crypto.encrypt_single", args=SingleArgs, roles=CRYPTO_USER)(ENCRYPT.single)
+operation("crypto.encrypt_update", args=UpdateArgs, roles=CRYPTO_USER)(ENCRYPT.update)
+operation("crypto.encrypt_final", args=FinalArgs, roles=CRYPTO_USER)(ENCRYPT.final)
+
+operation("crypto.decrypt_init", args=InitArgs, roles=CRYPTO_USER)(DECRYPT.init)
+operation("crypto.decrypt_single", args=SingleArgs, roles=CRYPTO_USER)(DECRYPT.single)
+operation("crypto.decrypt_update", args=UpdateArgs, roles=CRYPTO_USER)(DECRYPT.update)
+operation("crypto.decrypt_final", args=FinalArgs, roles=CRYPTO_USER)(DECRYPT.final)
+
+operation("crypto.sign_init", args=InitArgs, roles=CRYPTO_USER)(SIGN.init)
+operation("crypto.sign_single", args=SingleArgs, roles=CRYPTO_USER)(SIGN.single)
+operation("crypto.sign_update", args=UpdateArgs, roles=CRYPTO_USER)(SIGN.update)
+operation("crypto.sign_final", args=FinalArgs, roles=CRYPTO_USER)(SIGN.final)
+
+operation("crypto.verify_init", args=InitArgs, roles=CRYPTO_USER)(VERIFY.init)
+operation("crypto.verify_single", args=SingleArgs, roles=CRYPTO_USER)(VERIFY.single)
+operation("crypto.verify_update", args=UpdateArgs, roles=CRYPTO_USER)(VERIFY.update)
+operation("crypto.verify_final", args=VerifyFinalArgs, roles=CRYPTO_USER)(VERIFY.verify_final)
+
+operation("crypto.digest_init", args=InitArgs, roles=CRYPTO_USER)(DIGEST.init)
+operation("crypto.digest_single", args=SingleArgs, roles=CRYPTO_USER)(DIGEST.single)
+operation("crypto.digest_update", args=UpdateArgs, roles=CRYPTO_USER)(DIGEST.update)
+operation("crypto.digest_final", args=FinalArgs, roles=CRYPTO_USER)(DIGEST.final)
 
 
 @dataclass
