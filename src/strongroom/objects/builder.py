@@ -1,0 +1,124 @@
+"""The key objects a crypto user makes: C_GenerateKey, C_GenerateKeyPair, C_DeriveKey and C_UnwrapKey.
+
+Each new key is the caller's template, checked and completed by the rules of
+:mod:`strongroom.objects.templates`, plus the values the key itself fixes (its type, length,
+check value, public parts), owned by its maker. What differs by how the key came to be is here
+too: a derived key keeps CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE only if its base key
+had them (PKCS#11 v2.40 §4.9), and an unwrapped key must be a valid key of the class and type
+its template names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from strongroom.constants import CKA, CKK, CKO
+from strongroom.errors import KeySizeRange, TemplateIncomplete, TemplateInconsistent, WrappedKeyInvalid
+from strongroom.mechanisms.base import GeneratedPair, GeneratedSecret
+from strongroom.objects import templates
+from strongroom.objects.attributes import Op
+from strongroom.objects.keys import asymmetric_attributes, check_value, load_private, private_to_der
+from strongroom.objects.model import StoredObject
+
+#: Secret key lengths in bytes, by key type.
+SECRET_LENGTHS = {CKK.AES: (16, 24, 32), CKK.GENERIC_SECRET: tuple(range(1, 513))}
+
+
+@dataclass(frozen=True, slots=True)
+class Maker:
+    """Who makes a key: it owns it, by its account (``User.uid``) and not only its name."""
+
+    username: str
+    user_id: str | None
+
+    def new(self, attributes: dict[int, Any], material: bytes | None = None,
+            p11_session: int | None = None) -> StoredObject:
+        return StoredObject(0, self.username, attributes, material=material, owner_id=self.user_id,
+                            p11_session=p11_session)
+
+
+def class_must_be(template: dict[int, Any], expected: CKO) -> None:
+    """A template that names a class must name the one this call makes."""
+    if CKA.CLASS in template and template[CKA.CLASS] != expected:
+        raise TemplateInconsistent(f"this call makes a {expected.name} object")
+
+
+def secret_attributes(key_type: CKK, value: bytes) -> dict[int, Any]:
+    """What a secret key's value fixes: its type, length and (where the type has one) check value."""
+    computed: dict[int, Any] = {CKA.KEY_TYPE: key_type, CKA.VALUE_LEN: len(value)}
+    check = check_value(key_type, value)
+    if check is not None:
+        computed[CKA.CHECK_VALUE] = check
+    return computed
+
+
+def generated_secret(maker: Maker, template: dict[int, Any], generated: GeneratedSecret, mechanism: int,
+                     p11_session: int | None) -> StoredObject:
+    computed = secret_attributes(generated.key_type, generated.value) | generated.attributes
+    attributes = templates.build(Op.GENERATE, CKO.SECRET_KEY, template, computed, key_gen_mechanism=mechanism)
+    return maker.new(attributes, generated.value, p11_session)
+
+
+def generated_pair(maker: Maker, public_template: dict[int, Any], private_template: dict[int, Any],
+                   pair: GeneratedPair, mechanism: int, public_session: int | None,
+                   private_session: int | None) -> tuple[StoredObject, StoredObject]:
+    key_type = {CKA.KEY_TYPE: pair.key_type}
+    public_attributes = templates.build(Op.GENERATE, CKO.PUBLIC_KEY, public_template,
+                                        key_type | pair.public_attributes, key_gen_mechanism=mechanism)
+    private_attributes = templates.build(Op.GENERATE, CKO.PRIVATE_KEY, private_template,
+                                         key_type | pair.private_attributes, key_gen_mechanism=mechanism)
+    public = maker.new(public_attributes, None, public_session)
+    private = maker.new(private_attributes, private_to_der(pair.private), private_session)
+    return public, private
+
+
+def derived_length(template: dict[int, Any]) -> tuple[CKK, int]:
+    """The type and length (bytes) a derive template asks for, checked before anything is derived."""
+    key_type = template.get(CKA.KEY_TYPE)
+    if key_type not in SECRET_LENGTHS:
+        raise TemplateIncomplete("derive needs CKA_KEY_TYPE: CKK_AES or CKK_GENERIC_SECRET")
+    key_type = CKK(key_type)
+    length = template.get(CKA.VALUE_LEN)
+    if length is None:
+        raise TemplateIncomplete("derive needs CKA_VALUE_LEN")
+    if length not in SECRET_LENGTHS[key_type]:
+        raise KeySizeRange(f"a {key_type.name} key cannot be {length} bytes long")
+    return key_type, length
+
+
+def derived_secret(maker: Maker, template: dict[int, Any], key_type: CKK, value: bytes,
+                   base: StoredObject) -> StoredObject:
+    attributes = templates.build(Op.DERIVE, CKO.SECRET_KEY, template, secret_attributes(key_type, value))
+    # PKCS#11: a derived key keeps these only if the base key had them.
+    attributes[CKA.ALWAYS_SENSITIVE] = base.flag(CKA.ALWAYS_SENSITIVE) and attributes[CKA.SENSITIVE]
+    attributes[CKA.NEVER_EXTRACTABLE] = base.flag(CKA.NEVER_EXTRACTABLE) and not attributes[CKA.EXTRACTABLE]
+    return maker.new(attributes, value)
+
+
+def check_unwrap_template(template: dict[int, Any]) -> None:
+    """An unwrap template names what the wrapped bytes are, checked before they are unwrapped."""
+    if template.get(CKA.CLASS) not in (CKO.SECRET_KEY, CKO.PRIVATE_KEY) or CKA.KEY_TYPE not in template:
+        raise TemplateIncomplete("unwrap needs CKA_CLASS (secret or private key) and CKA_KEY_TYPE")
+
+
+def unwrapped_key(maker: Maker, template: dict[int, Any], key_bytes: bytes) -> StoredObject:
+    """The key ``key_bytes`` hold, if they are a valid key of the class and type ``template`` names."""
+    object_class = CKO(template[CKA.CLASS])
+    key_type = CKK(template[CKA.KEY_TYPE])
+    if object_class is CKO.SECRET_KEY:
+        if key_type not in SECRET_LENGTHS:
+            raise TemplateInconsistent(f"secret keys of type {key_type.name} are not supported")
+        if len(key_bytes) not in SECRET_LENGTHS[key_type]:
+            raise WrappedKeyInvalid(f"the unwrapped value is not a valid {key_type.name} key ({len(key_bytes)} bytes)")
+        computed = secret_attributes(key_type, key_bytes)
+        material = key_bytes
+    else:
+        private = load_private(key_bytes)
+        actual_type, _public, private_attributes = asymmetric_attributes(private)
+        if actual_type is not key_type:
+            raise WrappedKeyInvalid(f"the wrapped key is {actual_type.name}, the template says {key_type.name}")
+        computed = {CKA.KEY_TYPE: key_type} | private_attributes
+        material = private_to_der(private)
+    attributes = templates.build(Op.UNWRAP, object_class, template, computed)
+    return maker.new(attributes, material)
