@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from strongroom.auth.users import UserDirectory
@@ -49,7 +49,7 @@ class ClusterKeyring:
         self.supervisor = supervisor
         self._health = health
         #: Called (as a task) once this worker holds the cluster key: freshness check, registration.
-        self.on_key_installed: Callable[[], Awaitable[None]] | None = None
+        self.on_key_installed: Callable[[], Coroutine[Any, Any, None]] | None = None
         self._key_arrived = asyncio.Event()
         self.barrier: Barrier | None = None
         self.users: UserDirectory | None = None
