@@ -71,7 +71,7 @@ def endpoints(directory: Path) -> list[str]:
 
 def member_process(directory: Path, member: Member, binary: str = "etcd") -> Background:
     """The etcd member's process (``binary``: only needed to start it)."""
-    data_dir = directory / "etcd" / member.name
+    data_dir = (directory / "etcd" / member.name).resolve()  # as spawned, so that the marks match later
     members = load(directory)
     initial = ",".join(f"{m.name}={m.peer_url}" for m in members)
     state = "existing" if (data_dir / "member").exists() else "new"

@@ -19,7 +19,7 @@ STOP_TIMEOUT = 15.0
 
 
 def node_process(layout: Layout, node_id: str) -> Background:
-    config = str(layout.node_config(node_id))
+    config = str(layout.node_config(node_id).resolve())  # as spawned, so that the marks match later
     return Background(
         f"node {node_id}", (sys.executable, "-m", "strongroom", "node", "serve", "--config", config),
         layout.node_pid(node_id), layout.node_log(node_id), marks=("node", "serve", "--config", config), group=True,
