@@ -228,8 +228,7 @@ def parse_filter(items: Iterable[str] | None) -> KeyFilter:
             except ValueError:
                 raise CliError(f"key-reference must be a number such as 0x2a, not {value!r}") from None
             continue
-        if lowered.startswith("attr."):
-            lowered = lowered[len("attr."):]
+        lowered = lowered.removeprefix("attr.")
         attr = attribute(lowered)
         template[attr.cka] = attr.parse(value)
     return KeyFilter(template, handle, " ".join(words) or "(none)")

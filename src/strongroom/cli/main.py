@@ -82,8 +82,8 @@ def cmd_status(args: argparse.Namespace, _ctx: Context) -> None:
 
 
 def cmd_node_serve(args: argparse.Namespace, _ctx: Context) -> None:
-    from strongroom.services.config import ConfigError
     from strongroom.node.main import serve
+    from strongroom.services.config import ConfigError
 
     try:
         raise SystemExit(serve(Path(args.config)))

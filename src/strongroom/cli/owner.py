@@ -228,8 +228,8 @@ def _restored_text(summary: dict[str, Any]) -> str:
 
 def cmd_decrypt_share(args: argparse.Namespace, _ctx: Context) -> None:
     """The custodian's step, on their own machine: open their share with their private key."""
-    from strongroom.seal import write_private_file
     from strongroom.recovery import EncryptedShare, RecoveryError, decrypt_share, load_custodian_private_key
+    from strongroom.seal import write_private_file
 
     password = os.environ.get("STRONGROOM_CUSTODIAN_KEY_PASSWORD")
     try:

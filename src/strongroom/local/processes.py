@@ -30,7 +30,7 @@ class LaunchError(LocalClusterError):
     """A background process exited during start-up, or was not ready in time (the message quotes its log)."""
 
 
-class NotReady(Exception):  # noqa: N818 - a state to report, not an error
+class NotReady(Exception):
     """Raised by a readiness check to say why it is not ready yet (quoted if the wait times out)."""
 
 

@@ -39,7 +39,8 @@ class FakeConnection:
 class NoNodes:
     """A node pool whose nodes never answer: what the agent decides alone."""
 
-    links: list[Any] = []
+    def __init__(self) -> None:
+        self.links: list[Any] = []
 
     async def acquire(self, *_args: Any, **_kwargs: Any) -> Any:
         raise NodeUnavailable("no node in this test")
