@@ -43,7 +43,7 @@ class Agent:
 
     async def mechanism_list(self, prefer: App | None) -> list[dict[str, Any]]:
         """The token's mechanisms, as the node that serves ``prefer`` lists them (see :mod:`.mechanisms`)."""
-        return await mechanism_list(self.pool, self.apps.values(), prefer)
+        return await mechanism_list(self.pool, prefer)
 
     # --- ending things --------------------------------------------------------------------
 

@@ -189,6 +189,8 @@ def test_token_is_found_by_label(tool: Tool) -> None:
     for name in ("RSA-PKCS-KEY-PAIR-GEN", "RSA-PKCS-PSS", "RSA-PKCS-OAEP", "ECDSA-SHA256", "AES-CBC-PAD", "AES-GCM",
                  "AES-KEY-WRAP"):
         assert re.search(rf"^\s+{name},", mechanisms, re.M), (name, mechanisms)
+    # Listed before any login, with the EC capability flags the agent adds (prime field, named curves).
+    assert re.search(r"^\s+ECDSA-SHA256, .*sign, verify, EC F_P, EC OID, EC uncompressed", mechanisms, re.M), mechanisms
 
 
 def test_wrong_pin_is_refused(tool: Tool) -> None:

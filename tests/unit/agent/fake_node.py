@@ -35,7 +35,8 @@ class FakeNode:
         self.calls: list[str] = []
         self.drop_on: set[str] = set()  # ops whose next call kills the connection instead of answering
         #: mechanism.list wants a login (as dispatch declares it today) unless this is False.
-        self.mechanisms_need_login = True
+        #: An old node that wanted a login for mechanism.list (the agent then reports what it knew).
+        self.mechanisms_need_login = False
         self.writers: list[asyncio.StreamWriter] = []
 
     async def start(self) -> None:

@@ -1,18 +1,19 @@
-"""The token's mechanisms come from the nodes: asked without a login first (applications list them
-before C_Login), else under an application's login; kept per node connection."""
+"""The token's mechanisms come from the nodes, asked without a login (applications list them before
+C_Login); kept per node connection."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from strongroom.agent.attrcodec import Layout
 from strongroom.agent.nodes import NodePool
 from strongroom.agent.runtime import Agent
+from strongroom.agent.returns import AgentError
 from strongroom.agent.state import App
-from tests.unit.agent.fake_node import MECHANISMS, FakeNode, identity, run
-
-CKM_AES_GCM = 0x1087
-
+from strongroom.errors import CKR
+from tests.unit.agent.fake_node import MECHANISMS, FakeNode, run
 
 def an_app(app_id: bytes = b"A" * 16) -> App:
     return App(app_id, 4242, 1000, Layout(8, True))
@@ -34,25 +35,14 @@ def test_mechanisms_come_from_the_node_without_a_login(certs: dict[str, Path]) -
     run(scenario, certs)
 
 
-def test_a_node_that_wants_a_login_is_asked_with_an_applications_login(certs: dict[str, Path]) -> None:
+def test_with_no_list_from_any_node_the_answer_says_why(certs: dict[str, Path]) -> None:
     async def scenario(node: FakeNode, pool: NodePool) -> None:
+        node.mechanisms_need_login = True  # this node never gives its list
         agent = Agent(pool.config, pool)
-        idle, logged_in = an_app(b"I" * 16), an_app(b"L" * 16)
-        logged_in.logins = identity()
-        agent.apps = {idle.app_id: idle, logged_in.app_id: logged_in}
-        assert await agent.mechanism_list(idle) == MECHANISMS  # the caller has no login: another app's serves
-        assert node.calls.count("mechanism.list") == 2 and node.logins == 1  # refused without, then with
-
-    run(scenario, certs)
-
-
-def test_without_any_login_this_hosts_software_answers_and_is_not_kept(certs: dict[str, Path]) -> None:
-    async def scenario(node: FakeNode, pool: NodePool) -> None:
-        agent = Agent(pool.config, pool)
-        listing = await agent.mechanism_list(None)
-        assert CKM_AES_GCM in {m["mechanism"] for m in listing}
-        assert 0x80001234 not in {m["mechanism"] for m in listing}
-        assert pool.links[0].mechanisms is None  # the first answer of a node replaces it
+        with pytest.raises(AgentError) as refused:
+            await agent.mechanism_list(None)
+        assert refused.value.code == CKR.DEVICE_REMOVED
+        assert pool.links[0].mechanisms is None
         node.mechanisms_need_login = False
         assert await agent.mechanism_list(None) == MECHANISMS
 

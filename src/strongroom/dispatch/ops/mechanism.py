@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from strongroom.auth.users import Role
 from strongroom.constants import CKF
 from strongroom.dispatch.call import Call
 from strongroom.dispatch.table import operation
+from strongroom.services.state import ALL_STATES
 from strongroom.mechanisms.base import Capability, all_mechanisms
 
 _FLAGS = {
@@ -24,7 +24,9 @@ _FLAGS = {
 }
 
 
-@operation("mechanism.list", roles=(Role.ADMIN.value, Role.CRYPTO_USER.value))
+# Public, as PKCS#11 has it (C_GetMechanismList takes a slot, not a session): clients list
+# mechanisms before they log in.
+@operation("mechanism.list", states=ALL_STATES)
 async def list_mechanisms(_call: Call, _args: None) -> dict[str, Any]:
     mechanisms = []
     for mechanism in all_mechanisms():
