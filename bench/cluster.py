@@ -48,8 +48,9 @@ import threading
 import time
 import urllib.request
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -93,7 +94,7 @@ def machine_info() -> dict[str, Any]:
     except (OSError, IndexError):
         etcd_version = "etcd not found"
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "kernel": platform.release(),
@@ -323,7 +324,7 @@ class Cluster:
 def measure_latency(cluster: Cluster, kind: str, count: int) -> dict[str, Any]:
     client = cluster.client(0)
     maker = MAKERS[kind]
-    for i in range(5):
+    for _ in range(5):
         maker(client, b"warm-up")
     endpoints = etcd_endpoints(cluster.dir)
     meter = cluster.meter()
@@ -488,8 +489,8 @@ def main_table(one: dict[str, Any], three: dict[str, Any], args: argparse.Namesp
         rows.append([name, f"{a:,.0f}" if a >= 100 else f"{a:,.1f}", f"{b:,.0f}" if b >= 100 else f"{b:,.1f}",
                      ratio(b, a)])
 
-    lat(f"AES-256 key create, sequential via node1, latency", "aes_latency")
-    lat(f"EC P-256 pair create, sequential via node1, latency", "ec_latency")
+    lat("AES-256 key create, sequential via node1, latency", "aes_latency")
+    lat("EC P-256 pair create, sequential via node1, latency", "ec_latency")
     t = args.threads
     rate(f"AES-256 key create, {t} threads over all nodes (keys/s)", one["aes_throughput"]["ops_per_s"],
          three["aes_throughput"]["ops_per_s"])
@@ -513,11 +514,11 @@ def cpu_table(one: dict[str, Any], three: dict[str, Any]) -> str:
                  ("AES create, 8 threads", res["aes_throughput"], res["aes_throughput"]["ops"]),
                  ("EC create, 8 threads", res["ec_throughput"], res["ec_throughput"]["ops"])]
         items += [(f"sign, {n} client(s)", r, r["ops"]) for n, r in sorted(res["sign"].items())]
-        for name, r, ops in items:
+        for name, r, _ops in items:
             cpu = r["cpu"]
             rate_ = r.get("ops_per_s") or (1000.0 / r["mean_ms"] if r.get("mean_ms") else 0.0)
 
-            def per_op(pct: float) -> str:
+            def per_op(pct: float, rate_: float = rate_) -> str:
                 return f"{pct / 100.0 / rate_ * 1e6:,.0f}" if rate_ else "—"
 
             rest = "—" if label == "1 node" else f"{cpu['other nodes']:.0f}"

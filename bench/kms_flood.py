@@ -55,8 +55,8 @@ sys.path.insert(0, str(HERE))
 from botocore.auth import SigV4Auth  # noqa: E402
 from botocore.awsrequest import AWSRequest  # noqa: E402
 from botocore.credentials import Credentials  # noqa: E402
-
 from kms import descendants, machine_info, proc_cpu  # noqa: E402
+
 from strongroom.local.gateway import start_gateway, stop_gateway  # noqa: E402
 
 ALPHABET = string.ascii_uppercase + string.digits
@@ -137,7 +137,7 @@ def flood(target: Target, requests: list[list[tuple[bytes, dict[str, str]]]], se
     if errors:
         raise RuntimeError(f"a request failed: {errors[0]!r}")
     return {"wall": wall, "per_thread": [{"requests": c, "per_s": c / wall, "codes": dict(k)}
-                                         for c, k in zip(counts, codes)],
+                                         for c, k in zip(counts, codes, strict=True)],
             "requests": sum(counts), "per_s": sum(counts) / wall,
             "cpu_pct": {k: 100 * (cpu_after[k] - cpu_before[k]) / wall for k in pids}}
 
@@ -236,7 +236,7 @@ def main() -> int:
           f"{during['codes']}")
     if args.json:
         args.json.write_text(json.dumps({"machine": m, "seconds": args.seconds, "results": results,
-                                         "at": datetime.datetime.now(datetime.timezone.utc).isoformat()}, indent=2))
+                                         "at": datetime.datetime.now(datetime.UTC).isoformat()}, indent=2))
     return 0
 
 

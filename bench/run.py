@@ -234,7 +234,7 @@ class PySpy:
 
     def stop(self) -> dict[str, dict]:
         summaries = {}
-        for name, p, out, t0 in self.procs:
+        for _name, p, _out, _t0 in self.procs:
             p.send_signal(signal.SIGINT)
         for name, p, out, t0 in self.procs:
             try:
@@ -430,7 +430,7 @@ def build_detail(data: dict) -> str:
             other = r["machine_cpu_pct"] - r["loadgen_cpu_pct"] - (agent or 0) - (node or 0)
             rate = r["ops_per_s"] or 1.0
 
-            def per_op(pct: float | None) -> str:
+            def per_op(pct: float | None, rate: float = rate) -> str:
                 return "" if pct is None else f"{pct / 100.0 / rate * 1e6:.0f}"
 
             rows.append([backend, r["op"], str(r["threads"]), f"{r['p50_us']:.0f}", f"{r['p99_us']:.0f}",

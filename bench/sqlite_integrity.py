@@ -32,7 +32,8 @@ async def fill(path: Path, records: int, integrity: bool) -> None:
         store.enable_integrity(KEY)
     try:
         for start in range(0, records, MAX_COMMIT_OPERATIONS):
-            batch = [Put(f"objects/{i:08x}", os.urandom(300)) for i in range(start, min(records, start + MAX_COMMIT_OPERATIONS))]
+            end = min(records, start + MAX_COMMIT_OPERATIONS)
+            batch = [Put(f"objects/{i:08x}", os.urandom(300)) for i in range(start, end)]
             await store.commit(batch)
     finally:
         await store.close()

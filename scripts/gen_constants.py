@@ -27,16 +27,17 @@ def parse(header: str) -> dict[str, dict[str, int]]:
         expr = re.sub(r"/\*.*?\*/", "", expr).strip()
         py = re.sub(r"\(\s*unsigned long\s*\)", "", expr)
         py = re.sub(r"\b(0x[0-9a-fA-F]+|\d+)[uU]?[lL]{0,2}\b", r"\1", py)
-        py = re.sub(r"\b(CK[A-Z]_[A-Za-z0-9_]+)\b", lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), py)
+        py = re.sub(r"\b(CK[A-Z]_[A-Za-z0-9_]+)\b",
+                    lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), py)
         if re.fullmatch(r"[0-9xa-fA-F()|<>\s+~]+", py):
             try:
-                values[name] = eval(py, {"__builtins__": {}})  # noqa: S307 - digits and operators only
+                values[name] = eval(py, {"__builtins__": {}})
             except SyntaxError:
                 pass
     groups: dict[str, dict[str, int]] = {p: {} for p in PREFIXES}
     for name, value in values.items():
         prefix, _, rest = name.partition("_")
-        if prefix in groups and value >= 0 and rest and not rest[0].isdigit() or (prefix in groups and rest[:1].isdigit()):
+        if prefix in groups and ((value >= 0 and rest and not rest[0].isdigit()) or rest[:1].isdigit()):
             groups[prefix][rest] = value
     return groups
 

@@ -98,7 +98,7 @@ def write_test_pki(directory: Path, client_name: str | None = None) -> TlsFiles:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def name(common: str | None) -> x509.Name:
         if common is None:
@@ -384,7 +384,8 @@ class EtcdCluster:
         deadline = time.monotonic() + self.start_timeout
         while True:
             if not member.running:
-                raise RuntimeError(f"etcd member {member.name} exited; see {member.log_path}:\n{self._log_tail(member)}")
+                raise RuntimeError(
+                    f"etcd member {member.name} exited; see {member.log_path}:\n{self._log_tail(member)}")
             try:
                 self.request(member, "/v3/kv/range", {"key": "AA==", "serializable": True}, timeout=1.0)
                 return

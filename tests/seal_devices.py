@@ -93,7 +93,8 @@ class SwTpm:
 
     def tool(self, *args: str) -> str:
         """Run a tpm2-tools command against this TPM (e.g. ``tool("tpm2_pcrextend", ...)``)."""
-        result = subprocess.run([args[0], "-T", self.tcti, *args[1:]], capture_output=True, text=True, timeout=30, check=False)
+        result = subprocess.run([args[0], "-T", self.tcti, *args[1:]], capture_output=True, text=True, timeout=30,
+                                check=False)
         assert result.returncode == 0, result.stderr
         return result.stdout
 

@@ -10,19 +10,18 @@ import json
 import os
 import signal
 import subprocess
-from pathlib import Path
 import sys
 import textwrap
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-
-from strongroom.client import Client, ClientError, ClientProfile
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from strongroom.client import Client, ClientError, ClientProfile
 from strongroom.constants import CKA, CKM
 from strongroom.errors import CKR
 from strongroom.local import etcd as local_etcd

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from strongroom.seal import KEK_FILE, SEAL_FILE, unseal_cluster_key
 from strongroom.client import Client, ClientError, ClientProfile, Connection
 from strongroom.constants import CKA, CKM
 from strongroom.errors import CKR
+from strongroom.seal import KEK_FILE, SEAL_FILE, unseal_cluster_key
 from strongroom.services.join import JoinKeyPair
 from strongroom.transport.tls import client_context
 

@@ -25,8 +25,8 @@ from strongroom.client import Client, ClientError, ClientProfile
 from strongroom.constants import CKA, CKM, CKO
 from strongroom.errors import CKR
 from strongroom.mechanisms import ec as ec_mech
-from strongroom.services.identity import ClusterIdentity
 from strongroom.recovery import decrypt_share, load_custodian_key, split_cluster_key
+from strongroom.services.identity import ClusterIdentity
 
 from .conftest import LocalCluster, group_members
 
@@ -289,7 +289,8 @@ def test_automatic_backups_after_activation_and_membership_change(cluster: Local
     assert rc == 0, out
     wait_for(lambda: [b for b in backups() if b["trigger"] == "membership"], 60, "a backup after hsm add", log)
     entry = backups()[0]
-    rc, out = cluster.cli("backup", "verify", "--backup", entry["file"], "--trust-anchor", str(cluster.dir / "ca" / "ca.crt"))
+    rc, out = cluster.cli("backup", "verify", "--backup", entry["file"],
+                          "--trust-anchor", str(cluster.dir / "ca" / "ca.crt"))
     assert rc == 0 and out["data"]["signature"].startswith("ok"), out
     rc, out = cluster.cli("backup", "delete", "--backup-id", first[0]["backup_id"][:8])
     assert rc != 0 and "prefix" in out["error"]  # deleting needs the whole id

@@ -428,7 +428,8 @@ def _pykcs11(cluster: LocalCluster, pin: str, body: str, **inputs: bytes) -> dic
     env.update(STRONGROOM_AGENT_SOCKET=cluster.summary["agent_socket"], MODULE=module, PIN=pin)
     env.update({f"IN_{name}": value.hex() for name, value in inputs.items()})
     script = PYKCS11_SCRIPT + textwrap.dedent(body) + "\nprint(json.dumps(OUT))\n"
-    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env, timeout=110)
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env,
+                            timeout=110)
     assert result.returncode == 0, f"script failed:\n{result.stdout}\n{result.stderr}"
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -551,7 +552,8 @@ def test_pkcs11_shared_user_cannot_wrap_or_copy_the_owners_key(shared_cluster: L
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
     env.update(STRONGROOM_AGENT_SOCKET=shared_cluster.summary["agent_socket"], MODULE=module,
                TOKEN_LABEL=shared_cluster.summary["token_label"], PIN="own_p11_user:user-password")
-    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env, timeout=110)
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env,
+                            timeout=110)
     assert result.returncode == 0, result.stdout + result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
     prohibited = "Unmapped error code 0x1b"  # CKR_ACTION_PROHIBITED, as python-pkcs11 0.10 names it

@@ -33,7 +33,7 @@ def test_malformed_messages_get_errors_and_the_connection_survives(shared_cluste
         (frame(msgpack.packb({"not": "an array"})), CKR.ARGUMENTS_BAD),
         (frame(msgpack.packb([1, 5, "node.status", None])), CKR.ARGUMENTS_BAD),  # 4 elements
     ]
-    for data, code in cases:
+    for data, _code in cases:
         conn.send_raw(data)
     deadline = time.monotonic() + 5
     while len(conn.unattributed) < len(cases) and time.monotonic() < deadline:

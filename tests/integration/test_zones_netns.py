@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from strongroom import pki
 from strongroom.client import Client, ClientError, ClientProfile, NodeAddress
 from strongroom.constants import CKA, CKM
+from strongroom.local.cluster import enroll_nodes, initialize_cluster
 from strongroom.mechanisms import ec as ec_mech
 from strongroom.services.config import NodeConfig
-from strongroom.local.cluster import enroll_nodes, initialize_cluster
 from tests.etcd_cluster import etcd_binary
 from tests.netns import NetnsUnavailable, Topology, netns_unavailable_reason
 

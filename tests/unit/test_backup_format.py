@@ -343,7 +343,7 @@ def test_header_with_duplicate_field_is_rejected() -> None:
 
 def _certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CLUSTER)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
             .sign(key, hashes.SHA384()))
@@ -434,7 +434,7 @@ def test_catalog_write_names_and_protects_files(tmp_path: Path) -> None:
     catalog = BackupCatalog(tmp_path / "backups")
     data, h = make(NOW)
     path = catalog.write(data, h)
-    stamp = datetime.datetime.fromtimestamp(NOW, datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.datetime.fromtimestamp(NOW, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     assert path == tmp_path / "backups" / CLUSTER / f"{stamp}-{h.backup_id}.srbk"
     assert path.name == backup_file_name(h)
     assert path.read_bytes() == data

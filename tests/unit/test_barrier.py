@@ -40,7 +40,8 @@ def run_with_barrier(tmp_path: Path, body: Callable[[Barrier, Path], Awaitable[A
 
 def raw_row(path: Path, key: str) -> tuple[bytes, int, int, int]:
     with sqlite3.connect(path) as db:
-        row = db.execute("SELECT value, version, create_revision, mod_revision FROM kv WHERE key = ?", (key,)).fetchone()
+        row = db.execute("SELECT value, version, create_revision, mod_revision FROM kv WHERE key = ?",
+                         (key,)).fetchone()
     assert row is not None
     return row
 

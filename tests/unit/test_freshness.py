@@ -23,6 +23,7 @@ from strongroom.audit import AuditLog, verify
 from strongroom.audit.heads import first_record, head_problem, head_value, record_at
 from strongroom.barrier import Barrier, Write
 from strongroom.barrier.barrier import STORE_INTEGRITY_PURPOSE, derive_subkey
+from strongroom.seal import FRESHNESS_FILE, SealedIdentity, destroy_seal, seal_cluster_key
 from strongroom.services.freshness import (
     EPOCH_KEY,
     Freshness,
@@ -34,7 +35,6 @@ from strongroom.services.freshness import (
     rollback_message,
     seal_id,
 )
-from strongroom.seal import FRESHNESS_FILE, SealedIdentity, destroy_seal, seal_cluster_key
 from strongroom.store.sqlite import SqliteStore
 
 CLUSTER_KEY = b"\x42" * 32

@@ -137,7 +137,7 @@ def _assert_leaf(cert: x509.Certificate, pki: Pki, cn: str) -> None:
     assert _ext(cert, x509.SubjectKeyIdentifier)
     assert cert.serial_number > 0
     assert cert.not_valid_after_utc <= pki.ca_cert.not_valid_after_utc
-    assert cert.not_valid_before_utc <= dt.datetime.now(dt.timezone.utc)
+    assert cert.not_valid_before_utc <= dt.datetime.now(dt.UTC)
 
 
 def test_node_certificate(pki: Pki) -> None:
@@ -350,7 +350,7 @@ class OneShotServer:
     def _serve(self) -> None:
         try:
             conn, _ = self._listener.accept()
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - the server thread hands any failure to the test
             self.error = e
             return
         conn.settimeout(TIMEOUT)
@@ -359,7 +359,7 @@ class OneShotServer:
                 self.identity = peer_identity(tls)
                 if tls.recv(4) == b"ping":
                     tls.sendall(b"pong")
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - the server thread hands any failure to the test
             self.error = e
         finally:
             conn.close()

@@ -276,7 +276,8 @@ def test_decode_request_on_arbitrary_msgpack_structures(structure):
 #: Five-element arrays whose elements are often almost right, to reach the later checks.
 near_requests = st.tuples(
     st.sampled_from([PROTOCOL_VERSION, 0, 2, -1, "1", None]) | structures,
-    st.sampled_from([0, 1, MAX_REQUEST_ID, -1, True, False, 1.5, "1"]) | st.integers(INT64_MIN, UINT64_MAX) | structures,
+    st.sampled_from([0, 1, MAX_REQUEST_ID, -1, True, False, 1.5, "1"])
+    | st.integers(INT64_MIN, UINT64_MAX) | structures,
     op_names | st.sampled_from(["", "o" * (MAX_OP_LENGTH + 1)]) | structures,
     sessions | st.binary(min_size=MAX_SESSION_TOKEN + 1, max_size=MAX_SESSION_TOKEN + 1) | structures,
     arg_maps | structures,
@@ -367,7 +368,8 @@ def test_non_map_args_are_refused_with_the_request_id(args):
     assert refused([PROTOCOL_VERSION, 5, "node.status", None, args]).request_id == 5
 
 
-@pytest.mark.parametrize("op", ["", "o" * (MAX_OP_LENGTH + 1), "é" * (MAX_OP_LENGTH + 1), None, 1, b"node.status", ["x"]])
+@pytest.mark.parametrize("op", ["", "o" * (MAX_OP_LENGTH + 1), "é" * (MAX_OP_LENGTH + 1), None, 1, b"node.status",
+                                ["x"]])
 def test_bad_op_names_are_refused_with_the_request_id(op):
     assert refused([PROTOCOL_VERSION, 6, op, None, {}]).request_id == 6
 
@@ -383,7 +385,8 @@ def test_bad_sessions_are_refused_with_the_request_id(session):
 
 @pytest.mark.parametrize(
     "message",
-    [None, 1, "x", {}, [], [PROTOCOL_VERSION], [PROTOCOL_VERSION, 1, "x", None], [PROTOCOL_VERSION, 1, "x", None, {}, 0]],
+    [None, 1, "x", {}, [], [PROTOCOL_VERSION], [PROTOCOL_VERSION, 1, "x", None],
+     [PROTOCOL_VERSION, 1, "x", None, {}, 0]],
 )
 def test_messages_that_are_not_five_element_arrays_are_refused(message):
     assert refused(message).request_id is None

@@ -57,7 +57,7 @@ def encrypted(custodians, cluster_key) -> list[EncryptedShare]:
 def plain(custodians, encrypted) -> list[PlainShare]:
     # Through the files both ways, as custodians and the operator would see them.
     return [PlainShare.from_json(decrypt_share(EncryptedShare.from_json(e.to_json()), k).to_json())
-            for e, k in zip(encrypted, custodians)]
+            for e, k in zip(encrypted, custodians, strict=True)]
 
 
 def _edit(text: str, **changes) -> str:
@@ -77,7 +77,7 @@ def _flip(data: bytes, position: int) -> bytes:
 
 def test_shares_are_what_the_format_says(encrypted, custodians):
     assert [e.index for e in encrypted] == [1, 2, 3, 4, 5]
-    for share, key in zip(encrypted, custodians):
+    for share, key in zip(encrypted, custodians, strict=True):
         doc = json.loads(share.to_json())
         assert doc["format"] == "strongroom-recovery-share/1"
         assert (doc["cluster_id"], doc["threshold"], doc["total"]) == (CLUSTER, 3, 5)
@@ -244,7 +244,7 @@ def test_custodian_keys_made_with_openssl_cli(tmp_path: Path):
 
     key = bytearray(os.urandom(32))
     shares = split_cluster_key(key, CLUSTER, publics, 2)
-    assert combine_shares([decrypt_share(s, k) for s, k in zip(shares, privates)], CLUSTER) == key
+    assert combine_shares([decrypt_share(s, k) for s, k in zip(shares, privates, strict=True)], CLUSTER) == key
 
     # The fingerprint is what `openssl pkey -pubin -outform DER | sha256sum` prints.
     der = subprocess.run(["openssl", "pkey", "-pubin", "-in", str(tmp_path / "ec.pub"), "-outform", "DER"],

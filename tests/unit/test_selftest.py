@@ -15,8 +15,8 @@ import pytest
 
 import strongroom
 from strongroom import hardening
+from strongroom.hardening import wipe
 from strongroom.node import selftest
-from strongroom.hardening import harden_process, wipe
 from strongroom.node.selftest import (
     INJECTED_FAILURE,
     SelfTestError,

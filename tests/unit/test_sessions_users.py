@@ -15,11 +15,11 @@ from strongroom.auth.users import (
     MAX_FAILED_LOGINS,
     PASSWORD_MAX,
     PASSWORD_MIN,
+    WRONG_CREDENTIALS,
     Role,
     UserDirectory,
     UserExists,
     UserNotFound,
-    WRONG_CREDENTIALS,
     check_password_rules,
     normalize_username,
 )
@@ -213,7 +213,8 @@ def test_passwords_accepted(password):
     assert check_password_rules(password) == password
 
 
-@pytest.mark.parametrize("password", ["", "x", "x" * (PASSWORD_MIN - 1), "x" * (PASSWORD_MAX + 1), "é" * (PASSWORD_MAX + 1)])
+@pytest.mark.parametrize("password", ["", "x", "x" * (PASSWORD_MIN - 1), "x" * (PASSWORD_MAX + 1),
+                                      "é" * (PASSWORD_MAX + 1)])
 def test_passwords_of_the_wrong_length_refused(password):
     with pytest.raises(PinLenRange):
         check_password_rules(password)

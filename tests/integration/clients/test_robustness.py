@@ -315,7 +315,7 @@ def test_application_killed_mid_operation_leaves_agent_healthy(shared_cluster: L
             assert victim.returncode == -signal.SIGKILL
 
             # The agent noticed the application's connections closing and ended its state.
-            wait_for(lambda: f"(pid {victim.pid}) finalized" in agent_log.read_text(errors="replace"),
+            wait_for(lambda victim=victim: f"(pid {victim.pid}) finalized" in agent_log.read_text(errors="replace"),
                      f"the agent ending the state of killed application {victim.pid} (round {round_})")
 
             # Another application works right after, and the agent is the same, healthy process.
@@ -390,7 +390,7 @@ def patient_agent(cluster: LocalCluster) -> Iterator[LocalCluster]:
     patient = directory / "agent-patient.toml"
     config.write(patient)
     assert stop_agent(directory) is not None
-    log = open(directory / "agent.log", "ab")  # noqa: SIM115 - closed in finally
+    log = open(directory / "agent.log", "ab")
     agent = subprocess.Popen([sys.executable, "-m", "strongroom", "agent", "--config", str(patient)],
                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import boto3
+import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -148,7 +147,7 @@ def second_gateway(kms: KmsEnv, name: str, configure: Callable[[GatewayConfig], 
             try:
                 other.client().list_keys(Limit=1)
                 break
-            except Exception:
+            except Exception:  # noqa: BLE001 - not up yet (refused, reset, TLS): poll until the deadline
                 assert time.monotonic() < deadline and process.poll() is None, f"the gateway {name} did not start"
                 time.sleep(0.1)
         yield other

@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from strongroom.client import Client
+from strongroom.client import ClientError as HsmClientError
+from strongroom.errors import CKR
 from tests.integration.kms.conftest import KmsEnv, error_of
 
 pytestmark = pytest.mark.slow
@@ -137,9 +139,11 @@ def test_the_cluster_holds_non_extractable_private_and_hmac_keys(kms: KmsEnv, ke
             assert len(handles) == (1 if spec.startswith("HMAC") else 2) and len(secret) == 1
             attrs = hsm.get_attributes(secret[0], [CKA.SENSITIVE, CKA.EXTRACTABLE, CKA.TOKEN])
             assert attrs == {CKA.SENSITIVE: True, CKA.EXTRACTABLE: False, CKA.TOKEN: True}
-            with pytest.raises(Exception):
+            with pytest.raises(HsmClientError) as refused:
                 hsm.get_attributes(secret[0], [CKA.VALUE])
-        hmac_handle = hsm.find_objects({CKA.LABEL: f"kms/{keys['HMAC_384', 'GENERATE_VERIFY_MAC']['KeyId']}/1".encode()})
+            assert refused.value.code == CKR.ATTRIBUTE_SENSITIVE
+        hmac_id = keys["HMAC_384", "GENERATE_VERIFY_MAC"]["KeyId"]
+        hmac_handle = hsm.find_objects({CKA.LABEL: f"kms/{hmac_id}/1".encode()})
         assert hsm.get_attribute(hmac_handle[0], CKA.VALUE_LEN) == 48
         hsm.logout()
 

@@ -13,6 +13,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from strongroom.client import Client
+from strongroom.client import ClientError as HsmClientError
+from strongroom.errors import CKR
 from tests.integration.kms.conftest import ACCOUNT, REGION, KmsEnv, error_of, short_day_gateway, wait_deleted
 
 pytestmark = pytest.mark.slow
@@ -67,8 +69,9 @@ def test_the_cluster_holds_a_non_extractable_key_labelled_by_key_id(kms: KmsEnv,
         (handle,) = hsm.find_objects({CKA.LABEL: f"kms/{key_id}/1".encode()})
         attrs = hsm.get_attributes(handle, [CKA.SENSITIVE, CKA.EXTRACTABLE, CKA.TOKEN, CKA.VALUE_LEN])
         assert attrs == {CKA.SENSITIVE: True, CKA.EXTRACTABLE: False, CKA.TOKEN: True, CKA.VALUE_LEN: 32}
-        with pytest.raises(Exception):
+        with pytest.raises(HsmClientError) as refused:
             hsm.get_attributes(handle, [CKA.VALUE])
+        assert refused.value.code == CKR.ATTRIBUTE_SENSITIVE
         hsm.logout()
 
 

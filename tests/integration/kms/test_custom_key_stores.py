@@ -30,7 +30,8 @@ KMSUSER_PASSWORD = "kms-user-pass-1"
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KmsEnv]:
-    with key_store_cluster(tmp_path_factory.mktemp("cks") / "cluster", KMSUSER_PASSWORD, day_seconds=0.05, check_seconds=0.5) as kms_env:
+    with key_store_cluster(tmp_path_factory.mktemp("cks") / "cluster", KMSUSER_PASSWORD, day_seconds=0.05,
+                           check_seconds=0.5) as kms_env:
         yield kms_env
 
 

@@ -90,7 +90,7 @@ def test_https_with_a_certificate_from_another_ca(kms: KmsEnv, tmp_path: Any) ->
             try:
                 client.list_keys(Limit=1)
                 break
-            except Exception:
+            except Exception:  # noqa: BLE001 - not up yet (refused, reset, TLS): poll until the deadline
                 assert time.monotonic() < deadline and process.poll() is None
                 time.sleep(0.1)
         key_id = client.create_key()["KeyMetadata"]["KeyId"]
@@ -112,12 +112,12 @@ def test_a_wrong_service_password_stops_the_start(kms: KmsEnv, tmp_path: Any) ->
         config.kms.tls_cert, config.kms.tls_key = str(config.path(config.kms.tls_cert)), str(config.path(
             config.kms.tls_key))
     config.write(tmp_path / "kms.toml")
-    result = subprocess.run([sys.executable, "-m", "strongroom", "kms", "serve", "--config", str(tmp_path / "kms.toml")],
-                            capture_output=True, text=True, timeout=60)
+    serve = [sys.executable, "-m", "strongroom", "kms", "serve", "--config", str(tmp_path / "kms.toml")]
+    result = subprocess.run(serve, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "refused" in result.stderr
     (tmp_path / "wrong.password").chmod(0o644)
-    result = subprocess.run([sys.executable, "-m", "strongroom", "kms", "serve", "--config", str(tmp_path / "kms.toml")],
-                            capture_output=True, text=True, timeout=60)
+    serve = [sys.executable, "-m", "strongroom", "kms", "serve", "--config", str(tmp_path / "kms.toml")]
+    result = subprocess.run(serve, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "chmod 600" in result.stderr
     # The wrong password counted one failed login of kmsuser; the real gateway logs in again fine.
     assert kms.client().list_keys()["Truncated"] in (True, False)

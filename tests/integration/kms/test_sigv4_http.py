@@ -54,7 +54,8 @@ def test_wrong_secret(kms: KmsEnv) -> None:
 
 def test_unknown_access_key(kms: KmsEnv) -> None:
     reply = send(kms, signed(kms, key_id="AKIAUNKNOWNUNKNOWN00"))
-    assert error(reply) == (400, "UnrecognizedClientException", "The security token included in the request is invalid.")
+    assert error(reply) == (400, "UnrecognizedClientException",
+                            "The security token included in the request is invalid.")
     reply = send(kms, signed(kms, key_id="not-even-an-akid"))
     assert error(reply)[1] == "UnrecognizedClientException"
 
@@ -75,7 +76,7 @@ def test_malformed_authorization(kms: KmsEnv) -> None:
 
 @pytest.mark.parametrize("minutes, text", [(-6, "Signature expired: "), (6, "Signature not yet current: ")])
 def test_skewed_clock(kms: KmsEnv, monkeypatch: Any, minutes: int, text: str) -> None:
-    skewed = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + dt.timedelta(minutes=minutes)
+    skewed = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=minutes)
     monkeypatch.setattr(botocore_auth, "get_current_datetime", lambda: skewed)
     status, code, message = error(send(kms, signed(kms)))
     assert (status, code) == (400, "InvalidSignatureException")
@@ -83,7 +84,7 @@ def test_skewed_clock(kms: KmsEnv, monkeypatch: Any, minutes: int, text: str) ->
 
 
 def test_skew_within_the_window_passes(kms: KmsEnv, monkeypatch: Any) -> None:
-    skewed = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(minutes=4)
+    skewed = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(minutes=4)
     monkeypatch.setattr(botocore_auth, "get_current_datetime", lambda: skewed)
     assert send(kms, signed(kms)).status_code == 200
 

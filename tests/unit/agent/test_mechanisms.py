@@ -9,11 +9,12 @@ import pytest
 
 from strongroom.agent.attrcodec import Layout
 from strongroom.agent.nodes import NodePool
-from strongroom.agent.runtime import Agent
 from strongroom.agent.returns import AgentError
+from strongroom.agent.runtime import Agent
 from strongroom.agent.state import App
 from strongroom.errors import CKR
 from tests.unit.agent.fake_node import MECHANISMS, FakeNode, run
+
 
 def an_app(app_id: bytes = b"A" * 16) -> App:
     return App(app_id, 4242, 1000, Layout(8, True))

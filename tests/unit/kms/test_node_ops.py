@@ -176,7 +176,7 @@ def test_records_compare_and_swap_namespaces_and_listing(tmp_path):
 def _today(offset_days: int = 0) -> str:
     import datetime as dt
 
-    return (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=offset_days)).strftime("%Y%m%d")
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(days=offset_days)).strftime("%Y%m%d")
 
 
 def test_sigv4_signing_key_role_binding_date_and_audit(tmp_path, monkeypatch):
@@ -205,7 +205,8 @@ def test_sigv4_signing_key_role_binding_date_and_audit(tmp_path, monkeypatch):
 
         # Yesterday and tomorrow are issued; two days away is not.
         for offset in (-1, 1):
-            await op(kms.sigv4_signing_key_op, kms.SigV4SigningKeyArgs, user(services), **dict(args, date=_today(offset)))
+            await op(kms.sigv4_signing_key_op, kms.SigV4SigningKeyArgs, user(services),
+                     **dict(args, date=_today(offset)))
         for date in (_today(-2), _today(2), "20260230", "2026-11-28"):
             with pytest.raises(ArgumentsBad):
                 await op(kms.sigv4_signing_key_op, kms.SigV4SigningKeyArgs, user(services), **dict(args, date=date))
@@ -222,8 +223,10 @@ def test_sigv4_signing_key_role_binding_date_and_audit(tmp_path, monkeypatch):
         assert sorted(d["date"] for d in issued_events) == sorted([_today(), _today(-1), _today(1)])
         # Refusals are audited aggregated: the first of each group (service user, outcome, source, access key
         # or "unknown") at once, the rest counted into one record when the interval ends.
-        refused = [(outcome, d) for e, outcome, d in services.audited if e == "kms.sigv4.signing_key" and outcome != "ok"]
-        assert sorted(o for o, _ in refused) == ["CKR_ARGUMENTS_BAD", "CKR_KEY_HANDLE_INVALID", "CKR_KEY_HANDLE_INVALID"]
+        refused = [(outcome, d) for e, outcome, d in services.audited
+                   if e == "kms.sigv4.signing_key" and outcome != "ok"]
+        assert sorted(o for o, _ in refused) == ["CKR_ARGUMENTS_BAD", "CKR_KEY_HANDLE_INVALID",
+                                                  "CKR_KEY_HANDLE_INVALID"]
         assert all(d["count"] == 1 and d["source"] == "unknown" for _, d in refused)
         before = len(services.audited)
         await failures.close_all(services)
@@ -318,8 +321,9 @@ def test_the_timer_writes_the_aggregated_record(tmp_path, monkeypatch):
     async def body(services: FakeServices) -> None:
         for _ in range(5):
             with pytest.raises(HsmError):
-                await op(kms.sigv4_signing_key_op, kms.SigV4SigningKeyArgs, user(services), access_key_id="AKIA" + "Q" * 16,
-                         date=_today(), region="us-east-1", service="kms", source="127.0.0.1")
+                await op(kms.sigv4_signing_key_op, kms.SigV4SigningKeyArgs, user(services),
+                         access_key_id="AKIA" + "Q" * 16, date=_today(), region="us-east-1", service="kms",
+                         source="127.0.0.1")
         assert len(services.audited) == 1
         await asyncio.sleep(0.2)
         assert [d["count"] for _, _, d in services.audited] == [1, 4] and len(failures) == 0

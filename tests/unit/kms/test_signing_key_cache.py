@@ -193,7 +193,7 @@ def test_deleted_access_key_stops_working_within_the_cache_time() -> None:
     async def main() -> None:
         node, clock = FakeNode(), Clock()
         gw = gateway(node)
-        gw.signing_keys._clock = clock  # noqa: SLF001 - the test's clock
+        gw.signing_keys._clock = clock
         await authenticate(gw, prepared())
         del node.secrets[KEY_ID]
         assert (await authenticate(gw, prepared(n=1))).name == "ci"  # still cached

@@ -108,7 +108,7 @@ def test_scope(kwargs, text):
 
 def test_clock_skew_both_ways():
     request = signed()
-    sent = dt.datetime.strptime(request.headers["X-Amz-Date"], sigv4.AMZ_DATE_FORMAT).replace(tzinfo=dt.timezone.utc)
+    sent = dt.datetime.strptime(request.headers["X-Amz-Date"], sigv4.AMZ_DATE_FORMAT).replace(tzinfo=dt.UTC)
     prepare(request, now=lambda: sent + dt.timedelta(seconds=299))
     with pytest.raises(InvalidSignature, match=r"^Signature expired: \d{8}T\d{6}Z is now earlier than "
                                                r"\d{8}T\d{6}Z \(\d{8}T\d{6}Z - 5 min\.\)$"):

@@ -303,7 +303,8 @@ def test_processes_writing_at_once_keep_the_digest_right(tmp_path: Path) -> None
 
 
 HISTORY_ATTACKS = {
-    "event-version-edited": "UPDATE events SET version = version + 1 WHERE revision = (SELECT MAX(revision) FROM events)",
+    "event-version-edited":
+        "UPDATE events SET version = version + 1 WHERE revision = (SELECT MAX(revision) FROM events)",
     "event-deleted": "DELETE FROM events WHERE id = (SELECT MAX(id) FROM events)",
     "event-inserted": "INSERT INTO events (revision, key, deleted, version, create_revision, value_hash) "
                       "SELECT revision, 'users/mallory', 0, 1, revision, value_hash FROM events "
