@@ -17,7 +17,7 @@ node answers CKR_ATTRIBUTE_TYPE_INVALID.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from strongroom.constants import CKA
 from strongroom.errors import CKR
@@ -48,7 +48,7 @@ class Layout:
             raise ValueError("CK_ULONG is 4 or 8 bytes")
 
     @property
-    def byteorder(self) -> str:
+    def byteorder(self) -> Literal["little", "big"]:
         return "little" if self.little_endian else "big"
 
     @property

@@ -113,7 +113,7 @@ class NodeLink:
         if self.connected:
             return True
         async with self._lock:
-            if self.connected:
+            if self.conn is not None and self.conn.closed is None:  # connected by another task meanwhile
                 return True
             now = time.monotonic()
             if not force and now - self._last_attempt < MIN_CONNECT_INTERVAL:
@@ -378,7 +378,7 @@ class NodePool:
         idempotent: bool = False,
         stateful: bool = False,
         serial: int | None = None,
-    ) -> tuple[Any, NodeLink, int]:
+    ) -> tuple[dict[str, Any], NodeLink, int]:
         """Run ``op`` and return ``(body, link, login serial)``; node errors raise :class:`NodeError`.
 
         ``link`` is preferred (``pinned``: required — a stateless call on the link that
@@ -422,6 +422,9 @@ class NodePool:
                     continue
                 raise
             if reply.ok:
+                if not isinstance(reply.body, dict):  # every node operation answers with a map
+                    raise NodeError(CKR.DEVICE_ERROR, f"{op}: node {use.name} answered with a "
+                                                      f"{type(reply.body).__name__}, not a map")
                 return reply.body, use, serial
             if reply.code in LOGIN_CODES and token is not None and logins is not None:
                 if await self._login_dead(use, token):
@@ -445,7 +448,7 @@ class NodePool:
             return True
         return reply.code in LOGIN_CODES
 
-    async def request_any(self, op: str, args: dict[str, Any], token: bytes | None = None) -> Any:
+    async def request_any(self, op: str, args: dict[str, Any], token: bytes | None = None) -> dict[str, Any]:
         """A call that needs no login (node.status, cluster.status) on any link, retried once."""
         body, _link, _serial = await self.call(op, args, logins=None, idempotent=True)
         return body

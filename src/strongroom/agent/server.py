@@ -76,9 +76,10 @@ def is_node_protocol(payload: bytes) -> bool:
     unpacker = msgpack.Unpacker(raw=False)
     unpacker.feed(payload[:16])
     try:
-        return unpacker.read_array_header() == 5
+        length: int = unpacker.read_array_header()  # an int, or it raises
     except Exception:  # noqa: BLE001 - not an array: let the module path report it
         return False
+    return length == 5
 
 
 def decode_request(payload: bytes) -> tuple[int, str, list[Any]]:
@@ -103,7 +104,7 @@ def decode_request(payload: bytes) -> tuple[int, str, list[Any]]:
 def encode_reply(request_id: int, rv: int, outputs: list[Any]) -> bytes:
     try:
         payload = msgpack.packb([PROTOCOL_VERSION, request_id, int(rv), outputs], use_bin_type=True)
-    except Exception:  # noqa: BLE001 - a reply that cannot be encoded is an internal error
+    except Exception:  # a reply that cannot be encoded is an internal error
         log.exception("cannot encode the reply to request %d", request_id)
         payload = msgpack.packb([PROTOCOL_VERSION, request_id, int(CKR.GENERAL_ERROR), []], use_bin_type=True)
     return frame(payload)
@@ -235,7 +236,7 @@ class AgentServer:
     async def _call(self, connection: ClientConnection, name: str, args: list[Any]) -> tuple[int, list[Any]]:
         try:
             return await dispatch(self.agent, connection, name, args)
-        except Exception:  # noqa: BLE001 - dispatch already catches; this is the last guard
+        except Exception:  # dispatch already catches; this is the last guard
             log.exception("unexpected error serving %s", name)
             return int(CKR.GENERAL_ERROR), []
 
@@ -249,5 +250,5 @@ class AgentServer:
         if not app.connections and not app.finalized:
             try:
                 await self.agent.finalize(app)
-            except Exception:  # noqa: BLE001 - must not break the server
+            except Exception:  # must not break the server
                 log.exception("finalizing an application failed")

@@ -88,7 +88,8 @@ def head_problem(path: str | os.PathLike[str], recorded: dict[str, Any], last_se
     try:
         first = first_record(path)
         if first is None or first.hash != recorded.get("first"):
-            return (f"its first record is not the one its node recorded (first hash {str(recorded.get('first'))[:16]}…): "
+            first_hash = str(recorded.get("first"))[:16]
+            return (f"its first record is not the one its node recorded (first hash {first_hash}…): "
                     "the log was replaced or rewritten")
         if last_seq is None or last_seq < seq:
             return (f"truncated: the log ends at seq {last_seq or 0}, but its node recorded seq {seq} "

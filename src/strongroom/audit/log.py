@@ -200,7 +200,7 @@ def _check_json_value(value: object, where: str) -> None:
 
 
 def _utc_now() -> str:
-    now = _dt.datetime.now(_dt.timezone.utc)
+    now = _dt.datetime.now(_dt.UTC)
     return f"{now:%Y-%m-%dT%H:%M:%S}.{now.microsecond // 1000:03d}Z"
 
 

@@ -54,7 +54,7 @@ class LoginThrottle:
         entry.failures += 1
         if entry.failures < self.limit:
             return 0.0
-        pause = min(MAX_BACKOFF, self.backoff * 2 ** (entry.failures - self.limit))
+        pause = min(MAX_BACKOFF, self.backoff * 2.0 ** (entry.failures - self.limit))
         entry.blocked_until = self._clock() + pause
         return pause
 

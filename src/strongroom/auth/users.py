@@ -70,7 +70,7 @@ async def _no_witness() -> None:
     return None
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     ADMIN = "admin"
     CRYPTO_USER = "crypto-user"
 
@@ -293,6 +293,8 @@ class UserDirectory:
         finally:
             right = await check
         if counted is None:  # the last check of a locked account went to another attempt meanwhile
+            raise PinIncorrect(WRONG_CREDENTIALS)
+        if counted.password is None:  # the name went to a user not yet given a password in between
             raise PinIncorrect(WRONG_CREDENTIALS)
         if counted.password != user.password:  # an admin set a new password in between
             right = await asyncio.to_thread(verify_password, password, counted.password)

@@ -19,7 +19,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ PathList = list[Path]
 
 def backup_file_name(header: BackupHeader) -> str:
     """``<UTC yyyymmddThhmmssZ>-<backup_id>.srbk``: sorts by time in a plain ``ls``."""
-    stamp = datetime.fromtimestamp(header.created, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.fromtimestamp(header.created, UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-{header.backup_id}{FILE_EXTENSION}"
 
 
@@ -281,4 +281,4 @@ def _link_new(tmp: Path, path: Path) -> None:
 
 
 def _utc(created: float) -> str:
-    return datetime.fromtimestamp(created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

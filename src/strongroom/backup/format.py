@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 import hmac
 import io
+import itertools
 import math
 import os
 import re
@@ -43,7 +44,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard, TypedDict
 
 import msgpack
 from cryptography import x509
@@ -78,7 +79,16 @@ _LATEST_CREATED = 253402300800.0  # 10000-01-01: beyond it a UTC file name canno
 # more than it holds: arrays inside a record have 3 items, maps only the header's.
 # (read_array_header, used for the record list, is not bound by max_array_len;
 # MAX_RECORDS is checked by hand.)
-_UNPACK_LIMITS: dict[str, int] = {
+class _UnpackLimits(TypedDict):
+    max_buffer_size: int
+    max_str_len: int
+    max_bin_len: int
+    max_array_len: int
+    max_map_len: int
+    max_ext_len: int
+
+
+_UNPACK_LIMITS: _UnpackLimits = {
     "max_buffer_size": 4 * MAX_VALUE_BYTES,
     "max_str_len": MAX_CERTIFICATE_CHARS,
     "max_bin_len": MAX_VALUE_BYTES,
@@ -361,7 +371,7 @@ def _check_header(header: BackupHeader) -> None:
         raise BackupError(f"invalid backup header: {problem}")
 
 
-def _header_problem(h: BackupHeader) -> str | None:  # noqa: PLR0911 - one rule per field reads best
+def _header_problem(h: BackupHeader) -> str | None:  # one rule per field reads best
     if not _is_int(h.format_version):
         return "format_version is not an integer"
     if h.format_version != FORMAT_VERSION:
@@ -409,14 +419,17 @@ def _sorted_records(given: list[BackupRecord], expected: int) -> list[BackupReco
         if problem is not None:
             raise BackupError(f"cannot back up record {_show(record.key)}: it {problem}")
     ordered = sorted(given, key=lambda r: r.key)
-    for before, after in zip(ordered, ordered[1:]):
+    for before, after in itertools.pairwise(ordered):
         if before.key == after.key:
             raise BackupError(f"cannot back up: key {_show(after.key)} appears twice")
     return ordered
 
 
 def _record_problem(record: BackupRecord) -> str | None:
-    key, value, version = record.key, record.value, record.version
+    # Checked as the objects they are, whatever the annotations say: a caller's records are not trusted.
+    key: object = record.key
+    value: object = record.value
+    version: object = record.version
     if not isinstance(key, str) or not key:
         return "has no key (a non-empty string)"
     try:
@@ -440,7 +453,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -494,7 +507,7 @@ def read_backup_header(path: Path | str, *, max_bytes: int = MAX_FILE_BYTES) -> 
             raise BackupError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-class _open_backup:  # noqa: N801 - used as a context manager like open()
+class _open_backup:  # used as a context manager like open()
     """Open a regular file for reading and check its size before anything is read."""
 
     def __init__(self, path: Path | str, max_bytes: int) -> None:

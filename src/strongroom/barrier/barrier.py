@@ -132,7 +132,7 @@ class Barrier:
         plaintext = self.open(record)
         try:
             value = msgpack.unpackb(plaintext, raw=False)
-        except Exception:
+        except Exception:  # noqa: BLE001 - msgpack raises many types on bytes it cannot decode
             raise RecordTampered(record.key, "does not decode") from None
         if not isinstance(value, dict):
             raise RecordTampered(record.key, "does not decode to a map")

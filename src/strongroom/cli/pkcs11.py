@@ -55,4 +55,5 @@ def register(sub: Any, add: AddCommand) -> None:
     p = add(group, "p11-kit-config", cmd_p11kit_config,
             "print (or --install) the p11-kit module file so GnuTLS and other p11-kit users find the module")
     p.add_argument("--install", action="store_true", help="write it to /etc/pkcs11/modules/strongroom.module")
-    p.add_argument("--install-dir", help="write it to this folder instead (implies --install; e.g. ~/.config/pkcs11/modules)")
+    p.add_argument("--install-dir",
+                   help="write it to this folder instead (implies --install; e.g. ~/.config/pkcs11/modules)")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from strongroom.client.connection import ClientError
 from strongroom.errors import CKR
@@ -28,6 +28,10 @@ Template = Mapping[int, Any]
 Send = Callable[[str, dict[str, Any], "bytes | None"], Awaitable[Any]]
 #: The exception for a refusal inside a successful reply (an attribute that may not be read).
 Refusal = Callable[[int, str], Exception]
+#: A node operation's reply body: every handler answers with a map (``dispatch.table.Handler``).
+Body = dict[str, Any]
+
+T = TypeVar("T")
 
 #: The three node operations of each multi-part kind, by their literal names.
 _MULTIPART = {
@@ -70,14 +74,26 @@ class AsyncClient:
     def session(self, value: bytes | None) -> None:
         self.login_state.session = value
 
-    async def call(self, op: str, /, **args: Any) -> Any:
-        """Any node operation by name; arguments that are None are left out."""
-        return await self._send(op, {k: v for k, v in args.items() if v is not None}, self.login_state.session)
+    async def call(self, op: str, /, **args: Any) -> Body:
+        """Any node operation by name; arguments that are None are left out. The reply comes off the
+        wire here, so this is where its shape is checked: a map, or the call fails (``refused``)."""
+        body = await self._send(op, {k: v for k, v in args.items() if v is not None}, self.login_state.session)
+        if not isinstance(body, dict):
+            raise self._refused(int(CKR.DEVICE_ERROR), f"{op}: the reply is a {type(body).__name__}, not a map")
+        return body
+
+    def _field(self, op: str, reply: Body, name: str, kind: type[T]) -> T:
+        """``reply[name]``, checked to be a ``kind`` (bytes, list ...) before a caller relies on it."""
+        value = reply.get(name)
+        if not isinstance(value, kind):
+            raise self._refused(int(CKR.DEVICE_ERROR),
+                                f"{op}: the reply's {name!r} is a {type(value).__name__}, not a {kind.__name__}")
+        return value
 
     # --- sessions --------------------------------------------------------------------
 
     async def login(self, username: str, password: str, role: str | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call("session.login", username=username, password=password, role=role)
+        result = await self.call("session.login", username=username, password=password, role=role)
         state = self.login_state
         state.session, state.username, state.role = result["session"], result["username"], result["role"]
         return result
@@ -158,7 +174,7 @@ class AsyncClient:
         return await self.call("user.delete", username=username)
 
     async def user_list(self) -> list[dict[str, Any]]:
-        return (await self.call("user.list"))["users"]
+        return self._field("user.list", await self.call("user.list"), "users", list)
 
     async def user_change_password(self, username: str, password: str) -> dict[str, Any]:
         return await self.call("user.change_password", username=username,
@@ -176,10 +192,12 @@ class AsyncClient:
         return int((await self.call("object.create", template=pairs(template), session=session))["handle"])
 
     async def find_objects(self, template: Template | None = None) -> list[int]:
-        return (await self.call("object.find", template=pairs(template or {})))["handles"]
+        reply = await self.call("object.find", template=pairs(template or {}))
+        return self._field("object.find", reply, "handles", list)
 
     async def list_objects(self, template: Template | None = None) -> list[dict[str, Any]]:
-        return (await self.call("object.list", template=pairs(template or {})))["objects"]
+        reply = await self.call("object.list", template=pairs(template or {}))
+        return self._field("object.list", reply, "objects", list)
 
     async def get_attributes(self, handle: int, types: list[int]) -> dict[int, Any]:
         """Readable attributes as a map; raises (``refused``) with the call's CKR code if any was refused."""
@@ -201,10 +219,12 @@ class AsyncClient:
         return int((await self.call("object.copy", handle=handle, template=pairs(template), session=session))["handle"])
 
     async def share(self, handle: int, username: str) -> list[str]:
-        return (await self.call("object.share", handle=handle, username=username))["shared_with"]
+        return self._field("object.share", await self.call("object.share", handle=handle, username=username),
+                           "shared_with", list)
 
     async def unshare(self, handle: int, username: str) -> list[str]:
-        return (await self.call("object.unshare", handle=handle, username=username))["shared_with"]
+        return self._field("object.unshare", await self.call("object.unshare", handle=handle, username=username),
+                           "shared_with", list)
 
     async def generate_key(self, mechanism: int, template: Template, params: Any = None,
                            session: int | None = None) -> int:
@@ -218,8 +238,8 @@ class AsyncClient:
         return int(result["public"]), int(result["private"])
 
     async def wrap_key(self, mechanism: int, wrapping_key: int, key: int, params: Any = None) -> bytes:
-        return (await self.call("key.wrap", mechanism=int(mechanism), wrapping_key=wrapping_key,
-                                key=key, params=params))["wrapped"]
+        reply = await self.call("key.wrap", mechanism=int(mechanism), wrapping_key=wrapping_key, key=key, params=params)
+        return self._field("key.wrap", reply, "wrapped", bytes)
 
     async def unwrap_key(self, mechanism: int, unwrapping_key: int, wrapped: bytes, template: Template,
                          params: Any = None, session: int | None = None) -> int:
@@ -233,12 +253,12 @@ class AsyncClient:
                                     template=pairs(template), params=params, session=session))["handle"])
 
     async def mechanisms(self) -> list[dict[str, Any]]:
-        return (await self.call("mechanism.list"))["mechanisms"]
+        return self._field("mechanism.list", await self.call("mechanism.list"), "mechanisms", list)
 
     # --- crypto (crypto users) ---------------------------------------------------------------
 
     async def generate_random(self, length: int) -> bytes:
-        return (await self.call("random.generate", length=length))["random"]
+        return self._field("random.generate", await self.call("random.generate", length=length), "random", bytes)
 
     async def encrypt(self, key: int, mechanism: int, data: bytes, params: Any = None) -> dict[str, Any]:
         """Returns {"data": ciphertext} plus {"iv": ...} when the node generated a GCM IV."""
@@ -246,12 +266,12 @@ class AsyncClient:
                                data=data, params=params)
 
     async def decrypt(self, key: int, mechanism: int, data: bytes, params: Any = None) -> bytes:
-        return (await self.call("crypto.decrypt", key=key, mechanism=int(mechanism), data=data,
-                                params=params))["data"]
+        reply = await self.call("crypto.decrypt", key=key, mechanism=int(mechanism), data=data, params=params)
+        return self._field("crypto.decrypt", reply, "data", bytes)
 
     async def sign(self, key: int, mechanism: int, data: bytes, params: Any = None) -> bytes:
-        return (await self.call("crypto.sign", key=key, mechanism=int(mechanism), data=data,
-                                params=params))["signature"]
+        reply = await self.call("crypto.sign", key=key, mechanism=int(mechanism), data=data, params=params)
+        return self._field("crypto.sign", reply, "signature", bytes)
 
     async def verify(self, key: int, mechanism: int, data: bytes, signature: bytes, params: Any = None) -> None:
         """Raises (CKR_SIGNATURE_INVALID …) when the signature does not verify."""
@@ -259,7 +279,8 @@ class AsyncClient:
                         params=params)
 
     async def digest(self, mechanism: int, data: bytes) -> bytes:
-        return (await self.call("crypto.digest", mechanism=int(mechanism), data=data))["digest"]
+        return self._field("crypto.digest", await self.call("crypto.digest", mechanism=int(mechanism), data=data),
+                           "digest", bytes)
 
     async def multipart(self, kind: str, session: int, mechanism: int, parts: list[bytes], key: int | None = None,
                         params: Any = None, signature: bytes | None = None) -> dict[str, Any]:

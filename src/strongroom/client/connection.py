@@ -27,6 +27,7 @@ from strongroom.pki.certs import PkiError
 from strongroom.transport.protocol import (
     DEFAULT_MAX_FRAME,
     FrameDecoder,
+    OversizedFrame,
     ProtocolError,
     Reply,
     decode_reply,
@@ -135,6 +136,8 @@ class AsyncConnection:
                 if not data:
                     break
                 for payload in self._decoder.feed(data):
+                    if isinstance(payload, OversizedFrame):  # not with this decoder (no skip limit): it raises
+                        raise ProtocolError(f"reply of {payload.size} bytes is above the limit")
                     reply = decode_reply(payload)
                     future = self._pending.pop(reply.request_id, None)
                     if future is not None and not future.done():

@@ -233,7 +233,7 @@ class Gateway:
         except ClusterError as exc:
             error = cluster_failure(exc)
             return error.status, error.body()
-        except Exception:  # noqa: BLE001 - every failure must become an AWS-shaped answer
+        except Exception:  # every failure must become an AWS-shaped answer
             log.exception("internal error in %s", operation)
             error = InternalError("Internal error; see the gateway log.")
             return error.status, error.body()

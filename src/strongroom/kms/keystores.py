@@ -285,7 +285,7 @@ class KeyStores:
             return INTERNAL_ERROR
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - reported as the store's state
+        except Exception:  # reported as the store's state
             log.exception("custom key store %s: connecting failed", store.store_id)
             return INTERNAL_ERROR
 

@@ -290,7 +290,9 @@ def parse_policy(text: str, *, key_policy: bool = False) -> Policy:
     if not isinstance(raw, list) or not raw:
         raise PolicyError("Statement must be an object or a non-empty list")
     statements = []
-    allowed = {"Sid", "Effect", "Action", "NotAction", "Resource", "Condition"} | ({"Principal"} if key_policy else set())
+    allowed = {"Sid", "Effect", "Action", "NotAction", "Resource", "Condition"}
+    if key_policy:
+        allowed |= {"Principal"}
     for item in raw:
         if not isinstance(item, dict):
             raise PolicyError("Each statement is an object")

@@ -180,7 +180,7 @@ def prepare(method: str, raw_path: str, raw_query: str, headers: Headers, body: 
     auth = parse_authorization(header, has_date=amz_date is not None)
     assert amz_date is not None
     try:
-        moment = dt.datetime.strptime(amz_date, AMZ_DATE_FORMAT).replace(tzinfo=dt.timezone.utc)
+        moment = dt.datetime.strptime(amz_date, AMZ_DATE_FORMAT).replace(tzinfo=dt.UTC)
     except ValueError:
         raise IncompleteSignature(f"Date must be in ISO-8601 'basic format'. Got '{amz_date}'. "
                                   "See http://en.wikipedia.org/wiki/ISO_8601") from None
@@ -195,7 +195,7 @@ def prepare(method: str, raw_path: str, raw_query: str, headers: Headers, body: 
         raise InvalidSignature(
             "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "
             f"'{auth.date}' != '{amz_date[:8]}', from '{amz_date}'.")
-    current = (now or (lambda: dt.datetime.now(dt.timezone.utc)))()
+    current = (now or (lambda: dt.datetime.now(dt.UTC)))()
     skew = dt.timedelta(seconds=max_skew)
     minutes = f"{max_skew / 60:g} min."
     if moment < current - skew:

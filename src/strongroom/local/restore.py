@@ -158,7 +158,7 @@ def _reseal(barrier: Barrier, backup: Backup, ca: tuple[Any, Any]) -> list[Put]:
     try:
         for record in backup.records:
             opened[record.key] = barrier.open(Record(record.key, record.value, record.version, 0, 0))
-    except Exception as exc:  # RecordTampered, or a key that is not this cluster's
+    except Exception as exc:  # noqa: BLE001 - RecordTampered or anything else: a backup not opened is refused
         raise LocalClusterError(f"the backup was altered or is not this cluster's: {getattr(exc, 'message', exc)}; "
                                 "nothing was restored") from None
     identity = ClusterIdentity.from_record(msgpack.unpackb(opened[IDENTITY_KEY], raw=False))

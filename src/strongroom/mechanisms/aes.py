@@ -108,7 +108,8 @@ def _dict_params(ckm: CKM, params: Any, required: set[str], optional: set[str]) 
         raise MechanismParamInvalid(f"{ckm.name} takes a map with {expected}")
     unknown = set(params) - required - optional
     if unknown:
-        raise MechanismParamInvalid(f"{ckm.name}: unknown parameter(s) {sorted(map(str, unknown))}; expected {expected}")
+        raise MechanismParamInvalid(
+            f"{ckm.name}: unknown parameter(s) {sorted(map(str, unknown))}; expected {expected}")
     missing = required - set(params)
     if missing:
         raise MechanismParamInvalid(f"{ckm.name}: missing parameter(s) {sorted(missing)}")

@@ -106,7 +106,7 @@ class SupervisorLink:
             raise
         except ChannelClosed as exc:
             log.error("the node's supervisor is gone (%s); this worker stops", exc)
-        except Exception:  # noqa: BLE001 - a malformed message must not leave the worker half-alive
+        except Exception:  # a malformed message must not leave the worker half-alive
             log.exception("the channel to the supervisor failed; this worker stops")
         for future in self._pending.values():
             if not future.done():

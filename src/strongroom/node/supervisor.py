@@ -188,7 +188,7 @@ class Supervisor:
                         initial = (self.cluster_id, bytearray(self.key))
                     self._wipe()  # the worker keeps its own copy only
                     self.run_worker(theirs, initial, index)
-                except BaseException:  # noqa: BLE001 - a worker must never return into the supervisor's code
+                except BaseException:  # a worker must never return into the supervisor's code
                     log.exception("worker crashed")
                     code = 1
                 finally:
@@ -272,7 +272,7 @@ class Supervisor:
             raise
         except ChannelClosed:
             return
-        except Exception:  # noqa: BLE001 - one bad message must not take the supervisor down
+        except Exception:  # one bad message must not take the supervisor down
             log.exception("channel to worker %d failed", handle.pid)
 
     async def _answer(self, kind: Any, message: dict[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,6 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -41,13 +40,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 #: Key types we accept as a CA key: ours is P-384, a customer's may be anything common.
-CAPrivateKey = Union[
-    ec.EllipticCurvePrivateKey,
-    rsa.RSAPrivateKey,
-    ed25519.Ed25519PrivateKey,
-    ed448.Ed448PrivateKey,
-]
-PathLike = Union[str, "os.PathLike[str]"]
+CAPrivateKey = (
+    ec.EllipticCurvePrivateKey
+    | rsa.RSAPrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+)
+PathLike = str | os.PathLike[str]
 
 # Backdate notBefore so a peer whose clock is slightly behind still accepts a
 # certificate issued a moment ago.
@@ -266,7 +265,7 @@ def fingerprint_sha256(cert: x509.Certificate) -> str:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _signing_hash(key: CAPrivateKey) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None:

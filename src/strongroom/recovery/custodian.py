@@ -16,6 +16,7 @@ share file, no longer decrypts.
 from __future__ import annotations
 
 import hashlib
+
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa

@@ -112,6 +112,7 @@ class KekProvider(abc.ABC):
 
     def destroy(self, stored: Mapping[str, Any]) -> None:
         """Zeroize: remove whatever this provider keeps of the KEK (nothing by default)."""
+        return None
 
     def describe(self) -> str:
         return self.type

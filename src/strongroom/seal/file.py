@@ -21,6 +21,7 @@ from strongroom.seal.base import (
     register,
     write_private_file,
 )
+
 WARNING = ("seal type 'file': the key-encryption key lies beside the sealed cluster key; anyone who can read "
            "this node's directory can read every key (local development only; use tpm, kms, pkcs11 or shares)")
 

@@ -132,7 +132,8 @@ class _Session:
         environment["TSS2_LOG"] = "all+ERROR"
         try:
             result = subprocess.run([tool, "-T", self.tcti, *args[1:]], input=stdin if stdin is not None else b"",
-                                    capture_output=True, env=environment, timeout=TOOL_TIMEOUT, cwd=self.workdir, check=False)
+                                    capture_output=True, env=environment, timeout=TOOL_TIMEOUT, cwd=self.workdir,
+                                    check=False)
         except FileNotFoundError:
             raise SealUnavailable(f"{tool} is not installed: the tpm seal needs tpm2-tools (Debian: tpm2-tools)") \
                 from None

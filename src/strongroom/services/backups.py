@@ -166,5 +166,5 @@ class Backups:
                 raise
             except (StoreError, BackupRefused, OSError) as exc:
                 log.warning("automatic backup not taken: %s", exc)
-            except Exception:  # noqa: BLE001 - the scheduler must outlive any one failure
+            except Exception:  # the scheduler must outlive any one failure
                 log.exception("automatic backup failed")

@@ -218,7 +218,7 @@ class Freshness:
         try:
             await self._audit.record(event, actor=None, outcome="CKR_DEVICE_ERROR",
                                      details=dict(details, error=message))
-        except Exception:  # noqa: BLE001 - the error state holds whether or not the log takes it
+        except Exception:  # the error state holds whether or not the log takes it
             log.exception("could not audit %s", event)
 
     async def check(self) -> bool:
@@ -327,5 +327,5 @@ class Freshness:
                     await self.publish_audit_head()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the checks must outlive surprises
+            except Exception:  # the checks must outlive surprises
                 log.exception("store freshness check failed")

@@ -165,6 +165,7 @@ class Store(abc.ABC):
         ignores it; one whose file anyone may edit (SQLite) must refuse a record copied back from
         an earlier state.
         """
+        return None
 
 
 def prefix_end(prefix: str) -> str:

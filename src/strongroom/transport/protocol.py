@@ -211,7 +211,7 @@ def _unpack(payload: bytes) -> Any:
         return unpack_limited(payload)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise ProtocolError(f"undecodable message: {exc.__class__.__name__}: {exc}") from None
-    except Exception as exc:  # msgpack raises a few other types on garbage (e.g. TypeError)
+    except Exception as exc:  # noqa: BLE001 - msgpack raises a few other types on garbage (e.g. TypeError)
         raise ProtocolError(f"undecodable message: {exc.__class__.__name__}") from None
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from typing import Union
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -131,7 +130,7 @@ def _eku_allows(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bool:
     return oid in eku or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku
 
 
-def peer_identity(ssl_object: Union[ssl.SSLObject, ssl.SSLSocket]) -> PeerIdentity:
+def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> PeerIdentity:
     """Identity of the peer of a completed handshake.
 
     Takes an ``SSLSocket`` or the ``SSLObject`` asyncio exposes as
@@ -157,7 +156,7 @@ class NotANode(PkiError):
     """The server a client dialled presented a certificate without the node role."""
 
 
-def require_node(ssl_object: Union[ssl.SSLObject, ssl.SSLSocket]) -> PeerIdentity:
+def require_node(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> PeerIdentity:
     """Check, after the handshake, that the server is a node: a certificate of the customer's CA
     issued for an application host or the operator must not impersonate a node (and collect PINs)."""
     identity = peer_identity(ssl_object)

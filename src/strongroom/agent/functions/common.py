@@ -42,7 +42,7 @@ def route(app: App, handles: tuple[int, ...] = (), *,
 
 
 async def stateless(ctx: Context, op: str, args: dict[str, Any], *, handles: tuple[int, ...] = (),
-                    idempotent: bool = True, any_session_objects: bool = False) -> Any:
+                    idempotent: bool = True, any_session_objects: bool = False) -> dict[str, Any]:
     """A call that needs the application's login but no node-side session."""
     app = ctx.app
     link, pinned = route(app, handles, any_session_objects=any_session_objects)
@@ -72,7 +72,8 @@ async def ensure_binding(ctx: Context, session: Session) -> Binding:
     return session.binding
 
 
-async def in_session(ctx: Context, session: Session, binding: Binding, op: str, args: dict[str, Any]) -> Any:
+async def in_session(ctx: Context, session: Session, binding: Binding, op: str,
+                     args: dict[str, Any]) -> dict[str, Any]:
     """A call on the node p11session ``binding``; raises StateLost if the node lost it."""
     try:
         body, _link, _serial = await ctx.agent.pool.call(
@@ -86,7 +87,7 @@ async def in_session(ctx: Context, session: Session, binding: Binding, op: str, 
     return body
 
 
-async def with_session_object(ctx: Context, session: Session, op: str, args: dict[str, Any]) -> Any:
+async def with_session_object(ctx: Context, session: Session, op: str, args: dict[str, Any]) -> dict[str, Any]:
     """Make a session object: on the session's node p11session. Retried once on a fresh one if the
     node lost it — safe, since anything the lost attempt made was lost with it."""
     for attempt in (1, 2):

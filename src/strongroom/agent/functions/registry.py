@@ -206,7 +206,7 @@ async def _run(spec: Spec, ctx: Context, args: Any) -> tuple[int, list[Any]]:
     except StateLost as exc:
         log.warning("%s: node-side state lost: %s", name, exc)
         return int(CKR.FUNCTION_FAILED), []
-    except Exception:  # noqa: BLE001 - never a traceback to the application
+    except Exception:  # never a traceback to the application
         log.exception("unexpected error in %s", name)
         return int(CKR.GENERAL_ERROR), []
     if isinstance(result, Result):

@@ -7,8 +7,8 @@ from typing import Any
 from strongroom.constants import CKF
 from strongroom.dispatch.call import Call
 from strongroom.dispatch.table import operation
-from strongroom.services.state import ALL_STATES
 from strongroom.mechanisms.base import Capability, all_mechanisms
+from strongroom.services.state import ALL_STATES
 
 _FLAGS = {
     Capability.ENCRYPT: CKF.ENCRYPT,

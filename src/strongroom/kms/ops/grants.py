@@ -125,7 +125,7 @@ async def create_grant(ctx: Context) -> dict[str, Any]:
     grantee = _principal(ctx, "GranteePrincipal", required=True) or ""
     retiring = _principal(ctx, "RetiringPrincipal")
     operations = p.string_list("Operations", required=True) or []
-    for index, op in enumerate(operations, 1):
+    for op in operations:
         if op not in GRANT_OPERATIONS:
             p.violation(f"Value '[{', '.join(operations)}]' at 'operations' failed to satisfy constraint: Member must "
                         f"satisfy constraint: [Member must satisfy enum value set: [{', '.join(GRANT_OPERATIONS)}]]")
