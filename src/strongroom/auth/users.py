@@ -29,7 +29,7 @@ import enum
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +63,7 @@ _CONFLICT_RETRIES = 20
 #: there, so a failed audit write stops the change and a refused change logs no success.
 Witness = Callable[[], Awaitable[None]]
 #: What else must change when a user goes (``user.delete``): the changes still needed for that name.
-Also = Callable[[str], Awaitable[list[Change]]]
+Also = Callable[[str], Awaitable[Sequence[Change]]]
 
 
 async def _no_witness() -> None:
@@ -217,7 +217,7 @@ class UserDirectory:
             raise UserExists(f"a user named {name!r} already exists") from None
         return User(name, role, password_hash, 0, write.value["created"], uid=write.value["uid"])
 
-    async def delete(self, name: str, *, acting_user: str, witness: Witness = _no_witness,
+    async def delete(self, name: str, *, acting_user: str | None, witness: Witness = _no_witness,
                      also: Also | None = None) -> User:
         """Delete a user. ``also(name)`` gives the changes that must go with it (its names in share lists):
         as many as the store's commit limit allows go in the same transaction as the removal, the rest

@@ -44,7 +44,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, TypeGuard, TypedDict
+from typing import Any, BinaryIO, TypedDict, TypeGuard
 
 import msgpack
 from cryptography import x509

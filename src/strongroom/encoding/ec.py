@@ -49,7 +49,7 @@ _CURVE_INFO = (
 )
 
 #: cryptography curve name -> CKA_EC_PARAMS we write (the namedCurve OID).
-_PARAMS_BY_NAME: dict[str, bytes] = {info.curve.name: der_oid(info.oid) for info in _CURVE_INFO}
+_PARAMS_BY_NAME: dict[str, bytes] = {info.curve().name: der_oid(info.oid) for info in _CURVE_INFO}
 #: Every CKA_EC_PARAMS encoding we accept -> curve class.
 _CURVE_BY_PARAMS: dict[bytes, type[ec.EllipticCurve]] = {}
 for _info in _CURVE_INFO:

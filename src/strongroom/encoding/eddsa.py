@@ -38,8 +38,8 @@ class EdwardsCurve:
     size_bits: int
     public_len: int
     signature_len: int
-    private_type: type
-    public_type: type
+    private_type: type[ed25519.Ed25519PrivateKey] | type[ed448.Ed448PrivateKey]
+    public_type: type[ed25519.Ed25519PublicKey] | type[ed448.Ed448PublicKey]
 
     @property
     def params(self) -> bytes:
@@ -79,7 +79,7 @@ def curve_from_params(der: object) -> EdwardsCurve:
 def curve_of(key: object) -> EdwardsCurve:
     """The curve of a cryptography Ed25519/Ed448 key, private or public."""
     for curve in _CURVES:
-        if isinstance(key, curve.private_type | curve.public_type):
+        if isinstance(key, (curve.private_type, curve.public_type)):
             return curve
     raise KeyTypeInconsistent("not an Ed25519 or Ed448 key")
 
@@ -131,5 +131,5 @@ def public_key_from_attributes(attrs: dict[int, Any]) -> EdPublicKey:
 def key_attributes(key: EdPrivateKey | EdPublicKey) -> dict[int, Any]:
     """CKA_EC_PARAMS and CKA_EC_POINT for a key (e.g. one unwrapped from PKCS#8)."""
     curve = curve_of(key)
-    public = key.public_key() if isinstance(key, curve.private_type) else key
+    public = key.public_key() if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)) else key
     return {CKA.EC_PARAMS: curve.params, CKA.EC_POINT: encode_point(public)}

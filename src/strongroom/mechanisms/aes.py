@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import keywrap, padding
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
 
 from strongroom.constants import CKA, CKK, CKM, CKO
@@ -151,7 +151,7 @@ class AesKeyGen(_AesMechanism):
 class _BlockOp(CipherOperation):
     """ECB/CBC without padding: cryptography buffers partial blocks between updates."""
 
-    def __init__(self, ctx: Any, length_error: type[HsmError], what: str) -> None:
+    def __init__(self, ctx: CipherContext, length_error: type[HsmError], what: str) -> None:
         self._ctx = ctx
         self._length_error = length_error
         self._what = what
@@ -169,7 +169,7 @@ class _BlockOp(CipherOperation):
 
 
 class _PadEncryptOp(CipherOperation):
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: CipherContext) -> None:
         self._ctx = ctx
         self._padder = padding.PKCS7(BLOCK * 8).padder()
 
@@ -184,7 +184,7 @@ class _PadEncryptOp(CipherOperation):
 class _PadDecryptOp(CipherOperation):
     """The unpadder keeps the last full block back until final, where the padding is checked."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: CipherContext) -> None:
         self._ctx = ctx
         self._unpadder = padding.PKCS7(BLOCK * 8).unpadder()
         self._total = 0

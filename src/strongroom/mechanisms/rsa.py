@@ -29,7 +29,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -43,7 +43,9 @@ from strongroom.constants import CKA, CKK, CKM, CKZ
 
 # The attribute forms and the public-key sizes live in strongroom.encoding.rsa; the object layer
 # and the tests still name key_attributes and public_key_from_attributes through here.
-from strongroom.encoding.rsa import LEGACY_VERIFY_MIN_BITS, MAX_BITS, key_attributes, public_key_from_attributes
+from strongroom.encoding.rsa import LEGACY_VERIFY_MIN_BITS, MAX_BITS
+from strongroom.encoding.rsa import key_attributes as key_attributes
+from strongroom.encoding.rsa import public_key_from_attributes as public_key_from_attributes
 from strongroom.errors import (
     CKR,
     AttributeValueInvalid,
@@ -178,7 +180,7 @@ def _param_map(ckm: CKM, params: Any, required: tuple[str, ...], optional: tuple
     return params
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -424,7 +426,7 @@ class RsaKeyPairGen(_RsaMechanism):
         public_attributes = key_attributes(private)
         _pairwise_consistency_test(private, public_key_from_attributes(public_attributes))
         # CKA_MODULUS_BITS belongs to the public key object only (PKCS#11 2.1.2 vs 2.1.3).
-        private_attributes = {a: public_attributes[a] for a in (CKA.MODULUS, CKA.PUBLIC_EXPONENT)}
+        private_attributes: dict[int, Any] = {a: public_attributes[a] for a in (CKA.MODULUS, CKA.PUBLIC_EXPONENT)}
         return GeneratedPair(
             private=private,
             key_type=CKK.RSA,
@@ -519,13 +521,17 @@ class RsaPkcs(_RsaMechanism):
         return _unwrap(unwrapping_key, padding.PKCS1v15(), wrapped)
 
 
+#: The hashes of the CKM_SHA*_RSA_PKCS(_PSS) mechanisms.
+_SignatureHash = type[hashes.SHA1 | hashes.SHA224 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512]
+
+
 class RsaPkcsWithHash(_RsaMechanism):
     """CKM_SHA*_RSA_PKCS: hash inside, PKCS#1 v1.5 signature with DigestInfo; multi-part."""
 
     capabilities = Capability.SIGN | Capability.VERIFY
     multipart = True
 
-    def __init__(self, ckm: CKM, algorithm: type[hashes.HashAlgorithm]) -> None:
+    def __init__(self, ckm: CKM, algorithm: _SignatureHash) -> None:
         self.ckm = ckm
         self._algorithm = algorithm
 
@@ -568,7 +574,7 @@ class RsaPssWithHash(RsaPss):
 
     multipart = True
 
-    def __init__(self, ckm: CKM, algorithm: type[hashes.HashAlgorithm]) -> None:
+    def __init__(self, ckm: CKM, algorithm: _SignatureHash) -> None:
         self.ckm = ckm
         self._algorithm = algorithm
 
@@ -623,14 +629,14 @@ class RsaOaep(_RsaMechanism):
         return _unwrap(unwrapping_key, oaep.padding(), wrapped)
 
 
-_HASHED_PKCS1 = {
+_HASHED_PKCS1: dict[CKM, _SignatureHash] = {
     CKM.SHA1_RSA_PKCS: hashes.SHA1,
     CKM.SHA224_RSA_PKCS: hashes.SHA224,
     CKM.SHA256_RSA_PKCS: hashes.SHA256,
     CKM.SHA384_RSA_PKCS: hashes.SHA384,
     CKM.SHA512_RSA_PKCS: hashes.SHA512,
 }
-_HASHED_PSS = {
+_HASHED_PSS: dict[CKM, _SignatureHash] = {
     CKM.SHA1_RSA_PKCS_PSS: hashes.SHA1,
     CKM.SHA224_RSA_PKCS_PSS: hashes.SHA224,
     CKM.SHA256_RSA_PKCS_PSS: hashes.SHA256,

@@ -61,7 +61,8 @@ class StoredObject:
         return bool(self.attributes.get(cka, False))
 
     def label(self) -> str:
-        return self.attributes.get(CKA.LABEL, b"").decode("utf-8", "replace")
+        label: bytes = self.attributes.get(CKA.LABEL, b"")
+        return label.decode("utf-8", "replace")
 
     def with_changes(self, **changes: Any) -> StoredObject:
         return replace(self, **changes)

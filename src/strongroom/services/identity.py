@@ -41,7 +41,10 @@ class ClusterIdentity:
 
     @classmethod
     def from_record(cls, value: dict[str, object]) -> ClusterIdentity:
-        key = serialization.load_der_private_key(bytes(value["private_key"]), password=None)  # type: ignore[arg-type]
+        der = value["private_key"]
+        if not isinstance(der, (bytes, bytearray)):
+            raise IdentityError("the cluster identity record holds no DER private key")
+        key = serialization.load_der_private_key(bytes(der), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise IdentityError("the cluster identity record does not hold an EC key")
         return cls(key)

@@ -144,6 +144,12 @@ class ClusterKeyring:
         """Whether this worker holds the cluster key (the supervisor hands it over when it has it)."""
         return self.barrier is not None
 
+    def require_cluster_key(self) -> tuple[str, bytearray]:
+        """The cluster id and the cluster key this node holds (to split it among custodians)."""
+        if self.cluster_key is None or self.cluster_id is None:
+            raise CryptokiNotInitialized("this node holds no cluster key")
+        return self.cluster_id, self.cluster_key
+
     def require_barrier(self) -> Barrier:
         if self.barrier is None:
             raise CryptokiNotInitialized("the cluster is not initialized")

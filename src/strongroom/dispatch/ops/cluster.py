@@ -14,7 +14,7 @@ from typing import Any
 
 from strongroom.auth.passwords import hash_password
 from strongroom.auth.users import Role, check_password_rules, key_of, normalize_username
-from strongroom.barrier import Write
+from strongroom.barrier import Barrier, Entry, Write
 from strongroom.dispatch.call import Call
 from strongroom.dispatch.table import AGENT, EVERY_PEER, operation
 from strongroom.errors import ActionProhibited, ArgumentsBad, DeviceError, PinIncorrect
@@ -90,10 +90,18 @@ async def initialize(call: Call, args: InitializeArgs) -> dict[str, Any]:
     return {"cluster_id": cluster_id, "state": INITIALIZE_IN_PROGRESS, "admin_username": FIRST_ADMIN, "csr": csr}
 
 
+async def _cluster_record(barrier: Barrier, key: str) -> Entry:
+    """A record every cluster past ``cluster.initialize`` has: without it, the store is not this cluster's."""
+    entry = await barrier.get(key)
+    if entry is None:
+        raise DeviceError(f"the store holds no {key!r} record: it is not this cluster's store")
+    return entry
+
+
 @operation("cluster.csr", states=(INITIALIZE_IN_PROGRESS, INITIALIZED, ACTIVE), peers=OWNER)
 async def csr(call: Call, _args: None) -> dict[str, Any]:
     """The cluster CSR again (it is public), e.g. when the first copy was lost."""
-    meta = await call.services.keyring.require_barrier().get(CLUSTER_META_KEY)
+    meta = await _cluster_record(call.services.keyring.require_barrier(), CLUSTER_META_KEY)
     return {"cluster_id": call.services.keyring.cluster_id, "csr": meta.value["csr"]}
 
 
@@ -120,7 +128,7 @@ async def install_certificate(call: Call, args: InstallCertificateArgs) -> dict[
         raise ArgumentsBad(f"a certificate is at most {MAX_PEM} bytes of PEM")
     if len(args.custodians) > MAX_CUSTODIANS or any(len(c) > MAX_PEM for c in args.custodians):
         raise ArgumentsBad(f"at most {MAX_CUSTODIANS} custodians, each a PEM public key of at most {MAX_PEM} bytes")
-    identity = ClusterIdentity.from_record((await barrier.get(IDENTITY_KEY)).value)
+    identity = ClusterIdentity.from_record((await _cluster_record(barrier, IDENTITY_KEY)).value)
     try:
         cert, anchor = check_cluster_certificate(identity, args.certificate, args.trust_anchor)
     except IdentityError as exc:
@@ -137,8 +145,8 @@ async def install_certificate(call: Call, args: InstallCertificateArgs) -> dict[
             keys = [load_custodian_key(pem.encode()) for pem in args.custodians]
             if not 1 <= args.threshold <= len(keys):
                 raise RecoveryError(f"the threshold must be between 1 and the number of custodians ({len(keys)})")
-            keyring = services.keyring
-            encrypted = split_cluster_key(keyring.cluster_key, keyring.cluster_id, keys, args.threshold)
+            cluster_id, cluster_key = services.keyring.require_cluster_key()
+            encrypted = split_cluster_key(cluster_key, cluster_id, keys, args.threshold)
         except RecoveryError as exc:
             raise ArgumentsBad(str(exc)) from None
         shares = [share.to_json() for share in encrypted]
@@ -147,7 +155,7 @@ async def install_certificate(call: Call, args: InstallCertificateArgs) -> dict[
     if services.config.seal.type == SHARES and recovery is None:
         raise ArgumentsBad("this node's seal is of type shares: a cold start needs the custodians' recovery shares, "
                            "so initialization needs custodians (--custodian PEM ... --threshold M)")
-    meta = await barrier.get(CLUSTER_META_KEY)
+    meta = await _cluster_record(barrier, CLUSTER_META_KEY)
     # Activation makes the first admin: only whoever holds this secret (the customer who completed
     # initialization) may do it, not whoever reaches a node or an agent socket first.
     activation_secret = secrets.token_urlsafe(ACTIVATION_SECRET_BYTES)
@@ -191,7 +199,8 @@ async def activate(call: Call, args: ActivateArgs) -> dict[str, Any]:
     meta = await barrier.get(CLUSTER_META_KEY)
     admin = await barrier.get(key_of(username))
     digest = None if meta is None else meta.value.get("activation_digest")
-    if digest is None or not hmac.compare_digest(str(digest), _activation_digest(args.activation_secret)):
+    if (meta is None or digest is None
+            or not hmac.compare_digest(str(digest), _activation_digest(args.activation_secret))):
         await services.audit.record("cluster.activate", actor=username, outcome="CKR_PIN_INCORRECT",
                                     details={"reason": "wrong activation secret"})
         raise PinIncorrect("the activation secret is wrong: use the one `strongroom cluster initialize` printed")

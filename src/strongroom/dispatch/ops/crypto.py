@@ -174,7 +174,8 @@ class MultiPart:
                 raise ArgumentsBad(f"{kind}_init needs a key")
             state, context_login = await _start(call, kind, args.key, args.mechanism, args.params, single=False)
         session.start(ActiveOperation(kind, state, args.mechanism, args.key, context_login=context_login))
-        reply: dict[str, Any] = {} if getattr(state, "iv", None) is None else {"iv": state.iv}
+        iv = getattr(state, "iv", None)  # an encryption whose IV the node made (AES-GCM without one)
+        reply: dict[str, Any] = {} if iv is None else {"iv": iv}
         if context_login:
             reply["context_login"] = True
         return reply

@@ -277,18 +277,19 @@ async def access_key_create(call: Call, args: AccessKeyCreateArgs) -> dict[str, 
         _check_policy(args.policy)
         if await barrier.count_prefix(ACCESS_KEY_PREFIX) >= MAX_ACCESS_KEYS:
             raise RecordLimit(f"the cluster already has the maximum of {MAX_ACCESS_KEYS} KMS access keys")
+        access_key_id = _new_access_key_id()
         record = {
-            "access_key_id": _new_access_key_id(),
+            "access_key_id": access_key_id,
             "name": args.name,
             "service_user": service_user,
             "policy": args.policy,
             "secret": _new_secret(),
             "created": time.time(),
         }
-        details["access_key_id"] = record["access_key_id"]
+        details["access_key_id"] = access_key_id
         await witness(call, "kms.access_key.create", details)()
         try:
-            await barrier.commit([Write(ACCESS_KEY_PREFIX + record["access_key_id"], record)])
+            await barrier.commit([Write(ACCESS_KEY_PREFIX + access_key_id, record)])
         except ConflictError:
             raise HsmError("access key id collision; try again", CKR.FUNCTION_FAILED) from None
     return dict(_public(record), secret_access_key=record["secret"])
@@ -480,7 +481,7 @@ def _namespace(call: Call) -> str:
     return f"{DATA_PREFIX}{call.actor}/"
 
 
-def _record_key(call: Call, key: str) -> str:
+def _record_key(call: Call, key: object) -> str:
     if (not isinstance(key, str) or not RECORD_KEY_RE.match(key)
             or any(part in (".", "..") for part in key.split("/"))):
         raise ArgumentsBad("a record key is 1 to 512 of letters, digits and :/_.@=+,- with no '.' or '..' "
@@ -526,7 +527,7 @@ async def record_list(call: Call, args: RecordListArgs) -> dict[str, Any]:
 @dataclass
 class RecordCommitArgs:
     #: Each change: {"key": str, "expect": int (0 = must be absent), "value": map} or {..., "delete": true}.
-    changes: list[dict]
+    changes: list[dict[str, Any]]
 
 
 def _parse_change(call: Call, change: Any) -> tuple[str, int, dict[str, Any] | None]:
@@ -564,7 +565,11 @@ async def record_commit(call: Call, args: RecordCommitArgs) -> dict[str, Any]:
         current = 0 if entry is None else entry.revision
         if current != expect:
             return {"ok": False, "conflict": key[len(namespace):]}
-        changes.append(Write(key, value, entry) if value is not None else Remove(key, entry))
+        if value is None:
+            assert entry is not None  # a delete names a revision above 0 (_parse_change), and it matched
+            changes.append(Remove(key, entry))
+        else:
+            changes.append(Write(key, value, entry))
     if any(expect == 0 for _, expect, _ in parsed):
         if await barrier.count_prefix(namespace) + sum(1 for _, e, _ in parsed if e == 0) > MAX_RECORDS:
             raise RecordLimit(f"a KMS service user holds at most {MAX_RECORDS} records")
