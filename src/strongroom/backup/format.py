@@ -291,7 +291,7 @@ def _read_header(unpacker: msgpack.Unpacker) -> BackupHeader:
 def _read_records(unpacker: msgpack.Unpacker, expected: int) -> list[BackupRecord]:
     try:
         count = unpacker.read_array_header()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - msgpack raises many types on a hostile file
         raise BackupError(f"malformed backup body: the record list is missing ({_describe(exc)})") from None
     if count != expected:
         raise BackupError(f"malformed backup: the header announces {expected} records, the body holds {count}")
@@ -300,7 +300,7 @@ def _read_records(unpacker: msgpack.Unpacker, expected: int) -> list[BackupRecor
     for index in range(count):
         try:
             item = unpacker.unpack()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - msgpack raises many types on a hostile file
             raise BackupError(f"malformed backup body at record {index}: {_describe(exc)}") from None
         record = _record_from(item, index)
         if previous is not None and record.key <= previous:
@@ -550,17 +550,16 @@ def verify_signature(backup: Backup, public_key: ec.EllipticCurvePublicKey | x50
     chained to the customer's trust anchor) is the caller's job: the certificate in
     the header is the file's own claim and proves nothing by itself.
     """
-    if isinstance(public_key, x509.Certificate):
-        public_key = public_key.public_key()  # type: ignore[assignment]
+    key = public_key.public_key() if isinstance(public_key, x509.Certificate) else public_key
     if backup.signature is None or backup.header.signature_algorithm is None:
         raise BackupError("the backup is not signed")
     if backup.header.signature_algorithm != SIGNATURE_ALGORITHM:
         raise BackupError(f"unsupported signature algorithm {_show(backup.header.signature_algorithm)}")
-    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP384R1):
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         raise BackupError("the signature is checked with the cluster identity's P-384 public key; "
                           "the key given is not one")
     try:
-        public_key.verify(backup.signature, backup.digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        key.verify(backup.signature, backup.digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
     except InvalidSignature:
         raise BackupError("signature does not verify: the backup was not signed by this key "
                           "(another cluster's backup, or a forged file)") from None

@@ -21,7 +21,8 @@ from __future__ import annotations
 import argparse
 import base64
 import functools
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,10 +270,11 @@ def _ref(handle: int) -> str:
 
 def _class_name(value: Any) -> str:
     if isinstance(value, str):  # public views carry the CKO name
+        name = value
         try:
-            value = CKO[value]
+            value = CKO[name]
         except KeyError:
-            return value.lower()
+            return name.lower()
     return _CLASS_BY_VALUE.get(int(value), str(value))
 
 
@@ -280,10 +282,11 @@ def _key_type_name(value: Any) -> str | None:
     if value is None or value == b"":
         return None
     if isinstance(value, str):
+        name = value
         try:
-            value = CKK[value]
+            value = CKK[name]
         except KeyError:
-            return value.lower()
+            return name.lower()
     return _KEY_TYPE_BY_VALUE.get(int(value), str(value))
 
 
@@ -330,8 +333,9 @@ def read_attributes(client: Client, handle: int, items: list[tuple[str, CKA]]) -
 def _key_size_bits(attrs: dict[str, Any]) -> int | None:
     if "key-length-bytes" in attrs and isinstance(attrs["key-length-bytes"], int):
         return 8 * attrs["key-length-bytes"]
-    if isinstance(attrs.get("modulus-size-bits"), int):
-        return attrs["modulus-size-bits"]
+    bits = attrs.get("modulus-size-bits")
+    if isinstance(bits, int):
+        return bits
     if attrs.get("modulus"):
         return int(attrs["modulus"], 16).bit_length()
     curve = attrs.get("curve")
@@ -369,7 +373,7 @@ def new_key_entry(client: Client, handle: int) -> dict[str, Any]:
     result = client.call("object.get_attributes", handle=handle, types=[int(c) for c in wanted])
     raw = {int(k): v for k, v in result["attributes"]}
     key_type = raw.get(CKA.KEY_TYPE)
-    view = {
+    view: dict[str, Any] = {
         "handle": handle,
         "class": CKO(raw[CKA.CLASS]).name,
         "key_type": None if key_type in (None, b"") else CKK(key_type).name,
@@ -569,13 +573,17 @@ def _write(path: str, data: bytes) -> None:
         raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+#: Per client: the login (session token) and the PKCS#11 session this command opened under it.
+_P11_SESSIONS: weakref.WeakKeyDictionary[Client, tuple[bytes | None, int]] = weakref.WeakKeyDictionary()
+
+
 def _p11_session(client: Client) -> int:
     """A PKCS#11 session of this login for session keys (reused in interactive mode)."""
-    cached = getattr(client, "_cli_p11_session", None)
+    cached = _P11_SESSIONS.get(client)
     if cached is not None and cached[0] == client.session:
         return cached[1]
     handle = client.open_session()
-    client._cli_p11_session = (client.session, handle)  # type: ignore[attr-defined]
+    _P11_SESSIONS[client] = (client.session, handle)
     return handle
 
 
@@ -628,8 +636,9 @@ def cmd_key_generate_pair(args: argparse.Namespace, ctx: Context) -> None:
 
         from strongroom.encoding.ec import params_for_curve
 
-        curves = {"secp256r1": ec.SECP256R1, "prime256v1": ec.SECP256R1, "secp384r1": ec.SECP384R1,
-                  "secp521r1": ec.SECP521R1, "secp256k1": ec.SECP256K1}
+        curves: dict[str, Callable[[], ec.EllipticCurve]] = {
+            "secp256r1": ec.SECP256R1, "prime256v1": ec.SECP256R1, "secp384r1": ec.SECP384R1,
+            "secp521r1": ec.SECP521R1, "secp256k1": ec.SECP256K1}
         ckm = CKM.EC_KEY_PAIR_GEN
         public[CKA.EC_PARAMS] = params_for_curve(curves[args.curve]())
     else:
@@ -843,7 +852,7 @@ def _run(client: Client, kind: str, mech: Mech, handle: int, data: bytes, params
             client.verify(handle, mech.ckm, data, signature, params)
             return {"valid": True}
         if kind == "encrypt":
-            return client.encrypt(handle, mech.ckm, data, params)
+            return {**client.encrypt(handle, mech.ckm, data, params)}
         return {"data": client.decrypt(handle, mech.ckm, data, params)}
     if not mech.multipart:
         raise CliError(f"{mech.name} takes at most {MAX_SINGLE_PART} bytes (the input is {len(data)} bytes); "

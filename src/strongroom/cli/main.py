@@ -322,7 +322,8 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(parent: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+    def add(parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, handler: Handler,
+            help_text: str) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help_text, parents=[common], description=help_text)
         p.set_defaults(handler=handler)
         return p

@@ -54,7 +54,7 @@ def _node_statuses(root: Path, operator: bool = True) -> list[tuple[Any, dict[st
             profile = profile.as_operator()
     except ProfileError as exc:
         raise CliError(str(exc)) from None
-    result = []
+    result: list[tuple[Any, dict[str, Any] | None]] = []
     for node in profile.nodes:
         try:
             with Client(profile, node, timeout=10) as client:

@@ -15,9 +15,9 @@ Python value. How a request travels is the ``send`` function it is given:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Required, TypedDict, TypeVar
 
 from strongroom.client.connection import ClientError
 from strongroom.errors import CKR
@@ -32,6 +32,13 @@ Refusal = Callable[[int, str], Exception]
 Body = dict[str, Any]
 
 T = TypeVar("T")
+
+
+class Encrypted(TypedDict, total=False):
+    """``crypto.encrypt``'s reply: the ciphertext, and the IV when the node made one (AES-GCM without one)."""
+
+    data: Required[bytes]
+    iv: bytes
 
 #: The three node operations of each multi-part kind, by their literal names.
 _MULTIPART = {
@@ -95,7 +102,8 @@ class AsyncClient:
     async def login(self, username: str, password: str, role: str | None = None) -> dict[str, Any]:
         result = await self.call("session.login", username=username, password=password, role=role)
         state = self.login_state
-        state.session, state.username, state.role = result["session"], result["username"], result["role"]
+        session = self._field("session.login", result, "session", bytes)
+        state.session, state.username, state.role = session, result["username"], result["role"]
         return result
 
     async def logout(self) -> None:
@@ -199,7 +207,7 @@ class AsyncClient:
         reply = await self.call("object.list", template=pairs(template or {}))
         return self._field("object.list", reply, "objects", list)
 
-    async def get_attributes(self, handle: int, types: list[int]) -> dict[int, Any]:
+    async def get_attributes(self, handle: int, types: Sequence[int]) -> dict[int, Any]:
         """Readable attributes as a map; raises (``refused``) with the call's CKR code if any was refused."""
         result = await self.call("object.get_attributes", handle=handle, types=[int(t) for t in types])
         if result.get("error") is not None:
@@ -260,10 +268,13 @@ class AsyncClient:
     async def generate_random(self, length: int) -> bytes:
         return self._field("random.generate", await self.call("random.generate", length=length), "random", bytes)
 
-    async def encrypt(self, key: int, mechanism: int, data: bytes, params: Any = None) -> dict[str, Any]:
+    async def encrypt(self, key: int, mechanism: int, data: bytes, params: Any = None) -> Encrypted:
         """Returns {"data": ciphertext} plus {"iv": ...} when the node generated a GCM IV."""
-        return await self.call("crypto.encrypt", key=key, mechanism=int(mechanism),
-                               data=data, params=params)
+        reply = await self.call("crypto.encrypt", key=key, mechanism=int(mechanism), data=data, params=params)
+        encrypted: Encrypted = {"data": self._field("crypto.encrypt", reply, "data", bytes)}
+        if "iv" in reply:
+            encrypted["iv"] = self._field("crypto.encrypt", reply, "iv", bytes)
+        return encrypted
 
     async def decrypt(self, key: int, mechanism: int, data: bytes, params: Any = None) -> bytes:
         reply = await self.call("crypto.decrypt", key=key, mechanism=int(mechanism), data=data, params=params)

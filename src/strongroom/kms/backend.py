@@ -105,7 +105,7 @@ class Backend:
         self._agent_socket = config.path(config.cluster.agent_socket)
         if config.cluster.profile is not None:
             try:
-                self._profile = ClientProfile.load(config.path(config.cluster.profile))  # type: ignore[arg-type]
+                self._profile = ClientProfile.load(config.path(config.cluster.profile))
             except ProfileError as exc:
                 raise ConfigError(f"cluster.profile: {exc}") from None
         self._links = [_Link(self, i) for i in range(config.cluster.connections)]
@@ -148,9 +148,9 @@ class Backend:
 
     async def login(self, connection: AsyncConnection) -> bytes:
         username = self.config.cluster.username
+        client = AsyncClient(connection.call)
         try:
-            result = await asyncio.wait_for(
-                AsyncClient(connection.call).login(username, self._password, "crypto-user"), self._timeout)
+            await asyncio.wait_for(client.login(username, self._password, "crypto-user"), self._timeout)
         except ClientError as exc:
             if exc.code in (CKR.PIN_INCORRECT, CKR.PIN_LOCKED):
                 # Never retried automatically: a wrong password would lock the service user.
@@ -160,7 +160,8 @@ class Backend:
         except TimeoutError:
             raise ClusterError(CKR.DEVICE_REMOVED, "the cluster did not answer the login", unreachable=True) from None
         self._login_failure = None
-        return result["session"]
+        assert client.session is not None  # login() holds the session it was given, checked to be bytes
+        return client.session
 
     async def start(self) -> None:
         """Connect and log in once, so that a wrong configuration fails at start."""
@@ -213,7 +214,7 @@ class Backend:
 
     async def generate_aes_key(self, label: str, length: int = 32) -> int:
         """A token AES key owned by the service user: sensitive, never extractable, GCM only."""
-        template = {
+        template: dict[int, object] = {
             CKA.CLASS: int(CKO.SECRET_KEY), CKA.KEY_TYPE: int(CKK.AES), CKA.TOKEN: True,
             CKA.LABEL: label.encode(), CKA.VALUE_LEN: length, CKA.SENSITIVE: True, CKA.EXTRACTABLE: False,
             CKA.ENCRYPT: True, CKA.DECRYPT: True, CKA.WRAP: False, CKA.UNWRAP: False,
@@ -282,7 +283,7 @@ class Backend:
 
     async def generate_hmac_key(self, label: str, length: int, mechanism: int) -> int:
         """A token generic secret (sensitive, never extractable) usable only for one CKM_SHA*_HMAC."""
-        template = {
+        template: dict[int, object] = {
             CKA.CLASS: int(CKO.SECRET_KEY), CKA.KEY_TYPE: int(CKK.GENERIC_SECRET), CKA.TOKEN: True,
             CKA.LABEL: label.encode(), CKA.VALUE_LEN: length, CKA.SENSITIVE: True, CKA.EXTRACTABLE: False,
             CKA.SIGN: True, CKA.VERIFY: True, CKA.ENCRYPT: False, CKA.DECRYPT: False, CKA.WRAP: False,

@@ -44,7 +44,7 @@ import stat
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import tomli_w
 
@@ -113,6 +113,13 @@ class GatewayConfig:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     deletion: DeletionSettings = field(default_factory=DeletionSettings)
     base: Path = field(default_factory=Path.cwd)
+
+    @overload
+    def path(self, value: str) -> Path: ...
+    @overload
+    def path(self, value: None) -> None: ...
+    @overload
+    def path(self, value: str | None) -> Path | None: ...
 
     def path(self, value: str | None) -> Path | None:
         if value is None:

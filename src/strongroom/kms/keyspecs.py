@@ -9,6 +9,7 @@ CKK_GENERIC_SECRET keys restricted to one CKM_SHA*_HMAC.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 KEY_USAGES = ("SIGN_VERIFY", "ENCRYPT_DECRYPT", "GENERATE_VERIFY_MAC", "KEY_AGREEMENT", "ENCAPSULATE_DECAPSULATE")
 ORIGINS = ("AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE")
@@ -69,8 +70,20 @@ class KeySpec:
         return self.supported and (not self.implemented_usages or usage in self.implemented_usages)
 
 
-def _spec(name: str, usages: dict[str, tuple[str, ...]], **kw: object) -> KeySpec:
-    return KeySpec(name, tuple(usages), dict(usages), **kw)  # type: ignore[arg-type]
+class _Options(TypedDict, total=False):
+    """The keyword fields of :class:`KeySpec` after its usages."""
+
+    supported: bool
+    aes_bytes: int
+    kind: str
+    rsa_bits: int
+    curve: str
+    hmac_bytes: int
+    implemented_usages: tuple[str, ...]
+
+
+def _spec(name: str, usages: dict[str, tuple[str, ...]], **kw: Unpack[_Options]) -> KeySpec:
+    return KeySpec(name, tuple(usages), dict(usages), **kw)
 
 
 def _rsa(bits: int) -> KeySpec:
@@ -79,7 +92,7 @@ def _rsa(bits: int) -> KeySpec:
 
 
 def _ecc(name: str, algorithm: str, curve: str, *, agreement: bool = True) -> KeySpec:
-    usages = {"SIGN_VERIFY": (algorithm,)}
+    usages: dict[str, tuple[str, ...]] = {"SIGN_VERIFY": (algorithm,)}
     if agreement:
         usages["KEY_AGREEMENT"] = ("ECDH",)
     return _spec(name, usages, supported=True, kind=ECC, curve=curve, implemented_usages=("SIGN_VERIFY",))

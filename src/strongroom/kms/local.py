@@ -87,7 +87,7 @@ def setup(root: Path, *, service_user: str = SERVICE_USER, admin: tuple[str, str
     (root / STATE_DIR).mkdir(mode=0o700, exist_ok=True)
     password_path, key_path = root / PASSWORD_FILE, root / ACCESS_KEY_FILE
     if password_path.exists() and key_path.exists():
-        return json.loads(key_path.read_text())
+        return _read_access_key(key_path)
     admin_user, admin_password = _admin(root, admin)
     with Client.from_dir(root, timeout=30) as client:
         client.login(admin_user, admin_password)
@@ -108,7 +108,18 @@ def setup(root: Path, *, service_user: str = SERVICE_USER, admin: tuple[str, str
                 write_private_file(key_path, json.dumps(record).encode())
         finally:
             client.logout()
-    return json.loads(key_path.read_text())
+    return _read_access_key(key_path)
+
+
+def _read_access_key(path: Path) -> dict[str, str]:
+    """The access key that set-up wrote: ``{"access_key_id": ..., "secret_access_key": ...}``."""
+    record = json.loads(path.read_text())
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in _ACCESS_KEY_FIELDS):
+        raise GatewayStartError(f"{path} does not hold an access key; remove it and start again to make one")
+    return {k: record[k] for k in _ACCESS_KEY_FIELDS}
+
+
+_ACCESS_KEY_FIELDS = ("access_key_id", "secret_access_key")
 
 
 def _certificate_usable(cert: Any, ca_cert: Any) -> bool:

@@ -32,6 +32,8 @@ ALIASES = "aliases/"
 RECORD_VERSION = 1
 ENABLED, DISABLED, PENDING_DELETION, DELETED = "Enabled", "Disabled", "PendingDeletion", "Deleted"
 CONFLICT_RETRIES = 20
+#: What a key update's ``change`` returns besides changing the key: more record changes to commit with it.
+_ExtraChanges = Awaitable[list[dict[str, Any]]] | list[dict[str, Any]] | None
 
 
 @dataclass
@@ -333,7 +335,7 @@ class Metadata:
         if not ok:
             raise Conflict()
 
-    async def update_key(self, key_id: str, change: Callable[[KmsKey], Awaitable[list[dict[str, Any]]] | None],
+    async def update_key(self, key_id: str, change: Callable[[KmsKey], _ExtraChanges],
                          *, include_deleted: bool = False) -> KmsKey | None:
         """Read, apply ``change`` (which may raise KMS errors or return extra record changes), write; retry."""
         for _ in range(CONFLICT_RETRIES):
@@ -341,11 +343,10 @@ class Metadata:
             if key is None:
                 return None
             revision = key.revision
-            extra = change(key)
-            if extra is not None and not isinstance(extra, list):
-                extra = await extra
+            outcome = change(key)
+            extra = [] if outcome is None else outcome if isinstance(outcome, list) else await outcome
             try:
-                await self.commit([put(KEYS + key_id, key.to_record(), revision), *(extra or [])])
+                await self.commit([put(KEYS + key_id, key.to_record(), revision), *extra])
                 return key
             except Conflict:
                 continue

@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from strongroom.kms.errors import SerializationError, Validation
+from strongroom.kms.errors import KmsError, SerializationError, Validation
 
 
 def field_name(member: str) -> str:
@@ -72,7 +72,7 @@ def null_violation(field: str) -> str:
     return f"Value null at '{field}' failed to satisfy constraint: Member must not be null"
 
 
-def _type_error(member: str, expected: str) -> SerializationError:
+def _type_error(member: str, expected: str) -> KmsError:
     return SerializationError(f"Unable to parse member '{member}': expected {expected}")
 
 

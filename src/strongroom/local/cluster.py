@@ -359,7 +359,8 @@ def status(directory: Path) -> dict[str, Any]:
     result = {"dir": str(layout.root), "cluster_name": profile.cluster_name, "healthy": healthy, "nodes": nodes,
               "agent": agent, "etcd": members}
     if (layout.root / KMS_CONFIG_FILE).exists():
-        result["kms"] = gateway_status(layout.root)
-        result["healthy"] = healthy and result["kms"]["health"] == "running"
+        kms = gateway_status(layout.root)
+        result["kms"] = kms
+        result["healthy"] = healthy and kms["health"] == "running"
     return result
 

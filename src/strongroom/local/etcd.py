@@ -127,7 +127,7 @@ def stop(directory: Path) -> list[dict[str, object]]:
 
 
 def status(directory: Path) -> list[dict[str, object]]:
-    result = []
+    result: list[dict[str, object]] = []
     for member in load(directory):
         pid = member_process(directory, member).pid()
         health = "stopped"

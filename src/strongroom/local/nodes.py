@@ -67,7 +67,7 @@ def wait_for_key(layout: Layout, node: NodeAddress, pid: int, timeout: float = S
     """Wait until a node that joins (or unseals) holds the cluster key; its last status."""
     profile = ClientProfile.load(layout.profile)
 
-    def holds_key() -> dict[str, Any] | None:
+    def holds_key() -> dict[str, Any]:
         try:
             status = _status(profile, node)
         except NotReady:

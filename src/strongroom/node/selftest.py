@@ -698,7 +698,8 @@ def _kat_aes_256_gcm() -> None:
     raise SelfTestError("AES-256-GCM decrypt accepted a forged tag")
 
 
-def _crypt(cipher: Cipher[modes.Mode], data: bytes, *, encrypt: bool) -> bytes:
+def _crypt(cipher: Cipher[modes.ModeWithInitializationVector | modes.ModeWithNonce], data: bytes, *,
+           encrypt: bool) -> bytes:
     ctx = cipher.encryptor() if encrypt else cipher.decryptor()
     return ctx.update(data) + ctx.finalize()
 

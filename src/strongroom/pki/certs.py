@@ -323,7 +323,12 @@ def _authority_key_identifier(ca_cert: x509.Certificate) -> x509.AuthorityKeyIde
         ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
     except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key())  # type: ignore[arg-type]
+        public_key = ca_cert.public_key()
+        # The key of a CAPrivateKey (the only kinds of CA key that sign here).
+        if not isinstance(public_key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey, ed25519.Ed25519PublicKey,
+                                       ed448.Ed448PublicKey)):
+            raise PkiError(f"the CA certificate's key ({type(public_key).__name__}) is not a CA key") from None
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key)
 
 
 def _leaf(

@@ -37,7 +37,11 @@ import binascii
 import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # boto3 is optional (the seal extra); its stubs come with the test extra
+    from botocore.exceptions import ClientError
+    from mypy_boto3_kms import KMSClient
 from urllib.parse import urlsplit
 
 from strongroom.seal.base import KEK_BYTES, KekProvider, SealedIdentity, SealError, SealUnavailable, register
@@ -99,7 +103,7 @@ def _read_secret(path: str) -> str:
     return secret
 
 
-def _describe_client_error(exc: Any) -> tuple[str, str, int]:
+def _describe_client_error(exc: ClientError) -> tuple[str, str, int]:
     error = exc.response.get("Error", {})
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     return str(error.get("Code", "")), str(error.get("Message", "")), status
@@ -124,7 +128,7 @@ class KmsKek(KekProvider):
     def where(self) -> str:
         return self.endpoint or f"AWS KMS in {self.region}"
 
-    def _client(self) -> Any:
+    def _client(self) -> KMSClient:
         try:
             import boto3
             from botocore.config import Config
@@ -132,14 +136,14 @@ class KmsKek(KekProvider):
         except ImportError:
             raise SealError("the kms seal needs boto3 (pip install 'strongroom[seal]')") from None
         check_endpoint(self.endpoint)
-        credentials: dict[str, str] = {}
+        access_key: str | None = None
+        secret_key: str | None = None
         access_key_id = self.options.get("access_key_id")
         secret_file = self.options.get("secret_access_key_file")
         if bool(access_key_id) != bool(secret_file):
             raise SealError("seal options access_key_id and secret_access_key_file go together")
-        if access_key_id:
-            credentials = {"aws_access_key_id": str(access_key_id),
-                           "aws_secret_access_key": _read_secret(str(secret_file))}
+        if access_key_id:  # else boto3's own chain (environment, profile, instance role)
+            access_key, secret_key = str(access_key_id), _read_secret(str(secret_file))
         verify: bool | str = True
         ca_bundle = self.options.get("ca_bundle")
         if ca_bundle:
@@ -149,7 +153,8 @@ class KmsKek(KekProvider):
         config = Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
                         retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"})
         try:
-            session = boto3.session.Session(region_name=self.region, **credentials)
+            session = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                                            region_name=self.region)
             return session.client("kms", endpoint_url=self.endpoint, verify=verify, config=config)
         except (BotoCoreError, ValueError) as exc:  # configuration errors (unknown profile, bad endpoint URL...)
             raise SealError(f"the kms seal cannot make a client for {self.where}: {exc}") from None

@@ -19,8 +19,7 @@ def load_peers(config: NodeConfig) -> list[str]:
         peers += [str(p) for p in remembered if isinstance(p, str)]
     except (FileNotFoundError, ValueError, TypeError):
         pass
-    seen: set[str] = set()
-    return [p for p in peers if p != config.address and not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+    return list(dict.fromkeys(p for p in peers if p != config.address))  # the first of each, in order
 
 
 def remember_peers(config: NodeConfig, addresses: list[str]) -> None:

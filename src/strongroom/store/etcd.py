@@ -47,7 +47,7 @@ import base64
 import contextlib
 import json
 import ssl
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -543,7 +543,7 @@ class EtcdStore(Store):
 
     async def _watch_stream(
         self, endpoint: _Endpoint, body: dict[str, Any], start: int
-    ) -> AsyncIterator[list[WatchEvent]]:
+    ) -> AsyncGenerator[list[WatchEvent], None]:
         """The events of one watch stream on ``endpoint``, a response (whole revisions) at a time.
 
         Yields an empty list once the watch is created. Raises :class:`_EndpointDown`

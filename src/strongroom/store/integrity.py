@@ -39,6 +39,7 @@ import hmac
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -99,16 +100,20 @@ def fingerprint(record: Record) -> Fingerprint:
     return record.version, record.create_revision, record.mod_revision, value_hash(record.value)
 
 
+def _is_u63(value: object) -> TypeGuard[int]:
+    return type(value) is int and 0 <= value < 1 << 63
+
+
 def _are_ints(*values: object) -> bool:
-    return all(type(v) is int and 0 <= v < 1 << 63 for v in values)
+    return all(_is_u63(v) for v in values)
 
 
 def change_of(key: object, deleted: object, version: object, created: object, digest: object) -> Change:
     """A history row as a :class:`Change`; a row someone wrote with the wrong types is tampering."""
-    if not (isinstance(key, str) and deleted in (0, 1) and _are_ints(version, created) and isinstance(digest, bytes)
-            and len(digest) in (0, 32)):
+    if not (isinstance(key, str) and deleted in (0, 1) and _is_u63(version) and _is_u63(created)
+            and isinstance(digest, bytes) and len(digest) in (0, 32)):
         raise StoreTampered(f"the store's history has a malformed event for {key!r}")
-    return Change(key, bool(deleted), version, created, digest)  # type: ignore[arg-type]
+    return Change(key, bool(deleted), version, created, digest)
 
 
 def _key_bytes(key: str) -> bytes:
@@ -118,9 +123,9 @@ def _key_bytes(key: str) -> bytes:
 
 def state_of(revision: object, chain_head: object, origin: object, mac: object) -> State:
     """The digest row as a :class:`State`; one with the wrong types or sizes never authenticates."""
-    if (_are_ints(revision) and isinstance(chain_head, bytes) and len(chain_head) == 32 and isinstance(origin, bytes)
+    if (_is_u63(revision) and isinstance(chain_head, bytes) and len(chain_head) == 32 and isinstance(origin, bytes)
             and len(origin) == ORIGIN_SIZE and isinstance(mac, bytes)):
-        return State(revision, chain_head, origin, mac)  # type: ignore[arg-type]
+        return State(revision, chain_head, origin, mac)
     return State(0, ZERO_LINK, bytes(ORIGIN_SIZE), b"")  # an empty MAC matches nothing
 
 

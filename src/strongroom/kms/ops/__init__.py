@@ -25,7 +25,7 @@ from strongroom.kms.context import OPERATIONS, OperationSpec
 
 def load() -> dict[str, OperationSpec]:
     """Import every operation group (importing one declares its operations) and return the table."""
-    from strongroom.kms.ops import (  # noqa: F401  # noqa: F401
+    from strongroom.kms.ops import (  # noqa: F401 - imported to declare their operations
         aliases,
         asymmetric,
         grants,

@@ -41,6 +41,7 @@ from strongroom.kms.errors import (
     InvalidCiphertext,
     InvalidKeyUsage,
     KeyUnavailable,
+    KmsError,
     KmsInvalidSignature,
     UnsupportedOperation,
     Validation,
@@ -129,10 +130,10 @@ async def generate_material(ctx: Context, key_id: str, spec: KeySpec, usage: str
         allowed = _sign_mechanisms(spec)
     else:
         allowed = [int(CKM.RSA_PKCS_OAEP)]
-    flags_public = {CKA.VERIFY: signing, CKA.ENCRYPT: not signing, CKA.WRAP: False,
-                    CKA.ALLOWED_MECHANISMS: allowed}
-    flags_private = {CKA.SIGN: signing, CKA.DECRYPT: not signing, CKA.UNWRAP: False, CKA.DERIVE: False,
-                     CKA.ALLOWED_MECHANISMS: allowed}
+    flags_public: dict[int, object] = {CKA.VERIFY: signing, CKA.ENCRYPT: not signing, CKA.WRAP: False,
+                                       CKA.ALLOWED_MECHANISMS: allowed}
+    flags_private: dict[int, object] = {CKA.SIGN: signing, CKA.DECRYPT: not signing, CKA.UNWRAP: False,
+                                        CKA.DERIVE: False, CKA.ALLOWED_MECHANISMS: allowed}
     if spec.kind == RSA:
         public, private = await backend.generate_key_pair(
             label, int(CKM.RSA_PKCS_KEY_PAIR_GEN),
@@ -155,7 +156,7 @@ def key_spec(key: KmsKey) -> KeySpec:
     return KEY_SPECS[key.key_spec]
 
 
-def incompatible(algorithm: str, spec: KeySpec) -> InvalidKeyUsage:
+def incompatible(algorithm: str, spec: KeySpec) -> KmsError:
     return InvalidKeyUsage(f"Algorithm {algorithm} is incompatible with key spec {spec.name}.")
 
 
@@ -274,7 +275,7 @@ async def public_key_der(ctx: Context, key: KmsKey) -> bytes:
         if spec.kind == RSA:
             attributes = await ctx.backend.cluster.get_attributes(material.public_handle,
                                                                 [CKA.MODULUS, CKA.PUBLIC_EXPONENT])
-            public: Any = rsa_encoding.public_key_from_attributes(attributes)
+            public: rsa.RSAPublicKey | ec.EllipticCurvePublicKey = rsa_encoding.public_key_from_attributes(attributes)
         else:
             attributes = await ctx.backend.cluster.get_attributes(material.public_handle, [CKA.EC_PARAMS, CKA.EC_POINT])
             public = ec_encoding.public_key_from_attributes(attributes)
