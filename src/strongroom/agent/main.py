@@ -13,6 +13,7 @@ import ssl
 import sys
 from pathlib import Path
 
+from strongroom import __version__
 from strongroom.agent.config import AgentConfig, ConfigError
 from strongroom.agent.nodes import NodePool
 from strongroom.agent.runtime import Agent
@@ -43,8 +44,8 @@ async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> int:
         return 1
     await pool.start()
     reachable = [link.name for link in pool.links if link.connected]
-    log.info("agent ready: slot %d, token %r, nodes reachable: %s", config.slot_id, config.cluster_name,
-             ", ".join(reachable) or "none yet")
+    log.info("Strongroom %s agent ready: slot %d, token %r, nodes reachable: %s", __version__, config.slot_id,
+             config.cluster_name, ", ".join(reachable) or "none yet")
     if ready is not None:
         ready.set()
     try:

@@ -53,6 +53,23 @@ ALLOWED = frozenset({
 })
 
 
+def with_agent_view(links: list[NodeLink], status: dict[str, Any]) -> dict[str, Any]:
+    """``cluster.status`` as this host sees it: the registry's health is a heartbeat up to 30 s old, so a node
+    that this agent cannot reach (or that does not serve) is never shown ``healthy``."""
+    by_name = {link.name: link for link in links}
+    nodes = []
+    for entry in status.get("nodes") or []:
+        link = by_name.get(str(entry.get("id"))) if isinstance(entry, dict) else None
+        if link is not None:
+            entry = dict(entry, agent="connected" if link.connected else f"unreachable: {link.last_error}")
+            if not link.connected:
+                entry["health"] = "unreachable"
+            elif not link.healthy and entry.get("health") == "healthy":
+                entry["health"] = str(link.status.get("state") or "unhealthy")
+        nodes.append(entry)
+    return dict(status, nodes=nodes)
+
+
 class Passthrough:
     def __init__(self, pool: Any, writer: asyncio.StreamWriter) -> None:
         self._pool = pool
@@ -92,7 +109,10 @@ class Passthrough:
                         continue
                     self._writer.write(encode_reply(request.request_id, CKR.DEVICE_REMOVED, str(exc)))
                     return
-                self._writer.write(encode_reply(request.request_id, reply.code, reply.body))
+                body = reply.body
+                if request.op == "cluster.status" and reply.ok and isinstance(body, dict):
+                    body = with_agent_view(self._pool.links, body)
+                self._writer.write(encode_reply(request.request_id, reply.code, body))
                 return
         except Exception:  # a relay failure must reach the client as a code
             log.exception("relaying %s failed", request.op)

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from strongroom.cli.output import CliError
 
+if TYPE_CHECKING:
+    from strongroom.client import ClientProfile, NodeAddress
+
 T = TypeVar("T")
+
+#: How long a node of client.json gets to accept a connection before the next one is tried.
+PROBE_SECONDS = 5.0
 
 
 def directory(args: argparse.Namespace) -> Path:
@@ -30,8 +37,21 @@ def admin_pin() -> tuple[str, str] | None:
     return username, password
 
 
+def reachable_node(profile: ClientProfile) -> NodeAddress:
+    """The first node of the profile that accepts a TCP connection, in the profile's order: operator
+    tooling keeps working while a node, or its whole host, is down."""
+    failures = []
+    for node in profile.nodes:
+        try:
+            with socket.create_connection((node.host, node.port), timeout=PROBE_SECONDS):
+                return node
+        except OSError as exc:
+            failures.append(f"{node.node_id} at {node.address}: {exc.strerror or exc}")
+    raise CliError("no node of the cluster accepts connections (" + "; ".join(failures) + ")")
+
+
 def node_client(args: argparse.Namespace, *, operator: bool = True) -> Any:
-    """A connection to one node (``--node``, else the first), no login: with the directory's operator
+    """A connection to one node (``--node``, else the first that answers), no login: with the directory's operator
     certificate (operator acts: backups, zeroize), or with ``operator=False`` its application-host
     certificate (the customer's set-up steps and admin acts that log in)."""
     from strongroom.client import Client, ClientProfile, ProfileError
@@ -48,7 +68,7 @@ def node_client(args: argparse.Namespace, *, operator: bool = True) -> Any:
         node = next((n for n in profile.nodes if n.node_id == args.node), None)
         if node is None:
             raise CliError(f"{root} lists no node {args.node!r} (see `strongroom status`)")
-    return Client(profile, node, timeout=120)
+    return Client(profile, node or reachable_node(profile), timeout=120)
 
 
 def local(action: Callable[[], T]) -> T:

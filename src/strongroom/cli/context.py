@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from strongroom.cli.common import reachable_node
 from strongroom.cli.output import CliError
-from strongroom.client import Client, ClientError, ProfileError
+from strongroom.client import Client, ClientError, ClientProfile, ProfileError
 
 
 class Context:
@@ -43,7 +44,11 @@ class Context:
             if self.client is not None:
                 self.client.close()
             try:
-                self.client = Client.from_agent(target) if isinstance(target, str) else Client.from_dir(target)
+                if isinstance(target, str):
+                    self.client = Client.from_agent(target)
+                else:  # any node of the directory's client.json that answers, not only the first
+                    profile = ClientProfile.load(target)
+                    self.client = Client(profile, reachable_node(profile))
             except ProfileError as exc:
                 raise CliError(str(exc)) from None
             self.directory = target

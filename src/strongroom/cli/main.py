@@ -64,7 +64,7 @@ def cmd_status(args: argparse.Namespace, _ctx: Context) -> None:
 
     result = local(lambda: cluster.status(Path(args.dir)))
     text = f"cluster {result['cluster_name']}: {'healthy' if result['healthy'] else 'NOT healthy'}\n"
-    text += table(result["nodes"], ["id", "zone", "address", "pid", "health", "state", "seal", "error"])
+    text += table(result["nodes"], ["id", "zone", "address", "pid", "health", "state", "seal", "version", "error"])
     if any(n.get("seal") == "file" for n in result["nodes"]):
         from strongroom.seal.file import WARNING
 
@@ -321,6 +321,10 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
         exit_on_error=not interactive,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if not interactive:
+        from strongroom import __version__
+
+        parser.add_argument("--version", action="version", version=f"strongroom {__version__}")
 
     def add(parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, handler: Handler,
             help_text: str) -> argparse.ArgumentParser:

@@ -200,7 +200,7 @@ def cmd_backup_restore(args: argparse.Namespace, _ctx: Context) -> None:
 
     summary = local(lambda: restore(Path(args.backup), directory(args), from_dir=Path(args.from_dir),
                                      ca_cert=_path(args.ca_cert), ca_key=_path(args.ca_key), workers=args.workers,
-                                     admin=admin_pin()))
+                                     admin=admin_pin(), nodes=args.nodes))
     emit(summary, as_json=args.json, text=_restored_text(summary))
 
 
@@ -208,7 +208,8 @@ def cmd_recover(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.local.restore import restore
 
     summary = local(lambda: restore(Path(args.backup), directory(args), shares=[Path(s) for s in args.share],
-                                     ca_cert=_path(args.ca_cert), ca_key=_path(args.ca_key), workers=args.workers))
+                                     ca_cert=_path(args.ca_cert), ca_key=_path(args.ca_key), workers=args.workers,
+                                     nodes=args.nodes))
     emit(summary, as_json=args.json, text=_restored_text(summary))
 
 
@@ -281,7 +282,9 @@ def _restore_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca-cert", help="your CA certificate for the new nodes (default: a throw-away local CA, "
                    "or the --from cluster's)")
     p.add_argument("--ca-key", help="your CA's private key (with --ca-cert)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes of the new node")
+    p.add_argument("--workers", type=int, default=None, help="worker processes of each new node")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="nodes of the new cluster (above 1: one per zone over etcd members of its own, as up --nodes)")
 
 
 def register(sub: Any, add: AddCommand) -> None:

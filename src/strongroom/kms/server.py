@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
+from strongroom import __version__
 from strongroom.hardening import HardeningReport, harden_process
 from strongroom.kms.backend import Backend, ClusterError
 from strongroom.kms.config import ConfigError, GatewayConfig
@@ -160,8 +161,8 @@ async def run(config: GatewayConfig, *, ready: asyncio.Event | None = None,
     scheme = "https" if tls is not None else "http"
     if tls is None:
         log.warning("%s", PLAIN_HTTP_WARNING)
-    log.info("KMS endpoint %s://%s:%d (region %s, account %s) serving as %s", scheme, config.kms.host,
-             config.kms.port, config.kms.region, config.kms.account_id, config.cluster.username)
+    log.info("Strongroom %s KMS endpoint %s://%s:%d (region %s, account %s) serving as %s", __version__, scheme,
+             config.kms.host, config.kms.port, config.kms.region, config.kms.account_id, config.cluster.username)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -364,3 +364,4 @@ def status(directory: Path) -> dict[str, Any]:
         result["healthy"] = healthy and kms["health"] == "running"
     return result
 
+                entry["version"] = node_status.get("version")

@@ -3,6 +3,11 @@
 One member per zone, on loopback, beside its node — the layout a real deployment
 has with one host per zone. Members keep their data in DIR/etcd/<name>/ so that
 ``up`` after ``down`` resumes the same cluster.
+
+``hsm add`` with a new zone adds a member (:func:`add_member`: etcd's member API first,
+then the member starts as one joining an existing cluster) and ``hsm remove`` of the last
+node of a zone removes it (:func:`remove_member`), as an operator does on real hosts with
+``etcdctl member add / remove`` (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from strongroom.local.layout import HOST, free_port
 from strongroom.local.processes import Background
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+#: One member-API request (add, remove, list).
+API_TIMEOUT = 10.0
 
 
 class EtcdError(Exception):
@@ -32,6 +40,8 @@ class Member:
     name: str
     client_port: int
     peer_port: int
+    #: Added to a running cluster (``hsm add``): it starts as a member of an existing cluster.
+    joined: bool = False
 
     @property
     def client_url(self) -> str:
@@ -49,13 +59,24 @@ def etcd_binary() -> str:
     return found
 
 
+def member_name(zone: str) -> str:
+    """One member per zone, named after it (``up`` names zones a, b, c ...)."""
+    return f"etcd-{zone}"
+
+
 def plan(directory: Path, count: int) -> list[Member]:
     """Choose names and ports once; they are kept in DIR/etcd/members.json."""
-    members = [Member(f"etcd-{'abcdefgh'[i]}", free_port(), free_port()) for i in range(count)]
+    members = [Member(member_name("abcdefgh"[i]), free_port(), free_port()) for i in range(count)]
+    _save(directory, members)
+    return members
+
+
+def _save(directory: Path, members: list[Member]) -> None:
     root = directory / "etcd"
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    (root / "members.json").write_text(json.dumps([asdict(m) for m in members], indent=2))
-    return members
+    tmp = root / "members.json.tmp"
+    tmp.write_text(json.dumps([asdict(m) for m in members], indent=2))
+    os.replace(tmp, root / "members.json")
 
 
 def load(directory: Path) -> list[Member]:
@@ -74,7 +95,7 @@ def member_process(directory: Path, member: Member, binary: str = "etcd") -> Bac
     data_dir = (directory / "etcd" / member.name).resolve()  # as spawned, so that the marks match later
     members = load(directory)
     initial = ",".join(f"{m.name}={m.peer_url}" for m in members)
-    state = "existing" if (data_dir / "member").exists() else "new"
+    state = "existing" if member.joined or (data_dir / "member").exists() else "new"
     argv = (binary, "--name", member.name, "--data-dir", str(data_dir),
             "--listen-client-urls", member.client_url, "--advertise-client-urls", member.client_url,
             "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
@@ -124,6 +145,91 @@ def stop(directory: Path) -> list[dict[str, object]]:
         if pid is not None:
             stopped.append({"id": member.name, "pid": pid})
     return stopped
+
+
+# --- membership (etcd's member API through its JSON gateway) -------------------------------------
+
+
+def _api(members: list[Member], path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST to the first member that answers; etcd's own refusal is an EtcdError at once."""
+    failures = []
+    for member in members:
+        request = urllib.request.Request(member.client_url + path, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=API_TIMEOUT) as answer:
+                result: dict[str, Any] = json.loads(answer.read())
+                return result
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:300]
+            raise EtcdError(f"etcd refused {path} at {member.client_url}: HTTP {exc.code} {detail}") from None
+        except (OSError, ValueError) as exc:
+            failures.append(f"{member.name}: {exc}")
+    raise EtcdError(f"no etcd member answered {path}: {'; '.join(failures)}")
+
+
+def member_list(directory: Path) -> list[dict[str, Any]]:
+    """The cluster's members as etcd knows them: ``{"ID", "name", "peerURLs", "clientURLs"}``."""
+    answer = _api(load(directory), "/v3/cluster/member/list", {})
+    members: list[dict[str, Any]] = answer.get("members", [])
+    return members
+
+
+def add_member(directory: Path, zone: str) -> Member | None:
+    """Add and start the etcd member of a new zone; None when the zone has one already.
+
+    The order etcd asks for: the running cluster learns the new member's peer URL first
+    (``member add``), then the member starts with ``--initial-cluster-state existing`` and
+    catches up from the leader. The quorum grows at once, so the member is started right away.
+    """
+    members = load(directory)
+    name = member_name(zone)
+    if not members or any(m.name == name for m in members):
+        return None
+    binary = etcd_binary()
+    member = Member(name, free_port(), free_port(), joined=True)
+    _api(members, "/v3/cluster/member/add", {"peerURLs": [member.peer_url]})
+    _save(directory, [*members, member])
+    member_process(directory, member, binary).spawn()
+    try:
+        _wait_healthy(directory, [member])
+    except EtcdError:
+        remove_member(directory, zone)
+        raise
+    return member
+
+
+def remove_member(directory: Path, zone: str) -> Member | None:
+    """Remove the zone's member from the etcd cluster (member API), stop it and delete its data.
+
+    None when the zone has no member of its own. The last member is never removed (that would
+    be the whole store).
+    """
+    members = load(directory)
+    member = next((m for m in members if m.name == member_name(zone)), None)
+    if member is None:
+        return None
+    others = [m for m in members if m is not member]
+    if not others:
+        raise EtcdError(f"{member.name} is the last etcd member; it holds the whole store and is not removed")
+    known = next((m for m in member_list(directory) if member.peer_url in m.get("peerURLs", [])), None)
+    if known is not None:
+        # The gateway sends 64-bit ids as strings and takes them back as such. etcd refuses to remove a
+        # member while fewer than a quorum of the others have been connected for 5 s ("unhealthy
+        # cluster": its strict reconfiguration check), e.g. right after a member joined: wait that out.
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                _api(others, "/v3/cluster/member/remove", {"ID": known["ID"]})
+                break
+            except EtcdError as exc:
+                if "unhealthy cluster" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    member_process(directory, member).stop(STOP_TIMEOUT)
+    _save(directory, others)
+    shutil.rmtree(directory / "etcd" / member.name, ignore_errors=True)
+    return member
 
 
 def status(directory: Path) -> list[dict[str, object]]:

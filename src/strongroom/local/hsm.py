@@ -9,18 +9,26 @@ node (``hsm.revoke``, an operator act made with the operator's client
 certificate), stops the node, zeroizes its sealed key and unlists it. A removed
 node's folder stays (its audit log remains evidence) with its configuration
 renamed ``node.toml.removed``; node ids are never reused.
+
+On a cluster over etcd, a node in a new zone brings that zone's etcd member
+(:func:`strongroom.local.etcd.add_member`: etcd's member API, then the member joins) and
+uses it first; removing the last node of a zone removes its member. The other nodes'
+``node.toml`` follow the member list, so that their next start uses the members that exist.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from strongroom import pki
 from strongroom.client import Client, ClientError, ClientProfile, NodeAddress, ProfileError
+from strongroom.local import etcd
 from strongroom.local.cluster import enroll_nodes
 from strongroom.local.layout import HOST, Layout, LocalClusterError, free_port
 from strongroom.local.nodes import start_and_check, stop_node, wait_for_key
@@ -99,7 +107,9 @@ def add_node(directory: Path, zone: str | None = None, admin: tuple[str, str] | 
             raise
         raise LocalClusterError(f"cannot prepare node {node_id}: {exc}") from None
     try:
+    member = None
         started = start_and_check(layout, node)
+        member = _add_etcd_member(layout, config, zone)
         started.update(state=wait_for_key(layout, node, started["pid"])["state"])
     except LocalClusterError:
         # It holds the key now: do not leave a sealed copy behind a node nobody lists.
@@ -108,13 +118,60 @@ def add_node(directory: Path, zone: str | None = None, admin: tuple[str, str] | 
         config_path = layout.node_config(node_id)
         config_path.replace(config_path.with_name(config_path.name + REMOVED_SUFFIX))
         raise
+        if member is not None:
+            with contextlib.suppress(LocalClusterError):  # the start's failure is the one to report
+                _remove_etcd_member(layout, zone)
     # Re-read: the profile may have changed while the node joined and started.
     current = _profile(layout)
     _write_profile(layout, current, [*current.nodes, node])
     return started
+    if member is not None:
+        started["etcd_member"] = {"id": member.name, "endpoint": member.client_url}
 
 
 def remove_node(directory: Path, node_id: str) -> dict[str, Any]:
+def _add_etcd_member(layout: Layout, config: NodeConfig, zone: str) -> etcd.Member | None:
+    """The new zone's etcd member (none for SQLite, or a zone that has one): added, started, and first in
+    the new node's endpoints; the other nodes' configurations list it too."""
+    if config.store_backend != "etcd":
+        return None
+    try:
+        member = etcd.add_member(layout.root, zone)
+    except etcd.EtcdError as exc:
+        raise LocalClusterError(f"could not add an etcd member for zone {zone}: {exc}") from None
+    if member is None:
+        return None
+    own = replace(config, store_endpoints=[member.client_url, *config.store_endpoints])
+    layout.node_config(config.node_id).write_text(own.to_toml())
+    _rewrite_endpoints(layout, lambda endpoints: [*endpoints, member.client_url], skip=config.node_id)
+    return member
+
+
+def _remove_etcd_member(layout: Layout, zone: str) -> str | None:
+    """Remove the zone's etcd member once no node of that zone is left; its endpoint, or None."""
+    try:
+        member = etcd.remove_member(layout.root, zone)
+    except etcd.EtcdError as exc:
+        raise LocalClusterError(f"the node was removed, but not the etcd member of zone {zone}: {exc}") from None
+    if member is None:
+        return None
+    _rewrite_endpoints(layout, lambda endpoints: [e for e in endpoints if e != member.client_url])
+    return member.client_url
+
+
+def _rewrite_endpoints(layout: Layout, change: Callable[[list[str]], list[str]], skip: str | None = None) -> None:
+    for node_id in layout.node_ids():
+        if node_id == skip:
+            continue
+        path = layout.node_config(node_id)
+        try:
+            config = NodeConfig.load(path)
+        except ConfigError:
+            continue  # not ours to repair here; `up` reports it
+        if config.store_backend == "etcd":
+            path.write_text(replace(config, store_endpoints=change(config.store_endpoints)).to_toml())
+
+
     """Revoke a node's certificate, stop the node, destroy its sealed key and unlist it."""
     layout = Layout(Path(directory).resolve())
     profile = _profile(layout)
@@ -157,9 +214,16 @@ def remove_node(directory: Path, node_id: str) -> dict[str, Any]:
     if config_path.exists():
         config_path.replace(config_path.with_name(config_path.name + REMOVED_SUFFIX))
     current = _profile(layout)
-    _write_profile(layout, current, [n for n in current.nodes if n.node_id != node_id])
-    return {"id": node_id, "zone": node.zone, "address": node.address, "stopped_pid": pid,
-            "serial": f"{serial:x}", "revoked_at": revocation.get("revoked_at"), "seal_destroyed": True}
+    remaining = [n for n in current.nodes if n.node_id != node_id]
+    _write_profile(layout, current, remaining)
+    result = {"id": node_id, "zone": node.zone, "address": node.address, "stopped_pid": pid,
+              "serial": f"{serial:x}", "revoked_at": revocation.get("revoked_at"), "seal_destroyed": True}
+    # 4. The zone's etcd member leaves with the zone's last node.
+    if not any(n.zone == node.zone for n in remaining):
+        removed = _remove_etcd_member(layout, node.zone)
+        if removed is not None:
+            result["etcd_member_removed"] = removed
+    return result
 
 
 __all__ = ["add_node", "remove_node"]

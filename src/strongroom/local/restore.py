@@ -16,6 +16,11 @@ to the new store under its new version (the barrier binds a record to its
 version, so each is sealed again). Registry records of the old nodes are left
 behind: the new nodes register themselves. Finally the cluster is started as
 ``strongroom up`` would.
+
+With ``nodes`` above 1 the new cluster has that many nodes, one per zone, over etcd
+members of its own (as ``strongroom up --nodes N``): the records go straight into etcd,
+every new node is sealed with the key and enrolled (``enrolled/<node id>``, by the
+restore) so that it can also rejoin later as any enrolled node does.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import asyncio
 import secrets
 import shutil
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,13 +41,15 @@ from strongroom.backup import Backup, BackupError, decode_backup
 from strongroom.barrier import Barrier
 from strongroom.barrier.barrier import STORE_INTEGRITY_PURPOSE, derive_subkey
 from strongroom.client import ClientProfile, ProfileError
-from strongroom.local import cluster
+from strongroom.dispatch.ops.hsm import enrolled_key
+from strongroom.local import cluster, etcd
 from strongroom.local.layout import HOST, Layout, LocalClusterError
 from strongroom.recovery import PlainShare, RecoveryError, combine_shares
 from strongroom.seal import SealedIdentity, SealError, destroy_seal, seal_cluster_key, unseal_cluster_key
 from strongroom.services.config import NodeConfig
 from strongroom.services.identity import IDENTITY_KEY, ClusterIdentity, verify_digest_signature
-from strongroom.store.base import MAX_COMMIT_OPERATIONS, Put, Record
+from strongroom.store.base import MAX_COMMIT_OPERATIONS, Put, Record, Store
+from strongroom.store.sqlite import SqliteStore
 
 META_KEY = "cluster/meta"
 #: Not restored: each new node registers itself and records the head of its own (new) audit log.
@@ -125,10 +133,10 @@ def _key_from_old_cluster(old: Layout, config: NodeConfig, admin: tuple[str, str
     raise LocalClusterError(f"no node of {old.root} gave the cluster key: {'; '.join(failures)}")
 
 
-def _obtain_key(layout: Layout, node_id: str, backup: Backup, old: Layout | None, shares: list[Path],
+def _obtain_key(layout: Layout, node_ids: list[str], backup: Backup, old: Layout | None, shares: list[Path],
                 admin: tuple[str, str] | None = None) -> None:
-    """Seal the cluster key in the new node's directory, from a surviving node or from shares."""
-    config = NodeConfig.load(layout.node_config(node_id))
+    """Seal the cluster key in each new node's directory, from a surviving node or from shares."""
+    config = NodeConfig.load(layout.node_config(node_ids[0]))
     cluster_id = backup.header.cluster_id
     if old is not None:
         received_id, key = _key_from_old_cluster(old, config, admin)
@@ -142,15 +150,17 @@ def _obtain_key(layout: Layout, node_id: str, backup: Backup, old: Layout | None
         except RecoveryError as exc:
             raise LocalClusterError(f"recovery refused: {exc}") from None
     try:
-        seal_cluster_key(config.node_dir, SealedIdentity(cluster_id, node_id), key)
+        for node_id in node_ids:
+            seal_cluster_key(layout.node_dir(node_id), SealedIdentity(cluster_id, node_id), key)
     except SealError as exc:
         raise LocalClusterError(str(exc)) from None
     finally:
         key[:] = bytes(len(key))
 
 
-def _reseal(barrier: Barrier, backup: Backup, ca: tuple[Any, Any]) -> list[Put]:
-    """Open every record (refusing the backup on any failure) and seal it again for a new store."""
+def _reseal(barrier: Barrier, backup: Backup, ca: tuple[Any, Any], enrolled: dict[str, bytes]) -> list[Put]:
+    """Open every record (refusing the backup on any failure) and seal it again for a new store, with
+    ``enrolled`` (record key -> plaintext) in place of the backup's records of the same names."""
     records = {r.key: r for r in backup.records}
     if META_KEY not in records or IDENTITY_KEY not in records:
         raise LocalClusterError("the backup holds no initialized cluster (cluster metadata missing)")
@@ -177,11 +187,30 @@ def _reseal(barrier: Barrier, backup: Backup, ca: tuple[Any, Any]) -> list[Put]:
                     trust_anchor_fingerprint=pki.fingerprint_sha256(ca_cert),
                     certificate_fingerprint=pki.fingerprint_sha256(cert))
         opened[META_KEY] = msgpack.packb(meta, use_bin_type=True)
+    opened.update(enrolled)
     return [Put(key, barrier.seal(key, 1, plaintext), 0) for key, plaintext in sorted(opened.items())
             if not key.startswith(SKIPPED_PREFIXES)]
 
 
-async def _import(config: NodeConfig, backup: Backup, ca: tuple[Any, Any]) -> int:
+def _enrollments(layout: Layout, node_ids: list[str]) -> dict[str, bytes]:
+    """``enrolled/<id>`` for every new node's certificate, as ``hsm.enroll`` writes it (by the restore)."""
+    records = {}
+    for node_id in node_ids:
+        cert = pki.load_certificate(layout.node_dir(node_id) / "tls" / "node.crt")
+        record = {"node_id": node_id, "fingerprint": pki.fingerprint_sha256(cert), "serial": f"{cert.serial_number:x}",
+                  "enrolled_by": "backup restore", "enrolled_at": time.time()}
+        records[enrolled_key(node_id)] = msgpack.packb(record, use_bin_type=True)
+    return records
+
+
+async def _is_empty(store: Store) -> bool:
+    if isinstance(store, SqliteStore):
+        return await store.revision() == 0
+    # etcd counts revisions from 1 and another cluster may share it: look for records in our namespace.
+    return not (await store.list_prefix("")).records
+
+
+async def _import(config: NodeConfig, backup: Backup, ca: tuple[Any, Any], enrolled: dict[str, bytes]) -> int:
     identity, key = unseal_cluster_key(config.node_dir)
     store = config.open_store()
     try:
@@ -189,9 +218,9 @@ async def _import(config: NodeConfig, backup: Backup, ca: tuple[Any, Any]) -> in
         # The new store authenticates its rows from the first write, as the nodes will expect.
         store.enable_integrity(derive_subkey(key, STORE_INTEGRITY_PURPOSE, identity.cluster_id))
         key[:] = bytes(len(key))
-        if await store.revision() != 0:
+        if not await _is_empty(store):
             raise LocalClusterError("the new cluster's store is not empty; restore into a new directory")
-        puts = await asyncio.to_thread(_reseal, barrier, backup, ca)
+        puts = await asyncio.to_thread(_reseal, barrier, backup, ca, enrolled)
         for start in range(0, len(puts), MAX_COMMIT_OPERATIONS):
             await store.commit(puts[start : start + MAX_COMMIT_OPERATIONS])
         return len(puts)
@@ -201,8 +230,9 @@ async def _import(config: NodeConfig, backup: Backup, ca: tuple[Any, Any]) -> in
 
 def restore(backup_path: Path, directory: Path, *, from_dir: Path | None = None, shares: list[Path] | None = None,
             ca_cert: Path | None = None, ca_key: Path | None = None, workers: int | None = None,
-            admin: tuple[str, str] | None = None) -> dict[str, Any]:
-    """Build and start a one-node cluster in ``directory`` from the backup at ``backup_path``."""
+            admin: tuple[str, str] | None = None, nodes: int = 1) -> dict[str, Any]:
+    """Build and start a cluster of ``nodes`` nodes (above 1: over etcd) in ``directory`` from the backup at
+    ``backup_path``."""
     if (from_dir is None) == (not shares):
         raise LocalClusterError("say where the cluster key comes from: --from DIR (a running node of the "
                                 "original cluster) or --share FILE ... (decrypted recovery shares)")
@@ -217,12 +247,16 @@ def restore(backup_path: Path, directory: Path, *, from_dir: Path | None = None,
     ca = _ca_for(old, ca_cert, ca_key, name)
     created = not layout.root.exists()
     try:
-        cluster.create(layout, 1, workers or 1, name, ca=ca)
-        node_id = layout.node_ids()[0]
-        _obtain_key(layout, node_id, backup, old, shares or [], admin)
-        restored = asyncio.run(_import(NodeConfig.load(layout.node_config(node_id)), backup, ca))
-    except BaseException:
-        # Nothing half-made stays behind: no sealed key, no partial store.
+        cluster.create(layout, nodes, workers or 1, name, ca=ca)
+        node_ids = layout.node_ids()
+        if nodes > 1:
+            etcd.start(layout.root)
+        _obtain_key(layout, node_ids, backup, old, shares or [], admin)
+        restored = asyncio.run(_import(NodeConfig.load(layout.node_config(node_ids[0])), backup, ca,
+                                       _enrollments(layout, node_ids)))
+    except BaseException as exc:
+        # Nothing half-made stays behind: no sealed key, no partial store, no etcd member running.
+        etcd.stop(layout.root)
         for node_id in layout.node_ids():
             destroy_seal(layout.node_dir(node_id))
         if created:
@@ -230,6 +264,8 @@ def restore(backup_path: Path, directory: Path, *, from_dir: Path | None = None,
         else:
             for child in layout.root.iterdir():
                 shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+        if isinstance(exc, etcd.EtcdError):
+            raise LocalClusterError(str(exc)) from None
         raise
     summary = cluster.up(layout.root, workers=workers)
     summary["restored"] = {"backup_id": backup.header.backup_id, "cluster_id": backup.header.cluster_id,

@@ -18,6 +18,7 @@ import socket
 import sys
 from pathlib import Path
 
+from strongroom import __version__
 from strongroom.audit import AuditLog
 from strongroom.hardening import harden_process
 from strongroom.node import selftest, supervisor
@@ -138,6 +139,7 @@ def serve(config_path: Path) -> int:
         # Say it where the operator looks first (stderr/node.log), then refuse: no worker, no socket.
         log.error("refusing to start: %s", refusal)
         return 2
+    log.info("Strongroom %s: node %s (zone %s) starting", __version__, config.node_id, config.zone)
     report = selftest.run_all(fail=frozenset(config.fail_selftests))
     error = None
     if not report.ok:

@@ -77,6 +77,13 @@ async def finalize(ctx: Context) -> list[Any]:
     return []
 
 
+@function("C_GetInfo")
+async def get_info(_ctx: Context) -> list[Any]:
+    """The installed Strongroom's version, for the module's CK_INFO (libraryVersion = major.minor)."""
+    return [{"manufacturer": MANUFACTURER, "description": b"Strongroom PKCS#11 module", "library": _version(),
+             "version": __version__}]
+
+
 # --- slots and tokens -------------------------------------------------------------------------
 
 
