@@ -66,6 +66,10 @@ def test_a_pid_file_naming_our_process_is_found_and_its_group_stopped(tmp_path: 
     process = sleeper(tmp_path, 60, "strongroom-test-mark", group=True)
     assert process.pid() is None  # no pid file yet
     pid = process.spawn()
+    # Between fork and exec the child still shows our command line: it is ours once it runs the sleeper.
+    deadline = time.monotonic() + 10
+    while process.pid() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert process.pid() == pid
     assert process.stop(10) == pid
     assert not alive(pid) and not process_group_members(pid)
