@@ -42,6 +42,25 @@ def parse(header: str) -> dict[str, dict[str, int]]:
     return groups
 
 
+#: PKCS#11 3.2 identifiers that p11-kit 0.24's v2.40 header lacks and the node already uses (ML-KEM,
+#: ML-DSA), written from the OASIS PKCS#11 3.2 specification's tables. Parameter sets (CKP_ML_DSA_44 = 1,
+#: CKP_ML_KEM_512 = 1 ...) share values across families and are kept with their mechanisms
+#: (strongroom.mechanisms.mldsa / mlkem). Once the project's own 3.x header exists, read it here instead.
+ADDITIONS_3_2 = {
+    "CKK_ML_KEM": 0x49, "CKK_ML_DSA": 0x4A,
+    "CKM_ML_KEM_KEY_PAIR_GEN": 0x0F, "CKM_ML_KEM": 0x17, "CKM_ML_DSA_KEY_PAIR_GEN": 0x1C, "CKM_ML_DSA": 0x1D,
+    "CKA_PARAMETER_SET": 0x61D, "CKA_ENCAPSULATE": 0x633, "CKA_DECAPSULATE": 0x634, "CKA_SEED": 0x637,
+    "CKF_ENCAPSULATE": 0x10000000, "CKF_DECAPSULATE": 0x20000000,
+}
+
+
+def add_3_2(groups: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    for name, value in ADDITIONS_3_2.items():
+        prefix, _, rest = name.partition("_")
+        groups[prefix].setdefault(rest, value)
+    return groups
+
+
 #: Names the spec deprecated in favour of another with the same value; the current name is
 #: listed first so that it is the one IntEnum reports (CKK.EC, not CKK.ECDSA).
 DEPRECATED = {"CKK": {"ECDSA", "CAST5"}, "CKA": {"ECDSA_PARAMS"}, "CKM": {"ECDSA_KEY_PAIR_GEN"}}
@@ -50,6 +69,8 @@ DEPRECATED = {"CKK": {"ECDSA", "CAST5"}, "CKA": {"ECDSA_PARAMS"}, "CKM": {"ECDSA
 def render(groups: dict[str, dict[str, int]]) -> str:
     lines = [
         '"""PKCS#11 constants (v2.40 + the 3.0 additions p11-kit knows), generated from p11-kit\'s header.',
+        "",
+        "The PKCS#11 3.2 additions the node uses (ML-KEM, ML-DSA) come from the script's ADDITIONS_3_2.",
         "",
         "Do not edit: run scripts/gen_constants.py. Names drop the prefix (``CKA.LABEL`` is ``CKA_LABEL``);",
         "names that start with a digit keep a leading underscore. Aliases share a value; IntEnum keeps",
@@ -74,7 +95,7 @@ def render(groups: dict[str, dict[str, int]]) -> str:
 
 def main() -> None:
     header = Path(sys.argv[1]) if len(sys.argv) > 1 else HEADER
-    OUTPUT.write_text(render(parse(header.read_text())))
+    OUTPUT.write_text(render(add_3_2(parse(header.read_text()))))
     print(f"wrote {OUTPUT}")
 
 

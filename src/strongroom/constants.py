@@ -1,5 +1,7 @@
 """PKCS#11 constants (v2.40 + the 3.0 additions p11-kit knows), generated from p11-kit's header.
 
+The PKCS#11 3.2 additions the node uses (ML-KEM, ML-DSA) come from the script's ADDITIONS_3_2.
+
 Do not edit: run scripts/gen_constants.py. Names drop the prefix (``CKA.LABEL`` is ``CKA_LABEL``);
 names that start with a digit keep a leading underscore. Aliases share a value; IntEnum keeps
 the first name as canonical.
@@ -117,6 +119,10 @@ class CKA(enum.IntEnum):
     DERIVE_TEMPLATE = 0x40000213
     ALLOWED_MECHANISMS = 0x40000600
     VENDOR_DEFINED = 0x80000000
+    PARAMETER_SET = 0x61d
+    ENCAPSULATE = 0x633
+    DECAPSULATE = 0x634
+    SEED = 0x637
     ECDSA_PARAMS = 0x180
 
 
@@ -454,6 +460,10 @@ class CKM(enum.IntEnum):
     RSA_PKCS_OAEP_TPM_1_1 = 0x4002
     EC_EDWARDS_KEY_PAIR_GEN = 0x1055
     EDDSA = 0x1057
+    ML_KEM_KEY_PAIR_GEN = 0xf
+    ML_KEM = 0x17
+    ML_DSA_KEY_PAIR_GEN = 0x1c
+    ML_DSA = 0x1d
     ECDSA_KEY_PAIR_GEN = 0x1040
 
 
@@ -501,6 +511,8 @@ class CKK(enum.IntEnum):
     GOST28147 = 0x32
     EC_EDWARDS = 0x40
     VENDOR_DEFINED = 0x80000000
+    ML_KEM = 0x49
+    ML_DSA = 0x4a
     ECDSA = 0x3
 
 
@@ -569,6 +581,8 @@ class CKF(enum.IntEnum):
     DONT_BLOCK = 0x1
     LIBRARY_CANT_CREATE_OS_THREADS = 0x1
     OS_LOCKING_OK = 0x2
+    ENCAPSULATE = 0x10000000
+    DECAPSULATE = 0x20000000
 
 
 class CKG(enum.IntEnum):

@@ -50,6 +50,8 @@ BUILTIN_KATS = (
     "rsa-pss-verify",
     "rsa-oaep-sha256",
     "csprng",
+    "ml-dsa-44",
+    "ml-kem-768",
 )
 
 # KATs with no published vector to corrupt (randomness has no known answer).
@@ -96,6 +98,16 @@ CORRUPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("rsa-oaep-sha256", "RSA_OAEP_SHA256_VECTOR", "ciphertext", "RSA-OAEP SHA-256 decrypt rejected"),
     ("rsa-oaep-sha256", "RSA_OAEP_SHA256_VECTOR", "message", "RSA-OAEP SHA-256 decrypt"),
     ("rsa-oaep-sha256", "RSA_OAEP_SHA256_VECTOR", "q", "RSA-OAEP SHA-256 test key primes"),
+    ("ml-dsa-44", "ML_DSA_44_VECTOR", "seed", "ML-DSA-44 key generation"),
+    ("ml-dsa-44", "ML_DSA_44_VECTOR", "public_key_sha256", "ML-DSA-44 key generation"),
+    ("ml-dsa-44", "ML_DSA_44_VECTOR", "signature", "ML-DSA-44 verify rejected"),
+    ("ml-dsa-44", "ML_DSA_44_VECTOR", "message", "ML-DSA-44 verify rejected"),
+    ("ml-dsa-44", "ML_DSA_44_VECTOR", "context", "ML-DSA-44 verify rejected"),
+    ("ml-kem-768", "ML_KEM_768_VECTOR", "seed", "ML-KEM-768 key generation"),
+    ("ml-kem-768", "ML_KEM_768_VECTOR", "ciphertext", "ML-KEM-768 decapsulation"),
+    ("ml-kem-768", "ML_KEM_768_VECTOR", "shared_secret", "ML-KEM-768 decapsulation"),
+    ("ml-kem-768", "ML_KEM_768_VECTOR", "rejected_ciphertext", "ML-KEM-768 implicit rejection"),
+    ("ml-kem-768", "ML_KEM_768_VECTOR", "rejected_shared_secret", "ML-KEM-768 implicit rejection"),
 )
 
 

@@ -19,6 +19,9 @@ AES_GCM              ``{"iv": bytes|None, "aad": bytes, "tag_bits": int}``; iv N
 RSA_PKCS_PSS (+hash) ``{"hash": CKM, "mgf": CKG, "salt_len": int}``
 RSA_PKCS_OAEP        ``{"hash": CKM, "mgf": CKG, "source": CKZ|0, "source_data": bytes}``
 ECDH1_DERIVE         ``{"kdf": CKD, "shared_data": bytes, "public_data": bytes}``
+EDDSA                ``None`` (pure) or ``{"ph_flag": bool, "context_data": bytes}`` (CK_EDDSA_PARAMS)
+ML_DSA               ``None`` or ``{"hedge_variant": CKH, "context": bytes, "external_mu": bool}``
+ML_KEM               ``None``
 *_HMAC_GENERAL       ``{"mac_len": int}`` (bytes), CMAC_GENERAL likewise
 others               ``None``
 ===================  =====================================================================
@@ -107,6 +110,9 @@ class Capability(enum.Flag):
     WRAP = enum.auto()
     UNWRAP = enum.auto()
     DERIVE = enum.auto()
+    #: PKCS#11 3.2 key encapsulation (C_EncapsulateKey / C_DecapsulateKey; CKF_ENCAPSULATE / CKF_DECAPSULATE).
+    ENCAPSULATE = enum.auto()
+    DECAPSULATE = enum.auto()
 
 
 @dataclass
@@ -255,6 +261,14 @@ class Mechanism:
     def derive(self, base_key: Key, params: Any, key_length: int) -> bytes:
         """Derive ``key_length`` bytes of secret key material from ``base_key``."""
         raise MechanismInvalid(f"{self.ckm.name} cannot derive")
+
+    def encapsulate(self, public_key: Key, params: Any) -> tuple[bytes, bytes]:
+        """A fresh shared secret and its encapsulation under ``public_key``: (ciphertext, secret)."""
+        raise MechanismInvalid(f"{self.ckm.name} cannot encapsulate")
+
+    def decapsulate(self, private_key: Key, params: Any, ciphertext: bytes) -> bytes:
+        """The shared secret ``ciphertext`` encapsulates for ``private_key``."""
+        raise MechanismInvalid(f"{self.ckm.name} cannot decapsulate")
 
 
 _REGISTRY: dict[int, Mechanism] = {}

@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, mlkem, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -971,3 +971,208 @@ def _kat_csprng() -> None:
         if block in seen:
             raise SelfTestError("CSPRNG (os.urandom) repeated an output block")
         seen.add(block)
+
+
+# --------------------------------------------------------------------------
+# Post-quantum: ML-DSA (FIPS 204) and ML-KEM (FIPS 203), the node's CKM_ML_DSA
+# and CKM_ML_KEM (strongroom.mechanisms.mldsa / mlkem).
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MlDsaVector:
+    seed: bytes  # ξ, the key generation seed
+    public_key_sha256: bytes  # SHA-256 of the published public key (1312 bytes, not repeated here)
+    message: bytes
+    context: bytes
+    signature: bytes
+
+
+# cryptography_vectors asymmetric/MLDSA/kat_MLDSA_44_det_pure.rsp, count = 0 (the signature is the
+# first 2420 bytes of "sm", which is signature || message).
+ML_DSA_44_VECTOR = MlDsaVector(
+    seed=_h("f696484048ec21f96cf50a56d0759c448f3779752f0383d37449690694cf7a68"),
+    public_key_sha256=_h("18288249b90bcbd48d473d2a507cc3c1e95e040f639ac3333a8ed1891de14552"),
+    message=_h("6dbbc4375136df3b07f7c70e639e223e"),
+    context=_h("480c658c0cb3e040bde084345cef0df7"),
+    signature=_h(
+        """
+        e7c82fca315573ef8cc7160ce95d92fa79ac21521523de0e6700768207e9b7b9fae9cbdbf8f97b06d79ed4f5ea451308
+        6c4b065ce9296ae0cd9b133f65c314fcef6d537b1d2d7077e779be24c149d8284c82f4937b0815d656e404ad4ad87d78
+        ddbc493c6ace7a2aab9446243f37c64d7c441212307d07a3fbe2573194c0b75ed55c398a2c633984fd397252320feffd
+        79d892dd0ab6c9cb661e47fe8d6e76a0ff4e83abed5aea3feff912f7c5a067370ca037d88260fde55b0eb3220d44a12a
+        39578b891ce7948db3f389b0ebda721d664e1790c40b9b8167c0d9ca03e359da4ab675ab011b0c57a7ed55cfd8c250e5
+        b890471c1e581d3b3eb3a6f3c79223ae0e881886f4feb285442855e106070a5ef40a7a74b5e95bfd316d0fdcf464b3b2
+        f708b2d9dcd6cc565d0b54b07e319ee413a2e430bbd855c74e9477fc06ebbdceec9c7a2ac0af875bde016c61742c62f4
+        2bbd48a3a51089b30fd5a62bf77091eda29cd722765e24ef2693bf34665cb118d9e07e846c3703461015cf1c37fdeada
+        056ad91e67cc77139c8c27c5c6c00895a48a8f3d5bb0b3719edadb9bb666b655e218855e9d19fac78f179bf598f7de24
+        37305691aa5b8ec57f2337a7e2d1f007d920090ebf765b98cf784f24da4f19089d1f8dfb03e5ebe676898d4067c5fc51
+        238b2fcaccfadd4795d96899b451097d27595928d0fb0b64fb190739a51d7fe063ce0dd99a74510f080c1ef4f61cd11d
+        9859e4ed550f6f1e4eb23f164de1d5af8f050f56eabda15e1d54766c3fbdc30f43cfd8174e3c8ca6274865ed7c7a7d1a
+        410ab51549b5b736e0c82ed9af8241ad8a266378caa062653283e79085134b4db8917f7c8d4d8ee94b5a42aa8148b69f
+        1f719aad9fb315a4678e91f4b4b1268d96e50921c7a68d4832ee1018bcdac84a46aa52021ea1aece7cb85ecb57bb7062
+        31df46b6f8d58f3d2880bc9b5d478af82eafb861b6a0f7e266f3ff67c3092ba326e6d827e76f5a34c52bb82c9a06a826
+        50c9e0626c3dbe1a0a748bf89bc14dfde33185b063a9247c5997e2e08e8404abc18cfdf7d2fd8870eb8d964fdd97c332
+        5be0bbb1a76ec220aa68b400ece8e95abcd94edc0173398d2f6badd23e33b27bf28276d7657681d7e5fc9f1b7414aab0
+        f45b8b3149fce89c20019e70de07fc3129dfee35dd01936ab425c3f8ded9d5412aa659c20821b48cfcd7b2add251af41
+        de2a89c94147d98de9bc0c1ccb80cbd2202b1c6134f36c3e4b953375f405541987c04c809cdf7ee42645f10ea02f1935
+        45ed8b73b48c74965083401a09dcd1c39366aa9f1bf520d19074199f3b842ce9acbc5b63eac8b383cbdfc68513ef3b05
+        c701c2e86cd539b4332116c01d99cf3a1e6522814feb8f3e1066a63de6c482a684bf76dc7673ac775342fba58494fd3b
+        33fe366e5aa6cd26f5893e0e7bb4a376d48a4f08dc1f23a589d9c4557a76fd7882a2ced9f588b2279bd7e9607525a16d
+        1b0707f044237521a1a38a3a956153b99df64fd384b7ad51d3ad7fcabd86c8d1f53cf7fbad27a933ded0fffe77955338
+        286c634e88bb1a4eef84a5d5652c01895fd0c1a73dde4200ce11dc356f876642e61a0a382af660c677d6bcbea9c5a14c
+        ee8895ff4e5a85c3dfc0a7236ea2b680a7c0e45a17e16a7650c8e9fd6bc15c1292e28f0e5e4ea88b852b6fd19d0564ef
+        69963c707d236f51bf8a7b1caed916549e09c77be15398c07fa6efa07a5936dbd6c49826de086d7d9f394169ff4d988d
+        ebb32e1a7621c0cf0d65e25c4195c9e10920bd140371978e7433353b10239edf7b3b4bce8799e568399706ea4c3e021e
+        8f5b58007b4e8f92a6f627234eec26d7d62b28ac208ed5adf3b7dc087bfacc15800069726b24e51381e8b93dbe2a77af
+        1e8117aaa7134c6ee2d415735cced695d0993ef1aef46edde30740f5ae55baaf20b773e05bc2d6a93655cbae36794dc0
+        9a497359236d05ce65fd82da17306a51f5c4f97d63581109ba940e7e560b0b8d922576bee0685481ec538be6eae23676
+        804d7be1b2775403bc5816add25ef3d48c15ab0eba39910f4294566e0864361d97449c3f1f49bd8c8acafe2b5b8aa481
+        0bcd1189af3fbf41c7c5728158bf00b8cb933d15469a9829ebc058c3b76389552e156a857d2428f6040b3a05b0d55f16
+        beb426def5b02e1d97741cbd0de1169623b597ea0dc6f2afd8a259d29ae33e6c20940d7906c0999138ca7333b47ff253
+        eabaf912153dca52bb201e11e98aa60b253e7f03fc084553885fef8a879094b52c46de225f1315a5464e0b8e6cabd5dc
+        4fe7d7fe25f501b7fb129e14ef6753135a4be3885914393504e99159866f5af3e6fe4deb8d965e9ea00641398ec4317f
+        3ca8403cfd8442d88894a2e4128464bf57c093198c6ae984024a175ddaedcb31b5c532019fea4f8fd2d3d3dcc6283fb5
+        2ca75383a4664777acca3fd158b4d080e3546a8ec33ce3fa794777c03783897876bb5166dc5474547043d62d90ac6f81
+        8ebb459d1c6146bb57769327f2b5f366ee07061f49c5d9d5914aca7900162aaa1aaf8fd9ca72ba72a56b1a4ce4006519
+        75edc9c206ed4c1e58884e6f24680b64be1a6a611483a72a7cfb7fff85c8365ea880687b468484031f06ab419e76fe3e
+        b6bf9448315d781a46b87ab3ebd490e6be17f7804881a0f6c53547698d53d64d8763f35a8e8a45392f43b1a1dbccf8e7
+        92adf79d1186f3ae1d5d9e121204b198cc1e48ea855b9715d8aad487dc19708691f41048b73bed0c6f644688a57f9e77
+        70c7d0a52c6940e2d8eb9af7101ed5d97f5eb7f22e25dd76117538fc2c08fddfc617810b7646f34c738f29cb63d6faf0
+        81aefe34ba44ddb5617bcefd63d08ddd48c43d563d29e6180479f9e5d3eb0d3c06e700ef5535b1a8ac2eec565382ab35
+        e6298ea101ffd4a8afd45d642b326d1fb47329d16c5820935ceddd633a01f0b598843f4614fa0dffb82d9af45c69701a
+        138dd4008c6bba84e1cb1e0943ac90f8f0e665cfe1a157a075a1d9a5e2f10cf15d01b8c5578cc02056af7c887bd93600
+        8581cf8522901122a63c1ff2404dc318d5a3bd407f89351c63a43b12eab9bf2f969abd90df6a347e5918f6a5adcb1c97
+        9e6d810e4c334ea1dddaa365120dc0c5c8af142cb3a1578188c6d75b8e3eda715a9f8547dd6e4f1474080532e26e6b6e
+        ac6d583520e3e1ff32344ab9ecb505c103569fe8276bc33d1f6ac280b1b5ac09549b8cb06180fd1faf1c7f16f818b1eb
+        8151230dee10a108dfd1895a1ae1fbbe6b08b59c526ea69929ae8dc8635a5ea91019768e9dbcbfd9fa0a171b2028494e
+        717a96c7d6e3fd062550515277828e8fcbd5e9eaf9fe071221252a3c465062788cacb8bbbdd1dde0e1f0fa0000000000
+        000000000000000000000000000000000917263b
+        """
+    ),
+)
+
+
+@dataclass(frozen=True)
+class MlKemVector:
+    seed: bytes  # d || z, the key generation seed
+    public_key_sha256: bytes  # SHA-256 of the published encapsulation key (1184 bytes)
+    ciphertext: bytes
+    shared_secret: bytes
+    #: A ciphertext not made for the key: FIPS 203 implicit rejection gives this pseudo-random secret.
+    rejected_ciphertext: bytes
+    rejected_shared_secret: bytes
+
+
+# cryptography_vectors asymmetric/MLKEM/kat_MLKEM_768.rsp, count = 0 (d, z, pk, ct, ss, ct_n, ss_n).
+ML_KEM_768_VECTOR = MlKemVector(
+    seed=_h("6dbbc4375136df3b07f7c70e639e223e177e7fd53b161b3f4d57791794f12624"
+            "f696484048ec21f96cf50a56d0759c448f3779752f0383d37449690694cf7a68"),
+    public_key_sha256=_h("4bec4730f26273c6319ef7387dd4758315240a9394cd89264b148b9113060b61"),
+    ciphertext=_h(
+        """
+        16a61ff84787fd4a5f19ca59b3657db3a106a7329e2d62747a2ef85149163109befff6bcb33df66230b8f6725ce719f5
+        8f71196e895befc9754d9f042494648c88a6ed4c4cf13f2faf9f651de79dae077733cb235f9dce448977fd42d5486b7d
+        fdf6d7bd9172b14247655d34f10524d469478d9a9639f34d2acde6e3c048d52b308b66245fe9a28cde7983b9d14c03b3
+        7715fe3970cd35734771add7aa9b58cfb0adf8c613deafb2b31f6e5c8364d4334e93af8e4943fa947cc67667447cffd0
+        36235afaea7f603cb2ea277b97dadf82ea746f6b27396dd08c85cff9304a2e5ce0571fde2e926716bc9f8e4d474b4e8f
+        d34b0dc28376204ea306d30e9a6dd88250b79823e77319f2ef3a77704f409dde8beb6db1be4a9f25ae2e15939dedf1b1
+        1a5aa51fcff04068b46d42fbbafd2498264cca4fb78b0f2ab162c7ef569875a13148b9a4b0b9da1787ca0a7033e3eca1
+        3471dbcbbe15e34f2b5065b995fe221c2b7ac150334d14e68edc5e049663de362fae8d35e24c202c5fad2153cd044ea9
+        62a388f030cdc5dec1c3423183b173c32b22f5800ae45e8e89c8ee4617ce24e60f278bfd1ea0f8fa92486b6f849127da
+        99be7be4c661e2ba26669d6acf619a33056809683e24a2f29e33be7f5f9ac668697e59488e9b8685956cd87b7c47109d
+        603202c201472ec829ea64922e4d0eadd4a4b5a8fb06e0f4bf25a59ced54557388dcd91b387cb6148597edf84a225958
+        01851ca4b9e9e096fdfc96f2444ac9f1247a5e640787fca23e3eb21ec1059c42a65803441df01279013c448dfc3eedfc
+        3355eee1f510086a115f854c36db797a85ede19a473a33e79a80f6f7f6467e1b0d866fe0e57a8abd379934a6a6a492f5
+        f32594d43de2ec2eea81487981bb6394bfa6df5498d74c6db2202a6348a325fbc906b8e820bb00659a2ee12740b14b2e
+        36f4c5dab411c0cd096c5e63ba4d48aa9e92b31f44dc97c0fef661bcf4db895f174613d9d5ed9e836657745ec9deec7a
+        f273cec87ef0eaf805da1bc8401608810b8a86f952c6326d09fc8d1d7fd83b4e862e05058e877c056cc5465ec3192b03
+        a4c33cc6b16558d2482d5f84518cbbc526aae6e8840317efb3a1982c3d1719ef15d10f8b077c5c68680be6d3d92e86aa
+        a6eb378cf0559d493257147b55730f49a042325af066b4f9741b9fff5d47972d5acaf52b6bea4e9e354ef9448b62f6d2
+        a1317675a922e14e31578d6cab5a09a71ab270d865151b8ab4c612b5fd5dcc97e45419a1cfb6b8b9aec60f62602098f9
+        1f07c238186657941c7a18e4d7ee220f022d5fffd291853b9c063e561b7176f7a235ce45bc86ce4718086df9536c5a5f
+        0abf04c0a84d82bdf69552ade3135433c10a1ba69d688969e6d9dce54d3b3aae3a7f2ab904e657e3fb05241fac110aa0
+        7e62cc3991d7d0d6329b5ab9d69d7336c0d148588c9f0921325b85df5fd30db80a56a3724372153641961aa7e042bf26
+        46ff46022c059d5794c3a4b7f90c410de71a5231dd9b83bbd0e6bdab1bf9e62f
+        """
+    ),
+    shared_secret=_h("b408d5d115713f0a93047dbbea832e4340787686d59a9a2d106bd662ba0aa035"),
+    rejected_ciphertext=_h(
+        """
+        96ac6243c9b1272be77b975a4048bf00ff2c48f94a3483362449273880d45e54bda15729682bf591a74382a708beb781
+        18cab29ad74ac2f405ba720076dfb57188dc168487cd20081f6bf412f257dea03406b23a6a752e478ba4ef9c7c0f4810
+        921fa32545be64dc5d9f18d4e1320efc6508154cda35ab912d059e0291a1150ae0a10da5e3d7bd221a851c598df4d0b1
+        8daa920976556099d1c0de4e222d5304d44fa9cb9bd4ffe15769dd6c4793fa809f5264cf0febca4b5975ba287639783a
+        a1f4b645ff7a00d46ee7b19fec17b3e83bcaf4361d5349e30ceab60c386b6b0d1b90d8b336ee6a627ad2a38670cb5113
+        b0fb4ac2ddc4250097483fefd182670ea40f0f45cce90b9ed58dafaef657d64e25fd6692a69721994e7d00b4949205eb
+        e4c4f9c46ee5a1018b220a26d80ae2d2b486372e974d75b20a005b1616ad1e13d162915cc24f274670d1e5e8bd345874
+        a7e7c9759c8e43ff33689200739a613395f7ae78d73c6a7b90f65ab511f0df3c5dca85d0b9430b4e97098715ff823b61
+        7321799aea0ab9c72234780339ec7b541d5e6f8c1551146c24a65411811b23674c26123356cf233351382c3994cba5dc
+        6c25a07e1ba9af33eca18bba3e97935e3abdf07e9fa32cecf241e7cafc6592db4ee487ff2b98a4a47805dee17fd93448
+        dc98457b753ed4995ee6b1bfa9ff1d386c91f396ca8f48cab5b09a782ec3b616a87a6448a96236c4655413af755323d3
+        6a8db2e16509454489e6ec83629130cd2a54817918af362c83183494b4b590dbaf69cf399d3e2dc3e9c0c1224f148e65
+        ef68287341ab72ad58adfc69b28e27e91ebbf830fac53b94f762f01cc9b1561ae35f16edabf51ff164c1309d1fdb52cd
+        2bfedb5a492eb65cb9fc86b8f05ed26d13233fb0a3eb33a9dce2cf98e6516cee42fbe1e97e20ab6c9965f58a377dc73e
+        530667ab8f45e6a70b23db50f0df411732d8acdabe50c51adb886c0e5a5296d4aa1b13a336f0c17812f79fc69418a7d8
+        901c568f410eff2af74baaeb8336f46ca17e14e060ce2d45cdb376286eec8b8befa5ab8025802720a1e7393af579db13
+        e8867d43d711e61b2ee395077984a450a8e2513040068a931796bc3d0069b56d1f062fc3dd61b1b194b6e1f1d1c0596d
+        453db7b7592a6f9f8ac5576a855906512200234c40fc9bd9de9c3d6291c31b5e6b7ade473a3787aab0c958b3df76188a
+        86ecf9e3ab06f96d1ec518c1bf3366bef94465d9e1a69eb26db9e0f0856d27be50a52bb0a3a17075d66080fe1d3bd421
+        22d656ccc3a556e04f913faf9641143931a640e72fab9d003038c982cac8142e5613dbaab9d41390577afe73ac623f7c
+        1920cbf1feb5c85cc433300c1c5579d020d5491edd6c503117b9c4d598438938831e5c341e9c86cd00dd8d4320b656f9
+        aba9f0e552724e3828fc2e00946121663ad3ad98a25e7d308da1a0347c4dcfc798e395270ad07cfdf0ff8e3278dae20a
+        b2664cdf30a5d0ebfe7a1e799ec44b514e02f2be9738d4e28036b4776bd40408
+        """
+    ),
+    rejected_shared_secret=_h("e7bcf899feb5db69d11741a8838ecfee253e80b76d6a35af46e220e81dc41daf"),
+)
+
+
+@known_answer_test("ml-dsa-44")
+def _kat_ml_dsa_44() -> None:
+    v = ML_DSA_44_VECTOR
+    private_key = mldsa.MLDSA44PrivateKey.from_seed_bytes(v.seed)
+    public_key = private_key.public_key()
+    _expect("ML-DSA-44", "key generation (public key)", _digest(hashes.SHA256(), public_key.public_bytes_raw()),
+            v.public_key_sha256)
+    # The library signs hedged (randomized) only: the published deterministic signature is checked by
+    # verification, and signing by a pairwise test (pure and through an external μ).
+    try:
+        public_key.verify(v.signature, v.message, v.context)
+    except InvalidSignature:
+        raise SelfTestError("ML-DSA-44 verify rejected the known-good signature") from None
+    tampered = v.signature[:-1] + bytes([v.signature[-1] ^ 0x01])
+    for signature, message, context, what in (
+        (tampered, v.message, v.context, "a tampered signature"),
+        (v.signature, v.message + b"!", v.context, "a signature over the wrong message"),
+        (v.signature, v.message, b"", "a signature under another context"),
+    ):
+        try:
+            public_key.verify(signature, message, context)
+        except InvalidSignature:
+            continue
+        raise SelfTestError(f"ML-DSA-44 verify accepted {what}")
+    hasher = mldsa.MLDSAMuHasher(public_key, v.context)
+    hasher.update(v.message)
+    mu = hasher.finalize()
+    for signature in (private_key.sign(v.message, v.context), private_key.sign_mu(mu)):
+        try:
+            public_key.verify(signature, v.message, v.context)
+            public_key.verify_mu(signature, mu)
+        except InvalidSignature:
+            raise SelfTestError("ML-DSA-44 pairwise sign/verify failed") from None
+
+
+@known_answer_test("ml-kem-768")
+def _kat_ml_kem_768() -> None:
+    v = ML_KEM_768_VECTOR
+    private_key = mlkem.MLKEM768PrivateKey.from_seed_bytes(v.seed)
+    public_key = private_key.public_key()
+    _expect("ML-KEM-768", "key generation (encapsulation key)",
+            _digest(hashes.SHA256(), public_key.public_bytes_raw()), v.public_key_sha256)
+    _expect("ML-KEM-768", "decapsulation", private_key.decapsulate(v.ciphertext), v.shared_secret)
+    _expect("ML-KEM-768", "implicit rejection", private_key.decapsulate(v.rejected_ciphertext),
+            v.rejected_shared_secret)
+    # Encapsulation is randomized: a pairwise test.
+    secret, ciphertext = public_key.encapsulate()
+    _expect("ML-KEM-768", "pairwise encapsulate/decapsulate", private_key.decapsulate(ciphertext), secret)

@@ -123,7 +123,8 @@ RULES: dict[int, Rule] = {
         _r(CKA.OBJECT_ID, _Y, frozenset({CKO.DATA}), default=b""),
         # CKA_VALUE: readable for data objects and certificates, secret for keys (see is_secret). Never in
         # C_UnwrapKey's template (PKCS#11 v2.40 footnote 6): the key's value is what was unwrapped.
-        _r(CKA.VALUE, _Y, frozenset({CKO.DATA, CKO.CERTIFICATE, CKO.SECRET_KEY, CKO.PRIVATE_KEY}),
+        # Public keys too since PKCS#11 3.2: an ML-DSA or ML-KEM public key is its CKA_VALUE.
+        _r(CKA.VALUE, _Y, frozenset({CKO.DATA, CKO.CERTIFICATE, CKO.SECRET_KEY, CKO.PRIVATE_KEY, CKO.PUBLIC_KEY}),
            settable=Op.CREATE),
         # --- certificates -------------------------------------------------------------------
         _r(CKA.CERTIFICATE_TYPE, _U, frozenset({CKO.CERTIFICATE}), settable=Op.CREATE),
@@ -173,6 +174,12 @@ RULES: dict[int, Rule] = {
         _r(CKA.EC_POINT, _Y, frozenset({CKO.PUBLIC_KEY}), settable=Op.CREATE),
         _r(CKA.PUBLIC_KEY_INFO, _Y, frozenset({CKO.PUBLIC_KEY, CKO.PRIVATE_KEY}), settable=Op.NONE,
            maintained=True),
+        # PKCS#11 3.2 (ML-DSA, ML-KEM): the parameter set, the KEM usages, and the seed (held in the
+        # private key's material, never readable).
+        _r(CKA.PARAMETER_SET, _U, frozenset({CKO.PUBLIC_KEY, CKO.PRIVATE_KEY}), settable=Op.CREATE | Op.GENERATE),
+        _r(CKA.ENCAPSULATE, _B, frozenset({CKO.PUBLIC_KEY}), copy=_USAGE),
+        _r(CKA.DECAPSULATE, _B, frozenset({CKO.PRIVATE_KEY}), copy=_USAGE),
+        _r(CKA.SEED, _Y, frozenset({CKO.PRIVATE_KEY}), settable=Op.NONE, secret=True),
         # Private components: held inside the node only, never readable, never set in clear.
         *[
             _r(cka, _Y, frozenset({CKO.PRIVATE_KEY}), settable=Op.NONE, secret=True)

@@ -9,13 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, mlkem, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from strongroom.constants import CKA, CKK, CKO
 from strongroom.errors import CKR, HsmError, KeyTypeInconsistent, TemplateInconsistent, WrappedKeyInvalid
 from strongroom.mechanisms import ec as ec_mech
 from strongroom.mechanisms import eddsa as eddsa_mech
+from strongroom.mechanisms import mldsa as mldsa_mech
+from strongroom.mechanisms import mlkem as mlkem_mech
 from strongroom.mechanisms import rsa as rsa_mech
 from strongroom.mechanisms.base import Key
 from strongroom.objects.model import StoredObject
@@ -85,21 +87,36 @@ def public_key_from_attributes(key_type: CKK, attributes: dict[int, Any]) -> Any
         return ec_mech.public_key_from_attributes(attributes)
     if key_type is CKK.EC_EDWARDS:
         return eddsa_mech.public_key_from_attributes(attributes)
+    if key_type is CKK.ML_DSA:
+        return mldsa_mech.public_key_from_attributes(attributes)
+    if key_type is CKK.ML_KEM:
+        return mlkem_mech.public_key_from_attributes(attributes)
     raise KeyTypeInconsistent(f"public keys of type {key_type.name} are not supported")
 
 
 def asymmetric_attributes(private: PrivateKeyTypes) -> tuple[CKK, dict[int, Any], dict[int, Any]]:
-    """Key type, public-key-object attributes and private-key-object attributes of a private key."""
+    """Key type, public-key-object attributes and private-key-object attributes of a private key.
+
+    The private key object carries CKA_PUBLIC_KEY_INFO (PKCS#11 3.0: its SubjectPublicKeyInfo), so the
+    public half of an unwrapped private key can be read and made into a public key object."""
+    info: dict[int, Any] = {CKA.PUBLIC_KEY_INFO: private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)}
     if isinstance(private, rsa.RSAPrivateKey):
         public = rsa_mech.key_attributes(private.public_key())
         private_attrs = {k: v for k, v in public.items() if k in (CKA.MODULUS, CKA.PUBLIC_EXPONENT)}
-        return CKK.RSA, public, private_attrs
+        return CKK.RSA, public, private_attrs | info
     if isinstance(private, ec.EllipticCurvePrivateKey):
         public = ec_mech.key_attributes(private.public_key())
-        return CKK.EC, public, {CKA.EC_PARAMS: public[CKA.EC_PARAMS]}
+        return CKK.EC, public, {CKA.EC_PARAMS: public[CKA.EC_PARAMS]} | info
     if isinstance(private, ed25519.Ed25519PrivateKey):
         public = eddsa_mech.key_attributes(private.public_key())
-        return CKK.EC_EDWARDS, public, {CKA.EC_PARAMS: public[CKA.EC_PARAMS]}
+        return CKK.EC_EDWARDS, public, {CKA.EC_PARAMS: public[CKA.EC_PARAMS]} | info
+    if isinstance(private, mldsa.MLDSA44PrivateKey | mldsa.MLDSA65PrivateKey | mldsa.MLDSA87PrivateKey):
+        return CKK.ML_DSA, mldsa_mech.key_attributes(private.public_key()), mldsa_mech.private_attributes(
+            private.public_key())
+    if isinstance(private, mlkem.MLKEM768PrivateKey | mlkem.MLKEM1024PrivateKey):
+        return CKK.ML_KEM, mlkem_mech.key_attributes(private.public_key()), mlkem_mech.private_attributes(
+            private.public_key())
     raise HsmError(f"unsupported private key type {type(private).__name__}", CKR.KEY_TYPE_INCONSISTENT)
 
 

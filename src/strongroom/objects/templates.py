@@ -21,6 +21,8 @@ _UNABLE: dict[int, tuple[int, ...]] = {
     CKK.EC: _CIPHER_USES,
     CKK.EC_EDWARDS: (*_CIPHER_USES, CKA.DERIVE),
     CKK.GENERIC_SECRET: _CIPHER_USES,
+    CKK.ML_DSA: (*_CIPHER_USES, CKA.DERIVE),
+    CKK.ML_KEM: (*_CIPHER_USES, CKA.SIGN, CKA.VERIFY, CKA.DERIVE),
 }
 
 #: Attributes that describe what an object is; a caller may repeat them but not contradict them.

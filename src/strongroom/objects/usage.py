@@ -28,6 +28,8 @@ USAGE_FLAG = {
     "wrap": CKA.WRAP,
     "unwrap": CKA.UNWRAP,
     "derive": CKA.DERIVE,
+    "encapsulate": CKA.ENCAPSULATE,
+    "decapsulate": CKA.DECAPSULATE,
 }
 
 
@@ -37,7 +39,7 @@ _ACTION = {purpose: Action.USE_KEY for purpose in USAGE_FLAG} | {"derive": Actio
 
 #: Uses for which CKA_ALWAYS_AUTHENTICATE asks the password each time. PKCS#11 v2.40 §4.9 names
 #: "sign or decrypt"; unwrapping and deriving with the private key are decryptions too.
-PER_USE_LOGIN = frozenset({"sign", "decrypt", "unwrap", "derive"})
+PER_USE_LOGIN = frozenset({"sign", "decrypt", "unwrap", "derive", "decapsulate"})
 
 
 def check_use(obj: StoredObject, actor: Actor, purpose: str, mechanism: int) -> None:

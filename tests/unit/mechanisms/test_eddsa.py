@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -281,12 +282,14 @@ def test_single_part_and_bounds() -> None:
 def test_params_rejected() -> None:
     private = ed25519.Ed25519PrivateKey.generate()
     mech = lookup(CKM.EDDSA)
-    for params in (None, b"", {}):
+    for params in (None, b"", {}, {"ph_flag": False, "context_data": b""}, {"ph_flag": True},
+                   {"ph_flag": False, "context_data": b"ctx"}):
         mech.sign(priv_key(private), params)
     for params in (
-        {"ph_flag": False, "context_data": b""},
-        {"ph_flag": True, "context_data": b""},
-        {"ph_flag": False, "context_data": b"ctx"},
+        {"ph_flag": 1, "context_data": b""},
+        {"ph_flag": True, "context_data": b"x" * 256},
+        {"ph_flag": True, "context": b""},
+        {"ph_flag": False, "context_data": "ctx"},
         b"\x00",
         0,
     ):
@@ -309,3 +312,38 @@ def test_key_checks() -> None:
         mech.verify(Key(CKK.EC_EDWARDS, CKO.PUBLIC_KEY, public=ec_private.public_key()), None)
     with pytest.raises(KeyTypeInconsistent):
         lookup(CKM.ECDSA_SHA256).sign(priv_key(ed25519.Ed25519PrivateKey.generate()), None)
+
+
+# RFC 8032 §7.3 "TEST abc" (Ed25519ph): the node's CKM_EDDSA with ph_flag gives the published signature.
+ED25519PH_SECRET = bytes.fromhex("833fe62409237b9d62ec77587520911e9a759cec1d19755b7da901b96dca3d42")
+ED25519PH_SIGNATURE = bytes.fromhex(
+    "98a70222f0b8121aa9d30f813d683f809e462b469c7ff87639499bb94e6dae41"
+    "31f85042463c2a355a2003d062adf5aaa10b8c61e636062aaad11c2a26083406")
+
+
+def test_ed25519ph_is_rfc8032_hash_eddsa() -> None:
+    private = ed25519.Ed25519PrivateKey.from_private_bytes(ED25519PH_SECRET)
+    mech = lookup(CKM.EDDSA)
+    ph = {"ph_flag": True, "context_data": b""}
+    signature = mech.sign(priv_key(private), ph).one_shot(b"abc")
+    assert signature == ED25519PH_SIGNATURE  # deterministic, so the published answer itself
+    mech.verify(pub_key(private.public_key()), ph).one_shot(b"abc", signature)
+    # Not a pure signature, and not over another message.
+    with pytest.raises(SignatureInvalid):
+        mech.verify(pub_key(private.public_key()), None).one_shot(b"abc", signature)
+    with pytest.raises(SignatureInvalid):
+        mech.verify(pub_key(private.public_key()), ph).one_shot(b"abd", signature)
+
+
+@pytest.mark.parametrize("generate", [ed25519.Ed25519PrivateKey.generate, ed448.Ed448PrivateKey.generate])
+def test_context_and_prehash_variants_are_distinct(generate: Any) -> None:
+    private = generate()
+    mech = lookup(CKM.EDDSA)
+    variants = [None, {"ph_flag": True}, {"context_data": b"ctx"}, {"ph_flag": True, "context_data": b"ctx"}]
+    signatures = [mech.sign(priv_key(private), v).one_shot(b"message") for v in variants]
+    for variant, signature in zip(variants, signatures, strict=True):
+        mech.verify(pub_key(private.public_key()), variant).one_shot(b"message", signature)
+        for other in variants:
+            if other is not variant:
+                with pytest.raises(SignatureInvalid):
+                    mech.verify(pub_key(private.public_key()), other).one_shot(b"message", signature)

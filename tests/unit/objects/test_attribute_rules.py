@@ -88,7 +88,8 @@ SPEC: dict[int, Spec] = {
     CKA.OBJECT_ID: Spec(frozenset({D}), ALL, default=b""),
     # Data (§4.5), certificates (§4.6.3 footnote 1), keys (footnotes 1,4,6,7: given only to C_CreateObject,
     # never revealed). Secret and private keys enter only wrapped, so CKA_VALUE of a key is never given.
-    CKA.VALUE: Spec(frozenset({D, C, S, PR}), "C"),
+    # PKCS#11 3.2: an ML-DSA or ML-KEM public key is its CKA_VALUE (given to C_CreateObject).
+    CKA.VALUE: Spec(frozenset({D, C, S, PR, PU}), "C"),
     # §4.6.1 Table 22.
     CKA.CERTIFICATE_TYPE: Spec(frozenset({C}), "C"),
     CKA.CERTIFICATE_CATEGORY: Spec(frozenset({C}), ALL, default=0),
@@ -141,6 +142,12 @@ SPEC: dict[int, Spec] = {
     CKA.EC_PARAMS: Spec(frozenset({PU, PR}), "CG"),
     CKA.EC_POINT: Spec(frozenset({PU}), "C"),
     CKA.PUBLIC_KEY_INFO: Spec(frozenset({PU, PR}), "", maintained=True),
+    # PKCS#11 3.2 §6.66-6.67 (ML-KEM, ML-DSA): parameter set 1,3 (generate: in the template); the KEM
+    # usages (default token-specific: set by the key pair generation); the seed, never revealed.
+    CKA.PARAMETER_SET: Spec(frozenset({PU, PR}), "CG"),
+    CKA.ENCAPSULATE: Spec(frozenset({PU}), ALL),
+    CKA.DECAPSULATE: Spec(frozenset({PR}), ALL),
+    CKA.SEED: Spec(frozenset({PR}), "", secret=True),
     **{cka: Spec(frozenset({PR}), "", secret=True)
        for cka in (CKA.PRIVATE_EXPONENT, CKA.PRIME_1, CKA.PRIME_2, CKA.EXPONENT_1, CKA.EXPONENT_2,
                    CKA.COEFFICIENT)},

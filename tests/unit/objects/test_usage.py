@@ -31,12 +31,13 @@ from strongroom.objects.usage import USAGE_FLAG, check_use, check_wrappable, mer
 from .builders import OWNER, SHARED, STRANGER, computed_for, make_object
 
 MECHANISM = {"encrypt": CKM.AES_GCM, "decrypt": CKM.AES_GCM, "sign": CKM.SHA256_HMAC, "verify": CKM.SHA256_HMAC,
-             "wrap": CKM.AES_KEY_WRAP_PAD, "unwrap": CKM.AES_KEY_WRAP_PAD, "derive": CKM.ECDH1_DERIVE}
+             "wrap": CKM.AES_KEY_WRAP_PAD, "unwrap": CKM.AES_KEY_WRAP_PAD, "derive": CKM.ECDH1_DERIVE,
+             "encapsulate": CKM.ML_KEM, "decapsulate": CKM.ML_KEM}
 #: Which purposes each key class can serve at all (the flag exists for the class).
 PURPOSES = {
     CKO.SECRET_KEY: {"encrypt", "decrypt", "sign", "verify", "wrap", "unwrap", "derive"},
-    CKO.PUBLIC_KEY: {"encrypt", "verify", "wrap", "derive"},
-    CKO.PRIVATE_KEY: {"decrypt", "sign", "unwrap", "derive"},
+    CKO.PUBLIC_KEY: {"encrypt", "verify", "wrap", "derive", "encapsulate"},
+    CKO.PRIVATE_KEY: {"decrypt", "sign", "unwrap", "derive", "decapsulate"},
 }
 
 

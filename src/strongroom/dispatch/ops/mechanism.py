@@ -21,6 +21,8 @@ _FLAGS = {
     Capability.WRAP: CKF.WRAP,
     Capability.UNWRAP: CKF.UNWRAP,
     Capability.DERIVE: CKF.DERIVE,
+    Capability.ENCAPSULATE: CKF.ENCAPSULATE,
+    Capability.DECAPSULATE: CKF.DECAPSULATE,
 }
 
 
