@@ -40,6 +40,7 @@ from typing import Any
 import tomli_w
 
 from strongroom.client.profile import ClientProfile, NodeAddress, ProfileError
+from strongroom.metrics.settings import MetricsSettings, MetricsSettingsError
 
 #: sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
@@ -71,6 +72,8 @@ class AgentConfig:
     #: Group that may use the socket (mode 0660): e.g. "www-data" so nginx workers can reach the HSM.
     socket_group: str | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
+    #: ``[metrics] listen``: the agent's /metrics listener (strongroom.metrics).
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -106,6 +109,8 @@ class AgentConfig:
             "timeouts": {f.name: getattr(self.timeouts, f.name) for f in fields(Timeouts)},
             "nodes": [{"id": n.node_id, "zone": n.zone, "address": n.address} for n in self.nodes],
         }
+        if self.metrics.listen is not None:
+            document["metrics"] = self.metrics.to_document()
         return tomli_w.dumps(document)
 
     def write(self, path: Path) -> None:
@@ -151,10 +156,11 @@ class AgentConfig:
                 key=resolve(tls["key"]),
                 nodes=nodes,
                 timeouts=timeouts,
+                metrics=MetricsSettings.from_document(document.get("metrics")),
             )
         except KeyError as exc:
             raise ConfigError(f"{path}: missing setting {exc.args[0]!r}") from None
-        except ProfileError as exc:
+        except (ProfileError, MetricsSettingsError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: bad value: {exc}") from None

@@ -19,6 +19,7 @@ from strongroom.agent.nodes import NodePool
 from strongroom.agent.runtime import Agent
 from strongroom.agent.server import AgentServer, AgentSocketError
 from strongroom.hardening import harden_process
+from strongroom.metrics import agent as agent_metrics
 from strongroom.pki import PkiError
 
 log = logging.getLogger("strongroom.agent")
@@ -43,6 +44,7 @@ async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> int:
         log.error("%s", exc)
         return 1
     await pool.start()
+    agent_metrics.start(config, agent)
     reachable = [link.name for link in pool.links if link.connected]
     log.info("Strongroom %s agent ready: slot %d, token %r, nodes reachable: %s", __version__, config.slot_id,
              config.cluster_name, ", ".join(reachable) or "none yet")

@@ -35,6 +35,7 @@ from strongroom.agent.functions import Connection, dispatch
 from strongroom.agent.passthrough import Passthrough
 from strongroom.agent.runtime import Agent
 from strongroom.errors import CKR
+from strongroom.metrics import agent as agent_metrics
 from strongroom.transport.protocol import FrameDecoder, FrameTooLarge, OversizedFrame, frame, unpack_limited
 
 log = logging.getLogger("strongroom.agent")
@@ -201,6 +202,7 @@ class AgentServer:
                         break
                     if passthrough is not None or (connection.app is None and is_node_protocol(payload)):
                         passthrough = passthrough or Passthrough(self.agent.pool, writer)
+                        agent_metrics.relayed()
                         passthrough.submit(payload)
                         continue
                     try:
@@ -235,7 +237,7 @@ class AgentServer:
 
     async def _call(self, connection: ClientConnection, name: str, args: list[Any]) -> tuple[int, list[Any]]:
         try:
-            return await dispatch(self.agent, connection, name, args)
+            return await agent_metrics.timed_call(name, dispatch(self.agent, connection, name, args))
         except Exception:  # dispatch already catches; this is the last guard
             log.exception("unexpected error serving %s", name)
             return int(CKR.GENERAL_ERROR), []

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from strongroom.metrics import audit as audit_metrics
+
 GENESIS_PREV = "0" * 64
 # A whole line, newline included. Keeps a record small enough to read back
 # from the end of the file in one bounded step.
@@ -272,6 +274,7 @@ class AuditLog:
     def append(
         self,
         event: str,
+    @audit_metrics.counted
         *,
         actor: str | None,
         outcome: str = "ok",
@@ -392,7 +395,7 @@ def _write_durably(fd: int, line: bytes, *, rollback_to: int) -> None:
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        audit_metrics.fsync(fd)
     except OSError:
         try:
             os.ftruncate(fd, rollback_to)

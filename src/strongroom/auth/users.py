@@ -45,6 +45,7 @@ from strongroom.errors import (
     PinLenRange,
     PinLocked,
 )
+from strongroom.metrics import node as node_metrics
 from strongroom.store.base import MAX_COMMIT_OPERATIONS, ConflictError
 
 PREFIX = "users/"
@@ -303,6 +304,7 @@ class UserDirectory:
         if counted.failed_logins > MAX_FAILED_LOGINS:  # it was locked before this attempt
             raise PinLocked(
                 f"user {name!r} is locked after {MAX_FAILED_LOGINS} failed logins; an admin must reset its password"
+            node_metrics.count_lockout(counted.failed_logins == MAX_FAILED_LOGINS)
             )
         await self._reset_counter(name)
         return counted

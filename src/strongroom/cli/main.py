@@ -46,7 +46,8 @@ def cmd_up(args: argparse.Namespace, _ctx: Context) -> None:
     summary = local(lambda: cluster.up(
         Path(args.dir), nodes=args.nodes, workers=args.workers, ca_cert=args.ca_cert and Path(args.ca_cert),
         ca_key=args.ca_key and Path(args.ca_key), initialize=not args.no_initialize, kms=args.kms, seal=seal,
-        custodians=[Path(c) for c in args.custodian or []], threshold=args.threshold))
+        vault_kv=args.vault_kv,
+        custodians=[Path(c) for c in args.custodian or []], threshold=args.threshold, socket_group=args.socket_group))
     # `up` always prints one JSON object: scripts and tests read it.
     emit(summary, as_json=args.json, text=_json_text(summary))
 
@@ -320,11 +321,11 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
         prog="strongroom", description="Strongroom: a self-hosted, clustered software HSM.", parents=[common],
         exit_on_error=not interactive,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     if not interactive:
         from strongroom import __version__
 
         parser.add_argument("--version", action="version", version=f"strongroom {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, handler: Handler,
             help_text: str) -> argparse.ArgumentParser:
@@ -334,7 +335,9 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
 
     if not interactive:
         p = add(sub, "up", cmd_up, "start (and on first use create and initialize) a local cluster in DIR")
-        p.add_argument("--nodes", type=int, default=1, help="number of nodes (1 = embedded SQLite store)")
+        p.add_argument("--nodes", type=int, default=None,
+                       help="number of nodes of a new directory (default 1 = embedded SQLite store; more = etcd); "
+                            "an existing directory keeps its nodes (hsm add / hsm remove)")
         p.add_argument("--workers", type=int, default=None, help="worker processes per node (default: cores)")
         p.add_argument("--ca-cert", help="your CA certificate for a new directory (default: a throw-away CA)")
         p.add_argument("--ca-key", help="your CA's private key (with --ca-cert)")
@@ -347,8 +350,13 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
         p.add_argument("--custodian", action="append", metavar="PEM",
                        help="a recovery custodian's public key (EC P-384 or RSA-3072+); repeatable")
         p.add_argument("--threshold", type=int, help="shares needed to recover/unseal (default: a majority)")
+        p.add_argument("--socket-group", metavar="GROUP",
+                       help="the group whose members may use the agent's socket (e.g. www-data for nginx); "
+                            "kept in DIR/agent.toml")
         p.add_argument("--kms", action="store_true",
                        help="also start the KMS-compatible gateway (adds kms_endpoint and an access key to the JSON)")
+        p.add_argument("--vault-kv", action="store_true", help="also start the Vault KV v2 endpoint for databases "
+                       "(adds vault_kv_url and a local token to the JSON; docs/tde.md)")
         p.add_argument("--no-initialize", action="store_true",
                        help="leave a new cluster uninitialized (then: cluster init / initialize / activate)")
         add(sub, "down", cmd_down, "stop everything `up` started in DIR")
@@ -397,7 +405,7 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
             "lost its newest records (each node records its log's head in the store)")
     p.add_argument("--file", help="one audit log file (default: every node's log under --dir)")
 
-    from strongroom.cli import hsm, keys, kms, pkcs11, seal
+    from strongroom.cli import hsm, keys, kms, pkcs11, seal, vaultkv
 
     keys.register(sub, add)
     pkcs11.register(sub, add)
@@ -405,6 +413,7 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
     seal.register(sub, add)
     owner.register(sub, add)
     kms.register(sub, add)
+    vaultkv.register(sub, add)
     return parser
 
 

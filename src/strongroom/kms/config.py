@@ -48,6 +48,8 @@ from typing import Any, overload
 
 import tomli_w
 
+from strongroom.metrics.settings import MetricsSettings, MetricsSettingsError
+
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+\Z|^[a-z0-9-]{1,32}\Z")
 ACCOUNT_RE = re.compile(r"^[0-9]{12}\Z")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -113,6 +115,8 @@ class GatewayConfig:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     deletion: DeletionSettings = field(default_factory=DeletionSettings)
     base: Path = field(default_factory=Path.cwd)
+    #: ``[metrics] listen``: the gateway's /metrics listener (strongroom.metrics).
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @overload
     def path(self, value: str) -> Path: ...
@@ -142,6 +146,7 @@ class GatewayConfig:
             cluster=_section(ClusterSettings, document.get("cluster", {}), "cluster"),
             deletion=_section(DeletionSettings, document.get("deletion", {}), "deletion"),
             base=path.resolve().parent,
+            metrics=_metrics(document.get("metrics")),
         )
         if validate:
             config.validate()
@@ -206,6 +211,8 @@ class GatewayConfig:
         document: dict[str, Any] = {}
         for name in ("kms", "cluster", "deletion"):
             document[name] = {k: v for k, v in asdict(getattr(self, name)).items() if v is not None}
+        if self.metrics.listen is not None:
+            document["metrics"] = self.metrics.to_document()
         return tomli_w.dumps(document)
 
     def write(self, path: Path) -> None:
@@ -224,3 +231,10 @@ def _section(cls: type, raw: Any, name: str) -> Any:
         return cls(**raw)
     except TypeError as exc:
         raise ConfigError(f"[{name}]: {exc}") from None
+
+
+def _metrics(raw: Any) -> MetricsSettings:
+    try:
+        return MetricsSettings.from_document(raw)
+    except MetricsSettingsError as exc:
+        raise ConfigError(str(exc)) from None

@@ -31,6 +31,7 @@ from typing import Any
 
 from strongroom import pki
 from strongroom.kms.config import ClusterSettings, ConfigError, DeletionSettings, GatewayConfig, ServerSettings
+from strongroom.metrics.settings import MetricsSettings
 from strongroom.seal import write_private_file
 
 CONFIG_FILE = "kms.toml"
@@ -195,6 +196,8 @@ def write_config(root: Path, *, port: int | None = None, region: str | None = No
             deletion=DeletionSettings(),
             base=root,
         )
+    if config.metrics.listen is None:  # every local gateway serves /metrics (up's metrics_urls)
+        config.metrics = MetricsSettings(f"{HOST}:{_free_port()}")
     if port is not None:
         config.kms.port = port
     if region is not None:

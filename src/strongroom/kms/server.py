@@ -36,6 +36,7 @@ from strongroom.kms.config import ConfigError, GatewayConfig
 from strongroom.kms.errors import SerializationError
 from strongroom.kms.gateway import Gateway
 from strongroom.kms.sigv4 import Headers
+from strongroom.metrics import kms as kms_metrics
 
 log = logging.getLogger("strongroom.kms")
 CONTENT_TYPE = "application/x-amz-json-1.1"
@@ -112,8 +113,8 @@ async def _handle(request: web.Request) -> web.Response:
     raw_path, _, raw_query = request.raw_path.partition("?")
     # Raw headers as received (every occurrence, original values): SigV4 signs what was sent.
     headers = Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers)
-    status, result = await gateway.handle(request.method, raw_path, raw_query, headers, bytes(body),
-                                          source=request.remote or "")
+    status, result = await kms_metrics.timed(headers.get("x-amz-target"), gateway.handle(
+        request.method, raw_path, raw_query, headers, bytes(body), source=request.remote or ""))
     return _response(status, result)
 
 
@@ -158,6 +159,7 @@ async def run(config: GatewayConfig, *, ready: asyncio.Event | None = None,
     site = web.TCPSite(runner, config.kms.host, config.kms.port, ssl_context=tls, reuse_address=True)
     await site.start()
     gateway.start_background()
+    kms_metrics.start(config.metrics, config.path(config.kms.tls_cert))
     scheme = "https" if tls is not None else "http"
     if tls is None:
         log.warning("%s", PLAIN_HTTP_WARNING)

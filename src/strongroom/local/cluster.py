@@ -19,10 +19,13 @@ from strongroom.client import Client, ClientError, ClientProfile, NodeAddress
 from strongroom.kms.local import CONFIG_FILE as KMS_CONFIG_FILE
 from strongroom.kms.local import GatewayStartError
 from strongroom.local import etcd
-from strongroom.local.agent import agent_status, start_agent, stop_agent
+from strongroom.local.agent import agent_status, start_agent, stop_agent, write_config
 from strongroom.local.gateway import gateway_status, start_gateway, stop_gateway
 from strongroom.local.layout import HOST, Layout, LocalClusterError, free_port
 from strongroom.local.nodes import running_pid, start_and_check, stop_node, wait_for_key
+from strongroom.local.vaultkv import start_if_wanted, stop_vault_kv
+from strongroom.metrics.certificates import read_all
+from strongroom.metrics.settings import MetricsSettings
 from strongroom.pkcs11_module import find_module
 from strongroom.seal import SHARES, SealSettings, write_private_file
 from strongroom.services.config import BackupPolicy, NodeConfig
@@ -82,6 +85,7 @@ def create(layout: Layout, nodes: int, workers: int, cluster_name: str,
             backup=BackupPolicy(dir=layout.backups, check_seconds=5.0),
             seal=seal or SealSettings(),
             peers=[f"{HOST}:{port}" for other, port in ports.items() if other != node_id],
+            metrics=MetricsSettings(f"{HOST}:{free_port()}"),
         )
         layout.node_config(node_id).write_text(config.to_toml())
         addresses.append(NodeAddress(node_id, HOST, config.port, config.zone))
@@ -182,10 +186,11 @@ def _cluster_existed(layout: Layout) -> bool:
     return layout.cluster_id_file.exists() or any(zeroized(layout.node_dir(n)) for n in layout.node_ids())
 
 
-def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_name: str = "strongroom",
+def up(directory: Path, *, nodes: int | None = None, workers: int | None = None, cluster_name: str = "strongroom",
        ca_cert: Path | None = None, ca_key: Path | None = None, initialize: bool = True,
-       kms: bool = False, seal: SealSettings | None = None, custodians: list[Path] | None = None,
-       threshold: int | None = None) -> dict[str, Any]:
+       kms: bool = False, vault_kv: bool = False, seal: SealSettings | None = None,
+       custodians: list[Path] | None = None,
+       threshold: int | None = None, socket_group: str | None = None) -> dict[str, Any]:
     """Start the cluster in ``directory``, creating it first if needed.
 
     ``ca_cert``/``ca_key``: the customer's CA for a new directory's certificates (default: a
@@ -194,7 +199,10 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
     KMS gateway (and on later ``up`` runs it starts again by itself: DIR has a kms.toml then).
     ``seal``: how a new directory's nodes keep the cluster key at rest (default ``file``);
     ``custodians``/``threshold``: who receives the recovery shares (a shares seal needs some:
-    without any, throw-away custodians are made in DIR/custodians).
+    without any, throw-away custodians are made in DIR/custodians). ``nodes``: for a new directory
+    (default 1); an existing one keeps its nodes (``hsm add``/``hsm remove`` change them), and a
+    ``nodes`` that differs is refused rather than ignored. ``socket_group``: the group that may use
+    the agent's socket (kept in agent.toml; hand edits of agent.toml are kept too).
 
     The first admin's password is in the result of the ``up`` that initialized the cluster, and
     nowhere else (nor in cluster.json).
@@ -210,11 +218,13 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
                 ca = (pki.load_private_key(ca_key), pki.load_certificate(ca_cert))
             except pki.PkiError as exc:
                 raise LocalClusterError(str(exc)) from None
-        create(layout, nodes, workers, cluster_name, ca=ca, seal=seal)
+        create(layout, nodes or 1, workers, cluster_name, ca=ca, seal=seal)
     elif seal is not None:
         raise LocalClusterError(f"{layout.root} exists: its nodes keep their seal; change one node's seal with "
                                 "`strongroom seal migrate --dir DIR --node ID --to TYPE`")
     profile = ClientProfile.load(layout.profile)
+    if nodes is not None and nodes != len(profile.nodes):
+        raise LocalClusterError(_nodes_refusal(layout, profile, nodes))
     cluster_name = profile.cluster_name
     seal_settings = NodeConfig.load(layout.node_config(profile.nodes[0].node_id)).seal
     if etcd.load(layout.root):
@@ -256,7 +266,7 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
         started.append(entry)
     order = [n.node_id for n in profile.nodes]
     started.sort(key=lambda entry: order.index(entry["id"]))
-    agent_pid = start_agent(layout.root)
+    agent_pid = start_agent(layout.root, socket_group=socket_group)
     agent_socket = str(layout.agent_socket)
     found = find_module()
     module = None if found is None else str(found)
@@ -276,6 +286,9 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
         if gateway.get("kms_ca_bundle"):
             # boto3 and the AWS CLI verify the gateway's HTTPS certificate against the cluster's CA.
             env_lines.append(f"export AWS_CA_BUNDLE={gateway['kms_ca_bundle']}")
+    # The Vault KV endpoint for databases (docs/tde.md): like the gateway, it starts again when DIR has its config.
+    vault_kv_fields = start_if_wanted(layout.root, vault_kv, None if made is None else (made.admin_user,
+                                                                                       made.admin_password))
     layout.env_file.write_text("\n".join(env_lines) + "\n")
     summary: dict[str, Any] = {
         "dir": str(layout.root),
@@ -293,6 +306,8 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
         "sealed": [n["id"] for n in started if n.get("state") == "sealed"],
         "nodes": started,
         **gateway,
+        **vault_kv_fields,
+        "metrics_urls": metrics_urls(layout),
     }
     if seal_settings.type == "file":
         from strongroom.seal.file import WARNING
@@ -307,12 +322,93 @@ def up(directory: Path, *, nodes: int = 1, workers: int | None = None, cluster_n
     return summary
 
 
+def _nodes_refusal(layout: Layout, profile: ClientProfile, nodes: int) -> str:
+    have = len(profile.nodes)
+    store = "etcd" if etcd.load(layout.root) else "an embedded SQLite store"
+    message = (f"{layout.root} already holds a cluster of {have} node{'s' if have != 1 else ''} ({store}); "
+               f"--nodes {nodes} only shapes a new directory, and `up` would otherwise start the {have} it has. ")
+    if etcd.load(layout.root):
+        return message + ("Change the count with `strongroom hsm add --dir DIR` / `strongroom hsm remove --dir DIR "
+                          "--id ID` (an admin's STRONGROOM_PIN), or run `up` without --nodes.")
+    return message + (f"A SQLite cluster cannot grow: for {nodes} nodes over etcd use a new directory "
+                      f"(`strongroom up --dir NEW_DIR --nodes {nodes}`; move the keys with `strongroom backup "
+                      "restore`), or run `up` without --nodes.")
+
+
+def metrics_urls(layout: Layout) -> dict[str, str]:
+    """Where Prometheus scrapes each process of the directory (``[metrics] listen`` of its config)."""
+    from strongroom.agent.config import AgentConfig
+    from strongroom.agent.config import ConfigError as AgentConfigError
+    from strongroom.kms.config import ConfigError as KmsConfigError
+    from strongroom.kms.config import GatewayConfig
+    from strongroom.services.config import ConfigError
+
+    urls: dict[str, str] = {}
+    for node_id in layout.node_ids():
+        try:
+            url = NodeConfig.load(layout.node_config(node_id)).metrics.url
+        except ConfigError:
+            continue
+        if url:
+            urls[node_id] = url
+    try:
+        url = AgentConfig.load(layout.agent_config).metrics.url if layout.agent_config.exists() else None
+    except AgentConfigError:
+        url = None
+    if url:
+        urls["agent"] = url
+    kms_config = layout.root / KMS_CONFIG_FILE
+    try:
+        url = GatewayConfig.load(kms_config, validate=False).metrics.url if kms_config.exists() else None
+    except KmsConfigError:
+        url = None
+    if url:
+        urls["kms"] = url
+    return urls
+
+
+def certificates(layout: Layout) -> list[tuple[str, Path]]:
+    """Every certificate of the directory, by what it is: the CA, each node's, the agent's, the operator's,
+    the KMS gateway's."""
+    found = [("ca", layout.ca_cert)]
+    found += [(f"node {n}", layout.node_dir(n) / "tls" / "node.crt") for n in layout.node_ids()]
+    found += [("agent", layout.client_cert), ("operator", layout.operator_cert)]
+    kms_cert = layout.root / "kms" / "tls.crt"
+    if kms_cert.exists():
+        found.append(("kms gateway", kms_cert))
+    return found
+
+
+def rename(directory: Path, name: str) -> None:
+    """The cluster is called ``name`` now (``cluster init --name``): client.json, the agent's token label
+    (agent.toml; a running agent restarts) and ``status`` follow it."""
+    from dataclasses import replace
+
+    layout = Layout(directory.resolve())
+    if not layout.profile.exists():
+        return
+    profile = ClientProfile.load(layout.profile)
+    if profile.cluster_name == name:
+        return
+    replace(profile, cluster_name=name).write(layout.profile)
+    if layout.agent_config.exists():
+        from strongroom.local.agent import agent_process
+
+        if agent_process(layout).pid() is not None:
+            start_agent(layout.root)  # rewrites agent.toml with the new label, restarts the agent
+        else:
+            write_config(layout.root)
+
+
 def down(directory: Path) -> dict[str, Any]:
     layout = Layout(directory.resolve())
     if not layout.profile.exists():
         raise LocalClusterError(f"{directory} holds no Strongroom cluster")
     stopped = []
     gateway_pid = stop_gateway(layout.root)
+    vault_kv_pid = stop_vault_kv(layout.root)
+    if vault_kv_pid is not None:
+        stopped.append({"id": "vault-kv", "pid": vault_kv_pid})
     if gateway_pid is not None:
         stopped.append({"id": "kms", "pid": gateway_pid})
     agent_pid = stop_agent(layout.root)  # before the nodes: the gateway and the agent log out cleanly
@@ -326,12 +422,24 @@ def down(directory: Path) -> dict[str, Any]:
     return {"dir": str(layout.root), "stopped": stopped}
 
 
+def _cluster_name(profile: ClientProfile, node: NodeAddress) -> str | None:
+    """The name the cluster was initialized with (``cluster init --name``), as a node tells it."""
+    try:
+        with Client(profile, node, timeout=5) as client:
+            name = client.cluster_status().get("name")
+    except ClientError:
+        return None
+    return str(name) if name else None
+
+
 def status(directory: Path) -> dict[str, Any]:
     layout = Layout(directory.resolve())
     if not layout.profile.exists():
         raise LocalClusterError(f"{directory} holds no Strongroom cluster")
     profile = ClientProfile.load(layout.profile)
     nodes = []
+    cluster_name: str | None = None
+    urls = metrics_urls(layout)
     for node in profile.nodes:
         pid = running_pid(layout, node.node_id)
         entry: dict[str, Any] = {"id": node.node_id, "zone": node.zone, "address": node.address, "pid": pid}
@@ -349,18 +457,25 @@ def status(directory: Path) -> dict[str, Any]:
                 entry["error"] = node_status["error"]
                 entry["self_tests_failed"] = node_status["self_tests"]["failed"]
             except ClientError as exc:
+                if cluster_name is None and entry["health"] == "healthy":
+                    cluster_name = _cluster_name(profile, node)
                 entry["health"] = "unreachable"
                 entry["error"] = exc.message
         nodes.append(entry)
+        entry["metrics_url"] = urls.get(node.node_id)
     agent = agent_status(layout.root)
     members = etcd.status(layout.root)
+    agent["metrics_url"] = urls.get("agent")
     healthy = (all(n["health"] == "healthy" for n in nodes) and agent["health"] == "running"
                and all(m["health"] == "healthy" for m in members))
-    result = {"dir": str(layout.root), "cluster_name": profile.cluster_name, "healthy": healthy, "nodes": nodes,
-              "agent": agent, "etcd": members}
+    certs = [c.to_dict() for c in read_all(certificates(layout))]
+    result = {"dir": str(layout.root), "cluster_name": cluster_name or profile.cluster_name, "healthy": healthy,
+              "nodes": nodes, "agent": agent, "etcd": members, "certificates": certs,
+              "certificates_expiring": [c["name"] for c in certs if c["expiring"]]}
     if (layout.root / KMS_CONFIG_FILE).exists():
         kms = gateway_status(layout.root)
         result["kms"] = kms
+        kms["metrics_url"] = urls.get("kms")
         result["healthy"] = healthy and kms["health"] == "running"
     return result
 

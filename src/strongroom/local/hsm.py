@@ -93,7 +93,8 @@ def add_node(directory: Path, zone: str | None = None, admin: tuple[str, str] | 
         pki.write_cert(node_dir / "tls" / "node.crt", cert)
         config = replace(template, node_id=node_id, node_dir=node_dir, zone=zone, port=free_port(),
                          tls_cert=node_dir / "tls" / "node.crt", tls_key=node_dir / "tls" / "node.key",
-                         peers=[n.address for n in profile.nodes])
+                         peers=[n.address for n in profile.nodes],
+                         metrics=replace(template.metrics, listen=template.metrics.listen and f"{HOST}:{free_port()}"))
         layout.node_config(node_id).write_text(config.to_toml())
         node = NodeAddress(node_id, config.host, config.port, zone)
         # Only an enrolled certificate receives the cluster key.

@@ -21,10 +21,12 @@ from pathlib import Path
 from strongroom import __version__
 from strongroom.audit import AuditLog
 from strongroom.hardening import harden_process
+from strongroom.metrics import node as node_metrics
 from strongroom.node import selftest, supervisor
 from strongroom.node.channel import SupervisorLink
 from strongroom.node.worker import build_worker
 from strongroom.seal import startup_refusal
+from strongroom.services import telemetry
 from strongroom.services.config import NodeConfig
 from strongroom.services.health import SelfTestReport
 from strongroom.services.registry import HEARTBEAT_SECONDS
@@ -85,7 +87,7 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: SelfTestRepor
     if initial is not None and services.health.error is None:
         services.keyring.adopt_key(*initial)
     listener = NodeListener(
-        worker.pipeline.handle,
+        node_metrics.timed(worker.pipeline.handle),
         admit=services.revocation.admit_connection,
         max_frame=config.limits.max_frame,
         max_in_flight=config.limits.max_in_flight,
@@ -93,7 +95,10 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: SelfTestRepor
     )
     await listener.start(sock, server_context(config.tls_cert, config.tls_key, config.ca_cert))
     tasks = [asyncio.create_task(services.sessions.watch_users()), asyncio.create_task(services.sessions.reap()),
-             asyncio.create_task(worker.freshness.run(HEARTBEAT_SECONDS))]
+             asyncio.create_task(worker.freshness.run(HEARTBEAT_SECONDS)),
+             # Audit outcomes still to settle or write; worker 0 also settles a dead worker's intents.
+             asyncio.create_task(services.audit.run(orphans=index == 0, checkpoint=config.node_dir / "audit.scan")),
+             asyncio.create_task(telemetry.sample(services.sessions, services.keyring, primary=index == 0))]
     if index == 0:
         # One worker per node keeps the heartbeat and looks after automatic backups.
         tasks.append(asyncio.create_task(services.registration.heartbeat()))
@@ -123,6 +128,7 @@ def _run_worker(config: NodeConfig, sock: socket.socket, report: SelfTestReport,
 
 def serve(config_path: Path) -> int:
     config = NodeConfig.load(config_path)
+    node_metrics.prepare(config)  # before anything is counted: the workers count into DIR/metrics
     logging.basicConfig(
         level=logging.INFO,
         format=f"%(asctime)s {config.node_id} %(process)d %(levelname)s %(name)s: %(message)s",

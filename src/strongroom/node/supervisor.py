@@ -30,6 +30,7 @@ from typing import Any
 
 from strongroom.audit import AuditLog, AuditWriteError
 from strongroom.hardening import die_with_parent
+from strongroom.metrics import node as node_metrics
 from strongroom.node.channel import ChannelClosed, encode, open_stream, read_message
 from strongroom.pki.sealedbox import SealedBox
 from strongroom.seal import (
@@ -207,6 +208,7 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop_all)
         obtain = loop.create_task(self._obtain_key())
+        node_metrics.start_supervisor(self.config, self.seal_status)
         self._reap(done)  # a worker may have died before the handler was in place
         await done.wait()
         obtain.cancel()

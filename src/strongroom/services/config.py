@@ -9,6 +9,7 @@ from typing import Any
 
 import tomli_w
 
+from strongroom.metrics.settings import MetricsSettings, MetricsSettingsError
 from strongroom.seal import SealError, SealSettings
 from strongroom.transport.protocol import DEFAULT_MAX_FRAME
 
@@ -73,6 +74,8 @@ class NodeConfig:
     #: Other nodes' addresses (HOST:PORT): where a node without the key (joining, or with a shares
     #: seal) asks for it. Addresses seen in the registry are remembered beside them.
     peers: list[str] = field(default_factory=list)
+    #: ``[metrics] listen``: the node's /metrics listener (strongroom.metrics), served by its supervisor.
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     # Test-only fault injection: names of self-tests to treat as failed. Empty in production.
     fail_selftests: list[str] = field(default_factory=list)
 
@@ -107,6 +110,8 @@ class NodeConfig:
         }
         if self.peers:
             document["peers"] = list(self.peers)
+        if self.metrics.listen is not None:
+            document["metrics"] = self.metrics.to_document()
         if self.backup.dir is not None:
             document["backup"] = {"dir": str(self.backup.dir), "interval_hours": self.backup.interval_hours,
                                   "retention_days": self.backup.retention_days,
@@ -184,6 +189,7 @@ class NodeConfig:
                 fail_selftests=list(document.get("testing", {}).get("fail_selftests", [])),
                 seal=SealSettings.from_document(document.get("seal", {})),
                 peers=[str(p) for p in document.get("peers", [])],
+                metrics=MetricsSettings.from_document(document.get("metrics")),
             )
         except KeyError as exc:
             raise ConfigError(f"{path}: missing setting {exc.args[0]!r}") from None
@@ -191,6 +197,8 @@ class NodeConfig:
             raise ConfigError(f"{path}: bad value: {exc}") from None
         except SealError as exc:
             raise ConfigError(f"{path}: [seal]: {exc}") from None
+        except MetricsSettingsError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
 
 def _backup_policy(path: Path, document: dict[str, Any]) -> BackupPolicy:

@@ -53,6 +53,7 @@ from typing import Any, NoReturn
 
 import httpx
 
+from strongroom.metrics import store as store_metrics
 from strongroom.store.base import (
     CompactedError,
     ConflictError,
@@ -412,6 +413,7 @@ class EtcdStore(Store):
         if self._closed:
             raise StoreError(f"etcd store {self.endpoints} is closed")
 
+    @store_metrics.timed("etcd")
     async def _request(self, path: str, body: dict[str, Any], *, write: bool) -> dict[str, Any]:
         """POST ``body`` to the first endpoint that takes it; etcd errors become store errors.
 

@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from strongroom.metrics import store as store_metrics
 from strongroom.store.base import (
     CompactedError,
     ConflictError,
@@ -258,6 +259,7 @@ class SqliteStore(Store):
 
     # -- plumbing on the event loop side ----------------------------------
 
+    @store_metrics.timed("sqlite")
     async def _call(self, fn: Callable[..., _T], *args: Any, writing: bool = False) -> _T:
         """Run ``fn`` on the store's thread, with sqlite errors turned into store errors."""
         if self._closed:

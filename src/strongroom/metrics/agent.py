@@ -1,0 +1,101 @@
+"""The agent's metrics: each PKCS#11 call it serves, the relayed SDK requests, and (read when
+Prometheus asks) its applications, sessions and node connections."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from strongroom.metrics import labels, names, registry, server
+from strongroom.metrics.settings import MetricsSettings
+
+_FUNCTIONS = labels.BoundedLabel(re.compile(r"C_[A-Za-z]{1,40}"))
+_tasks: set[asyncio.Task[None]] = set()
+
+
+class AppView(Protocol):
+    @property
+    def sessions(self) -> Mapping[int, object]: ...
+
+
+class LinkView(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+
+class PoolView(Protocol):
+    @property
+    def links(self) -> Sequence[LinkView]: ...
+
+
+class AgentView(Protocol):
+    @property
+    def apps(self) -> Mapping[bytes, AppView]: ...
+    @property
+    def pool(self) -> PoolView: ...
+
+
+class AgentSettings(Protocol):
+    @property
+    def cert(self) -> Path: ...
+    @property
+    def ca(self) -> Path: ...
+    @property
+    def metrics(self) -> MetricsSettings: ...
+
+
+async def timed_call(function: str, call: Awaitable[tuple[int, list[Any]]]) -> tuple[int, list[Any]]:
+    """Serve one PKCS#11 call, counting it by function and return value and timing it."""
+    start = time.perf_counter()
+    rv, outputs = await call
+    metrics = names.agent()
+    name = _FUNCTIONS(function)
+    metrics.agent_calls.labels(name, labels.outcome(rv)).inc()
+    metrics.agent_call_seconds.labels(name).observe(time.perf_counter() - start)
+    return rv, outputs
+
+
+def relayed() -> None:
+    names.agent().agent_relayed.inc()
+
+
+def _state(agent: AgentView) -> Iterable[Metric]:
+    apps = GaugeMetricFamily("strongroom_agent_applications", "PKCS#11 applications (C_Initialize) attached.")
+    apps.add_metric([], len(agent.apps))
+    sessions = GaugeMetricFamily("strongroom_agent_sessions", "PKCS#11 sessions open through the agent.")
+    sessions.add_metric([], sum(len(app.sessions) for app in list(agent.apps.values())))
+    links = list(agent.pool.links)
+    nodes = GaugeMetricFamily("strongroom_agent_nodes", "Nodes the agent knows, by connection state.",
+                              labels=["state"])
+    connected = sum(1 for link in links if link.connected)
+    nodes.add_metric(["connected"], connected)
+    nodes.add_metric(["disconnected"], len(links) - connected)
+    return [apps, sessions, nodes]
+
+
+async def _serve(config: AgentSettings, agent: AgentView) -> None:
+    extra = [registry.info_metric("agent", {}), registry.Collected(lambda: _state(agent)),
+             registry.certificate_metrics(lambda: [("agent", config.cert), ("ca", config.ca)])]
+    names.agent()
+    listener = await server.start(config.metrics, registry.serving_registry(extra))
+    if listener is None:
+        return
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await listener.stop()
+
+
+def start(config: AgentSettings, agent: AgentView) -> None:
+    """In the agent's loop: serve /metrics until the loop ends (no-op without ``[metrics] listen``)."""
+    if config.metrics.listen is None:
+        return
+    task = asyncio.get_running_loop().create_task(_serve(config, agent))
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)

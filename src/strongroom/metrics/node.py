@@ -1,0 +1,158 @@
+"""A node's metrics: the request wrapper its workers serve through, the gauges they sample, and the
+supervisor's /metrics listener, which adds up every worker (multiprocess mode) and reads the seal
+state and the certificates when Prometheus asks.
+
+The hooks (one line each): ``prepare`` in ``node.main.serve``, ``timed`` around the pipeline's
+handler, ``strongroom.services.telemetry.sample`` in each worker, ``start_supervisor`` in
+``Supervisor.supervise``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from strongroom.metrics import labels, names, registry, server
+from strongroom.metrics.settings import MetricsSettings
+
+_OPS = labels.BoundedLabel(re.compile(r"[a-z0-9_]{1,24}\.[a-z0-9_]{1,40}"))
+#: The supervisor's listener task (kept referenced: the loop holds tasks weakly).
+_tasks: set[asyncio.Task[None]] = set()
+
+
+class NodeRequest(Protocol):
+    @property
+    def op(self) -> str: ...
+    @property
+    def args(self) -> dict[str, Any]: ...
+
+
+class NodeSettings(Protocol):
+    """What the supervisor's listener reads of node.toml."""
+
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def zone(self) -> str: ...
+    @property
+    def node_dir(self) -> Path: ...
+    @property
+    def tls_cert(self) -> Path: ...
+    @property
+    def ca_cert(self) -> Path: ...
+    @property
+    def metrics(self) -> MetricsSettings: ...
+
+
+R = TypeVar("R", bound=NodeRequest)
+P = TypeVar("P")
+Handler = Callable[[R, int, P], Awaitable[tuple[int, Any]]]
+
+
+def metrics_dir(node_dir: Path) -> Path:
+    return node_dir / "metrics"
+
+
+def prepare(config: NodeSettings) -> None:
+    """First thing in a node process: count in DIR/metrics, shared with the workers it will fork."""
+    if config.metrics.listen is not None:
+        registry.use_multiprocess(metrics_dir(config.node_dir))
+
+
+def observe_request(request: NodeRequest, code: int, seconds: float) -> None:
+    metrics = names.node()
+    op = _OPS(request.op)
+    outcome = labels.outcome(code)
+    metrics.requests.labels(op, outcome).inc()
+    args = request.args
+    mechanism = labels.mechanism(args.get("mechanism") if isinstance(args, dict) else None)
+    metrics.request_seconds.labels(op, mechanism).observe(seconds)
+    if op == "session.login":
+        metrics.logins.labels(outcome).inc()
+
+
+def timed(handle: Handler[R, P]) -> Handler[R, P]:
+    """The pipeline's handler, counting each request by operation and outcome and timing it."""
+
+    async def timed_handle(request: R, connection_id: int, peer: P) -> tuple[int, Any]:
+        start = time.perf_counter()
+        code, result = await handle(request, connection_id, peer)
+        observe_request(request, code, time.perf_counter() - start)
+        return code, result
+
+    return timed_handle
+
+
+def count_lockout(locked_now: bool) -> None:
+    """Called on each failed password check; ``locked_now``: this failure locked the account."""
+    if locked_now:
+        names.node().lockouts.inc()
+
+
+def set_worker_gauges(*, login_sessions: int, pkcs11_sessions: int, keys_by_class: Mapping[str, int] | None,
+                      token_objects: int, session_objects: int,
+                      backup_created: float | None, backup_known: bool) -> None:
+    """A worker's sample (see strongroom.services.telemetry). ``keys_by_class`` None: no key yet;
+    ``backup_known`` False: the backup record was not read this time (leave the backup gauges)."""
+    metrics = names.node()
+    metrics.login_sessions.set(login_sessions)
+    metrics.pkcs11_sessions.set(pkcs11_sessions)
+    for object_class, count in (keys_by_class or {}).items():
+        metrics.keys.labels(object_class).set(count)
+    metrics.cache_objects.labels("token").set(token_objects)
+    metrics.cache_objects.labels("session").set(session_objects)
+    if backup_known:
+        metrics.backup_last.set(backup_created or 0.0)
+        metrics.backup_age.set(-1.0 if backup_created is None else max(0.0, time.time() - backup_created))
+
+
+# --- the supervisor's listener ----------------------------------------------------------------------
+
+#: The seal states a node reports (node.status seal.state).
+SEAL_STATES = ("sealed", "unsealed", "uninitialized")
+
+
+def _seal_metrics(seal_status: Callable[[], dict[str, Any]]) -> Callable[[], Iterable[Metric]]:
+    def collect() -> Iterable[Metric]:
+        status = seal_status()
+        unsealed = GaugeMetricFamily("strongroom_seal_unsealed",
+                                     "1 if the node holds the cluster key (unsealed), else 0.", labels=["type"])
+        unsealed.add_metric([str(status.get("type"))], 1.0 if status.get("state") == "unsealed" else 0.0)
+        state = GaugeMetricFamily("strongroom_seal_state", "The node's seal state (1 for the current one).",
+                                  labels=["type", "state"])
+        for name in SEAL_STATES:
+            state.add_metric([str(status.get("type")), name], 1.0 if status.get("state") == name else 0.0)
+        return [unsealed, state]
+
+    return collect
+
+
+async def _serve_supervisor(config: NodeSettings, seal_status: Callable[[], dict[str, Any]]) -> None:
+    extra = [
+        registry.info_metric("node", {"node_id": config.node_id, "zone": config.zone}),
+        registry.Collected(_seal_metrics(seal_status)),
+        registry.certificate_metrics(lambda: [(f"node {config.node_id}", config.tls_cert), ("ca", config.ca_cert)]),
+    ]
+    names.node()
+    listener = await server.start(config.metrics, registry.serving_registry(extra))
+    if listener is None:
+        return
+    try:
+        await asyncio.Event().wait()  # until the supervisor's loop ends
+    finally:
+        await listener.stop()
+
+
+def start_supervisor(config: NodeSettings, seal_status: Callable[[], dict[str, Any]]) -> None:
+    """In the supervisor's loop: serve /metrics for the whole node (no-op without ``[metrics] listen``)."""
+    if config.metrics.listen is None:
+        return
+    task = asyncio.get_running_loop().create_task(_serve_supervisor(config, seal_status))
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
