@@ -271,10 +271,10 @@ class AuditLog:
         self.node_id = node_id
         self.boot = boot
 
+    @audit_metrics.counted
     def append(
         self,
         event: str,
-    @audit_metrics.counted
         *,
         actor: str | None,
         outcome: str = "ok",

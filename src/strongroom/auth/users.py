@@ -300,11 +300,11 @@ class UserDirectory:
         if counted.password != user.password:  # an admin set a new password in between
             right = await asyncio.to_thread(verify_password, password, counted.password)
         if not right:
+            node_metrics.count_lockout(counted.failed_logins == MAX_FAILED_LOGINS)
             raise PinIncorrect(WRONG_CREDENTIALS)
         if counted.failed_logins > MAX_FAILED_LOGINS:  # it was locked before this attempt
             raise PinLocked(
                 f"user {name!r} is locked after {MAX_FAILED_LOGINS} failed logins; an admin must reset its password"
-            node_metrics.count_lockout(counted.failed_logins == MAX_FAILED_LOGINS)
             )
         await self._reset_counter(name)
         return counted

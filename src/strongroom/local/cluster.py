@@ -23,7 +23,6 @@ from strongroom.local.agent import agent_status, start_agent, stop_agent, write_
 from strongroom.local.gateway import gateway_status, start_gateway, stop_gateway
 from strongroom.local.layout import HOST, Layout, LocalClusterError, free_port
 from strongroom.local.nodes import running_pid, start_and_check, stop_node, wait_for_key
-from strongroom.local.vaultkv import start_if_wanted, stop_vault_kv
 from strongroom.metrics.certificates import read_all
 from strongroom.metrics.settings import MetricsSettings
 from strongroom.pkcs11_module import find_module
@@ -188,8 +187,7 @@ def _cluster_existed(layout: Layout) -> bool:
 
 def up(directory: Path, *, nodes: int | None = None, workers: int | None = None, cluster_name: str = "strongroom",
        ca_cert: Path | None = None, ca_key: Path | None = None, initialize: bool = True,
-       kms: bool = False, vault_kv: bool = False, seal: SealSettings | None = None,
-       custodians: list[Path] | None = None,
+       kms: bool = False, seal: SealSettings | None = None, custodians: list[Path] | None = None,
        threshold: int | None = None, socket_group: str | None = None) -> dict[str, Any]:
     """Start the cluster in ``directory``, creating it first if needed.
 
@@ -286,9 +284,6 @@ def up(directory: Path, *, nodes: int | None = None, workers: int | None = None,
         if gateway.get("kms_ca_bundle"):
             # boto3 and the AWS CLI verify the gateway's HTTPS certificate against the cluster's CA.
             env_lines.append(f"export AWS_CA_BUNDLE={gateway['kms_ca_bundle']}")
-    # The Vault KV endpoint for databases (docs/tde.md): like the gateway, it starts again when DIR has its config.
-    vault_kv_fields = start_if_wanted(layout.root, vault_kv, None if made is None else (made.admin_user,
-                                                                                       made.admin_password))
     layout.env_file.write_text("\n".join(env_lines) + "\n")
     summary: dict[str, Any] = {
         "dir": str(layout.root),
@@ -306,7 +301,6 @@ def up(directory: Path, *, nodes: int | None = None, workers: int | None = None,
         "sealed": [n["id"] for n in started if n.get("state") == "sealed"],
         "nodes": started,
         **gateway,
-        **vault_kv_fields,
         "metrics_urls": metrics_urls(layout),
     }
     if seal_settings.type == "file":
@@ -406,9 +400,6 @@ def down(directory: Path) -> dict[str, Any]:
         raise LocalClusterError(f"{directory} holds no Strongroom cluster")
     stopped = []
     gateway_pid = stop_gateway(layout.root)
-    vault_kv_pid = stop_vault_kv(layout.root)
-    if vault_kv_pid is not None:
-        stopped.append({"id": "vault-kv", "pid": vault_kv_pid})
     if gateway_pid is not None:
         stopped.append({"id": "kms", "pid": gateway_pid})
     agent_pid = stop_agent(layout.root)  # before the nodes: the gateway and the agent log out cleanly
@@ -451,21 +442,22 @@ def status(directory: Path) -> dict[str, Any]:
                     node_status = client.node_status()
                 entry["health"] = {"error": "error", "sealed": "sealed"}.get(node_status["state"], "healthy")
                 entry["state"] = node_status["state"]
+                entry["version"] = node_status.get("version")
                 seal = node_status.get("seal") or {}
                 entry["seal"] = seal.get("type")
                 entry["seal_detail"] = seal.get("detail")
                 entry["error"] = node_status["error"]
                 entry["self_tests_failed"] = node_status["self_tests"]["failed"]
-            except ClientError as exc:
                 if cluster_name is None and entry["health"] == "healthy":
                     cluster_name = _cluster_name(profile, node)
+            except ClientError as exc:
                 entry["health"] = "unreachable"
                 entry["error"] = exc.message
-        nodes.append(entry)
         entry["metrics_url"] = urls.get(node.node_id)
+        nodes.append(entry)
     agent = agent_status(layout.root)
-    members = etcd.status(layout.root)
     agent["metrics_url"] = urls.get("agent")
+    members = etcd.status(layout.root)
     healthy = (all(n["health"] == "healthy" for n in nodes) and agent["health"] == "running"
                and all(m["health"] == "healthy" for m in members))
     certs = [c.to_dict() for c in read_all(certificates(layout))]
@@ -474,9 +466,8 @@ def status(directory: Path) -> dict[str, Any]:
               "certificates_expiring": [c["name"] for c in certs if c["expiring"]]}
     if (layout.root / KMS_CONFIG_FILE).exists():
         kms = gateway_status(layout.root)
-        result["kms"] = kms
         kms["metrics_url"] = urls.get("kms")
+        result["kms"] = kms
         result["healthy"] = healthy and kms["health"] == "running"
     return result
 
-                entry["version"] = node_status.get("version")

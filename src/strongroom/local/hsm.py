@@ -107,10 +107,10 @@ def add_node(directory: Path, zone: str | None = None, admin: tuple[str, str] | 
         if isinstance(exc, LocalClusterError):
             raise
         raise LocalClusterError(f"cannot prepare node {node_id}: {exc}") from None
-    try:
     member = None
-        started = start_and_check(layout, node)
+    try:
         member = _add_etcd_member(layout, config, zone)
+        started = start_and_check(layout, node)
         started.update(state=wait_for_key(layout, node, started["pid"])["state"])
     except LocalClusterError:
         # It holds the key now: do not leave a sealed copy behind a node nobody lists.
@@ -118,19 +118,18 @@ def add_node(directory: Path, zone: str | None = None, admin: tuple[str, str] | 
         destroy_seal(node_dir)
         config_path = layout.node_config(node_id)
         config_path.replace(config_path.with_name(config_path.name + REMOVED_SUFFIX))
-        raise
         if member is not None:
             with contextlib.suppress(LocalClusterError):  # the start's failure is the one to report
                 _remove_etcd_member(layout, zone)
+        raise
     # Re-read: the profile may have changed while the node joined and started.
     current = _profile(layout)
     _write_profile(layout, current, [*current.nodes, node])
-    return started
     if member is not None:
         started["etcd_member"] = {"id": member.name, "endpoint": member.client_url}
+    return started
 
 
-def remove_node(directory: Path, node_id: str) -> dict[str, Any]:
 def _add_etcd_member(layout: Layout, config: NodeConfig, zone: str) -> etcd.Member | None:
     """The new zone's etcd member (none for SQLite, or a zone that has one): added, started, and first in
     the new node's endpoints; the other nodes' configurations list it too."""
@@ -173,6 +172,7 @@ def _rewrite_endpoints(layout: Layout, change: Callable[[list[str]], list[str]],
             path.write_text(replace(config, store_endpoints=change(config.store_endpoints)).to_toml())
 
 
+def remove_node(directory: Path, node_id: str) -> dict[str, Any]:
     """Revoke a node's certificate, stop the node, destroy its sealed key and unlist it."""
     layout = Layout(Path(directory).resolve())
     profile = _profile(layout)

@@ -96,8 +96,6 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: SelfTestRepor
     await listener.start(sock, server_context(config.tls_cert, config.tls_key, config.ca_cert))
     tasks = [asyncio.create_task(services.sessions.watch_users()), asyncio.create_task(services.sessions.reap()),
              asyncio.create_task(worker.freshness.run(HEARTBEAT_SECONDS)),
-             # Audit outcomes still to settle or write; worker 0 also settles a dead worker's intents.
-             asyncio.create_task(services.audit.run(orphans=index == 0, checkpoint=config.node_dir / "audit.scan")),
              asyncio.create_task(telemetry.sample(services.sessions, services.keyring, primary=index == 0))]
     if index == 0:
         # One worker per node keeps the heartbeat and looks after automatic backups.
@@ -139,13 +137,13 @@ def serve(config_path: Path) -> int:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     # First of all, before any secret is read: no core dumps, no ptrace by the same user.
     hardening = harden_process()
+    log.info("Strongroom %s: node %s (zone %s) starting", __version__, config.node_id, config.zone)
     log.info("hardening: %s", hardening)
     refusal = startup_refusal(config.node_dir)
     if refusal is not None:
         # Say it where the operator looks first (stderr/node.log), then refuse: no worker, no socket.
         log.error("refusing to start: %s", refusal)
         return 2
-    log.info("Strongroom %s: node %s (zone %s) starting", __version__, config.node_id, config.zone)
     report = selftest.run_all(fail=frozenset(config.fail_selftests))
     error = None
     if not report.ok:
