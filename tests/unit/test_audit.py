@@ -234,7 +234,7 @@ def test_first_record_must_start_from_genesis(log_path: Path) -> None:
         (lambda o: o.update(actor=5), "actor must be a string or null"),
         (lambda o: o.update(details=[]), "details must be an object"),
         (lambda o: o.update(time="yesterday"), "time .* is not UTC ISO-8601"),
-        (lambda o: o.update(outcome="failed"), "outcome .* neither 'ok' nor a CKR_"),
+        (lambda o: o.update(outcome="failed"), "outcome .* neither 'ok', 'intent' nor a CKR_"),
         (lambda o: o.update(prev="XYZ"), "prev is not 64 lowercase hex"),
     ],
 )

@@ -40,7 +40,10 @@ MAX_LINE_BYTES = 64 * 1024
 FIELDS = ("seq", "boot", "time", "node", "pid", "event", "actor", "outcome", "details", "prev", "hash")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_OUTCOME = re.compile(r"ok|CKR_[A-Z0-9_]+")
+#: ``intent``: a change about to be committed; the record that tells how it ended names it (see
+#: :mod:`strongroom.audit.outcomes`). ``ok`` or a ``CKR_*`` name: what happened.
+_OUTCOME = re.compile(r"ok|intent|CKR_[A-Z0-9_]+")
+INTENT = "intent"
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 _TAIL_CHUNK = 4096
 
@@ -160,7 +163,7 @@ def _check_fields(obj: dict[str, Any]) -> None:
     if not _TIME.fullmatch(obj["time"]):
         raise RecordFormatError(f"time {obj['time']!r} is not UTC ISO-8601 with milliseconds")
     if not _OUTCOME.fullmatch(obj["outcome"]):
-        raise RecordFormatError(f"outcome {obj['outcome']!r} is neither 'ok' nor a CKR_* name")
+        raise RecordFormatError(f"outcome {obj['outcome']!r} is neither 'ok', 'intent' nor a CKR_* name")
     for name in ("prev", "hash"):
         if not _HEX64.fullmatch(obj[name]):
             raise RecordFormatError(f"{name} is not 64 lowercase hex digits")
@@ -325,7 +328,7 @@ class AuditLog:
         if actor is not None and not isinstance(actor, str):
             raise AuditWriteError("actor must be a string or None")
         if not isinstance(outcome, str) or not _OUTCOME.fullmatch(outcome):
-            raise AuditWriteError(f"outcome must be 'ok' or a CKR_* name, got {outcome!r}")
+            raise AuditWriteError(f"outcome must be 'ok', 'intent' or a CKR_* name, got {outcome!r}")
         if not isinstance(details, dict):
             raise AuditWriteError(f"details must be a dict, got {type(details).__name__}")
         try:

@@ -166,9 +166,10 @@ def cmd_user_change_password(args: argparse.Namespace, ctx: Context) -> None:
 
 
 def cmd_audit_verify(args: argparse.Namespace, _ctx: Context) -> None:
-    from strongroom.audit import verify
+    from strongroom.audit import outcomes, verify
 
     paths = [Path(args.file)] if args.file else _audit_logs(args)
+    reports: dict[str, outcomes.Report] = {}
     # The heads first, then the logs: a head is recorded only after its records are on disk.
     recorded, heads_note = _recorded_audit_heads(args)
     results = []
@@ -186,7 +187,11 @@ def cmd_audit_verify(args: argparse.Namespace, _ctx: Context) -> None:
             entry["head_check"] = _check_audit_head(path, result.last_seq, recorded)
             if entry["head_check"]["problem"] is not None:
                 entry["ok"] = False
+        reports[str(path)] = outcomes.analyze(path)
+        entry["outcomes"] = outcomes.check(reports[str(path)], time.time())
+        entry["ok"] = entry["ok"] and entry["outcomes"]["ok"]
         results.append(entry)
+    claims, claims_note = _false_claims(args, reports)
     lines = []
     for entry in results:
         check = entry.get("head_check")
@@ -202,12 +207,52 @@ def cmd_audit_verify(args: argparse.Namespace, _ctx: Context) -> None:
             elif check is not None:
                 suffix = "; no head recorded for it yet"
             lines.append(f"{entry['file']}: OK, {entry['records']} records, last seq {entry['last_seq']}{suffix}")
+        acts = entry["outcomes"]
+        for problem in acts["problems"]:
+            lines.append(f"  OUTCOME DOES NOT FIT: {problem}")
+        for act in acts["unsettled"]:
+            lines.append(f"  NO OUTCOME: {act}")
+    for claim in claims or []:
+        lines.append(f"FALSE CLAIM in {claim['node']}: {claim['act']}: {claim['why']}")
     if heads_note:
         lines.append(heads_note)
-    emit({"logs": results, "heads_checked": recorded is not None, "heads_note": heads_note}, as_json=args.json,
-         text="\n".join(lines))
-    if not all(entry["ok"] for entry in results):
+    if claims_note:
+        lines.append(claims_note)
+    emit({"logs": results, "heads_checked": recorded is not None, "heads_note": heads_note,
+          "objects_checked": claims is not None, "false_claims": claims or [], "objects_note": claims_note},
+         as_json=args.json, text="\n".join(lines))
+    if not all(entry["ok"] for entry in results) or claims:
         raise SystemExit(1)
+
+
+def _false_claims(args: argparse.Namespace, reports: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """The ``ok`` creations in the logs of objects that do not exist (strongroom.audit.outcomes.false_claims),
+    asking a node which objects exist; (None, why) when no node answers."""
+    from strongroom.audit.outcomes import false_claims
+    from strongroom.client import ClientProfile
+
+    unchecked = "whether every ok creation names an object that exists was NOT checked"
+    if args.file:
+        return None, f"one log given (the others may remove what it creates): {unchecked}"
+    directory = getattr(args, "dir", None) or os.environ.get("STRONGROOM_DIR")
+    if not directory:
+        return None, f"no cluster directory given: {unchecked}"
+    try:
+        profile = ClientProfile.load(Path(directory))
+    except ProfileError as exc:
+        return None, f"the cluster's client profile cannot be read ({exc}): {unchecked}"
+    failures = []
+    for node in profile.nodes:
+        try:
+            with Client(profile, node, timeout=30) as client:
+                def exists(keys: list[str], client: Client = client) -> set[str]:
+                    return set(client.call("audit.objects", keys=keys)["exists"])
+
+                found = false_claims(reports, exists)
+            return [{"node": c.node, "act": c.act, "why": c.why} for c in found], None
+        except Exception as exc:  # noqa: BLE001 - any node that answers will do; say why none did
+            failures.append(f"{node.node_id}: {getattr(exc, 'message', None) or exc}")
+    return None, f"the cluster could not be reached ({'; '.join(failures) or 'no nodes'}): {unchecked}"
 
 
 def _recorded_audit_heads(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]] | None, str | None]:

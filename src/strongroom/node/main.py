@@ -96,6 +96,8 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: SelfTestRepor
     await listener.start(sock, server_context(config.tls_cert, config.tls_key, config.ca_cert))
     tasks = [asyncio.create_task(services.sessions.watch_users()), asyncio.create_task(services.sessions.reap()),
              asyncio.create_task(worker.freshness.run(HEARTBEAT_SECONDS)),
+             # Audit outcomes still to settle or write; worker 0 also settles a dead worker's intents.
+             asyncio.create_task(services.audit.run(orphans=index == 0, checkpoint=config.node_dir / "audit.scan")),
              asyncio.create_task(telemetry.sample(services.sessions, services.keyring, primary=index == 0))]
     if index == 0:
         # One worker per node keeps the heartbeat and looks after automatic backups.

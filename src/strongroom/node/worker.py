@@ -38,6 +38,7 @@ def build_worker(config: NodeConfig, store: Store, selftest: SelfTestReport, boo
     health = Health(selftest, boot, error)
     audit = Auditor(AuditLog(config.audit_path, node_id=config.node_id, boot=boot))
     keyring = ClusterKeyring(config, store, link, health)
+    audit.barrier = lambda: keyring.barrier
     link.on_key = keyring.adopt_key
     registration = Registration(config, keyring, health)
     services = Services(

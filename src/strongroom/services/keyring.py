@@ -20,6 +20,7 @@ from strongroom.errors import CryptokiNotInitialized
 from strongroom.objects.keys import KeyLoader
 from strongroom.objects.repository import ObjectRepository
 from strongroom.seal import destroy_seal, mark_zeroized
+from strongroom.services.auditor import WitnessedBarrier
 from strongroom.services.config import NodeConfig
 from strongroom.services.freshness import derive_key
 from strongroom.services.health import Health
@@ -81,7 +82,8 @@ class ClusterKeyring:
         self.install_cluster_key(cluster_id, key)
 
     def install_cluster_key(self, cluster_id: str, key: bytearray) -> None:
-        self.barrier = Barrier(self._store, key)
+        # Commits carry the marker of the audit intent they fulfil (services/auditor.py).
+        self.barrier = WitnessedBarrier(self._store, key)
         # A store that can authenticate its own bookkeeping (SQLite: versions, history) gets its key.
         self._store.enable_integrity(derive_subkey(key, STORE_INTEGRITY_PURPOSE, cluster_id))
         self.freshness_key = derive_key(key, cluster_id, self.config.node_id)

@@ -15,6 +15,7 @@ from strongroom.barrier import Barrier
 from strongroom.dispatch.ops import kms
 from strongroom.dispatch.table import parse_args
 from strongroom.errors import CKR, ArgumentsBad, HsmError
+from strongroom.services.auditor import Intent, outcome_of
 from strongroom.store.sqlite import SqliteStore
 
 CLUSTER_KEY = bytearray(b"\x24" * 32)
@@ -41,6 +42,15 @@ class FakeServices:
     async def record(self, event: str, *, actor: str | None, outcome: str = "ok",
                      details: dict[str, Any] | None = None) -> None:
         self.audited.append((event, outcome, details or {}))
+
+    async def intent(self, event: str, *, actor: str | None, details: dict[str, Any]) -> Intent:
+        """A change announced (services/auditor.py); its outcome is recorded below with the same details."""
+        self.audited.append((event, "intent", details))
+        return Intent(event, actor, len(self.audited), 1, "node1")
+
+    async def settle(self, intent: Intent, exc: BaseException | None) -> None:
+        outcome = "ok" if exc is None or intent.committed else outcome_of(exc)
+        self.audited.append((intent.event, outcome, self.audited[intent.seq - 1][2]))
 
 
 @dataclass
@@ -224,7 +234,7 @@ def test_sigv4_signing_key_role_binding_date_and_audit(tmp_path, monkeypatch):
         # Refusals are audited aggregated: the first of each group (service user, outcome, source, access key
         # or "unknown") at once, the rest counted into one record when the interval ends.
         refused = [(outcome, d) for e, outcome, d in services.audited
-                   if e == "kms.sigv4.signing_key" and outcome != "ok"]
+                   if e == "kms.sigv4.signing_key" and outcome not in ("ok", "intent")]
         assert sorted(o for o, _ in refused) == ["CKR_ARGUMENTS_BAD", "CKR_KEY_HANDLE_INVALID",
                                                   "CKR_KEY_HANDLE_INVALID"]
         assert all(d["count"] == 1 and d["source"] == "unknown" for _, d in refused)

@@ -441,12 +441,14 @@ async def _audit_issuance_once(call: Call, barrier: Barrier, access_key_id: str,
     dates = list(marker.value.get("dates", [])) if marker is not None else []
     if date in dates:
         return
-    await witness(call, "kms.sigv4.signing_key", {"access_key_id": access_key_id, "date": date})()
+    details = {"access_key_id": access_key_id, "date": date}
     dates = sorted(set(dates) | {date})[-SIGNING_KEY_ISSUED_DATES:]
-    try:
-        await barrier.commit([Write(marker_key, {"dates": dates}, marker)])
-    except ConflictError:
-        pass  # another node wrote the marker meanwhile (at worst one extra audit record that day)
+    async with audited(call, "kms.sigv4.signing_key", details):
+        await witness(call, "kms.sigv4.signing_key", details)()
+        try:
+            await barrier.commit([Write(marker_key, {"dates": dates}, marker)])
+        except ConflictError:
+            pass  # another node wrote the marker meanwhile (at worst one extra audit record that day)
 
 
 @operation("kms.sigv4.signing_key", args=SigV4SigningKeyArgs, roles=CRYPTO_USER)
