@@ -46,6 +46,7 @@ def cmd_up(args: argparse.Namespace, _ctx: Context) -> None:
     summary = local(lambda: cluster.up(
         Path(args.dir), nodes=args.nodes, workers=args.workers, ca_cert=args.ca_cert and Path(args.ca_cert),
         ca_key=args.ca_key and Path(args.ca_key), initialize=not args.no_initialize, kms=args.kms, seal=seal,
+        vault_kv=args.vault_kv,
         custodians=[Path(c) for c in args.custodian or []], threshold=args.threshold, socket_group=args.socket_group))
     # `up` always prints one JSON object: scripts and tests read it.
     emit(summary, as_json=args.json, text=_json_text(summary))
@@ -399,6 +400,8 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
                             "kept in DIR/agent.toml")
         p.add_argument("--kms", action="store_true",
                        help="also start the KMS-compatible gateway (adds kms_endpoint and an access key to the JSON)")
+        p.add_argument("--vault-kv", action="store_true", help="also start the Vault KV v2 endpoint for databases "
+                       "(adds vault_kv_url and a local token to the JSON; docs/tde.md)")
         p.add_argument("--no-initialize", action="store_true",
                        help="leave a new cluster uninitialized (then: cluster init / initialize / activate)")
         add(sub, "down", cmd_down, "stop everything `up` started in DIR")
@@ -447,7 +450,7 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
             "lost its newest records (each node records its log's head in the store)")
     p.add_argument("--file", help="one audit log file (default: every node's log under --dir)")
 
-    from strongroom.cli import hsm, keys, kms, pkcs11, seal
+    from strongroom.cli import hsm, keys, kms, pkcs11, seal, vaultkv
 
     keys.register(sub, add)
     pkcs11.register(sub, add)
@@ -455,6 +458,7 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
     seal.register(sub, add)
     owner.register(sub, add)
     kms.register(sub, add)
+    vaultkv.register(sub, add)
     return parser
 
 

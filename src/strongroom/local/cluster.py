@@ -23,6 +23,7 @@ from strongroom.local.agent import agent_status, start_agent, stop_agent, write_
 from strongroom.local.gateway import gateway_status, start_gateway, stop_gateway
 from strongroom.local.layout import HOST, Layout, LocalClusterError, free_port
 from strongroom.local.nodes import running_pid, start_and_check, stop_node, wait_for_key
+from strongroom.local.vaultkv import start_if_wanted, stop_vault_kv
 from strongroom.metrics.certificates import read_all
 from strongroom.metrics.settings import MetricsSettings
 from strongroom.pkcs11_module import find_module
@@ -187,7 +188,8 @@ def _cluster_existed(layout: Layout) -> bool:
 
 def up(directory: Path, *, nodes: int | None = None, workers: int | None = None, cluster_name: str = "strongroom",
        ca_cert: Path | None = None, ca_key: Path | None = None, initialize: bool = True,
-       kms: bool = False, seal: SealSettings | None = None, custodians: list[Path] | None = None,
+       kms: bool = False, vault_kv: bool = False, seal: SealSettings | None = None,
+       custodians: list[Path] | None = None,
        threshold: int | None = None, socket_group: str | None = None) -> dict[str, Any]:
     """Start the cluster in ``directory``, creating it first if needed.
 
@@ -284,6 +286,9 @@ def up(directory: Path, *, nodes: int | None = None, workers: int | None = None,
         if gateway.get("kms_ca_bundle"):
             # boto3 and the AWS CLI verify the gateway's HTTPS certificate against the cluster's CA.
             env_lines.append(f"export AWS_CA_BUNDLE={gateway['kms_ca_bundle']}")
+    # The Vault KV endpoint for databases (docs/tde.md): like the gateway, it starts again when DIR has its config.
+    vault_kv_fields = start_if_wanted(layout.root, vault_kv, None if made is None else (made.admin_user,
+                                                                                       made.admin_password))
     layout.env_file.write_text("\n".join(env_lines) + "\n")
     summary: dict[str, Any] = {
         "dir": str(layout.root),
@@ -301,6 +306,7 @@ def up(directory: Path, *, nodes: int | None = None, workers: int | None = None,
         "sealed": [n["id"] for n in started if n.get("state") == "sealed"],
         "nodes": started,
         **gateway,
+        **vault_kv_fields,
         "metrics_urls": metrics_urls(layout),
     }
     if seal_settings.type == "file":
@@ -400,6 +406,9 @@ def down(directory: Path) -> dict[str, Any]:
         raise LocalClusterError(f"{directory} holds no Strongroom cluster")
     stopped = []
     gateway_pid = stop_gateway(layout.root)
+    vault_kv_pid = stop_vault_kv(layout.root)
+    if vault_kv_pid is not None:
+        stopped.append({"id": "vault-kv", "pid": vault_kv_pid})
     if gateway_pid is not None:
         stopped.append({"id": "kms", "pid": gateway_pid})
     agent_pid = stop_agent(layout.root)  # before the nodes: the gateway and the agent log out cleanly

@@ -18,4 +18,5 @@ from strongroom.dispatch.ops import (  # noqa: F401
     random,
     session,
     user,
+    vaultkv,
 )

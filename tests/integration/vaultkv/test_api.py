@@ -1,0 +1,231 @@
+"""The Vault KV v2 endpoint over real HTTPS: the routes MariaDB and pg_tde call, their shapes, Vault-shaped
+errors, token scoping (each scope attacked), key versions generated in the cluster, audit of every release."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from strongroom.client import Client, ClientError
+from strongroom.errors import CKR
+from tests.integration.conftest import LocalCluster
+from tests.integration.vaultkv.conftest import VaultEnv
+
+MOUNT = "secret"  # the local token's mount (`up --vault-kv`)
+
+
+def test_up_prints_the_endpoint_and_a_token_and_keeps_them(vault: VaultEnv) -> None:
+    summary = vault.cluster.summary
+    assert summary["vault_kv_url"].startswith("https://127.0.0.1:")
+    assert summary["vault_kv_token"].startswith("hvs.") and summary["vault_kv_mount"] == MOUNT
+    assert summary["vault_kv_ca_bundle"] == summary["ca_cert"]
+    again = vault.cluster.run("up", "--workers", "2")  # without --vault-kv: DIR was set up for it
+    assert again.returncode == 0, again.stderr
+    repeated = json.loads(again.stdout)
+    assert repeated["vault_kv_url"] == summary["vault_kv_url"]
+    assert repeated["vault_kv_token"] == summary["vault_kv_token"]
+    # The token is written nowhere but DIR/vaultkv/token.json (0600): not in the env file.
+    assert summary["vault_kv_token"] not in (vault.cluster.dir / "strongroom.env").read_text()
+    assert (vault.cluster.dir / "vaultkv" / "token.json").stat().st_mode & 0o077 == 0
+
+
+def test_mount_and_tune_answer_kv_version_2_as_the_clients_parse_them(vault: VaultEnv) -> None:
+    tune = vault.get(f"/v1/sys/mounts/{MOUNT}/tune", vault.token)
+    assert tune.status_code == 200 and tune.json()["options"]["version"] == "2"  # MariaDB reads options.version
+    mount = vault.get(f"/v1/sys/mounts/{MOUNT}", vault.token).json()
+    assert mount["data"]["type"] == "kv" and mount["data"]["options"]["version"] == "2"  # pg_tde reads data.*
+    assert vault.get(f"/v1/sys/mounts/{MOUNT}/tune", None).status_code == 403
+
+
+def test_versions_are_generated_in_the_cluster_and_read_back(vault: VaultEnv) -> None:
+    token = vault.token
+    assert vault.get(f"/v1/{MOUNT}/data/gen", token).json() == {"errors": []}  # 404: no key yet
+    first = vault.put(MOUNT, "gen", token)
+    assert first.status_code == 200 and first.json()["data"]["version"] == 1
+    second = vault.put(MOUNT, "gen", token)
+    assert second.json()["data"]["version"] == 2
+    latest, version = vault.key(MOUNT, "gen", token)
+    old, old_version = vault.key(MOUNT, "gen", token, version=1)
+    assert (version, old_version) == (2, 1) and len(latest) == len(old) == 32 and latest != old
+    reply = vault.get(f"/v1/{MOUNT}/data/gen", token).json()["data"]
+    assert base64.b64decode(reply["data"]["key"]) == bytes.fromhex(reply["data"]["data"])  # pg_tde's and MariaDB's
+    assert reply["metadata"]["destroyed"] is False and reply["metadata"]["created_time"].endswith("Z")
+    assert vault.get(f"/v1/{MOUNT}/data/gen?version=3", token).status_code == 404
+    # The size is chosen by the first version and kept by the next ones.
+    assert vault.put(MOUNT, "small", token, {"bits": "128"}).status_code == 200
+    assert vault.put(MOUNT, "small", token).status_code == 200
+    assert len(vault.key(MOUNT, "small", token)[0]) == 16 and len(vault.key(MOUNT, "small", token, 1)[0]) == 16
+
+
+def test_a_write_carrying_key_material_is_refused(vault: VaultEnv) -> None:
+    chosen = "00" * 32
+    for data in ({"data": chosen}, {"key": base64.b64encode(bytes(32)).decode()}):
+        reply = vault.put(MOUNT, "chosen", vault.token, data)
+        assert reply.status_code == 400 and "carries no key material" in reply.json()["errors"][0]
+    assert vault.get(f"/v1/{MOUNT}/data/chosen", vault.token).status_code == 404  # nothing was stored
+
+
+def test_check_and_set(vault: VaultEnv) -> None:
+    assert vault.put(MOUNT, "cas", vault.token, options={"cas": 1}).status_code == 400  # the key does not exist
+    assert vault.put(MOUNT, "cas", vault.token, options={"cas": 0}).json()["data"]["version"] == 1
+    refused = vault.put(MOUNT, "cas", vault.token, options={"cas": 0})
+    assert refused.status_code == 400 and "check-and-set" in refused.json()["errors"][0]
+    assert vault.put(MOUNT, "cas", vault.token, options={"cas": 1}).json()["data"]["version"] == 2
+
+
+def test_listing_names_only_what_the_token_reaches(vault: VaultEnv) -> None:
+    writer = vault.token_create("listing", "write")
+    assert vault.get("/v1/listing/metadata/?list=true", writer["token"]).status_code == 404  # empty: pg_tde's 404
+    for name in ("a1", "a2", "b1"):
+        assert vault.put("listing", name, writer["token"]).status_code == 200
+    listed = vault.get("/v1/listing/metadata/?list=true", writer["token"]).json()["data"]["keys"]
+    assert listed == ["a1", "a2", "b1"]
+    narrow = vault.token_create("listing", "read", "a?")
+    assert vault.get("/v1/listing/metadata/?list=true", narrow["token"]).json()["data"]["keys"] == ["a1", "a2"]
+
+
+def test_every_scope_of_a_token_holds(vault: VaultEnv) -> None:
+    """Each attack first succeeds with the token that has the right, then fails with the one that lacks it."""
+    writer = vault.token_create("scoped", "write", "db-*", display_name="scoped writer")
+    reader = vault.token_create("scoped", "read", "db-1", display_name="scoped reader")
+    assert vault.put("scoped", "db-1", writer["token"]).status_code == 200
+    assert vault.put("scoped", "other", writer["token"]).status_code == 403  # a name outside its patterns
+    assert vault.put("scoped", "db-1", reader["token"]).status_code == 403   # a read token writes nothing
+    assert vault.key("scoped", "db-1", reader["token"])[1] == 1
+    assert vault.put("scoped", "db-2", writer["token"]).status_code == 200
+    assert vault.get("/v1/scoped/data/db-2", reader["token"]).status_code == 403  # not among its names
+    assert vault.get("/v1/scoped/data/db-1", vault.token).status_code == 403       # the `secret` token: another mount
+    assert vault.get(f"/v1/{MOUNT}/data/gen", reader["token"]).status_code == 403
+    forged = reader["token"][:-4] + ("AAAA" if not reader["token"].endswith("AAAA") else "BBBB")
+    assert vault.get("/v1/scoped/data/db-1", forged).status_code == 403            # right accessor, wrong secret
+    assert vault.get("/v1/scoped/data/db-1", None).status_code == 403
+    bearer = vault.http("GET", "/v1/scoped/data/db-1", headers={"Authorization": f"Bearer {reader['token']}"})
+    assert bearer.status_code == 200
+    for reply in (vault.get("/v1/scoped/data/db-2", reader["token"]), vault.get("/v1/scoped/data/db-1", forged)):
+        assert reply.json() == {"errors": ["permission denied"]}  # Vault's answer: never which part was wrong
+    outcomes = {r["outcome"] for r in vault.audit_events("vaultkv.key.release", accessor=reader["accessor"])}
+    assert outcomes == {"ok", "CKR_ACTION_PROHIBITED"}  # the releases and the refusals, each with its token
+
+
+def test_expired_and_revoked_tokens_are_refused(vault: VaultEnv) -> None:
+    short = vault.token_create("mortal", "write", ttl="2s")
+    assert vault.put("mortal", "k", short["token"]).status_code == 200
+    time.sleep(2.5)
+    assert vault.get("/v1/mortal/data/k", short["token"]).status_code == 403
+    revoked = vault.token_create("mortal", "read")
+    assert vault.key("mortal", "k", revoked["token"])[1] == 1
+    vault.revoke(revoked["accessor"])
+    assert vault.get("/v1/mortal/data/k", revoked["token"]).status_code == 403
+    code, listed = vault.cluster.cli("vault-kv", "token", "list", pin=vault.cluster.admin_pin)
+    assert code == 0
+    accessors = [t["accessor"] for t in listed["data"]["tokens"]]
+    assert short["accessor"] in accessors and revoked["accessor"] not in accessors
+    assert all("token" not in t and "digest" not in t for t in listed["data"]["tokens"])
+
+
+def test_every_release_is_audited_with_who_which_key_and_version(vault: VaultEnv) -> None:
+    reader = vault.token_create(MOUNT, "read", "gen", display_name="audited reader")
+    vault.key(MOUNT, "gen", reader["token"], version=1)
+    vault.key(MOUNT, "gen", reader["token"])
+    released = vault.audit_events("vaultkv.key.release", accessor=reader["accessor"])
+    assert [(r["outcome"], r["details"]["version"]) for r in released] == [("ok", 1), ("ok", 2)]
+    record = released[0]
+    assert record["actor"] == "vaultkv" and record["details"]["token_name"] == "audited reader"
+    assert (record["details"]["mount"], record["details"]["name"], record["details"]["source"]) == \
+        (MOUNT, "gen", "127.0.0.1")
+    assert all(reader["token"][20:] not in json.dumps(r) for r in vault.audit())  # the secret is never logged
+    assert vault.audit_events("vaultkv.key.write", name="gen", version=2)
+
+
+def test_vault_shaped_errors_and_limits(vault: VaultEnv) -> None:
+    token = vault.token
+    unknown = vault.get("/v1/sys/policies/acl", token)
+    assert unknown.status_code == 404 and isinstance(unknown.json()["errors"], list)
+    assert vault.http("DELETE", f"/v1/{MOUNT}/data/gen", token=token).json() == {"errors": []}
+    assert vault.http("DELETE", f"/v1/{MOUNT}/data/gen", token=token).status_code == 405
+    bad_json = vault.http("POST", f"/v1/{MOUNT}/data/x", token=token, content=b"{not json")
+    assert bad_json.status_code == 400 and bad_json.json()["errors"]
+    deep = vault.http("POST", f"/v1/{MOUNT}/data/x", token=token, content=b'{"data":' * 20 + b"{}" + b"}" * 20)
+    assert deep.status_code == 400
+    big = vault.http("POST", f"/v1/{MOUNT}/data/x", token=token, content=b" " * (64 * 1024))
+    assert big.status_code == 413 and big.json()["errors"]
+    assert vault.get(f"/v1/{MOUNT}/data/gen?version=one", token).status_code == 400
+    assert vault.http("GET", f"/v1/{MOUNT}/data/gen", token=token,
+                      headers={"X-Vault-Namespace": "team"}).status_code == 400
+    assert vault.get(f"/v1/{MOUNT}/data/bad%2Fname", token).status_code == 400
+    assert vault.get(f"/v1/{MOUNT}/data/gen", "x" * 300).status_code == 403
+    assert vault.put(MOUNT, "x", token, {"bits": "512"}).status_code == 400
+    assert vault.put(MOUNT, "x", token, options={"cas": "1"}).status_code == 400
+
+
+def test_only_tls_with_the_clusters_ca(vault: VaultEnv) -> None:
+    with pytest.raises(httpx.ConnectError):  # the system trust store does not know the cluster's CA
+        httpx.get(vault.url + f"/v1/sys/mounts/{MOUNT}/tune", headers={"X-Vault-Token": vault.token}, timeout=10)
+    host, port = vault.url.removeprefix("https://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as plain:  # plain HTTP gets no answer in clear
+        plain.sendall(b"GET /v1/sys/mounts/secret/tune HTTP/1.1\r\nHost: x\r\nX-Vault-Token: " +
+                      vault.token.encode() + b"\r\n\r\n")
+        try:
+            answer = plain.recv(4096)
+        except OSError:
+            answer = b""
+    assert b"version" not in answer
+
+
+def test_refused_tokens_are_rate_limited(vault: VaultEnv) -> None:
+    assert vault.key(MOUNT, "gen", vault.token)[1] == 2
+    statuses = [vault.get(f"/v1/{MOUNT}/data/gen", "hvs.Flood0000000000" + "x" * 32).status_code for _ in range(60)]
+    assert statuses[0] == 403 and statuses[-1] == 429, statuses
+    assert vault.get(f"/v1/{MOUNT}/data/gen", "hvs.Flood0000000000" + "y" * 32).json()["errors"][0].startswith(
+        "rate limit quota exceeded")
+    # A token the node accepted lately, sent from the same address, is not held back by the flood.
+    assert vault.key(MOUNT, "gen", vault.token)[1] == 2
+
+
+def test_the_service_user_reaches_no_key_without_a_token(vault: VaultEnv) -> None:
+    """The service's own password is not enough: the node wants a token made for it, on every request. Another
+    crypto user holding a valid token gets nothing either (the token names its service user)."""
+    password = (vault.cluster.dir / "vaultkv" / "vaultkv.password").read_text().strip()
+    with Client.from_dir(vault.cluster.dir, timeout=30) as service:
+        service.login("vaultkv", password)
+        with pytest.raises(ClientError) as refused:
+            service.call("vaultkv.key.read", token="hvs." + "A" * 48, mount=MOUNT, name="gen")
+        assert refused.value.code == CKR.ACTION_PROHIBITED
+        assert service.call("vaultkv.key.read", token=vault.token, mount=MOUNT, name="gen")["version"] == 2
+    other = vault.cluster.crypto_user("mallory", "password1")
+    with pytest.raises(ClientError) as stolen:
+        other.call("vaultkv.key.read", token=vault.token, mount=MOUNT, name="gen")
+    assert stolen.value.code == CKR.ACTION_PROHIBITED
+    admin = vault.cluster.admin()
+    with pytest.raises(ClientError) as role:
+        admin.call("vaultkv.key.read", token=vault.token, mount=MOUNT, name="gen")
+    assert role.value.code in (CKR.ACTION_PROHIBITED, CKR.USER_TYPE_INVALID)
+    with pytest.raises(ClientError):  # a token may name only an existing crypto user
+        admin.call("vaultkv.token.create", mount=MOUNT, policy="read", service_user="admin")
+
+
+def test_stop_and_start_keep_port_tokens_and_keys(vault: VaultEnv) -> None:
+    before = vault.key(MOUNT, "gen", vault.token)
+    code, stopped = vault.cluster.cli("vault-kv", "stop")
+    assert code == 0 and stopped["data"]["stopped"]
+    with pytest.raises(httpx.ConnectError):
+        vault.get(f"/v1/{MOUNT}/data/gen", vault.token)
+    code, started = vault.cluster.cli("vault-kv", "start", pin=vault.cluster.admin_pin)
+    assert code == 0 and started["data"]["vault_kv_url"] == vault.url
+    assert vault.key(MOUNT, "gen", vault.token) == before
+
+
+def test_down_stops_the_service(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path / "cluster", up_args=("--vault-kv",))
+    cluster.up()
+    try:
+        pid = cluster.summary["vault_kv_pid"]
+    finally:
+        stopped = cluster.down()["stopped"]
+    assert {"id": "vault-kv", "pid": pid} in stopped
