@@ -20,11 +20,15 @@ T = TypeVar("T")
 PROBE_SECONDS = 5.0
 
 
-def directory(args: argparse.Namespace) -> Path:
+def directory(args: argparse.Namespace, *, up: bool = False) -> Path:
     """``--dir``, else ``STRONGROOM_DIR``; a CLI error saying what to pass otherwise."""
     path = getattr(args, "dir", None) or os.environ.get("STRONGROOM_DIR")
     if not path:
-        raise CliError("give the cluster directory with --dir DIR (or set STRONGROOM_DIR)")
+        if up:
+            raise CliError("give the directory of the local cluster with --dir DIR (created on first use), e.g. "
+                           "`strongroom up --dir /tmp/strongroom`; or set STRONGROOM_DIR")
+        raise CliError("give the cluster directory with --dir DIR (the one `strongroom up --dir DIR` made), "
+                       "or set STRONGROOM_DIR (`. DIR/strongroom.env` sets it)")
     return Path(path)
 
 

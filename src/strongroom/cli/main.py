@@ -9,7 +9,9 @@ login across commands. Every command accepts ``--json`` and then prints
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
+import io
 import os
 import shlex
 import sys
@@ -17,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from strongroom.cli.common import local
+from strongroom.cli.common import directory, local
 from strongroom.cli.context import Context, Handler
 from strongroom.cli.output import CliError, emit, emit_error, table
 from strongroom.client import Client, ClientError, ProfileError
@@ -44,7 +46,7 @@ def cmd_up(args: argparse.Namespace, _ctx: Context) -> None:
         except SealError as exc:
             raise CliError(str(exc)) from None
     summary = local(lambda: cluster.up(
-        Path(args.dir), nodes=args.nodes, workers=args.workers, ca_cert=args.ca_cert and Path(args.ca_cert),
+        directory(args, up=True), nodes=args.nodes, workers=args.workers, ca_cert=args.ca_cert and Path(args.ca_cert),
         ca_key=args.ca_key and Path(args.ca_key), initialize=not args.no_initialize, kms=args.kms, seal=seal,
         vault_kv=args.vault_kv,
         custodians=[Path(c) for c in args.custodian or []], threshold=args.threshold, socket_group=args.socket_group))
@@ -55,7 +57,7 @@ def cmd_up(args: argparse.Namespace, _ctx: Context) -> None:
 def cmd_down(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.local import cluster
 
-    result = local(lambda: cluster.down(Path(args.dir)))
+    result = local(lambda: cluster.down(directory(args)))
     stopped = ", ".join(f"{n['id']} (pid {n['pid']})" for n in result["stopped"]) or "nothing was running"
     emit(result, as_json=args.json, text=f"stopped: {stopped}")
 
@@ -63,7 +65,7 @@ def cmd_down(args: argparse.Namespace, _ctx: Context) -> None:
 def cmd_status(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.local import cluster
 
-    result = local(lambda: cluster.status(Path(args.dir)))
+    result = local(lambda: cluster.status(directory(args)))
     text = f"cluster {result['cluster_name']}: {'healthy' if result['healthy'] else 'NOT healthy'}\n"
     text += table(result["nodes"], ["id", "zone", "address", "pid", "health", "state", "seal", "version", "error"])
     if any(n.get("seal") == "file" for n in result["nodes"]):
@@ -77,9 +79,23 @@ def cmd_status(args: argparse.Namespace, _ctx: Context) -> None:
     if result.get("kms"):
         kms = result["kms"]
         text += f"\nkms gateway: {kms['health']} (pid {kms['pid']}, {kms['endpoint']})"
-    emit(result, as_json=args.json, text=text)
-    if not result["healthy"]:
-        raise SystemExit(1)
+    if result["certificates_expiring"]:
+        text += "\nwarning: certificates expiring within 30 days (`strongroom cert rotate`): " + ", ".join(
+            f"{c['name']} ({c['not_after']})" for c in result["certificates"] if c["expiring"])
+    if result["healthy"]:
+        emit(result, as_json=args.json, text=text)
+        return
+    # Not healthy: an error envelope (a non-zero error_code) that still carries what was seen, and exit 1.
+    unwell = [n["id"] for n in result["nodes"] if n["health"] != "healthy"]
+    unwell += ["agent"] if result["agent"]["health"] != "running" else []
+    unwell += [m["id"] for m in result["etcd"] if m["health"] != "healthy"]
+    unwell += ["kms" for kms in [result.get("kms")] if kms and kms["health"] != "running"]
+    error = CliError(f"not healthy: {', '.join(unwell)}", name="CLUSTER_UNHEALTHY")
+    if args.json:
+        emit_error(error, as_json=True, data=result)
+    else:
+        print(text)
+    raise SystemExit(1)
 
 
 def cmd_node_serve(args: argparse.Namespace, _ctx: Context) -> None:
@@ -465,8 +481,16 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
 def run(argv: list[str], ctx: Context, parser: argparse.ArgumentParser) -> int:
     as_json = "--json" in argv
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse already printed the usage error
+        if as_json:  # a usage error is an envelope too, not argparse's text on stderr
+            with contextlib.redirect_stderr(io.StringIO()) as said:
+                args = parser.parse_args(argv)
+        else:
+            args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse printed the usage error (or --help, --version)
+        if as_json and exc.code:
+            lines = said.getvalue().strip().splitlines()
+            message = lines[-1].partition(": error: ")[2] if lines else "invalid arguments"
+            emit_error(CliError(message or lines[-1], name="USAGE"), as_json=True)
         return int(exc.code or 0)
     except argparse.ArgumentError as exc:
         emit_error(CliError(str(exc), name="USAGE"), as_json=as_json)

@@ -35,6 +35,10 @@ def _read(path: str, what: str) -> bytes:
 def cmd_init(args: argparse.Namespace, _ctx: Context) -> None:
     with node_client(args, operator=False) as client:
         result = client.cluster_initialize(args.name)
+    from strongroom.local.cluster import rename
+
+    # The token label, client.json and `status` follow the name (a local directory's agent restarts).
+    local(lambda: rename(directory(args), args.name))
     if args.out:
         Path(args.out).write_text(result["csr"])
     emit(result, as_json=args.json,

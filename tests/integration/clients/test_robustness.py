@@ -272,9 +272,11 @@ def setup_user(target: Pkcs11Target, name: str) -> str:
 
 
 def cluster_status(cluster: LocalCluster) -> dict[str, Any]:
-    """`strongroom status --json` (exit status 1 when something is not healthy)."""
+    """`strongroom status --json`: an error envelope (with the data) and exit status 1 when something is not
+    healthy, error_code 0 and exit status 0 otherwise."""
     code, reply = cluster.cli("status")
-    assert reply["error_code"] == 0 and code == (0 if reply["data"]["healthy"] else 1), reply
+    healthy = reply["data"]["healthy"]
+    assert (reply["error_code"] == 0) == healthy and code == (0 if healthy else 1), reply
     return reply["data"]
 
 
