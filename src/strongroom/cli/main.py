@@ -67,7 +67,13 @@ def cmd_status(args: argparse.Namespace, _ctx: Context) -> None:
 
     result = local(lambda: cluster.status(directory(args)))
     text = f"cluster {result['cluster_name']}: {'healthy' if result['healthy'] else 'NOT healthy'}\n"
-    text += table(result["nodes"], ["id", "zone", "address", "pid", "health", "state", "seal", "version", "error"])
+    text += table(result["nodes"], ["id", "zone", "address", "pid", "health", "state", "seal", "version", "restarts",
+                                    "error"])
+    for node in result["nodes"]:
+        for worker in node.get("workers") or []:
+            if worker.get("last_exit"):
+                text += (f"\n{node['id']} worker {worker['index']}: restarted {worker['restarts']} times, last "
+                         f"{worker['last_exit']}")
     if any(n.get("seal") == "file" for n in result["nodes"]):
         from strongroom.seal.file import WARNING
 

@@ -457,6 +457,9 @@ def status(directory: Path) -> dict[str, Any]:
                 entry["seal_detail"] = seal.get("detail")
                 entry["error"] = node_status["error"]
                 entry["self_tests_failed"] = node_status["self_tests"]["failed"]
+                workers = node_status.get("workers") or []
+                entry["workers"] = workers
+                entry["restarts"] = sum(int(w.get("restarts") or 0) for w in workers)
                 if cluster_name is None and entry["health"] == "healthy":
                     cluster_name = _cluster_name(profile, node)
             except ClientError as exc:

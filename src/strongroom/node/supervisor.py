@@ -13,8 +13,11 @@ The node process (the pid ``strongroom up`` records) hardens itself, self-tests,
    workers forward (:mod:`strongroom.seal.shares`); the key, once here, goes to every worker;
 4. keeps the key a worker made (``cluster.initialize``) and hands it to the others.
 
-One worker dying takes the node down: a supervisor (systemd, ``strongroom up``) restarts it
-whole, rather than running with less capacity unnoticed.
+A worker that dies is restarted (:meth:`Supervisor._restart`), after a pause that doubles with
+each death in a row (up to :data:`MAX_BACKOFF`); every death is logged and audited
+(``node.worker_exit``) and shows in ``node.status`` (``workers``). The node as a whole stops
+only when told to (SIGTERM/SIGINT, a worker asking it to: zeroize), or on a tamper response; it
+then says why in its log and its audit log (``node.stop``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +58,11 @@ log = logging.getLogger("strongroom.node")
 
 #: Between two rounds of asking the peers for the key, and of retrying an unreachable seal provider.
 RETRY_SECONDS = 3.0
+#: The first pause before a dead worker is started again; it doubles with each death in a row.
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+#: A worker that ran this long before dying starts its series of restarts afresh.
+STABLE_SECONDS = 60.0
 
 
 class SealRefusal(Exception):
@@ -78,8 +87,44 @@ class WorkerHandle:
     pid: int
     #: The supervisor's end of the worker's channel.
     channel: socket.socket
+    index: int = 0
+    started: float = field(default_factory=time.monotonic)
     writer: asyncio.StreamWriter | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+@dataclass
+class WorkerRecord:
+    """What ``node.status`` shows of one worker slot: restarts and the last death."""
+
+    index: int
+    pid: int | None = None
+    started: float = 0.0
+    restarts: int = 0
+    #: Deaths in a row without a stable run in between (sets the backoff).
+    streak: int = 0
+    last_exit: str | None = None
+    last_exit_at: float | None = None
+    restart_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        now = time.time()
+        return {"index": self.index, "pid": self.pid, "restarts": self.restarts, "last_exit": self.last_exit,
+                "last_exit_at": self.last_exit_at,
+                "uptime_seconds": None if self.pid is None else round(time.monotonic() - self.started, 1),
+                "restart_in_seconds": None if self.restart_at is None else max(0.0, round(self.restart_at - now, 1))}
+
+
+def describe_exit(status: int) -> str:
+    """How a worker ended, in words (a signal by name)."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        return f"killed by {name}" + (" (core dumped)" if os.WCOREDUMP(status) else "")
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
 class Supervisor:
@@ -92,9 +137,14 @@ class Supervisor:
         self.key: bytearray | None = None
         self.seal = SealState(config.seal.type)
         self.workers: dict[int, WorkerHandle] = {}
+        self.slots: dict[int, WorkerRecord] = {}
         self.attempt: UnsealAttempt | None = None
         self.status = 0
         self._stopping = False
+        #: Why the node stops (logged and audited once).
+        self.stop_reason: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done: asyncio.Event | None = None
         self._audit = AuditLog(config.audit_path, node_id=config.node_id, boot=boot)
 
     # --- the seal ----------------------------------------------------------------------------
@@ -170,43 +220,59 @@ class Supervisor:
     # --- workers -----------------------------------------------------------------------------
 
     def start_workers(self) -> None:
-        parent = os.getpid()
         for index in range(max(1, self.config.workers)):
-            ours, theirs = socket.socketpair()
-            pid = os.fork()
-            if pid == 0:
-                code = 0
-                try:
-                    ours.close()
-                    for sibling in self.workers.values():
-                        # The supervisor's ends of the siblings' channels: held here, they would keep a
-                        # sibling from seeing end-of-file when the supervisor dies.
-                        sibling.channel.close()
-                    if not die_with_parent(parent):
-                        os._exit(0)
-                    initial = None
-                    if self.key is not None and self.cluster_id is not None:
-                        initial = (self.cluster_id, bytearray(self.key))
-                    self._wipe()  # the worker keeps its own copy only
-                    self.run_worker(theirs, initial, index)
-                except BaseException:  # a worker must never return into the supervisor's code
-                    log.exception("worker crashed")
-                    code = 1
-                finally:
-                    os._exit(code)
-            theirs.close()
-            self.workers[pid] = WorkerHandle(pid, ours)
-        self.sock.close()
+            self._spawn(index)
+        # The listening socket stays open here: a worker started again later accepts on it, and
+        # connections that arrive while no worker runs wait in its backlog instead of being refused.
+
+    def _spawn(self, index: int) -> WorkerHandle:
+        parent = os.getpid()
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                # Forked from a running supervisor (a restart): nothing of its loop's signal set-up applies.
+                signal.set_wakeup_fd(-1)
+                for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+                    signal.signal(signum, signal.SIG_DFL)
+                ours.close()
+                for sibling in self.workers.values():
+                    # The supervisor's ends of the siblings' channels: held here, they would keep a
+                    # sibling from seeing end-of-file when the supervisor dies.
+                    sibling.channel.close()
+                if not die_with_parent(parent):
+                    os._exit(0)
+                initial = None
+                if self.key is not None and self.cluster_id is not None:
+                    initial = (self.cluster_id, bytearray(self.key))
+                self._wipe()  # the worker keeps its own copy only
+                self.run_worker(theirs, initial, index)
+            except BaseException:  # a worker must never return into the supervisor's code
+                log.exception("worker crashed")
+                code = 1
+            finally:
+                os._exit(code)
+        theirs.close()
+        handle = WorkerHandle(pid, ours, index)
+        self.workers[pid] = handle
+        slot = self.slots.setdefault(index, WorkerRecord(index))
+        slot.pid, slot.started, slot.restart_at = pid, handle.started, None
+        return handle
+
+    async def _attach(self, handle: WorkerHandle) -> None:
+        reader, handle.writer = await open_stream(handle.channel)
+        assert self._loop is not None
+        handle.tasks.append(self._loop.create_task(self._serve_worker(handle, reader)))
 
     async def supervise(self) -> int:
-        loop = asyncio.get_running_loop()
-        for handle in self.workers.values():
-            reader, handle.writer = await open_stream(handle.channel)
-            handle.tasks.append(loop.create_task(self._serve_worker(handle, reader)))
-        done = asyncio.Event()
+        loop = self._loop = asyncio.get_running_loop()
+        for handle in list(self.workers.values()):
+            await self._attach(handle)
+        done = self._done = asyncio.Event()
         loop.add_signal_handler(signal.SIGCHLD, self._reap, done)
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stop_all)
+            loop.add_signal_handler(signum, self._signalled, signum)
         obtain = loop.create_task(self._obtain_key())
         node_metrics.start_supervisor(self.config, self.seal_status)
         self._reap(done)  # a worker may have died before the handler was in place
@@ -218,15 +284,28 @@ class Supervisor:
         self._wipe()
         if self.attempt is not None:
             self.attempt.wipe()
+        self.sock.close()
+        reason = self.stop_reason or "every worker ended"
+        log.log(logging.ERROR if self.status else logging.INFO, "node stopped (status %d): %s", self.status, reason)
+        self._record("node.stop", {"reason": reason, "status": self.status},
+                     outcome="ok" if self.status == 0 else "CKR_DEVICE_ERROR")
         return self.status
 
-    def _stop_all(self) -> None:
-        self._stopping = True
+    def _signalled(self, signum: int) -> None:
+        self._stop_all(f"received {signal.Signals(signum).name}")
+
+    def _stop_all(self, reason: str = "stopping") -> None:
+        if not self._stopping:
+            self._stopping = True
+            self.stop_reason = reason
+            log.info("stopping the node: %s", reason)
         for pid in list(self.workers):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        if not self.workers and self._done is not None:
+            self._done.set()  # every worker was dead already (waiting to be started again)
 
     def _reap(self, done: asyncio.Event) -> None:
         # Only our workers' pids: a seal provider's tool (tpm2-tools) is reaped by its own caller.
@@ -237,14 +316,53 @@ class Supervisor:
                 reaped, status = pid, 0
             if reaped == 0:
                 continue
-            self.workers.pop(pid, None)
-            code = os.waitstatus_to_exitcode(status)
-            if code != 0 and not self._stopping:
-                self.status = 1
-                log.error("worker %d ended with status %d; stopping the node", pid, code)
-            self._stop_all()
-        if not self.workers:
+            handle = self.workers.pop(pid)
+            for task in handle.tasks:
+                task.cancel()
+            handle.channel.close()
+            if not self._stopping:
+                self._worker_died(handle, status)
+        if self._stopping and not self.workers:
             done.set()
+
+    def _worker_died(self, handle: WorkerHandle, status: int) -> None:
+        """Log and audit the death of a worker, and start it again after its backoff."""
+        slot = self.slots.setdefault(handle.index, WorkerRecord(handle.index))
+        ran = time.monotonic() - handle.started
+        slot.streak = 1 if ran >= STABLE_SECONDS else slot.streak + 1
+        delay = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (slot.streak - 1))
+        how = describe_exit(status)
+        slot.pid, slot.last_exit, slot.last_exit_at = None, how, time.time()
+        slot.restart_at = time.time() + delay
+        log.error("worker %d (index %d) %s after %.1f s; starting it again in %.1f s (restart %d)",
+                  handle.pid, handle.index, how, ran, delay, slot.restarts + 1)
+        self._record("node.worker_exit", {"pid": handle.pid, "index": handle.index, "exit": how,
+                                          "ran_seconds": round(ran, 1), "restart_in_seconds": delay},
+                     outcome="CKR_DEVICE_ERROR")
+        assert self._loop is not None
+        self._loop.call_later(delay, lambda: self._loop.create_task(self._restart(handle.index))
+                              if self._loop is not None else None)
+
+    async def _restart(self, index: int) -> None:
+        if self._stopping or any(h.index == index for h in self.workers.values()):
+            return
+        slot = self.slots[index]
+        try:
+            handle = self._spawn(index)
+            await self._attach(handle)
+        except Exception as exc:  # noqa: BLE001 - a failed fork is retried like a death
+            log.error("could not start worker %d again: %s; retrying in %.0f s", index, exc, MAX_BACKOFF)
+            slot.restart_at = time.time() + MAX_BACKOFF
+            assert self._loop is not None
+            self._loop.call_later(MAX_BACKOFF, lambda: self._loop.create_task(self._restart(index))
+                                  if self._loop is not None else None)
+            return
+        slot.restarts += 1
+        log.info("worker %d started again as pid %d", index, handle.pid)
+        self._record("node.worker_restart", {"index": index, "pid": handle.pid, "restarts": slot.restarts})
+
+    def workers_status(self) -> list[dict[str, Any]]:
+        return [self.slots[index].to_dict() for index in sorted(self.slots)]
 
     def _broadcast_key(self, skip: WorkerHandle | None = None) -> None:
         if self.key is None or self.cluster_id is None:
@@ -279,7 +397,7 @@ class Supervisor:
 
     async def _answer(self, kind: Any, message: dict[str, Any]) -> dict[str, Any]:
         if kind == "status":
-            return {"seal": self.seal_status()}
+            return {"seal": self.seal_status(), "workers": self.workers_status()}
         if kind == "unseal_begin":
             try:
                 return {"attempt": self._attempt().describe()}
@@ -369,7 +487,7 @@ class Supervisor:
                     log.error("refusing to serve: tamper response: %s", exc)
                     self.seal.detail = f"tamper response: {exc}"
                     self.status = 2
-                    self._stop_all()
+                    self._stop_all(f"tamper response: {exc}")
                     return
                 self._install(identity.cluster_id, key, how="seal provider reached")
                 self._broadcast_key()

@@ -167,6 +167,16 @@ class ClusterKeyring:
             raise CryptokiNotInitialized("the cluster is not initialized")
         return self.users
 
+    async def workers_status(self) -> list[dict[str, Any]] | None:
+        """The node's workers as the supervisor sees them (restarts, last death); None when it cannot tell."""
+        if not self.supervisor.attached:
+            return None
+        try:
+            workers = (await self.supervisor.request("status")).get("workers")
+        except Exception:  # noqa: BLE001 - status must describe, not fail
+            return None
+        return list(workers) if isinstance(workers, list) else None
+
     async def seal_status(self) -> dict[str, Any]:
         """The seal as the supervisor sees it (type, sealed or not, why, unseal progress)."""
         if not self.supervisor.attached:

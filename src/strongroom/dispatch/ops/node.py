@@ -49,6 +49,9 @@ async def status(call: Call, _args: None) -> dict[str, Any]:
         "uptime_seconds": round(time.time() - services.health.started, 3),
         "sessions": len(services.sessions.logins),
         "requests": services.health.counters["requests"],
+        # Restarts and the last death of each worker (the supervisor starts a dead one again).
+        "workers": await services.keyring.workers_status(),
+        "audit_pending": services.audit.pending,
     }
 
 
