@@ -54,8 +54,16 @@ ADDITIONS_3_2 = {
 }
 
 
+#: Strongroom's vendor-defined attributes (CKA_VENDOR_DEFINED | 0x53520000 + n, "SR"): a key's quorum values,
+#: CloudHSM's manage-key-quorum-value and use-key-quorum-value (docs/quorum.md).
+VENDOR = {
+    "CKA_STRONGROOM_MANAGE_KEY_QUORUM": 0x80000000 | 0x53520001,
+    "CKA_STRONGROOM_USE_KEY_QUORUM": 0x80000000 | 0x53520002,
+}
+
+
 def add_3_2(groups: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    for name, value in ADDITIONS_3_2.items():
+    for name, value in {**ADDITIONS_3_2, **VENDOR}.items():
         prefix, _, rest = name.partition("_")
         groups[prefix].setdefault(rest, value)
     return groups
@@ -70,7 +78,8 @@ def render(groups: dict[str, dict[str, int]]) -> str:
     lines = [
         '"""PKCS#11 constants (v2.40 + the 3.0 additions p11-kit knows), generated from p11-kit\'s header.',
         "",
-        "The PKCS#11 3.2 additions the node uses (ML-KEM, ML-DSA) come from the script's ADDITIONS_3_2.",
+        "The PKCS#11 3.2 additions the node uses (ML-KEM, ML-DSA) come from the script's ADDITIONS_3_2, and",
+        "Strongroom's vendor-defined attributes from its VENDOR.",
         "",
         "Do not edit: run scripts/gen_constants.py. Names drop the prefix (``CKA.LABEL`` is ``CKA_LABEL``);",
         "names that start with a digit keep a leading underscore. Aliases share a value; IntEnum keeps",

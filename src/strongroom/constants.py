@@ -1,6 +1,7 @@
 """PKCS#11 constants (v2.40 + the 3.0 additions p11-kit knows), generated from p11-kit's header.
 
-The PKCS#11 3.2 additions the node uses (ML-KEM, ML-DSA) come from the script's ADDITIONS_3_2.
+The PKCS#11 3.2 additions the node uses (ML-KEM, ML-DSA) come from the script's ADDITIONS_3_2, and
+Strongroom's vendor-defined attributes from its VENDOR.
 
 Do not edit: run scripts/gen_constants.py. Names drop the prefix (``CKA.LABEL`` is ``CKA_LABEL``);
 names that start with a digit keep a leading underscore. Aliases share a value; IntEnum keeps
@@ -123,6 +124,8 @@ class CKA(enum.IntEnum):
     ENCAPSULATE = 0x633
     DECAPSULATE = 0x634
     SEED = 0x637
+    STRONGROOM_MANAGE_KEY_QUORUM = 0xd3520001
+    STRONGROOM_USE_KEY_QUORUM = 0xd3520002
     ECDSA_PARAMS = 0x180
 
 

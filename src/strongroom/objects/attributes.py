@@ -180,6 +180,10 @@ RULES: dict[int, Rule] = {
         _r(CKA.ENCAPSULATE, _B, frozenset({CKO.PUBLIC_KEY}), copy=_USAGE),
         _r(CKA.DECAPSULATE, _B, frozenset({CKO.PRIVATE_KEY}), copy=_USAGE),
         _r(CKA.SEED, _Y, frozenset({CKO.PRIVATE_KEY}), settable=Op.NONE, secret=True),
+        # Strongroom's vendor-defined attributes: the key's quorum values (CloudHSM's manage-key-quorum-value and
+        # use-key-quorum-value; 0 = none), given when the key is made and never changed (dispatch/quorum.py).
+        _r(CKA.STRONGROOM_MANAGE_KEY_QUORUM, _U, SECRET_OR_PRIVATE, settable=ALL_MAKE, default=0, copy=Copy.KEEP),
+        _r(CKA.STRONGROOM_USE_KEY_QUORUM, _U, SECRET_OR_PRIVATE, settable=ALL_MAKE, default=0, copy=Copy.KEEP),
         # Private components: held inside the node only, never readable, never set in clear.
         *[
             _r(cka, _Y, frozenset({CKO.PRIVATE_KEY}), settable=Op.NONE, secret=True)

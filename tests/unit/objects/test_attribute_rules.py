@@ -148,6 +148,9 @@ SPEC: dict[int, Spec] = {
     CKA.ENCAPSULATE: Spec(frozenset({PU}), ALL),
     CKA.DECAPSULATE: Spec(frozenset({PR}), ALL),
     CKA.SEED: Spec(frozenset({PR}), "", secret=True),
+    # Strongroom's vendor-defined quorum values (docs/quorum.md): given when a key is made, never changed.
+    CKA.STRONGROOM_MANAGE_KEY_QUORUM: Spec(frozenset({S, PR}), "CGUD", default=0),
+    CKA.STRONGROOM_USE_KEY_QUORUM: Spec(frozenset({S, PR}), "CGUD", default=0),
     **{cka: Spec(frozenset({PR}), "", secret=True)
        for cka in (CKA.PRIVATE_EXPONENT, CKA.PRIME_1, CKA.PRIME_2, CKA.EXPONENT_1, CKA.EXPONENT_2,
                    CKA.COEFFICIENT)},
