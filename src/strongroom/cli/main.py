@@ -472,7 +472,7 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
             "lost its newest records (each node records its log's head in the store)")
     p.add_argument("--file", help="one audit log file (default: every node's log under --dir)")
 
-    from strongroom.cli import encrypt, hsm, keys, kms, pkcs11, seal, vaultkv
+    from strongroom.cli import encrypt, hsm, keys, kms, pkcs11, seal, statuspage, vaultkv
 
     keys.register(sub, add)
     pkcs11.register(sub, add)
@@ -480,6 +480,7 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
     seal.register(sub, add)
     owner.register(sub, add)
     kms.register(sub, add)
+    statuspage.register(sub, add)
     vaultkv.register(sub, add)
     encrypt.register(sub, add)
     return parser
