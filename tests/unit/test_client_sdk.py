@@ -107,6 +107,8 @@ def test_blocking_and_async_clients_send_the_same_requests(node: FakeNode) -> No
         blocking = _exercise_blocking(client)
         assert (client.session, client.username, client.role) == (b"S" * 16, "alice", "crypto-user")
     sent_blocking, node.requests[:] = list(node.requests), []
+    # Closing the blocking client logged its login out (the async face below is closed without it).
+    assert sent_blocking.pop() == ("session.logout", {}, b"S" * 16)
 
     async def run() -> list[Any]:
         connection = await AsyncConnection.open_unix(str(node.path))

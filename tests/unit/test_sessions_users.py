@@ -32,7 +32,6 @@ from strongroom.errors import (
     PinInvalid,
     PinLenRange,
     PinLocked,
-    SessionCount,
     SessionHandleInvalid,
     UserNotLoggedIn,
 )
@@ -109,35 +108,63 @@ def test_expire_idle_removes_only_idle_sessions():
     assert sessions.expire_idle() == 0
 
 
-def test_per_user_limit():
+def test_the_per_user_limit_ends_the_least_recently_used_session_instead_of_refusing():
+    """The old table refused the 1,025th login of a user (CKR_SESSION_COUNT): anyone with the password could
+    lock its user out by logging in 1,024 times. Now the login always succeeds; the user's least recently
+    used session goes."""
     clock = Clock()
+    ended: list[tuple[str, str]] = []
     sessions = table(clock, per_user=2, total=10)
-    sessions.open("alice", Role.CRYPTO_USER, 1)
+    sessions.on_end = lambda session, why: ended.append((session.username, why))
+    first = sessions.open("alice", Role.CRYPTO_USER, 1)
     second = sessions.open("alice", Role.CRYPTO_USER, 1)
-    with pytest.raises(SessionCount) as info:
-        sessions.open("alice", Role.CRYPTO_USER, 2)
-    assert info.value.code == CKR.SESSION_COUNT
-    sessions.open("bob", Role.CRYPTO_USER, 3)  # other users are not affected
-    sessions.close(second.token)
-    sessions.open("alice", Role.CRYPTO_USER, 2)
+    clock.now += 1
+    sessions.resolve(first.token)  # used: second is now the least recently used
+    third = sessions.open("alice", Role.CRYPTO_USER, 2)
+    assert sessions.resolve(first.token) is first and sessions.resolve(third.token) is third
+    with pytest.raises(SessionHandleInvalid):
+        sessions.resolve(second.token)
+    assert ended == [("alice", "user 'alice' reached its 2 sessions: the least recently used went")]
+    bob = sessions.open("bob", Role.CRYPTO_USER, 3)  # other users are not affected
+    for _ in range(50):  # a flood of logins of alice
+        sessions.open("alice", Role.CRYPTO_USER, 4)
+    assert sessions.resolve(bob.token) is bob and len(sessions) == 3
+
+
+def test_at_the_total_limit_the_user_holding_the_most_gives_way():
+    clock = Clock()
+    sessions = table(clock, idle=30, per_user=5, total=3)
+    first = sessions.open("a", Role.CRYPTO_USER, 1)
+    sessions.open("b", Role.CRYPTO_USER, 1)
+    flood = sessions.open("b", Role.CRYPTO_USER, 1)
+    sessions.open("c", Role.ADMIN, 1)  # b held the most: its oldest went
     assert len(sessions) == 3
+    assert sessions.resolve(first.token) is first and sessions.resolve(flood.token) is flood
 
 
-def test_total_limit_and_idle_sessions_free_their_slots():
+def test_idle_sessions_free_their_slots():
     clock = Clock()
     sessions = table(clock, idle=30, per_user=5, total=3)
     first = sessions.open("a", Role.CRYPTO_USER, 1)
     clock.now += 20
-    sessions.open("b", Role.CRYPTO_USER, 1)
-    sessions.open("c", Role.ADMIN, 1)
-    with pytest.raises(SessionCount):
-        sessions.open("d", Role.CRYPTO_USER, 1)
-    assert len(sessions) == 3
+    others = [sessions.open("b", Role.CRYPTO_USER, 1), sessions.open("c", Role.ADMIN, 1)]
     clock.now += 11  # only the first session is now idle for more than 30 s
     sessions.open("d", Role.CRYPTO_USER, 1)
-    assert len(sessions) == 3
+    assert len(sessions) == 3 and all(sessions.resolve(s.token) is s for s in others)
     with pytest.raises(SessionHandleInvalid):
         sessions.resolve(first.token)
+
+
+def test_sessions_end_with_their_connection_unless_kept():
+    clock = Clock()
+    sessions = table(clock)
+    plain = sessions.open("alice", Role.CRYPTO_USER, 7)
+    kept = sessions.open("alice", Role.CRYPTO_USER, 7, keep=True)
+    other = sessions.open("bob", Role.CRYPTO_USER, 8)
+    assert sessions.close_connection(7) == [plain]
+    with pytest.raises(SessionHandleInvalid):
+        sessions.resolve(plain.token)
+    assert sessions.resolve(kept.token) is kept and sessions.resolve(other.token) is other
 
 
 def test_close_user():

@@ -153,6 +153,7 @@ class NodeLink:
         try:
             try:
                 future = conn.send(op, args, token)
+                await conn.drained()  # back-pressure: a node that reads nothing slows us, never fills memory
             except ClientError as exc:
                 raise NodeUnavailable(f"node {self.name}: {exc.message}") from None
             try:

@@ -70,29 +70,71 @@ def with_agent_view(links: list[NodeLink], status: dict[str, Any]) -> dict[str, 
     return dict(status, nodes=nodes)
 
 
+#: Requests of one SDK/CLI client relayed at once (the node allows 128 per connection).
+MAX_IN_FLIGHT = 128
+#: Replies waiting in a client's socket buffer beyond this make its relays wait for it to read.
+WRITE_HIGH_WATER = 1 << 20
+#: Logins remembered per client connection (to log them out when it closes).
+MAX_LOGINS = 256
+LOGOUT_TIMEOUT = 5.0
+
+
 class Passthrough:
+    """One SDK/CLI client's requests, relayed.
+
+    At most :data:`MAX_IN_FLIGHT` of its requests are relayed at once: ``submit`` waits for room, so the
+    server stops reading the client meanwhile. A reply leaves once the client's socket buffer is under
+    :data:`WRITE_HIGH_WATER`; until then its relay keeps its place. A client that sends and never reads
+    therefore holds at most that much memory here (the node does the same for the agent).
+
+    Logins made through it end with it: they were made on the agent's connection to the node, which
+    outlives this client, so ``close`` logs them out (but those the client asked to keep).
+    """
+
     def __init__(self, pool: Any, writer: asyncio.StreamWriter) -> None:
         self._pool = pool
         self._writer = writer
         self._link: NodeLink | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._drain_lock = asyncio.Lock()
+        #: Login tokens made through this client (and not kept), with the link they live on.
+        self._logins: dict[bytes, NodeLink] = {}
 
-    def submit(self, payload: bytes) -> None:
+    async def submit(self, payload: bytes) -> None:
+        """Relay one request; waits while :data:`MAX_IN_FLIGHT` are already on their way."""
+        await self._room.acquire()
         task = asyncio.get_running_loop().create_task(self._relay(payload))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._room.release()
+
+    async def _reply(self, request_id: int, code: int, body: Any) -> None:
+        writer = self._writer
+        if writer.is_closing():
+            return
+        writer.write(encode_reply(request_id, code, body))
+        if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            async with self._drain_lock:
+                try:
+                    await writer.drain()
+                except (ConnectionError, OSError):
+                    pass
 
     async def _relay(self, payload: bytes) -> None:
         try:
             request = decode_request(payload)
         except ProtocolError as exc:
-            self._writer.write(encode_reply(exc.request_id or 0, exc.code, str(exc)))
+            await self._reply(exc.request_id or 0, exc.code, str(exc))
             return
         if request.op not in ALLOWED:
-            self._writer.write(encode_reply(request.request_id, CKR.ACTION_PROHIBITED,
-                                            f"{request.op} is not available through the agent (it forwards only "
-                                            "the operations of the HSM's users); run it against a node with a "
-                                            "certificate of your own (strongroom --dir DIR ...)"))
+            await self._reply(request.request_id, CKR.ACTION_PROHIBITED,
+                              f"{request.op} is not available through the agent (it forwards only "
+                              "the operations of the HSM's users); run it against a node with a "
+                              "certificate of your own (strongroom --dir DIR ...)")
             return
         attempts = 2 if request.op in IDEMPOTENT else 1
         failed: list[NodeLink] = []
@@ -101,23 +143,41 @@ class Passthrough:
                 try:
                     if self._link is None or not self._link.connected or self._link in failed:
                         self._link = await self._pool.acquire(None, exclude=failed)
-                    reply = await self._link.request(request.op, request.args, request.session)
+                    link = self._link
+                    reply = await link.request(request.op, request.args, request.session)
                 except NodeUnavailable as exc:
                     if self._link is not None:
                         failed.append(self._link)
                     if attempt + 1 < attempts:
                         continue
-                    self._writer.write(encode_reply(request.request_id, CKR.DEVICE_REMOVED, str(exc)))
+                    await self._reply(request.request_id, CKR.DEVICE_REMOVED, str(exc))
                     return
                 body = reply.body
                 if request.op == "cluster.status" and reply.ok and isinstance(body, dict):
                     body = with_agent_view(self._pool.links, body)
-                self._writer.write(encode_reply(request.request_id, reply.code, body))
+                self._note_login(request.op, request.args, request.session, reply.ok, body, link)
+                await self._reply(request.request_id, reply.code, body)
                 return
         except Exception:  # a relay failure must reach the client as a code
             log.exception("relaying %s failed", request.op)
-            self._writer.write(encode_reply(request.request_id, CKR.GENERAL_ERROR, "agent error; see its log"))
+            await self._reply(request.request_id, CKR.GENERAL_ERROR, "agent error; see its log")
+
+    def _note_login(self, op: str, args: Any, session: bytes | None, ok: bool, body: Any, link: NodeLink) -> None:
+        if not ok:
+            return
+        if op == "session.login" and isinstance(body, dict) and isinstance(body.get("session"), bytes):
+            if not (isinstance(args, dict) and args.get("keep") is True) and len(self._logins) < MAX_LOGINS:
+                self._logins[body["session"]] = link
+        elif op == "session.logout" and session is not None:
+            self._logins.pop(session, None)
 
     async def close(self) -> None:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+        logins, self._logins = self._logins, {}
+        for token, link in logins.items():
+            if link.connected:
+                try:
+                    await link.request("session.logout", {}, token, timeout=LOGOUT_TIMEOUT)
+                except Exception as exc:  # noqa: BLE001 - the login idles out on the node anyway
+                    log.info("could not log out a closed client's login on %s: %s", link.name, exc)

@@ -203,7 +203,7 @@ class AgentServer:
                     if passthrough is not None or (connection.app is None and is_node_protocol(payload)):
                         passthrough = passthrough or Passthrough(self.agent.pool, writer)
                         agent_metrics.relayed()
-                        passthrough.submit(payload)
+                        await passthrough.submit(payload)  # waits while the client has too many in flight
                         continue
                     try:
                         request_id, name, args = decode_request(payload)

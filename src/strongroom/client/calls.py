@@ -62,6 +62,8 @@ class Login:
     session: bytes | None = None
     username: str | None = None
     role: str | None = None
+    #: This client made the login (not a session handed to it): closing the client logs it out.
+    owned: bool = False
 
 
 class AsyncClient:
@@ -80,6 +82,7 @@ class AsyncClient:
     @session.setter
     def session(self, value: bytes | None) -> None:
         self.login_state.session = value
+        self.login_state.owned = False
 
     async def call(self, op: str, /, **args: Any) -> Body:
         """Any node operation by name; arguments that are None are left out. The reply comes off the
@@ -99,11 +102,16 @@ class AsyncClient:
 
     # --- sessions --------------------------------------------------------------------
 
-    async def login(self, username: str, password: str, role: str | None = None) -> dict[str, Any]:
-        result = await self.call("session.login", username=username, password=password, role=role)
+    async def login(self, username: str, password: str, role: str | None = None, *,
+                    keep: bool = False) -> dict[str, Any]:
+        """Log in. The login ends with this client's connection (or by ``logout``); ``keep`` makes it outlast
+        the connection, until logout or its idle limit, for a token handed to another connection."""
+        result = await self.call("session.login", username=username, password=password, role=role,
+                                 keep=keep or None)
         state = self.login_state
         session = self._field("session.login", result, "session", bytes)
         state.session, state.username, state.role = session, result["username"], result["role"]
+        state.owned = not keep
         return result
 
     async def logout(self) -> None:
@@ -112,6 +120,7 @@ class AsyncClient:
                 await self.call("session.logout")
             finally:
                 self.login_state.session = self.login_state.username = self.login_state.role = None
+                self.login_state.owned = False
 
     async def context_login(self, session: int, password: str) -> None:
         """C_Login(CKU_CONTEXT_SPECIFIC): the password again, for the operation just initialized in

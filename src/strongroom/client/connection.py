@@ -39,6 +39,8 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 60.0
 READ_CHUNK = 256 * 1024
 NO_ANSWER = "the node did not answer in time"
+#: Requests queued in the socket buffer beyond this make the sender wait (:meth:`AsyncConnection.drained`).
+WRITE_HIGH_WATER = 1 << 20
 
 
 class ClientError(HsmError):
@@ -62,6 +64,7 @@ class AsyncConnection:
         self._decoder = FrameDecoder(max_frame)
         self.closed: str | None = None
         self.unattributed: list[Reply] = []
+        self._drain_lock = asyncio.Lock()
         self._read_task = asyncio.create_task(self._read_loop())
 
     @classmethod
@@ -106,6 +109,17 @@ class AsyncConnection:
 
     def send_raw(self, data: bytes) -> None:
         self._writer.write(data)
+
+    async def drained(self) -> None:
+        """Wait while more than :data:`WRITE_HIGH_WATER` bytes of requests wait to be sent: a peer that stops
+        reading (a node at its in-flight limit) then slows the senders instead of growing the buffer."""
+        if self._writer.transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
+            return
+        async with self._drain_lock:
+            try:
+                await self._writer.drain()
+            except (ConnectionError, OSError) as exc:
+                raise ClientError(CKR.DEVICE_REMOVED, f"connection lost: {exc}") from None
 
     def expect_reply(self, request_id: int) -> asyncio.Future[Reply]:
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()

@@ -8,6 +8,7 @@ connection's event-loop thread: one definition of each call serves both.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import ssl
@@ -25,6 +26,8 @@ __all__ = ["Client", "Template", "pairs"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+#: How long ``close`` waits for its logout.
+LOGOUT_TIMEOUT = 5.0
 
 
 def _blocking(
@@ -121,6 +124,7 @@ class Client:
     @session.setter
     def session(self, value: bytes | None) -> None:
         self._login.session = value
+        self._login.owned = False  # a session handed over: whoever made it logs it out
 
     @property
     def username(self) -> str | None:
@@ -131,10 +135,20 @@ class Client:
         return self._login.role
 
     def close(self) -> None:
-        self._calls = None
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        """Log out (a login this client made, not a session handed to it or one kept) and disconnect."""
+        connection, self._connection = self._connection, None
+        bound, self._calls = self._calls, None
+        if connection is None:
+            return
+        if self._login.owned and self._login.session is not None and not connection.closed and bound is not None:
+            try:
+                # Through the agent the connection to the node outlives this client: say so to the node.
+                connection.run(asyncio.wait_for(bound[1].logout(), LOGOUT_TIMEOUT))
+            except (ClientError, OSError, TimeoutError, RuntimeError):
+                pass  # the login ends with the connection anyway, or idles out
+            self._login.session = self._login.username = self._login.role = None
+            self._login.owned = False
+        connection.close()
 
     def __enter__(self) -> Client:
         return self

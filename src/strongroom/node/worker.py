@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from strongroom.audit import AuditLog
 from strongroom.dispatch import ops  # noqa: F401  (registers every operation)
 from strongroom.dispatch.call import Services
 from strongroom.dispatch.pipeline import Pipeline
+from strongroom.errors import HsmError
 from strongroom.node.channel import SupervisorLink
 from strongroom.services.auditor import Auditor
 from strongroom.services.backups import Backups
@@ -21,6 +23,8 @@ from strongroom.services.sessions import Sessions
 from strongroom.services.state import ClusterState
 from strongroom.store.base import Store
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Worker:
@@ -28,6 +32,17 @@ class Worker:
     pipeline: Pipeline
     #: Store rollback and audit head checks (see strongroom.services.freshness).
     freshness: Freshness
+
+    async def connection_closed(self, connection_id: int) -> None:
+        """The listener's hook: a client connection ended, and with it its logins (unless kept)."""
+        for session in self.services.sessions.connection_closed(connection_id):
+            if session.role.value == "public":
+                continue  # an anonymous session authenticated nobody
+            try:
+                await self.services.audit.record("auth.logout", actor=session.username,
+                                                 details={"reason": "connection closed"})
+            except HsmError as exc:
+                log.error("could not audit the end of a login with its connection: %s", exc)
 
 
 def build_worker(config: NodeConfig, store: Store, selftest: SelfTestReport, boot: int, error: str | None = None,

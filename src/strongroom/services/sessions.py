@@ -1,8 +1,9 @@
 """Logins and their PKCS#11 sessions in one worker, and what ends them.
 
-A login ends by logout, by idling past the limit, or because its user was deleted
-anywhere in the cluster (another worker or node: the store's watch tells). Its PKCS#11
-sessions, and the session objects they hold, go with it.
+A login ends by logout, with its connection (unless it asked to be kept), by idling past
+the limit, when a newer login of its user takes its place at the limit, or because its user
+was deleted anywhere in the cluster (another worker or node: the store's watch tells). Its
+PKCS#11 sessions, and the session objects they hold, go with it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from strongroom.auth.sessions import SessionTable
+from strongroom.auth.sessions import Session, SessionTable
 from strongroom.auth.throttle import LoginThrottle
 from strongroom.auth.users import PREFIX as USERS_PREFIX
 from strongroom.objects.p11sessions import P11SessionTable
@@ -30,9 +31,22 @@ class Sessions:
             idle_timeout=limits.session_idle_seconds,
             max_per_user=limits.max_sessions_per_user,
             max_total=limits.max_sessions,
+            on_end=self._ended,
         )
         self.p11 = P11SessionTable(max_per_login=limits.max_p11_sessions_per_login)
         self.throttle = LoginThrottle(limits.admin_login_failures_per_source, limits.admin_login_backoff_seconds)
+
+    def _ended(self, session: Session, why: str) -> None:
+        if why != "idle":
+            log.info("login %s… of %s ended: %s", session.token[:4].hex(), session.username, why)
+        self.end_login(session.token)
+
+    def connection_closed(self, connection_id: int) -> list[Session]:
+        """The connection ended: so do its logins (but those kept), with their PKCS#11 sessions."""
+        ended = self.logins.close_connection(connection_id)
+        for session in ended:
+            self.end_login(session.token)
+        return ended
 
     def close_user(self, username: str) -> None:
         for token in self.logins.close_user(username):

@@ -66,6 +66,8 @@ ADMIT_TIMEOUT = 2.0
 
 # The handler receives the ConnectionPeer (or "?" when there is no TLS peer).
 RequestHandler = Callable[[Request, int, Any], Awaitable[tuple[int, Any]]]
+#: Called with a connection's id once it ended and its requests completed (its logins end with it).
+CloseHook = Callable[[int], Awaitable[None]]
 READ_CHUNK = 256 * 1024
 #: Replies queued in the socket buffer beyond this make the writer wait for the peer.
 WRITE_HIGH_WATER = 1 << 20
@@ -83,9 +85,11 @@ class NodeListener:
         max_in_flight: int,
         max_connections: int,
         admit: AdmitHook | None = None,
+        on_close: CloseHook | None = None,
     ) -> None:
         self._handle = handle
         self._admit = admit
+        self._on_close = on_close
         self._max_frame = max_frame
         self._max_in_flight = max_in_flight
         self._max_connections = max_connections
@@ -124,6 +128,11 @@ class NodeListener:
         finally:
             self._open -= 1
             await connection.finish()
+            if self._on_close is not None:
+                try:
+                    await self._on_close(connection_id)
+                except Exception:  # the hook must not leave the connection task with an error
+                    log.exception("closing connection %d: the close hook failed", connection_id)
 
 
     async def _admitted(self, connection_id: int, peer: ConnectionPeer) -> bool:

@@ -27,6 +27,8 @@ class LoginArgs:
     username: str
     password: str
     role: str | None = None
+    #: Keep the login after its connection closed (until logout or its idle limit); by default it ends with it.
+    keep: bool = False
 
 
 def _source(call: Call) -> str:
@@ -61,7 +63,7 @@ async def login(call: Call, args: LoginArgs) -> dict[str, Any]:
             raise PinIncorrect(WRONG_CREDENTIALS)
         if wait > 0 and user.role is Role.ADMIN:
             raise _paused(call, wait)
-        session = services.sessions.logins.open(user.name, user.role, call.connection_id, user.uid)
+        session = services.sessions.logins.open(user.name, user.role, call.connection_id, user.uid, keep=args.keep)
     except HsmError as exc:
         details: dict[str, Any] = {"peer": call.peer_name}
         if exc.code in (CKR.PIN_INCORRECT, CKR.PIN_LOCKED):
@@ -74,7 +76,7 @@ async def login(call: Call, args: LoginArgs) -> dict[str, Any]:
         raise
     throttle.succeeded(source)
     await services.audit.record("auth.login", actor=user.name,
-                                details={"peer": call.peer_name, "role": user.role.value})
+                                details={"peer": call.peer_name, "role": user.role.value, "kept": args.keep})
     return {"session": session.token, "username": user.name, "role": user.role.value}
 
 
