@@ -6,14 +6,21 @@ says about it: its log, its audit log (intents and outcomes, ``strongroom audit 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
+import tomllib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
+import tomli_w
 
 from strongroom.audit.outcomes import analyze
 from strongroom.client import Client, ClientError
@@ -162,3 +169,53 @@ def test_kills_during_key_creation_leave_no_false_audit_record(cluster: LocalClu
     assert len(made) <= len(pairs)  # every acknowledged pair is audited ok (some ok ones were not acknowledged)
     print(f"\n{kills} worker kills during key-pair creation: {len(made)} pairs acknowledged, {len(pairs)} audited ok, "
           f"{len(errors)} client errors, {len(report.acts)} audited acts, none open")
+
+
+def test_a_full_disk_says_so_and_everything_works_once_space_is_freed(tmp_path: Path) -> None:
+    """A one-node SQLite cluster on a small filesystem that fills up: the old node called a full disk
+    "the store is unavailable (lost quorum?)". Now every refusal says the disk is full."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    assert mounted.returncode == 0, f"this test mounts a tmpfs (root, as in CI): {mounted.stderr}"
+    cluster = LocalCluster(disk / "c", workers=1)
+    try:
+        cluster.up()
+        # Without the metrics listener: its multiprocess counters are memory-mapped files in the node's
+        # directory, and a worker that grows one on a full filesystem dies of SIGBUS (see the issue 14 report).
+        config = tomllib.loads(cluster.config_path.read_text())
+        config.pop("metrics", None)
+        cluster.config_path.write_text(tomli_w.dumps(config))
+        cluster.down()
+        cluster.up()
+        cluster.crypto_user("filler")
+        user = cluster.client()
+        user.login("filler", "password1")
+        filler = disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        for size in (1 << 20, 4096, 512):  # until not even a small block fits
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+        os.close(fd)
+        refusals = []
+        for attempt in (lambda: user.generate_key(CKM.AES_KEY_GEN, {CKA.TOKEN: True, CKA.VALUE_LEN: 32}),
+                        lambda: cluster.client().login("filler", "password1")):
+            with pytest.raises(ClientError) as refused:
+                attempt()
+            refusals.append(refused.value.message)
+        for message in refusals:
+            assert "quorum" not in message and ("No space left" in message or "disk full" in message), message
+        filler.unlink()
+        started = time.monotonic()
+        until("a key creation after space was freed",
+              lambda: user.generate_key(CKM.AES_KEY_GEN, {CKA.TOKEN: True, CKA.VALUE_LEN: 32}), 30)
+        fresh = cluster.client()
+        fresh.login("filler", "password1")
+        print(f"\nfull disk: {refusals}; working again {time.monotonic() - started:.2f} s after space was freed")
+        until("every audit intent settled", lambda: not analyze(cluster.node_dir / "audit.log").open, 30)
+    finally:
+        with contextlib.suppress(Exception):
+            cluster.down()
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -167,7 +167,8 @@ def error_reply(exc: BaseException, op: str) -> tuple[int, str]:
     from strongroom.store.base import OutcomeUnknownError, StoreError, UnavailableError
 
     if isinstance(exc, UnavailableError):
-        return int(CKR.DEVICE_ERROR), f"the store is unavailable (lost quorum?): {exc}"
+        # The store's own message says why (etcd: no leader, lost quorum; SQLite: the disk is full).
+        return int(CKR.DEVICE_ERROR), f"the store is unavailable: {exc}"
     if isinstance(exc, OutcomeUnknownError):
         return int(CKR.DEVICE_ERROR), f"the store did not answer in time; the outcome is unknown: {exc}"
     if isinstance(exc, StoreError):
