@@ -50,6 +50,9 @@ ALLOWED = frozenset({
     "crypto.digest_init", "crypto.digest_single", "crypto.digest_update", "crypto.digest_final",
     "random.generate",
     "kms.access_key.create", "kms.access_key.list", "kms.access_key.delete",
+    # The Vault KV endpoint: admins' tokens, the service user's requests (each checks its token in the node).
+    "vaultkv.token.create", "vaultkv.token.list", "vaultkv.token.revoke",
+    "vaultkv.mount.read", "vaultkv.key.list", "vaultkv.key.read", "vaultkv.key.write",
 })
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
+import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,10 +18,13 @@ import pytest
 
 from strongroom.client import Client, ClientError
 from strongroom.errors import CKR
+from strongroom.vaultkv.config import VaultKvConfig
+from strongroom.vaultkv.local import free_port
 from tests.integration.conftest import LocalCluster
 from tests.integration.vaultkv.conftest import VaultEnv
 
 MOUNT = "secret"  # the local token's mount (`up --vault-kv`)
+STRONGROOM = [sys.executable, "-m", "strongroom"]
 
 
 def test_up_prints_the_endpoint_and_a_token_and_keeps_them(vault: VaultEnv) -> None:
@@ -229,3 +236,37 @@ def test_down_stops_the_service(tmp_path: Path) -> None:
     finally:
         stopped = cluster.down()["stopped"]
     assert {"id": "vault-kv", "pid": pid} in stopped
+
+
+def test_through_the_agent_socket(vault: VaultEnv, tmp_path: Path) -> None:
+    """An application host's path: the CLI without --dir (the agent relays an admin's token commands), and a
+    second service whose configuration names the agent's socket instead of a client profile."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
+    env.update(STRONGROOM_AGENT_SOCKET=vault.cluster.summary["agent_socket"], STRONGROOM_PIN=vault.cluster.admin_pin)
+    made = subprocess.run([*STRONGROOM, "vault-kv", "token", "create", "--mount", MOUNT, "--policy", "read",
+                           "--ttl", "10m", "--name", "gen", "--json"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert made.returncode == 0, made.stderr
+    token = json.loads(made.stdout)["data"]["token"]
+    config = VaultKvConfig.load(vault.cluster.dir / "vaultkv.toml")
+    config.cluster.profile, config.cluster.agent_socket = None, vault.cluster.summary["agent_socket"]
+    config.vault_kv.port = free_port()
+    config.write(vault.cluster.dir / "vaultkv-agent.toml")
+    with open(tmp_path / "service.log", "wb") as log:
+        service = subprocess.Popen([*STRONGROOM, "vault-kv", "serve", "--config",
+                                    str(vault.cluster.dir / "vaultkv-agent.toml")], stdout=log, stderr=log)
+    try:
+        other = f"https://127.0.0.1:{config.vault_kv.port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                reply = httpx.get(f"{other}/v1/{MOUNT}/data/gen", headers={"X-Vault-Token": token}, timeout=10,
+                                  verify=ssl.create_default_context(cafile=vault.ca))
+                break
+            except httpx.ConnectError:
+                assert service.poll() is None and time.monotonic() < deadline, (tmp_path / "service.log").read_text()
+                time.sleep(0.2)
+        assert reply.status_code == 200 and reply.json()["data"]["metadata"]["version"] == 2
+    finally:
+        service.terminate()
+        service.wait(15)
