@@ -22,7 +22,7 @@ from typing import Any
 
 from strongroom.cli.common import directory
 from strongroom.cli.context import AddCommand, Context
-from strongroom.cli.output import CliError, emit, table
+from strongroom.cli.output import CliError, emit, iso_times, table
 
 _DURATION_RE = re.compile(r"^([0-9]{1,9})([smhd]?)\Z")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -92,7 +92,8 @@ def cmd_token_create(args: argparse.Namespace, ctx: Context) -> None:
 
 def cmd_token_list(args: argparse.Namespace, ctx: Context) -> None:
     tokens = ctx.logged_in(args).call("vaultkv.token.list")["tokens"]
-    rows = [dict(t, names=",".join(t.get("names") or []), expires=t.get("expires") or "never") for t in tokens]
+    rows = [dict(t, names=",".join(t.get("names") or []), expires=t.get("expires") or "never")
+            for t in iso_times(tokens)]
     emit({"tokens": tokens}, as_json=args.json,
          text=table(rows, ["accessor", "display_name", "mount", "policy", "names", "service_user", "expires"]))
 

@@ -157,8 +157,9 @@ class TokenCreateArgs:
 async def token_create(call: Call, args: TokenCreateArgs) -> dict[str, Any]:
     """A new token; the reply is the only place its text ever appears."""
     barrier = call.services.keyring.require_barrier()
-    details: dict[str, Any] = {"mount": args.mount, "policy": args.policy, "names": args.names[:MAX_PATTERNS],
-                               "service_user": args.service_user, "ttl_seconds": args.ttl_seconds}
+    details: dict[str, Any] = {"mount": args.mount[:64], "policy": args.policy[:16],
+                               "names": [name[:128] for name in args.names[:MAX_PATTERNS]],
+                               "service_user": args.service_user[:64], "ttl_seconds": args.ttl_seconds}
     async with audited(call, "vaultkv.token.create", details):
         mount = _mount(args.mount)
         if args.policy not in POLICIES:
