@@ -21,6 +21,7 @@ from strongroom.agent.server import AgentServer, AgentSocketError
 from strongroom.hardening import harden_process
 from strongroom.metrics import agent as agent_metrics
 from strongroom.pki import PkiError
+from strongroom.pki.reload import reload_on_sighup
 
 log = logging.getLogger("strongroom.agent")
 
@@ -45,6 +46,7 @@ async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> int:
         return 1
     await pool.start()
     agent_metrics.start(config, agent)
+    reload_on_sighup(pool._context, config.cert, config.key)  # strongroom cert rotate: new connections, new cert
     reachable = [link.name for link in pool.links if link.connected]
     log.info("Strongroom %s agent ready: slot %d, token %r, nodes reachable: %s", __version__, config.slot_id,
              config.cluster_name, ", ".join(reachable) or "none yet")

@@ -25,6 +25,37 @@ from strongroom.cli.output import CliError, emit, emit_error, table
 from strongroom.client import Client, ClientError, ProfileError
 from strongroom.hardening import harden_process
 
+EPILOG = """the first hour:
+  strongroom up --dir /tmp/strongroom            # a local cluster (prints the admin password once)
+  . /tmp/strongroom/strongroom.env               # STRONGROOM_AGENT_SOCKET, STRONGROOM_DIR
+  STRONGROOM_PIN=admin:PASSWORD strongroom user create --username alice --role crypto-user --password 'correct horse'
+  strongroom status                              # health, metrics URLs, certificates
+  strongroom status-page --dir /tmp/strongroom   # a read-only page on http://127.0.0.1:8080/
+  strongroom down                                # stop it
+
+`strongroom COMMAND --help` shows each command's options (and examples); every command takes --json.
+completion: source <(strongroom completion bash)
+"""
+UP_EPILOG = """examples:
+  strongroom up --dir /tmp/strongroom                        # one node (SQLite) and the agent
+  strongroom up --dir /tmp/sr3 --nodes 3                     # three nodes in zones a, b, c over etcd
+  strongroom up --dir /tmp/sr --kms                          # also the KMS-compatible gateway
+  strongroom up --dir /tmp/strongroom --socket-group www-data   # nginx workers may use the agent socket
+  strongroom up --dir D --ca-cert ca.crt --ca-key ca.key --no-initialize   # your CA; you initialize
+
+`up` on an existing directory starts what it holds again (keys and users as they were; its agent.toml
+with your edits); --nodes only shapes a new directory.
+"""
+DOWN_EPILOG = "example:\n  strongroom down --dir /tmp/strongroom\n"
+STATUS_EPILOG = """examples:
+  strongroom status --dir /tmp/strongroom
+  strongroom status --dir /tmp/strongroom --json   # error_code 0 when healthy; otherwise CLUSTER_UNHEALTHY, exit 1
+
+it shows each node (health, seal, version, metrics URL), the agent, etcd members, the KMS gateway and
+certificates that expire within 30 days (strongroom cert rotate).
+"""
+
+
 # --- commands -------------------------------------------------------------------------
 
 
@@ -79,12 +110,12 @@ def cmd_status(args: argparse.Namespace, _ctx: Context) -> None:
 
         text += f"\nwarning: {WARNING}"
     agent = result["agent"]
-    text += f"\nagent: {agent['health']} (pid {agent['pid']}, socket {agent['socket']})"
+    text += f"\nagent: {agent['health']} (pid {agent['pid'] or '-'}, socket {agent['socket']})"
     if result.get("etcd"):
         text += "\n" + table(result["etcd"], ["id", "endpoint", "pid", "health"])
     if result.get("kms"):
         kms = result["kms"]
-        text += f"\nkms gateway: {kms['health']} (pid {kms['pid']}, {kms['endpoint']})"
+        text += f"\nkms gateway: {kms['health']} (pid {kms['pid'] or '-'}, {kms['endpoint']})"
     if result["certificates_expiring"]:
         text += "\nwarning: certificates expiring within 30 days (`strongroom cert rotate`): " + ", ".join(
             f"{c['name']} ({c['not_after']})" for c in result["certificates"] if c["expiring"])
@@ -386,6 +417,7 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="strongroom", description="Strongroom: a self-hosted, clustered software HSM.", parents=[common],
+        epilog=None if interactive else EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         exit_on_error=not interactive,
     )
     if not interactive:
@@ -402,6 +434,7 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
 
     if not interactive:
         p = add(sub, "up", cmd_up, "start (and on first use create and initialize) a local cluster in DIR")
+        p.formatter_class, p.epilog = argparse.RawDescriptionHelpFormatter, UP_EPILOG
         p.add_argument("--nodes", type=int, default=None,
                        help="number of nodes of a new directory (default 1 = embedded SQLite store; more = etcd); "
                             "an existing directory keeps its nodes (hsm add / hsm remove)")
@@ -426,8 +459,10 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
                        "(adds vault_kv_url and a local token to the JSON; docs/tde.md)")
         p.add_argument("--no-initialize", action="store_true",
                        help="leave a new cluster uninitialized (then: cluster init / initialize / activate)")
-        add(sub, "down", cmd_down, "stop everything `up` started in DIR")
-        add(sub, "status", cmd_status, "health of the local cluster in DIR")
+        p = add(sub, "down", cmd_down, "stop everything `up` started in DIR")
+        p.formatter_class, p.epilog = argparse.RawDescriptionHelpFormatter, DOWN_EPILOG
+        p = add(sub, "status", cmd_status, "health of the local cluster in DIR")
+        p.formatter_class, p.epilog = argparse.RawDescriptionHelpFormatter, STATUS_EPILOG
         node = sub.add_parser("node", help="run an HSM node").add_subparsers(dest="node_command", required=True)
         p = add(node, "serve", cmd_node_serve, "run a node in the foreground")
         p.add_argument("--config", required=True, help="node configuration file (TOML)")
@@ -472,7 +507,7 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
             "lost its newest records (each node records its log's head in the store)")
     p.add_argument("--file", help="one audit log file (default: every node's log under --dir)")
 
-    from strongroom.cli import encrypt, hsm, keys, kms, pkcs11, seal, statuspage, vaultkv
+    from strongroom.cli import certs, completion, encrypt, hsm, keys, kms, pkcs11, seal, statuspage, vaultkv
 
     keys.register(sub, add)
     pkcs11.register(sub, add)
@@ -481,6 +516,9 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
     owner.register(sub, add)
     kms.register(sub, add)
     statuspage.register(sub, add)
+    certs.register(sub, add)
+    if not interactive:
+        completion.register(sub, add, parser)
     vaultkv.register(sub, add)
     encrypt.register(sub, add)
     return parser

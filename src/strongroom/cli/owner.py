@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,35 @@ def cmd_initialize(args: argparse.Namespace, _ctx: Context) -> None:
         text += f"\nactivation secret (shown once): {result['activation_secret']}"
     text += "\nnext: strongroom cluster activate --activation-secret ... (sets the first admin's password)"
     emit(data, as_json=args.json, text=text)
+
+
+def _confirm(args: argparse.Namespace, question: str) -> None:
+    """Go on with ``--yes``, or when the terminal answers y; refuse otherwise."""
+    if getattr(args, "yes", False):
+        return
+    if not sys.stdin.isatty():
+        raise CliError(f"{question} Pass --yes to confirm (no terminal to ask on)")
+    if input(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
+        raise CliError("not deleted")
+
+
+def cmd_ca_create(args: argparse.Namespace, _ctx: Context) -> None:
+    """A CA for customers without one: an EC P-384 key (0600) and a self-signed CA certificate."""
+    from strongroom import pki
+
+    for path in (args.out_key, args.out_cert):
+        if Path(path).exists():
+            raise CliError(f"{path} exists; a CA is never overwritten")
+    try:
+        key, cert = pki.create_ca(args.name, days=args.days)
+        pki.write_private_key(args.out_key, key)
+        pki.write_cert(args.out_cert, cert)
+    except pki.PkiError as exc:
+        raise CliError(str(exc)) from None
+    emit({"certificate": str(args.out_cert), "key": str(args.out_key), "subject": cert.subject.rfc4514_string(),
+          "fingerprint": pki.fingerprint_sha256(cert)}, as_json=args.json,
+         text=f"CA {cert.subject.rfc4514_string()}: certificate {args.out_cert}, key {args.out_key} (mode 0600; keep "
+              "it offline once the cluster is initialized)")
 
 
 def cmd_sign_csr(args: argparse.Namespace, _ctx: Context) -> None:
@@ -150,8 +180,14 @@ def cmd_backup_list(args: argparse.Namespace, _ctx: Context) -> None:
 def cmd_backup_delete(args: argparse.Namespace, _ctx: Context) -> None:
     from strongroom.backup import BackupError
 
+    catalog = _catalog(args)
     try:
-        entry = _catalog(args).delete(args.backup_id)
+        found = catalog.find(args.backup_id)
+        newest = catalog.newest(found.cluster_id)
+        if newest is not None and newest.backup_id == found.backup_id == args.backup_id.strip().lower():
+            _confirm(args, f"{found.backup_id} is the newest backup of cluster {found.cluster_id}: without it "
+                           "only older ones remain. Delete it?")
+        entry = catalog.delete(args.backup_id)
     except BackupError as exc:
         raise CliError(str(exc)) from None
     emit(_entry(entry), as_json=args.json, text=f"deleted backup {entry.backup_id}")
@@ -298,8 +334,9 @@ def register(sub: Any, add: AddCommand) -> None:
     p.add_argument("--out", help="write here instead of DIR/backups/")
     p.add_argument("--node", help="node to take it from (default: the first of client.json)")
     add(backup, "list", cmd_backup_list, "list the backups in DIR/backups, newest first")
-    p = add(backup, "delete", cmd_backup_delete, "delete one backup")
+    p = add(backup, "delete", cmd_backup_delete, "delete one backup (the newest one only after a confirmation)")
     p.add_argument("--backup-id", required=True, help="the backup's whole id (see backup list)")
+    p.add_argument("--yes", action="store_true", help="delete even the newest backup without asking")
     p = add(backup, "verify", cmd_backup_verify, "check a backup file offline (no cluster key needed)")
     p.add_argument("--backup", required=True)
     p.add_argument("--trust-anchor", help="also check the cluster's signature against your CA")
@@ -320,6 +357,14 @@ def register(sub: Any, add: AddCommand) -> None:
 
     ca = sub.add_parser("ca", help="a CA kept on your machine (convenience; any CA works)").add_subparsers(
         dest="ca_command", required=True, metavar="CA_COMMAND")
+    p = add(ca, "create", cmd_ca_create, "make a CA (EC P-384) for a customer who has none")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = ("examples:\n  strongroom ca create --out-cert ca.crt --out-key ca.key --name 'Example Corp HSM CA'\n"
+                "  strongroom up --dir D --ca-cert ca.crt --ca-key ca.key --no-initialize\n")
+    p.add_argument("--out-cert", required=True, help="where to write the CA certificate (PEM)")
+    p.add_argument("--out-key", required=True, help="where to write its private key (PEM, mode 0600)")
+    p.add_argument("--name", default="Strongroom customer CA", help="the CA's common name")
+    p.add_argument("--days", type=int, default=3650, help="validity (default 3650)")
     p = add(ca, "sign-csr", cmd_sign_csr, "sign the cluster CSR with your CA")
     p.add_argument("--ca-cert", required=True)
     p.add_argument("--ca-key", required=True)

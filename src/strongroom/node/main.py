@@ -25,6 +25,7 @@ from strongroom.metrics import node as node_metrics
 from strongroom.node import selftest, supervisor
 from strongroom.node.channel import SupervisorLink
 from strongroom.node.worker import build_worker
+from strongroom.pki.reload import reload_on_sighup
 from strongroom.seal import startup_refusal
 from strongroom.services import telemetry
 from strongroom.services.config import NodeConfig
@@ -94,7 +95,9 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: SelfTestRepor
         max_in_flight=config.limits.max_in_flight,
         max_connections=config.limits.max_connections,
     )
-    await listener.start(sock, server_context(config.tls_cert, config.tls_key, config.ca_cert))
+    context = server_context(config.tls_cert, config.tls_key, config.ca_cert)
+    await listener.start(sock, context)
+    reload_on_sighup(context, config.tls_cert, config.tls_key)  # strongroom cert rotate: no restart
     tasks = [asyncio.create_task(services.sessions.watch_users()), asyncio.create_task(services.sessions.reap()),
              asyncio.create_task(worker.freshness.run(HEARTBEAT_SECONDS)),
              # Audit outcomes still to settle or write; worker 0 also settles a dead worker's intents.
@@ -163,6 +166,7 @@ def serve(config_path: Path) -> int:
                      "error": error, "workers": config.workers, "seal": config.seal.type},
         )
     sock = _listen(config)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor ignores it; each worker reloads its certificate
 
     def run_worker(channel: socket.socket, initial: tuple[str, bytearray] | None, index: int) -> None:
         _run_worker(config, sock, report, boot, error, channel, initial, index)
