@@ -50,6 +50,9 @@ async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> int:
     reachable = [link.name for link in pool.links if link.connected]
     log.info("Strongroom %s agent ready: slot %d, token %r, nodes reachable: %s", __version__, config.slot_id,
              config.cluster_name, ", ".join(reachable) or "none yet")
+    from strongroom.sdnotify import notify_ready  # systemd Type=notify: the socket answers
+
+    notify_ready(f"agent socket {config.socket}")
     if ready is not None:
         ready.set()
     try:

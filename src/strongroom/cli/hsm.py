@@ -45,6 +45,32 @@ def cmd_enroll(args: argparse.Namespace, _ctx: Context) -> None:
               "cluster key from a running node")
 
 
+def cmd_revoke(args: argparse.Namespace, _ctx: Context) -> None:
+    """The operator revokes a node's certificate through another node (hosts of your own: docs/deploy.md)."""
+    from strongroom import pki
+    from strongroom.client import Client, ClientError, ClientProfile, ProfileError
+
+    try:
+        serial = pki.load_certificate(args.cert).serial_number
+        profile = ClientProfile.load(directory(args) / "client.json").as_operator()
+    except (pki.PkiError, ProfileError) as exc:
+        raise CliError(str(exc)) from None
+    failures = []
+    for node in profile.nodes:
+        if node.node_id == args.id:
+            continue  # a node does not revoke its own certificate
+        try:
+            with Client(profile, node, timeout=30) as client:
+                result = client.call("hsm.revoke", node_id=args.id, serial=f"{serial:x}")
+            break
+        except ClientError as exc:
+            failures.append(f"{node.node_id}: {exc.message}")
+    else:
+        raise CliError("no other node revoked it: " + ("; ".join(failures) or f"the directory lists only {args.id}"))
+    emit(result, as_json=args.json,
+         text=f"certificate {result['serial']} of node {result['node_id']} revoked: nodes refuse it from now on")
+
+
 def cmd_zeroize(args: argparse.Namespace, ctx: Any) -> None:
     """Admin (STRONGROOM_PIN of an admin) or, with --operator, the operator's emergency stop of one node."""
     with node_client(args, operator=args.operator) as client:
@@ -71,6 +97,10 @@ def register(sub: Any, add: AddCommand) -> None:
     p.add_argument("--cert", required=True, help="the node's certificate (PEM)")
     p = add(group, "remove", cmd_remove, "revoke a node's certificate, stop it and destroy its sealed key")
     p.add_argument("--id", required=True, help="the node id (see `strongroom status`)")
+    p = add(group, "revoke", cmd_revoke,
+            "revoke a node's certificate (operator): nodes refuse it, it leaves the registry and its enrollment")
+    p.add_argument("--id", required=True, help="the node id")
+    p.add_argument("--cert", required=True, help="the node's certificate (PEM): its serial is revoked")
     p = add(group, "zeroize", cmd_zeroize,
             "destroy one node's copy of the cluster key and stop it (other nodes are unaffected)")
     p.add_argument("--node", required=True, help="the node id (the request goes to that node only)")

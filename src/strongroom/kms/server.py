@@ -85,11 +85,11 @@ class _MalformedRequests(logging.Filter):
         return True
 
 
-def _response(status: int, body: dict[str, Any]) -> web.Response:
+def _response(status: int, body: dict[str, Any], request_id: str | None = None) -> web.Response:
     return web.Response(
         status=status,
         body=json.dumps(body, separators=(",", ":")).encode(),
-        headers={"Content-Type": CONTENT_TYPE, "x-amzn-RequestId": str(uuid.uuid4())},
+        headers={"Content-Type": CONTENT_TYPE, "x-amzn-RequestId": request_id or str(uuid.uuid4())},
     )
 
 
@@ -113,9 +113,10 @@ async def _handle(request: web.Request) -> web.Response:
     raw_path, _, raw_query = request.raw_path.partition("?")
     # Raw headers as received (every occurrence, original values): SigV4 signs what was sent.
     headers = Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers)
+    request_id = str(uuid.uuid4())
     status, result = await kms_metrics.timed(headers.get("x-amz-target"), gateway.handle(
-        request.method, raw_path, raw_query, headers, bytes(body), source=request.remote or ""))
-    return _response(status, result)
+        request.method, raw_path, raw_query, headers, bytes(body), source=request.remote or "", request_id=request_id))
+    return _response(status, result, request_id)
 
 
 def make_app(gateway: Gateway) -> web.Application:
@@ -158,6 +159,9 @@ async def run(config: GatewayConfig, *, ready: asyncio.Event | None = None,
     await runner.setup()
     site = web.TCPSite(runner, config.kms.host, config.kms.port, ssl_context=tls, reuse_address=True)
     await site.start()
+    from strongroom.sdnotify import notify_ready  # systemd Type=notify: it serves
+
+    notify_ready(f"KMS endpoint port {config.kms.port}")
     gateway.start_background()
     kms_metrics.start(config.metrics, config.path(config.kms.tls_cert))
     scheme = "https" if tls is not None else "http"
