@@ -171,4 +171,7 @@ def serve(config_path: Path) -> int:
     def run_worker(channel: socket.socket, initial: tuple[str, bytearray] | None, index: int) -> None:
         _run_worker(config, sock, report, boot, error, channel, initial, index)
 
+    from strongroom.sdnotify import notify_ready  # systemd Type=notify: it listens
+
+    notify_ready(f"node {config.node_id} listening on {config.address}")
     return supervisor.run(config, sock, boot, run_worker)
