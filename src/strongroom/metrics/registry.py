@@ -24,6 +24,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # prometheus_client leaves these two untyped; their types as documented.
 _multiprocess_value: Callable[[], type] = values.MultiProcessValue
 _multiprocess_collector: Callable[[CollectorRegistry], Collector] = MultiProcessCollector
+_disable_created_metrics: Callable[[], None] = prometheus_client.disable_created_metrics
 
 
 def use_multiprocess(directory: Path) -> None:
@@ -93,7 +94,7 @@ def serving_registry(extra: Iterable[Collector]) -> CollectorRegistry:
     (and its CPU and memory) otherwise; plus ``extra``. The caller makes its metrics first (names.node()
     …), so that every unlabelled name shows before its first count."""
     # No `*_created` series: a node (multiprocess mode) has none, and the table is the same everywhere.
-    prometheus_client.disable_created_metrics()
+    _disable_created_metrics()
     registry = CollectorRegistry(auto_describe=True)
     if multiprocess():
         _multiprocess_collector(registry)
