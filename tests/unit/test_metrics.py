@@ -98,3 +98,24 @@ def test_listen_setting_is_checked() -> None:
             settings.MetricsSettings(bad)
     with pytest.raises(settings.MetricsSettingsError):
         settings.MetricsSettings.from_document({"listen": "127.0.0.1:1", "tls": True})
+
+
+def test_request_counting_keeps_its_caches_bounded() -> None:
+    from dataclasses import dataclass, field
+
+    from strongroom.metrics import node
+
+    @dataclass
+    class Request:
+        op: str
+        args: dict[str, object] = field(default_factory=dict)
+
+    before = sample("strongroom_requests_total", op="crypto.sign", outcome="ok")
+    node.observe_request(Request("crypto.sign", {"mechanism": 0x1041}), 0, 0.001)
+    node.observe_request(Request("crypto.sign", {"mechanism": 0x1041}), 0, 0.001)
+    assert sample("strongroom_requests_total", op="crypto.sign", outcome="ok") == before + 2
+    assert sample("strongroom_request_duration_seconds_count", op="crypto.sign", mechanism="CKM_ECDSA") >= 2
+    for index in range(node.CACHE_LIMIT + 100):  # a peer sending ever new operation names and mechanisms
+        node.observe_request(Request(f"x.op{index}", {"mechanism": 0x7FFF0000 + index}), 0xA0, 0.001)
+    assert len(node._counted) <= node.CACHE_LIMIT and len(node._timed) <= node.CACHE_LIMIT
+    assert sample("strongroom_requests_total", op="other", outcome="CKR_PIN_INCORRECT") > 0

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from strongroom.metrics import labels, names, registry, server
@@ -65,16 +66,36 @@ def prepare(config: NodeSettings) -> None:
         registry.use_multiprocess(metrics_dir(config.node_dir))
 
 
+#: Label children by the request's own values: ``labels()`` costs a lock and a validation on every request.
+#: A peer chooses those values, so the caches stop growing at CACHE_LIMIT (then ``labels()`` each time).
+_counted: dict[tuple[str, int], Counter] = {}
+_timed: dict[tuple[str, object], Histogram] = {}
+CACHE_LIMIT = 4096
+
+
 def observe_request(request: NodeRequest, code: int, seconds: float) -> None:
-    metrics = names.node()
-    op = _OPS(request.op)
-    outcome = labels.outcome(code)
-    metrics.requests.labels(op, outcome).inc()
+    op_name = request.op
     args = request.args
-    mechanism = labels.mechanism(args.get("mechanism") if isinstance(args, dict) else None)
-    metrics.request_seconds.labels(op, mechanism).observe(seconds)
-    if op == "session.login":
-        metrics.logins.labels(outcome).inc()
+    raw_mechanism = args.get("mechanism") if isinstance(args, dict) else None
+    counter = _counted.get((op_name, code))
+    if counter is None:
+        metrics = names.node()
+        op, outcome = _OPS(op_name), labels.outcome(code)
+        counter = metrics.requests.labels(op, outcome)
+        if len(_counted) < CACHE_LIMIT:
+            _counted[(op_name, code)] = counter
+        if op == "session.login":
+            metrics.logins.labels(outcome).inc()  # (a login's outcome first seen here; later ones below)
+    elif op_name == "session.login":
+        names.node().logins.labels(labels.outcome(code)).inc()
+    counter.inc()
+    key = (op_name, raw_mechanism if isinstance(raw_mechanism, int) else None)
+    histogram = _timed.get(key)
+    if histogram is None:
+        histogram = names.node().request_seconds.labels(_OPS(op_name), labels.mechanism(key[1]))
+        if len(_timed) < CACHE_LIMIT:
+            _timed[key] = histogram
+    histogram.observe(seconds)
 
 
 def timed(handle: Handler[R, P]) -> Handler[R, P]:
