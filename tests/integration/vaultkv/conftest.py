@@ -23,10 +23,12 @@ from tests.integration.conftest import LocalCluster
 @dataclass
 class VaultEnv:
     cluster: LocalCluster
+    #: Another service of the same cluster (default: the one `up` started).
+    url_override: str | None = None
 
     @property
     def url(self) -> str:
-        return str(self.cluster.summary["vault_kv_url"])
+        return self.url_override or str(self.cluster.summary["vault_kv_url"])
 
     @property
     def token(self) -> str:

@@ -4,13 +4,15 @@ errors, token scoping (each scope attacked), key versions generated in the clust
 from __future__ import annotations
 
 import base64
+import contextlib
+import datetime as dt
 import json
 import os
 import socket
-import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -121,10 +123,13 @@ def test_every_scope_of_a_token_holds(vault: VaultEnv) -> None:
 
 
 def test_expired_and_revoked_tokens_are_refused(vault: VaultEnv) -> None:
-    short = vault.token_create("mortal", "write", ttl="2s")
-    assert vault.put("mortal", "k", short["token"]).status_code == 200
-    time.sleep(2.5)
-    assert vault.get("/v1/mortal/data/k", short["token"]).status_code == 403
+    writer = vault.token_create("mortal", "write")
+    assert vault.put("mortal", "k", writer["token"]).status_code == 200
+    short = vault.token_create("mortal", "read", ttl="1s")
+    # The CLI shows the expiry to the second (ISO-8601, truncated): wait until a second after it has passed.
+    expires = dt.datetime.fromisoformat(short["expires"].replace("Z", "+00:00")).timestamp() + 1
+    time.sleep(max(0.0, expires - time.time()) + 0.5)
+    assert vault.get("/v1/mortal/data/k", short["token"]).status_code == 403  # past its expiry (the node's clock)
     revoked = vault.token_create("mortal", "read")
     assert vault.key("mortal", "k", revoked["token"])[1] == 1
     vault.revoke(revoked["accessor"])
@@ -185,14 +190,24 @@ def test_only_tls_with_the_clusters_ca(vault: VaultEnv) -> None:
     assert b"version" not in answer
 
 
-def test_refused_tokens_are_rate_limited(vault: VaultEnv) -> None:
-    assert vault.key(MOUNT, "gen", vault.token)[1] == 2
-    statuses = [vault.get(f"/v1/{MOUNT}/data/gen", "hvs.Flood0000000000" + "x" * 32).status_code for _ in range(60)]
-    assert statuses[0] == 403 and statuses[-1] == 429, statuses
-    assert vault.get(f"/v1/{MOUNT}/data/gen", "hvs.Flood0000000000" + "y" * 32).json()["errors"][0].startswith(
-        "rate limit quota exceeded")
-    # A token the node accepted lately, sent from the same address, is not held back by the flood.
-    assert vault.key(MOUNT, "gen", vault.token)[1] == 2
+def test_refused_tokens_are_rate_limited(vault: VaultEnv, tmp_path: Path) -> None:
+    """A second service whose bucket hardly refills (0.01/s, burst 5): the sixth refused token from one address
+    gets 429 without reaching the node, whatever the speed of the machine."""
+    def slow_refill(config: VaultKvConfig) -> None:
+        config.vault_kv.auth_failures_per_second, config.vault_kv.auth_failure_burst = 0.01, 5
+
+    with second_service(vault, tmp_path, slow_refill) as (other, _):
+        assert other.key(MOUNT, "gen", vault.token)[1] == 2  # accepted once: not held back later
+        flood = "hvs." + "F" * 16 + "x" * 32  # a well-formed token no one made
+        before = len(vault.audit_events("vaultkv.key.release", accessor="F" * 16))
+        statuses = [other.get(f"/v1/{MOUNT}/data/gen", flood).status_code for _ in range(8)]
+        assert statuses == [403] * 5 + [429] * 3, statuses
+        # Only the five the bucket let through reached the node (and its audit log).
+        assert len(vault.audit_events("vaultkv.key.release", accessor="F" * 16)) == before + 5
+        throttled = other.get(f"/v1/{MOUNT}/data/gen", "hvs." + "F" * 16 + "y" * 32)
+        assert throttled.json()["errors"][0].startswith("rate limit quota exceeded")
+        # A token the node accepted lately, sent from the same address, is not held back by the flood.
+        assert other.key(MOUNT, "gen", vault.token)[1] == 2
 
 
 def test_the_service_user_reaches_no_key_without_a_token(vault: VaultEnv) -> None:
@@ -248,25 +263,38 @@ def test_through_the_agent_socket(vault: VaultEnv, tmp_path: Path) -> None:
                           timeout=60)
     assert made.returncode == 0, made.stderr
     token = json.loads(made.stdout)["data"]["token"]
+
+    def through_agent(config: VaultKvConfig) -> None:
+        config.cluster.profile, config.cluster.agent_socket = None, vault.cluster.summary["agent_socket"]
+
+    with second_service(vault, tmp_path, through_agent) as (other, _):
+        assert other.key(MOUNT, "gen", token)[1] == 2
+
+
+@contextlib.contextmanager
+def second_service(vault: VaultEnv, tmp_path: Path, configure: Callable[[VaultKvConfig], None]
+                   ) -> Iterator[tuple[VaultEnv, subprocess.Popen[bytes]]]:
+    """Another `strongroom vault-kv serve` on the same cluster: DIR/vaultkv.toml as ``configure`` changes it."""
     config = VaultKvConfig.load(vault.cluster.dir / "vaultkv.toml")
-    config.cluster.profile, config.cluster.agent_socket = None, vault.cluster.summary["agent_socket"]
     config.vault_kv.port = free_port()
-    config.write(vault.cluster.dir / "vaultkv-agent.toml")
-    with open(tmp_path / "service.log", "wb") as log:
-        service = subprocess.Popen([*STRONGROOM, "vault-kv", "serve", "--config",
-                                    str(vault.cluster.dir / "vaultkv-agent.toml")], stdout=log, stderr=log)
+    configure(config)
+    path = vault.cluster.dir / f"vaultkv-{tmp_path.name}.toml"
+    config.write(path)
+    log = tmp_path / "service.log"
+    with open(log, "wb") as output:
+        service = subprocess.Popen([*STRONGROOM, "vault-kv", "serve", "--config", str(path)], stdout=output,
+                                   stderr=output)
+    other = VaultEnv(vault.cluster, url_override=f"https://127.0.0.1:{config.vault_kv.port}")
     try:
-        other = f"https://127.0.0.1:{config.vault_kv.port}"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             try:
-                reply = httpx.get(f"{other}/v1/{MOUNT}/data/gen", headers={"X-Vault-Token": token}, timeout=10,
-                                  verify=ssl.create_default_context(cafile=vault.ca))
+                other.get(f"/v1/sys/mounts/{MOUNT}/tune", None)
                 break
             except httpx.ConnectError:
-                assert service.poll() is None and time.monotonic() < deadline, (tmp_path / "service.log").read_text()
+                assert service.poll() is None and time.monotonic() < deadline, log.read_text()
                 time.sleep(0.2)
-        assert reply.status_code == 200 and reply.json()["data"]["metadata"]["version"] == 2
+        yield other, service
     finally:
         service.terminate()
         service.wait(15)
