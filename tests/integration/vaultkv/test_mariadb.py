@@ -183,11 +183,13 @@ def test_each_key_release_is_audited(mariadb: Setup) -> None:
     assert released[0]["details"]["token_name"] == "mariadb test" and released[0]["details"]["version"] == 1
 
 
+@pytest.mark.timeout(300)
 def test_a_new_key_version_is_picked_up(mariadb: Setup) -> None:
     db = _running(mariadb)
     assert mariadb.vault.put(MOUNT, "1", mariadb.writer).json()["data"]["version"] == 2
     db.sql("SET GLOBAL hashicorp_key_management_cache_version_timeout = 0")
-    deadline = time.monotonic() + 180  # InnoDB asks for the latest version every few seconds at idle; generous on a busy machine
+    # InnoDB asks for the latest version every few seconds at idle: generous, for a busy machine.
+    deadline = time.monotonic() + 180
     while db.key_versions("shop/secret")[1] != 2:
         assert time.monotonic() < deadline, "MariaDB did not pick up key version 2"
         time.sleep(0.5)
