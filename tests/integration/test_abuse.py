@@ -184,3 +184,45 @@ def test_a_client_that_pipelines_and_reads_nothing_cannot_grow_the_agent(one_wor
             got += 1
     rest.join(60)
     sock.close()
+
+
+# --- item 5: connections before TLS --------------------------------------------------------------
+
+
+def test_idle_and_stalled_connections_cost_little_and_a_real_client_is_served(one_worker: LocalCluster) -> None:
+    """3,000 TCP connections that say nothing and 300 that start a handshake and stall (from another
+    address): the old node spent ~300 KiB on each before any certificate (1,000 idle: 122 -> 428 MB,
+    kept after they closed). A real client is served meanwhile, and the memory goes back after."""
+    cluster = one_worker
+    host, port = cluster.summary["nodes"][0]["address"].rsplit(":", 1)
+    supervisor = int((cluster.node_dir / "node.pid").read_text())
+    (worker,) = [pid for pid in cluster.node_pids() if pid != supervisor]
+    with cluster.client() as warm:
+        warm.node_status()
+    before = rss_kib(worker)
+    rounds = []
+    for _ in range(2):  # twice: what a flood leaves behind must not add up
+        idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(3000)]
+        stalled = []
+        for _ in range(300):  # a ClientHello's first byte, then nothing: these do take handshake slots
+            conn = socket.create_connection((host, int(port)), timeout=10, source_address=("127.0.0.2", 0))
+            conn.sendall(b"\x16")
+            stalled.append(conn)
+        time.sleep(2)
+        during = rss_kib(worker)
+        started = time.monotonic()
+        with cluster.client() as real:
+            assert real.node_status()["state"] == "active"
+        served = time.monotonic() - started
+        for conn in idle + stalled:
+            conn.close()
+        time.sleep(3)
+        rounds.append((during, served, rss_kib(worker)))
+    print(f"\nworker RSS before: {before // 1024} MB; " + "; ".join(
+        f"with 3,000 idle + 300 stalled connections {d // 1024} MB, real client served in {s:.2f} s, "
+        f"after they closed {a // 1024} MB" for d, s, a in rounds))
+    for during, served, after in rounds:
+        assert served < 5
+        assert during - before < 64 * 1024  # at most 64 handshakes hold TLS state at once (~300 KiB each)
+        assert after - before < 48 * 1024  # what a flood's tasks and handshakes leave in the heap, reused
+    assert rounds[1][2] - rounds[0][2] < 16 * 1024

@@ -6,17 +6,29 @@ The transport knows nothing about operations: it turns frames into
 arrival order), and writes the replies back. It enforces the limits that protect
 the node from a peer: frame size, requests in flight per connection (reading
 pauses at the limit: back-pressure, nothing is dropped) and connection count.
+
+Before a peer has a certificate, it costs as little as it can. A TLS server connection in
+asyncio holds a 256 KiB buffer and OpenSSL's state from the moment it exists, so the
+listener accepts plain TCP first and starts TLS only when the peer's first bytes arrive
+(:data:`FIRST_BYTES_SECONDS`); a connection that says nothing is a socket and a small task.
+At most :data:`MAX_HANDSHAKES` handshakes run at once per worker, :data:`MAX_HANDSHAKES_PER_SOURCE`
+per source address; more wait their turn (no refusal: a real client behind the same address
+is served once a slot frees) for at most :data:`HANDSHAKE_WAIT_SECONDS`. At most
+:data:`MAX_WAITING` connections per worker may wait like that; beyond it new ones are closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import dataclasses
 import itertools
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from cryptography import x509
@@ -74,6 +86,41 @@ WRITE_HIGH_WATER = 1 << 20
 #: Frames above the limit but below this are skipped (an error names the request); above it the
 #: connection is closed, as the peer is not speaking the protocol.
 SKIP_LIMIT = 256 << 20
+#: How long a new connection may stay silent before its ClientHello (it costs no TLS state meanwhile).
+FIRST_BYTES_SECONDS = 10.0
+#: TLS handshakes in progress at once, per worker and per source address (each holds ~300 KiB).
+MAX_HANDSHAKES = 64
+MAX_HANDSHAKES_PER_SOURCE = 8
+#: How long a connection whose peer spoke waits for a handshake slot; and how long the handshake may take.
+HANDSHAKE_WAIT_SECONDS = 10.0
+HANDSHAKE_SECONDS = 10.0
+#: Connections per worker accepted but not yet through their handshake (silent ones included).
+MAX_WAITING = 8192
+#: Handshakes after which, once none is left waiting, the worker's heap is trimmed (:func:`_trim_heap`).
+TRIM_AFTER_HANDSHAKES = 32
+
+
+class _HandshakeSlots:
+    """At most ``total`` handshakes at once, ``per_source`` of them from one address; the rest wait in line."""
+
+    def __init__(self, total: int, per_source: int) -> None:
+        self._total = asyncio.Semaphore(total)
+        self._per_source = per_source
+        self._sources: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def take(self, source: str) -> AsyncIterator[None]:
+        semaphore, users = self._sources.get(source) or (asyncio.Semaphore(self._per_source), 0)
+        self._sources[source] = (semaphore, users + 1)
+        try:
+            async with semaphore, self._total:
+                yield
+        finally:
+            semaphore, users = self._sources[source]
+            if users <= 1:
+                del self._sources[source]  # forgotten once nobody from there waits or shakes hands
+            else:
+                self._sources[source] = (semaphore, users - 1)
 
 
 class NodeListener:
@@ -95,17 +142,87 @@ class NodeListener:
         self._max_connections = max_connections
         self._connection_ids = itertools.count(1)
         self._open = 0
-        self._server: asyncio.base_events.Server | None = None
+        #: Accepted connections not through their handshake yet.
+        self._waiting = 0
+        self._slots = _HandshakeSlots(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE)
+        self._accepting: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._refused_logged = 0.0
+        #: Handshakes started since the heap was last trimmed.
+        self._handshakes = 0
 
     async def start(self, sock: socket.socket, context: ssl.SSLContext) -> None:
-        self._server = await asyncio.start_server(
-            self._serve_connection, sock=sock, ssl=context, ssl_handshake_timeout=10, limit=READ_CHUNK
-        )
+        sock.setblocking(False)
+        self._accepting = asyncio.get_running_loop().create_task(self._accept(sock, context))
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            await asyncio.gather(self._accepting, return_exceptions=True)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _accept(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, address = await loop.sock_accept(sock)
+            except OSError as exc:  # EMFILE and the like: say so, breathe, go on
+                self._say_refused(f"accept failed: {exc}")
+                await asyncio.sleep(0.1)
+                continue
+            if self._waiting >= MAX_WAITING:
+                conn.close()
+                self._say_refused(f"{self._waiting} connections are waiting for their handshake")
+                continue
+            self._waiting += 1
+            task = loop.create_task(self._handshake(conn, address, context))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _say_refused(self, why: str) -> None:
+        now = time.monotonic()
+        if now - self._refused_logged > 10:  # once in a while, not once per connection of a flood
+            self._refused_logged = now
+            log.warning("refusing new connections: %s", why)
+
+    async def _handshake(self, conn: socket.socket, address: Any, context: ssl.SSLContext) -> None:
+        """TLS once the peer speaks and a slot is free; then serve the connection."""
+        loop = asyncio.get_running_loop()
+        source = str(address[0]) if isinstance(address, tuple) and address else "?"
+        streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        try:
+            conn.setblocking(False)
+            if not await _readable(loop, conn, FIRST_BYTES_SECONDS):
+                return
+            # Gone already, or not TLS (a handshake record starts with 22): no TLS state for it at all.
+            first = conn.recv(1, socket.MSG_PEEK)
+            if first != b"\x16":
+                return
+            async with asyncio.timeout(HANDSHAKE_WAIT_SECONDS + HANDSHAKE_SECONDS):
+                async with self._slots.take(source):
+                    if conn.recv(1, socket.MSG_PEEK) != b"\x16":
+                        return  # it went away while it waited for its turn
+                    self._handshakes += 1
+                    reader = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
+                    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+                    transport, _ = await loop.connect_accepted_socket(
+                        lambda: protocol, sock=conn, ssl=context, ssl_handshake_timeout=HANDSHAKE_SECONDS)
+                    streams = reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+        except (OSError, TimeoutError) as exc:
+            log.debug("connection from %s ended before its handshake: %s", source, exc)
+        finally:
+            self._waiting -= 1
+            if streams is None:
+                conn.close()
+            if self._waiting == 0 and self._handshakes >= TRIM_AFTER_HANDSHAKES:
+                # A burst is over: hand the TLS state it left in the heap back to the system.
+                self._handshakes = 0
+                _trim_heap()
+        if streams is not None:
+            await self._serve_connection(*streams)
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection_id = next(self._connection_ids)
@@ -229,3 +346,32 @@ class _Connection:
             await self._writer.wait_closed()
         except (ConnectionError, ssl.SSLError, OSError):
             pass
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket, timeout: float) -> bool:
+    """Whether ``conn`` has something to read (or hit end-of-file) within ``timeout`` seconds."""
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    fd = conn.fileno()
+    loop.add_reader(fd, wake)
+    try:
+        async with asyncio.timeout(timeout):
+            await ready
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+
+
+def _trim_heap() -> None:
+    """glibc's malloc_trim: free pages inside the heap go back to the system (OpenSSL's per-connection state
+    is many small blocks, which a plain free keeps). A no-op where there is no glibc."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
