@@ -46,6 +46,7 @@ def test_the_guide_has_the_steps_it_promises() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_every_command_of_the_guide_runs(pkcs11_module: Pkcs11Module, tmp_path: Path) -> None:
     cluster = LocalCluster(tmp_path / "cluster")
     cluster.up()
