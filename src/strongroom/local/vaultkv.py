@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from strongroom.local.layout import Layout, LocalClusterError
+from strongroom.local.layout import LocalClusterError
 from strongroom.local.processes import Background, LaunchError
 from strongroom.vaultkv import local as setup_local
 from strongroom.vaultkv.config import VaultKvConfig
@@ -98,12 +98,3 @@ def stop_vault_kv(root: Path) -> int | None:
     _files(root)[2].unlink(missing_ok=True)
     return service_process(root).stop(STOP_TIMEOUT)
 
-
-def vault_kv_status(root: Path) -> dict[str, Any]:
-    """``{"pid", "url", "health"}``: running, stopped or unresponsive."""
-    root = Layout(Path(root).resolve()).root
-    pid = service_process(root).pid()
-    path = root / setup_local.CONFIG_FILE
-    config = VaultKvConfig.load(path, validate=False) if path.exists() else None
-    health = "stopped" if pid is None else ("running" if config is not None and _answers(config) else "unresponsive")
-    return {"pid": pid, "url": None if config is None else config.address, "health": health}
