@@ -3,6 +3,8 @@
 
 #include <string.h>
 
+#include "pkcs11x.h"
+
 int attr_is_template(CK_ATTRIBUTE_TYPE type)
 {
     return (type & CKF_ARRAY_ATTRIBUTE) != 0 && type != CKA_ALLOWED_MECHANISMS;
@@ -203,6 +205,22 @@ CK_RV put_mechanism(mp_enc *e, const CK_MECHANISM *m)
         mp_put_uint(e, c.ulCounterBits);
         mp_put_str(e, "cb");
         mp_put_bin(e, c.cb, sizeof c.cb);
+        return CKR_OK;
+    }
+
+    if (m->mechanism == CKM_EDDSA && p && len) {
+        /* PKCS#11 3.0: CK_EDDSA_PARAMS, optional (pure Ed25519 without it) */
+        if (len != sizeof(CK_EDDSA_PARAMS))
+            return CKR_MECHANISM_PARAM_INVALID;
+        CK_EDDSA_PARAMS d;
+        memcpy(&d, p, sizeof d);
+        if (!param_bytes_ok(d.pContextData, d.ulContextDataLen))
+            return CKR_MECHANISM_PARAM_INVALID;
+        mp_put_map(e, 2);
+        mp_put_str(e, "ph_flag");
+        mp_put_bool(e, d.phFlag != CK_FALSE);
+        mp_put_str(e, "context_data");
+        mp_put_bin(e, d.pContextData, d.ulContextDataLen);
         return CKR_OK;
     }
 

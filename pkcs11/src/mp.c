@@ -16,10 +16,20 @@ void mp_enc_init(mp_enc *e)
     e->len = 0;
     e->cap = 0;
     e->err = MP_ENC_OK;
+    e->secret = 0;
+}
+
+static void wipe(void *p, size_t n)
+{
+    volatile uint8_t *v = p;
+    while (n--)
+        *v++ = 0;
 }
 
 void mp_enc_free(mp_enc *e)
 {
+    if (e->secret && e->buf)
+        wipe(e->buf, e->cap);
     free(e->buf);
     mp_enc_init(e);
 }
@@ -40,7 +50,18 @@ static int reserve(mp_enc *e, size_t n)
         cap *= 2;
     if (cap > MP_ENC_LIMIT)
         cap = MP_ENC_LIMIT;
-    uint8_t *p = realloc(e->buf, cap);
+    uint8_t *p;
+    if (e->secret) {
+        /* a request holding a PIN leaves no copy behind in memory it gives back */
+        p = malloc(cap);
+        if (p && e->buf) {
+            memcpy(p, e->buf, e->len);
+            wipe(e->buf, e->cap);
+            free(e->buf);
+        }
+    } else {
+        p = realloc(e->buf, cap);
+    }
     if (!p) {
         e->err = MP_ENC_NOMEM;
         return -1;

@@ -14,10 +14,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Largest frame either way (header excluded). */
+/* Largest request frame (header excluded). */
 #define MP_MAX_FRAME (4u << 20)
-/* Largest single byte string the module sends. */
-#define MP_MAX_BYTES (2u << 20)
+/* Largest reply frame: a multi-part AES-GCM decryption hands over all its plaintext in its final
+ * (the node holds up to 16 MiB until the tag verifies; a node's reply to the agent is at most 8 MiB). */
+#define MP_MAX_REPLY (12u << 20)
+/* Largest single byte string the module sends (single-part data; updates of any size go in parts). */
+#define MP_MAX_BYTES (3u << 20)
+/* The largest part of an update the module sends at once (what a node takes in one request). */
+#define MP_PART (1u << 20)
 /* Deepest nesting accepted in a reply (replies need 5 at most). */
 #define MP_MAX_DEPTH 12
 /* Most nodes accepted in one reply (a bound on memory: 24 bytes each). */
@@ -32,6 +37,7 @@ typedef struct {
     size_t len;
     size_t cap;
     int err; /* sticky: MP_ENC_* */
+    int secret; /* holds a PIN: wiped when grown or freed */
 } mp_enc;
 
 void mp_enc_init(mp_enc *e);

@@ -10,6 +10,7 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include "app.h"
 #include "marshal.h"
 #include "mp.h"
 #include "rpc.h"
@@ -54,6 +55,8 @@
 
 static CK_FUNCTION_LIST function_list;
 
+static int get_version(const mp_doc *d, uint32_t node, CK_VERSION *v);
+
 static void blank(unsigned char *field, size_t size, const char *text)
 {
     size_t n = strlen(text);
@@ -80,14 +83,27 @@ EXPORT CK_RV C_GetInfo(CK_INFO_PTR pInfo)
         return rv;
     if (!pInfo)
         return CKR_ARGUMENTS_BAD;
-    memset(pInfo, 0, sizeof *pInfo);
-    pInfo->cryptokiVersion.major = CRYPTOKI_VERSION_MAJOR;
-    pInfo->cryptokiVersion.minor = CRYPTOKI_VERSION_MINOR;
-    blank(pInfo->manufacturerID, sizeof pInfo->manufacturerID, "Strongroom");
-    pInfo->flags = 0;
-    blank(pInfo->libraryDescription, sizeof pInfo->libraryDescription, "Strongroom PKCS#11 module");
-    pInfo->libraryVersion.major = LIB_VERSION_MAJOR;
-    pInfo->libraryVersion.minor = LIB_VERSION_MINOR;
+    CK_INFO info;
+    memset(&info, 0, sizeof info);
+    info.cryptokiVersion.major = CRYPTOKI_VERSION_MAJOR;
+    info.cryptokiVersion.minor = CRYPTOKI_VERSION_MINOR;
+    blank(info.manufacturerID, sizeof info.manufacturerID, "Strongroom");
+    info.flags = 0;
+    blank(info.libraryDescription, sizeof info.libraryDescription, "Strongroom PKCS#11 module");
+    info.libraryVersion.major = LIB_VERSION_MAJOR;
+    info.libraryVersion.minor = LIB_VERSION_MINOR;
+    /* The installed Strongroom's version, as the agent tells it; the module's own when it cannot. */
+    rpc_t r;
+    CK_RV arv;
+    if (rpc_begin(&r, "C_GetInfo", 0, RPC_NOTOKEN) == CKR_OK && rpc_call(&r, &arv) == CKR_OK) {
+        uint32_t m = mp_elem(&r.doc, r.outputs, 0);
+        CK_VERSION v;
+        if (arv == CKR_OK && r.nout == 1 && mp_is(&r.doc, m, MP_MAP) &&
+            get_version(&r.doc, mp_map_get(&r.doc, m, "library"), &v) == 0)
+            info.libraryVersion = v;
+        rpc_end(&r, 0);
+    }
+    *pInfo = info;
     return CKR_OK;
 }
 
@@ -196,11 +212,14 @@ EXPORT CK_RV C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
 
 EXPORT CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved)
 {
-    (void)flags;
-    (void)pSlot;
-    (void)pReserved;
     CK_RV rv = state_check();
-    return rv != CKR_OK ? rv : CKR_FUNCTION_NOT_SUPPORTED;
+    if (rv != CKR_OK)
+        return rv;
+    if (!pSlot || pReserved)
+        return CKR_ARGUMENTS_BAD;
+    /* The one slot's token (the cluster) never leaves or arrives: no event, ever. Waiting for one that
+     * cannot come would block the caller until C_Finalize, which the module does not do. */
+    return (flags & CKF_DONT_BLOCK) ? CKR_NO_EVENT : CKR_FUNCTION_NOT_SUPPORTED;
 }
 
 EXPORT CK_RV C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMechanismList, CK_ULONG_PTR pulCount)
@@ -246,21 +265,27 @@ EXPORT CK_RV C_InitToken(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPin
 
 EXPORT CK_RV C_InitPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
 {
-    (void)hSession;
-    (void)pPin;
-    (void)ulPinLen;
-    CK_RV rv = state_check();
-    return rv != CKR_OK ? rv : CKR_FUNCTION_NOT_SUPPORTED;
+    BEGIN("C_InitPIN", 2, RPC_TOKEN);
+    REQUIRE(pPin, CKR_ARGUMENTS_BAD); /* no protected authentication path */
+    r.enc.secret = 1;
+    mp_put_uint(&r.enc, hSession);
+    ARG(put_bytes(&r.enc, pPin, ulPinLen, CKR_PIN_LEN_RANGE));
+    return rpc_simple(&r);
 }
 
 EXPORT CK_RV C_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin, CK_ULONG ulOldLen,
                       CK_UTF8CHAR_PTR pNewPin, CK_ULONG ulNewLen)
 {
     BEGIN("C_SetPIN", 3, RPC_TOKEN);
+    REQUIRE(pOldPin && pNewPin, CKR_ARGUMENTS_BAD);
+    r.enc.secret = 1;
     mp_put_uint(&r.enc, hSession);
     ARG(put_bytes(&r.enc, pOldPin, ulOldLen, CKR_PIN_LEN_RANGE));
     ARG(put_bytes(&r.enc, pNewPin, ulNewLen, CKR_PIN_LEN_RANGE));
-    return rpc_simple(&r);
+    rv = rpc_simple(&r);
+    if (rv == CKR_OK)
+        app_pin_changed(pNewPin, ulNewLen); /* an agent restart logs in with the new password */
+    return rv;
 }
 
 /* ---- sessions ------------------------------------------------------------------------- */
@@ -275,21 +300,30 @@ EXPORT CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pAppli
     mp_put_uint(&r.enc, slotID);
     mp_put_uint(&r.enc, flags);
     CALL();
-    return finish_handles(&r, arv, phSession, NULL);
+    rv = finish_handles(&r, arv, phSession, NULL);
+    if (rv == CKR_OK)
+        app_session_opened(*phSession, slotID, flags);
+    return rv;
 }
 
 EXPORT CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
 {
     BEGIN("C_CloseSession", 1, RPC_TOKEN);
     mp_put_uint(&r.enc, hSession);
-    return rpc_simple(&r);
+    rv = rpc_simple(&r);
+    if (rv == CKR_OK || rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED)
+        app_session_closed(hSession);
+    return rv;
 }
 
 EXPORT CK_RV C_CloseAllSessions(CK_SLOT_ID slotID)
 {
     BEGIN("C_CloseAllSessions", 1, RPC_TOKEN);
     mp_put_uint(&r.enc, slotID);
-    return rpc_simple(&r);
+    rv = rpc_simple(&r);
+    if (rv == CKR_OK)
+        app_sessions_closed(slotID);
+    return rv;
 }
 
 EXPORT CK_RV C_GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo)
@@ -337,20 +371,49 @@ EXPORT CK_RV C_SetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperat
     return rv != CKR_OK ? rv : CKR_FUNCTION_NOT_SUPPORTED;
 }
 
+static const char *user_name(CK_USER_TYPE t)
+{
+    return t == CKU_USER ? "CKU_USER" : t == CKU_SO ? "CKU_SO" : t == CKU_CONTEXT_SPECIFIC ? "CKU_CONTEXT_SPECIFIC"
+                                                                                          : "an unknown user type";
+}
+
 EXPORT CK_RV C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
 {
     BEGIN("C_Login", 3, RPC_TOKEN);
+    /* A NULL PIN asks for a protected authentication path, which the token does not have (no
+     * CKF_PROTECTED_AUTHENTICATION_PATH). */
+    if (!pPin) {
+        rpc_abort(&r);
+        explain("C_Login(%s) without a PIN: give the PIN, username:password", user_name(userType));
+        return CKR_ARGUMENTS_BAD;
+    }
+    r.enc.secret = 1;
     mp_put_uint(&r.enc, hSession);
     mp_put_uint(&r.enc, userType);
     ARG(put_bytes(&r.enc, pPin, ulPinLen, CKR_PIN_LEN_RANGE));
-    return rpc_simple(&r);
+    CALL();
+    if (arv == CKR_OK) {
+        app_logged_in(userType, pPin, ulPinLen); /* kept to log in again after an agent restart */
+    } else if (arv != CKR_USER_ALREADY_LOGGED_IN) {
+        char why[300];
+        const char *reason = rpc_reason(&r, why, sizeof why);
+        explain("C_Login(%s) failed (0x%lx): %s", user_name(userType), (unsigned long)arv,
+                reason ? reason
+                : memchr(pPin, ':', ulPinLen) ? "refused by the agent"
+                                               : "the PIN is not in username:password form");
+    }
+    rpc_end(&r, 0);
+    return arv;
 }
 
 EXPORT CK_RV C_Logout(CK_SESSION_HANDLE hSession)
 {
     BEGIN("C_Logout", 1, RPC_TOKEN);
     mp_put_uint(&r.enc, hSession);
-    return rpc_simple(&r);
+    rv = rpc_simple(&r);
+    if (rv == CKR_OK || rv == CKR_USER_NOT_LOGGED_IN)
+        app_logged_out();
+    return rv;
 }
 
 /* ---- objects --------------------------------------------------------------------------- */
@@ -594,39 +657,144 @@ static CK_RV op_init(const char *fn, CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK
     return rpc_simple(&r);
 }
 
-/* C_xxx(session, data, cap) -> [needed_len, data] */
-static CK_RV op_data_out(const char *fn, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG in_len, CK_RV too_long,
-                         CK_BYTE_PTR out, CK_ULONG_PTR out_len)
+/* A call of an active operation failed where the agent could not see it (the module refused its
+ * arguments, or the agent's answer was malformed): it ends the operation all the same (PKCS#11 v2.40
+ * §5.2: every failure but CKR_BUFFER_TOO_SMALL and a size query). kind2 for a dual-function call. */
+static CK_RV refuse(CK_SESSION_HANDLE s, const char *kind, const char *kind2, CK_RV rv)
+{
+    for (int i = 0; i < 2; i++) {
+        const char *k = i ? kind2 : kind;
+        rpc_t r;
+        if (!k || rpc_begin(&r, "X_EndOperation", 2, RPC_TOKEN) != CKR_OK)
+            continue;
+        mp_put_uint(&r.enc, s);
+        mp_put_str(&r.enc, k);
+        (void)rpc_simple(&r);
+    }
+    return rv;
+}
+
+/* One C_xxx(session, data, cap) -> [needed_len, data] request. */
+static CK_RV data_out_once(const char *fn, const char *kind, const char *kind2, CK_SESSION_HANDLE s,
+                           CK_BYTE_PTR in, CK_ULONG in_len, CK_RV too_long, CK_BYTE_PTR out, CK_ULONG_PTR out_len)
 {
     BEGIN(fn, 3, RPC_TOKEN);
-    REQUIRE(out_len, CKR_ARGUMENTS_BAD);
     mp_put_uint(&r.enc, s);
-    ARG(put_bytes(&r.enc, in, in_len, too_long));
+    CK_RV arg = put_bytes(&r.enc, in, in_len, too_long);
+    if (arg != CKR_OK) {
+        rpc_abort(&r);
+        return refuse(s, kind, kind2, arg);
+    }
     put_cap(&r.enc, out, out_len);
     CALL();
-    return finish_output(&r, arv, out, out_len);
+    rv = finish_output(&r, arv, out, out_len);
+    return r.malformed ? refuse(s, kind, kind2, rv) : rv;
+}
+
+/* An upper bound of an encrypt/decrypt update's output (the agent knows the mechanism). */
+static CK_RV output_bound(CK_SESSION_HANDLE s, const char *kind, CK_ULONG len, CK_ULONG *bound)
+{
+    BEGIN("X_OutputBound", 3, RPC_TOKEN);
+    mp_put_uint(&r.enc, s);
+    mp_put_str(&r.enc, kind);
+    mp_put_uint(&r.enc, len);
+    CALL();
+    if (arv != CKR_OK) {
+        rpc_end(&r, 0);
+        return arv;
+    }
+    unsigned long b;
+    if (r.nout != 1 || mp_get_ulong(&r.doc, mp_elem(&r.doc, r.outputs, 0), &b))
+        return refuse(s, kind, NULL, rpc_end(&r, 1));
+    *bound = b;
+    rpc_end(&r, 0);
+    return CKR_OK;
+}
+
+/* C_xxx(session, data, cap) -> [needed_len, data]; an update of any size goes in parts of MP_PART (a size query
+ * answers an upper bound; the buffer must hold it before the first part is sent, so nothing is half done). */
+static CK_RV op_data_out(const char *fn, const char *kind, const char *kind2, int update, CK_SESSION_HANDLE s,
+                         CK_BYTE_PTR in, CK_ULONG in_len, CK_RV too_long, CK_BYTE_PTR out, CK_ULONG_PTR out_len)
+{
+    CK_RV rv = state_check();
+    if (rv != CKR_OK)
+        return rv;
+    if (!out_len || (!in && in_len))
+        return refuse(s, kind, kind2, CKR_ARGUMENTS_BAD);
+    if (!update || kind2 || in_len <= MP_PART)
+        return data_out_once(fn, kind, kind2, s, in, in_len, too_long, out, out_len);
+    CK_ULONG bound = 0;
+    rv = output_bound(s, kind, in_len, &bound);
+    if (rv != CKR_OK)
+        return rv;
+    if (!out) {
+        *out_len = bound;
+        return CKR_OK;
+    }
+    if (*out_len < bound) {
+        *out_len = bound;
+        return CKR_BUFFER_TOO_SMALL;
+    }
+    CK_ULONG done = 0, left = *out_len;
+    for (CK_ULONG pos = 0; pos < in_len; pos += MP_PART) {
+        CK_ULONG n = in_len - pos < MP_PART ? in_len - pos : MP_PART, cap = left;
+        rv = data_out_once(fn, kind, NULL, s, in + pos, n, too_long, out + done, &cap);
+        if (rv == CKR_BUFFER_TOO_SMALL)
+            return refuse(s, kind, NULL, CKR_FUNCTION_FAILED); /* the bound was wrong: nothing sensible is left */
+        if (rv != CKR_OK)
+            return rv; /* the agent ended the operation */
+        done += cap;
+        left -= cap;
+    }
+    *out_len = done;
+    return CKR_OK;
 }
 
 /* C_xxxFinal(session, cap) -> [needed_len, data] */
-static CK_RV op_final_out(const char *fn, CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG_PTR out_len)
+static CK_RV op_final_out(const char *fn, const char *kind, CK_SESSION_HANDLE s, CK_BYTE_PTR out,
+                          CK_ULONG_PTR out_len)
 {
+    CK_RV st = state_check();
+    if (st != CKR_OK)
+        return st;
+    if (!out_len)
+        return refuse(s, kind, NULL, CKR_ARGUMENTS_BAD);
     BEGIN(fn, 2, RPC_TOKEN);
-    REQUIRE(out_len, CKR_ARGUMENTS_BAD);
     mp_put_uint(&r.enc, s);
     put_cap(&r.enc, out, out_len);
     CALL();
-    return finish_output(&r, arv, out, out_len);
+    rv = finish_output(&r, arv, out, out_len);
+    return r.malformed ? refuse(s, kind, NULL, rv) : rv;
 }
 
-/* C_xxx(session, bytes[, bytes]) -> [] */
-static CK_RV op_bytes(const char *fn, CK_SESSION_HANDLE s, CK_BYTE_PTR a, CK_ULONG a_len, CK_RV a_long,
-                      CK_BYTE_PTR b, CK_ULONG b_len, CK_RV b_long, int two)
+/* C_xxx(session, bytes[, bytes]) -> []: C_Verify, C_VerifyFinal and the updates without output (any size:
+ * an update goes in parts of MP_PART). */
+static CK_RV op_bytes(const char *fn, const char *kind, int update, CK_SESSION_HANDLE s, CK_BYTE_PTR a,
+                      CK_ULONG a_len, CK_RV a_long, CK_BYTE_PTR b, CK_ULONG b_len, CK_RV b_long, int two)
 {
+    CK_RV st = state_check();
+    if (st != CKR_OK)
+        return st;
+    if ((!a && a_len) || (two && !b && b_len))
+        return refuse(s, kind, NULL, CKR_ARGUMENTS_BAD);
+    if (update && a_len > MP_PART) {
+        for (CK_ULONG pos = 0; pos < a_len; pos += MP_PART) {
+            st = op_bytes(fn, kind, 0, s, a + pos, a_len - pos < MP_PART ? a_len - pos : MP_PART, a_long, NULL, 0,
+                          0, 0);
+            if (st != CKR_OK)
+                return st;
+        }
+        return CKR_OK;
+    }
     BEGIN(fn, two ? 3 : 2, RPC_TOKEN);
     mp_put_uint(&r.enc, s);
-    ARG(put_bytes(&r.enc, a, a_len, a_long));
-    if (two)
-        ARG(put_bytes(&r.enc, b, b_len, b_long));
+    CK_RV arg = put_bytes(&r.enc, a, a_len, a_long);
+    if (arg == CKR_OK && two)
+        arg = put_bytes(&r.enc, b, b_len, b_long);
+    if (arg != CKR_OK) {
+        rpc_abort(&r);
+        return refuse(s, kind, NULL, arg);
+    }
     return rpc_simple(&r);
 }
 
@@ -638,21 +806,21 @@ EXPORT CK_RV C_EncryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechani
 EXPORT CK_RV C_Encrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pEncryptedData,
                        CK_ULONG_PTR pulEncryptedDataLen)
 {
-    return op_data_out("C_Encrypt", hSession, pData, ulDataLen, CKR_DATA_LEN_RANGE, pEncryptedData,
-                       pulEncryptedDataLen);
+    return op_data_out("C_Encrypt", "encrypt", NULL, 0, hSession, pData, ulDataLen, CKR_DATA_LEN_RANGE,
+                       pEncryptedData, pulEncryptedDataLen);
 }
 
 EXPORT CK_RV C_EncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen,
                              CK_BYTE_PTR pEncryptedPart, CK_ULONG_PTR pulEncryptedPartLen)
 {
-    return op_data_out("C_EncryptUpdate", hSession, pPart, ulPartLen, CKR_DATA_LEN_RANGE, pEncryptedPart,
-                       pulEncryptedPartLen);
+    return op_data_out("C_EncryptUpdate", "encrypt", NULL, 1, hSession, pPart, ulPartLen, CKR_DATA_LEN_RANGE,
+                       pEncryptedPart, pulEncryptedPartLen);
 }
 
 EXPORT CK_RV C_EncryptFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastEncryptedPart,
                             CK_ULONG_PTR pulLastEncryptedPartLen)
 {
-    return op_final_out("C_EncryptFinal", hSession, pLastEncryptedPart, pulLastEncryptedPartLen);
+    return op_final_out("C_EncryptFinal", "encrypt", hSession, pLastEncryptedPart, pulLastEncryptedPartLen);
 }
 
 EXPORT CK_RV C_DecryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
@@ -663,20 +831,20 @@ EXPORT CK_RV C_DecryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechani
 EXPORT CK_RV C_Decrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedData, CK_ULONG ulEncryptedDataLen,
                        CK_BYTE_PTR pData, CK_ULONG_PTR pulDataLen)
 {
-    return op_data_out("C_Decrypt", hSession, pEncryptedData, ulEncryptedDataLen, CKR_ENCRYPTED_DATA_LEN_RANGE,
-                       pData, pulDataLen);
+    return op_data_out("C_Decrypt", "decrypt", NULL, 0, hSession, pEncryptedData, ulEncryptedDataLen,
+                       CKR_ENCRYPTED_DATA_LEN_RANGE, pData, pulDataLen);
 }
 
 EXPORT CK_RV C_DecryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart, CK_ULONG ulEncryptedPartLen,
                              CK_BYTE_PTR pPart, CK_ULONG_PTR pulPartLen)
 {
-    return op_data_out("C_DecryptUpdate", hSession, pEncryptedPart, ulEncryptedPartLen,
+    return op_data_out("C_DecryptUpdate", "decrypt", NULL, 1, hSession, pEncryptedPart, ulEncryptedPartLen,
                        CKR_ENCRYPTED_DATA_LEN_RANGE, pPart, pulPartLen);
 }
 
 EXPORT CK_RV C_DecryptFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastPart, CK_ULONG_PTR pulLastPartLen)
 {
-    return op_final_out("C_DecryptFinal", hSession, pLastPart, pulLastPartLen);
+    return op_final_out("C_DecryptFinal", "decrypt", hSession, pLastPart, pulLastPartLen);
 }
 
 EXPORT CK_RV C_DigestInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism)
@@ -687,25 +855,26 @@ EXPORT CK_RV C_DigestInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanis
 EXPORT CK_RV C_Digest(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pDigest,
                       CK_ULONG_PTR pulDigestLen)
 {
-    return op_data_out("C_Digest", hSession, pData, ulDataLen, CKR_DATA_LEN_RANGE, pDigest, pulDigestLen);
+    return op_data_out("C_Digest", "digest", NULL, 0, hSession, pData, ulDataLen, CKR_DATA_LEN_RANGE, pDigest,
+                       pulDigestLen);
 }
 
 EXPORT CK_RV C_DigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
 {
-    return op_bytes("C_DigestUpdate", hSession, pPart, ulPartLen, CKR_DATA_LEN_RANGE, NULL, 0, 0, 0);
+    return op_bytes("C_DigestUpdate", "digest", 1, hSession, pPart, ulPartLen, CKR_DATA_LEN_RANGE, NULL, 0, 0, 0);
 }
 
 EXPORT CK_RV C_DigestKey(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hKey)
 {
-    (void)hSession;
-    (void)hKey;
-    CK_RV rv = state_check();
-    return rv != CKR_OK ? rv : CKR_FUNCTION_NOT_SUPPORTED;
+    BEGIN("C_DigestKey", 2, RPC_TOKEN);
+    mp_put_uint(&r.enc, hSession);
+    mp_put_uint(&r.enc, hKey);
+    return rpc_simple(&r);
 }
 
 EXPORT CK_RV C_DigestFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pDigest, CK_ULONG_PTR pulDigestLen)
 {
-    return op_final_out("C_DigestFinal", hSession, pDigest, pulDigestLen);
+    return op_final_out("C_DigestFinal", "digest", hSession, pDigest, pulDigestLen);
 }
 
 EXPORT CK_RV C_SignInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
@@ -716,17 +885,18 @@ EXPORT CK_RV C_SignInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
 EXPORT CK_RV C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
                     CK_ULONG_PTR pulSignatureLen)
 {
-    return op_data_out("C_Sign", hSession, pData, ulDataLen, CKR_DATA_LEN_RANGE, pSignature, pulSignatureLen);
+    return op_data_out("C_Sign", "sign", NULL, 0, hSession, pData, ulDataLen, CKR_DATA_LEN_RANGE, pSignature,
+                       pulSignatureLen);
 }
 
 EXPORT CK_RV C_SignUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
 {
-    return op_bytes("C_SignUpdate", hSession, pPart, ulPartLen, CKR_DATA_LEN_RANGE, NULL, 0, 0, 0);
+    return op_bytes("C_SignUpdate", "sign", 1, hSession, pPart, ulPartLen, CKR_DATA_LEN_RANGE, NULL, 0, 0, 0);
 }
 
 EXPORT CK_RV C_SignFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen)
 {
-    return op_final_out("C_SignFinal", hSession, pSignature, pulSignatureLen);
+    return op_final_out("C_SignFinal", "sign", hSession, pSignature, pulSignatureLen);
 }
 
 EXPORT CK_RV C_SignRecoverInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
@@ -758,18 +928,19 @@ EXPORT CK_RV C_VerifyInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanis
 EXPORT CK_RV C_Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
                       CK_ULONG ulSignatureLen)
 {
-    return op_bytes("C_Verify", hSession, pData, ulDataLen, CKR_DATA_LEN_RANGE, pSignature, ulSignatureLen,
-                    CKR_SIGNATURE_LEN_RANGE, 1);
+    return op_bytes("C_Verify", "verify", 0, hSession, pData, ulDataLen, CKR_DATA_LEN_RANGE, pSignature,
+                    ulSignatureLen, CKR_SIGNATURE_LEN_RANGE, 1);
 }
 
 EXPORT CK_RV C_VerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
 {
-    return op_bytes("C_VerifyUpdate", hSession, pPart, ulPartLen, CKR_DATA_LEN_RANGE, NULL, 0, 0, 0);
+    return op_bytes("C_VerifyUpdate", "verify", 1, hSession, pPart, ulPartLen, CKR_DATA_LEN_RANGE, NULL, 0, 0, 0);
 }
 
 EXPORT CK_RV C_VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG ulSignatureLen)
 {
-    return op_bytes("C_VerifyFinal", hSession, pSignature, ulSignatureLen, CKR_SIGNATURE_LEN_RANGE, NULL, 0, 0, 0);
+    return op_bytes("C_VerifyFinal", "verify", 0, hSession, pSignature, ulSignatureLen, CKR_SIGNATURE_LEN_RANGE,
+                    NULL, 0, 0, 0);
 }
 
 EXPORT CK_RV C_VerifyRecoverInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
@@ -793,41 +964,34 @@ EXPORT CK_RV C_VerifyRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
     return rv != CKR_OK ? rv : CKR_FUNCTION_NOT_SUPPORTED;
 }
 
-/* ---- dual-function operations: not supported ---------------------------------------------- */
-
-static CK_RV dual_unsupported(CK_SESSION_HANDLE s, CK_BYTE_PTR a, CK_ULONG a_len, CK_BYTE_PTR b, CK_ULONG_PTR b_len)
-{
-    (void)s;
-    (void)a;
-    (void)a_len;
-    (void)b;
-    (void)b_len;
-    CK_RV rv = state_check();
-    return rv != CKR_OK ? rv : CKR_FUNCTION_NOT_SUPPORTED;
-}
+/* ---- dual-function operations (the agent runs both operations' updates) ---------------------------- */
 
 EXPORT CK_RV C_DigestEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen,
                                    CK_BYTE_PTR pEncryptedPart, CK_ULONG_PTR pulEncryptedPartLen)
 {
-    return dual_unsupported(hSession, pPart, ulPartLen, pEncryptedPart, pulEncryptedPartLen);
+    return op_data_out("C_DigestEncryptUpdate", "encrypt", "digest", 1, hSession, pPart, ulPartLen,
+                       CKR_DATA_LEN_RANGE, pEncryptedPart, pulEncryptedPartLen);
 }
 
 EXPORT CK_RV C_DecryptDigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart,
                                    CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart, CK_ULONG_PTR pulPartLen)
 {
-    return dual_unsupported(hSession, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen);
+    return op_data_out("C_DecryptDigestUpdate", "decrypt", "digest", 1, hSession, pEncryptedPart, ulEncryptedPartLen,
+                       CKR_ENCRYPTED_DATA_LEN_RANGE, pPart, pulPartLen);
 }
 
 EXPORT CK_RV C_SignEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen,
                                  CK_BYTE_PTR pEncryptedPart, CK_ULONG_PTR pulEncryptedPartLen)
 {
-    return dual_unsupported(hSession, pPart, ulPartLen, pEncryptedPart, pulEncryptedPartLen);
+    return op_data_out("C_SignEncryptUpdate", "encrypt", "sign", 1, hSession, pPart, ulPartLen, CKR_DATA_LEN_RANGE,
+                       pEncryptedPart, pulEncryptedPartLen);
 }
 
 EXPORT CK_RV C_DecryptVerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart,
                                    CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart, CK_ULONG_PTR pulPartLen)
 {
-    return dual_unsupported(hSession, pEncryptedPart, ulEncryptedPartLen, pPart, pulPartLen);
+    return op_data_out("C_DecryptVerifyUpdate", "decrypt", "verify", 1, hSession, pEncryptedPart, ulEncryptedPartLen,
+                       CKR_ENCRYPTED_DATA_LEN_RANGE, pPart, pulPartLen);
 }
 
 /* ---- key management ------------------------------------------------------------------------ */
@@ -905,11 +1069,11 @@ EXPORT CK_RV C_DeriveKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism
 
 EXPORT CK_RV C_SeedRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSeed, CK_ULONG ulSeedLen)
 {
-    (void)hSession;
-    (void)pSeed;
-    (void)ulSeedLen;
-    CK_RV rv = state_check();
-    return rv != CKR_OK ? rv : CKR_RANDOM_SEED_NOT_SUPPORTED;
+    /* The agent checks the session, then answers CKR_RANDOM_SEED_NOT_SUPPORTED. */
+    BEGIN("C_SeedRandom", 2, RPC_TOKEN);
+    mp_put_uint(&r.enc, hSession);
+    ARG(put_bytes(&r.enc, pSeed, ulSeedLen, CKR_ARGUMENTS_BAD));
+    return rpc_simple(&r);
 }
 
 EXPORT CK_RV C_GenerateRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR RandomData, CK_ULONG ulRandomLen)

@@ -1,9 +1,13 @@
 /*
- * Library state, the connection pool, and one request/reply exchange.
+ * Library state, configuration, the connection pool, one request/reply
+ * exchange, and reopening the application after an agent restart.
  *
  * Locks: g_lock guards every global below and is only held for short,
  * non-blocking sections (never across socket I/O, except close()).
  * g_init_lock serialises C_Initialize and C_Finalize, which do I/O.
+ * g_connect_lock serialises making a connection (connect, hello, and X_Resume
+ * when the agent did not know the application), so that no call reaches an
+ * agent before the application is reopened in it.
  *
  * Pool: up to POOL_SIZE connections, created on demand; a connection is used
  * by one thread at a time for one request and its reply. Each connection's
@@ -12,20 +16,27 @@
  * Fork: g_pid is the process that called C_Initialize. A process whose pid
  * differs (a child) sees CKR_CRYPTOKI_NOT_INITIALIZED everywhere and never
  * touches the inherited sockets until it calls C_Initialize, which only
- * close()s its copies (nothing is sent) and starts over with a new app_id.
+ * close()s its copies (nothing is sent) and starts over with a new app_id. A
+ * child's C_Initialize without STRONGROOM_AGENT_SOCKET uses the socket its
+ * parent used (nginx's master initializes the module, then forks workers whose
+ * environment it cleared).
  *
- * Lost: when an established connection fails (peer closed, I/O error,
- * timeout, malformed reply) the agent's state for this app_id may be gone (an
- * agent restart, or the last connection closing, ends it). The failing call
- * returns CKR_DEVICE_ERROR, every other connection is closed, and every later
- * call returns CKR_DEVICE_REMOVED until C_Finalize + C_Initialize. The module
- * never silently reconnects under the same app_id.
+ * Agent restart: an idle connection is checked before use (the agent closed
+ * it: EOF); a connection that fails during a call fails that call
+ * (CKR_DEVICE_ERROR). Either way every idle connection is dropped and the next
+ * call connects again, waiting up to reconnect_wait (10 s) for the agent to be
+ * back. The hello tells whether the agent knew the application; when it did
+ * not, the module reopens it first (X_Resume: its sessions under the same
+ * handles, its login from the PIN kept in locked memory, app.c). Calls made
+ * while the agent stays unreachable fail: CKR_DEVICE_REMOVED (C_GetSlotList:
+ * CKR_FUNCTION_FAILED, C_GetSlotInfo: CKR_DEVICE_ERROR).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include "rpc.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -38,16 +49,30 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "app.h"
 
 #define POOL_SIZE 16
 /* Above the agent's own node request timeout (120 s) so that its error reply arrives first. */
 #define DEFAULT_TIMEOUT_MS 150000
+/* How long calls wait for an agent that went away to be back (a restart takes a second or two). */
+#define DEFAULT_RECONNECT_MS 10000
+#define RECONNECT_STEP_MS 100
 #define PROTOCOL_VERSION 1
 /* Offsets in the encoded request: [len:4][0x94][0x01][0xce][id:4]... */
 #define OFF_ID 7
 #define HEAD_LEN 11
+
+#ifndef STRONGROOM_SYSTEM_CONF
+#define STRONGROOM_SYSTEM_CONF "/etc/strongroom/pkcs11.conf"
+#endif
+#ifndef STRONGROOM_DEFAULT_SOCKET
+#define STRONGROOM_DEFAULT_SOCKET "/run/strongroom/agent.sock"
+#endif
+#define MAX_CONF_BYTES 65536
 
 enum { SLOT_EMPTY = 0, SLOT_CONNECTING, SLOT_IDLE, SLOT_BUSY };
 
@@ -56,6 +81,7 @@ struct conn {
     int fd;
     uint32_t next_id;
     uint64_t gen;
+    uint64_t agent; /* g_agent when it connected: an agent incarnation */
 };
 
 struct config {
@@ -63,10 +89,14 @@ struct config {
     struct sockaddr_un addr;
     socklen_t addrlen;
     int timeout_ms;
+    int reconnect_ms;
+    char source[160]; /* where the socket path came from, for explanations */
 };
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t g_init_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t g_connect_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t g_explain_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_cond = PTHREAD_COND_INITIALIZER;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
@@ -74,10 +104,16 @@ static struct conn g_pool[POOL_SIZE];
 static pid_t g_pool_pid;   /* the process whose descriptors are in g_pool */
 static int g_initialized;
 static pid_t g_pid;
-static int g_lost;
 static uint64_t g_gen;     /* changes at every C_Initialize and C_Finalize */
+static uint64_t g_agent;   /* changes when a connection to the agent broke */
+static int64_t g_reconnect_until; /* calls wait for the agent until then (0: no outage known) */
+static int g_outage;       /* a connection broke and none has been made since */
 static struct config g_cfg;
+static int g_have_cfg;     /* g_cfg holds a socket path a C_Initialize used (a forked child reuses it) */
 static atomic_int g_debug;
+static char g_last_explained[512];
+
+static int64_t now_ms(void);
 
 void dbg(const char *fmt, ...)
 {
@@ -89,6 +125,24 @@ void dbg(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
+}
+
+void explain(const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&g_explain_lock);
+    int repeat = strcmp(msg, g_last_explained) == 0;
+    if (!repeat)
+        snprintf(g_last_explained, sizeof g_last_explained, "%s", msg);
+    pthread_mutex_unlock(&g_explain_lock);
+    if (repeat)
+        return;
+    fprintf(stderr, "strongroom-pkcs11[%ld]: %s\n", (long)getpid(), msg);
+    syslog(LOG_USER | LOG_WARNING, "strongroom-pkcs11: %s", msg);
 }
 
 static CK_RV fail_code(rpc_kind k)
@@ -113,12 +167,13 @@ static void atfork_parent(void) { pthread_mutex_unlock(&g_lock); }
 static void atfork_child(void)
 {
     /* Only the forking thread exists in the child. It holds g_lock (taken in
-     * prepare, so the globals are consistent); g_init_lock may be held by a
-     * parent thread that is inside C_Initialize/C_Finalize and does not exist
-     * here, and g_cond may have waiters that do not exist either: start those
-     * afresh. The pool is left alone (the pid check keeps it unused) until
-     * the child calls C_Initialize. */
+     * prepare, so the globals are consistent); the other locks may be held by
+     * parent threads that do not exist here, and g_cond may have waiters that
+     * do not exist either: start those afresh. The pool is left alone (the pid
+     * check keeps it unused) until the child calls C_Initialize. */
     pthread_mutex_init(&g_init_lock, NULL);
+    pthread_mutex_init(&g_connect_lock, NULL);
+    pthread_mutex_init(&g_explain_lock, NULL);
     pthread_cond_init(&g_cond, NULL);
     pthread_mutex_unlock(&g_lock);
 }
@@ -135,6 +190,13 @@ static int64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
 }
 
 static int wait_fd(int fd, short events, int64_t deadline)
@@ -197,6 +259,20 @@ static int recv_all(int fd, uint8_t *p, size_t n, int64_t deadline)
     return 0;
 }
 
+/* An idle connection is usable unless the agent closed it (or sent something unasked). */
+static int idle_alive(int fd)
+{
+    struct pollfd p = {fd, POLLIN, 0};
+    int n;
+    do
+        n = poll(&p, 1, 0);
+    while (n < 0 && errno == EINTR);
+    if (n == 0)
+        return 1;
+    dbg("an idle connection to the agent was closed (agent restarted?)");
+    return 0;
+}
+
 /* Send one frame (buf includes the 4-byte header) and read the reply frame
  * into a new buffer. Returns 0, or -1 when the connection is unusable. */
 static int exchange(int fd, const uint8_t *buf, size_t len, int timeout_ms,
@@ -208,7 +284,7 @@ static int exchange(int fd, const uint8_t *buf, size_t len, int timeout_ms,
     if (send_all(fd, buf, len, deadline) || recv_all(fd, head, 4, deadline))
         return -1;
     uint32_t n = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 | (uint32_t)head[2] << 8 | head[3];
-    if (n == 0 || n > MP_MAX_FRAME) {
+    if (n == 0 || n > MP_MAX_REPLY) {
         dbg("reply frame of %u bytes refused", n);
         return -1;
     }
@@ -288,24 +364,48 @@ static int roundtrip(int fd, uint32_t id, int timeout_ms, mp_enc *e, uint8_t **r
     return 0;
 }
 
-/* Connect fd to the agent and send the C_Initialize hello.
- * Returns 0 with the agent's answer in *hello_rv, or -1 (transport). */
-static int connect_and_hello(int fd, const struct config *cfg, pid_t pid, CK_RV *hello_rv)
+/* A refusal's reason: the one str output (C_Initialize, C_Login, X_Resume), copied to buf. */
+static const char *reason_of(const mp_doc *doc, uint32_t outputs, uint32_t nout, char *buf, size_t size)
+{
+    uint32_t s = mp_elem(doc, outputs, 0);
+    if (nout != 1 || !mp_is(doc, s, MP_STR) || size == 0)
+        return NULL;
+    size_t n = doc->nodes[s].n < size - 1 ? doc->nodes[s].n : size - 1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = doc->nodes[s].v.p[i];
+        buf[i] = (char)(c >= 0x20 && c < 0x7f ? c : '?'); /* nothing but printable ASCII reaches a log */
+    }
+    buf[n] = 0;
+    return buf;
+}
+
+enum { HELLO_OK = 0, HELLO_TRANSPORT = -1, HELLO_DENIED = -2 };
+
+/* Connect fd to the agent and send the C_Initialize hello. HELLO_OK with the
+ * agent's answer in *hello_rv and whether it knew the application in *known;
+ * HELLO_TRANSPORT (errno kept in *err) otherwise. */
+static int connect_and_hello(int fd, const struct config *cfg, pid_t pid, CK_RV *hello_rv, int *known, int *err,
+                             char *why, size_t why_size)
 {
     struct timeval tv = {cfg->timeout_ms / 1000, (cfg->timeout_ms % 1000) * 1000};
+    *err = 0;
+    *known = 1;
+    why[0] = 0;
     /* SO_SNDTIMEO bounds a blocking connect() on a Unix socket whose backlog is full. */
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     if (connect(fd, (const struct sockaddr *)&cfg->addr, cfg->addrlen) != 0) {
         if (errno != EINTR) {
+            *err = errno;
             dbg("cannot connect to the agent at %s: %s", cfg->addr.sun_path, strerror(errno));
-            return -1;
+            return HELLO_TRANSPORT;
         }
-        int err = 0;
-        socklen_t el = sizeof err;
+        int e = 0;
+        socklen_t el = sizeof e;
         if (wait_fd(fd, POLLOUT, now_ms() + cfg->timeout_ms) ||
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) || err) {
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) || e) {
+            *err = e ? e : ETIMEDOUT;
             dbg("cannot connect to the agent at %s", cfg->addr.sun_path);
-            return -1;
+            return HELLO_TRANSPORT;
         }
     }
     static const uint16_t one = 1;
@@ -317,18 +417,57 @@ static int connect_and_hello(int fd, const struct config *cfg, pid_t pid, CK_RV 
     mp_put_bool(&e, *(const uint8_t *)&one == 1);
     if (e.err) {
         mp_enc_free(&e);
-        return -1;
+        *err = ENOMEM;
+        return HELLO_TRANSPORT;
     }
     uint8_t *reply = NULL;
     mp_doc doc;
     uint32_t outputs, nout;
     int rc = roundtrip(fd, 0, cfg->timeout_ms, &e, &reply, &doc, hello_rv, &outputs, &nout);
     mp_enc_free(&e);
-    if (rc == 0) {
+    if (rc != 0) {
+        *err = EPROTO;
+        return HELLO_TRANSPORT;
+    }
+    if (*hello_rv == CKR_OK) {
+        /* [known]; an agent that says nothing (an older one) knew it: nothing to reopen */
+        uint32_t k = mp_elem(&doc, outputs, 0);
+        if (nout == 1 && mp_is(&doc, k, MP_BOOL))
+            *known = doc.nodes[k].v.u != 0;
+    } else {
+        reason_of(&doc, outputs, nout, why, why_size);
+    }
+    mp_doc_free(&doc);
+    free(reply);
+    return HELLO_OK;
+}
+
+/* Reopen the application in an agent that did not know it (X_Resume on fd). */
+static void resume(int fd, const struct config *cfg)
+{
+    mp_enc e;
+    begin_frame(&e, "X_Resume", 2);
+    e.secret = 1;
+    app_encode_resume(&e);
+    if (e.err) {
+        mp_enc_free(&e);
+        return;
+    }
+    uint8_t *reply = NULL;
+    mp_doc doc;
+    CK_RV rv;
+    uint32_t outputs, nout;
+    if (roundtrip(fd, 1, cfg->timeout_ms, &e, &reply, &doc, &rv, &outputs, &nout) == 0) {
+        char why[200];
+        if (rv != CKR_OK)
+            explain("the agent restarted and could not reopen this application's sessions (0x%lx): %s",
+                    (unsigned long)rv, reason_of(&doc, outputs, nout, why, sizeof why) ? why : "no reason given");
+        else
+            dbg("application reopened in the agent");
         mp_doc_free(&doc);
         free(reply);
     }
-    return rc;
+    mp_enc_free(&e);
 }
 
 /* ---- the pool ------------------------------------------------------------------- */
@@ -350,94 +489,170 @@ static void close_idle_locked(void)
     }
 }
 
+/* A connection to agent incarnation `agent` broke (g_lock held): every idle one goes, the next call connects
+ * again (and waits for the agent a while). */
+static void broken_locked(uint64_t agent)
+{
+    if (agent != g_agent)
+        return; /* already known */
+    g_agent++;
+    g_outage = 1;
+    g_reconnect_until = now_ms() + g_cfg.reconnect_ms;
+    close_idle_locked();
+}
+
 static int usable_locked(void) { return g_initialized && g_pid == getpid(); }
 
-static CK_RV conn_acquire(struct conn **out, rpc_kind kind)
+static const char *connect_advice(int err)
 {
-    CK_RV rv;
-    pthread_mutex_lock(&g_lock);
+    switch (err) {
+    case ENOENT: return "no such socket (is the agent running? set STRONGROOM_AGENT_SOCKET or socket = in "
+                        STRONGROOM_SYSTEM_CONF ")";
+    case ECONNREFUSED: return "nothing listens there (the agent is not running?)";
+    case EACCES:
+    case EPERM: return "permission denied: the agent's socket is mode 0660 (run the application as the agent's "
+                       "user or in its group)";
+    case ETIMEDOUT: return "no answer in time";
+    case EPROTO: return "the agent's answer was not understood";
+    default: return strerror(err);
+    }
+}
+
+/* Make a new connection in slot c (reserved as SLOT_CONNECTING by the caller, g_lock not held). Returns
+ * CKR_OK with the connection SLOT_BUSY, or the call's error with the slot released. */
+static CK_RV establish(struct conn *c, rpc_kind kind)
+{
+    pthread_mutex_lock(&g_connect_lock);
+    CK_RV rv = CKR_OK;
     for (;;) {
+        pthread_mutex_lock(&g_lock);
         if (!usable_locked()) {
+            rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+            pthread_mutex_unlock(&g_lock);
+            break;
+        }
+        struct config cfg = g_cfg;
+        uint64_t gen = g_gen;
+        pid_t pid = g_pid;
+        int outage = g_outage;
+        int64_t until = g_reconnect_until;
+        int fd = new_socket();
+        if (fd < 0) {
+            pthread_mutex_unlock(&g_lock);
+            dbg("socket: %s", strerror(errno));
+            rv = fail_code(kind);
+            break;
+        }
+        c->fd = fd; /* recorded for a fork meanwhile */
+        pthread_mutex_unlock(&g_lock);
+
+        CK_RV hello = CKR_OK;
+        int known = 1, err = 0;
+        char why[200];
+        int rc = connect_and_hello(fd, &cfg, pid, &hello, &known, &err, why, sizeof why);
+        if (rc == HELLO_OK && hello == CKR_OK && !known && app_has_state())
+            resume(fd, &cfg);
+
+        pthread_mutex_lock(&g_lock);
+        if (rc == HELLO_OK && hello == CKR_OK && gen == g_gen && usable_locked()) {
+            c->gen = gen;
+            c->agent = g_agent;
+            c->next_id = 2; /* 0: the hello, 1: X_Resume */
+            c->state = SLOT_BUSY;
+            if (g_outage)
+                explain("connected to the agent at %s again%s", cfg.addr.sun_path,
+                        known ? "" : "; the application's sessions and login were reopened");
+            g_outage = 0;
+            g_reconnect_until = 0;
+            pthread_mutex_unlock(&g_lock);
+            break;
+        }
+        close(fd);
+        c->fd = -1;
+        if (gen != g_gen || !usable_locked()) {
+            pthread_mutex_unlock(&g_lock);
             rv = CKR_CRYPTOKI_NOT_INITIALIZED;
             break;
         }
-        if (g_lost) {
-            rv = lost_code(kind);
+        pthread_mutex_unlock(&g_lock);
+        if (rc == HELLO_OK) {
+            explain("the agent at %s refused a connection (0x%lx)%s%s", cfg.addr.sun_path, (unsigned long)hello,
+                    why[0] ? ": " : "", why);
+            rv = fail_code(kind);
             break;
+        }
+        if (outage && now_ms() < until) {
+            sleep_ms(RECONNECT_STEP_MS); /* the agent is restarting: give it a moment */
+            continue;
+        }
+        explain("cannot reach the agent at %s (%s): %s", cfg.addr.sun_path, cfg.source, connect_advice(err));
+        rv = outage ? lost_code(kind) : fail_code(kind);
+        break;
+    }
+    pthread_mutex_unlock(&g_connect_lock);
+    if (rv != CKR_OK) {
+        pthread_mutex_lock(&g_lock);
+        c->fd = -1;
+        c->state = SLOT_EMPTY;
+        pthread_cond_broadcast(&g_cond);
+        pthread_mutex_unlock(&g_lock);
+    }
+    return rv;
+}
+
+static CK_RV conn_acquire(struct conn **out, rpc_kind kind)
+{
+    pthread_mutex_lock(&g_lock);
+    for (;;) {
+        if (!usable_locked()) {
+            pthread_mutex_unlock(&g_lock);
+            return CKR_CRYPTOKI_NOT_INITIALIZED;
         }
         struct conn *idle = NULL, *empty = NULL;
         for (int i = 0; i < POOL_SIZE && !idle; i++) {
-            if (g_pool[i].state == SLOT_IDLE && g_pool[i].gen == g_gen)
+            if (g_pool[i].state == SLOT_IDLE && g_pool[i].gen == g_gen && g_pool[i].agent == g_agent)
                 idle = &g_pool[i];
             else if (g_pool[i].state == SLOT_EMPTY && !empty)
                 empty = &g_pool[i];
         }
         if (idle) {
             idle->state = SLOT_BUSY;
-            *out = idle;
-            rv = CKR_OK;
-            break;
+            pthread_mutex_unlock(&g_lock);
+            if (idle_alive(idle->fd)) {
+                *out = idle;
+                return CKR_OK;
+            }
+            pthread_mutex_lock(&g_lock);
+            close(idle->fd);
+            idle->fd = -1;
+            idle->state = SLOT_EMPTY;
+            broken_locked(idle->agent);
+            pthread_cond_broadcast(&g_cond);
+            continue;
         }
         if (empty) {
-            struct config cfg = g_cfg;
-            uint64_t gen = g_gen;
-            pid_t pid = g_pid;
-            int fd = new_socket();
-            if (fd < 0) {
-                dbg("socket: %s", strerror(errno));
-                rv = fail_code(kind);
-                break;
-            }
-            empty->state = SLOT_CONNECTING; /* the fd is recorded for a fork meanwhile */
-            empty->fd = fd;
-            empty->gen = gen;
+            empty->state = SLOT_CONNECTING;
+            empty->fd = -1;
             pthread_mutex_unlock(&g_lock);
-            CK_RV hello = CKR_OK;
-            int rc = connect_and_hello(fd, &cfg, pid, &hello);
-            pthread_mutex_lock(&g_lock);
-            if (rc != 0 || hello != CKR_OK) {
-                if (rc == 0)
-                    dbg("the agent refused a new connection's hello: rv 0x%lx", (unsigned long)hello);
-                close(fd);
-                empty->fd = -1;
-                empty->state = SLOT_EMPTY;
-                pthread_cond_broadcast(&g_cond);
-                rv = fail_code(kind);
-                break;
-            }
-            if (gen != g_gen || !usable_locked() || g_lost) {
-                /* finalized (or lost) meanwhile: look again */
-                close(fd);
-                empty->fd = -1;
-                empty->state = SLOT_EMPTY;
-                pthread_cond_broadcast(&g_cond);
-                continue;
-            }
-            empty->next_id = 1;
-            empty->state = SLOT_BUSY;
-            *out = empty;
-            rv = CKR_OK;
-            break;
+            CK_RV rv = establish(empty, kind);
+            if (rv == CKR_OK)
+                *out = empty;
+            return rv;
         }
         pthread_cond_wait(&g_cond, &g_lock);
     }
-    pthread_mutex_unlock(&g_lock);
-    return rv;
 }
 
 static void conn_release(struct conn *c, int broken)
 {
     pthread_mutex_lock(&g_lock);
     int current = c->gen == g_gen && usable_locked();
-    if (broken || !current || g_lost) {
+    if (broken || !current || c->agent != g_agent) {
         close(c->fd);
         c->fd = -1;
         c->state = SLOT_EMPTY;
-        if (broken && current && !g_lost) {
-            dbg("connection to the agent lost: CKR_DEVICE_REMOVED until C_Finalize + C_Initialize");
-            g_lost = 1;
-            close_idle_locked();
-        }
+        if (broken && current)
+            broken_locked(c->agent);
     } else {
         c->state = SLOT_IDLE;
     }
@@ -461,9 +676,7 @@ CK_RV rpc_begin(rpc_t *r, const char *fn, uint32_t nargs, rpc_kind kind)
     r->fn = fn;
     r->kind = kind;
     r->outputs = MP_NONE;
-    pthread_mutex_lock(&g_lock);
-    CK_RV rv = !usable_locked() ? CKR_CRYPTOKI_NOT_INITIALIZED : g_lost ? lost_code(kind) : CKR_OK;
-    pthread_mutex_unlock(&g_lock);
+    CK_RV rv = state_check();
     if (rv != CKR_OK)
         return rv;
     begin_frame(&r->enc, fn, nargs);
@@ -511,8 +724,10 @@ CK_RV rpc_call(rpc_t *r, CK_RV *agent_rv)
 
 CK_RV rpc_end(rpc_t *r, int malformed)
 {
-    if (malformed)
+    if (malformed) {
         dbg("%s: malformed reply outputs", r->fn);
+        r->malformed = 1;
+    }
     mp_doc_free(&r->doc);
     free(r->reply);
     r->reply = NULL;
@@ -533,7 +748,14 @@ CK_RV rpc_simple(rpc_t *r)
     return arv;
 }
 
-/* ---- C_Initialize / C_Finalize ---------------------------------------------------- */
+const char *rpc_reason(const rpc_t *r, char *buf, size_t size)
+{
+    if (!r->reply || r->outputs == MP_NONE)
+        return NULL;
+    return reason_of(&r->doc, r->outputs, r->nout, buf, size);
+}
+
+/* ---- configuration ---------------------------------------------------------------------- */
 
 static int random_bytes(uint8_t *p, size_t n)
 {
@@ -567,45 +789,158 @@ static int random_bytes(uint8_t *p, size_t n)
     return 0;
 }
 
-static int parse_timeout_ms(const char *s)
+/* Seconds (fractions allowed) as milliseconds; -1 when not a number in (0, max]. */
+static int parse_seconds_ms(const char *s, double max)
 {
     if (!s || !*s)
-        return DEFAULT_TIMEOUT_MS;
+        return -1;
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v > 0) || v > 86400.0) {
-        dbg("ignoring STRONGROOM_PKCS11_TIMEOUT=%s (seconds, 0 < t <= 86400)", s);
-        return DEFAULT_TIMEOUT_MS;
-    }
+    while (*end == ' ' || *end == '\t')
+        end++;
+    if (errno || end == s || *end || !(v > 0) || v > max)
+        return -1;
     int ms = (int)(v * 1000.0);
     return ms < 1 ? 1 : ms;
 }
 
-/* Configuration from the environment: CKR_GENERAL_ERROR when unusable. */
-static CK_RV read_config(struct config *cfg)
+struct file_settings {
+    char socket[sizeof(((struct sockaddr_un *)0)->sun_path) + 1];
+    int timeout_ms;
+    int reconnect_ms;
+};
+
+static char *trim(char *s)
+{
+    while (*s && isspace((unsigned char)*s))
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = 0;
+    return s;
+}
+
+/* The configuration file (STRONGROOM_PKCS11_CONF, else the system's): "key = value" lines, '#' comments.
+ * Absent: 0 with nothing set. Unreadable or malformed: -1 (explained). */
+static int read_file(const char *path, struct file_settings *out)
+{
+    memset(out, 0, sizeof *out);
+    out->timeout_ms = out->reconnect_ms = -1;
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return 0;
+        explain("cannot read %s: %s", path, strerror(errno));
+        return -1;
+    }
+    char line[1024];
+    int lineno = 0, bad = 0;
+    size_t total = 0;
+    while (!bad && fgets(line, sizeof line, f)) {
+        lineno++;
+        total += strlen(line);
+        if (total > MAX_CONF_BYTES || (!strchr(line, '\n') && !feof(f))) {
+            explain("%s: line %d is too long (or the file is larger than %d bytes)", path, lineno, MAX_CONF_BYTES);
+            bad = 1;
+            break;
+        }
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = 0;
+        char *text = trim(line);
+        if (!*text)
+            continue;
+        char *eq = strchr(text, '=');
+        if (!eq) {
+            explain("%s: line %d is not 'key = value'", path, lineno);
+            bad = 1;
+            break;
+        }
+        *eq = 0;
+        char *key = trim(text), *value = trim(eq + 1);
+        if (!strcmp(key, "socket")) {
+            if (!*value || strlen(value) >= sizeof out->socket - 1) {
+                explain("%s: line %d: socket is empty or longer than a Unix socket path may be", path, lineno);
+                bad = 1;
+            } else {
+                snprintf(out->socket, sizeof out->socket, "%s", value);
+            }
+        } else if (!strcmp(key, "timeout")) {
+            if ((out->timeout_ms = parse_seconds_ms(value, 86400.0)) < 0) {
+                explain("%s: line %d: timeout is seconds, 0 < t <= 86400", path, lineno);
+                bad = 1;
+            }
+        } else if (!strcmp(key, "reconnect_wait")) {
+            if ((out->reconnect_ms = parse_seconds_ms(value, 3600.0)) < 0) {
+                explain("%s: line %d: reconnect_wait is seconds, 0 < t <= 3600", path, lineno);
+                bad = 1;
+            }
+        } else {
+            explain("%s: line %d: unknown setting %s (ignored)", path, lineno, key);
+        }
+    }
+    fclose(f);
+    return bad ? -1 : 0;
+}
+
+/* Where the agent is, in this order: STRONGROOM_AGENT_SOCKET; the socket this process's last C_Initialize
+ * used (a forked child's parent, e.g. nginx's master: it cleared its workers' environment); socket = in
+ * the configuration file; the default path. CKR_GENERAL_ERROR when unusable (explained). */
+static CK_RV read_config(struct config *cfg, const struct config *inherited)
 {
     memset(cfg, 0, sizeof *cfg);
-    const char *path = getenv("STRONGROOM_AGENT_SOCKET");
-    if (!path || !*path) {
-        dbg("STRONGROOM_AGENT_SOCKET is not set");
+    const char *conf_path = getenv("STRONGROOM_PKCS11_CONF");
+    if (!conf_path || !*conf_path)
+        conf_path = STRONGROOM_SYSTEM_CONF;
+    struct file_settings file;
+    if (read_file(conf_path, &file))
         return CKR_GENERAL_ERROR;
+
+    const char *path = getenv("STRONGROOM_AGENT_SOCKET");
+    if (path && *path) {
+        snprintf(cfg->source, sizeof cfg->source, "STRONGROOM_AGENT_SOCKET");
+    } else if (inherited) {
+        path = inherited->addr.sun_path;
+        /* a forked child's parent (nginx's master), or an earlier C_Initialize of this process */
+        snprintf(cfg->source, sizeof cfg->source, "the socket this process (or its parent) used before");
+    } else if (file.socket[0]) {
+        path = file.socket;
+        snprintf(cfg->source, sizeof cfg->source, "socket = in %s", conf_path);
+    } else {
+        path = STRONGROOM_DEFAULT_SOCKET;
+        snprintf(cfg->source, sizeof cfg->source, "the default; STRONGROOM_AGENT_SOCKET and %s name none",
+                 conf_path);
     }
     size_t n = strlen(path);
     if (n >= sizeof cfg->addr.sun_path) {
-        dbg("STRONGROOM_AGENT_SOCKET is longer than a Unix socket path may be");
+        explain("C_Initialize: the agent socket path from %s is longer than a Unix socket path may be (%zu bytes)",
+                cfg->source, n);
         return CKR_GENERAL_ERROR;
     }
     cfg->addr.sun_family = AF_UNIX;
     memcpy(cfg->addr.sun_path, path, n + 1);
     cfg->addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
-    cfg->timeout_ms = parse_timeout_ms(getenv("STRONGROOM_PKCS11_TIMEOUT"));
+
+    const char *t = getenv("STRONGROOM_PKCS11_TIMEOUT");
+    int ms = parse_seconds_ms(t, 86400.0);
+    if (t && *t && ms < 0)
+        explain("ignoring STRONGROOM_PKCS11_TIMEOUT=%s (seconds, 0 < t <= 86400)", t);
+    cfg->timeout_ms = ms > 0 ? ms : file.timeout_ms > 0 ? file.timeout_ms : DEFAULT_TIMEOUT_MS;
+    const char *w = getenv("STRONGROOM_PKCS11_RECONNECT_WAIT");
+    ms = parse_seconds_ms(w, 3600.0);
+    if (w && *w && ms < 0)
+        explain("ignoring STRONGROOM_PKCS11_RECONNECT_WAIT=%s (seconds, 0 < t <= 3600)", w);
+    cfg->reconnect_ms = ms > 0 ? ms : file.reconnect_ms > 0 ? file.reconnect_ms : DEFAULT_RECONNECT_MS;
+
     if (random_bytes(cfg->app_id, sizeof cfg->app_id)) {
-        dbg("no randomness for the app_id");
+        explain("C_Initialize: no randomness for the application id");
         return CKR_FUNCTION_FAILED;
     }
     return CKR_OK;
 }
+
+/* ---- C_Initialize / C_Finalize ---------------------------------------------------- */
 
 static CK_RV check_init_args(CK_VOID_PTR init_args)
 {
@@ -656,10 +991,13 @@ CK_RV lib_initialize(CK_VOID_PTR init_args)
             dbg("C_Initialize in a child: inherited connections closed");
     }
     g_initialized = 0;
+    struct config inherited = g_cfg;
+    int have_inherited = g_have_cfg;
     pthread_mutex_unlock(&g_lock);
+    app_reset(); /* a new application: nothing to reopen */
 
     struct config cfg;
-    rv = read_config(&cfg);
+    rv = read_config(&cfg, have_inherited ? &inherited : NULL);
     if (rv != CKR_OK) {
         pthread_mutex_unlock(&g_init_lock);
         return rv;
@@ -680,6 +1018,7 @@ CK_RV lib_initialize(CK_VOID_PTR init_args)
     if (fd < 0) {
         pthread_mutex_unlock(&g_lock);
         pthread_mutex_unlock(&g_init_lock);
+        explain("C_Initialize: socket(): %s", strerror(errno));
         return CKR_FUNCTION_FAILED;
     }
     c->state = SLOT_CONNECTING;
@@ -688,31 +1027,42 @@ CK_RV lib_initialize(CK_VOID_PTR init_args)
     pthread_mutex_unlock(&g_lock);
 
     CK_RV hello = CKR_OK;
-    int rc = connect_and_hello(fd, &cfg, pid, &hello);
+    int known = 1, err = 0;
+    char why[200];
+    int rc = connect_and_hello(fd, &cfg, pid, &hello, &known, &err, why, sizeof why);
 
     pthread_mutex_lock(&g_lock);
-    if (rc != 0 || hello != CKR_OK) {
+    if (rc != HELLO_OK || hello != CKR_OK) {
         close(fd);
         c->fd = -1;
         c->state = SLOT_EMPTY;
         pthread_cond_broadcast(&g_cond);
         pthread_mutex_unlock(&g_lock);
         pthread_mutex_unlock(&g_init_lock);
-        if (rc != 0)
-            return CKR_FUNCTION_FAILED; /* agent unreachable: a later retry may succeed */
-        dbg("the agent answered C_Initialize with 0x%lx", (unsigned long)hello);
+        if (rc != HELLO_OK) {
+            explain("C_Initialize: cannot reach the agent at %s (%s): %s", cfg.addr.sun_path, cfg.source,
+                    connect_advice(err));
+            /* no permission: configuration, a retry cannot help; otherwise the agent may start later */
+            return err == EACCES || err == EPERM ? CKR_GENERAL_ERROR : CKR_FUNCTION_FAILED;
+        }
+        explain("C_Initialize: the agent at %s refused the application (0x%lx)%s%s", cfg.addr.sun_path,
+                (unsigned long)hello, why[0] ? ": " : "", why);
         return hello;
     }
     g_cfg = cfg;
+    g_have_cfg = 1;
     g_gen++;
     c->gen = g_gen;
+    c->agent = g_agent;
     c->next_id = 1;
     c->state = SLOT_IDLE;
     g_pid = pid;
-    g_lost = 0;
+    g_outage = 0;
+    g_reconnect_until = 0;
     g_initialized = 1;
     pthread_mutex_unlock(&g_lock);
     pthread_mutex_unlock(&g_init_lock);
+    dbg("initialized: agent at %s (%s)", cfg.addr.sun_path, cfg.source);
     return CKR_OK;
 }
 
@@ -731,23 +1081,23 @@ CK_RV lib_finalize(CK_VOID_PTR reserved)
         return CKR_ARGUMENTS_BAD;
     }
     struct conn *c = NULL;
-    if (!g_lost) {
-        for (int i = 0; i < POOL_SIZE && !c; i++)
-            if (g_pool[i].state == SLOT_IDLE && g_pool[i].gen == g_gen)
-                c = &g_pool[i];
-        if (c)
-            c->state = SLOT_BUSY;
-    }
+    for (int i = 0; i < POOL_SIZE && !c; i++)
+        if (g_pool[i].state == SLOT_IDLE && g_pool[i].gen == g_gen && g_pool[i].agent == g_agent)
+            c = &g_pool[i];
+    if (c)
+        c->state = SLOT_BUSY;
     close_idle_locked();
     g_initialized = 0;
-    g_lost = 0;
+    g_outage = 0;
+    g_reconnect_until = 0;
     g_gen++; /* connections still in use by other threads close when released */
     int timeout_ms = g_cfg.timeout_ms;
     memset(g_cfg.app_id, 0, sizeof g_cfg.app_id);
     pthread_cond_broadcast(&g_cond);
     pthread_mutex_unlock(&g_lock);
+    app_reset();
 
-    if (c) {
+    if (c && idle_alive(c->fd)) {
         /* Tell the agent; the answer changes nothing (closing the last
          * connection of an app_id ends its state anyway). */
         mp_enc e;
@@ -763,8 +1113,9 @@ CK_RV lib_finalize(CK_VOID_PTR reserved)
             }
         }
         mp_enc_free(&e);
-        conn_release(c, 0); /* closes it: its generation is over */
     }
+    if (c)
+        conn_release(c, 0); /* closes it: its generation is over */
     pthread_mutex_unlock(&g_init_lock);
     return CKR_OK;
 }

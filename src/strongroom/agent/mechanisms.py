@@ -1,8 +1,10 @@
 """The token's mechanisms (C_GetMechanismList / C_GetMechanismInfo), as the nodes list them.
 
 The agent carries no mechanism code: it asks a node (``mechanism.list``) and keeps the answer
-on that node's link for the life of the connection (:attr:`NodeLink.mechanisms`), so a node
-restarted with other software is asked again, and nothing is asked twice per connection.
+on that node's link (:attr:`NodeLink.mechanisms`) for the life of the connection, so a node
+restarted with other software is asked again, and at most :data:`REFRESH_SECONDS`: the list
+follows the cluster policy legacy_algorithms (Triple-DES, RSA-1024, P-192), which an admin
+may change at any time.
 
 Applications list mechanisms before they log in: pkcs11-tool ``-M``, Java's SunPKCS11 when the
 provider starts (it calls C_GetMechanismInfo for every mechanism to build its services),
@@ -13,6 +15,8 @@ node serves ``mechanism.list`` without a login.
 from __future__ import annotations
 
 import logging
+import time
+import weakref
 from typing import Any
 
 from strongroom.agent.nodes import NodeLink, NodePool, NodeTimeout, NodeUnavailable
@@ -24,6 +28,9 @@ log = logging.getLogger("strongroom.agent")
 
 #: At most this many mechanisms are taken from a node's answer (the module's list is bounded too).
 MAX_MECHANISMS = 1024
+#: How long a node's list is kept before it is asked again.
+REFRESH_SECONDS = 10.0
+_learned: weakref.WeakKeyDictionary[NodeLink, float] = weakref.WeakKeyDictionary()
 
 
 async def mechanism_list(pool: NodePool, prefer: App | None) -> list[dict[str, Any]]:
@@ -33,7 +40,8 @@ async def mechanism_list(pool: NodePool, prefer: App | None) -> list[dict[str, A
         link: NodeLink | None = await pool.acquire(prefer.home if prefer is not None else None)
     except NodeUnavailable:
         link = None
-    if link is not None and link.mechanisms is None:
+    if link is not None and (link.mechanisms is None
+                             or time.monotonic() - _learned.get(link, 0.0) > REFRESH_SECONDS):
         await _learn(link)
     if link is not None and link.mechanisms is not None:
         return link.mechanisms
@@ -56,3 +64,4 @@ async def _learn(link: NodeLink) -> None:
         return
     if link.epoch == epoch:  # an answer from a connection since replaced is not kept on the new one
         link.mechanisms = [m for m in listing["mechanisms"][:MAX_MECHANISMS] if isinstance(m, dict)]
+        _learned[link] = time.monotonic()

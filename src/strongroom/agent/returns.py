@@ -74,6 +74,10 @@ _MAKE_OBJECT = _set(
 )
 
 ALLOWED: dict[str, frozenset[int]] = {
+    "C_GetInfo": frozenset(),
+    "X_EndOperation": SESSION,
+    "X_OutputBound": SESSION | _set(CKR.OPERATION_NOT_INITIALIZED),
+    "X_Resume": _set(CKR.SLOT_ID_INVALID, CKR.OPERATION_ACTIVE),
     "C_Initialize": _set(CKR.OK, CKR.GENERAL_ERROR, CKR.HOST_MEMORY, CKR.FUNCTION_FAILED, CKR.ARGUMENTS_BAD,
                          CKR.CANT_LOCK, CKR.CRYPTOKI_ALREADY_INITIALIZED, CKR.NEED_TO_CREATE_THREADS),
     "C_Finalize": frozenset(),
@@ -168,7 +172,22 @@ ALLOWED: dict[str, frozenset[int]] = {
                                                  CKR.KEY_TYPE_INCONSISTENT),
     "C_GenerateRandom": SESSION | _set(CKR.FUNCTION_CANCELED, CKR.OPERATION_ACTIVE, CKR.RANDOM_NO_RNG,
                                        CKR.USER_NOT_LOGGED_IN),
+    "C_SeedRandom": SESSION | _set(CKR.FUNCTION_CANCELED, CKR.OPERATION_ACTIVE, CKR.RANDOM_SEED_NOT_SUPPORTED,
+                                   CKR.RANDOM_NO_RNG, CKR.USER_NOT_LOGGED_IN),
+    "C_InitPIN": SESSION | _set(CKR.FUNCTION_CANCELED, CKR.PIN_INVALID, CKR.PIN_LEN_RANGE, CKR.SESSION_READ_ONLY,
+                                CKR.TOKEN_WRITE_PROTECTED, CKR.USER_NOT_LOGGED_IN),
+    "C_DigestKey": SESSION | _set(CKR.FUNCTION_CANCELED, CKR.KEY_HANDLE_INVALID, CKR.KEY_INDIGESTIBLE,
+                                  CKR.KEY_SIZE_RANGE, CKR.OPERATION_ACTIVE, CKR.OPERATION_NOT_INITIALIZED),
+    "C_DigestEncryptUpdate": SESSION | _OUTPUT | _set(CKR.DATA_LEN_RANGE),
+    "C_DecryptDigestUpdate": SESSION | _OUTPUT | _set(CKR.ENCRYPTED_DATA_INVALID, CKR.ENCRYPTED_DATA_LEN_RANGE),
+    "C_SignEncryptUpdate": SESSION | _OUTPUT | _set(CKR.DATA_LEN_RANGE, CKR.USER_NOT_LOGGED_IN),
+    "C_DecryptVerifyUpdate": SESSION | _OUTPUT | _set(CKR.DATA_LEN_RANGE, CKR.ENCRYPTED_DATA_INVALID,
+                                                      CKR.ENCRYPTED_DATA_LEN_RANGE),
 }
+
+#: The module's own requests (X_*: ending an operation, output bounds, reopening an application): never an
+#: application's answer, so any code goes (the module maps them).
+INTERNAL = frozenset({"X_EndOperation", "X_OutputBound", "X_Resume"})
 
 
 #: Multi-part calls on a mechanism that only works in one part. The spec (§5.1) makes
@@ -203,6 +222,14 @@ _TRANSLATE: dict[tuple[str | None, int], int] = {
     ("C_Login", CKR.PIN_INVALID): CKR.PIN_INCORRECT,
     ("C_Login", CKR.ARGUMENTS_BAD): CKR.PIN_INCORRECT,
     ("C_SetPIN", CKR.ARGUMENTS_BAD): CKR.PIN_INVALID,
+    # C_InitPIN: the user named is not one (the node's user.change_password: ARGUMENTS_BAD); the SO may not
+    # change this user (ACTION_PROHIBITED).
+    ("C_InitPIN", CKR.ARGUMENTS_BAD): CKR.PIN_INVALID,
+    ("C_InitPIN", CKR.ACTION_PROHIBITED): CKR.PIN_INVALID,
+    # The caller sees the key but may not use it (an admin's view of a key, another user's key it was not
+    # shared): the init's "the key does not allow this".
+    **{(f, CKR.ACTION_PROHIBITED): CKR.KEY_FUNCTION_NOT_PERMITTED
+       for f in ("C_EncryptInit", "C_DecryptInit", "C_SignInit", "C_VerifyInit")},
     # C_CreateObject of a secret or private key: the class is not one that may be created.
     # The held credentials stopped working (password changed elsewhere): as after a logout,
     # the application's handles to private objects are invalid.
@@ -243,7 +270,7 @@ def translate(function: str, code: int) -> int:
 
 def finish(function: str, code: int, detail: Any = None) -> int:
     """The last word: a code outside the function's list becomes CKR_FUNCTION_FAILED (logged)."""
-    if code in allowed(function):
+    if code in allowed(function) or function in INTERNAL:
         return code
     log.warning("%s: %s is not a return value of this function; answering CKR_FUNCTION_FAILED (%s)",
                 function, _name(code), detail if detail is not None else "no detail")

@@ -54,9 +54,23 @@ class Agent:
             session.forget_node_state()
             session.find = None
         app.session_objects.clear()
+        app.home = None
         if logins is None:
             return
         held = logins.clear()
+        await asyncio.gather(*(self._node_logout(name, token, epoch) for name, token, epoch in held))
+
+    async def leave_public(self, app: App) -> None:
+        """A login replaces the application's anonymous node logins: what they held (public session objects,
+        operations) goes with them."""
+        public, app.public = app.public, None
+        for session in app.sessions.values():
+            session.forget_node_state()
+        app.session_objects.clear()
+        app.home = None
+        if public is None:
+            return
+        held = public.clear()
         await asyncio.gather(*(self._node_logout(name, token, epoch) for name, token, epoch in held))
 
     async def _node_logout(self, name: str, token: bytes | None, epoch: int) -> None:
@@ -76,8 +90,8 @@ class Agent:
         session.find = None
         for handle in [h for h, owner in app.session_objects.items() if owner == session.handle]:
             del app.session_objects[handle]
-        if binding is not None and binding.valid(app.logins):
-            live = app.logins.current(binding.link) if app.logins else None
+        if binding is not None and binding.valid(app.crypto_logins):
+            live = app.crypto_logins.current(binding.link)
             if live is not None:
                 try:
                     await binding.link.request("p11session.close", {"session": binding.handle}, live[0],
@@ -99,6 +113,7 @@ class Agent:
             connection.app = None
         app.connections.clear()
         await self.logout(app)
+        await self.leave_public(app)
         app.sessions.clear()
         log.info("application %s (pid %s) finalized", app.app_id.hex()[:8], app.pid)
 

@@ -74,15 +74,19 @@ async def _no_witness() -> None:
 class Role(enum.StrEnum):
     ADMIN = "admin"
     CRYPTO_USER = "crypto-user"
+    #: Not a user's role: an anonymous PKCS#11 session's (``session.open_public``, dispatch/ops/session.py).
+    PUBLIC = "public"
 
     @classmethod
     def parse(cls, text: str) -> Role:
+        """A user's role (never PUBLIC: no account has it)."""
         try:
-            return cls(text)
+            role = cls(text)
         except ValueError:
-            raise HsmError(
-                f"unknown role {text!r}: use 'admin' or 'crypto-user'", CKR.USER_TYPE_INVALID
-            ) from None
+            role = cls.PUBLIC
+        if role is cls.PUBLIC:
+            raise HsmError(f"unknown role {text!r}: use 'admin' or 'crypto-user'", CKR.USER_TYPE_INVALID)
+        return role
 
 
 class UserExists(HsmError):

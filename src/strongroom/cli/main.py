@@ -111,6 +111,7 @@ def cmd_status(args: argparse.Namespace, _ctx: Context) -> None:
         text += f"\nwarning: {WARNING}"
     agent = result["agent"]
     text += f"\nagent: {agent['health']} (pid {agent['pid'] or '-'}, socket {agent['socket']})"
+    text += _policies_line(result.get("policies"))
     if result.get("etcd"):
         text += "\n" + table(result["etcd"], ["id", "endpoint", "pid", "health"])
     if result.get("kms"):
@@ -160,7 +161,19 @@ def cmd_cluster_status(args: argparse.Namespace, ctx: Context) -> None:
              f"last backup: {last['backup_id']} ({last['trigger']}, "
              f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(last['created']))})\n")
     text += table(result["nodes"], ["id", "zone", "address", "health", "last_seen"])
+    text += _policies_line(result.get("policies"))
     emit(result, as_json=args.json, text=text)
+
+
+def _policies_line(policies: dict[str, str] | None) -> str:
+    if not policies:
+        return ""
+    return "\npolicies: " + ", ".join(f"{name}={value}" for name, value in sorted(policies.items()))
+
+
+def cmd_cluster_set_policy(args: argparse.Namespace, ctx: Context) -> None:
+    result = ctx.logged_in(args).cluster_set_policy(args.name, args.value)
+    emit(result, as_json=args.json, text=_policies_line(result.get("policies")).strip())
 
 
 def _activation_secret(args: argparse.Namespace) -> str:
@@ -479,6 +492,11 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
     cluster = sub.add_parser("cluster", help="cluster life cycle and status").add_subparsers(
         dest="cluster_command", required=True)
     add(cluster, "status", cmd_cluster_status, "state of the cluster and its nodes")
+    p = add(cluster, "set-policy", cmd_cluster_set_policy,
+            "(admin) set a cluster policy: public_objects visible|hidden, plaintext_import allowed|forbidden, "
+            "legacy_algorithms off|on")
+    p.add_argument("name", choices=["public_objects", "plaintext_import", "legacy_algorithms"])
+    p.add_argument("value")
     p = add(cluster, "activate", cmd_cluster_activate, "set the first admin's password (activates the cluster)")
     p.add_argument("--username", default="admin")
     p.add_argument("--password")

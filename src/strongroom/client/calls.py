@@ -135,6 +135,10 @@ class AsyncClient:
     async def cluster_status(self) -> dict[str, Any]:
         return await self.call("cluster.status")
 
+    async def cluster_set_policy(self, name: str, value: str) -> dict[str, Any]:
+        """(Admin) set a cluster policy (public_objects, plaintext_import, legacy_algorithms); the policies now."""
+        return await self.call("cluster.set_policy", name=name, value=value)
+
     async def cluster_initialize(self, cluster_name: str = "strongroom") -> dict[str, Any]:
         return await self.call("cluster.initialize", cluster_name=cluster_name)
 

@@ -168,6 +168,7 @@ class Client:
     # node and cluster
     node_status = _blocking(AsyncClient.node_status)
     cluster_status = _blocking(AsyncClient.cluster_status)
+    cluster_set_policy = _blocking(AsyncClient.cluster_set_policy)
     cluster_initialize = _blocking(AsyncClient.cluster_initialize)
     cluster_install_certificate = _blocking(AsyncClient.cluster_install_certificate)
     cluster_csr = _blocking(AsyncClient.cluster_csr)

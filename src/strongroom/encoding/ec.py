@@ -39,13 +39,15 @@ class _CurveInfo:
     names: tuple[str, ...]
 
 
-# For these four curves the bit length of the group order n equals the field size that
+# For these curves the bit length of the group order n equals the field size that
 # cryptography reports as key_size, so key_size serves for both nLen and the field length.
+# P-192 is here for the node's legacy-algorithms policy, which decides where it may be used.
 _CURVE_INFO = (
     _CurveInfo(ec.SECP256R1, "1.2.840.10045.3.1.7", ("prime256v1", "secp256r1")),
     _CurveInfo(ec.SECP384R1, "1.3.132.0.34", ("secp384r1",)),
     _CurveInfo(ec.SECP521R1, "1.3.132.0.35", ("secp521r1",)),
     _CurveInfo(ec.SECP256K1, "1.3.132.0.10", ("secp256k1",)),
+    _CurveInfo(ec.SECP192R1, "1.2.840.10045.3.1.1", ("prime192v1", "secp192r1")),
 )
 
 #: cryptography curve name -> CKA_EC_PARAMS we write (the namedCurve OID).
@@ -59,6 +61,8 @@ for _info in _CURVE_INFO:
 
 MIN_BITS = 256
 MAX_BITS = 521
+#: P-192 (the node's legacy-algorithms policy).
+LEGACY_MIN_BITS = 192
 
 
 def curve_named(name: str) -> ec.EllipticCurve:
@@ -76,7 +80,7 @@ def curve_from_params(der: object) -> ec.EllipticCurve:
         raise AttributeValueInvalid(f"CKA_EC_PARAMS must be bytes, not {type(der).__name__}")
     curve = _CURVE_BY_PARAMS.get(data)
     if curve is None:
-        raise CurveNotSupported("CKA_EC_PARAMS must name P-256, P-384, P-521 or secp256k1 by OID")
+        raise CurveNotSupported("CKA_EC_PARAMS must name P-256, P-384, P-521, secp256k1 (or P-192) by OID")
     return curve()
 
 
@@ -117,7 +121,7 @@ def decode_point(curve: ec.EllipticCurve, data: object) -> ec.EllipticCurvePubli
     """A public key from a point given bare or DER-wrapped, compressed or uncompressed.
 
     A bare point is 1+f (compressed) or 1+2f (uncompressed) bytes for a field of f bytes;
-    its DER wrapping adds 2 or 3 header bytes, so for f >= 32 the lengths never collide
+    its DER wrapping adds 2 or 3 header bytes, so for f >= 24 the lengths never collide
     and the length alone says which form we have (both start with 0x04 otherwise).
     The library checks that the point lies on the curve.
     """

@@ -422,14 +422,15 @@ def down(directory: Path) -> dict[str, Any]:
     return {"dir": str(layout.root), "stopped": stopped}
 
 
-def _cluster_name(profile: ClientProfile, node: NodeAddress) -> str | None:
-    """The name the cluster was initialized with (``cluster init --name``), as a node tells it."""
+def _cluster_name(profile: ClientProfile, node: NodeAddress) -> tuple[str | None, dict[str, str] | None]:
+    """The name the cluster was initialized with (``cluster init --name``) and its policies, as a node tells them."""
     try:
         with Client(profile, node, timeout=5) as client:
-            name = client.cluster_status().get("name")
+            status = client.cluster_status()
     except ClientError:
-        return None
-    return str(name) if name else None
+        return None, None
+    name, policies = status.get("name"), status.get("policies")
+    return (str(name) if name else None), (policies if isinstance(policies, dict) else None)
 
 
 def status(directory: Path) -> dict[str, Any]:
@@ -439,6 +440,7 @@ def status(directory: Path) -> dict[str, Any]:
     profile = ClientProfile.load(layout.profile)
     nodes = []
     cluster_name: str | None = None
+    policies: dict[str, str] | None = None
     urls = metrics_urls(layout)
     for node in profile.nodes:
         pid = running_pid(layout, node.node_id)
@@ -461,7 +463,7 @@ def status(directory: Path) -> dict[str, Any]:
                 entry["workers"] = workers
                 entry["restarts"] = sum(int(w.get("restarts") or 0) for w in workers)
                 if cluster_name is None and entry["health"] == "healthy":
-                    cluster_name = _cluster_name(profile, node)
+                    cluster_name, policies = _cluster_name(profile, node)
             except ClientError as exc:
                 entry["health"] = "unreachable"
                 entry["error"] = exc.message
@@ -475,7 +477,7 @@ def status(directory: Path) -> dict[str, Any]:
     certs = [c.to_dict() for c in read_all(certificates(layout))]
     result = {"dir": str(layout.root), "cluster_name": cluster_name or profile.cluster_name, "healthy": healthy,
               "nodes": nodes, "agent": agent, "etcd": members, "certificates": certs,
-              "certificates_expiring": [c["name"] for c in certs if c["expiring"]]}
+              "certificates_expiring": [c["name"] for c in certs if c["expiring"]], "policies": policies}
     if (layout.root / KMS_CONFIG_FILE).exists():
         kms = gateway_status(layout.root)
         kms["metrics_url"] = urls.get("kms")

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +56,24 @@ from strongroom.errors import (
 
 #: Largest input of one call (single part, or one update). Bigger inputs go in parts.
 MAX_DATA = 1 << 20
+
+#: The cluster policy ``legacy_algorithms`` for the request being served (strongroom.services.policy):
+#: the node sets it around the calls into a mechanism (:func:`legacy_algorithms`); a mechanism asks
+#: :func:`legacy_allowed` before it makes or uses an RSA key below 2048 bits, a Triple-DES key or a P-192 key.
+_LEGACY: ContextVar[bool] = ContextVar("strongroom_legacy_algorithms", default=False)
+
+
+@contextmanager
+def legacy_algorithms(allowed: bool) -> Iterator[None]:
+    token = _LEGACY.set(allowed)
+    try:
+        yield
+    finally:
+        _LEGACY.reset(token)
+
+
+def legacy_allowed() -> bool:
+    return _LEGACY.get()
 
 
 def check_part(data: object, *, multipart: bool = True) -> bytes:
@@ -216,6 +236,16 @@ class Mechanism:
     max_key_size: int = 0
     #: Whether encrypt/decrypt/sign/verify work in parts (init/update/final).
     multipart: bool = False
+    #: Offered only under the cluster policy legacy_algorithms = on (Triple-DES): otherwise not listed and
+    #: CKR_MECHANISM_INVALID (:func:`lookup`).
+    legacy_only: bool = False
+    #: The smallest key size under that policy, when it is below ``min_key_size`` (RSA 1024, P-192).
+    legacy_min_key_size: int | None = None
+
+    def default_derive_length(self, base_key: Key, params: Any) -> int | None:
+        """The length (bytes) :meth:`derive` makes when the template names none (ECDH without a KDF: the
+        shared secret's), or None when a length must be given."""
+        return None
 
     # -- parameters --------------------------------------------------------------------
     def parse_params(self, params: Any) -> Any:
@@ -283,6 +313,8 @@ def register(mechanism: Mechanism) -> Mechanism:
 
 def lookup(ckm: int) -> Mechanism:
     mechanism = _REGISTRY.get(int(ckm))
+    if mechanism is not None and mechanism.legacy_only and not legacy_allowed():
+        raise MechanismInvalid(f"{mechanism.ckm.name} needs the cluster policy legacy_algorithms = on")
     if mechanism is None:
         try:
             name = CKM(ckm).name

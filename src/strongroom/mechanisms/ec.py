@@ -1,4 +1,5 @@
-"""Elliptic-curve keys on P-256, P-384, P-521 and secp256k1: key pairs, ECDSA, ECDH.
+"""Elliptic-curve keys on P-256, P-384, P-521 and secp256k1: key pairs, ECDSA, ECDH; and P-192 under the
+cluster policy legacy_algorithms = on (:func:`strongroom.mechanisms.base.legacy_allowed`).
 
 Mechanisms: CKM_EC_KEY_PAIR_GEN (= CKM_ECDSA_KEY_PAIR_GEN), CKM_ECDSA (the caller hashes),
 CKM_ECDSA_SHA1/SHA224/SHA256/SHA384/SHA512 (the node hashes, in parts) and CKM_ECDH1_DERIVE.
@@ -24,6 +25,7 @@ from strongroom.constants import CKA, CKD, CKK, CKM
 # the tests still name params_for_curve, key_attributes and public_key_from_attributes through here.
 from strongroom.encoding.der import as_bytes
 from strongroom.encoding.ec import (
+    LEGACY_MIN_BITS,
     MAX_BITS,
     MIN_BITS,
     check_curve,
@@ -40,6 +42,7 @@ from strongroom.encoding.ec import public_key_from_attributes as public_key_from
 from strongroom.errors import (
     CKR,
     ArgumentsBad,
+    CurveNotSupported,
     DataLenRange,
     DeviceError,
     HsmError,
@@ -62,6 +65,7 @@ from strongroom.mechanisms.base import (
     Stream,
     VerifyOperation,
     check_part,
+    legacy_allowed,
     register,
 )
 from strongroom.mechanisms.hashes import HASHES
@@ -69,11 +73,22 @@ from strongroom.mechanisms.hashes import HASHES
 # -- keys handed to the mechanisms ---------------------------------------------------------
 
 
+def is_legacy_curve(curve: ec.EllipticCurve) -> bool:
+    """P-192: offered only under the cluster policy legacy_algorithms = on."""
+    return curve.name == ec.SECP192R1.name
+
+
+def _check_policy(curve: ec.EllipticCurve) -> None:
+    if is_legacy_curve(curve) and not legacy_allowed():
+        raise KeySizeRange("keys on curve P-192 need the cluster policy legacy_algorithms = on")
+
+
 def _private(key: Key, what: str) -> ec.EllipticCurvePrivateKey:
     key.require_type(CKK.EC)
     if not isinstance(key.private, ec.EllipticCurvePrivateKey):
         raise KeyTypeInconsistent(f"{what} needs an EC private key")
     check_curve(key.private.curve)
+    _check_policy(key.private.curve)
     return key.private
 
 
@@ -86,6 +101,7 @@ def _public(key: Key, what: str) -> ec.EllipticCurvePublicKey:
     else:
         raise KeyTypeInconsistent(f"{what} needs an EC public key")
     check_curve(public.curve)
+    _check_policy(public.curve)
     return public
 
 
@@ -109,6 +125,7 @@ class EcKeyPairGen(Mechanism):
     key_types = frozenset({CKK.EC})
     min_key_size = MIN_BITS
     max_key_size = MAX_BITS
+    legacy_min_key_size = LEGACY_MIN_BITS
 
     def generate_key_pair(
         self, params: Any, public_template: dict[int, Any], private_template: dict[int, Any]
@@ -118,6 +135,8 @@ class EcKeyPairGen(Mechanism):
             raise TemplateIncomplete("the public key template needs CKA_EC_PARAMS to choose the curve")
         ec_params = public_template[CKA.EC_PARAMS]
         curve = curve_from_params(ec_params)
+        if is_legacy_curve(curve) and not legacy_allowed():
+            raise CurveNotSupported("curve P-192 needs the cluster policy legacy_algorithms = on")
         # PKCS#11 puts the curve in the public template; a private template that names
         # another curve contradicts it (the same curve in another encoding is fine).
         if CKA.EC_PARAMS in private_template:
@@ -262,6 +281,7 @@ class EcdsaMechanism(Mechanism):
     key_types = frozenset({CKK.EC})
     min_key_size = MIN_BITS
     max_key_size = MAX_BITS
+    legacy_min_key_size = LEGACY_MIN_BITS
 
     def __init__(self, ckm: CKM, hash_ckm: CKM | None) -> None:
         self.ckm = ckm
@@ -327,6 +347,15 @@ class Ecdh1Derive(Mechanism):
     key_types = frozenset({CKK.EC})
     min_key_size = MIN_BITS
     max_key_size = MAX_BITS
+    legacy_min_key_size = LEGACY_MIN_BITS
+
+    def default_derive_length(self, base_key: Key, params: Any) -> int | None:
+        """Without CKA_VALUE_LEN and without a KDF: the whole shared secret (the field's length), as Java's
+        SunPKCS11 key agreement asks for it (its template names only the class and CKK_GENERIC_SECRET)."""
+        parsed = params if isinstance(params, EcdhParams) else self.parse_params(params)
+        if parsed.kdf != CKD.NULL:
+            return None
+        return order_len(_private(base_key, self.ckm.name).curve)
 
     def parse_params(self, params: Any) -> EcdhParams:
         name = self.ckm.name

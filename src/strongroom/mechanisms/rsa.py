@@ -74,11 +74,14 @@ from strongroom.mechanisms.base import (
     SignOperation,
     VerifyOperation,
     check_part,
+    legacy_allowed,
     register,
 )
 from strongroom.mechanisms.hashes import hash_for, mgf1_for
 
 MIN_BITS = 2048
+#: RSA-1024, under the cluster policy legacy_algorithms = on (generation and use).
+LEGACY_MIN_BITS = 1024
 #: Generated moduli come in steps of this many bits (2048, 2304, … 4096).
 GENERATION_STEP_BITS = 256
 #: The only public exponent we generate: cryptography offers 3 and 65537, and 3 is too weak.
@@ -109,9 +112,15 @@ _UNWRAPPING_KEY = _KeyRole(
 )
 
 
-def _check_size(bits: int, role: _KeyRole, min_bits: int = MIN_BITS) -> None:
-    if not min_bits <= bits <= MAX_BITS:
-        raise role.size_error(f"RSA key of {bits} bits is outside {min_bits}..{MAX_BITS} bits")
+def min_bits() -> int:
+    """The smallest RSA key made or used: 2048 bits, 1024 under the cluster policy legacy_algorithms = on."""
+    return LEGACY_MIN_BITS if legacy_allowed() else MIN_BITS
+
+
+def _check_size(bits: int, role: _KeyRole, least: int | None = None) -> None:
+    least = min(least, min_bits()) if least is not None else min_bits()
+    if not least <= bits <= MAX_BITS:
+        raise role.size_error(f"RSA key of {bits} bits is outside {least}..{MAX_BITS} bits")
 
 
 def _private_key(key: Key, role: _KeyRole = _OPERATION_KEY) -> RSAPrivateKey:
@@ -121,14 +130,14 @@ def _private_key(key: Key, role: _KeyRole = _OPERATION_KEY) -> RSAPrivateKey:
     return key.private
 
 
-def _public_key(key: Key, role: _KeyRole = _OPERATION_KEY, min_bits: int = MIN_BITS) -> RSAPublicKey:
+def _public_key(key: Key, role: _KeyRole = _OPERATION_KEY, least: int | None = None) -> RSAPublicKey:
     if key.key_type == CKK.RSA and isinstance(key.public, RSAPublicKey):
         public = key.public
     elif key.key_type == CKK.RSA and isinstance(key.private, RSAPrivateKey):
         public = key.private.public_key()
     else:
         raise role.type_error(f"this operation needs an RSA key, not a {_describe(key)}")
-    _check_size(public.key_size, role, min_bits)
+    _check_size(public.key_size, role, least)
     return public
 
 
@@ -408,6 +417,7 @@ class _RsaMechanism(Mechanism):
     key_types = _RSA
     min_key_size = MIN_BITS
     max_key_size = MAX_BITS
+    legacy_min_key_size = LEGACY_MIN_BITS
 
 
 class RsaKeyPairGen(_RsaMechanism):
@@ -441,9 +451,11 @@ def _requested_bits(public_template: dict[int, Any]) -> int:
     bits = public_template[CKA.MODULUS_BITS]
     if not _is_int(bits):
         raise AttributeValueInvalid(f"CKA_MODULUS_BITS must be an integer, got {type(bits).__name__}")
-    if not MIN_BITS <= bits <= MAX_BITS or bits % GENERATION_STEP_BITS:
+    least = min_bits()
+    if not least <= bits <= MAX_BITS or bits % GENERATION_STEP_BITS:
         raise KeySizeRange(
-            f"RSA keys are generated with {MIN_BITS}..{MAX_BITS} bits in steps of {GENERATION_STEP_BITS}, not {bits}"
+            f"RSA keys are generated with {least}..{MAX_BITS} bits in steps of {GENERATION_STEP_BITS}, not {bits}"
+            + ("" if least < MIN_BITS or bits >= MIN_BITS else " (1024 needs the policy legacy_algorithms = on)")
         )
     return bits
 
@@ -500,7 +512,7 @@ class RsaPkcs(_RsaMechanism):
 
     def verify(self, key: Key, params: Any) -> VerifyOperation:
         self.parse_params(params)
-        return _RawPkcs1Verify(_public_key(key, min_bits=LEGACY_VERIFY_MIN_BITS))
+        return _RawPkcs1Verify(_public_key(key, least=LEGACY_VERIFY_MIN_BITS))
 
     def encrypt(self, key: Key, params: Any) -> CipherOperation:
         self.parse_params(params)
@@ -541,7 +553,7 @@ class RsaPkcsWithHash(_RsaMechanism):
 
     def verify(self, key: Key, params: Any) -> VerifyOperation:
         self.parse_params(params)
-        return _HashVerify(_public_key(key, min_bits=LEGACY_VERIFY_MIN_BITS), padding.PKCS1v15(), self._algorithm())
+        return _HashVerify(_public_key(key, least=LEGACY_VERIFY_MIN_BITS), padding.PKCS1v15(), self._algorithm())
 
 
 class RsaPss(_RsaMechanism):
@@ -564,7 +576,7 @@ class RsaPss(_RsaMechanism):
 
     def verify(self, key: Key, params: Any) -> VerifyOperation:
         pss = self.parse_params(params)
-        public = _public_key(key, min_bits=LEGACY_VERIFY_MIN_BITS)
+        public = _public_key(key, least=LEGACY_VERIFY_MIN_BITS)
         _check_salt(self.ckm, pss, public)
         return _PrehashedVerify(public, pss.padding(), pss.hash)
 
@@ -594,7 +606,7 @@ class RsaPssWithHash(RsaPss):
 
     def verify(self, key: Key, params: Any) -> VerifyOperation:
         pss = self.parse_params(params)
-        public = _public_key(key, min_bits=LEGACY_VERIFY_MIN_BITS)
+        public = _public_key(key, least=LEGACY_VERIFY_MIN_BITS)
         _check_salt(self.ckm, pss, public)
         return _HashVerify(public, pss.padding(), pss.hash)
 

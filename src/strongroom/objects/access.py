@@ -26,6 +26,15 @@ before the ids existed name no id and match by name.
 
 Session objects (CKA_TOKEN false) exist only for the login whose PKCS#11 session holds them.
 
+**Public objects** (``CKA_PRIVATE`` false; PKCS#11 v2.40 §6.7): while the cluster policy
+``public_objects`` is ``visible`` (the default), every caller SEEs them, and every caller but an admin
+may USE a public object that is a *public key* (verify, encrypt, wrap *with* it). A caller that is not
+logged in — an agent's anonymous PKCS#11 session (``session.open_public``, :data:`PUBLIC_NAME`) — sees
+public objects and its own session objects and nothing else: it can never see, use or make a private
+object. A public caller touching a private object it cannot see gets CKR_USER_NOT_LOGGED_IN where it
+asks to use the object (as SoftHSMv2 answers), the handle errors above otherwise. With the policy
+``hidden`` nobody is public and ``CKA_PRIVATE`` false grants nothing (CloudHSM's rule).
+
 The answers, per PKCS#11 v2.40 §5 and the return values each function may give:
 
 * the caller may not see the object: CKR_OBJECT_HANDLE_INVALID, or CKR_KEY_HANDLE_INVALID
@@ -45,6 +54,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from strongroom.constants import CKA, CKO
 from strongroom.errors import (
     ActionProhibited,
     HsmError,
@@ -52,8 +62,13 @@ from strongroom.errors import (
     KeyHandleInvalid,
     KeyNotWrappable,
     ObjectHandleInvalid,
+    UserNotLoggedIn,
 )
 from strongroom.objects.model import StoredObject
+
+#: The name a caller that is not logged in goes by (owner of its public session objects, audit actor).
+#: No username can be it: usernames are letters, digits and '_'.
+PUBLIC_NAME = "(public)"
 
 
 class Access(enum.Enum):
@@ -72,6 +87,14 @@ class Actor:
     is_admin: bool
     #: Is this PKCS#11 session (a node p11session handle) one of the caller's login?
     holds_session: Callable[[int], bool] = lambda _handle: False
+    #: Not logged in: an anonymous PKCS#11 session (public objects and its own session objects only).
+    public: bool = False
+    #: The cluster policy ``public_objects`` is ``visible``: CKA_PRIVATE false opens an object to everyone.
+    sees_public: bool = True
+
+    @classmethod
+    def anonymous(cls, holds_session: Callable[[int], bool], sees_public: bool = True) -> Actor:
+        return cls(PUBLIC_NAME, None, False, holds_session, public=True, sees_public=sees_public)
 
 
 class Action(enum.Enum):
@@ -118,13 +141,33 @@ def is_shared_with(obj: StoredObject, actor: Actor) -> bool:
     return account is None or account == actor.user_id
 
 
+def is_public_object(obj: StoredObject) -> bool:
+    """CKA_PRIVATE false (an object that does not say is private)."""
+    return not obj.attributes.get(CKA.PRIVATE, True)
+
+
+def is_public_key(obj: StoredObject) -> bool:
+    return obj.object_class is CKO.PUBLIC_KEY and is_public_object(obj)
+
+
 def may(obj: StoredObject, actor: Actor, access: Access) -> bool:
     if obj.p11_session is not None and not actor.holds_session(obj.p11_session):
         return False  # another login's session object does not exist for this caller
+    if actor.public:
+        # Its own session objects (public by construction), and public objects of the token.
+        own = obj.p11_session is not None and obj.owner == actor.name and obj.owner_id is None
+        if access is Access.SEE:
+            return own or (actor.sees_public and is_public_object(obj))
+        if access is Access.USE:
+            return own or (actor.sees_public and is_public_key(obj))
+        return own and access is Access.OWN
+    opened = actor.sees_public and is_public_object(obj)
     if access is Access.SEE:
-        return (actor.is_admin and obj.p11_session is None) or is_owner(obj, actor) or is_shared_with(obj, actor)
+        return ((actor.is_admin and obj.p11_session is None) or is_owner(obj, actor) or is_shared_with(obj, actor)
+                or opened)
     if access is Access.USE:
-        return is_owner(obj, actor) or is_shared_with(obj, actor)
+        return (is_owner(obj, actor) or is_shared_with(obj, actor)
+                or (opened and not actor.is_admin and obj.object_class is CKO.PUBLIC_KEY))
     if access is Access.OWN:
         return is_owner(obj, actor)
     return actor.is_admin and obj.p11_session is None  # TRUST
@@ -136,5 +179,7 @@ def authorize(obj: StoredObject, actor: Actor, action: Action) -> None:
     if may(obj, actor, access):
         return
     if not may(obj, actor, Access.SEE):
+        if actor.public and action is not Action.READ and obj.p11_session is None and not is_public_object(obj):
+            raise UserNotLoggedIn(f"object {obj.handle} is private: log in to use it")
         raise action.not_found(obj.handle)
     raise refused(message.format(handle=obj.handle))

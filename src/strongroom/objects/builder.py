@@ -14,15 +14,34 @@ from dataclasses import dataclass
 from typing import Any
 
 from strongroom.constants import CKA, CKK, CKO
-from strongroom.errors import KeySizeRange, TemplateIncomplete, TemplateInconsistent, WrappedKeyInvalid
+from strongroom.errors import (
+    AttributeValueInvalid,
+    KeySizeRange,
+    TemplateIncomplete,
+    TemplateInconsistent,
+    WrappedKeyInvalid,
+)
 from strongroom.mechanisms.base import GeneratedPair, GeneratedSecret
 from strongroom.objects import templates
 from strongroom.objects.attributes import Op
-from strongroom.objects.keys import asymmetric_attributes, check_value, load_private, private_to_der
+from strongroom.objects.keys import (
+    MATERIAL_ATTRIBUTES,
+    asymmetric_attributes,
+    check_value,
+    load_private,
+    private_from_template,
+    private_to_der,
+)
 from strongroom.objects.model import StoredObject
 
 #: Secret key lengths in bytes, by key type.
 SECRET_LENGTHS = {CKK.AES: (16, 24, 32), CKK.GENERIC_SECRET: tuple(range(1, 513))}
+#: ... and those of the legacy-algorithms policy (two- and three-key Triple-DES; parity bits included).
+LEGACY_SECRET_LENGTHS = {CKK.DES2: (16,), CKK.DES3: (24,)}
+
+
+def secret_lengths(legacy: bool) -> dict[CKK, tuple[int, ...]]:
+    return SECRET_LENGTHS | LEGACY_SECRET_LENGTHS if legacy else SECRET_LENGTHS
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +92,29 @@ def generated_pair(maker: Maker, public_template: dict[int, Any], private_templa
     return public, private
 
 
-def derived_length(template: dict[int, Any]) -> tuple[CKK, int]:
-    """The type and length (bytes) a derive template asks for, checked before anything is derived."""
+def derived_type(template: dict[int, Any], legacy: bool = False) -> CKK:
+    """The secret key type a derive template asks for."""
     key_type = template.get(CKA.KEY_TYPE)
-    if key_type not in SECRET_LENGTHS:
+    lengths = secret_lengths(legacy)
+    if key_type not in lengths:
         raise TemplateIncomplete("derive needs CKA_KEY_TYPE: CKK_AES or CKK_GENERIC_SECRET")
-    key_type = CKK(key_type)
+    return CKK(key_type)
+
+
+def derived_length(template: dict[int, Any], natural: int | None = None, legacy: bool = False) -> tuple[CKK, int]:
+    """The type and length (bytes) a derive template asks for, checked before anything is derived.
+
+    Without CKA_VALUE_LEN the key is as long as what the mechanism derives by nature (``natural``: the
+    shared secret of ECDH without a KDF), as Java's SunPKCS11 key agreement expects; a fixed-length key
+    type (Triple-DES) takes its one length."""
+    key_type = derived_type(template, legacy)
+    lengths = secret_lengths(legacy)[key_type]
     length = template.get(CKA.VALUE_LEN)
     if length is None:
+        length = lengths[0] if len(lengths) == 1 else natural
+    if length is None:
         raise TemplateIncomplete("derive needs CKA_VALUE_LEN")
-    if length not in SECRET_LENGTHS[key_type]:
+    if length not in lengths:
         raise KeySizeRange(f"a {key_type.name} key cannot be {length} bytes long")
     return key_type, length
 
@@ -102,14 +134,52 @@ def check_unwrap_template(template: dict[int, Any]) -> None:
         raise TemplateIncomplete("unwrap needs CKA_CLASS (secret or private key) and CKA_KEY_TYPE")
 
 
-def unwrapped_key(maker: Maker, template: dict[int, Any], key_bytes: bytes) -> StoredObject:
+def imported_key(maker: Maker, template: dict[int, Any], p11_session: int | None,
+                 legacy: bool = False) -> StoredObject:
+    """C_CreateObject of a secret or private key: its value (or an RSA key's components) in clear in the
+    template. The values become the key's material and are never stored among its attributes; the key is
+    not CKA_LOCAL, was never CKA_ALWAYS_SENSITIVE nor CKA_NEVER_EXTRACTABLE (builder rules of Op.CREATE)."""
+    object_class = CKO(template[CKA.CLASS])
+    raw_type = template.get(CKA.KEY_TYPE)
+    if raw_type is None:
+        raise TemplateIncomplete("a key needs CKA_KEY_TYPE")
+    try:
+        key_type = CKK(raw_type)
+    except ValueError:
+        raise TemplateInconsistent(f"key type {raw_type:#x} is not supported") from None
+    supplied = {k: v for k, v in template.items() if k not in MATERIAL_ATTRIBUTES}
+    if object_class is CKO.SECRET_KEY:
+        lengths = secret_lengths(legacy)
+        if key_type not in lengths:
+            raise TemplateInconsistent(f"secret keys of type {key_type.name} are not supported")
+        value = template.get(CKA.VALUE)
+        if not isinstance(value, bytes) or not value:
+            raise TemplateIncomplete("a secret key needs CKA_VALUE")
+        if len(value) not in lengths[key_type]:
+            raise AttributeValueInvalid(f"CKA_VALUE is not a valid {key_type.name} key ({len(value)} bytes)")
+        attributes = templates.build(Op.CREATE, object_class, supplied, secret_attributes(key_type, value))
+        return maker.new(attributes, bytes(value), p11_session)
+    private = private_from_template(key_type, template)
+    actual_type, _public, private_attributes = asymmetric_attributes(private)
+    if actual_type is not key_type:
+        raise TemplateInconsistent(f"the values make a {actual_type.name} key, the template says {key_type.name}")
+    computed = {CKA.KEY_TYPE: key_type} | private_attributes
+    # The caller's CKA_EC_PARAMS encoding (an OID or a curve name) is the one kept, as for generated keys.
+    if CKA.EC_PARAMS in supplied and CKA.EC_PARAMS in computed:
+        computed[CKA.EC_PARAMS] = supplied[CKA.EC_PARAMS]
+    attributes = templates.build(Op.CREATE, object_class, supplied, computed)
+    return maker.new(attributes, private_to_der(private), p11_session)
+
+
+def unwrapped_key(maker: Maker, template: dict[int, Any], key_bytes: bytes, legacy: bool = False) -> StoredObject:
     """The key ``key_bytes`` hold, if they are a valid key of the class and type ``template`` names."""
     object_class = CKO(template[CKA.CLASS])
     key_type = CKK(template[CKA.KEY_TYPE])
     if object_class is CKO.SECRET_KEY:
-        if key_type not in SECRET_LENGTHS:
+        lengths = secret_lengths(legacy)
+        if key_type not in lengths:
             raise TemplateInconsistent(f"secret keys of type {key_type.name} are not supported")
-        if len(key_bytes) not in SECRET_LENGTHS[key_type]:
+        if len(key_bytes) not in lengths[key_type]:
             raise WrappedKeyInvalid(f"the unwrapped value is not a valid {key_type.name} key ({len(key_bytes)} bytes)")
         computed = secret_attributes(key_type, key_bytes)
         material = key_bytes

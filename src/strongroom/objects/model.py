@@ -111,6 +111,11 @@ class StoredObject:
     def readable(self, cka: int) -> bool:
         return not is_secret(cka, self.object_class)
 
+    def revealable(self) -> bool:
+        """A key whose material may be read in clear: CKA_SENSITIVE false and CKA_EXTRACTABLE true."""
+        return (self.object_class in (CKO.SECRET_KEY, CKO.PRIVATE_KEY) and not self.attributes.get(CKA.SENSITIVE, True)
+                and bool(self.attributes.get(CKA.EXTRACTABLE, False)))
+
 
 def from_wire(pairs: list[list[Any]]) -> dict[int, Any]:
     """Stored and wire form of attributes: [type, value] pairs; nested templates likewise."""

@@ -15,7 +15,7 @@ from strongroom.errors import OperationActive, OperationNotInitialized, SessionC
 OPERATION_KINDS = ("encrypt", "decrypt", "sign", "verify", "digest")
 
 
-@dataclass
+@dataclass(eq=False)  # one running operation: compared and hashed by identity (dispatch/quorum.py keeps a WeakSet)
 class ActiveOperation:
     kind: str
     operation: Any  # a mechanisms.base *Operation

@@ -10,6 +10,7 @@ from strongroom.errors import (
     AttributeReadOnly,
     AttributeSensitive,
     AttributeTypeInvalid,
+    AttributeValueInvalid,
     TemplateIncomplete,
     TemplateInconsistent,
 )
@@ -28,6 +29,20 @@ _UNABLE: dict[int, tuple[int, ...]] = {
 #: Attributes that describe what an object is; a caller may repeat them but not contradict them.
 IDENTITY = (CKA.CLASS, CKA.KEY_TYPE)
 
+#: Classes whose objects are public (CKA_PRIVATE false) unless the template says otherwise.
+PUBLIC_BY_DEFAULT = frozenset({CKO.PUBLIC_KEY, CKO.CERTIFICATE})
+
+_RSA = frozenset({CKK.RSA})
+_CURVES = frozenset({CKK.EC, CKK.EC_EDWARDS, 0x41})  # 0x41: CKK_EC_MONTGOMERY (PKCS#11 3.0)
+#: Key attributes of one key type family (PKCS#11 v2.40 current mechanisms §2.1.2, §2.3.3): in a template for
+#: another key type they are CKR_TEMPLATE_INCONSISTENT (§4.1.1), not stored beside the key.
+KEY_TYPE_ONLY: dict[int, frozenset[int]] = {
+    **{cka: _RSA for cka in (CKA.MODULUS, CKA.MODULUS_BITS, CKA.PUBLIC_EXPONENT, CKA.PRIVATE_EXPONENT,
+                             CKA.PRIME_1, CKA.PRIME_2, CKA.EXPONENT_1, CKA.EXPONENT_2, CKA.COEFFICIENT)},
+    CKA.EC_PARAMS: _CURVES,
+    CKA.EC_POINT: _CURVES,
+}
+
 
 def _name(cka: int) -> str:
     try:
@@ -41,7 +56,9 @@ def check_supplied(op: Op, object_class: int, supplied: dict[int, Any], *, is_ad
     for cka, value in supplied.items():
         rule = rule_for(cka)
         if object_class not in rule.classes:
-            raise AttributeTypeInvalid(f"{_name(cka)} does not apply to {CKO(object_class).name} objects")
+            # PKCS#11 v2.40 §4.1.1: "trying to create a secret key object with an attribute which is
+            # appropriate for various types of public keys or private keys, but not for secret keys".
+            raise TemplateInconsistent(f"{_name(cka)} does not apply to {CKO(object_class).name} objects")
         if rule.maintained:
             raise AttributeReadOnly(f"{_name(cka)} is maintained by the HSM and cannot be set")
         if rule.admin_only and value != rule.default and not is_admin:
@@ -64,6 +81,7 @@ def build(
     ``computed`` are values the node determined (key type, public values of a generated
     key, lengths); a supplied value that contradicts one is TEMPLATE_INCONSISTENT.
     """
+    supplied = _check_value_given(supplied, computed)
     check_supplied(op, object_class, {k: v for k, v in supplied.items() if k not in computed or k in IDENTITY},
                    is_admin=is_admin)
     if supplied.get(CKA.CLASS, object_class) != object_class:
@@ -71,6 +89,12 @@ def build(
     for cka, value in computed.items():
         if cka in supplied and supplied[cka] != value:
             raise TemplateInconsistent(f"{_name(cka)} contradicts what the HSM determined for this object")
+    key_type = computed.get(CKA.KEY_TYPE, supplied.get(CKA.KEY_TYPE))
+    if key_type is not None:
+        for cka in supplied:
+            types = KEY_TYPE_ONLY.get(cka)
+            if types is not None and key_type not in types and cka not in computed:
+                raise TemplateInconsistent(f"{_name(cka)} does not apply to keys of type {_key_type_name(key_type)}")
     attributes: dict[int, Any] = {}
     for cka, rule in RULES.items():
         if object_class not in rule.classes:
@@ -82,6 +106,10 @@ def build(
         elif rule.default is not None:
             attributes[cka] = rule.default
     attributes[CKA.CLASS] = object_class
+    if object_class in PUBLIC_BY_DEFAULT and CKA.PRIVATE not in supplied:
+        # As SoftHSMv2 and the clients expect: public keys and certificates are public objects unless
+        # their maker says otherwise (keys to keep secret, data: private).
+        attributes[CKA.PRIVATE] = False
     if object_class in (CKO.SECRET_KEY, CKO.PUBLIC_KEY, CKO.PRIVATE_KEY):
         if CKA.KEY_TYPE not in attributes:
             raise TemplateIncomplete("CKA_KEY_TYPE is required")
@@ -103,6 +131,27 @@ def build(
         attributes[CKA.ALWAYS_SENSITIVE] = fresh and attributes[CKA.SENSITIVE]
         attributes[CKA.NEVER_EXTRACTABLE] = fresh and not attributes[CKA.EXTRACTABLE]
     return attributes
+
+
+def _check_value_given(supplied: dict[int, Any], computed: dict[int, Any]) -> dict[int, Any]:
+    """CKA_CHECK_VALUE in a template is "allowed but never necessary" (PKCS#11 v2.40 §4.6.1, §4.10): one that
+    differs from the value the HSM computed is CKR_ATTRIBUTE_VALUE_INVALID; where the HSM computes none (a
+    generic secret, a certificate) it is ignored. The rest of the template goes on."""
+    if CKA.CHECK_VALUE not in supplied:
+        return supplied
+    given = supplied[CKA.CHECK_VALUE]
+    rest = {k: v for k, v in supplied.items() if k != CKA.CHECK_VALUE}
+    expected = computed.get(CKA.CHECK_VALUE)
+    if expected is not None and given != expected:
+        raise AttributeValueInvalid("CKA_CHECK_VALUE does not match the key's value")
+    return rest
+
+
+def _key_type_name(key_type: Any) -> str:
+    try:
+        return "CKK_" + CKK(key_type).name
+    except ValueError:
+        return hex(key_type)
 
 
 def copy_attributes(source: StoredObject, supplied: dict[int, Any]) -> dict[int, Any]:
@@ -169,22 +218,33 @@ def _check_direction(cka: int, current: Any, new: Any) -> None:
         raise AttributeReadOnly(f"{_name(cka)} can only change from true to false")
 
 
-def read(obj: StoredObject, types: list[int]) -> tuple[list[list[Any]], int | None]:
+def read(obj: StoredObject, types: list[int], *, reveal: bool = False) -> tuple[list[list[Any]], int | None]:
     """C_GetAttributeValue: [type, value-or-None] per type, and the error code of the call if any.
 
     As the spec asks, every attribute is processed even after an error; an unreadable
     one comes back as None and the call reports the (last) error.
+
+    Key material (a key's CKA_VALUE, an RSA key's private components) is sensitive unless the key has
+    CKA_SENSITIVE false and CKA_EXTRACTABLE true (PKCS#11 v2.40 §4.9, §4.10) and ``reveal`` says the
+    caller may have it (it may use the key: :mod:`strongroom.objects.access`).
     """
     from strongroom.errors import CKR
+    from strongroom.objects.keys import clear_value
 
     values: list[list[Any]] = []
     error: int | None = None
+    key_type = obj.attributes.get(CKA.KEY_TYPE)
     for cka in types:
         rule = RULES.get(cka)
-        if rule is None or obj.object_class not in rule.classes:
+        only = KEY_TYPE_ONLY.get(cka)
+        if rule is None or obj.object_class not in rule.classes or (only is not None and key_type not in only):
             values.append([cka, None])
             error = CKR.ATTRIBUTE_TYPE_INVALID
         elif not obj.readable(cka):
+            clear = clear_value(obj, cka) if reveal and obj.revealable() else None
+            if clear is not None:
+                values.append([cka, clear])
+                continue
             values.append([cka, None])
             error = CKR.ATTRIBUTE_SENSITIVE
         else:

@@ -160,7 +160,7 @@ def test_socket_server(tmp_path: Path) -> None:
         for _ in range(4):
             size = HEADER.unpack(await reader.readexactly(4))[0]
             replies.append(msgpack.unpackb(await reader.readexactly(size)))
-        assert replies == [[1, 1, CKR.CRYPTOKI_NOT_INITIALIZED, []], [1, 2, 0, []], [1, 3, 0, [[0]]],
+        assert replies == [[1, 1, CKR.CRYPTOKI_NOT_INITIALIZED, []], [1, 2, 0, [False]], [1, 3, 0, [[0]]],
                            [1, 4, CKR.FUNCTION_NOT_SUPPORTED, []]]
         assert len(agent.apps) == 1
         writer.close()

@@ -119,7 +119,13 @@ def test_search_shows_each_caller_only_what_it_may_see(tmp_path: Path) -> None:
         assert await repo.search(template, _seen_by(SHARED)) == sorted([handles["aes"], handles["hmac"]])
         assert await repo.search(template, _seen_by(Actor("bob", "bob-2", False))) == []  # not the shared account
         assert len(await repo.search({}, _seen_by(ADMIN))) == len(handles)  # admins see token objects
-        assert await repo.search({}, _seen_by(Actor("mallory", None, False))) == []
+        # Public keys and certificates are public objects by default: everyone sees them (PKCS#11 §6.7) ...
+        public = sorted([handles["rsa-pub"], handles["ec-pub"], handles["cert"]])
+        assert await repo.search({}, _seen_by(Actor("mallory", None, False))) == public
+        assert await repo.search({}, _seen_by(Actor.anonymous(lambda _h: False))) == public
+        # ... unless the cluster policy public_objects is hidden.
+        assert await repo.search({}, _seen_by(Actor("mallory", None, False, sees_public=False))) == []
+        assert await repo.search({}, _seen_by(Actor.anonymous(lambda _h: False, sees_public=False))) == []
 
     run(tmp_path, body)
 

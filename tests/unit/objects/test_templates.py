@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from strongroom.constants import CKA, CKK, CKM, CKO
-from strongroom.errors import AttributeReadOnly, TemplateIncomplete, TemplateInconsistent
+from strongroom.errors import AttributeReadOnly, AttributeValueInvalid, TemplateIncomplete, TemplateInconsistent
 from strongroom.objects import templates
 from strongroom.objects.attributes import Op
 
@@ -126,7 +126,8 @@ def test_what_the_hsm_computed_may_be_repeated_but_not_contradicted(object_class
         templates.build(Op.GENERATE, object_class, {}, computed)
     for cka, value in computed.items():
         other: Any = (value + 1) if isinstance(value, int) else value + b"\x00"
-        with pytest.raises(TemplateInconsistent):
+        # A check value that is not the key's is an invalid value (§4.10); anything else contradicts the key.
+        with pytest.raises(AttributeValueInvalid if cka == CKA.CHECK_VALUE else TemplateInconsistent):
             templates.build(Op.GENERATE, object_class, {cka: other}, computed)
 
 

@@ -16,11 +16,22 @@ log = logging.getLogger("strongroom.agent")
 
 
 def require_user(ctx: Context) -> App:
-    """Crypto and key management need the normal user (a crypto user) logged in."""
+    """Calls that need the normal user (a crypto user) logged in, whatever public objects allow."""
     app = ctx.app
     if app.user_type != CKU.USER:
         raise AgentError(CKR.USER_NOT_LOGGED_IN, "log in as the normal user (CKU_USER) first")
     return app
+
+
+def is_public(app: App) -> bool:
+    """Not logged in as the normal user: the node sees the application's anonymous login (PKCS#11 §6.7)."""
+    return app.user_type != CKU.USER
+
+
+def no_token_objects_in_public(app: App, token: bool) -> None:
+    """PKCS#11 §6.7 lets a public session make public session objects; a token object needs an owner account."""
+    if token and is_public(app):
+        raise AgentError(CKR.USER_NOT_LOGGED_IN, "token objects are made after C_Login (a crypto user)")
 
 
 def require_login(ctx: Context, code: CKR = CKR.USER_NOT_LOGGED_IN) -> App:
@@ -42,11 +53,14 @@ def route(app: App, handles: tuple[int, ...] = (), *,
 
 
 async def stateless(ctx: Context, op: str, args: dict[str, Any], *, handles: tuple[int, ...] = (),
-                    idempotent: bool = True, any_session_objects: bool = False) -> dict[str, Any]:
-    """A call that needs the application's login but no node-side session."""
+                    idempotent: bool = True, any_session_objects: bool = False, view: bool = False) -> dict[str, Any]:
+    """A call that needs the application's login (or its anonymous one) but no node-side session. ``view``:
+    a find or a read, made under whoever is logged in (the SO too); otherwise under
+    :attr:`App.crypto_logins`."""
     app = ctx.app
     link, pinned = route(app, handles, any_session_objects=any_session_objects)
-    body, _link, _serial = await ctx.agent.pool.call(op, args, logins=app.logins, link=link, pinned=pinned,
+    logins = app.view_logins if view else app.crypto_logins
+    body, _link, _serial = await ctx.agent.pool.call(op, args, logins=logins, link=link, pinned=pinned,
                                                      idempotent=idempotent)
     return body
 
@@ -54,13 +68,12 @@ async def stateless(ctx: Context, op: str, args: dict[str, Any], *, handles: tup
 async def ensure_binding(ctx: Context, session: Session) -> Binding:
     """The node p11session of ``session``, opened now on the application's home link if needed."""
     app = ctx.app
-    if session.binding is not None and session.binding.valid(app.logins):
+    logins = app.crypto_logins
+    if session.binding is not None and session.binding.valid(logins):
         return session.binding
     session.binding = None
-    if app.logins is None:
-        raise AgentError(CKR.USER_NOT_LOGGED_IN, "not logged in")
     home = await ctx.agent.pool.acquire(app.home)
-    body, link, serial = await ctx.agent.pool.call("p11session.open", {}, logins=app.logins, link=home,
+    body, link, serial = await ctx.agent.pool.call("p11session.open", {}, logins=logins, link=home,
                                                    pinned=True, idempotent=True)
     generation = (link.name, link.epoch, serial)
     if app.node_generation != generation:
@@ -77,7 +90,7 @@ async def in_session(ctx: Context, session: Session, binding: Binding, op: str,
     """A call on the node p11session ``binding``; raises StateLost if the node lost it."""
     try:
         body, _link, _serial = await ctx.agent.pool.call(
-            op, {**args, "session": binding.handle}, logins=ctx.app.logins, link=binding.link,
+            op, {**args, "session": binding.handle}, logins=ctx.app.crypto_logins, link=binding.link,
             stateful=True, serial=binding.serial,
         )
     except StateLost:

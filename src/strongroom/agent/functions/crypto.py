@@ -28,12 +28,23 @@ lockout and audits the attempt. The agent keeps no copy of that password.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from strongroom.agent.functions.common import deliver, ensure_binding, in_session, require_user, stateless
-from strongroom.agent.functions.registry import BYTES, CAP, MECHANISM, ULONG, Context, Result, function
+from strongroom.agent.functions.common import deliver, ensure_binding, in_session, stateless
+from strongroom.agent.functions.registry import (
+    BYTES,
+    CAP,
+    KIND,
+    MECHANISM,
+    ULONG,
+    Context,
+    Result,
+    function,
+    on_bad_arguments,
+)
 from strongroom.agent.nodes import NodeError, StateLost
 from strongroom.agent.returns import AgentError
 from strongroom.agent.state import Operation, Pending, Session, fingerprint
@@ -73,6 +84,10 @@ NODE_OPERATIONS: dict[str, NodeOperations] = {
 }
 
 
+#: What one node request carries at most (mechanisms.base.MAX_DATA): longer inputs go in parts.
+NODE_PART = 1 << 20
+
+
 class OperationLost(AgentError):
     def __init__(self, kind: str) -> None:
         super().__init__(CKR.FUNCTION_FAILED,
@@ -105,7 +120,7 @@ async def _node_step(ctx: Context, session: Session, op: Operation, node_op: str
     if op.context_login and not op.authenticated:
         raise AgentError(CKR.USER_NOT_LOGGED_IN, f"the key of this {op.kind} has CKA_ALWAYS_AUTHENTICATE: call "
                                                  "C_Login(CKU_CONTEXT_SPECIFIC) right after the init")
-    logins = ctx.app.logins
+    logins = ctx.app.crypto_logins
     for attempt in (1, 2):
         if op.binding is None or op.binding is not session.binding or not op.binding.valid(logins):
             op.binding = None
@@ -134,11 +149,53 @@ async def _abort(ctx: Context, session: Session, op: Operation) -> None:
     if session.operations.get(op.kind) is op:
         del session.operations[op.kind]
     binding, op.binding = op.binding, None
-    if binding is not None and binding.valid(ctx.app.logins):
+    if binding is not None and binding.valid(ctx.app.crypto_logins):
         try:
             await in_session(ctx, session, binding, "crypto.cancel", {"kind": op.kind})
         except Exception:  # noqa: BLE001 - best effort: the node ends it with the session anyway
             pass
+
+
+def _parts(data: bytes) -> list[bytes]:
+    """What one node request may carry (the node takes at most MAX_DATA per call)."""
+    return [data[i:i + NODE_PART] for i in range(0, len(data), NODE_PART)] or [b""]
+
+
+async def _in_parts(ctx: Context, session: Session, op: Operation, data: bytes,
+                    signature: bytes | None = None) -> bytes:
+    """A single-part call whose input is more than one node request takes: the same operation in parts
+    (updates, then the final). A mechanism that has no parts makes it CKR_*_LEN_RANGE."""
+    output = b""
+    try:
+        for part in _parts(data):
+            body = await _node_step(ctx, session, op, NODE_OPERATIONS[op.kind].update, {"data": part})
+            op.parts += 1
+            output += body.get("data", b"") if isinstance(body, dict) else b""
+    except NodeError as exc:
+        if exc.code != CKR.FUNCTION_NOT_SUPPORTED:
+            raise
+        raise AgentError(CKR.ENCRYPTED_DATA_LEN_RANGE if op.kind == "decrypt" else CKR.DATA_LEN_RANGE,
+                         f"{op.kind} with this mechanism takes at most {NODE_PART} bytes in one part") from None
+    if op.kind == "verify":
+        await _node_step(ctx, session, op, NODE_OPERATIONS["verify"].final, {"signature": signature or b""})
+        return b""
+    body = await _node_step(ctx, session, op, NODE_OPERATIONS[op.kind].final, {})
+    return output + bytes(body[NODE_OPERATIONS[op.kind].output])
+
+
+#: Mechanisms whose update outputs exactly its input (stream modes); block modes may add up to a block.
+_STREAM_MODES = frozenset({CKM.AES_CTR, CKM.AES_GCM})
+_BLOCK = 16
+
+
+def update_bound(op: Operation, length: int) -> int:
+    """An upper bound of what one C_EncryptUpdate/C_DecryptUpdate of ``length`` bytes outputs: the input plus
+    what a block mode kept from earlier parts (less than a block; a CBC_PAD decryption keeps one block back).
+    AES-GCM decryption outputs nothing before its final; its bound is still the input, so that a caller
+    allocates a buffer and the part is processed."""
+    if op.mechanism in _STREAM_MODES or not length:
+        return length
+    return length + _BLOCK
 
 
 def _current(session: Session, kind: str) -> Operation:
@@ -167,15 +224,14 @@ async def _init(ctx: Context, handle: int, kind: str, mechanism: tuple[int, Any]
     async with session.lock:
         if kind in session.operations:
             raise AgentError(CKR.OPERATION_ACTIVE, f"a {kind} operation is already active in this session")
-        require_user(ctx)
         ckm, params = mechanism
         if kind == "encrypt" and ckm == CKM.AES_GCM and isinstance(params, dict) and not params.get("iv"):
             # The node would choose the IV, but PKCS#11 v2.40 has no way to hand it back.
             raise AgentError(CKR.MECHANISM_PARAM_INVALID, "AES_GCM encryption needs an IV (pIv/ulIvLen)")
         op = Operation(kind, ckm, params, key, None)
         shape = _validation_key(ctx, kind, ckm, params, key)
-        logins = ctx.app.logins
-        if shape in ctx.app.validated and logins is not None and logins.closed is None:
+        logins = ctx.app.crypto_logins
+        if shape in ctx.app.validated and logins.closed is None:
             op.deferred = True  # checked by the node before: the single-part call goes alone
         else:
             await _node_init(ctx, session, op)
@@ -196,7 +252,8 @@ def _validation_key(ctx: Context, kind: str, ckm: int, params: Any, key: int | N
 
     identity = ctx.app.identity
     # The Logins object too: a new C_Login (or logout) starts a fresh set of checks.
-    return (id(ctx.app.logins), None if identity is None else identity.username, kind, key, ckm, shape(params))
+    return (id(ctx.app.crypto_logins), None if identity is None else identity.username, kind, key, ckm,
+            shape(params))
 
 
 async def _deferred_single(ctx: Context, op: Operation, data: bytes, signature: bytes | None = None) -> Any:
@@ -227,12 +284,15 @@ async def _single(ctx: Context, handle: int, kind: str, data: bytes, cap: int) -
             if op.parts:
                 raise AgentError(CKR.OPERATION_ACTIVE, f"a multi-part {kind} is in progress: finish it with "
                                                        f"C_{kind.capitalize()}Final")
-            if op.deferred:
-                body = await _deferred_single(ctx, op, data)
+            if len(data) > NODE_PART:
+                output = await _in_parts(ctx, session, op, data)
+            elif op.deferred:
+                output = (await _deferred_single(ctx, op, data))[NODE_OPERATIONS[kind].output]
             else:
                 body = await _node_step(ctx, session, op, NODE_OPERATIONS[kind].single, {"data": data})
+                output = body[NODE_OPERATIONS[kind].output]
             op.binding = None  # the node ended it
-            return _deliver(session, op, Pending(ctx.function, stamp, body[NODE_OPERATIONS[kind].output], True), cap)
+            return _deliver(session, op, Pending(ctx.function, stamp, output, True), cap)
         except BaseException as exc:
             if _ends_operation(exc):
                 await _abort(ctx, session, op)
@@ -251,11 +311,19 @@ async def _update(ctx: Context, handle: int, kind: str, data: bytes, cap: int | 
                 if op.pending.fingerprint != stamp:
                     raise AgentError(CKR.ARGUMENTS_BAD, "call again with the same input to get the kept output")
                 return _deliver(session, op, op.pending, cap if cap is not None else -1)
-            body = await _node_step(ctx, session, op, NODE_OPERATIONS[kind].update, {"data": data})
-            op.parts += 1
+            if cap == -1:
+                # A size query: an upper bound, nothing processed (PKCS#11 v2.40 §5.2 allows "somewhat" more
+                # than needed). Never 0 for some input: PyKCS11 then passes a NULL buffer again, a second size
+                # query, and the input would never be processed (AES-GCM decryption outputs nothing until final).
+                return [update_bound(op, len(data)), None]
+            output = b""
+            for part in _parts(data):
+                body = await _node_step(ctx, session, op, NODE_OPERATIONS[kind].update, {"data": part})
+                op.parts += 1
+                output += body.get("data", b"")
             if cap is None:
                 return []
-            return _deliver(session, op, Pending(ctx.function, stamp, body.get("data", b""), False), cap)
+            return _deliver(session, op, Pending(ctx.function, stamp, output, False), cap)
         except BaseException as exc:
             if _ends_operation(exc):
                 await _abort(ctx, session, op)
@@ -289,7 +357,9 @@ async def _verify(ctx: Context, handle: int, *, data: bytes | None = None, signa
         try:
             if data is not None and op.parts:
                 raise AgentError(CKR.OPERATION_ACTIVE, "a multi-part verification is in progress")
-            if data is not None and op.deferred:
+            if data is not None and len(data) > NODE_PART:
+                await _in_parts(ctx, session, op, data, signature)
+            elif data is not None and op.deferred:
                 await _deferred_single(ctx, op, data, signature)
             elif data is not None:
                 await _node_step(ctx, session, op, NODE_OPERATIONS["verify"].single,
@@ -413,10 +483,128 @@ async def context_login(ctx: Context, session: Session, password: str) -> None:
             # PKCS#11 v2.40 §5.6: a context-specific login without a context. No password is checked.
             raise AgentError(CKR.OPERATION_NOT_INITIALIZED, "no operation in this session needs a context login")
         binding = waiting[0].binding
-        if binding is None or binding is not session.binding or not binding.valid(ctx.app.logins):
+        if binding is None or binding is not session.binding or not binding.valid(ctx.app.crypto_logins):
             for op in waiting:
                 await _abort(ctx, session, op)
             raise OperationLost(waiting[0].kind)
         await in_session(ctx, session, binding, "session.context_login", {"password": password})
         for op in waiting:
             op.authenticated = True
+
+
+# --- message digesting of a key, dual-function operations (PKCS#11 v2.40 §5.10, §5.13) -------------------
+
+
+@function("C_DigestKey", ULONG, ULONG)
+async def digest_key(ctx: Context, handle: int, key: int) -> list[Any]:
+    """The value of a secret key goes into the running digest on the node (``crypto.digest_key``): the node
+    refuses a key that may not leave it (CKR_KEY_INDIGESTIBLE). A failure ends the digest, as any part's."""
+    session = ctx.session(handle)
+    async with session.lock:
+        op = _current(session, "digest")
+        try:
+            if op.pending is not None:
+                raise AgentError(CKR.OPERATION_ACTIVE, "finish the output of the previous call first")
+            await _node_step(ctx, session, op, "crypto.digest_key", {"key": key})
+            op.parts += 1
+        except BaseException:
+            await _abort(ctx, session, op)
+            raise
+    return []
+
+
+async def _dual(ctx: Context, handle: int, first: str, second: str, data: bytes, cap: int,
+                second_input: str) -> Result | list[Any]:
+    """A dual-function update: ``first``'s update (encrypt/decrypt, with output) and ``second``'s (digest, sign,
+    verify) on ``data`` (``second_input`` "input") or on what the first one output ("output": decryption then
+    digest/verify, PKCS#11 v2.40 §5.13). The second update runs once the first one's output is handed over,
+    so a size query or a too-small buffer changes neither operation."""
+    session = ctx.session(handle)
+    _current(session, second)  # both must be active (OPERATION_NOT_INITIALIZED otherwise), before anything runs
+    result = await _update(ctx, handle, first, data, cap)
+    if isinstance(result, Result) or cap < 0:
+        return result  # size query / buffer too small: the first operation keeps its output for the next call
+    output = result[1]
+    try:
+        await _update(ctx, handle, second, data if second_input == "input" else bytes(output or b""), None)
+    except BaseException:
+        # The pair goes on only together: the first operation ends with the second.
+        op = session.operations.get(first)
+        if op is not None:
+            async with session.lock:
+                await _abort(ctx, session, op)
+        raise
+    return result
+
+
+@function("C_DigestEncryptUpdate", ULONG, BYTES, CAP)
+async def digest_encrypt_update(ctx: Context, handle: int, data: bytes, cap: int) -> Result | list[Any]:
+    return await _dual(ctx, handle, "encrypt", "digest", data, cap, "input")
+
+
+@function("C_DecryptDigestUpdate", ULONG, BYTES, CAP)
+async def decrypt_digest_update(ctx: Context, handle: int, data: bytes, cap: int) -> Result | list[Any]:
+    return await _dual(ctx, handle, "decrypt", "digest", data, cap, "output")
+
+
+@function("C_SignEncryptUpdate", ULONG, BYTES, CAP)
+async def sign_encrypt_update(ctx: Context, handle: int, data: bytes, cap: int) -> Result | list[Any]:
+    return await _dual(ctx, handle, "encrypt", "sign", data, cap, "input")
+
+
+@function("C_DecryptVerifyUpdate", ULONG, BYTES, CAP)
+async def decrypt_verify_update(ctx: Context, handle: int, data: bytes, cap: int) -> Result | list[Any]:
+    return await _dual(ctx, handle, "decrypt", "verify", data, cap, "output")
+
+
+# --- for the module: ending an operation it refused itself, output bounds --------------------------------
+
+
+@function("X_EndOperation", ULONG, KIND)
+async def end_operation(ctx: Context, handle: int, kind: str) -> list[Any]:
+    """The module refused a call of an active operation itself (a NULL length pointer, an input it cannot
+    send): as every failed call but CKR_BUFFER_TOO_SMALL and a size query, it ends the operation (PKCS#11
+    v2.40 §5.2), here and on the node. Nothing active: nothing to do."""
+    session = ctx.session(handle)
+    if kind == "find":
+        session.find = None
+        return []
+    async with session.lock:
+        op = session.operations.get(kind)
+        if op is not None:
+            await _abort(ctx, session, op)
+    return []
+
+
+@function("X_OutputBound", ULONG, KIND, ULONG)
+async def output_bound(ctx: Context, handle: int, kind: str, length: int) -> list[Any]:
+    """An upper bound of the output of an update of ``length`` bytes of the active ``kind`` (encrypt or decrypt)
+    operation: the module asks before it sends an input too large for one request in parts."""
+    session = ctx.session(handle)
+    if kind not in ("encrypt", "decrypt"):
+        raise AgentError(CKR.ARGUMENTS_BAD, "output bounds are for encryption and decryption")
+    return [update_bound(_current(session, kind), length)]
+
+
+async def _end_after_bad_arguments(ctx: Context, args: Any, kind: str) -> None:
+    """A call of an active operation whose arguments were malformed fails: the operation ends with it."""
+    if not isinstance(args, list) or not args or not isinstance(args[0], int) or isinstance(args[0], bool):
+        return
+    app = ctx.connection.app
+    session = None if app is None else app.sessions.get(args[0])
+    if session is None:
+        return
+    async with session.lock:
+        op = session.operations.get(kind)
+        if op is not None:
+            await _abort(ctx, session, op)
+
+
+for _name, _kind in {
+    "C_Encrypt": "encrypt", "C_EncryptUpdate": "encrypt", "C_EncryptFinal": "encrypt",
+    "C_Decrypt": "decrypt", "C_DecryptUpdate": "decrypt", "C_DecryptFinal": "decrypt",
+    "C_Sign": "sign", "C_SignUpdate": "sign", "C_SignFinal": "sign",
+    "C_Verify": "verify", "C_VerifyUpdate": "verify", "C_VerifyFinal": "verify",
+    "C_Digest": "digest", "C_DigestUpdate": "digest", "C_DigestFinal": "digest", "C_DigestKey": "digest",
+}.items():
+    on_bad_arguments(_name, functools.partial(_end_after_bad_arguments, kind=_kind))

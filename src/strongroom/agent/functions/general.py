@@ -45,7 +45,9 @@ def _utf8(text: str, limit: int) -> bytes:
 
 @function("C_Initialize", BYTES, ULONG, ULONG, BOOL, needs_app=False)
 async def initialize(ctx: Context, app_id: bytes, pid: int, ulong_size: int, little_endian: bool) -> list[Any]:
-    """The hello: every connection of an application starts with it, with the same app_id."""
+    """The hello: every connection of an application starts with it, with the same app_id. The one output
+    says whether this agent knew the application: a module that had sessions or a login and hears ``False``
+    (the agent restarted, or its last connection had closed) reopens them with X_Resume first."""
     if len(app_id) != 16:
         raise AgentError(CKR.ARGUMENTS_BAD, "app_id is 16 bytes")
     if ulong_size not in (4, 8):
@@ -56,6 +58,7 @@ async def initialize(ctx: Context, app_id: bytes, pid: int, ulong_size: int, lit
     agent = ctx.agent
     layout = Layout(ulong_size, little_endian)
     app = agent.apps.get(app_id)
+    known = app is not None
     if app is not None:
         # Another connection of the same application (its module's pool). It must come from
         # the same user and describe the same CK_ULONG.
@@ -68,7 +71,7 @@ async def initialize(ctx: Context, app_id: bytes, pid: int, ulong_size: int, lit
         agent.apps[app_id] = app
     app.connections.add(connection)
     connection.app = app
-    return []
+    return [known]
 
 
 @function("C_Finalize")
@@ -125,6 +128,7 @@ async def get_token_info(ctx: Context, slot: int) -> list[Any]:
         flags |= CKF.TOKEN_INITIALIZED
     if state == "active":
         flags |= CKF.USER_PIN_INITIALIZED
+    flags |= app.pin_failures.flags()  # wrong PINs this application gave since the user's last good login
     unavailable = app.layout.unavailable
     sessions = list(app.sessions.values())
     return [{

@@ -1,7 +1,9 @@
 """Key management functions (PKCS#11 v2.40 §5.14): generate, generate a pair, wrap, unwrap, derive.
 
 A key made with CKA_TOKEN true is a token object, made through any node; one made with
-CKA_TOKEN false is a session object of the calling session, made on its node session.
+CKA_TOKEN false is a session object of the calling session, made on its node session. An
+application that is not logged in makes public session keys only (PKCS#11 v2.40 §6.7; the node
+checks CKA_PRIVATE): a token key needs C_Login, CKR_USER_NOT_LOGGED_IN.
 Calls that make token objects are not retried after a lost connection (the outcome is
 unknown: the application gets CKR_DEVICE_REMOVED and may look for the key); calls that
 make session objects are retried once on a new node session, since whatever the lost
@@ -14,7 +16,12 @@ from __future__ import annotations
 from typing import Any
 
 from strongroom.agent.attrcodec import decode_template, template_flag
-from strongroom.agent.functions.common import deliver, require_user, stateless, with_session_object
+from strongroom.agent.functions.common import (
+    deliver,
+    no_token_objects_in_public,
+    stateless,
+    with_session_object,
+)
 from strongroom.agent.functions.registry import BYTES, CAP, MECHANISM, TEMPLATE, ULONG, Context, function
 from strongroom.agent.nodes import NodeError
 from strongroom.agent.returns import AgentError
@@ -39,10 +46,11 @@ async def _make(ctx: Context, session: Session, op: str, args: dict[str, Any], t
 @function("C_GenerateKey", ULONG, MECHANISM, TEMPLATE)
 async def generate_key(ctx: Context, handle: int, mechanism: tuple[int, Any], template: list[Any]) -> list[Any]:
     session = ctx.session(handle)
-    app = require_user(ctx)
+    app = ctx.app
     typed = decode_template(template, ctx.layout)
     token = template_flag(typed, CKA.TOKEN)
     _read_only(session, token)
+    no_token_objects_in_public(app, token)
     ckm, params = mechanism
     body = await _make(ctx, session, "key.generate", {"mechanism": ckm, "template": typed, "params": params},
                        token, ())
@@ -56,12 +64,13 @@ async def generate_key(ctx: Context, handle: int, mechanism: tuple[int, Any], te
 async def generate_key_pair(ctx: Context, handle: int, mechanism: tuple[int, Any], public: list[Any],
                             private: list[Any]) -> list[Any]:
     session = ctx.session(handle)
-    app = require_user(ctx)
+    app = ctx.app
     public_typed = decode_template(public, ctx.layout)
     private_typed = decode_template(private, ctx.layout)
     public_token = template_flag(public_typed, CKA.TOKEN)
     private_token = template_flag(private_typed, CKA.TOKEN)
     _read_only(session, public_token or private_token)
+    no_token_objects_in_public(app, public_token or private_token)
     ckm, params = mechanism
     args = {"mechanism": ckm, "public_template": public_typed, "private_template": private_typed,
             "params": params}
@@ -78,7 +87,6 @@ async def generate_key_pair(ctx: Context, handle: int, mechanism: tuple[int, Any
 async def wrap_key(ctx: Context, handle: int, mechanism: tuple[int, Any], wrapping_key: int, key: int,
                    cap: int) -> Any:
     session = ctx.session(handle)
-    require_user(ctx)
     ckm, params = mechanism
     stamp = fingerprint("C_WrapKey", ckm, params, wrapping_key, key)
     async with session.lock:
@@ -111,10 +119,11 @@ async def _usable_key(ctx: Context, handle: int) -> bool:
 async def unwrap_key(ctx: Context, handle: int, mechanism: tuple[int, Any], unwrapping_key: int, wrapped: bytes,
                      template: list[Any]) -> list[Any]:
     session = ctx.session(handle)
-    app = require_user(ctx)
+    app = ctx.app
     typed = decode_template(template, ctx.layout)
     token = template_flag(typed, CKA.TOKEN)
     _read_only(session, token)
+    no_token_objects_in_public(app, token)
     ckm, params = mechanism
     args = {"mechanism": ckm, "unwrapping_key": unwrapping_key, "wrapped": wrapped, "template": typed,
             "params": params}
@@ -129,10 +138,11 @@ async def unwrap_key(ctx: Context, handle: int, mechanism: tuple[int, Any], unwr
 async def derive_key(ctx: Context, handle: int, mechanism: tuple[int, Any], base_key: int,
                      template: list[Any]) -> list[Any]:
     session = ctx.session(handle)
-    app = require_user(ctx)
+    app = ctx.app
     typed = decode_template(template, ctx.layout)
     token = template_flag(typed, CKA.TOKEN)
     _read_only(session, token)
+    no_token_objects_in_public(app, token)
     ckm, params = mechanism
     args = {"mechanism": ckm, "base_key": base_key, "template": typed, "params": params}
     body = await _make(ctx, session, "key.derive", args, token, (base_key,))

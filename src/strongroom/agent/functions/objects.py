@@ -8,8 +8,11 @@ node reconnect.
 
 Decisions:
 
-- In a public session (nobody logged in) the node shows nothing: finds return no
-  handle, reads of an object answer CKR_OBJECT_HANDLE_INVALID.
+- In a public session (nobody logged in, PKCS#11 v2.40 §6.7) the node shows public objects
+  (CKA_PRIVATE false) and the application's own public session objects, through its anonymous
+  login; it makes public session objects only (a token object needs C_Login:
+  CKR_USER_NOT_LOGGED_IN). While the cluster policy ``public_objects`` is ``hidden`` it shows
+  nothing: finds return no handle, reads of an object answer CKR_OBJECT_HANDLE_INVALID.
 - C_GetObjectSize answers CKR_OK with CK_UNAVAILABLE_INFORMATION for an object the
   caller can see (the size of an encrypted, replicated record says nothing useful
   about token memory), CKR_OBJECT_HANDLE_INVALID otherwise.
@@ -22,12 +25,12 @@ from __future__ import annotations
 from typing import Any
 
 from strongroom.agent.attrcodec import CodecError, decode_template, read_values, template_flag
-from strongroom.agent.functions.common import require_user, stateless, with_session_object
+from strongroom.agent.functions.common import no_token_objects_in_public, stateless, with_session_object
 from strongroom.agent.functions.registry import ATTRIBUTE_REQUESTS, TEMPLATE, ULONG, Context, Result, function
 from strongroom.agent.nodes import NodeError
 from strongroom.agent.returns import AgentError
 from strongroom.agent.state import FindCursor, is_session_object
-from strongroom.constants import CKA
+from strongroom.constants import CKA, CKU
 from strongroom.errors import CKR
 
 
@@ -36,18 +39,21 @@ def _read_only(session_rw: bool, token: bool) -> None:
         raise AgentError(CKR.SESSION_READ_ONLY, "token objects change only in read/write sessions")
 
 
-def _require_login_for_object(ctx: Context, code: CKR = CKR.OBJECT_HANDLE_INVALID) -> None:
-    if ctx.app.logins is None:
-        raise AgentError(code, "nobody is logged in: no object is visible")
+def _not_for_the_so(ctx: Context) -> None:
+    """The SO (an admin) makes and changes no objects but the CKA_TRUSTED flag (C_SetAttributeValue)."""
+    if ctx.app.user_type == CKU.SO:
+        raise AgentError(CKR.USER_NOT_LOGGED_IN, "objects are made by the normal user (CKU_USER)")
 
 
 @function("C_CreateObject", ULONG, TEMPLATE)
 async def create_object(ctx: Context, handle: int, template: list[Any]) -> list[Any]:
     session = ctx.session(handle)
-    app = require_user(ctx)
+    app = ctx.app
+    _not_for_the_so(ctx)
     typed = decode_template(template, ctx.layout)
     token = template_flag(typed, CKA.TOKEN)
     _read_only(session.rw, token)
+    no_token_objects_in_public(app, token)
     if token:
         body = await stateless(ctx, "object.create", {"template": typed}, idempotent=False)
     else:
@@ -60,10 +66,12 @@ async def create_object(ctx: Context, handle: int, template: list[Any]) -> list[
 @function("C_CopyObject", ULONG, ULONG, TEMPLATE)
 async def copy_object(ctx: Context, handle: int, source: int, template: list[Any]) -> list[Any]:
     session = ctx.session(handle)
-    app = require_user(ctx)
+    app = ctx.app
+    _not_for_the_so(ctx)
     typed = decode_template(template, ctx.layout)
     token = template_flag(typed, CKA.TOKEN, default=not is_session_object(source))
     _read_only(session.rw, token)
+    no_token_objects_in_public(app, token)
     args = {"handle": source, "template": typed}
     if token:
         body = await stateless(ctx, "object.copy", args, handles=(source,), idempotent=False)
@@ -77,7 +85,6 @@ async def copy_object(ctx: Context, handle: int, source: int, template: list[Any
 @function("C_DestroyObject", ULONG, ULONG)
 async def destroy_object(ctx: Context, handle: int, target: int) -> list[Any]:
     session = ctx.session(handle)
-    _require_login_for_object(ctx)
     _read_only(session.rw, not is_session_object(target))
     await stateless(ctx, "object.destroy", {"handle": target}, handles=(target,), idempotent=False)
     ctx.app.session_objects.pop(target, None)
@@ -87,18 +94,16 @@ async def destroy_object(ctx: Context, handle: int, target: int) -> list[Any]:
 @function("C_GetObjectSize", ULONG, ULONG)
 async def get_object_size(ctx: Context, handle: int, target: int) -> list[Any]:
     ctx.session(handle)
-    _require_login_for_object(ctx)
     await stateless(ctx, "object.get_attributes", {"handle": target, "types": [int(CKA.CLASS)]},
-                    handles=(target,))
+                    handles=(target,), view=True)
     return [ctx.layout.unavailable]
 
 
 @function("C_GetAttributeValue", ULONG, ULONG, ATTRIBUTE_REQUESTS)
 async def get_attribute_value(ctx: Context, handle: int, target: int, requests: list[tuple[int, int]]) -> Result:
     ctx.session(handle)
-    _require_login_for_object(ctx)
     body = await stateless(ctx, "object.get_attributes",
-                           {"handle": target, "types": [cka for cka, _cap in requests]}, handles=(target,))
+                           {"handle": target, "types": [cka for cka, _cap in requests]}, handles=(target,), view=True)
     values = [value for _cka, value in body["attributes"]]
     if len(values) != len(requests):
         raise AgentError(CKR.GENERAL_ERROR, "the node answered another number of attributes")
@@ -109,10 +114,10 @@ async def get_attribute_value(ctx: Context, handle: int, target: int, requests: 
 @function("C_SetAttributeValue", ULONG, ULONG, TEMPLATE)
 async def set_attribute_value(ctx: Context, handle: int, target: int, template: list[Any]) -> list[Any]:
     session = ctx.session(handle)
-    _require_login_for_object(ctx, CKR.USER_NOT_LOGGED_IN)
     _read_only(session.rw, not is_session_object(target))
     typed = decode_template(template, ctx.layout)
-    await stateless(ctx, "object.set_attributes", {"handle": target, "template": typed}, handles=(target,))
+    await stateless(ctx, "object.set_attributes", {"handle": target, "template": typed}, handles=(target,),
+                    view=True)
     return []
 
 
@@ -131,14 +136,12 @@ async def find_objects_init(ctx: Context, handle: int, template: list[Any]) -> l
             raise
         session.find = FindCursor([])  # a template that contradicts itself matches nothing
         return []
-    if ctx.app.logins is None:
-        session.find = FindCursor([])
-        return []
     try:
-        body = await stateless(ctx, "object.find", {"template": typed}, any_session_objects=True)
+        body = await stateless(ctx, "object.find", {"template": typed}, any_session_objects=True, view=True)
         handles = [int(h) for h in body["handles"]]
     except NodeError as exc:
-        if exc.code != CKR.ATTRIBUTE_TYPE_INVALID:
+        # An attribute no object has; or nobody logged in while the cluster hides public objects.
+        if exc.code not in (CKR.ATTRIBUTE_TYPE_INVALID, CKR.USER_NOT_LOGGED_IN):
             raise
         handles = []
     session.find = FindCursor(handles)

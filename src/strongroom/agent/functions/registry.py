@@ -28,6 +28,11 @@ log = logging.getLogger("strongroom.agent")
 
 MAX_ULONG = (1 << 64) - 1
 MAX_BYTES = 4 << 20
+MAX_RESUMED_SESSIONS = 1024
+#: Functions whose failure the module explains on the application's stderr: the reply to a refusal
+#: carries the reason as its one output (a str, at most this long).
+EXPLAINED = frozenset({"C_Initialize", "C_Login", "X_Resume"})
+MAX_REASON = 300
 
 
 @dataclass
@@ -129,6 +134,37 @@ def MECHANISM(value: Any) -> tuple[int, Any]:
     raise _bad("mechanism parameters are nil, bytes or a map")
 
 
+KINDS = frozenset({"encrypt", "decrypt", "sign", "verify", "digest", "find"})
+
+
+def KIND(value: Any) -> str:
+    """The kind of an operation (the module's X_* requests)."""
+    if not isinstance(value, str) or value not in KINDS:
+        raise _bad(f"expected one of {', '.join(sorted(KINDS))}")
+    return value
+
+
+def SESSIONS(value: Any) -> list[tuple[int, int, int]]:
+    """X_Resume's sessions: [[handle, slot, flags], ...]."""
+    if not isinstance(value, list) or len(value) > MAX_RESUMED_SESSIONS:
+        raise _bad(f"expected at most {MAX_RESUMED_SESSIONS} sessions")
+    sessions = []
+    for entry in value:
+        if not isinstance(entry, list) or len(entry) != 3:
+            raise _bad("a session is [handle, slot, flags]")
+        sessions.append((ULONG(entry[0]), ULONG(entry[1]), ULONG(entry[2])))
+    return sessions
+
+
+def OPTIONAL_LOGIN(value: Any) -> tuple[int, bytes] | None:
+    """X_Resume's login: nil, or [user_type, pin]."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2:
+        raise _bad("a login is [user_type, pin]")
+    return ULONG(value[0]), BYTES(value[1])
+
+
 def ATTRIBUTE_REQUESTS(value: Any) -> list[tuple[int, int]]:
     if not isinstance(value, list) or len(value) > MAX_TEMPLATE_ATTRIBUTES:
         raise _bad(f"expected at most {MAX_TEMPLATE_ATTRIBUTES} [type, cap] pairs")
@@ -154,6 +190,13 @@ class Spec:
 
 
 FUNCTIONS: dict[str, Spec] = {}
+#: What to do when a function's arguments are refused before its handler runs (a call of an active
+#: operation that fails ends the operation: the crypto functions register here).
+BAD_ARGUMENT_HOOKS: dict[str, Callable[[Context, Any], Awaitable[None]]] = {}
+
+
+def on_bad_arguments(name: str, hook: Callable[[Context, Any], Awaitable[None]]) -> None:
+    BAD_ARGUMENT_HOOKS[name] = hook
 
 
 def function(name: str, *args: Callable[[Any], Any], needs_app: bool = True) -> Callable[[Handler], Handler]:
@@ -173,14 +216,19 @@ async def dispatch(agent: Agent, connection: Connection, name: str, args: Any) -
     rv, outputs = await _run(spec, Context(agent, connection, name), args)
     final = finish(name, rv)
     if final != CKR.OK and final != rv:
-        outputs = []
-    if final not in (CKR.OK, CKR.BUFFER_TOO_SMALL) and name != "C_GetAttributeValue":
+        outputs = [] if name not in EXPLAINED else outputs
+    if final not in (CKR.OK, CKR.BUFFER_TOO_SMALL) and name != "C_GetAttributeValue" and name not in EXPLAINED:
         outputs = []
     return final, outputs
 
 
+def _reason(message: str) -> list[Any]:
+    return [message[:MAX_REASON]]
+
+
 async def _run(spec: Spec, ctx: Context, args: Any) -> tuple[int, list[Any]]:
     name = spec.name
+    converted: list[Any] | None = None
     try:
         if spec.needs_app:
             ctx.app  # noqa: B018 - raises CRYPTOKI_NOT_INITIALIZED
@@ -190,16 +238,22 @@ async def _run(spec: Spec, ctx: Context, args: Any) -> tuple[int, list[Any]]:
         result = await spec.handler(ctx, *converted)
     except AgentError as exc:
         log.debug("%s: %s (%s)", name, _code_name(exc.code), exc.message)
-        return exc.code, []
+        hook = BAD_ARGUMENT_HOOKS.get(name)
+        if converted is None and hook is not None:
+            try:
+                await hook(ctx, args)
+            except Exception:  # the refusal is the answer; ending the operation is best effort
+                log.debug("%s: ending the operation after bad arguments failed", name, exc_info=True)
+        return exc.code, _reason(exc.message) if name in EXPLAINED else []
     except NodeError as exc:
         code = translate(name, exc.code)
         log.debug("%s: node answered %s -> %s (%s)", name, _code_name(exc.code), _code_name(code), exc)
-        return code, []
+        return code, _reason(str(exc)) if name in EXPLAINED else []
     except CodecError as exc:
         return exc.code, []
     except NodeUnavailable as exc:
         log.warning("%s: %s", name, exc)
-        return int(CKR.DEVICE_REMOVED), []
+        return int(CKR.DEVICE_REMOVED), _reason(str(exc)) if name in EXPLAINED else []
     except NodeTimeout as exc:
         log.warning("%s: %s", name, exc)
         return int(CKR.DEVICE_ERROR), []

@@ -4,6 +4,13 @@ Login state belongs to the application (its ``app_id``), shared by all its sessi
 connections. The PIN is ``username:password``; CKU_USER logs in a crypto user, CKU_SO
 an admin. The agent keeps the credentials in memory to log in again on other node
 connections and after a node forgot the login (see :mod:`strongroom.agent.nodes`).
+
+C_InitPIN: the logged-in SO (an admin) sets a user's password, ``username:password``, as
+``strongroom user change-password`` does for an admin (which also unlocks the account).
+
+After an agent restart the module reopens its application (``X_Resume``): the same app_id,
+its sessions under the same handles, and its login from the PIN the module kept (the
+first node call logs in with it, as after a node forgot a login).
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from strongroom.agent.functions.crypto import context_login
-from strongroom.agent.functions.registry import BYTES, ULONG, Context, function
+from strongroom.agent.functions.registry import BYTES, OPTIONAL_LOGIN, SESSIONS, ULONG, Context, function
 from strongroom.agent.nodes import Identity, Logins, NodeError
 from strongroom.agent.returns import AgentError
 from strongroom.agent.state import MAX_SESSIONS_PER_APP
@@ -102,7 +109,8 @@ async def login(ctx: Context, handle: int, user_type: int, pin: bytes) -> list[A
             raise AgentError(CKR.SESSION_READ_ONLY_EXISTS, "close the read-only sessions before the SO logs in")
         parsed = _parse_pin(pin)
         if parsed is None:
-            raise AgentError(CKR.PIN_INCORRECT, "the PIN is username:password")
+            raise AgentError(CKR.PIN_INCORRECT, "the PIN is not in username:password form (a Strongroom PIN names "
+                                                "the user: for example alice:her-password)")
         username, password = parsed
         role = ROLES[CKU(user_type)]
         link = await ctx.agent.pool.acquire(app.home)
@@ -110,15 +118,61 @@ async def login(ctx: Context, handle: int, user_type: int, pin: bytes) -> list[A
         reply = await link.request("session.login", {"username": username, "password": password, "role": role},
                                    None)
         if not reply.ok:
-            raise NodeError(reply.code, reply.body)
+            if reply.code in (CKR.PIN_INCORRECT, CKR.PIN_LOCKED):
+                app.pin_failures.failed(username.lower(), user_type, reply.code == CKR.PIN_LOCKED)
+            raise NodeError(reply.code, f"the cluster refused the login of {username!r}: {reply.body}")
         if app.finalized:
             raise AgentError(CKR.CRYPTOKI_NOT_INITIALIZED, "the application was finalized meanwhile")
         logins = Logins(Identity(str(reply.body["username"]), bytearray(password.encode()), role, user_type))
         logins.adopt(link, reply.body["session"], epoch)
+        app.pin_failures.succeeded(username.lower(), user_type)
+        await ctx.agent.leave_public(app)
         app.logins = logins
         app.home = link
         for other in app.sessions.values():
             other.find = None  # finds started in the public state would see too little
+    return []
+
+
+@function("C_InitPIN", ULONG, BYTES)
+async def init_pin(ctx: Context, handle: int, pin: bytes) -> list[Any]:
+    """The SO sets the normal user's PIN: ``username:password`` names the crypto user (a token has many) and
+    its new password; the node changes it as an admin's ``user.change_password`` (which also unlocks it)."""
+    session = ctx.session(handle)
+    app = ctx.app
+    if app.user_type != CKU.SO or app.logins is None:
+        raise AgentError(CKR.USER_NOT_LOGGED_IN, "C_InitPIN is the SO's: log in with CKU_SO (an admin)")
+    if not session.rw:
+        raise AgentError(CKR.SESSION_READ_ONLY, "C_InitPIN needs a read/write session")
+    parsed = _parse_pin(pin)
+    if parsed is None:
+        raise AgentError(CKR.PIN_INVALID, "the PIN is username:password (the user whose password to set)")
+    username, password = parsed
+    await ctx.agent.pool.call("user.change_password", {"username": username, "password": password},
+                              logins=app.logins, idempotent=False)
+    return []
+
+
+@function("X_Resume", SESSIONS, OPTIONAL_LOGIN)
+async def resume(ctx: Context, sessions: list[tuple[int, int, int]], login: tuple[int, bytes] | None) -> list[Any]:
+    """The module's application after an agent restart: its sessions again under their handles, and its login
+    from the PIN the module kept (logged in on the nodes at the first call that needs it)."""
+    app = ctx.app
+    if app.sessions or app.logins is not None:
+        raise AgentError(CKR.OPERATION_ACTIVE, "this application already has sessions here")
+    for handle, slot, flags in sessions:
+        ctx.check_slot(slot)
+        if not handle or handle in app.sessions:
+            raise AgentError(CKR.ARGUMENTS_BAD, f"session handle {handle} is not new")
+        app.new_session(slot, bool(flags & CKF.RW_SESSION), handle)
+    if login is None:
+        return []
+    user_type, pin = login
+    parsed = _parse_pin(pin)
+    if user_type not in ROLES or parsed is None:
+        raise AgentError(CKR.ARGUMENTS_BAD, "a resumed login is CKU_USER or CKU_SO with username:password")
+    username, password = parsed
+    app.logins = Logins(Identity(username.lower(), bytearray(password.encode()), ROLES[CKU(user_type)], user_type))
     return []
 
 

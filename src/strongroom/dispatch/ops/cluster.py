@@ -15,13 +15,14 @@ from typing import Any
 from strongroom.auth.passwords import hash_password
 from strongroom.auth.users import Role, check_password_rules, key_of, normalize_username
 from strongroom.barrier import Barrier, Entry, Write
+from strongroom.dispatch.auditing import audited, witness
 from strongroom.dispatch.call import Call
 from strongroom.dispatch.table import AGENT, EVERY_PEER, operation
 from strongroom.errors import ActionProhibited, ArgumentsBad, DeviceError, PinIncorrect
 from strongroom.pki import fingerprint_sha256, load_certificate
 from strongroom.recovery import RecoveryError, load_custodian_key, split_cluster_key
 from strongroom.seal import CLUSTER_KEY_BYTES, SHARES, SealedIdentity, SealError, seal_cluster_key, seal_exists
-from strongroom.services import registry
+from strongroom.services import policy, registry
 from strongroom.services.backups import LAST_BACKUP_KEY
 from strongroom.services.identity import IDENTITY_KEY, ClusterIdentity, IdentityError, check_cluster_certificate
 from strongroom.services.state import (
@@ -221,6 +222,36 @@ async def activate(call: Call, args: ActivateArgs) -> dict[str, Any]:
     return {"cluster_id": services.keyring.cluster_id, "state": ACTIVE}
 
 
+@dataclass
+class SetPolicyArgs:
+    name: str
+    value: str
+
+
+@operation("cluster.set_policy", args=SetPolicyArgs, roles=(Role.ADMIN.value,))
+async def set_policy(call: Call, args: SetPolicyArgs) -> dict[str, Any]:
+    """(Admin) change one cluster policy (strongroom.services.policy), kept in the cluster's meta record and
+    audited with its old and new value. Every worker of every node follows within a second."""
+    barrier = call.services.keyring.require_barrier()
+    policy.check(args.name, args.value)
+    details: dict[str, Any] = {"policy": args.name, "value": args.value}
+    async with audited(call, "cluster.set_policy", details):
+        for _ in range(5):
+            meta = await _cluster_record(barrier, CLUSTER_META_KEY)
+            old = policy.from_meta(meta.value)
+            new = old.changed(args.name, args.value)
+            details["previous"] = getattr(old, args.name)
+            await witness(call, "cluster.set_policy", details)()
+            try:
+                await barrier.commit([Write(CLUSTER_META_KEY, {**meta.value, policy.META_FIELD: new.as_dict()}, meta)])
+            except ConflictError:
+                continue  # the meta record changed meanwhile (another policy): read it again
+            policy.remember(barrier, new)
+            return {"policies": new.as_dict()}
+        raise ActionProhibited("the cluster's meta record keeps changing; try again")
+    raise AssertionError("unreachable")
+
+
 @operation("cluster.status", states=ALL_STATES, peers=EVERY_PEER)
 async def status(call: Call, _args: None) -> dict[str, Any]:
     services = call.services
@@ -233,6 +264,7 @@ async def status(call: Call, _args: None) -> dict[str, Any]:
             for name in ("name", "created", "activated", "trust_anchor_fingerprint", "certificate_fingerprint",
                          "recovery"):
                 result[name] = meta.value.get(name)
+            result["policies"] = policy.from_meta(meta.value).as_dict()
         last = await services.keyring.barrier.get(LAST_BACKUP_KEY)
         if last is not None:
             result["last_backup"] = last.value

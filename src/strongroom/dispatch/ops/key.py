@@ -4,7 +4,12 @@ C_GenerateKey, C_GenerateKeyPair, C_WrapKey, C_UnwrapKey and C_DeriveKey. Every 
 made here is built by :mod:`strongroom.objects.builder`, owned by the crypto user who made it
 and audited; key material never
 leaves except wrapped, only from extractable keys, and only by their owner (a user a key
-is shared with may wrap and unwrap *with* it, not export it: objects/access.py).
+is shared with may wrap and unwrap *with* it, not export it: objects/access.py) — or in clear,
+as C_GetAttributeValue's CKA_VALUE of a key made with CKA_SENSITIVE false and CKA_EXTRACTABLE true.
+
+A session that is not logged in (role ``public``) makes public session objects only
+(:func:`strongroom.dispatch.ops.object.check_maker`). The cluster policy ``legacy_algorithms`` is in
+force around every call into a mechanism (:func:`strongroom.mechanisms.base.legacy_algorithms`).
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from strongroom.auth.users import Role
-from strongroom.constants import CKO
+from strongroom.constants import CKA, CKO
+from strongroom.dispatch import quorum as q
 from strongroom.dispatch.auditing import audited, witness
 from strongroom.dispatch.call import Call
-from strongroom.dispatch.ops.object import actor_of, object_for, p11_session_of
+from strongroom.dispatch.ops.object import actor_of, check_maker, is_public, object_for, p11_session_of, policies
 from strongroom.dispatch.table import operation
-from strongroom.errors import KeyHandleInvalid, ObjectHandleInvalid
-from strongroom.mechanisms.base import Key, Mechanism, lookup
+from strongroom.errors import CKR, KeyHandleInvalid, ObjectHandleInvalid
+from strongroom.mechanisms.base import Key, Mechanism, legacy_algorithms, lookup
 from strongroom.objects import builder
 from strongroom.objects.access import Action
 from strongroom.objects.attributes import coerce_template
@@ -28,17 +34,25 @@ from strongroom.objects.model import StoredObject
 from strongroom.objects.usage import check_use, check_wrappable, merge_unwrap_template, refuse_without_context
 
 CRYPTO_USER = (Role.CRYPTO_USER.value,)
+#: A crypto user, or a session that is not logged in (public keys, its own public session objects).
+USER_OR_PUBLIC = (Role.CRYPTO_USER.value, Role.PUBLIC.value)
 
 
 async def usable_key(call: Call, handle: int, purpose: str, mechanism: int) -> tuple[StoredObject, Key]:
     objects = call.services.keyring.require_objects()
     await objects.sync()  # sharing may have changed through another worker a moment ago
+    actor = await actor_of(call)
     try:
         obj = await objects.get(handle)
     except ObjectHandleInvalid:
         raise KeyHandleInvalid(f"no key with handle {handle}") from None
-    check_use(obj, actor_of(call), purpose, mechanism)
+    check_use(obj, actor, purpose, mechanism)
     return obj, call.services.keyring.keys.key(obj)
+
+
+async def legacy(call: Call) -> bool:
+    """The cluster policy legacy_algorithms (for :func:`legacy_algorithms` around a mechanism call)."""
+    return (await policies(call)).legacy
 
 
 def _mechanism(mechanism_id: int, raw_params: Any) -> tuple[Mechanism, Any]:
@@ -70,13 +84,15 @@ class GenerateArgs:
     session: int | None = None
 
 
-@operation("key.generate", args=GenerateArgs, roles=CRYPTO_USER)
+@operation("key.generate", args=GenerateArgs, roles=USER_OR_PUBLIC, quorum=q.makes_keys("template"))
 async def generate(call: Call, args: GenerateArgs) -> dict[str, Any]:
-    mechanism, params = _mechanism(args.mechanism, args.params)
-    template = _template(args.template, CKO.SECRET_KEY)
-    session = p11_session_of(call, args.session, template)
-    generated = await asyncio.to_thread(mechanism.generate_key, params, template)
+    with legacy_algorithms(await legacy(call)):
+        mechanism, params = _mechanism(args.mechanism, args.params)
+        template = _template(args.template, CKO.SECRET_KEY)
+        session = p11_session_of(call, args.session, template)
+        generated = await asyncio.to_thread(mechanism.generate_key, params, template)
     obj = builder.generated_secret(_maker(call), template, generated, args.mechanism, session)
+    check_maker(call, [obj])
     details = {"mechanism": mechanism.ckm.name, "label": obj.label(), "token": obj.token}
     async with audited(call, "key.generate", details):
         (obj,) = await _add(call, [obj], "key.generate", details)
@@ -92,19 +108,26 @@ class GeneratePairArgs:
     session: int | None = None
 
 
-@operation("key.generate_pair", args=GeneratePairArgs, roles=CRYPTO_USER)
+@operation("key.generate_pair", args=GeneratePairArgs, roles=USER_OR_PUBLIC,
+           quorum=q.makes_keys("public_template", "private_template"))
 async def generate_pair(call: Call, args: GeneratePairArgs) -> dict[str, Any]:
-    mechanism, params = _mechanism(args.mechanism, args.params)
     public_template = coerce_template(args.public_template)
     private_template = coerce_template(args.private_template)
     builder.class_must_be(public_template, CKO.PUBLIC_KEY)
     builder.class_must_be(private_template, CKO.PRIVATE_KEY)
     public_session = p11_session_of(call, args.session, public_template)
     private_session = p11_session_of(call, args.session, private_template)
-    # RSA-4096 generation takes seconds: keep the event loop free for other requests.
-    pair = await asyncio.to_thread(mechanism.generate_key_pair, params, public_template, private_template)
+    if is_public(call) and (private_template.get(CKA.PRIVATE, True) or private_template.get(CKA.TOKEN)
+                            or public_template.get(CKA.TOKEN)):
+        check_maker(call, [StoredObject(0, "", {CKA.CLASS: CKO.PRIVATE_KEY, **private_template}),
+                           StoredObject(0, "", {CKA.CLASS: CKO.PUBLIC_KEY, **public_template})])
+    with legacy_algorithms(await legacy(call)):
+        mechanism, params = _mechanism(args.mechanism, args.params)
+        # RSA-4096 generation takes seconds: keep the event loop free for other requests.
+        pair = await asyncio.to_thread(mechanism.generate_key_pair, params, public_template, private_template)
     public, private = builder.generated_pair(_maker(call), public_template, private_template, pair, args.mechanism,
                                              public_session, private_session)
+    check_maker(call, [public, private])
     details = {"mechanism": mechanism.ckm.name, "label": private.label(), "token": private.token}
     async with audited(call, "key.generate_pair", details):
         await _add(call, [public, private], "key.generate_pair", details)
@@ -119,15 +142,17 @@ class WrapArgs:
     params: Any = None
 
 
-@operation("key.wrap", args=WrapArgs, roles=CRYPTO_USER)
+@operation("key.wrap", args=WrapArgs, roles=USER_OR_PUBLIC, quorum=q.manages("key", code=CKR.KEY_NOT_WRAPPABLE))
 async def wrap(call: Call, args: WrapArgs) -> dict[str, Any]:
-    mechanism, params = _mechanism(args.mechanism, args.params)
+    with legacy_algorithms(await legacy(call)):
+        mechanism, params = _mechanism(args.mechanism, args.params)
     details = {"mechanism": mechanism.ckm.name, "wrapping_key": args.wrapping_key, "key": args.key}
     async with audited(call, "key.wrap", details):
         wrapping, wrapping_key = await usable_key(call, args.wrapping_key, "wrap", args.mechanism)
         target = await object_for(call, args.key, Action.EXPORT)
-        check_wrappable(target, wrapping, actor_of(call))
-        wrapped = mechanism.wrap(wrapping_key, params, target.material or b"")
+        check_wrappable(target, wrapping, await actor_of(call))
+        with legacy_algorithms(await legacy(call)):
+            wrapped = mechanism.wrap(wrapping_key, params, target.material or b"")
         await call.services.audit.record("key.wrap", actor=call.actor, details=details)
     return {"wrapped": wrapped}
 
@@ -142,18 +167,23 @@ class UnwrapArgs:
     session: int | None = None
 
 
-@operation("key.unwrap", args=UnwrapArgs, roles=CRYPTO_USER)
+@operation("key.unwrap", args=UnwrapArgs, roles=USER_OR_PUBLIC,
+           quorum=q.manages("unwrapping_key", templates=("template",)))
 async def unwrap(call: Call, args: UnwrapArgs) -> dict[str, Any]:
-    mechanism, params = _mechanism(args.mechanism, args.params)
+    allowed = await legacy(call)
+    with legacy_algorithms(allowed):
+        mechanism, params = _mechanism(args.mechanism, args.params)
     details: dict[str, Any] = {"mechanism": mechanism.ckm.name, "unwrapping_key": args.unwrapping_key}
     async with audited(call, "key.unwrap", details):
         unwrapping, unwrapping_key = await usable_key(call, args.unwrapping_key, "unwrap", args.mechanism)
         refuse_without_context(unwrapping, "unwrap")
         template = merge_unwrap_template(unwrapping, coerce_template(args.template))
         builder.check_unwrap_template(template)
-        key_bytes = mechanism.unwrap(unwrapping_key, params, args.wrapped)
-        obj = builder.unwrapped_key(_maker(call), template, key_bytes)
+        with legacy_algorithms(allowed):
+            key_bytes = mechanism.unwrap(unwrapping_key, params, args.wrapped)
+        obj = builder.unwrapped_key(_maker(call), template, key_bytes, allowed)
         obj.p11_session = p11_session_of(call, args.session, template)
+        check_maker(call, [obj])
         details.update(label=obj.label(), token=obj.token, **{"class": obj.object_class.name})
         (obj,) = await _add(call, [obj], "key.unwrap", details)
     return {"handle": obj.handle}
@@ -168,18 +198,25 @@ class DeriveArgs:
     session: int | None = None
 
 
-@operation("key.derive", args=DeriveArgs, roles=CRYPTO_USER)
+@operation("key.derive", args=DeriveArgs, roles=USER_OR_PUBLIC,
+           quorum=q.uses("derive", "base_key", templates=("template",)))
 async def derive(call: Call, args: DeriveArgs) -> dict[str, Any]:
-    mechanism, params = _mechanism(args.mechanism, args.params)
+    allowed = await legacy(call)
+    with legacy_algorithms(allowed):
+        mechanism, params = _mechanism(args.mechanism, args.params)
     template = _template(args.template, CKO.SECRET_KEY)
     details: dict[str, Any] = {"mechanism": mechanism.ckm.name, "base_key": args.base_key}
     async with audited(call, "key.derive", details):
         base, base_key = await usable_key(call, args.base_key, "derive", args.mechanism)
         refuse_without_context(base, "derive")
-        key_type, length = builder.derived_length(template)
-        value = mechanism.derive(base_key, params, length)
+        with legacy_algorithms(allowed):
+            builder.derived_type(template, allowed)  # before any work: the template names a type we make
+            natural = None if CKA.VALUE_LEN in template else mechanism.default_derive_length(base_key, params)
+            key_type, length = builder.derived_length(template, natural, allowed)
+            value = mechanism.derive(base_key, params, length)
         obj = builder.derived_secret(_maker(call), template, key_type, value, base)
         obj.p11_session = p11_session_of(call, args.session, template)
+        check_maker(call, [obj])
         details.update(label=obj.label(), token=obj.token)
         (obj,) = await _add(call, [obj], "key.derive", details)
     return {"handle": obj.handle}

@@ -9,7 +9,8 @@ from strongroom.auth.users import Role
 from strongroom.dispatch.call import Call
 from strongroom.dispatch.table import operation
 
-ANY_ROLE = (Role.ADMIN.value, Role.CRYPTO_USER.value)
+#: Every login, and the anonymous one of a session that is not logged in (dispatch/ops/session.py).
+ANY_ROLE = (Role.ADMIN.value, Role.CRYPTO_USER.value, Role.PUBLIC.value)
 
 
 @operation("p11session.open", roles=ANY_ROLE)

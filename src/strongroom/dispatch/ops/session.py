@@ -11,15 +11,20 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from strongroom.auth.public import GATE
 from strongroom.auth.users import WRONG_CREDENTIALS, Role
 from strongroom.dispatch.call import Call
 from strongroom.dispatch.table import operation
-from strongroom.errors import CKR, HsmError, OperationNotInitialized, PinIncorrect
+from strongroom.errors import CKR, ActionProhibited, HsmError, OperationNotInitialized, PinIncorrect
+from strongroom.objects.access import PUBLIC_NAME
+from strongroom.services import policy
 
 log = logging.getLogger(__name__)
 
 ANY_ROLE = (Role.ADMIN.value, Role.CRYPTO_USER.value)
 CRYPTO_USER = (Role.CRYPTO_USER.value,)
+#: Every login, the anonymous one of a public PKCS#11 session included.
+ANY_LOGIN = (*ANY_ROLE, Role.PUBLIC.value)
 
 
 @dataclass
@@ -80,16 +85,35 @@ async def login(call: Call, args: LoginArgs) -> dict[str, Any]:
     return {"session": session.token, "username": user.name, "role": user.role.value}
 
 
-@operation("session.logout", roles=ANY_ROLE)
+@operation("session.open_public")
+async def open_public(call: Call, _args: None) -> dict[str, Any]:
+    """An anonymous login for the PKCS#11 sessions of an application that is not logged in (PKCS#11 v2.40
+    §6.7): public objects, public-key operations, digests, random, public session objects. Refused while
+    the cluster policy ``public_objects`` is ``hidden``; rate-limited and bounded (:mod:`strongroom.auth.public`).
+    Not audited: it authenticates nobody and grants nothing private."""
+    services = call.services
+    if not (await policy.current(services.keyring.barrier)).public_visible:
+        raise ActionProhibited("the cluster policy public_objects is hidden: log in first")
+    if not GATE.may_open(_source(call)):
+        raise HsmError(f"too many anonymous sessions opened by this client ({call.peer_name}); try again shortly",
+                       CKR.FUNCTION_FAILED)
+    session = services.sessions.logins.open(PUBLIC_NAME, Role.PUBLIC, call.connection_id, None)
+    return {"session": session.token, "username": PUBLIC_NAME, "role": Role.PUBLIC.value}
+
+
+@operation("session.logout", roles=ANY_LOGIN)
 async def logout(call: Call, _args: None) -> dict[str, Any]:
     token = call.login.token
     call.services.sessions.logins.close(token)
     call.services.sessions.end_login(token)
+    if call.login.role is Role.PUBLIC:
+        GATE.forget(token)
+        return {}
     await call.services.audit.record("auth.logout", actor=call.actor)
     return {}
 
 
-@operation("session.info", roles=ANY_ROLE)
+@operation("session.info", roles=ANY_LOGIN)
 async def info(call: Call, _args: None) -> dict[str, Any]:
     login = call.login
     return {"username": login.username, "role": login.role.value}
