@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import re
 import secrets
 import time
@@ -33,6 +34,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from strongroom.auth.offline import OfflineLockout
 from strongroom.auth.passwords import PasswordHash, burn_time, hash_password, verify_password
 from strongroom.barrier import Barrier, Change, Entry, Remove, Unchanged, Write
 from strongroom.errors import (
@@ -46,7 +48,9 @@ from strongroom.errors import (
     PinLocked,
 )
 from strongroom.metrics import node as node_metrics
-from strongroom.store.base import MAX_COMMIT_OPERATIONS, ConflictError
+from strongroom.store.base import MAX_COMMIT_OPERATIONS, ConflictError, OutcomeUnknownError, Record, UnavailableError
+
+log = logging.getLogger(__name__)
 
 PREFIX = "users/"
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_]{1,31}\Z")  # \Z, not $: "$" also matches before a final "\n"
@@ -59,6 +63,8 @@ MAX_USERS = 1024
 #: The one answer of every refused login (see the module docstring).
 WRONG_CREDENTIALS = "wrong username or password"
 _CONFLICT_RETRIES = 20
+#: The store cannot take the attempt's count: no quorum (etcd), or it did not answer (auth/offline.py).
+_STORE_DOWN = (UnavailableError, OutcomeUnknownError)
 
 #: Called after every check passed and right before the commit: the audit write goes
 #: there, so a failed audit write stops the change and a refused change logs no success.
@@ -184,12 +190,32 @@ def key_of(name: str) -> str:
 class UserDirectory:
     """User operations over the barrier; all rules about accounts are enforced here."""
 
-    def __init__(self, barrier: Barrier) -> None:
+    def __init__(self, barrier: Barrier, offline: OfflineLockout | None = None) -> None:
         self._barrier = barrier
+        self._offline = offline or OfflineLockout(None)
+        #: Every user record as last seen (reads, the users watch): what a login is checked against while
+        #: the store cannot count it (auth/offline.py).
+        self._seen: dict[str, User] = {}
+
+    def remember(self, user: User) -> None:
+        self._seen[user.name] = user
+
+    def observe(self, record: Record, deleted: bool) -> None:
+        """A change the users watch saw (services/sessions.py)."""
+        name = record.key[len(PREFIX):]
+        if deleted:
+            self._seen.pop(name, None)
+        else:
+            self.remember(User.from_entry(self._barrier.decode(record)))
 
     async def get(self, name: str) -> User | None:
         entry = await self._barrier.get(key_of(name))
-        return None if entry is None else User.from_entry(entry)
+        if entry is None:
+            self._seen.pop(name, None)
+            return None
+        user = User.from_entry(entry)
+        self.remember(user)
+        return user
 
     async def require(self, name: str) -> User:
         user = await self.get(name)
@@ -199,7 +225,9 @@ class UserDirectory:
 
     async def list(self) -> list[User]:
         entries, _ = await self._barrier.list_prefix(PREFIX)
-        return [User.from_entry(entry) for entry in entries]
+        users = [User.from_entry(entry) for entry in entries]
+        self._seen = {user.name: user for user in users}
+        return users
 
     def new_user_write(self, name: str, role: Role, password_hash: PasswordHash | None) -> Write:
         user = User(name, role, password_hash, 0, time.time(), uid=new_uid())
@@ -284,7 +312,10 @@ class UserDirectory:
         if not isinstance(password, str) or not isinstance(name, str) or not USERNAME_RE.match(name):
             raise PinIncorrect(WRONG_CREDENTIALS)
         name = name.lower()
-        user = await self.get(name)
+        try:
+            user = await self.get(name)
+        except _STORE_DOWN:
+            return await self._authenticate_offline(name, password)
         if user is None or user.password is None or user.failed_logins >= MAX_FAILED_LOGINS + LOCKED_CHECKS:
             # Nothing to check against (or nothing more to tell): the same Argon2id work, the same answer.
             await asyncio.to_thread(burn_time, password)
@@ -295,6 +326,9 @@ class UserDirectory:
         check = asyncio.ensure_future(asyncio.to_thread(verify_password, password, user.password))
         try:
             counted = await self._count_attempt(name)
+        except _STORE_DOWN:
+            await check
+            return await self._authenticate_offline(name, password)
         finally:
             right = await check
         if counted is None:  # the last check of a locked account went to another attempt meanwhile
@@ -310,8 +344,49 @@ class UserDirectory:
             raise PinLocked(
                 f"user {name!r} is locked after {MAX_FAILED_LOGINS} failed logins; an admin must reset its password"
             )
-        await self._reset_counter(name)
+        try:
+            await self._reset_counter(name)
+        except _STORE_DOWN:
+            pass  # the count stays one up until the next login: on the side of caution
         return counted
+
+    async def _authenticate_offline(self, name: str, password: str) -> User:
+        """The store cannot count this attempt: check it against the record last seen, counting failures in
+        this node's own counter (auth/offline.py)."""
+        user = self._seen.get(name)
+        if user is None or user.password is None or user.failed_logins >= MAX_FAILED_LOGINS:
+            await asyncio.to_thread(burn_time, password)
+            raise PinIncorrect(WRONG_CREDENTIALS)
+        before = await self._offline.count(name, user.uid)
+        right = await asyncio.to_thread(verify_password, password, user.password)
+        if not right or user.failed_logins + before >= MAX_FAILED_LOGINS:
+            # Over this node's share of the limit: the same answer as a wrong password, and counted.
+            raise PinIncorrect(WRONG_CREDENTIALS)
+        await self._offline.undo(name, user.uid)
+        log.warning("login of %s while the store cannot count it (no quorum?): checked against its record as last "
+                    "seen; failures are counted on this node and added to the record later", name)
+        return user
+
+    async def reconcile(self) -> int:
+        """Add this node's offline failures to the users' records (the store takes writes again); how many
+        users' were written. Raises the store's error while it still cannot."""
+        written = 0
+        for name, uid, failures in await self._offline.pending():
+            for _ in range(_CONFLICT_RETRIES):
+                user = await self.get(name)
+                if user is None or user.uid != uid or user.entry is None:
+                    break  # deleted (or another account of that name) meanwhile: nothing to count against
+                counted = user.with_counter(user.failed_logins + failures)
+                try:
+                    await self._barrier.commit([Write(user.entry.key, counted.to_record(), user.entry)])
+                except ConflictError:
+                    continue
+                log.warning("%d failed login(s) of %s made while the store had no quorum are now in its record "
+                            "(%d in a row)", failures, name, counted.failed_logins)
+                written += 1
+                break
+            await self._offline.settled(name, uid, failures)
+        return written
 
     async def _count_attempt(self, name: str) -> User | None:
         """Add one to the counter; the user as counted, or None once a locked account has no check left."""

@@ -112,6 +112,8 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: SelfTestRepor
     if index == 0:
         # One worker per node keeps the heartbeat and looks after automatic backups.
         tasks.append(asyncio.create_task(services.registration.heartbeat()))
+        # ...and writes the failed logins the node counted while the store had no quorum (auth/offline.py).
+        tasks.append(asyncio.create_task(services.sessions.reconcile_lockouts()))
         if config.backup.dir is not None:
             tasks.append(asyncio.create_task(services.backups.run_scheduler()))
     loop = asyncio.get_running_loop()

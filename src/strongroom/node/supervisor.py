@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from strongroom.audit import AuditLog, AuditWriteError
+from strongroom.auth.offline import OfflineCounts
 from strongroom.hardening import die_with_parent
 from strongroom.metrics import node as node_metrics
 from strongroom.node.channel import ChannelClosed, encode, open_stream, read_message
@@ -138,6 +139,8 @@ class Supervisor:
         self.seal = SealState(config.seal.type)
         self.workers: dict[int, WorkerHandle] = {}
         self.slots: dict[int, WorkerRecord] = {}
+        #: Failed logins counted while the store could not (auth/offline.py): one counter per node.
+        self.offline_logins = OfflineCounts()
         self.attempt: UnsealAttempt | None = None
         self.status = 0
         self._stopping = False
@@ -398,6 +401,9 @@ class Supervisor:
     async def _answer(self, kind: Any, message: dict[str, Any]) -> dict[str, Any]:
         if kind == "status":
             return {"seal": self.seal_status(), "workers": self.workers_status()}
+        counted = self.offline_logins.answer(str(kind), message)
+        if counted is not None:
+            return counted
         if kind == "unseal_begin":
             try:
                 return {"attempt": self._attempt().describe()}

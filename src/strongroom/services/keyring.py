@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
+from strongroom.auth.offline import OfflineLockout
 from strongroom.auth.users import UserDirectory
 from strongroom.barrier import Barrier
 from strongroom.barrier.barrier import STORE_INTEGRITY_PURPOSE, derive_subkey
@@ -90,7 +91,8 @@ class ClusterKeyring:
         self._wipe_cluster_key()  # hsm join
         self.cluster_key = bytearray(key)  # hsm join: see __init__
         key[:] = bytes(len(key))  # the AEAD object keeps its own copy; wipe ours
-        self.users = UserDirectory(self.barrier)
+        # Logins without a store majority count failures per node, in the supervisor (auth/offline.py).
+        self.users = UserDirectory(self.barrier, OfflineLockout(self.supervisor))
         self.objects = ObjectRepository(self.barrier, max_objects=self.config.limits.max_objects)
         self.cluster_id = cluster_id
         self._background.append(asyncio.get_running_loop().create_task(self.objects.follow()))

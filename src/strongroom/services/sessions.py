@@ -14,12 +14,15 @@ import logging
 from strongroom.auth.sessions import Session, SessionTable
 from strongroom.auth.throttle import LoginThrottle
 from strongroom.auth.users import PREFIX as USERS_PREFIX
+from strongroom.errors import HsmError
 from strongroom.objects.p11sessions import P11SessionTable
 from strongroom.services.config import Limits
 from strongroom.services.keyring import ClusterKeyring
-from strongroom.store.base import CompactedError, Store
+from strongroom.store.base import CompactedError, Store, StoreError
 
 log = logging.getLogger(__name__)
+#: How often worker 0 tries to write the failed logins counted without the store.
+RECONCILE_SECONDS = 2.0
 
 
 class Sessions:
@@ -74,7 +77,8 @@ class Sessions:
                     objects.drop_session_objects(handle)
 
     async def watch_users(self) -> None:
-        """Close this worker's sessions of users deleted anywhere (another worker or node)."""
+        """Close this worker's sessions of users deleted anywhere (another worker or node), and keep the user
+        records as last seen (what a login is checked against while the store cannot count it)."""
         prefix = USERS_PREFIX
         store = self._store
         revision: int | None = None
@@ -82,8 +86,17 @@ class Sessions:
             try:
                 if revision is None:
                     revision = await store.revision() + 1
+                    users = self._keyring.users
+                    if users is not None:
+                        await users.list()  # the records as they are now; the watch tells what changes
                 async for event in store.watch(prefix, revision):
                     revision = event.revision + 1
+                    users = self._keyring.users
+                    if users is not None:
+                        try:
+                            users.observe(event.record, event.deleted)
+                        except HsmError as exc:  # a record that does not open: never used offline
+                            log.warning("user record %s: %s", event.record.key, exc)
                     if event.deleted:
                         self.close_user(event.record.key[len(prefix):])
             except asyncio.CancelledError:
@@ -102,3 +115,16 @@ class Sessions:
             except Exception as exc:  # noqa: BLE001 - the watch must outlive store hiccups
                 log.warning("user watch failed (%s); resuming", exc)
                 await asyncio.sleep(1)
+
+    async def reconcile_lockouts(self) -> None:
+        """Background task of worker 0: once the store takes writes again, the failed logins this node counted
+        without it go into the users' records (auth/offline.py)."""
+        while True:
+            await asyncio.sleep(RECONCILE_SECONDS)
+            users = self._keyring.users
+            if users is None:
+                continue
+            try:
+                await users.reconcile()
+            except (StoreError, HsmError) as exc:
+                log.debug("offline login failures not reconciled yet: %s", exc)
