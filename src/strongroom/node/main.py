@@ -96,7 +96,6 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: SelfTestRepor
         node_metrics.timed(worker.pipeline.handle),
         admit=services.revocation.admit_connection,
         on_close=worker.connection_closed,
-        on_close=worker.connection_closed,
         max_frame=config.limits.max_frame,
         max_in_flight=config.limits.max_in_flight,
         max_connections=config.limits.max_connections,
