@@ -53,6 +53,10 @@ ALLOWED = frozenset({
     # The Vault KV endpoint: admins' tokens, the service user's requests (each checks its token in the node).
     "vaultkv.token.create", "vaultkv.token.list", "vaultkv.token.revoke",
     "vaultkv.mount.read", "vaultkv.key.list", "vaultkv.key.read", "vaultkv.key.write",
+    # Quorum approvals and MFA (docs/quorum.md): tokens, approval keys, the challenge of an MFA login.
+    "quorum.token_generate", "quorum.token_approve", "quorum.token_list", "quorum.token_get", "quorum.token_delete",
+    "quorum.values", "quorum.set_value", "quorum.set_timeout", "quorum.register", "quorum.mfa_register",
+    "quorum.users", "quorum.mfa_challenge",
 })
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from strongroom.cli.approvals import mfa_login_from_env, submit_approval
 from strongroom.cli.common import reachable_node
 from strongroom.cli.output import CliError
 from strongroom.client import Client, ClientError, ClientProfile, ProfileError
@@ -56,16 +57,23 @@ class Context:
 
     def logged_in(self, args: argparse.Namespace) -> Client:
         client = self.connect(args)
-        if client.session is not None:
-            return client
+        if client.session is None:
+            self._log_in(client)
+        if getattr(args, "approval", None):
+            submit_approval(client, args.approval)  # the request then finds its approval in the cluster
+        return client
+
+    def _log_in(self, client: Client) -> None:
         if self.interactive:
             raise CliError("log in first: login --username NAME --role admin|crypto-user")
         pin = os.environ.get("STRONGROOM_PIN")
         if not pin or ":" not in pin:
             raise CliError("set STRONGROOM_PIN=username:password (and STRONGROOM_ROLE if needed) to run this command")
         username, _, password = pin.partition(":")
-        client.login(username, password, os.environ.get("STRONGROOM_ROLE") or None)
-        return client
+        role = os.environ.get("STRONGROOM_ROLE") or None
+        # A user with MFA signs the login challenge with STRONGROOM_MFA_KEY's key (docs/quorum.md).
+        if mfa_login_from_env(client, username, password, role) is None:
+            client.login(username, password, role)
 
     def close(self) -> None:
         if self.client is not None:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from strongroom.cli import quorum as quorum_cli
 from strongroom.cli.common import directory, local
 from strongroom.cli.context import Context, Handler
 from strongroom.cli.output import CliError, emit, emit_error, table
@@ -427,6 +428,8 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print JSON ({error_code, data} / {error_code, error})")
     common.add_argument("--dir", default=argparse.SUPPRESS, help="cluster directory (default: $STRONGROOM_DIR)")
+    common.add_argument("--approval", default=argparse.SUPPRESS, metavar="FILE",
+                        help="a quorum token file: its signatures approve this request (docs/quorum.md)")
 
     parser = argparse.ArgumentParser(
         prog="strongroom", description="Strongroom: a self-hosted, clustered software HSM.", parents=[common],
@@ -487,6 +490,7 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
         p.add_argument("--username", required=True)
         p.add_argument("--role", choices=["admin", "crypto-user"])
         p.add_argument("--password", help="(asked for when omitted)")
+        quorum_cli.register_login(p, add)
         add(sub, "logout", cmd_logout, "log out")
 
     cluster = sub.add_parser("cluster", help="cluster life cycle and status").add_subparsers(
@@ -518,6 +522,7 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
             "change a password (admins: anyone's, which also unlocks; others: their own)")
     p.add_argument("--username", required=True)
     p.add_argument("--password")
+    quorum_cli.register_user(user, add)
 
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_command", required=True)
     p = add(audit, "verify", cmd_audit_verify,
@@ -528,6 +533,7 @@ def build_parser(interactive: bool = False) -> argparse.ArgumentParser:
     from strongroom.cli import certs, completion, encrypt, hsm, keys, kms, pkcs11, seal, statuspage, vaultkv
 
     keys.register(sub, add)
+    quorum_cli.register(sub, add)
     pkcs11.register(sub, add)
     hsm.register(sub, add)
     seal.register(sub, add)

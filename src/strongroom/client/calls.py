@@ -103,11 +103,12 @@ class AsyncClient:
     # --- sessions --------------------------------------------------------------------
 
     async def login(self, username: str, password: str, role: str | None = None, *,
-                    keep: bool = False) -> dict[str, Any]:
+                    keep: bool = False, mfa: list[dict[str, bytes]] | None = None) -> dict[str, Any]:
         """Log in. The login ends with this client's connection (or by ``logout``); ``keep`` makes it outlast
-        the connection, until logout or its idle limit, for a token handed to another connection."""
+        the connection, until logout or its idle limit, for a token handed to another connection. ``mfa``: a user
+        with MFA signs the tokens of :meth:`mfa_challenge` with its registered key: ``[{token, signature}]``."""
         result = await self.call("session.login", username=username, password=password, role=role,
-                                 keep=keep or None)
+                                 keep=keep or None, mfa=mfa)
         state = self.login_state
         session = self._field("session.login", result, "session", bytes)
         state.session, state.username, state.role = session, result["username"], result["role"]
@@ -305,6 +306,71 @@ class AsyncClient:
     async def digest(self, mechanism: int, data: bytes) -> bytes:
         return self._field("crypto.digest", await self.call("crypto.digest", mechanism=int(mechanism), data=data),
                            "digest", bytes)
+
+    # --- quorum (M of N approvals) and MFA: docs/quorum.md ------------------------------------
+
+    def approved(self, approval: bytes | None) -> AsyncClient:
+        """These calls carrying a quorum approval (a token's approval data): use it for the one request the token
+        approves. None: this client."""
+        if approval is None:
+            return self
+        send = self._send
+
+        async def with_approval(op: str, args: dict[str, Any], session: bytes | None) -> Any:
+            return await send(op, {**args, "approval": approval}, session)
+
+        return AsyncClient(with_approval, login=self.login_state, refused=self._refused)
+
+    async def mfa_challenge(self, username: str, password: str, role: str | None = None) -> dict[str, Any]:
+        """An MFA login's first step: fresh challenges (a CloudHSM-format token file under ``file``)."""
+        return await self.call("quorum.mfa_challenge", username=username, password=password, role=role)
+
+    async def quorum_generate(self, service: str, operation: str | None = None,
+                              arguments: dict[str, Any] | None = None, *, key: int | None = None,
+                              uses: list[str] | None = None, window: int | None = None, count: int | None = None,
+                              timeout: int | None = None) -> dict[str, Any]:
+        """A pending approval bound to one request (``operation`` with ``arguments``) or, for key usage, to a key,
+        its uses, a window and a use count; the token file is under ``file``."""
+        return await self.call("quorum.token_generate", service=service, operation=operation, arguments=arguments,
+                               key=key, uses=uses, window=window, count=count, timeout=timeout)
+
+    async def quorum_approve(self, approval_data: bytes, username: str, signature: bytes) -> dict[str, Any]:
+        return await self.call("quorum.token_approve", token=approval_data, username=username, signature=signature)
+
+    async def quorum_tokens(self) -> list[dict[str, Any]]:
+        return self._field("quorum.token_list", await self.call("quorum.token_list"), "tokens", list)
+
+    async def quorum_token(self, token_id: str) -> dict[str, Any]:
+        return await self.call("quorum.token_get", token_id=token_id)
+
+    async def quorum_delete(self, token_id: str | None = None, scope: str | None = None) -> list[str]:
+        reply = await self.call("quorum.token_delete", token_id=token_id, scope=scope)
+        return self._field("quorum.token_delete", reply, "deleted", list)
+
+    async def quorum_values(self) -> dict[str, Any]:
+        return await self.call("quorum.values")
+
+    async def quorum_set_value(self, service: str, value: int) -> dict[str, Any]:
+        return await self.call("quorum.set_value", service=service, value=value)
+
+    async def quorum_set_timeout(self, service: str, seconds: int) -> dict[str, Any]:
+        return await self.call("quorum.set_timeout", service=service, seconds=seconds)
+
+    async def quorum_register(self, public_key: str | None, registration: bytes | None, signature: bytes | None, *,
+                              deregister: bool = False) -> dict[str, Any]:
+        """Register (or deregister) the caller's approval key with a signed registration token."""
+        return await self.call("quorum.register", public_key=public_key, registration=registration,
+                               signature=signature, deregister=deregister or None)
+
+    async def mfa_register(self, username: str, public_key: str | None = None, registration: bytes | None = None,
+                           signature: bytes | None = None, *, change_quorum: bool = False,
+                           deregister: bool = False) -> dict[str, Any]:
+        return await self.call("quorum.mfa_register", username=username, public_key=public_key,
+                               registration=registration, signature=signature, change_quorum=change_quorum or None,
+                               deregister=deregister or None)
+
+    async def quorum_users(self) -> list[dict[str, Any]]:
+        return self._field("quorum.users", await self.call("quorum.users"), "users", list)
 
     async def multipart(self, kind: str, session: int, mechanism: int, parts: list[bytes], key: int | None = None,
                         params: Any = None, signature: bytes | None = None) -> dict[str, Any]:

@@ -211,3 +211,24 @@ class Client:
     verify = _blocking(AsyncClient.verify)
     digest = _blocking(AsyncClient.digest)
     multipart = _blocking(AsyncClient.multipart)
+
+    # quorum and MFA (docs/quorum.md)
+    mfa_challenge = _blocking(AsyncClient.mfa_challenge)
+    quorum_generate = _blocking(AsyncClient.quorum_generate)
+    quorum_approve = _blocking(AsyncClient.quorum_approve)
+    quorum_tokens = _blocking(AsyncClient.quorum_tokens)
+    quorum_token = _blocking(AsyncClient.quorum_token)
+    quorum_delete = _blocking(AsyncClient.quorum_delete)
+    quorum_values = _blocking(AsyncClient.quorum_values)
+    quorum_set_value = _blocking(AsyncClient.quorum_set_value)
+    quorum_set_timeout = _blocking(AsyncClient.quorum_set_timeout)
+    quorum_register = _blocking(AsyncClient.quorum_register)
+    mfa_register = _blocking(AsyncClient.mfa_register)
+    quorum_users = _blocking(AsyncClient.quorum_users)
+
+    def approved(self, approval: bytes | None, call: Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, R]],
+                 /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run one call carrying a quorum approval (a token's approval data), e.g.
+        ``client.approved(data, AsyncClient.user_delete, "bob")``."""
+        connection, calls = self._bound()
+        return connection.run(call(calls.approved(approval), *args, **kwargs))

@@ -1,12 +1,12 @@
 """The path of every request through a worker: error state -> operation lookup -> peer role ->
-cluster state -> session and role -> argument check -> handler; and every failure becomes a reply."""
+cluster state -> session and role -> argument check -> quorum -> handler; and every failure becomes a reply."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from strongroom.dispatch import table
+from strongroom.dispatch import quorum, table
 from strongroom.dispatch.auditing import audit_refusal
 from strongroom.dispatch.call import Call, Services
 from strongroom.errors import CKR, CryptokiNotInitialized, HsmError
@@ -42,7 +42,10 @@ class Pipeline:
             if spec.roles is not None:
                 call.session = self._logins.resolve(request.session)
                 table.check_role(spec, call.session.role.value)
-            args = table.parse_args(spec.args, request.args)
+            raw, approval = quorum.split(spec.quorum, request.args)
+            args = table.parse_args(spec.args, raw)
+            if spec.quorum is not None:
+                await quorum.enforce(call, spec.name, spec.quorum, args, approval)
             result = await spec.handler(call, args)
             return CKR.OK, result
         except asyncio.CancelledError:

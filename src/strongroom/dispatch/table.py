@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from strongroom.dispatch.call import Call
+from strongroom.dispatch.quorum import QuorumRule
 from strongroom.errors import CKR, ActionProhibited, ArgumentsBad, DataLenRange, FunctionNotSupported, HsmError
 from strongroom.services.state import ACTIVE
 
@@ -46,6 +47,8 @@ class OperationSpec:
     #: Certificate roles that may call it: by default only application hosts; an operator's or a
     #: node's certificate reaches only the operations that name its role.
     peers: frozenset[str] = frozenset({AGENT})
+    #: The approvals (M of N) it needs, checked before the handler runs (strongroom.dispatch.quorum).
+    quorum: QuorumRule | None = None
 
 
 OPERATIONS: dict[str, OperationSpec] = {}
@@ -59,6 +62,7 @@ def operation(
     states: Iterable[str] = (ACTIVE,),
     in_error_state: bool = False,
     peers: Iterable[str] = (AGENT,),
+    quorum: QuorumRule | None = None,
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         if name in OPERATIONS:
@@ -71,6 +75,7 @@ def operation(
             frozenset(states),
             in_error_state,
             frozenset(peers),
+            quorum,
         )
         return handler
 

@@ -15,6 +15,7 @@ from strongroom.dispatch.ops import (  # noqa: F401
     node,
     object,
     p11session,
+    quorum,
     random,
     session,
     user,

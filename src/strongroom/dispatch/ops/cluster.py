@@ -15,6 +15,7 @@ from typing import Any
 from strongroom.auth.passwords import hash_password
 from strongroom.auth.users import Role, check_password_rules, key_of, normalize_username
 from strongroom.barrier import Barrier, Entry, Write
+from strongroom.dispatch import quorum as q
 from strongroom.dispatch.auditing import audited, witness
 from strongroom.dispatch.call import Call
 from strongroom.dispatch.table import AGENT, EVERY_PEER, operation
@@ -228,7 +229,7 @@ class SetPolicyArgs:
     value: str
 
 
-@operation("cluster.set_policy", args=SetPolicyArgs, roles=(Role.ADMIN.value,))
+@operation("cluster.set_policy", args=SetPolicyArgs, roles=(Role.ADMIN.value,), quorum=q.CLUSTER_OPS)
 async def set_policy(call: Call, args: SetPolicyArgs) -> dict[str, Any]:
     """(Admin) change one cluster policy (strongroom.services.policy), kept in the cluster's meta record and
     audited with its old and new value. Every worker of every node follows within a second."""

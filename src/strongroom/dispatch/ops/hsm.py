@@ -26,6 +26,7 @@ from cryptography import x509
 
 from strongroom.auth.users import Role
 from strongroom.barrier import Change, Remove, Write
+from strongroom.dispatch import quorum as q
 from strongroom.dispatch.auditing import audited, witness
 from strongroom.dispatch.call import Call, Services
 from strongroom.dispatch.table import AGENT, NODE, OPERATOR, operation
@@ -86,7 +87,8 @@ class EnrollArgs:
     certificate: str
 
 
-@operation("hsm.enroll", args=EnrollArgs, roles=(Role.ADMIN.value,), states=STATES, peers=(AGENT,))
+@operation("hsm.enroll", args=EnrollArgs, roles=(Role.ADMIN.value,), states=STATES, peers=(AGENT,),
+           quorum=q.CLUSTER_OPS)
 async def enroll(call: Call, args: EnrollArgs) -> dict[str, Any]:
     """An admin allows one node certificate to receive the cluster key (``hsm.clone_key``).
 
@@ -219,7 +221,7 @@ class ZeroizeArgs:
     node_id: str
 
 
-@operation("hsm.zeroize", args=ZeroizeArgs, states=ALL_STATES, peers=(OPERATOR, AGENT))
+@operation("hsm.zeroize", args=ZeroizeArgs, states=ALL_STATES, peers=(OPERATOR, AGENT), quorum=q.CLUSTER_LOGGED_IN)
 async def zeroize(call: Call, args: ZeroizeArgs) -> dict[str, Any]:
     """Destroy this node's copy of the cluster key and take the node out of the cluster.
 

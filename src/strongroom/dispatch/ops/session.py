@@ -14,6 +14,7 @@ from typing import Any
 from strongroom.auth.public import GATE
 from strongroom.auth.users import WRONG_CREDENTIALS, Role
 from strongroom.dispatch.call import Call
+from strongroom.dispatch.quorum import check_login_factor
 from strongroom.dispatch.table import operation
 from strongroom.errors import CKR, ActionProhibited, HsmError, OperationNotInitialized, PinIncorrect
 from strongroom.objects.access import PUBLIC_NAME
@@ -34,6 +35,8 @@ class LoginArgs:
     role: str | None = None
     #: Keep the login after its connection closed (until logout or its idle limit); by default it ends with it.
     keep: bool = False
+    #: The second factor of a user with MFA: [{token, signature}] over a challenge of quorum.mfa_challenge.
+    mfa: list[Any] | None = None
 
 
 def _source(call: Call) -> str:
@@ -68,6 +71,7 @@ async def login(call: Call, args: LoginArgs) -> dict[str, Any]:
             raise PinIncorrect(WRONG_CREDENTIALS)
         if wait > 0 and user.role is Role.ADMIN:
             raise _paused(call, wait)
+        mfa = await check_login_factor(call, user, args.mfa)
         session = services.sessions.logins.open(user.name, user.role, call.connection_id, user.uid, keep=args.keep)
     except HsmError as exc:
         details: dict[str, Any] = {"peer": call.peer_name}
@@ -81,7 +85,8 @@ async def login(call: Call, args: LoginArgs) -> dict[str, Any]:
         raise
     throttle.succeeded(source)
     await services.audit.record("auth.login", actor=user.name,
-                                details={"peer": call.peer_name, "role": user.role.value, "kept": args.keep})
+                                details={"peer": call.peer_name, "role": user.role.value, "kept": args.keep,
+                                         **({"mfa": "token-sign"} if mfa else {})})
     return {"session": session.token, "username": user.name, "role": user.role.value}
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from strongroom.auth.users import Role, normalize_username
+from strongroom.dispatch import quorum as q
 from strongroom.dispatch.auditing import audited, witness
 from strongroom.dispatch.call import Call
 from strongroom.dispatch.table import operation
@@ -22,7 +23,7 @@ class CreateArgs:
     password: str
 
 
-@operation("user.create", args=CreateArgs, roles=ADMIN)
+@operation("user.create", args=CreateArgs, roles=ADMIN, quorum=q.USER_OPS)
 async def create(call: Call, args: CreateArgs) -> dict[str, Any]:
     services = call.services
     role = Role.parse(args.role)
@@ -39,7 +40,7 @@ class DeleteArgs:
     username: str
 
 
-@operation("user.delete", args=DeleteArgs, roles=ADMIN)
+@operation("user.delete", args=DeleteArgs, roles=ADMIN, quorum=q.USER_OPS)
 async def delete(call: Call, args: DeleteArgs) -> dict[str, Any]:
     """Delete a user and take it out of every share list (objects/access.py: shares name the account, so
     a new user of the same name never inherits them, even from a list not yet cleaned)."""
@@ -70,7 +71,7 @@ class ChangePasswordArgs:
     password: str
 
 
-@operation("user.change_password", args=ChangePasswordArgs, roles=ANY_ROLE)
+@operation("user.change_password", args=ChangePasswordArgs, roles=ANY_ROLE, quorum=q.USER_OF_OTHERS)
 async def change_password(call: Call, args: ChangePasswordArgs) -> dict[str, Any]:
     """Admins may reset anyone's password (which also unlocks); others only their own."""
     services = call.services
