@@ -2,8 +2,9 @@
 
 * ``kms serve --config F`` or ``kms serve --dir DIR [--port P] [--region R] [--account-id A]``:
   run the gateway in the foreground (``--dir``: of a ``strongroom up`` directory, set up on
-  first use — the ``kmsuser`` crypto user and a full-rights access key, as the admin of
-  ``STRONGROOM_PIN=admin:…`` — with an HTTPS certificate from DIR's CA).
+  first use — the gateway's crypto user ``kmsgateway`` with a full-rights access key and the key
+  stores' crypto user ``kmsuser``, as the admin of ``STRONGROOM_PIN=admin:…`` — with an HTTPS
+  certificate from DIR's CA).
 * ``kms setup --dir DIR``: only that set-up; prints the access key.
 * ``kms start --dir DIR`` / ``kms stop --dir DIR``: the gateway of DIR in the background.
 * ``--insecure-http`` (serve, start): plain HTTP instead of HTTPS, which the gateway then warns
@@ -79,6 +80,16 @@ def cmd_stop(args: argparse.Namespace, _ctx: Context) -> None:
     emit({"stopped": pid}, as_json=args.json, text="stopped" if pid else "the KMS gateway was not running")
 
 
+def _gateway_user(args: argparse.Namespace) -> str:
+    """The service user of DIR's gateway (DIR/kms.toml), else kmsuser (the name deployments use)."""
+    from strongroom.kms.local import CONFIG_FILE, users_of
+
+    directory = getattr(args, "dir", None)
+    if directory and (Path(directory) / CONFIG_FILE).exists():
+        return users_of(Path(directory))[0]
+    return "kmsuser"
+
+
 def cmd_access_key_create(args: argparse.Namespace, ctx: Context) -> None:
     policy = None
     if args.policy:
@@ -93,7 +104,8 @@ def cmd_access_key_create(args: argparse.Namespace, ctx: Context) -> None:
         except PolicyError as exc:
             raise CliError(f"{args.policy} is not a usable access-key policy: {exc}") from None
     client = ctx.logged_in(args)
-    result = client.call("kms.access_key.create", name=args.name, policy=policy, service_user=args.service_user)
+    service_user = args.service_user or _gateway_user(args)
+    result = client.call("kms.access_key.create", name=args.name, policy=policy, service_user=service_user)
     emit(result, as_json=args.json,
          text=f"access key id:     {result['access_key_id']}\nsecret access key: {result['secret_access_key']}\n"
               "(the secret is shown only now)")
@@ -125,7 +137,8 @@ def register(sub: Any, add: AddCommand) -> None:
     p.add_argument("--account-id", help="with --dir: the 12-digit account id in ARNs (default 111122223333)")
     p.add_argument("--insecure-http", action="store_true", help=INSECURE_HELP)
     add(group, "setup", cmd_setup,
-        "create the kmsuser crypto user and a full-rights access key for the gateway of DIR (local use)")
+        "create the gateway's crypto user (kmsgateway), a full-rights access key, and the key stores' crypto "
+        "user (kmsuser) for the gateway of DIR (local use)")
     p = add(group, "start", cmd_start, "start the gateway of DIR in the background")
     p.add_argument("--port", type=int)
     p.add_argument("--region")
@@ -137,7 +150,8 @@ def register(sub: Any, add: AddCommand) -> None:
     p = add(keys, "create", cmd_access_key_create, "create an access key; its secret is shown once")
     p.add_argument("--name", required=True, help="a name for people (1 to 64 of letters, digits, _.@+=,-)")
     p.add_argument("--policy", help="a JSON policy file (default: every right)")
-    p.add_argument("--service-user", default="kmsuser", help="the gateway's service user (default kmsuser)")
+    p.add_argument("--service-user", help="the gateway's service user (default: the one DIR/kms.toml names, "
+                                          "else kmsuser)")
     add(keys, "list", cmd_access_key_list, "list access keys (never their secrets)")
     p = add(keys, "delete", cmd_access_key_delete, "delete an access key")
     p.add_argument("--id", required=True, help="the access key id (AKIA…)")

@@ -9,6 +9,7 @@ region ``NotFoundException "Invalid arn <region>"``, a malformed ARN ``InvalidAr
 
 from __future__ import annotations
 
+import base64
 import re
 import uuid
 from dataclasses import dataclass
@@ -52,6 +53,27 @@ class KeyRef:
 
 def new_key_id() -> str:
     return str(uuid.uuid4())
+
+
+#: AWS's shape of a CloudHSM cluster id (the model's pattern for CloudHsmClusterId).
+CLUSTER_ID_RE = re.compile(r"^cluster-[2-7a-zA-Z]{11,16}\Z")
+
+
+def aws_cluster_id(cluster_id: str) -> str:
+    """The AWS-shaped id of a cluster: ``cluster-`` and the first 80 bits of its UUID in base32 (16 of
+    a-z2-7), so clients that check the model's pattern accept it. An AWS-shaped id stays as it is."""
+    if CLUSTER_ID_RE.match(cluster_id):
+        return cluster_id
+    try:
+        raw = uuid.UUID(cluster_id).bytes
+    except ValueError:
+        return cluster_id
+    return "cluster-" + base64.b32encode(raw[:10]).decode().lower()
+
+
+def names_cluster(given: str, cluster_id: str) -> bool:
+    """Whether ``given`` (the cluster's UUID, or its AWS-shaped id in any case) names ``cluster_id``."""
+    return given == cluster_id or given.lower() == aws_cluster_id(cluster_id)
 
 
 def parse_identifier(text: str, where: Location, *, allow_alias: bool = True) -> KeyRef:

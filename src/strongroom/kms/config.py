@@ -23,11 +23,11 @@
     [cluster]
     profile = "client.json"           # straight to the nodes with this client profile (mTLS) ...
     # agent_socket = "/run/strongroom/agent.sock"   # ... or through the host's agent
-    username = "kmsuser"              # the KMS service user (a crypto user)
-    password_file = "kms/kmsuser.password"   # mode 0600, the password on one line
+    username = "kmsgateway"           # the KMS service user (a crypto user)
+    password_file = "kms/kmsgateway.password"   # mode 0600, the password on one line
     connections = 2                   # pipelined connections (each logs in once)
     request_timeout = 30.0
-    key_store_user = "kmsuser"        # the crypto user custom key stores log in as (AWS's name)
+    key_store_user = "kmsuser"        # the crypto user custom key stores log in as (AWS's name; never ``username``)
 
     [deletion]
     check_seconds = 60.0              # how often keys past their deletion date are deleted
@@ -94,8 +94,9 @@ class ServerSettings:
 class ClusterSettings:
     profile: str | None = None
     agent_socket: str | None = None
-    username: str = "kmsuser"
-    password_file: str = "kmsuser.password"
+    #: The gateway's own service user: not ``kmsuser``, which AWS names the key stores' user.
+    username: str = "kmsgateway"
+    password_file: str = "kmsgateway.password"
     connections: int = 2
     request_timeout: float = 30.0
     #: The crypto user of custom key stores (AWS: kmsuser); must differ from ``username``.

@@ -23,6 +23,7 @@ from strongroom.kms.config import GatewayConfig
 from strongroom.kms.grants import Grant
 from strongroom.kms.keystores import KeyStores
 from strongroom.kms.model import KmsKey, Metadata
+from strongroom.kms.usage import UsageTracker
 from strongroom.kms.validation import Params
 
 Handler = Callable[["Context"], Awaitable[dict[str, Any]]]
@@ -63,6 +64,8 @@ class Services:
     metadata: Metadata
     keystores: KeyStores
     authorizer: Authorizer
+    #: The last successful cryptographic use of each key (GetKeyLastUsage).
+    usage: UsageTracker
 
 
 @dataclass
@@ -76,6 +79,8 @@ class Context:
     #: The grant that authorized the last key-level check (None: a policy did).
     grant: Grant | None = None
     tokens_checked: bool = False
+    #: The request's x-amzn-RequestId (GetKeyLastUsage reports it as KmsRequestId).
+    request_id: str = ""
 
     @property
     def where(self) -> Location:

@@ -59,6 +59,10 @@ Throttling = _error("ThrottlingException")
 # Asymmetric keys and HMAC (Verify / VerifyMac that do not verify; AWS's message is empty).
 KmsInvalidSignature = _error("KMSInvalidSignatureException")
 KmsInvalidMac = _error("KMSInvalidMacException")
+# Imported key material.
+ExpiredImportToken = _error("ExpiredImportTokenException")
+InvalidImportToken = _error("InvalidImportTokenException")
+IncorrectKeyMaterial = _error("IncorrectKeyMaterialException")
 # Custom key stores.
 CustomKeyStoreNotFound = _error("CustomKeyStoreNotFoundException")
 CustomKeyStoreInvalidState = _error("CustomKeyStoreInvalidStateException")

@@ -38,9 +38,11 @@ from strongroom.kms.grants import list_grants
 from strongroom.kms.keystores import KeyStores
 from strongroom.kms.model import ALIASES, DELETED, ENABLED, KEYS, PENDING_DELETION, Conflict, KmsKey, Metadata, delete
 from strongroom.kms.ops import load
+from strongroom.kms.ops.imports import expire_material, material_expired, sweep_import_parameters
 from strongroom.kms.ops.rotation import rotate
 from strongroom.kms.signing_keys import SigningKeyCache
-from strongroom.kms.validation import Params, json_too_deep
+from strongroom.kms.usage import TRACKED, UsageTracker
+from strongroom.kms.validation import Params, has_lone_surrogate, json_too_deep
 
 log = logging.getLogger("strongroom.kms")
 TARGET_PREFIX = "TrentService."
@@ -92,8 +94,9 @@ class Gateway:
                                       k.auth_failures_per_second_total)
         self._throttle_logged = -THROTTLE_LOG_SECONDS
         self.where = Location(config.kms.region, config.kms.account_id, config.kms.partition)
+        self.usage = UsageTracker(self.metadata)
         self.services = Services(config, self.where, backend, self.metadata, self.keystores,
-                                 Authorizer(self.where, backend))
+                                 Authorizer(self.where, backend), self.usage)
         self.operations = load()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -196,8 +199,9 @@ class Gateway:
     # --- one request ---------------------------------------------------------------------------------
 
     async def handle(self, method: str, raw_path: str, raw_query: str, headers: sigv4.Headers,
-                     body: bytes, source: str = "") -> tuple[int, dict[str, Any]]:
-        """Serve one request; returns (HTTP status, JSON body). Never raises."""
+                     body: bytes, source: str = "", request_id: str = "") -> tuple[int, dict[str, Any]]:
+        """Serve one request; returns (HTTP status, JSON body). Never raises. ``request_id``: the
+        x-amzn-RequestId the answer carries (kept as the KmsRequestId of the keys it used)."""
         operation = "?"
         try:
             try:
@@ -221,10 +225,15 @@ class Gateway:
                 raise SerializationError("The request body is not valid JSON") from None
             if not isinstance(document, dict):
                 raise SerializationError("The request body must be a JSON object")
-            ctx = Context(self.services, identity, spec, Params(document))
+            if has_lone_surrogate(document):
+                raise SerializationError("The request body is not valid JSON text: a string holds an unpaired "
+                                         "UTF-16 surrogate")
+            ctx = Context(self.services, identity, spec, Params(document), request_id=request_id)
             if spec.keyless:
                 ctx.authorize("*")
             result = await spec.handler(ctx)
+            if operation in TRACKED:
+                self._note_usage(operation, result, request_id)
             return 200, result
         except KmsError as exc:
             if exc.status >= 500:
@@ -238,13 +247,23 @@ class Gateway:
             error = InternalError("Internal error; see the gateway log.")
             return error.status, error.body()
 
+    def _note_usage(self, operation: str, result: dict[str, Any], request_id: str) -> None:
+        """The keys a successful cryptographic answer names (KeyId; ReEncrypt's SourceKeyId too)."""
+        for member in ("KeyId", "SourceKeyId"):
+            arn = result.get(member)
+            if isinstance(arn, str):
+                self.usage.note(arn.rpartition("/")[2], operation, request_id)
+
     # --- key deletion -----------------------------------------------------------------------------------
 
     def start_background(self) -> None:
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
-        self._keystores_start = asyncio.get_running_loop().create_task(self.keystores.start())
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.create_task(self._sweep_forever())
+        self._keystores_start = loop.create_task(self.keystores.start())
+        self.usage.start()
 
     async def stop_background(self) -> None:
+        await self.usage.stop()
         await self.keystores.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -275,7 +294,10 @@ class Gateway:
                         deleted.append(key.key_id)
                 elif self.rotation_due(key, now):
                     await self.rotate_due(key.key_id, now)
+                elif material_expired(key, now):
+                    await expire_material(self.services, key.key_id, now)
             if not more or not keys:
+                await sweep_import_parameters(self.services, now)
                 return deleted
             cursor = keys[-1].key_id
 
@@ -314,6 +336,8 @@ class Gateway:
             except Conflict:
                 pass  # retargeted meanwhile: it no longer names this key
         for material in key.materials:
+            if not material.present:  # imported key material already deleted
+                continue
             await self.keystores.destroy_material(key, material.handle)
             if material.public_handle is not None:  # asymmetric keys: the public key object too
                 await self.backend.destroy_object(material.public_handle)

@@ -53,7 +53,7 @@ CONNECTED, CONNECTING, DISCONNECTED, DISCONNECTING, FAILED = (
 #: ConnectionErrorCode values (AWS names) this gateway can report.
 INVALID_CREDENTIALS, CLUSTER_NOT_FOUND, NETWORK_ERRORS, INTERNAL_ERROR = (
     "INVALID_CREDENTIALS", "CLUSTER_NOT_FOUND", "NETWORK_ERRORS", "INTERNAL_ERROR")
-USER_LOCKED_OUT, USER_NOT_FOUND = "USER_LOCKED_OUT", "USER_NOT_FOUND"
+USER_LOCKED_OUT, USER_NOT_FOUND, USER_LOGGED_IN = "USER_LOCKED_OUT", "USER_NOT_FOUND", "USER_LOGGED_IN"
 #: How long a store record read by the key path is trusted (changes made through this gateway
 #: are seen at once; another gateway's Disconnect within this many seconds).
 CACHE_SECONDS = 2.0
@@ -254,6 +254,11 @@ class KeyStores:
         await self._record_failure(store.store_id, code)
 
     async def _try_connect(self, store: KeyStore, connection: _Connection) -> str | None:
+        if self.user.lower() == self.config.cluster.username.lower():
+            # The store's keys must be the store's: never logged in as the gateway's own service user.
+            log.error("custom key store %s: [cluster] key_store_user is the gateway's own service user %s; "
+                      "configure a crypto user of its own (AWS: kmsuser)", store.store_id, self.user)
+            return USER_LOGGED_IN
         try:
             status = await self.backend.cluster.cluster_status()
             if status.get("cluster_id") != store.cluster_id:

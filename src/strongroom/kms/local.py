@@ -4,7 +4,9 @@ For ``strongroom up --kms`` and ``strongroom kms serve / setup --dir``; the back
 itself (start, stop, status) is :mod:`strongroom.local.gateway`'s. Files in DIR::
 
     kms.toml                the gateway's configuration (kept across restarts: same port, same scheme)
-    kms/kmsuser.password    the KMS service user's generated password (0600)
+    kms/kmsgateway.password the gateway's service user's generated password (0600)
+    kms/keystore.password   the custom key stores' crypto user's generated password (0600): what
+                            CreateCustomKeyStore's KeyStorePassword takes
     kms/access-key.json     a generated access key with every right (0600; local use only)
     kms/tls.crt, tls.key    the gateway's HTTPS certificate, issued by DIR/ca (serverAuth only,
                             SAN 127.0.0.1 and localhost; issued again when it nears its end or
@@ -13,10 +15,14 @@ itself (start, stop, status) is :mod:`strongroom.local.gateway`'s. Files in DIR:
 The gateway serves HTTPS; clients trust DIR/ca/ca.crt (``kms_ca_bundle``: boto3 ``verify=``,
 AWS CLI ``--ca-bundle``, ``AWS_CA_BUNDLE``). Plain HTTP only when asked (``insecure_http``).
 
-Setting up (once: when the password or access-key file is missing) logs in as an admin — the
-one the caller passes, else ``STRONGROOM_PIN=user:password`` — creates the crypto user
-``kmsuser`` with a random password (or resets it when the password file was lost) and an
-access key bound to it. No admin password is written to DIR.
+Setting up (once: when a password or the access-key file is missing) logs in as an admin — the
+one the caller passes, else ``STRONGROOM_PIN=user:password`` — and creates two crypto users with
+random passwords (or resets one whose password file was lost): the gateway's own service user
+``kmsgateway``, with an access key bound to it, and ``kmsuser``, the crypto user custom key
+stores log in as (AWS's name for it; ``[cluster] key_store_user``). They are distinct so that the
+keys of a key store are the store's, out of reach of the gateway's own session. A directory set
+up before (its kms.toml names ``kmsuser`` as the gateway's user) keeps its users; its key stores
+log in as ``kmskeystore``. No admin password is written to DIR.
 """
 
 from __future__ import annotations
@@ -36,9 +42,14 @@ from strongroom.seal import write_private_file
 
 CONFIG_FILE = "kms.toml"
 STATE_DIR = "kms"
-PASSWORD_FILE = "kms/kmsuser.password"
+PASSWORD_FILE = "kms/kmsgateway.password"
 ACCESS_KEY_FILE = "kms/access-key.json"
-SERVICE_USER = "kmsuser"
+SERVICE_USER = "kmsgateway"
+#: The crypto user custom key stores log in as (AWS: kmsuser), and its password file.
+KEY_STORE_USER = "kmsuser"
+KEY_STORE_PASSWORD_FILE = "kms/keystore.password"
+#: The key stores' user of a directory whose gateway itself runs as ``kmsuser`` (set up before).
+LEGACY_KEY_STORE_USER = "kmskeystore"
 TLS_CERT_FILE = "kms/tls.crt"
 TLS_KEY_FILE = "kms/tls.key"
 CA_CERT_FILE = "ca/ca.crt"
@@ -80,28 +91,57 @@ def _admin(root: Path, admin: tuple[str, str] | None) -> tuple[str, str]:
         f"admin=(user, password) to start_gateway, or set {PIN_VARIABLE}=user:password") from None
 
 
-def setup(root: Path, *, service_user: str = SERVICE_USER, admin: tuple[str, str] | None = None) -> dict[str, str]:
-    """Create (once) the service user and a full-rights access key; returns the access key."""
-    from strongroom.client import Client, ClientError
+def users_of(root: Path, service_user: str | None = None) -> tuple[str, Path, str]:
+    """(the gateway's service user, its password file, the key stores' user) of DIR: what DIR/kms.toml says
+    when it exists, else the defaults (``service_user`` overrides the gateway's user)."""
+    root = Path(root).resolve()
+    gateway_user, password_file, store_user = SERVICE_USER, PASSWORD_FILE, KEY_STORE_USER
+    path = root / CONFIG_FILE
+    if path.exists():
+        try:
+            cluster = GatewayConfig.load(path, validate=False).cluster
+        except ConfigError as exc:
+            raise GatewayStartError(str(exc)) from None
+        gateway_user, password_file, store_user = cluster.username, cluster.password_file, cluster.key_store_user
+    gateway_user = service_user or gateway_user
+    if store_user == gateway_user:
+        store_user = LEGACY_KEY_STORE_USER if gateway_user == KEY_STORE_USER else KEY_STORE_USER
+    return gateway_user, root / password_file, store_user
+
+
+def _ensure_user(client: Any, username: str, password_path: Path) -> None:
+    """A crypto user whose password is in ``password_path``: made, or its password reset when the file was lost."""
+    from strongroom.client import ClientError
+
+    if password_path.exists():
+        return
+    password = secrets.token_urlsafe(24)[:32]
+    try:
+        client.user_create(username, "crypto-user", password)
+    except ClientError:
+        if not any(u["username"] == username for u in client.user_list()):
+            raise
+        client.user_change_password(username, password)  # the file was lost: reset
+    write_private_file(password_path, (password + "\n").encode())
+
+
+def setup(root: Path, *, service_user: str | None = None, admin: tuple[str, str] | None = None) -> dict[str, str]:
+    """Create (once) the gateway's service user, a full-rights access key bound to it, and the key stores'
+    crypto user (distinct from the gateway's); returns the access key."""
+    from strongroom.client import Client
 
     root = Path(root).resolve()
     (root / STATE_DIR).mkdir(mode=0o700, exist_ok=True)
-    password_path, key_path = root / PASSWORD_FILE, root / ACCESS_KEY_FILE
-    if password_path.exists() and key_path.exists():
+    service_user, password_path, store_user = users_of(root, service_user)
+    key_path, store_password_path = root / ACCESS_KEY_FILE, root / KEY_STORE_PASSWORD_FILE
+    if password_path.exists() and key_path.exists() and store_password_path.exists():
         return _read_access_key(key_path)
     admin_user, admin_password = _admin(root, admin)
     with Client.from_dir(root, timeout=30) as client:
         client.login(admin_user, admin_password)
         try:
-            if not password_path.exists():
-                password = secrets.token_urlsafe(24)[:32]
-                try:
-                    client.user_create(service_user, "crypto-user", password)
-                except ClientError:
-                    if not any(u["username"] == service_user for u in client.user_list()):
-                        raise
-                    client.user_change_password(service_user, password)  # the file was lost: reset
-                write_private_file(password_path, (password + "\n").encode())
+            _ensure_user(client, service_user, password_path)
+            _ensure_user(client, store_user, store_password_path)
             if not key_path.exists():
                 created = client.call("kms.access_key.create", name="local-full-access", service_user=service_user)
                 record = {"access_key_id": created["access_key_id"],
@@ -192,10 +232,13 @@ def write_config(root: Path, *, port: int | None = None, region: str | None = No
     else:
         config = GatewayConfig(
             kms=ServerSettings(host=HOST, port=_free_port()),
-            cluster=ClusterSettings(profile="client.json", username=SERVICE_USER, password_file=PASSWORD_FILE),
+            cluster=ClusterSettings(profile="client.json", username=SERVICE_USER, password_file=PASSWORD_FILE,
+                                    key_store_user=KEY_STORE_USER),
             deletion=DeletionSettings(),
             base=root,
         )
+    # Custom key stores never log in as the gateway's own user (a directory set up before this rule).
+    config.cluster.key_store_user = users_of(root, config.cluster.username)[2]
     if config.metrics.listen is None:  # every local gateway serves /metrics (up's metrics_urls)
         config.metrics = MetricsSettings(f"{HOST}:{_free_port()}")
     if port is not None:

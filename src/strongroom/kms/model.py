@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from strongroom.kms.arn import Location
+from strongroom.kms.arn import Location, aws_cluster_id
 from strongroom.kms.backend import Backend, ClusterError
 from strongroom.kms.errors import InternalError
 from strongroom.kms.keyspecs import ALGORITHM_MEMBERS, KEY_SPECS
@@ -31,6 +31,10 @@ KEYS = "keys/"
 ALIASES = "aliases/"
 RECORD_VERSION = 1
 ENABLED, DISABLED, PENDING_DELETION, DELETED = "Enabled", "Disabled", "PendingDeletion", "Deleted"
+#: Origin EXTERNAL keys without key material (never imported, deleted, or expired).
+PENDING_IMPORT = "PendingImport"
+#: A material whose cluster objects are gone (imported key material deleted or expired): its handle.
+NO_HANDLE = 0
 CONFLICT_RETRIES = 20
 #: What a key update's ``change`` returns besides changing the key: more record changes to commit with it.
 _ExtraChanges = Awaitable[list[dict[str, Any]]] | list[dict[str, Any]] | None
@@ -44,24 +48,37 @@ class Material:
     created: float
     #: Asymmetric keys: the public key object (``handle`` is the private key).
     public_handle: int | None = None
+    #: Imported key material: what identifies it (a digest of its public key, its check value…), so a
+    #: reimport is refused unless it is the same material (ops/imports.py).
+    fingerprint: str | None = None
+
+    @property
+    def present(self) -> bool:
+        """Whether the cluster holds the material (imported material that was deleted or expired does not)."""
+        return self.handle != NO_HANDLE
 
     @property
     def handles(self) -> list[int]:
         """Every cluster object of this material (what deleting the key destroys)."""
+        if not self.present:
+            return []
         return [self.handle] + ([self.public_handle] if self.public_handle is not None else [])
 
     def to_record(self) -> dict[str, Any]:
-        record = {"version": self.version, "handle": self.handle, "material_id": self.material_id,
-                  "created": self.created}
+        record: dict[str, Any] = {"version": self.version, "handle": self.handle, "material_id": self.material_id,
+                                  "created": self.created}
         if self.public_handle is not None:
             record["public_handle"] = self.public_handle
+        if self.fingerprint is not None:
+            record["fingerprint"] = self.fingerprint
         return record
 
     @classmethod
     def from_record(cls, value: dict[str, Any]) -> Material:
         public = value.get("public_handle")
+        fingerprint = value.get("fingerprint")
         return cls(int(value["version"]), int(value["handle"]), str(value["material_id"]), float(value["created"]),
-                   None if public is None else int(public))
+                   None if public is None else int(public), None if fingerprint is None else str(fingerprint))
 
 
 def new_material(version: int, handle: int) -> Material:
@@ -99,6 +116,10 @@ class KmsKey:
     cloud_hsm_cluster_id: str | None = None
     #: Not stored: why the key is Unavailable (its store is not connected in this gateway).
     store_unavailable: str | None = None
+    #: Origin EXTERNAL: KEY_MATERIAL_EXPIRES or KEY_MATERIAL_DOES_NOT_EXPIRE (None: nothing imported yet)
+    #: and, when it expires, when (the sweep deletes the material then).
+    expiration_model: str | None = None
+    valid_to: float | None = None
 
     @property
     def enabled(self) -> bool:
@@ -125,6 +146,8 @@ class KmsKey:
             "rotations": self.rotations,
             **({"custom_key_store_id": self.custom_key_store_id, "cloud_hsm_cluster_id": self.cloud_hsm_cluster_id}
                if self.custom_key_store_id else {}),
+            **({"expiration_model": self.expiration_model, "valid_to": self.valid_to}
+               if self.expiration_model else {}),
         }
 
     @classmethod
@@ -141,6 +164,8 @@ class KmsKey:
             rotations=list(value.get("rotations", [])),
             custom_key_store_id=value.get("custom_key_store_id"),
             cloud_hsm_cluster_id=value.get("cloud_hsm_cluster_id"),
+            expiration_model=value.get("expiration_model"),
+            valid_to=value.get("valid_to"),
         )
 
     def metadata(self, where: Location) -> dict[str, Any]:
@@ -157,23 +182,33 @@ class KmsKey:
             "KeyState": self.state,
             "Origin": self.origin,
             "KeyManager": "CUSTOMER",
-            "CustomerMasterKeySpec": self.key_spec,
-            "KeySpec": self.key_spec,
-            "MultiRegion": False,
         }
+        if spec.legacy:  # the deprecated member's enum has only the older specs
+            meta["CustomerMasterKeySpec"] = self.key_spec
+        meta.update({"KeySpec": self.key_spec, "MultiRegion": False})
         if self.state == PENDING_DELETION and self.deletion_date is not None:
             meta["DeletionDate"] = self.deletion_date
+        if self.origin == "EXTERNAL" and self.expiration_model:
+            meta["ExpirationModel"] = self.expiration_model
+            if self.expiration_model == "KEY_MATERIAL_EXPIRES" and self.valid_to is not None:
+                meta["ValidTo"] = self.valid_to
         if self.custom_key_store_id:
             meta["CustomKeyStoreId"] = self.custom_key_store_id
-            meta["CloudHsmClusterId"] = self.cloud_hsm_cluster_id
+            meta["CloudHsmClusterId"] = aws_cluster_id(self.cloud_hsm_cluster_id or "")
             if self.store_unavailable and self.state != PENDING_DELETION:
                 meta["KeyState"], meta["Enabled"] = "Unavailable", False
         algorithms = spec.algorithms.get(self.key_usage)
         if algorithms:
             meta[ALGORITHM_MEMBERS[self.key_usage]] = list(algorithms)
-        if self.materials and spec.symmetric:
+        if self.materials and spec.symmetric and self.material(self.current_material) is not None:
             meta["CurrentKeyMaterialId"] = self.current.material_id
         return meta
+
+    @property
+    def has_material(self) -> bool:
+        """Whether the current key material is in the cluster (an EXTERNAL key's may not be)."""
+        material = self.material(self.current_material)
+        return material is not None and material.present
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -122,11 +123,30 @@ class Params:
         value = self._raw(member, required)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        # 1e400 parses as an infinite float: no integer (int() of it would raise OverflowError).
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not math.isfinite(value)) or int(value) != value):
             raise _type_error(member, "an integer")
         value = int(value)
         self.violation(range_violation(field_name(member), value, minimum, maximum))
         return value
+
+    def timestamp(self, member: str, *, required: bool = False) -> float | None:
+        """A timestamp: epoch seconds (what botocore sends for the JSON protocol) or an ISO 8601 string."""
+        value = self._raw(member, required)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            import datetime as dt
+
+            try:
+                moment = dt.datetime.fromisoformat(value)
+            except ValueError:
+                raise _type_error(member, "a timestamp") from None
+            return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).timestamp()
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _type_error(member, "a timestamp")
+        return float(value)
 
     def boolean(self, member: str) -> bool | None:
         value = self.body.get(member)
@@ -223,4 +243,25 @@ def json_too_deep(text: bytes | str, limit: int) -> bool:
                 return True
         elif token in (b"]", b"}"):
             depth -= 1
+    return False
+
+
+def has_lone_surrogate(value: object) -> bool:
+    """Whether a parsed JSON document holds a string with an unpaired UTF-16 surrogate (``"\\ud800"``):
+    valid JSON, but not text — it cannot be encoded as UTF-8, stored, hashed or signed. Keys of objects
+    count (an encryption context's keys are). The document is already limited in depth and size."""
+    if isinstance(value, str):
+        return not value.isascii() and _unencodable(value)
+    if isinstance(value, dict):
+        return any(has_lone_surrogate(k) or has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_lone_surrogate(item) for item in value)
+    return False
+
+
+def _unencodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
     return False

@@ -180,13 +180,22 @@ def wait_deleted(client: Any, key_id: str, timeout: float = 20) -> None:
         time.sleep(0.2)
 
 
-#: The gateway's own service user when a custom key store is under test: the store logs in as `kmsuser`.
+#: The gateway's own service user (`up --kms`'s default): custom key stores log in as `kmsuser`.
 KEY_STORE_GATEWAY_USER = "kmsgateway"
+
+
+def gateway_login(cluster: LocalCluster) -> tuple[str, str]:
+    """The gateway's service user and its password, as DIR/kms.toml names them."""
+    from strongroom.kms.local import users_of
+
+    user, password_file, _ = users_of(cluster.dir)
+    return user, password_file.read_text().strip()
 
 
 @contextlib.contextmanager
 def key_store_cluster(directory: Path, kmsuser_password: str, **config: Any) -> Iterator[KmsEnv]:
-    """A cluster whose gateway runs as KEY_STORE_GATEWAY_USER, with a `kmsuser` crypto user made by an admin."""
+    """A cluster whose gateway runs as KEY_STORE_GATEWAY_USER, and whose `kmsuser` (the key stores' crypto
+    user `up --kms` makes) an admin gives a password the test knows."""
     cluster = LocalCluster(directory)
     cluster.up()
     try:
@@ -195,7 +204,7 @@ def key_store_cluster(directory: Path, kmsuser_password: str, **config: Any) -> 
         gateway_config.cluster.username = KEY_STORE_GATEWAY_USER
         gateway_config.write(cluster.dir / "kms.toml")
         admin = cluster.admin()
-        admin.user_create("kmsuser", "crypto-user", kmsuser_password)
+        admin.user_change_password("kmsuser", kmsuser_password)
         admin.logout()
         yield KmsEnv(cluster, start_gateway(cluster.dir, admin=admin_of(cluster)))
     finally:

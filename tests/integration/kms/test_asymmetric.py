@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from strongroom.client import Client
 from strongroom.client import ClientError as HsmClientError
 from strongroom.errors import CKR
-from tests.integration.kms.conftest import KmsEnv, error_of
+from tests.integration.kms.conftest import KmsEnv, error_of, gateway_login
 
 pytestmark = pytest.mark.slow
 
@@ -129,9 +129,8 @@ def test_get_public_key_is_a_der_spki(client: Any, keys: Any, spec: str, usage: 
 def test_the_cluster_holds_non_extractable_private_and_hmac_keys(kms: KmsEnv, keys: Any) -> None:
     from strongroom.constants import CKA, CKO
 
-    password = (kms.cluster.dir / "kms" / "kmsuser.password").read_text().strip()
     with Client.from_dir(kms.cluster.dir) as hsm:
-        hsm.login("kmsuser", password)
+        hsm.login(*gateway_login(kms.cluster))
         for spec, usage in (("RSA_2048", "SIGN_VERIFY"), ("ECC_NIST_P256", "SIGN_VERIFY"),
                             ("HMAC_256", "GENERATE_VERIFY_MAC")):
             handles = hsm.find_objects({CKA.LABEL: f"kms/{keys[spec, usage]['KeyId']}/1".encode()})
@@ -581,7 +580,8 @@ def test_disabled_asymmetric_keys_and_create_refusals(client: Any) -> None:
     expect("ValidationException", client.create_key, KeySpec="HMAC_256", KeyUsage="SIGN_VERIFY")
     expect("ValidationException", client.create_key, KeySpec="ECC_SECG_P256K1", KeyUsage="ENCRYPT_DECRYPT")
     expect("ValidationException", client.create_key, KeySpec="RSA_2048")
-    expect("UnsupportedOperationException", client.create_key, KeySpec="ECC_NIST_P256", KeyUsage="KEY_AGREEMENT")
+    expect("UnsupportedOperationException", client.create_key, KeySpec="SM2", KeyUsage="SIGN_VERIFY")  # China only
+    expect("ValidationException", client.create_key, CustomerMasterKeySpec="ML_DSA_65", KeyUsage="SIGN_VERIFY")
     legacy = client.create_key(CustomerMasterKeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]
     assert legacy["KeySpec"] == legacy["CustomerMasterKeySpec"] == "ECC_NIST_P256"
 

@@ -15,7 +15,15 @@ from botocore.exceptions import ClientError
 from strongroom.client import Client
 from strongroom.client import ClientError as HsmClientError
 from strongroom.errors import CKR
-from tests.integration.kms.conftest import ACCOUNT, REGION, KmsEnv, error_of, short_day_gateway, wait_deleted
+from tests.integration.kms.conftest import (
+    ACCOUNT,
+    REGION,
+    KmsEnv,
+    error_of,
+    gateway_login,
+    short_day_gateway,
+    wait_deleted,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -63,9 +71,8 @@ def test_the_cluster_holds_a_non_extractable_key_labelled_by_key_id(kms: KmsEnv,
     from strongroom.constants import CKA
 
     key_id = new_key(client)["KeyId"]
-    password = (kms.cluster.dir / "kms" / "kmsuser.password").read_text().strip()
     with Client.from_dir(kms.cluster.dir) as hsm:
-        hsm.login("kmsuser", password)
+        hsm.login(*gateway_login(kms.cluster))
         (handle,) = hsm.find_objects({CKA.LABEL: f"kms/{key_id}/1".encode()})
         attrs = hsm.get_attributes(handle, [CKA.SENSITIVE, CKA.EXTRACTABLE, CKA.TOKEN, CKA.VALUE_LEN])
         assert attrs == {CKA.SENSITIVE: True, CKA.EXTRACTABLE: False, CKA.TOKEN: True, CKA.VALUE_LEN: 32}
@@ -92,8 +99,8 @@ def test_not_found_and_malformed_ids(kms: KmsEnv, client: Any) -> None:
 
 
 def test_create_key_refusals(client: Any) -> None:
-    expect("UnsupportedOperationException", client.create_key, KeySpec="ECC_NIST_EDWARDS25519",
-           KeyUsage="SIGN_VERIFY")
+    expect("UnsupportedOperationException", client.create_key, KeySpec="ML_KEM_512",
+           KeyUsage="ENCAPSULATE_DECAPSULATE")
     expect("ValidationException", client.create_key, KeySpec="HMAC_256",
            message="You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys.")
     message = expect("ValidationException", client.create_key, KeySpec="HMAC_random")
@@ -101,7 +108,7 @@ def test_create_key_refusals(client: Any) -> None:
                               "constraint: Member must satisfy enum value set: [RSA_2048")
     expect("ValidationException", client.create_key, KeyUsage="SIGN_VERIFY")
     expect("ValidationException", client.create_key, Description="d" * 8193)
-    expect("UnsupportedOperationException", client.create_key, Origin="EXTERNAL")
+    expect("UnsupportedOperationException", client.create_key, Origin="EXTERNAL_KEY_STORE")
     expect("TagException", client.create_key, Tags=[{"TagKey": "aws:x", "TagValue": "y"}],
            message="Tags beginning with aws: are reserved")
 
@@ -323,9 +330,8 @@ def test_deletion_really_happens(kms: KmsEnv, client: Any) -> None:
         wait_deleted(client, key_id)
         # The cluster object is destroyed by the same sweep, just after the record disappears.
         deadline = time.monotonic() + 20
-        password = (root / "kms" / "kmsuser.password").read_text().strip()
         with Client.from_dir(root) as hsm:
-            hsm.login("kmsuser", password)
+            hsm.login(*gateway_login(kms.cluster))
             while hsm.find_objects({CKA.LABEL: f"kms/{key_id}/1".encode()}):
                 assert time.monotonic() < deadline, "the key's cluster object was not destroyed"
                 time.sleep(0.2)
@@ -453,8 +459,7 @@ def test_access_key_cli_policy_and_deletion(kms: KmsEnv, tmp_path: Any) -> None:
     limited = kms.client(limited_id, limited_secret)
     expect("UnrecognizedClientException", limited.list_keys,
            message="The security token included in the request is invalid.")
-    code, out = kms.cluster.cli("kms", "access-key", "list", pin="kmsuser:" + (
-        kms.cluster.dir / "kms" / "kmsuser.password").read_text().strip())
+    code, out = kms.cluster.cli("kms", "access-key", "list", pin=":".join(gateway_login(kms.cluster)))
     assert code != 0 and out["error_name"] == "CKR_ACTION_PROHIBITED"
 
 

@@ -1,15 +1,15 @@
 """Custom key stores (AWS CloudHSM key stores) against a real cluster and gateway, through boto3.
 
-AWS names the key store's crypto user ``kmsuser``. The local set-up (``kms.local.setup``) also
-calls the *gateway's* service user ``kmsuser``, so this module gives the gateway a service user
-of its own (``kmsgateway``) and, like an AWS customer, has an admin create ``kmsuser`` for the
-key store beforehand. The gateway's deletion "day" is 0.05 s here so that scheduled store keys
-are really deleted within the module.
+AWS names the key store's crypto user ``kmsuser``; the local set-up (``kms.local.setup``, what
+``up --kms`` runs) makes it, distinct from the gateway's own service user ``kmsgateway``, and the
+test's admin gives it a password the test knows, as an AWS customer sets kmsuser's. The gateway's
+deletion "day" is 0.05 s here so that scheduled store keys are really deleted within the module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,8 +20,9 @@ from botocore.exceptions import ClientError
 from strongroom import pki
 from strongroom.client import ClientError as SdkError
 from strongroom.constants import CKA
+from strongroom.kms.arn import aws_cluster_id
 from strongroom.local.gateway import start_gateway, stop_gateway
-from tests.integration.kms.conftest import KEY_STORE_GATEWAY_USER, KmsEnv, error_of, key_store_cluster
+from tests.integration.kms.conftest import KEY_STORE_GATEWAY_USER, KmsEnv, error_of, gateway_login, key_store_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +93,8 @@ def test_create_checks_the_cluster_and_its_trust_anchor(env: KmsEnv, kms: Any) -
 
 def test_lifecycle_keys_and_connection_states(env: KmsEnv, kms: Any) -> None:
     cid = cluster_id(env)
+    aws_cid = aws_cluster_id(cid)  # what AWS's model allows: cluster-[2-7a-zA-Z]{11,16}
+    assert re.fullmatch(r"cluster-[2-7a-zA-Z]{11,16}", aws_cid) and aws_cid != cid
     anchor = trust_anchor(env)
     # A wrong password is only found out when connecting: FAILED / INVALID_CREDENTIALS.
     store_id = kms.create_custom_key_store(CustomKeyStoreName="vault", CloudHsmClusterId=cid,
@@ -99,20 +102,24 @@ def test_lifecycle_keys_and_connection_states(env: KmsEnv, kms: Any) -> None:
                                            KeyStorePassword="wrong-password")["CustomKeyStoreId"]
     assert store_id.startswith("cks-")
     entry = store_of(kms, store_id)
-    assert entry == {"CustomKeyStoreId": store_id, "CustomKeyStoreName": "vault", "CloudHsmClusterId": cid,
+    assert entry == {"CustomKeyStoreId": store_id, "CustomKeyStoreName": "vault", "CloudHsmClusterId": aws_cid,
                      "TrustAnchorCertificate": anchor, "ConnectionState": "DISCONNECTED",
                      "CreationDate": entry["CreationDate"], "CustomKeyStoreType": "AWS_CLOUDHSM"}
     assert "KeyStorePassword" not in str(kms.describe_custom_key_stores())
     assert kms.describe_custom_key_stores(CustomKeyStoreName="vault")["CustomKeyStores"][0]["CustomKeyStoreId"] \
         == store_id
     # Same properties while disconnected: the same store (retries are idempotent); else the name is taken.
+    # The cluster's UUID and its AWS-shaped id name the same cluster.
     assert kms.create_custom_key_store(CustomKeyStoreName="vault", CloudHsmClusterId=cid, TrustAnchorCertificate=anchor,
+                                       KeyStorePassword="wrong-password")["CustomKeyStoreId"] == store_id
+    assert kms.create_custom_key_store(CustomKeyStoreName="vault", CloudHsmClusterId=aws_cid.upper(),
+                                       TrustAnchorCertificate=anchor,
                                        KeyStorePassword="wrong-password")["CustomKeyStoreId"] == store_id
     assert code_of(kms.create_custom_key_store, CustomKeyStoreName="vault", CloudHsmClusterId=cid,
                    TrustAnchorCertificate=anchor, KeyStorePassword=KMSUSER_PASSWORD)[0] == \
         "CustomKeyStoreNameInUseException"
     # One store per cluster, as AWS.
-    assert code_of(kms.create_custom_key_store, CustomKeyStoreName="other", CloudHsmClusterId=cid,
+    assert code_of(kms.create_custom_key_store, CustomKeyStoreName="other", CloudHsmClusterId=aws_cid,
                    TrustAnchorCertificate=anchor, KeyStorePassword=KMSUSER_PASSWORD)[0] == \
         "CloudHsmClusterInUseException"
     assert code_of(kms.disconnect_custom_key_store, CustomKeyStoreId=store_id)[0] == \
@@ -132,7 +139,7 @@ def test_lifecycle_keys_and_connection_states(env: KmsEnv, kms: Any) -> None:
     assert code_of(kms.update_custom_key_store, CustomKeyStoreId=store_id,
                    CloudHsmClusterId="cluster-234567abcdefg")[0] == "CloudHsmClusterNotFoundException"
     kms.update_custom_key_store(CustomKeyStoreId=store_id, KeyStorePassword=KMSUSER_PASSWORD,
-                                NewCustomKeyStoreName="vault-1", CloudHsmClusterId=cid)
+                                NewCustomKeyStoreName="vault-1", CloudHsmClusterId=aws_cid)
     assert store_of(kms, store_id)["CustomKeyStoreName"] == "vault-1"
     assert code_of(kms.describe_custom_key_stores, CustomKeyStoreName="vault")[0] == "CustomKeyStoreNotFoundException"
 
@@ -153,11 +160,15 @@ def test_lifecycle_keys_and_connection_states(env: KmsEnv, kms: Any) -> None:
     meta = kms.create_key(Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id, Description="in the store")["KeyMetadata"]
     key_id = meta["KeyId"]
     assert (meta["Origin"], meta["CustomKeyStoreId"], meta["CloudHsmClusterId"], meta["KeyState"]) == \
-        ("AWS_CLOUDHSM", store_id, cid, "Enabled")
+        ("AWS_CLOUDHSM", store_id, aws_cid, "Enabled")
     described = kms.describe_key(KeyId=key_id)["KeyMetadata"]
     assert (described["Origin"], described["CustomKeyStoreId"], described["CloudHsmClusterId"]) == \
-        ("AWS_CLOUDHSM", store_id, cid)
+        ("AWS_CLOUDHSM", store_id, aws_cid)
     kms.create_alias(AliasName="alias/in-store", TargetKeyId=key_id)
+    # AWS: no data key pairs under a key of a custom key store (both forms).
+    for operation in (kms.generate_data_key_pair, kms.generate_data_key_pair_without_plaintext):
+        code, message = code_of(operation, KeyId=key_id, KeyPairSpec="ECC_NIST_P256")
+        assert code == "UnsupportedOperationException" and "AWS_CLOUDHSM" in message, message
 
     blob = kms.encrypt(KeyId="alias/in-store", Plaintext=b"kept in the store",
                        EncryptionContext={"a": "b"})["CiphertextBlob"]
@@ -179,7 +190,8 @@ def test_lifecycle_keys_and_connection_states(env: KmsEnv, kms: Any) -> None:
     assert attributes == {CKA.SENSITIVE: True, CKA.EXTRACTABLE: False, CKA.TOKEN: True}
     owner.logout()
     service = env.cluster.client()
-    service.login(KEY_STORE_GATEWAY_USER, (env.cluster.dir / "kms" / "kmsuser.password").read_text().strip())
+    assert gateway_login(env.cluster)[0] == KEY_STORE_GATEWAY_USER
+    service.login(*gateway_login(env.cluster))
     assert service.find_objects({CKA.LABEL: f"kms/{key_id}/1".encode()}) == []
     service.logout()
 

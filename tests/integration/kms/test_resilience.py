@@ -119,7 +119,7 @@ def test_a_wrong_service_password_stops_the_start(kms: KmsEnv, tmp_path: Any) ->
     serve = [sys.executable, "-m", "strongroom", "kms", "serve", "--config", str(tmp_path / "kms.toml")]
     result = subprocess.run(serve, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "chmod 600" in result.stderr
-    # The wrong password counted one failed login of kmsuser; the real gateway logs in again fine.
+    # The wrong password counted one failed login of the service user; the real gateway logs in again fine.
     assert kms.client().list_keys()["Truncated"] in (True, False)
 
 

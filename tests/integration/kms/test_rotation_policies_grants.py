@@ -16,7 +16,7 @@ import pytest
 from botocore.exceptions import ClientError, ParamValidationError
 
 from strongroom.client import Client
-from tests.integration.kms.conftest import ACCOUNT, KmsEnv, error_of, short_day_gateway, wait_deleted
+from tests.integration.kms.conftest import ACCOUNT, KmsEnv, error_of, gateway_login, short_day_gateway, wait_deleted
 
 pytestmark = pytest.mark.slow
 MAIN = f"arn:aws:iam::{ACCOUNT}:user/local-full-access"
@@ -81,9 +81,8 @@ def material_version(blob: bytes) -> int:
 def labels(kms: KmsEnv, key_id: str) -> list[int]:
     from strongroom.constants import CKA
 
-    password = (kms.cluster.dir / "kms" / "kmsuser.password").read_text().strip()
     with Client.from_dir(kms.cluster.dir) as hsm:
-        hsm.login("kmsuser", password)
+        hsm.login(*gateway_login(kms.cluster))
         try:
             found = []
             for version in range(1, 13):

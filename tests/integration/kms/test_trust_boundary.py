@@ -257,7 +257,7 @@ def test_the_gateway_process_is_hardened(kms: KmsEnv) -> None:
 
 
 def test_set_up_takes_the_admin_from_the_caller_or_strongroom_pin(tmp_path: Path, monkeypatch: Any) -> None:
-    from strongroom.kms.local import GatewayStartError
+    from strongroom.kms.local import GatewayStartError, users_of
     from strongroom.local.gateway import start_gateway, stop_gateway
 
     cluster = LocalCluster(tmp_path / "c", workers=1)
@@ -275,7 +275,7 @@ def test_set_up_takes_the_admin_from_the_caller_or_strongroom_pin(tmp_path: Path
         stop_gateway(cluster.dir)
         # Set up again (the service user's files lost) with the admin passed in, no environment.
         monkeypatch.delenv("STRONGROOM_PIN")
-        (cluster.dir / "kms" / "kmsuser.password").unlink()
+        users_of(cluster.dir)[1].unlink()
         (cluster.dir / "kms" / "access-key.json").unlink()
         info = start_gateway(cluster.dir, admin=(cluster.summary["admin_user"], cluster.summary["admin_password"]))
         assert KmsEnv(cluster, info).client().list_keys()["Truncated"] is False

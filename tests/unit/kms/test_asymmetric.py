@@ -30,15 +30,32 @@ def test_oaep_plaintext_limits_are_aws_s() -> None:
 def test_specs_implemented_and_their_usages() -> None:
     for name in ("RSA_2048", "RSA_3072", "RSA_4096"):
         assert KEY_SPECS[name].implements("SIGN_VERIFY") and KEY_SPECS[name].implements("ENCRYPT_DECRYPT")
-    for name in ("ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521", "ECC_SECG_P256K1"):
-        assert KEY_SPECS[name].implements("SIGN_VERIFY") and not KEY_SPECS[name].implements("KEY_AGREEMENT")
+    for name in ("ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521"):
+        assert KEY_SPECS[name].implements("SIGN_VERIFY") and KEY_SPECS[name].implements("KEY_AGREEMENT")
+        assert KEY_SPECS[name].algorithms["KEY_AGREEMENT"] == ("ECDH",)
+    assert KEY_SPECS["ECC_SECG_P256K1"].implements("SIGN_VERIFY")
     assert "KEY_AGREEMENT" not in KEY_SPECS["ECC_SECG_P256K1"].usages
     for bits in (224, 256, 384, 512):
         spec = KEY_SPECS[f"HMAC_{bits}"]
         assert spec.implements("GENERATE_VERIFY_MAC") and spec.hmac_bytes * 8 == bits
-    for name in ("SM2", "ECC_NIST_EDWARDS25519", "ML_DSA_44", "ML_KEM_768"):
+    for name, parameter_set in (("ML_DSA_44", 1), ("ML_DSA_65", 2), ("ML_DSA_87", 3)):
+        spec = KEY_SPECS[name]
+        assert spec.implements("SIGN_VERIFY") and spec.usages == ("SIGN_VERIFY",) and spec.asymmetric
+        assert spec.algorithms["SIGN_VERIFY"] == ("ML_DSA_SHAKE_256",) and spec.parameter_set == parameter_set
+    for name, parameter_set in (("ML_KEM_768", 2), ("ML_KEM_1024", 3)):
+        spec = KEY_SPECS[name]
+        assert spec.implements("ENCAPSULATE_DECAPSULATE") and spec.parameter_set == parameter_set
+        assert spec.algorithms["ENCAPSULATE_DECAPSULATE"] == ("ML_KEM",)
+    edwards = KEY_SPECS["ECC_NIST_EDWARDS25519"]
+    assert edwards.implements("SIGN_VERIFY") and edwards.usages == ("SIGN_VERIFY",)
+    assert edwards.algorithms["SIGN_VERIFY"] == ("ED25519_SHA_512", "ED25519_PH_SHA_512")
+    # SM2 is China-only; ML-KEM-512 is not in the cryptographic library.
+    for name in ("SM2", "ML_KEM_512"):
         assert not KEY_SPECS[name].supported
     assert KEY_SPECS["ECC_NIST_P384"].algorithms["SIGN_VERIFY"] == ("ECDSA_SHA_384",)
+    # The deprecated CustomerMasterKeySpec member exists only for the specs of its enum.
+    assert KEY_SPECS["RSA_2048"].legacy and KEY_SPECS["SM2"].legacy
+    assert not any(KEY_SPECS[n].legacy for n in ("ML_DSA_65", "ECC_NIST_EDWARDS25519", "ML_KEM_768"))
 
 
 @pytest.mark.parametrize("name", ["sha256", "sha384", "sha512"])
@@ -66,9 +83,23 @@ def test_mechanisms_for_every_algorithm() -> None:
     assert _mechanism(ecdsa, "DIGEST", b"d")[0] == int(CKM.ECDSA)
     assert sorted(_sign_mechanisms(KEY_SPECS["ECC_NIST_P256"])) == sorted([int(CKM.ECDSA_SHA256), int(CKM.ECDSA)])
     assert len(_sign_mechanisms(KEY_SPECS["RSA_2048"])) == 8
+    # ML-DSA: pure ML-DSA over the message, or the node's external-mu form over a 64-byte mu.
+    ml_dsa = SIGNING_ALGORITHMS["ML_DSA_SHAKE_256"]
+    assert ml_dsa.message_types == ("RAW", "EXTERNAL_MU") and ml_dsa.digest_size == 64
+    assert _mechanism(ml_dsa, "RAW", b"m") == (int(CKM.ML_DSA), None, b"m")
+    assert _mechanism(ml_dsa, "EXTERNAL_MU", b"u" * 64) == (int(CKM.ML_DSA), {"external_mu": True}, b"u" * 64)
+    assert _sign_mechanisms(KEY_SPECS["ML_DSA_87"]) == [int(CKM.ML_DSA)]
+    # Ed25519: pure over RAW; Ed25519ph over the 64-byte digest given (the node hashes it again, as AWS).
+    pure, prehash = SIGNING_ALGORITHMS["ED25519_SHA_512"], SIGNING_ALGORITHMS["ED25519_PH_SHA_512"]
+    assert (pure.message_types, prehash.message_types) == (("RAW",), ("DIGEST",))
+    assert _mechanism(pure, "RAW", b"m") == (int(CKM.EDDSA), None, b"m")
+    assert _mechanism(prehash, "DIGEST", b"d" * 64) == (int(CKM.EDDSA), {"ph_flag": True, "context_data": b""},
+                                                          b"d" * 64)
+    assert _sign_mechanisms(KEY_SPECS["ECC_NIST_EDWARDS25519"]) == [int(CKM.EDDSA)]
 
 
-@pytest.mark.parametrize("spec", ["ECC_NIST_P521", "ECC_SECG_P256K1", "ECC_NIST_EDWARDS25519", "RSA_2048"])
+@pytest.mark.parametrize("spec", ["ECC_NIST_P521", "ECC_SECG_P256K1", "ECC_NIST_EDWARDS25519", "RSA_2048",
+                                  "ML_KEM_768", "ML_KEM_1024"])
 def test_data_key_pairs_encode_as_pkcs8_and_spki(spec: str) -> None:
     pkcs8, spki = pair_encodings(new_key_pair(spec))
     private = serialization.load_der_private_key(pkcs8, None)

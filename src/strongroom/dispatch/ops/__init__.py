@@ -9,6 +9,7 @@ from strongroom.dispatch.ops import (  # noqa: F401
     cluster,
     crypto,
     hsm,
+    kem,
     key,
     kms,
     mechanism,

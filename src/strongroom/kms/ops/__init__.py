@@ -7,6 +7,9 @@
 * :mod:`.symmetric` — Encrypt, Decrypt, ReEncrypt (RSA encryption keys too, through :mod:`.asymmetric`),
   GenerateDataKey, GenerateDataKeyWithoutPlaintext
 * :mod:`.asymmetric` — Sign, Verify, GetPublicKey, GenerateDataKeyPair(WithoutPlaintext)
+* :mod:`.agreement` — Encapsulate, Decapsulate (ML-KEM), DeriveSharedSecret (ECDH)
+* :mod:`.imports` — GetParametersForImport, ImportKeyMaterial, DeleteImportedKeyMaterial
+* :mod:`.usage` — GetKeyLastUsage
 * :mod:`.mac` — GenerateMac, VerifyMac
 * :mod:`.random` — GenerateRandom
 * :mod:`.tags` — TagResource, UntagResource, ListResourceTags
@@ -26,9 +29,11 @@ from strongroom.kms.context import OPERATIONS, OperationSpec
 def load() -> dict[str, OperationSpec]:
     """Import every operation group (importing one declares its operations) and return the table."""
     from strongroom.kms.ops import (  # noqa: F401 - imported to declare their operations
+        agreement,
         aliases,
         asymmetric,
         grants,
+        imports,
         keys,
         keystores,
         mac,
@@ -37,6 +42,7 @@ def load() -> dict[str, OperationSpec]:
         rotation,
         symmetric,
         tags,
+        usage,
     )
 
     return OPERATIONS

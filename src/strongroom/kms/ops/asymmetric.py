@@ -1,8 +1,8 @@
 """Asymmetric keys: Sign, Verify, GetPublicKey, GenerateDataKeyPair(WithoutPlaintext), RSA
 Encrypt/Decrypt/ReEncrypt (reached through :mod:`.symmetric`'s handlers), and the cluster key material
-CreateKey makes for RSA, ECC and HMAC key specs.
+CreateKey makes for RSA, ECC, Ed25519, ML-DSA, ML-KEM and HMAC key specs.
 
-The private half of an RSA or ECC key and every HMAC key are token objects in the cluster,
+The private half of an asymmetric key and every HMAC key are token objects in the cluster,
 owned by the service user, sensitive and never extractable; each half carries only the usage
 flag and CKA_ALLOWED_MECHANISMS its KMS algorithms need. Signing, verification, OAEP and HMAC
 run in a node. The mapping from KMS algorithms to cluster mechanisms:
@@ -13,7 +13,14 @@ run in a node. The mapping from KMS algorithms to cluster mechanisms:
   hash and a salt as long as the hash (as AWS);
 * ECDSA_SHA_n: RAW ``CKM_ECDSA_SHAn``, DIGEST ``CKM_ECDSA``; the node returns r || s and KMS
   answers DER (``ECDSA-Sig-Value``);
-* RSAES_OAEP_SHA_1 / _256: ``CKM_RSA_PKCS_OAEP`` with MGF1 of the same hash, no label.
+* RSAES_OAEP_SHA_1 / _256: ``CKM_RSA_PKCS_OAEP`` with MGF1 of the same hash, no label;
+* ED25519_SHA_512 (RAW): ``CKM_EDDSA`` (pure Ed25519); ED25519_PH_SHA_512 (DIGEST, 64 bytes):
+  ``CKM_EDDSA`` with ``ph_flag`` — Ed25519ph of the bytes given, so the node hashes them once more
+  with SHA-512, as AWS documents;
+* ML_DSA_SHAKE_256: RAW ``CKM_ML_DSA`` (pure ML-DSA, empty context); EXTERNAL_MU ``CKM_ML_DSA``
+  with ``external_mu`` (the 64-byte μ of FIPS 204 §6.2): the same signature the message gets;
+* KEY_AGREEMENT keys: ``CKM_ECDH1_DERIVE`` (DeriveSharedSecret, :mod:`.agreement`);
+  ENCAPSULATE_DECAPSULATE keys: ``CKM_ML_KEM`` (Encapsulate / Decapsulate, :mod:`.agreement`).
 
 GenerateDataKeyPair makes the pair in the gateway (AWS hands its private key to the caller in
 clear, so it is data, not a cluster key) and seals the PKCS#8 DER under the symmetric KMS key
@@ -26,10 +33,12 @@ import asyncio
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, mlkem, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from strongroom.constants import CKA, CKG, CKK, CKM
 from strongroom.encoding import ec as ec_encoding
+from strongroom.encoding import eddsa as eddsa_encoding
 from strongroom.encoding import rsa as rsa_encoding
 from strongroom.encoding.ec import curve_named, params_for_curve, signature_from_der, signature_to_der
 from strongroom.errors import CKR
@@ -50,10 +59,13 @@ from strongroom.kms.keyspecs import (
     ALGORITHM_MEMBERS,
     DATA_KEY_PAIR_SPECS,
     ECC,
+    ED25519,
     HMAC,
     KEY_SPECS,
     MAC_ALGORITHMS,
     MESSAGE_TYPES,
+    ML_DSA,
+    ML_KEM,
     RSA,
     RSA_ENCRYPTION_HASHES,
     SIGNING_ALGORITHM_NAMES,
@@ -105,14 +117,65 @@ DIGEST_INFO = {
 
 
 def _sign_mechanisms(spec: KeySpec) -> list[int]:
-    algorithms = [SIGNING_ALGORITHMS[name] for name in spec.algorithms["SIGN_VERIFY"]]
+    """CKA_ALLOWED_MECHANISMS of a signing key: what its algorithms use, for every MessageType."""
     mechanisms: list[int] = []
-    for algorithm in algorithms:
-        for message_type in ("RAW", "DIGEST"):
+    for name in spec.algorithms["SIGN_VERIFY"]:
+        algorithm = SIGNING_ALGORITHMS[name]
+        for message_type in algorithm.message_types:
             ckm = _mechanism(algorithm, message_type, b"")[0]
             if ckm not in mechanisms:
                 mechanisms.append(ckm)
     return mechanisms
+
+
+#: What each usage lets the halves of a pair do (everything else is off), and the mechanisms allowed.
+def pair_flags(spec: KeySpec, usage: str) -> tuple[dict[int, object], dict[int, object]]:
+    allowed: list[int]
+    if usage == "SIGN_VERIFY":
+        allowed = _sign_mechanisms(spec)
+    elif usage == "ENCRYPT_DECRYPT":
+        allowed = [int(CKM.RSA_PKCS_OAEP)]
+    elif usage == "KEY_AGREEMENT":
+        allowed = [int(CKM.ECDH1_DERIVE)]
+    else:  # ENCAPSULATE_DECAPSULATE
+        allowed = [int(CKM.ML_KEM)]
+    public: dict[int, object] = {CKA.VERIFY: usage == "SIGN_VERIFY", CKA.ENCRYPT: usage == "ENCRYPT_DECRYPT",
+                                 CKA.WRAP: False, CKA.DERIVE: False, CKA.ALLOWED_MECHANISMS: allowed}
+    private: dict[int, object] = {CKA.SIGN: usage == "SIGN_VERIFY", CKA.DECRYPT: usage == "ENCRYPT_DECRYPT",
+                                  CKA.UNWRAP: False, CKA.DERIVE: usage == "KEY_AGREEMENT",
+                                  CKA.ALLOWED_MECHANISMS: allowed}
+    if spec.kind == ML_KEM:
+        public[CKA.ENCAPSULATE], private[CKA.DECAPSULATE] = True, True
+    return public, private
+
+
+def pair_generation(spec: KeySpec) -> tuple[int, dict[int, object]]:
+    """The key pair generation mechanism of a spec and what its templates say of the key type."""
+    if spec.kind == RSA:
+        return int(CKM.RSA_PKCS_KEY_PAIR_GEN), {CKA.KEY_TYPE: int(CKK.RSA), CKA.MODULUS_BITS: spec.rsa_bits,
+                                                CKA.PUBLIC_EXPONENT: F4}
+    if spec.kind == ECC:
+        return int(CKM.EC_KEY_PAIR_GEN), {CKA.KEY_TYPE: int(CKK.EC),
+                                          CKA.EC_PARAMS: params_for_curve(curve_named(spec.curve))}
+    if spec.kind == ED25519:
+        return int(CKM.EC_EDWARDS_KEY_PAIR_GEN), {CKA.KEY_TYPE: int(CKK.EC_EDWARDS),
+                                                  CKA.EC_PARAMS: eddsa_encoding.ED25519.params}
+    if spec.kind == ML_DSA:
+        return int(CKM.ML_DSA_KEY_PAIR_GEN), {CKA.KEY_TYPE: int(CKK.ML_DSA), CKA.PARAMETER_SET: spec.parameter_set}
+    if spec.kind == ML_KEM:
+        return int(CKM.ML_KEM_KEY_PAIR_GEN), {CKA.KEY_TYPE: int(CKK.ML_KEM), CKA.PARAMETER_SET: spec.parameter_set}
+    raise UnsupportedOperation(f"KeySpec {spec.name} is not supported by this endpoint.")
+
+
+def key_type_of(spec: KeySpec) -> int:
+    """The cluster key type (CKK_*) of a spec's private key (its secret key for HMAC and symmetric specs)."""
+    if spec.kind == HMAC:
+        return int(CKK.GENERIC_SECRET)
+    if spec.symmetric:
+        return int(CKK.AES)
+    key_type = pair_generation(spec)[1][CKA.KEY_TYPE]
+    assert isinstance(key_type, int)
+    return key_type
 
 
 async def generate_material(ctx: Context, key_id: str, spec: KeySpec, usage: str) -> Material:
@@ -125,27 +188,12 @@ async def generate_material(ctx: Context, key_id: str, spec: KeySpec, usage: str
         (algorithm,) = spec.algorithms["GENERATE_VERIFY_MAC"]
         mechanism = int(HMAC_MECHANISMS[MAC_ALGORITHMS[algorithm]])
         return new_material(1, await backend.generate_hmac_key(label, spec.hmac_bytes, mechanism))
-    signing = usage == "SIGN_VERIFY"
-    if signing:
-        allowed = _sign_mechanisms(spec)
-    else:
-        allowed = [int(CKM.RSA_PKCS_OAEP)]
-    flags_public: dict[int, object] = {CKA.VERIFY: signing, CKA.ENCRYPT: not signing, CKA.WRAP: False,
-                                       CKA.ALLOWED_MECHANISMS: allowed}
-    flags_private: dict[int, object] = {CKA.SIGN: signing, CKA.DECRYPT: not signing, CKA.UNWRAP: False,
-                                        CKA.DERIVE: False, CKA.ALLOWED_MECHANISMS: allowed}
-    if spec.kind == RSA:
-        public, private = await backend.generate_key_pair(
-            label, int(CKM.RSA_PKCS_KEY_PAIR_GEN),
-            {CKA.KEY_TYPE: int(CKK.RSA), CKA.MODULUS_BITS: spec.rsa_bits, CKA.PUBLIC_EXPONENT: F4, **flags_public},
-            {CKA.KEY_TYPE: int(CKK.RSA), **flags_private})
-    elif spec.kind == ECC:
-        public, private = await backend.generate_key_pair(
-            label, int(CKM.EC_KEY_PAIR_GEN),
-            {CKA.KEY_TYPE: int(CKK.EC), CKA.EC_PARAMS: params_for_curve(curve_named(spec.curve)), **flags_public},
-            {CKA.KEY_TYPE: int(CKK.EC), **flags_private})
-    else:
-        raise UnsupportedOperation(f"KeySpec {spec.name} is not supported by this endpoint yet.")
+    mechanism, key_type = pair_generation(spec)
+    flags_public, flags_private = pair_flags(spec, usage)
+    # The private template names the key type (and the parameter set); the rest is the public key's.
+    private_type: dict[int, object] = {k: v for k, v in key_type.items() if k in (CKA.KEY_TYPE, CKA.PARAMETER_SET)}
+    public, private = await backend.generate_key_pair(label, mechanism, {**key_type, **flags_public},
+                                                      {**private_type, **flags_private})
     return new_pair_material(1, private, public)
 
 
@@ -184,6 +232,12 @@ def _mechanism(algorithm: SigningAlgorithm, message_type: str, message: bytes) -
         params = {"hash": int(HASH_MECHANISMS[algorithm.hash]), "mgf": int(MGF1[algorithm.hash]),
                   "salt_len": algorithm.digest_size}
         return int(CKM.RSA_PKCS_PSS if digest else PSS_MECHANISMS[algorithm.hash]), params, message
+    if algorithm.scheme == "EDDSA":
+        return int(CKM.EDDSA), None, message
+    if algorithm.scheme == "EDDSA_PH":  # the node hashes what it is given once more (SHA-512), as AWS
+        return int(CKM.EDDSA), {"ph_flag": True, "context_data": b""}, message
+    if algorithm.scheme == "MLDSA":
+        return int(CKM.ML_DSA), {"external_mu": True} if message_type == "EXTERNAL_MU" else None, message
     return int(CKM.ECDSA if digest else ECDSA_MECHANISMS[algorithm.hash]), None, message
 
 
@@ -204,8 +258,14 @@ def _check_signing(ctx: Context, key: KmsKey, operation: str, algorithm: str, me
     if algorithm not in spec.algorithms.get("SIGN_VERIFY", ()) or algorithm not in SIGNING_ALGORITHMS:
         raise incompatible(algorithm, spec)
     chosen = SIGNING_ALGORITHMS[algorithm]
-    if message_type == "EXTERNAL_MU":
+    if message_type == "EXTERNAL_MU" and chosen.scheme != "MLDSA":
         raise Validation(f"MessageType EXTERNAL_MU is valid only with ML_DSA key specs, not {spec.name}.")
+    if message_type not in chosen.message_types:
+        raise Validation(f"{algorithm} signing algorithm requires MessageType "
+                         f"{' or '.join(chosen.message_types)}, not {message_type}.")
+    if message_type == "EXTERNAL_MU" and len(message) != chosen.digest_size:
+        raise Validation(f"EXTERNAL_MU message is invalid length for algorithm {algorithm}: it must be "
+                         f"{chosen.digest_size} bytes.")
     if message_type == "DIGEST" and len(message) != chosen.digest_size:
         raise Validation(f"Digest is invalid length for algorithm {algorithm}.")
     return chosen
@@ -265,6 +325,21 @@ async def verify(ctx: Context) -> dict[str, Any]:
 
 # --- GetPublicKey ------------------------------------------------------------------------------------------
 
+PQ_PUBLIC_CLASSES: dict[str, Any] = {
+    "ML_DSA_44": mldsa.MLDSA44PublicKey, "ML_DSA_65": mldsa.MLDSA65PublicKey, "ML_DSA_87": mldsa.MLDSA87PublicKey,
+    "ML_KEM_768": mlkem.MLKEM768PublicKey, "ML_KEM_1024": mlkem.MLKEM1024PublicKey,
+}
+
+
+def pq_public_key(spec: KeySpec, raw: bytes) -> PublicKeyTypes:
+    """An ML-DSA or ML-KEM public key of ``spec`` from its raw bytes (CKA_VALUE)."""
+    try:
+        public: PublicKeyTypes = PQ_PUBLIC_CLASSES[spec.name].from_public_bytes(raw)
+    except (KeyError, ValueError):
+        raise InvalidKeyUsage(f"The cluster's public key object is not an {spec.name} public key.") from None
+    return public
+
+
 
 async def public_key_der(ctx: Context, key: KmsKey) -> bytes:
     """DER SubjectPublicKeyInfo of the key, built from the public key object's attributes."""
@@ -272,10 +347,20 @@ async def public_key_der(ctx: Context, key: KmsKey) -> bytes:
     assert material.public_handle is not None
     spec = key_spec(key)
     try:
-        if spec.kind == RSA:
+        public: PublicKeyTypes
+        if spec.kind in (ML_DSA, ML_KEM):  # PKCS#11 3.2: the public key object's CKA_VALUE is the raw key
+            public = pq_public_key(spec, bytes(await ctx.backend.cluster.get_attribute(material.public_handle,
+                                                                                     CKA.VALUE)))
+        elif spec.kind == RSA:
             attributes = await ctx.backend.cluster.get_attributes(material.public_handle,
                                                                 [CKA.MODULUS, CKA.PUBLIC_EXPONENT])
-            public: rsa.RSAPublicKey | ec.EllipticCurvePublicKey = rsa_encoding.public_key_from_attributes(attributes)
+            public = rsa_encoding.public_key_from_attributes(attributes)
+        elif spec.kind == ED25519:
+            attributes = await ctx.backend.cluster.get_attributes(material.public_handle, [CKA.EC_PARAMS, CKA.EC_POINT])
+            edwards = eddsa_encoding.public_key_from_attributes(attributes)
+            if not isinstance(edwards, ed25519.Ed25519PublicKey):
+                raise Validation(f"{ctx.where.key_arn(key.key_id)} does not hold an Ed25519 key.")
+            public = edwards
         else:
             attributes = await ctx.backend.cluster.get_attributes(material.public_handle, [CKA.EC_PARAMS, CKA.EC_POINT])
             public = ec_encoding.public_key_from_attributes(attributes)
@@ -296,8 +381,10 @@ async def get_public_key(ctx: Context) -> dict[str, Any]:
         raise UnsupportedOperation(f"{ctx.where.key_arn(key.key_id)} key spec is {spec.name} which is not valid "
                                    "for GetPublicKey.")
     der = await public_key_der(ctx, key)
-    result: dict[str, Any] = {"KeyId": ctx.where.key_arn(key.key_id), "PublicKey": b64(der),
-                              "CustomerMasterKeySpec": spec.name, "KeySpec": spec.name, "KeyUsage": key.key_usage}
+    result: dict[str, Any] = {"KeyId": ctx.where.key_arn(key.key_id), "PublicKey": b64(der)}
+    if spec.legacy:  # the deprecated member's enum has only the older specs
+        result["CustomerMasterKeySpec"] = spec.name
+    result.update({"KeySpec": spec.name, "KeyUsage": key.key_usage})
     algorithms = spec.algorithms.get(key.key_usage)
     if algorithms:
         result[ALGORITHM_MEMBERS[key.key_usage]] = list(algorithms)
@@ -378,11 +465,11 @@ def looks_symmetric(blob: bytes) -> bool:
     return True
 
 
-async def rsa_decrypt(ctx: Context, blob: bytes, context: dict[str, str], key_id: str | None,
-                      algorithm: str | None, is_dry_run: bool, action: str | None = None,
-                      operation: str = "Decrypt", context_member: str = "EncryptionContext"
-                      ) -> tuple[KmsKey, bytes, str] | None:
-    """Decrypt with an RSA key when the request is for one; None: the symmetric path handles it.
+async def rsa_source(ctx: Context, blob: bytes, context: dict[str, str], key_id: str | None,
+                     algorithm: str | None, action: str | None = None, operation: str = "Decrypt",
+                     context_member: str = "EncryptionContext") -> tuple[KmsKey, str] | None:
+    """The checks of decrypting with an RSA key, when the request is for one: (the key, the OAEP algorithm);
+    None: the symmetric path handles it.
 
     Symmetric blobs with the default algorithm never come here (no extra cluster round trip on
     the Encryption SDK's path). AWS needs KeyId and EncryptionAlgorithm for asymmetric ciphertext
@@ -404,15 +491,31 @@ async def rsa_decrypt(ctx: Context, blob: bytes, context: dict[str, str], key_id
     if chosen not in spec.algorithms.get("ENCRYPT_DECRYPT", ()):
         raise incompatible(chosen, spec)
     _refuse_context(context, context_member)
-    if is_dry_run:
-        refuse_dry_run()
+    return key, chosen
+
+
+async def rsa_open(ctx: Context, key: KmsKey, blob: bytes, chosen: str) -> bytes:
+    """Decrypt raw OAEP ciphertext with a checked RSA key."""
     try:
-        plaintext = await ctx.backend.cluster.decrypt(key.current.handle, CKM.RSA_PKCS_OAEP, blob, _oaep(chosen))
+        return await ctx.backend.cluster.decrypt(key.current.handle, CKM.RSA_PKCS_OAEP, blob, _oaep(chosen))
     except ClusterError as exc:
         if exc.code in (CKR.ENCRYPTED_DATA_INVALID, CKR.ENCRYPTED_DATA_LEN_RANGE, CKR.DATA_LEN_RANGE):
             raise InvalidCiphertext("") from None
         raise _unavailable(ctx, key, exc) from None
-    return key, plaintext, chosen
+
+
+async def rsa_decrypt(ctx: Context, blob: bytes, context: dict[str, str], key_id: str | None,
+                      algorithm: str | None, is_dry_run: bool, action: str | None = None,
+                      operation: str = "Decrypt", context_member: str = "EncryptionContext"
+                      ) -> tuple[KmsKey, bytes, str] | None:
+    """Decrypt with an RSA key when the request is for one (:func:`rsa_source`); None: the symmetric path."""
+    source = await rsa_source(ctx, blob, context, key_id, algorithm, action, operation, context_member)
+    if source is None:
+        return None
+    key, chosen = source
+    if is_dry_run:
+        refuse_dry_run()
+    return key, await rsa_open(ctx, key, blob, chosen), chosen
 
 
 # --- GenerateDataKeyPair ------------------------------------------------------------------------------------
@@ -424,6 +527,10 @@ def new_key_pair(spec: str) -> Any:
         return rsa.generate_private_key(public_exponent=65537, key_size=int(spec[4:]))
     if spec == "ECC_NIST_EDWARDS25519":
         return ed25519.Ed25519PrivateKey.generate()
+    if spec == "ML_KEM_768":
+        return mlkem.MLKEM768PrivateKey.generate()
+    if spec == "ML_KEM_1024":
+        return mlkem.MLKEM1024PrivateKey.generate()
     return ec.generate_private_key(curve_named(KEY_SPECS[spec].curve))
 
 
@@ -449,6 +556,9 @@ async def _data_key_pair(ctx: Context, operation: str, with_plaintext: bool) -> 
     key = await resolve_key(ctx, key_id)
     require_usable(ctx, key)
     require_symmetric_encryption(ctx, key, operation, None)
+    if key.custom_key_store_id:  # AWS: data key pairs are not generated under keys of custom key stores
+        raise UnsupportedOperation(f"{ctx.where.key_arn(key.key_id)} origin is {key.origin} which is not valid "
+                                   "for this operation.")
     if pair_spec not in SUPPORTED_DATA_KEY_PAIR_SPECS:
         raise UnsupportedOperation(f"KeyPairSpec {pair_spec} is not supported by this endpoint.")
     if is_dry_run:

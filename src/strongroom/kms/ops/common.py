@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
 from typing import Any
 
 from strongroom.errors import CKR
@@ -25,7 +26,7 @@ from strongroom.kms.errors import (
     NotFound,
     UnsupportedOperation,
 )
-from strongroom.kms.model import DISABLED, PENDING_DELETION, KmsKey, Material
+from strongroom.kms.model import DISABLED, PENDING_DELETION, PENDING_IMPORT, KmsKey, Material
 from strongroom.kms.validation import Params
 
 KEY_ID_MAX = 2048
@@ -73,13 +74,22 @@ def require_usable(ctx: Context, key: KmsKey) -> None:
         raise Disabled(f"{arn} is disabled.")
     if key.state == PENDING_DELETION:
         raise InvalidState(f"{arn} is pending deletion.")
-    if key.state != "Enabled":
+    if key.state == PENDING_IMPORT:
+        raise InvalidState(f"{arn} is pending import.")
+    if key.state != "Enabled" or not key.has_material:
         raise InvalidState(f"{arn} is {key.state}.")
 
 
 def require_not_pending_deletion(ctx: Context, key: KmsKey) -> None:
     if key.state == PENDING_DELETION:
         raise InvalidState(f"{ctx.where.key_arn(key.key_id)} is pending deletion.")
+
+
+def require_not_pending(ctx: Context, key: KmsKey) -> None:
+    """EnableKey / DisableKey: not while the key is pending deletion or pending import (AWS's key state table)."""
+    require_not_pending_deletion(ctx, key)
+    if key.state == PENDING_IMPORT:
+        raise InvalidState(f"{ctx.where.key_arn(key.key_id)} is pending import.")
 
 
 def require_usage(ctx: Context, key: KmsKey, usage: str, operation: str) -> None:
@@ -150,14 +160,19 @@ async def seal(ctx: Context, key: KmsKey, plaintext: bytes, context: dict[str, s
     return header + body, material
 
 
-async def open_blob(ctx: Context, blob: bytes, context: dict[str, str], requested: str | None,
-                    action: str | None = None, *, dry_run: bool = False) -> tuple[KmsKey, bytes, Material]:
-    """Decrypt a blob: (its key, the plaintext, the material version used).
+@dataclass
+class CheckedBlob:
+    """A symmetric ciphertext blob whose key, key state, usage, policy and material were checked."""
 
-    ``dry_run``: every check of the real call — the blob's key, ``requested`` naming it, key policy,
-    grants and grant tokens, key state and usage, the material version — then
-    DryRunOperationException instead of the decryption. So an unauthorized caller gets the same
-    AccessDeniedException with or without DryRun, and never the key's state."""
+    key: KmsKey
+    material: Material
+    parsed: ciphertext.Blob
+
+
+async def check_blob(ctx: Context, blob: bytes, requested: str | None, action: str | None = None) -> CheckedBlob:
+    """Every check Decrypt makes of a blob before decrypting it: the blob's key, ``requested`` naming it,
+    key policy, grants and grant tokens, key state and usage, the material version. An unauthorized
+    caller gets the same AccessDeniedException with or without DryRun, and never the key's state."""
     parsed = ciphertext.parse(blob)
     key = await ctx.metadata.get_key(parsed.key_id)
     if key is None:
@@ -178,18 +193,34 @@ async def open_blob(ctx: Context, blob: bytes, context: dict[str, str], requeste
         material = None if fresh is None else fresh.material(parsed.material_version)
         if material is None:
             raise InvalidCiphertext("")
-    if dry_run:
-        refuse_dry_run()
+    if not material.present:  # imported key material deleted or expired
+        raise InvalidState(f"{ctx.where.key_arn(key.key_id)} is pending import.")
+    return CheckedBlob(key, material, parsed)
+
+
+async def decrypt_blob(ctx: Context, checked: CheckedBlob, context: dict[str, str]) -> bytes:
+    """Decrypt a checked blob in the cluster (the encryption context is part of the AAD)."""
+    key, parsed = checked.key, checked.parsed
     try:
-        plaintext = await (await key_backend(ctx, key)).gcm_decrypt(material.handle, parsed.iv,
-                                                                    ciphertext.aad(parsed.header, context), parsed.body)
+        plaintext: bytes = await (await key_backend(ctx, key)).gcm_decrypt(
+            checked.material.handle, parsed.iv, ciphertext.aad(parsed.header, context), parsed.body)
     except InvalidState:  # the key's custom key store is not connected or lost its cluster
         raise InvalidState(f"{ctx.where.key_arn(key.key_id)} is unavailable.") from None
     except ClusterError as exc:
         if exc.code in (CKR.ENCRYPTED_DATA_INVALID, CKR.ENCRYPTED_DATA_LEN_RANGE):
             raise InvalidCiphertext("") from None
         raise
-    return key, plaintext, material
+    return plaintext
+
+
+async def open_blob(ctx: Context, blob: bytes, context: dict[str, str], requested: str | None,
+                    action: str | None = None, *, dry_run: bool = False) -> tuple[KmsKey, bytes, Material]:
+    """Decrypt a blob: (its key, the plaintext, the material version used). ``dry_run``: every check
+    (:func:`check_blob`), then DryRunOperationException instead of the decryption."""
+    checked = await check_blob(ctx, blob, requested, action)
+    if dry_run:
+        refuse_dry_run()
+    return checked.key, await decrypt_blob(ctx, checked, context), checked.material
 
 
 # --- pagination ---------------------------------------------------------------------------------------------

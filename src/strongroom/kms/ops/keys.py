@@ -11,13 +11,15 @@ from typing import Any
 from strongroom.kms.arn import new_key_id
 from strongroom.kms.context import Context, kms_operation
 from strongroom.kms.errors import InvalidState, MalformedPolicyDocument, UnsupportedOperation, Validation
-from strongroom.kms.keyspecs import KEY_SPECS, KEY_USAGES, ORIGINS
+from strongroom.kms.keyspecs import CUSTOMER_MASTER_KEY_SPECS, KEY_SPECS, KEY_USAGES, ORIGINS
 from strongroom.kms.model import (
     DISABLED,
     ENABLED,
     KEYS,
     PENDING_DELETION,
+    PENDING_IMPORT,
     KmsKey,
+    Material,
     new_material,
     put,
 )
@@ -28,6 +30,7 @@ from strongroom.kms.ops.common import (
     parse_marker,
     read_limit,
     read_marker,
+    require_not_pending,
     require_not_pending_deletion,
     resolve_key,
 )
@@ -51,7 +54,7 @@ async def create_key(ctx: Context) -> dict[str, Any]:
     policy = p.string("Policy", max_len=POLICY_MAX)
     description = p.string("Description", min_len=0, max_len=DESCRIPTION_MAX) or ""
     usage = p.string("KeyUsage", enum=KEY_USAGES)
-    legacy_spec = p.string("CustomerMasterKeySpec", enum=SPEC_NAMES)
+    legacy_spec = p.string("CustomerMasterKeySpec", enum=CUSTOMER_MASTER_KEY_SPECS)
     spec_name = p.string("KeySpec", enum=SPEC_NAMES)
     origin = p.string("Origin", enum=ORIGINS) or "AWS_KMS"
     custom_key_store = p.string("CustomKeyStoreId", max_len=64)
@@ -71,8 +74,8 @@ async def create_key(ctx: Context) -> dict[str, Any]:
     if usage not in spec.usages:
         raise Validation(f"KeyUsage {usage} is not compatible with KeySpec {spec.name}")
     store_key = await new_store_key(ctx, origin, custom_key_store, spec, usage, multi_region)
-    if origin not in ("AWS_KMS", "AWS_CLOUDHSM"):
-        raise UnsupportedOperation(f"Origin {origin} is not supported by this endpoint yet.")
+    if origin not in ("AWS_KMS", "AWS_CLOUDHSM", "EXTERNAL"):
+        raise UnsupportedOperation(f"Origin {origin} is not supported by this endpoint.")
     if multi_region:
         raise UnsupportedOperation("Multi-Region keys are not supported by this endpoint.")
     if not spec.supported:
@@ -93,20 +96,23 @@ async def create_key(ctx: Context) -> dict[str, Any]:
     check_new_tags([], tags)
     key_id = new_key_id()
     backend = store_key.backend if store_key is not None else ctx.backend
-    if spec.symmetric:
-        material = new_material(1, await backend.generate_aes_key(f"kms/{key_id}/1", spec.aes_bytes))
-    else:  # RSA, ECC and HMAC keys (ops/asymmetric.py)
-        material = await generate_material(ctx, key_id, spec, usage)
+    materials: list[Material] = []
+    if origin == "EXTERNAL":
+        pass  # no key material until ImportKeyMaterial (ops/imports.py)
+    elif spec.symmetric:
+        materials = [new_material(1, await backend.generate_aes_key(f"kms/{key_id}/1", spec.aes_bytes))]
+    else:  # asymmetric and HMAC keys (ops/asymmetric.py)
+        materials = [await generate_material(ctx, key_id, spec, usage)]
     key = KmsKey(key_id=key_id, created=time.time(), description=description, key_usage=usage,
-                 key_spec=spec.name, origin=origin, state=ENABLED, tags=list(tags), policy=policy,
-                 materials=[material], current_material=1)
+                 key_spec=spec.name, origin=origin, state=PENDING_IMPORT if origin == "EXTERNAL" else ENABLED,
+                 tags=list(tags), policy=policy, materials=materials, current_material=1)
     if store_key is not None:
         store_key.stamp(key)
     try:
         await ctx.metadata.commit([put(KEYS + key_id, key.to_record(), 0), *(store_key.guard if store_key else [])])
     except BaseException:
         try:
-            for handle in material.handles:
+            for handle in (h for material in materials for h in material.handles):
                 await backend.destroy_object(handle)  # no record names it: do not leave it behind
         except Exception as exc:  # noqa: BLE001 - the original failure is what the client must see
             log.warning("could not destroy the orphaned cluster key %s of %s: %s", handle, key_id, exc)
@@ -147,7 +153,7 @@ async def _change_state(ctx: Context, change: Any) -> KmsKey:
 @kms_operation("EnableKey")
 async def enable_key(ctx: Context) -> dict[str, Any]:
     def change(key: KmsKey) -> None:
-        require_not_pending_deletion(ctx, key)
+        require_not_pending(ctx, key)
         key.state = ENABLED
 
     await _change_state(ctx, change)
@@ -157,7 +163,7 @@ async def enable_key(ctx: Context) -> dict[str, Any]:
 @kms_operation("DisableKey")
 async def disable_key(ctx: Context) -> dict[str, Any]:
     def change(key: KmsKey) -> None:
-        require_not_pending_deletion(ctx, key)
+        require_not_pending(ctx, key)
         key.state = DISABLED
 
     await _change_state(ctx, change)
@@ -195,7 +201,8 @@ async def cancel_key_deletion(ctx: Context) -> dict[str, Any]:
     def change(key: KmsKey) -> None:
         if key.state != PENDING_DELETION:
             raise InvalidState(f"{ctx.where.key_arn(key.key_id)} is not pending deletion.")
-        key.state = DISABLED
+        # An EXTERNAL key whose material is gone goes back to waiting for it.
+        key.state = DISABLED if key.has_material else PENDING_IMPORT
         key.deletion_date = None
         key.pending_window = None
 

@@ -1,7 +1,12 @@
 """Custom key stores (AWS CloudHSM key stores): CreateCustomKeyStore, DescribeCustomKeyStores,
 ConnectCustomKeyStore, DisconnectCustomKeyStore, UpdateCustomKeyStore, DeleteCustomKeyStore, and
 the key-store part of CreateKey (:func:`new_store_key`). The records and the connections are
-:mod:`strongroom.kms.keystores`."""
+:mod:`strongroom.kms.keystores`.
+
+Cluster ids: the cluster's UUID (what ``strongroom status`` shows) and its AWS-shaped id
+(``cluster-`` + 16 base32 characters, :func:`strongroom.kms.arn.aws_cluster_id`, what AWS's model
+pattern ``cluster-[2-7a-zA-Z]{11,16}`` allows) are both accepted; records keep the UUID; answers
+(DescribeCustomKeyStores, DescribeKey) give the AWS-shaped id."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from strongroom.kms.arn import aws_cluster_id, names_cluster
 from strongroom.kms.backend import Backend
 from strongroom.kms.context import Context, kms_operation
 from strongroom.kms.errors import (
@@ -39,7 +45,7 @@ from strongroom.kms.ops.common import page, parse_marker, read_marker
 STORE_TYPES = ("AWS_CLOUDHSM", "EXTERNAL_KEY_STORE")
 NAME_MAX = 256
 STORE_ID_MAX = 64
-CLUSTER_ID_MAX = 64  # AWS ids are 19-24 characters; ours are UUIDs
+CLUSTER_ID_MAX = 64  # AWS ids are 19-24 characters; a cluster's UUID (36) is accepted too
 TRUST_ANCHOR_MAX = 5000
 PASSWORD_MIN, PASSWORD_MAX = 7, 32
 XKS_MEMBERS = ("XksProxyUriEndpoint", "XksProxyUriPath", "XksProxyVpcEndpointServiceName",
@@ -55,10 +61,12 @@ async def _cluster(ctx: Context) -> dict[str, Any]:
 
 
 async def _require_cluster(ctx: Context, cluster_id: str) -> dict[str, Any]:
+    """The cluster's status, if ``cluster_id`` (UUID or AWS-shaped) names the cluster this endpoint serves."""
     status = await _cluster(ctx)
-    if cluster_id != status.get("cluster_id"):
+    served = str(status.get("cluster_id") or "")
+    if not served or not names_cluster(cluster_id, served):
         raise CloudHsmClusterNotFound(f"Cluster '{cluster_id}' not found: this endpoint serves cluster "
-                                      f"{status.get('cluster_id')}.")
+                                      f"{aws_cluster_id(served)} ({served}).")
     if status.get("state") != "active":
         raise CloudHsmClusterNotActive(f"Cluster '{cluster_id}' is {status.get('state')}, not active.")
     return status
@@ -95,6 +103,7 @@ async def create_custom_key_store(ctx: Context) -> dict[str, Any]:
             raise Validation(f"{member} is required for a custom key store of type AWS_CLOUDHSM.")
     assert cluster_id is not None and trust_anchor is not None and password is not None
     status = await _require_cluster(ctx, cluster_id)
+    cluster_id = str(status["cluster_id"])  # records keep the UUID
     fingerprint = trust_anchor_fingerprint(trust_anchor)
     if fingerprint is None or fingerprint != status.get("trust_anchor_fingerprint"):
         raise IncorrectTrustAnchor(f"The trust anchor certificate in the request is not the trust anchor of "
@@ -108,8 +117,8 @@ async def create_custom_key_store(ctx: Context) -> dict[str, Any]:
         raise CustomKeyStoreNameInUse(f"Custom key store name '{name}' is already in use.")
     for store in await keystores.all():
         if store.cluster_id == cluster_id:
-            raise CloudHsmClusterInUse(f"Cluster '{cluster_id}' is already associated with custom key store "
-                                       f"'{store.store_id}'.")
+            raise CloudHsmClusterInUse(f"Cluster '{aws_cluster_id(cluster_id)}' is already associated with custom "
+                                       f"key store '{store.store_id}'.")
     store = KeyStore(new_store_id(), name, cluster_id, trust_anchor, password, time.time())
     if not await keystores.commit([put(STORES + store.store_id, store.to_record(), 0),
                                    put(NAMES + name, {"id": store.store_id}, 0)]):
@@ -122,7 +131,7 @@ def _entry(ctx: Context, store: KeyStore) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "CustomKeyStoreId": store.store_id,
         "CustomKeyStoreName": store.name,
-        "CloudHsmClusterId": store.cluster_id,
+        "CloudHsmClusterId": aws_cluster_id(store.cluster_id),
         "TrustAnchorCertificate": store.trust_anchor,
         "ConnectionState": state,
         "CreationDate": store.created,
@@ -224,8 +233,10 @@ async def update_custom_key_store(ctx: Context) -> dict[str, Any]:
     keystores = ctx.keystores
     store = await _store(ctx, store_id)
     _require_disconnected(store, "UpdateCustomKeyStore")
-    if cluster_id is not None and cluster_id != store.cluster_id:
-        await _require_cluster(ctx, cluster_id)
+    if cluster_id is not None and not names_cluster(cluster_id, store.cluster_id):
+        cluster_id = str((await _require_cluster(ctx, cluster_id))["cluster_id"])
+    elif cluster_id is not None:
+        cluster_id = store.cluster_id
     if new_name is not None and new_name != store.name and await keystores.by_name(new_name) is not None:
         raise CustomKeyStoreNameInUse(f"Custom key store name '{new_name}' is already in use.")
     changes: list[dict[str, Any]] = []

@@ -15,7 +15,10 @@ from strongroom.kms.ops.common import (
     CIPHERTEXT_MAX,
     KEY_ID_MAX,
     PLAINTEXT_MAX,
+    CheckedBlob,
     b64,
+    check_blob,
+    decrypt_blob,
     dry_run,
     encryption_context,
     grant_tokens,
@@ -99,6 +102,16 @@ async def re_encrypt(ctx: Context) -> dict[str, Any]:
     is_dry_run = dry_run(p)
     p.check()
     assert blob is not None
+    # As AWS: the source side is checked first (a request wrong on both sides hears about the source).
+    rsa_source = await asymmetric.rsa_source(ctx, blob, source_context, source_key_id, source_algorithm,
+                                             action="kms:ReEncryptFrom", operation="ReEncrypt",
+                                             context_member="SourceEncryptionContext")
+    checked: CheckedBlob | None = None
+    if rsa_source is None:
+        if source_algorithm is not None and source_algorithm != ALGORITHM:
+            # An RSA algorithm without a SourceKeyId cannot match a symmetric ciphertext.
+            raise InvalidCiphertext("")
+        checked = await check_blob(ctx, blob, source_key_id, action="kms:ReEncryptFrom")
     destination = await resolve_key(ctx, destination_key_id, action="kms:ReEncryptTo")
     require_usable(ctx, destination)
     rsa_destination: str | None = None  # the OAEP algorithm when the destination is an RSA key
@@ -107,20 +120,17 @@ async def re_encrypt(ctx: Context) -> dict[str, Any]:
                                                                  destination_context)
     else:
         require_symmetric_encryption(ctx, destination, "ReEncrypt", destination_algorithm)
+    if is_dry_run:
+        refuse_dry_run()
     result: dict[str, Any] = {}
-    rsa = await asymmetric.rsa_decrypt(ctx, blob, source_context, source_key_id, source_algorithm, is_dry_run,
-                                       action="kms:ReEncryptFrom", operation="ReEncrypt",
-                                       context_member="SourceEncryptionContext")
-    if rsa is not None:  # an RSA key's ciphertext (raw OAEP)
-        source, plaintext, used_algorithm = rsa
+    if rsa_source is not None:  # an RSA key's ciphertext (raw OAEP)
+        source, used_algorithm = rsa_source
+        plaintext = await asymmetric.rsa_open(ctx, source, blob, used_algorithm)
     else:
-        if source_algorithm is not None and source_algorithm != ALGORITHM:
-            # An RSA algorithm without a SourceKeyId cannot match a symmetric ciphertext.
-            raise InvalidCiphertext("")
-        source, plaintext, source_material = await open_blob(ctx, blob, source_context, source_key_id,
-                                                             action="kms:ReEncryptFrom", dry_run=is_dry_run)
-        used_algorithm = ALGORITHM
-        result["SourceKeyMaterialId"] = source_material.material_id
+        assert checked is not None
+        source, used_algorithm = checked.key, ALGORITHM
+        plaintext = await decrypt_blob(ctx, checked, source_context)
+        result["SourceKeyMaterialId"] = checked.material.material_id
     if rsa_destination is not None:
         new_blob = await asymmetric.rsa_re_encrypt_seal(ctx, destination, plaintext, rsa_destination)
     else:
