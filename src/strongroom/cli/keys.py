@@ -135,7 +135,11 @@ READABLE: list[tuple[str, CKA]] = [
     ("modulus", CKA.MODULUS),
     ("curve", CKA.EC_PARAMS),
     ("ec-point", CKA.EC_POINT),
+    # Strongroom's vendor attributes: shown under key-info as CloudHSM's key-quorum-values.
+    ("manage-key-quorum-value", CKA.STRONGROOM_MANAGE_KEY_QUORUM),
+    ("use-key-quorum-value", CKA.STRONGROOM_USE_KEY_QUORUM),
 ]
+QUORUM_VALUES = ("manage-key-quorum-value", "use-key-quorum-value")
 
 
 def _choice(text: str, options: dict[str, Any], what: str) -> Any:
@@ -351,8 +355,10 @@ def key_entry(client: Client, view: dict[str, Any], verbose: bool) -> dict[str, 
         "label": view["label"],
         "id": view["id"],
     }
+    quorum_values: dict[str, Any] = {}
     if verbose:
         extra = read_attributes(client, view["handle"], READABLE)
+        quorum_values = {name: extra.pop(name) for name in QUORUM_VALUES if name in extra}
         attributes.update(extra)
         size = _key_size_bits(extra)
         if size is not None:
@@ -362,7 +368,8 @@ def key_entry(client: Client, view: dict[str, Any], verbose: bool) -> dict[str, 
     return {
         "key-reference": _ref(view["handle"]),
         "handle": view["handle"],
-        "key-info": {"key-owners": [view["owner"]], "shared-users": view["shared_with"]},
+        "key-info": {"key-owners": [view["owner"]], "shared-users": view["shared_with"],
+                     **({"key-quorum-values": quorum_values} if quorum_values else {})},
         "attributes": attributes,
     }
 
@@ -602,8 +609,12 @@ def _safe(handler: Handler) -> Handler:
     return wrapper
 
 
-def _base_template(args: argparse.Namespace, label: str | None) -> dict[int, Any]:
+def _base_template(args: argparse.Namespace, label: str | None, quorum: bool = True) -> dict[int, Any]:
     template: dict[int, Any] = {CKA.TOKEN: not args.session}
+    for cka, name in ((CKA.STRONGROOM_MANAGE_KEY_QUORUM, "manage_key_quorum_value"),
+                      (CKA.STRONGROOM_USE_KEY_QUORUM, "use_key_quorum_value")):
+        if quorum and getattr(args, name, None) is not None:
+            template[cka] = getattr(args, name)  # the key's quorum values (docs/quorum.md)
     if label is not None:
         template[CKA.LABEL] = label.encode("utf-8")
     if getattr(args, "id", None) is not None:
@@ -621,7 +632,7 @@ def cmd_key_generate_pair(args: argparse.Namespace, ctx: Context) -> None:
     if public_label is None or private_label is None:
         raise CliError("give --label (or both --public-label and --private-label)")
     public_attrs, private_attrs = split_pair_attributes(args.attributes)
-    public = _base_template(args, public_label)
+    public = _base_template(args, public_label, quorum=False)
     private = _base_template(args, private_label)
     kind = args.pair_type
     if kind == "ec" and args.curve == "ed25519":
@@ -924,6 +935,10 @@ def _key_options(p: argparse.ArgumentParser, attributes_help: str = ATTRIBUTES_H
                    help="a session key (gone at logout) instead of a token key")
     p.add_argument("--id", help="CKA_ID, hex")
     p.add_argument("--attributes", nargs="+", metavar="NAME=VALUE", help=attributes_help)
+    p.add_argument("--manage-key-quorum-value", type=int, metavar="M",
+                   help="approvals (2-8) to wrap, unwrap with, share, unshare, change or delete the key (private key "
+                        "of a pair)")
+    p.add_argument("--use-key-quorum-value", type=int, metavar="M", help="approvals (2-8) to use the key")
 
 
 def _cipher_options(p: argparse.ArgumentParser, ciphers: bool = True) -> None:

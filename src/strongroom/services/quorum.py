@@ -136,6 +136,13 @@ def key_subject(handle: int) -> str:
     return f"k{handle:08x}"
 
 
+def key_handle(subject: str) -> int:
+    """The key a key-service token's subject names (ValueError for another subject)."""
+    if not subject.startswith("k"):
+        raise ValueError(subject)
+    return int(subject[1:], 16)
+
+
 # --- settings --------------------------------------------------------------------------------------
 
 

@@ -54,6 +54,7 @@ from strongroom.services.quorum import (
     QuorumStore,
     Token,
     clamp_uses,
+    key_handle,
     key_subject,
     load_key,
     verify_with,
@@ -108,10 +109,9 @@ async def _required(call: Call, store: QuorumStore, token: Token) -> tuple[int, 
         return 1, {}
     if service in ADMIN_SERVICES:
         return (await store.settings()).value(service), {}
-    handle = token.claims.arguments.get("key")
     try:
-        obj = await call.services.keyring.require_objects().get(int(handle) if isinstance(handle, int) else -1)
-    except ObjectHandleInvalid:
+        obj = await call.services.keyring.require_objects().get(key_handle(token.claims.subject))
+    except (ObjectHandleInvalid, ValueError):
         return MAX_VALUE + 1, {}  # the key is gone: nothing can approve
     value = int(obj.attributes.get(USE if service == KEY_USAGE else MANAGE, 0) or 0)
     return max(1, value), _key_approvers(obj)
