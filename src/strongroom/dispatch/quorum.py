@@ -93,6 +93,8 @@ class QuorumRule:
     of_others: str | None = None
     #: Only a logged-in caller's request (hsm.zeroize: the operator's certificate is an emergency stop).
     logged_in_only: bool = False
+    #: Arguments not bound into the token besides UNBOUND (proofs the request carries, e.g. a signature).
+    unbound: tuple[str, ...] = ()
     #: Arguments holding templates whose key quorum values are checked (at most 8, at most the approvers).
     templates: tuple[str, ...] = ()
     #: object.share: the owner may share freely while fewer users than the key's values are associated
@@ -105,6 +107,8 @@ class QuorumRule:
 # The declarations the operations use.
 USER_OPS = QuorumRule(USER)
 USER_OF_OTHERS = QuorumRule(USER, of_others="username")
+#: quorum.mfa_register: approvers approve the user and the key, not the registration token's proof.
+MFA_OF_OTHERS = QuorumRule(USER, of_others="username", unbound=("registration", "signature"))
 QUORUM_OPS = QuorumRule(QUORUM)
 CLUSTER_OPS = QuorumRule(CLUSTER)
 CLUSTER_LOGGED_IN = QuorumRule(CLUSTER, logged_in_only=True)
@@ -143,6 +147,14 @@ def split(rule: QuorumRule | None, raw: dict[str, Any]) -> tuple[dict[str, Any],
     if approval is not None and (not isinstance(approval, bytes) or len(approval) > approvals.MAX_APPROVAL_DATA):
         raise ArgumentsBad(f"approval is the token's approval data: at most {approvals.MAX_APPROVAL_DATA} bytes")
     return rest, approval
+
+
+def bound_arguments(rule: QuorumRule, args: Any) -> dict[str, Any]:
+    """The arguments of a request a token binds (every argument but the unbound ones)."""
+    if args is None:
+        return {}
+    skip = (*UNBOUND, *rule.unbound)
+    return {k: v for k, v in dataclasses.asdict(args).items() if k not in skip}
 
 
 def quorum_store(call: Call) -> QuorumStore:
@@ -200,7 +212,7 @@ async def enforce(call: Call, name: str, rule: QuorumRule, args: Any, approval: 
 async def _request(call: Call, name: str, rule: QuorumRule, args: Any) -> _Request | None:
     """The quorum this request needs, or None when it needs none."""
     login = call.login
-    bound = {k: v for k, v in dataclasses.asdict(args).items() if k not in UNBOUND} if args is not None else {}
+    bound = bound_arguments(rule, args)
     if rule.service in ADMIN_SERVICES:
         if rule.of_others is not None:
             target = getattr(args, rule.of_others)

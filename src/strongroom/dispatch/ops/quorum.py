@@ -20,10 +20,11 @@ from strongroom.dispatch.auditing import audited, witness
 from strongroom.dispatch.call import Call
 from strongroom.dispatch.quorum import (
     MANAGE,
+    MFA_OF_OTHERS,
     QUORUM_OPS,
     UNBOUND,
     USE,
-    USER_OF_OTHERS,
+    bound_arguments,
     may_approve,
     quorum_store,
     valid_approvals,
@@ -148,11 +149,9 @@ def _bound_arguments(name: str, raw: dict[str, Any], key: int | None = None) -> 
     if spec.args is not None:
         for field in dataclasses.fields(spec.args):
             no_default = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-            if field.name in UNBOUND and field.name not in given and no_default:
+            if field.name in (*UNBOUND, *spec.quorum.unbound) and field.name not in given and no_default:
                 given[field.name] = ""
-    parsed = table.parse_args(spec.args, given)
-    bound = {} if parsed is None else {k: v for k, v in dataclasses.asdict(parsed).items() if k not in UNBOUND}
-    return spec, bound
+    return spec, bound_arguments(spec.quorum, table.parse_args(spec.args, given))
 
 
 @operation("quorum.token_generate", args=GenerateArgs, roles=ANY_ROLE)
@@ -553,7 +552,7 @@ class MfaRegisterArgs:
     deregister: bool = False
 
 
-@operation("quorum.mfa_register", args=MfaRegisterArgs, roles=ANY_ROLE, quorum=USER_OF_OTHERS)
+@operation("quorum.mfa_register", args=MfaRegisterArgs, roles=ANY_ROLE, quorum=MFA_OF_OTHERS)
 async def mfa_register(call: Call, args: MfaRegisterArgs) -> dict[str, Any]:
     """``user change-mfa token-sign``: a user's second factor (its own; an admin's for another user, with the
     user service's quorum). The key signed a registration token; deregister turns MFA off."""
