@@ -114,18 +114,19 @@ def test_offline_guesses_are_bounded_per_node_and_written_back_when_quorum_retur
             with pytest.raises(PinIncorrect):
                 await directory.authenticate("bob", f"guess-{guesses}")
             guesses += 1
-        # This node allowed MAX - 1 wrong guesses (one was known already); now even the right password fails.
-        assert counts.pending() == [("bob", (await _uid(store, barrier, "bob")), guesses)]
+        # This node checked MAX - 1 wrong guesses (one failure was known already) and refused the rest
+        # unchecked; now even the right password is refused here.
+        uid = await _uid(store, barrier, "bob")
+        assert counts.pending() == [("bob", uid, MAX_FAILED_LOGINS - 1)]
         with pytest.raises(PinIncorrect):
             await worker_b.authenticate("bob", PASSWORD)
         store.down = False
         assert await worker_a.reconcile() == 1
         record = await worker_a.get("bob")
-        assert record is not None and record.failed_logins == 1 + guesses + 1  # + the refused right one
+        assert record is not None and record.failed_logins == MAX_FAILED_LOGINS
         assert counts.pending() == []
         with pytest.raises(PinLocked):  # locked as if every attempt had been counted online
             await worker_a.authenticate("bob", PASSWORD)
-        # (Each offline attempt counted: a node's share of guesses is at most MAX_FAILED_LOGINS.)
         assert guesses > MAX_FAILED_LOGINS - 1
 
     run(tmp_path, body)
@@ -158,3 +159,24 @@ async def _uid(store: QuorumStore, barrier: Barrier, name: str) -> str:
         return user.uid
     finally:
         store.down = was
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
+def test_concurrent_logins_with_the_right_password_do_not_lock_the_user(tmp_path: Path, offline: bool) -> None:
+    """Ten applications of one user logging in at once (what a restarted agent does): every attempt is counted
+    before its password is checked, and the old check took the attempts of the others for failures
+    (CKR_PIN_LOCKED, seen in the soak run; offline, the refused ones even stayed counted)."""
+    async def body(store: QuorumStore, barrier: Barrier) -> None:
+        users = UserDirectory(barrier, OfflineLockout(SharedChannel(OfflineCounts())))
+        await users.create("dora", Role.CRYPTO_USER, PASSWORD)
+        await users.list()
+        store.down = offline
+        results = await asyncio.gather(*(users.authenticate("dora", PASSWORD) for _ in range(10)),
+                                       return_exceptions=True)
+        assert [type(r).__name__ for r in results] == ["User"] * 10
+        store.down = False
+        await users.reconcile()
+        record = await users.get("dora")
+        assert record is not None and record.failed_logins == 0
+
+    run(tmp_path, body)

@@ -65,6 +65,8 @@ WRONG_CREDENTIALS = "wrong username or password"
 _CONFLICT_RETRIES = 20
 #: The store cannot take the attempt's count: no quorum (etcd), or it did not answer (auth/offline.py).
 _STORE_DOWN = (UnavailableError, OutcomeUnknownError)
+#: How long a login without the store waits for a place while other attempts of its user are checked.
+OFFLINE_WAIT_SECONDS = 10.0
 
 #: Called after every check passed and right before the commit: the audit write goes
 #: there, so a failed audit write stops the change and a refused change logs no success.
@@ -340,7 +342,9 @@ class UserDirectory:
         if not right:
             node_metrics.count_lockout(counted.failed_logins == MAX_FAILED_LOGINS)
             raise PinIncorrect(WRONG_CREDENTIALS)
-        if counted.failed_logins > MAX_FAILED_LOGINS:  # it was locked before this attempt
+        # Locked before this attempt, as read before it was counted: the counts of other attempts in flight
+        # (parallel logins with the right password: a restarted agent's) are not failures.
+        if user.failed_logins >= MAX_FAILED_LOGINS:
             raise PinLocked(
                 f"user {name!r} is locked after {MAX_FAILED_LOGINS} failed logins; an admin must reset its password"
             )
@@ -357,12 +361,20 @@ class UserDirectory:
         if user is None or user.password is None or user.failed_logins >= MAX_FAILED_LOGINS:
             await asyncio.to_thread(burn_time, password)
             raise PinIncorrect(WRONG_CREDENTIALS)
-        before = await self._offline.count(name, user.uid)
-        right = await asyncio.to_thread(verify_password, password, user.password)
-        if not right or user.failed_logins + before >= MAX_FAILED_LOGINS:
-            # Over this node's share of the limit: the same answer as a wrong password, and counted.
+        deadline = time.monotonic() + OFFLINE_WAIT_SECONDS
+        while (verdict := await self._offline.reserve(name, user.uid, user.failed_logins, MAX_FAILED_LOGINS)) != "ok":
+            if verdict == "locked" or time.monotonic() > deadline:
+                # This node's share of the limit is used up: the same answer (and work) as a wrong password.
+                await asyncio.to_thread(burn_time, password)
+                raise PinIncorrect(WRONG_CREDENTIALS)
+            await asyncio.sleep(0.05)  # other attempts of this user are being checked: wait for a place
+        right = False
+        try:
+            right = await asyncio.to_thread(verify_password, password, user.password)
+        finally:
+            await self._offline.release(name, user.uid, failed=not right)
+        if not right:
             raise PinIncorrect(WRONG_CREDENTIALS)
-        await self._offline.undo(name, user.uid)
         log.warning("login of %s while the store cannot count it (no quorum?): checked against its record as last "
                     "seen; failures are counted on this node and added to the record later", name)
         return user
