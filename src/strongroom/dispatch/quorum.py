@@ -212,7 +212,6 @@ async def enforce(call: Call, name: str, rule: QuorumRule, args: Any, approval: 
 async def _request(call: Call, name: str, rule: QuorumRule, args: Any) -> _Request | None:
     """The quorum this request needs, or None when it needs none."""
     login = call.login
-    bound = bound_arguments(rule, args)
     if rule.service in ADMIN_SERVICES:
         if rule.of_others is not None:
             target = getattr(args, rule.of_others)
@@ -223,16 +222,22 @@ async def _request(call: Call, name: str, rule: QuorumRule, args: Any) -> _Reque
         required = (await quorum_store(call).settings()).value(rule.service)
         if required <= 1:
             return None
-        return _Request(rule.service, required, rule.service, name, bound)
+        return _Request(rule.service, required, rule.service, name, bound_arguments(rule, args))
     found = await _key_object(call, rule, args)
     if found is None:
         return None
     obj, active = found
+    # The fast path of every cryptographic call: a key without quorum values costs one attribute lookup.
     value = int(obj.attributes.get(USE if rule.service == KEY_USAGE else MANAGE, 0) or 0)
     if rule.sharing is not None:
-        value = await _sharing_value(obj, rule.sharing, args)
-    if value <= 1:
+        value = max(value, int(obj.attributes.get(USE, 0) or 0))
+    if value <= 1 or not _may_act(call, rule, obj):
         return None
+    if rule.sharing is not None:
+        value = await _sharing_value(obj, rule.sharing, args)
+        if value <= 1:
+            return None
+    bound = bound_arguments(rule, args)
     approvers = {obj.owner: obj.owner_id, **{n: obj.share_ids.get(n) for n in obj.shared}}
     if rule.service == KEY_USAGE:
         return _Request(KEY_USAGE, value, key_subject(obj.handle), "key-usage", {"key": obj.handle}, obj, approvers,
@@ -255,8 +260,7 @@ async def _sharing_value(obj: StoredObject, sharing: str, args: Any) -> int:
 
 
 async def _key_object(call: Call, rule: QuorumRule, args: Any) -> tuple[StoredObject, ActiveOperation | None] | None:
-    """The key the request names, if the caller may act on it (otherwise the handler gives its own error), and the
-    multi-part operation a step continues."""
+    """The key the request names, and the multi-part operation a step continues."""
     login = call.login
     p11 = call.services.sessions.p11
     active: ActiveOperation | None = None
@@ -277,12 +281,16 @@ async def _key_object(call: Call, rule: QuorumRule, args: Any) -> tuple[StoredOb
         obj = await call.services.keyring.require_objects().get(handle)
     except ObjectHandleInvalid:
         return None
-    actor = Actor(login.username, login.user_id, login.role is Role.ADMIN,
-                  lambda h: p11.belongs(h, login.token))
-    access = Access.USE if rule.service == KEY_USAGE else Access.OWN
-    if not may(obj, actor, access):
-        return None
     return obj, active
+
+
+def _may_act(call: Call, rule: QuorumRule, obj: StoredObject) -> bool:
+    """May the caller use (key usage) or manage the key? If not, the handler gives its own refusal (and a caller
+    who may not see the key learns nothing of its quorum)."""
+    login = call.login
+    p11 = call.services.sessions.p11
+    actor = Actor(login.username, login.user_id, login.role is Role.ADMIN, lambda h: p11.belongs(h, login.token))
+    return may(obj, actor, Access.USE if rule.service == KEY_USAGE else Access.OWN)
 
 
 async def _check_key_values(call: Call, args: Any, names: tuple[str, ...]) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from strongroom.auth.users import Role
 from strongroom.constants import CKA, CKD, CKK, CKO
+from strongroom.dispatch import quorum as q
 from strongroom.dispatch.auditing import audited, witness
 from strongroom.dispatch.call import Call
 from strongroom.dispatch.ops.key import usable_key
@@ -99,7 +100,7 @@ class EncapsulateKeyArgs:
     session: int | None = None
 
 
-@operation("key.encapsulate", args=EncapsulateKeyArgs, roles=CRYPTO_USER)
+@operation("key.encapsulate", args=EncapsulateKeyArgs, roles=CRYPTO_USER, quorum=q.makes_keys("template"))
 async def encapsulate_key(call: Call, args: EncapsulateKeyArgs) -> dict[str, Any]:
     """C_EncapsulateKey: a fresh secret under the public key; its ciphertext, and a key object holding it."""
     mechanism, params = _mechanism(args.mechanism, args.params)
@@ -122,7 +123,8 @@ class DecapsulateKeyArgs:
     session: int | None = None
 
 
-@operation("key.decapsulate", args=DecapsulateKeyArgs, roles=CRYPTO_USER)
+@operation("key.decapsulate", args=DecapsulateKeyArgs, roles=CRYPTO_USER,
+           quorum=q.uses("decapsulate", "private_key", templates=("template",)))
 async def decapsulate_key(call: Call, args: DecapsulateKeyArgs) -> dict[str, Any]:
     """C_DecapsulateKey: the secret a ciphertext encapsulates, as a key object."""
     mechanism, params = _mechanism(args.mechanism, args.params)
@@ -161,7 +163,7 @@ class DecapsulateArgs:
     params: Any = None
 
 
-@operation("crypto.decapsulate", args=DecapsulateArgs, roles=CRYPTO_USER)
+@operation("crypto.decapsulate", args=DecapsulateArgs, roles=CRYPTO_USER, quorum=q.uses("decapsulate"))
 async def decapsulate(call: Call, args: DecapsulateArgs) -> dict[str, Any]:
     mechanism, params = _mechanism(args.mechanism, args.params)
     _, key = await _key(call, args.key, "decapsulate", args.mechanism)
@@ -179,7 +181,7 @@ class DeriveSecretArgs:
 _MAX_RAW_SECRET = 66  # P-521
 
 
-@operation("crypto.derive_secret", args=DeriveSecretArgs, roles=CRYPTO_USER)
+@operation("crypto.derive_secret", args=DeriveSecretArgs, roles=CRYPTO_USER, quorum=q.uses("derive"))
 async def derive_secret(call: Call, args: DeriveSecretArgs) -> dict[str, Any]:
     mechanism, params = _mechanism(args.mechanism, args.params)
     kdf = getattr(params, "kdf", None)
