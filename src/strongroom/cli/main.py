@@ -222,9 +222,11 @@ def cmd_user_delete(args: argparse.Namespace, ctx: Context) -> None:
 
 
 def cmd_user_list(args: argparse.Namespace, ctx: Context) -> None:
-    users = ctx.logged_in(args).user_list()
+    client = ctx.logged_in(args)
+    users = quorum_cli.with_strategies(client, client.user_list())
     emit({"users": users}, as_json=args.json,
-         text=table(users, ["username", "role", "locked", "activated", "failed_logins"]))
+         text=table(quorum_cli.readable(users), ["username", "role", "locked", "activated", "failed_logins", "mfa",
+                                                 "quorum"]))
 
 
 def cmd_user_change_password(args: argparse.Namespace, ctx: Context) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from strongroom.cli import approvals as files
 from strongroom.cli.context import AddCommand, Context
 from strongroom.cli.output import CliError, emit, table
+from strongroom.client import Client
 from strongroom.pki.approvals import Challenge, TokenFile, registration_file
 
 SERVICES = ("registration", "user", "quorum", "cluster", "key-management", "key-usage")
@@ -263,6 +264,22 @@ def cmd_change_mfa(args: argparse.Namespace, ctx: Context) -> None:
     result = client.mfa_register(args.username, pem, unsigned.tokens[0].approval_data, entry.signed,
                                  change_quorum=args.change_quorum)
     emit(result, as_json=args.json, text=f"MFA (token-sign) is on for {args.username}")
+
+
+def with_strategies(client: Client, users: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``user list`` rows with CloudHSM's ``mfa`` and ``quorum`` fields ([{strategy, status}])."""
+    registered = {row["username"]: row for row in client.quorum_users()}
+    return [dict(user, mfa=registered.get(user["username"], {}).get("mfa", []),
+                 quorum=registered.get(user["username"], {}).get("quorum", [])) for user in users]
+
+
+
+def readable(users: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same rows for a text table: the enabled strategies by name."""
+    def names(entries: list[dict[str, Any]]) -> str:
+        return ",".join(e["strategy"] for e in entries if e.get("status") == "enabled")
+
+    return [dict(user, mfa=names(user.get("mfa", [])), quorum=names(user.get("quorum", []))) for user in users]
 
 
 # --- login ... mfa-token-sign --------------------------------------------------------------------------
