@@ -54,7 +54,12 @@ def _des_key(key: Key) -> bytes:
         raise KeyTypeInconsistent("this mechanism needs a DES2 or DES3 secret key")
     if len(key.value) != KEY_LENGTHS[CKK(key.key_type)]:
         raise KeySizeRange(f"a {CKK(key.key_type).name} key is {KEY_LENGTHS[CKK(key.key_type)]} bytes")
-    return bytes(key.value)
+    return three_keys(bytes(key.value))
+
+
+def three_keys(value: bytes) -> bytes:
+    """A two-key Triple-DES key K1 K2 as the three-key K1 K2 K1 it is (the library keeps only that form)."""
+    return value + value[:8] if len(value) == 16 else value
 
 
 class _DesMechanism(Mechanism):

@@ -159,6 +159,7 @@ def imported_key(maker: Maker, template: dict[int, Any], p11_session: int | None
             raise AttributeValueInvalid(f"CKA_VALUE is not a valid {key_type.name} key ({len(value)} bytes)")
         attributes = templates.build(Op.CREATE, object_class, supplied, secret_attributes(key_type, value))
         return maker.new(attributes, bytes(value), p11_session)
+    templates.check_key_type_attributes(key_type, template)  # before the values are read as a key
     private = private_from_template(key_type, template)
     actual_type, _public, private_attributes = asymmetric_attributes(private)
     if actual_type is not key_type:

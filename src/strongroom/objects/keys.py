@@ -148,7 +148,7 @@ def check_value(key_type: CKK, value: bytes) -> bytes | None:
     if key_type in (CKK.DES2, CKK.DES3) and len(value) in (16, 24):
         from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 
-        des = Cipher(TripleDES(value), modes.ECB()).encryptor()
+        des = Cipher(TripleDES(value + value[:8] if len(value) == 16 else value), modes.ECB()).encryptor()
         return (des.update(bytes(8)) + des.finalize())[:3]
     return None
 

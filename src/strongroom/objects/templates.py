@@ -44,6 +44,14 @@ KEY_TYPE_ONLY: dict[int, frozenset[int]] = {
 }
 
 
+def check_key_type_attributes(key_type: int, supplied: dict[int, Any]) -> None:
+    """TemplateInconsistent when ``supplied`` has an attribute of another key type's family (§4.1.1)."""
+    for cka in supplied:
+        types = KEY_TYPE_ONLY.get(cka)
+        if types is not None and key_type not in types:
+            raise TemplateInconsistent(f"{_name(cka)} does not apply to keys of type {_key_type_name(key_type)}")
+
+
 def _name(cka: int) -> str:
     try:
         return "CKA_" + CKA(cka).name
@@ -91,10 +99,7 @@ def build(
             raise TemplateInconsistent(f"{_name(cka)} contradicts what the HSM determined for this object")
     key_type = computed.get(CKA.KEY_TYPE, supplied.get(CKA.KEY_TYPE))
     if key_type is not None:
-        for cka in supplied:
-            types = KEY_TYPE_ONLY.get(cka)
-            if types is not None and key_type not in types and cka not in computed:
-                raise TemplateInconsistent(f"{_name(cka)} does not apply to keys of type {_key_type_name(key_type)}")
+        check_key_type_attributes(key_type, {k: v for k, v in supplied.items() if k not in computed})
     attributes: dict[int, Any] = {}
     for cka, rule in RULES.items():
         if object_class not in rule.classes:

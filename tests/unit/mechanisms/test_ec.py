@@ -152,7 +152,6 @@ def test_params_printable_names(name: str, curve: str) -> None:
     "der",
     [
         bytes.fromhex("06052b81040021"),  # secp224r1
-        bytes.fromhex("06082a8648ce3d030101"),  # prime192v1
         bytes.fromhex("06092b2403030208010107"),  # brainpoolP256r1
         bytes.fromhex("06032b6570"),  # Ed25519 is not an EC (Weierstrass) curve
         bytes.fromhex("0500"),  # implicitlyCA
@@ -168,6 +167,14 @@ def test_params_printable_names(name: str, curve: str) -> None:
 def test_params_unsupported(der: bytes) -> None:
     with pytest.raises(CurveNotSupported):
         eec.curve_from_params(der)
+
+
+def test_p192_is_known_and_left_to_the_legacy_policy() -> None:
+    """P-192 parses (issue 13 item 8): whether a key on it may be made or used is the cluster policy
+    legacy_algorithms' decision in mechanisms/ec.py (tests/unit/mechanisms/test_des.py), not the encoding's."""
+    assert eec.curve_from_params(bytes.fromhex("06082a8648ce3d030101")).name == "secp192r1"
+    with pytest.raises(CurveNotSupported, match="legacy_algorithms"):
+        ecm.EC_KEY_PAIR_GEN.generate_key_pair(None, {CKA.EC_PARAMS: bytes.fromhex("06082a8648ce3d030101")}, {})
 
 
 def _tlvs(data: bytes) -> Iterator[bytes]:
