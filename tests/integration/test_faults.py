@@ -25,6 +25,7 @@ import tomli_w
 from strongroom.audit.outcomes import analyze
 from strongroom.client import Client, ClientError
 from strongroom.constants import CKA, CKM
+from strongroom.errors import CKR
 from strongroom.objects.model import key_of
 
 from .conftest import LocalCluster
@@ -173,7 +174,9 @@ def test_kills_during_key_creation_leave_no_false_audit_record(cluster: LocalClu
 
 def test_a_full_disk_says_so_and_everything_works_once_space_is_freed(tmp_path: Path) -> None:
     """A one-node SQLite cluster on a small filesystem that fills up: the old node called a full disk
-    "the store is unavailable (lost quorum?)". Now every refusal says the disk is full."""
+    "the store is unavailable (lost quorum?)". Now every refusal says the disk is full. A login is not
+    refused: like a login without an etcd quorum (issue 14 item 4) it is checked against the user's record
+    and a failure is counted on the node, then written to the record once space is freed."""
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(disk)], capture_output=True,
@@ -201,12 +204,21 @@ def test_a_full_disk_says_so_and_everything_works_once_space_is_freed(tmp_path: 
         os.close(fd)
         refusals = []
         for attempt in (lambda: user.generate_key(CKM.AES_KEY_GEN, {CKA.TOKEN: True, CKA.VALUE_LEN: 32}),
-                        lambda: cluster.client().login("filler", "password1")):
+                        lambda: user.user_change_password("filler", "password2")):
             with pytest.raises(ClientError) as refused:
                 attempt()
             refusals.append(refused.value.message)
         for message in refusals:
             assert "quorum" not in message and ("No space left" in message or "disk full" in message), message
+        # Logins go on (the store cannot count them: checked against the record, failures counted here).
+        offline = cluster.client()
+        offline.login("filler", "password1")
+        offline.close()
+        with pytest.raises(ClientError) as wrong:
+            cluster.client().login("filler", "not-the-password")
+        assert wrong.value.code == CKR.PIN_INCORRECT
+        node_log = cluster.node_dir / "node.log"
+        assert "disk full" in node_log.read_text() and "no quorum" not in node_log.read_text()
         filler.unlink()
         started = time.monotonic()
         until("a key creation after space was freed",
@@ -215,6 +227,9 @@ def test_a_full_disk_says_so_and_everything_works_once_space_is_freed(tmp_path: 
         fresh.login("filler", "password1")
         print(f"\nfull disk: {refusals}; working again {time.monotonic() - started:.2f} s after space was freed")
         until("every audit intent settled", lambda: not analyze(cluster.node_dir / "audit.log").open, 30)
+        until("the offline failure written to the user's record",
+              lambda: "1 failed login(s) of filler made while the store could not count them" in node_log.read_text(),
+              60)
     finally:
         with contextlib.suppress(Exception):
             cluster.down()

@@ -316,8 +316,8 @@ class UserDirectory:
         name = name.lower()
         try:
             user = await self.get(name)
-        except _STORE_DOWN:
-            return await self._authenticate_offline(name, password)
+        except _STORE_DOWN as down:
+            return await self._authenticate_offline(name, password, down)
         if user is None or user.password is None or user.failed_logins >= MAX_FAILED_LOGINS + LOCKED_CHECKS:
             # Nothing to check against (or nothing more to tell): the same Argon2id work, the same answer.
             await asyncio.to_thread(burn_time, password)
@@ -328,9 +328,9 @@ class UserDirectory:
         check = asyncio.ensure_future(asyncio.to_thread(verify_password, password, user.password))
         try:
             counted = await self._count_attempt(name)
-        except _STORE_DOWN:
+        except _STORE_DOWN as down:
             await check
-            return await self._authenticate_offline(name, password)
+            return await self._authenticate_offline(name, password, down)
         finally:
             right = await check
         if counted is None:  # the last check of a locked account went to another attempt meanwhile
@@ -354,7 +354,7 @@ class UserDirectory:
             pass  # the count stays one up until the next login: on the side of caution
         return counted
 
-    async def _authenticate_offline(self, name: str, password: str) -> User:
+    async def _authenticate_offline(self, name: str, password: str, reason: Exception) -> User:
         """The store cannot count this attempt: check it against the record last seen, counting failures in
         this node's own counter (auth/offline.py)."""
         user = self._seen.get(name)
@@ -375,8 +375,9 @@ class UserDirectory:
             await self._offline.release(name, user.uid, failed=not right)
         if not right:
             raise PinIncorrect(WRONG_CREDENTIALS)
-        log.warning("login of %s while the store cannot count it (no quorum?): checked against its record as last "
-                    "seen; failures are counted on this node and added to the record later", name)
+        # The store's own reason (etcd: no leader; SQLite: disk full), not a guess at it (issue 14 item 8).
+        log.warning("login of %s while the store cannot count it (%s): checked against its record as last "
+                    "seen; failures are counted on this node and added to the record later", name, reason)
         return user
 
     async def reconcile(self) -> int:
@@ -393,7 +394,7 @@ class UserDirectory:
                     await self._barrier.commit([Write(user.entry.key, counted.to_record(), user.entry)])
                 except ConflictError:
                     continue
-                log.warning("%d failed login(s) of %s made while the store had no quorum are now in its record "
+                log.warning("%d failed login(s) of %s made while the store could not count them are now in its record "
                             "(%d in a row)", failures, name, counted.failed_logins)
                 written += 1
                 break
