@@ -201,7 +201,10 @@ def test_login_rules(shared_cluster: LocalCluster, shared_agent: AgentProcess) -
     assert app.login(session, shared_cluster.admin_pin, CKU.SO) == CKR.OK
     assert app.ok("C_GetSessionInfo", session)[1] == CKS.RW_SO_FUNCTIONS
     assert app.call("C_OpenSession", 0, 0x4)[0] == CKR.SESSION_READ_WRITE_SO_EXISTS
-    assert app.call("C_GenerateRandom", session, 8)[0] == CKR.USER_NOT_LOGGED_IN  # admins use no crypto
+    # Random is for every session, a public one too (PKCS#11 §6.7, issue 13 item 1); keys are not for admins.
+    assert len(app.ok("C_GenerateRandom", session, 8)[0]) == 8
+    assert app.call("C_GenerateKey", session, [CKM.AES_KEY_GEN, None],
+                    app.template({CKA.VALUE_LEN: 32, CKA.TOKEN: True}))[0] == CKR.USER_NOT_LOGGED_IN
     app.ok("C_Logout", session)
 
 
@@ -306,10 +309,11 @@ def test_aes_gcm_and_multi_part_cbc(shared_cluster: LocalCluster, shared_agent: 
     assert app.call("C_EncryptInit", session, [CKM.AES_GCM, {"iv": b"", "aad": b"", "tag_bits": 128}],
                     key)[0] == CKR.MECHANISM_PARAM_INVALID
 
-    # CBC-PAD in parts, with a size query on an update: the kept output is not computed twice.
+    # CBC-PAD in parts, with a size query on an update: an upper bound (input + a block), nothing processed
+    # (PKCS#11 v2.40 §5.2 allows "somewhat" more; issue 13 item 3), so the part is processed once, by the next call.
     iv = b"\x02" * 16
     app.ok("C_EncryptInit", session, [CKM.AES_CBC_PAD, iv], key)
-    assert app.ok("C_EncryptUpdate", session, b"x" * 20, -1) == [16, None]
+    assert app.ok("C_EncryptUpdate", session, b"x" * 20, -1) == [20 + 16, None]
     first = app.ok("C_EncryptUpdate", session, b"x" * 20, 64)[1]
     second = app.ok("C_EncryptUpdate", session, b"y" * 20, 64)[1]
     assert app.call("C_EncryptFinal", session, 4) == (CKR.BUFFER_TOO_SMALL, [16, None])
@@ -378,8 +382,18 @@ def test_attributes_sensitive_and_buffers(shared_cluster: LocalCluster, shared_a
     assert attribute(app, session, key, CKA.LABEL) == b"renamed"
     assert app.call("C_SetAttributeValue", session, key, app.template({CKA.SENSITIVE: False}))[0] == \
         CKR.ATTRIBUTE_READ_ONLY
-    assert app.call("C_CreateObject", session, app.template(
-        {CKA.CLASS: CKO.SECRET_KEY, CKA.KEY_TYPE: CKK.AES, CKA.VALUE: b"k" * 16}))[0] == CKR.ATTRIBUTE_VALUE_INVALID
+    # A secret key imported in clear (issue 13 item 7): its value reads back only when its maker made it
+    # CKA_SENSITIVE false and CKA_EXTRACTABLE true (PKCS#11 §4.10).
+    loose = app.ok("C_CreateObject", session, app.template(
+        {CKA.CLASS: CKO.SECRET_KEY, CKA.KEY_TYPE: CKK.AES, CKA.VALUE: b"k" * 16, CKA.SENSITIVE: False,
+         CKA.EXTRACTABLE: True}))[0]
+    assert attribute(app, session, loose, CKA.VALUE) == b"k" * 16
+    tight = app.ok("C_CreateObject", session, app.template(
+        {CKA.CLASS: CKO.SECRET_KEY, CKA.KEY_TYPE: CKK.AES, CKA.VALUE: b"t" * 16, CKA.SENSITIVE: True,
+         CKA.EXTRACTABLE: True}))[0]
+    assert app.call("C_GetAttributeValue", session, tight, [[CKA.VALUE, 64]])[0] == CKR.ATTRIBUTE_SENSITIVE
+    app.ok("C_DestroyObject", session, loose)
+    app.ok("C_DestroyObject", session, tight)
     app.ok("C_DestroyObject", session, key)
     assert app.call("C_GetAttributeValue", session, key, [[CKA.LABEL, -1]])[0] == CKR.OBJECT_HANDLE_INVALID
 
@@ -491,7 +505,8 @@ def test_protocol_errors_do_not_hurt_the_agent(shared_agent: AgentProcess) -> No
 
     raw = AgentConnection(shared_agent.socket)
     assert raw.call("C_GetSlotList", True) == (CKR.CRYPTOKI_NOT_INITIALIZED, [])
-    assert raw.call("C_Initialize", b"x" * 16, 1, 8, True) == (CKR.OK, [])
+    # Its one output: whether the agent knew the application (False: a new one; docs/agent-protocol.md).
+    assert raw.call("C_Initialize", b"x" * 16, 1, 8, True) == (CKR.OK, [False])
     assert raw.call("C_NoSuchFunction") == (CKR.FUNCTION_NOT_SUPPORTED, [])
     assert raw.call("C_GetSlotInfo") == (CKR.ARGUMENTS_BAD, [])
     assert raw.call("C_CloseSession", 77777) == (CKR.SESSION_HANDLE_INVALID, [])

@@ -288,11 +288,17 @@ def test_share_and_unshare_between_crypto_users(hsm: LocalCluster, tmp_path: Pat
 
     before = fails(hsm, *sign, pin=BOB)
     assert "no key" in before["error"]
+    # The public key is a public object (CKA_PRIVATE false, issue 13 item 1): every user lists it, as CloudHSM
+    # CLI's key list shows "all public keys in the cluster"; the private key only once it is shared.
+    listing = ("key", "list", "--filter", "attr.label=shared-ec")
+    listed = ok(hsm, *listing, pin=BOB)["matched_keys"]
+    assert [(k["attributes"]["class"], k["key-info"]["key-owners"]) for k in listed] == [("public-key", ["kalice"])]
     shared = ok(hsm, "key", "share", *private_filter, "--username", "kbob")
     assert shared["shared-users"] == ["kbob"]
     ok(hsm, *sign, pin=BOB)
-    listed = ok(hsm, "key", "list", "--filter", "attr.label=shared-ec", pin=BOB)["matched_keys"]
-    assert [(k["attributes"]["class"], k["key-info"]["key-owners"]) for k in listed] == [("private-key", ["kalice"])]
+    listed = ok(hsm, *listing, pin=BOB)["matched_keys"]
+    assert sorted((k["attributes"]["class"], k["key-info"]["key-owners"]) for k in listed) == [
+        ("private-key", ["kalice"]), ("public-key", ["kalice"])]
     # only the owner manages the key
     assert fails(hsm, "key", "delete", *private_filter, pin=BOB)["error_name"] == "CKR_ACTION_PROHIBITED"
 

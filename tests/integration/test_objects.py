@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -261,13 +262,41 @@ def test_wrapping_rules(shared_cluster: LocalCluster, alice: Client) -> None:
     assert alice.encrypt(back, CKM.AES_ECB, block)["data"] == alice.encrypt(secret, CKM.AES_ECB, block)["data"]
 
 
-def test_secret_keys_are_not_imported_in_clear(alice: Client) -> None:
+def test_secret_keys_are_imported_in_clear_only_under_the_policy(shared_cluster: LocalCluster,
+                                                                  alice: Client) -> None:
+    """C_CreateObject of a secret key with its value (issue 13 item 7, the standard's import; it used to be
+    refused): it works like the same key outside, and its value stays unreadable unless its maker asked for
+    CKA_SENSITIVE false; a private key's class must fit its key type. The cluster policy
+    plaintext_import = forbidden refuses it again and leaves nothing behind."""
+    value, block = os.urandom(16), os.urandom(16)
+    key = alice.create_object({CKA.CLASS: CKO.SECRET_KEY, CKA.KEY_TYPE: CKK.AES, CKA.VALUE: value,
+                               CKA.TOKEN: True, CKA.LABEL: b"imported-aes", CKA.ENCRYPT: True})
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    outside = Cipher(algorithms.AES(value), modes.ECB()).encryptor()
+    assert alice.encrypt(key, CKM.AES_ECB, block)["data"] == outside.update(block) + outside.finalize()
+    assert _code(lambda: alice.get_attribute(key, CKA.VALUE)) == CKR.ATTRIBUTE_SENSITIVE
     before = len(alice.find_objects())
-    for object_class in (CKO.SECRET_KEY, CKO.PRIVATE_KEY):
-        assert _code(lambda c=object_class: alice.create_object(
-            {CKA.CLASS: c, CKA.KEY_TYPE: CKK.AES, CKA.VALUE: os.urandom(16), CKA.TOKEN: True}
-        )) == CKR.ACTION_PROHIBITED
-    assert len(alice.find_objects()) == before
+    assert _code(lambda: alice.create_object({CKA.CLASS: CKO.PRIVATE_KEY, CKA.KEY_TYPE: CKK.AES,
+                                              CKA.VALUE: os.urandom(16), CKA.TOKEN: True})) != CKR.OK
+    admin = shared_cluster.admin()
+    try:
+        admin.cluster_set_policy("plaintext_import", "forbidden")
+        deadline = time.monotonic() + 30  # a worker reads the policy again within a second or two
+        while True:
+            try:
+                made = alice.create_object({CKA.CLASS: CKO.SECRET_KEY, CKA.KEY_TYPE: CKK.AES,
+                                            CKA.VALUE: os.urandom(16), CKA.TOKEN: True})
+            except ClientError as refused:
+                assert refused.code == CKR.TEMPLATE_INCONSISTENT and "plaintext_import" in str(refused)
+                break
+            alice.destroy_object(made)
+            assert time.monotonic() < deadline, "the policy plaintext_import = forbidden never took effect"
+            time.sleep(0.2)
+        assert len(alice.find_objects()) == before
+    finally:
+        admin.cluster_set_policy("plaintext_import", "allowed")
+        admin.logout()
 
 
 def test_public_keys_certificates_and_data_objects_import(alice: Client) -> None:
@@ -341,7 +370,11 @@ def test_multipart_rules(alice: Client) -> None:
         == CKR.OPERATION_ACTIVE
     call("crypto.sign_update", session=session, data=b"part")
     assert _code(lambda: call("crypto.sign_single", session=session, data=b"all")) == CKR.OPERATION_ACTIVE
-    # CKR_OPERATION_ACTIVE leaves the running operation as it was.
+    # A call to C_Sign always ends the operation unless it is a size query or CKR_BUFFER_TOO_SMALL (PKCS#11
+    # v2.40 §5.12; issue 13 item 2: every failed call ends its operation, as SoftHSMv2 does).
+    assert _code(lambda: call("crypto.sign_final", session=session)) == CKR.OPERATION_NOT_INITIALIZED
+    call("crypto.sign_init", session=session, mechanism=int(CKM.AES_CMAC), key=key)
+    call("crypto.sign_update", session=session, data=b"part")
     assert len(call("crypto.sign_final", session=session)["signature"]) == 16
     assert _code(lambda: call("crypto.sign_final", session=session)) == CKR.OPERATION_NOT_INITIALIZED
     # A failed update ends the operation.
