@@ -30,6 +30,7 @@ from typing import Any
 from strongroom.barrier import Barrier
 from strongroom.errors import ArgumentsBad
 from strongroom.services.state import CLUSTER_META_KEY
+from strongroom.store.base import OutcomeUnknownError, UnavailableError
 
 META_FIELD = "policies"
 REFRESH_SECONDS = 1.0
@@ -110,7 +111,15 @@ async def current(barrier: Barrier | None) -> Policies:
     cached = _cache.get(id(barrier))
     if cached is not None and now - cached.at < REFRESH_SECONDS:
         return cached.policies
-    entry = await barrier.get(CLUSTER_META_KEY)
+    try:
+        entry = await barrier.get(CLUSTER_META_KEY)
+    except (UnavailableError, OutcomeUnknownError):
+        if cached is None:
+            raise
+        # No store majority (or no answer): keys keep working from the caches, and so do the policies last
+        # read (while no majority exists nobody can change them); the store is asked again a second later.
+        _cache[id(barrier)] = _Cached(now, cached.policies)
+        return cached.policies
     policies = from_meta(None if entry is None else entry.value)
     _cache[id(barrier)] = _Cached(now, policies)
     return policies
