@@ -3,7 +3,7 @@
 
 #include <string.h>
 
-#include "pkcs11x.h"
+#include "pkcs11_3x.h"
 
 int attr_is_template(CK_ATTRIBUTE_TYPE type)
 {
@@ -129,6 +129,80 @@ static CK_RV put_gcm(mp_enc *e, const unsigned char *p, CK_ULONG len)
     return CKR_OK;
 }
 
+/* CKM_ML_DSA and the HashML-DSA variants (PKCS#11 3.2): CK_SIGN_ADDITIONAL_CONTEXT, or for the generic
+ * CKM_HASH_ML_DSA CK_HASH_SIGN_ADDITIONAL_CONTEXT, as {"hedge", "context"[, "hash"]}; nil without a parameter
+ * (the wire form agreed in the issue 17 notes, pkcs11-3-params.md). */
+static CK_RV put_sign_context(mp_enc *e, CK_MECHANISM_TYPE type, const unsigned char *p, CK_ULONG len)
+{
+    int generic = type == CKM_HASH_ML_DSA;
+    if (!p || !len) {
+        if (generic)
+            return CKR_MECHANISM_PARAM_INVALID; /* the generic variant needs its hash */
+        mp_put_nil(e);
+        return CKR_OK;
+    }
+    CK_HASH_SIGN_ADDITIONAL_CONTEXT c;
+    memset(&c, 0, sizeof c);
+    if (len == sizeof(CK_HASH_SIGN_ADDITIONAL_CONTEXT) && generic) {
+        memcpy(&c, p, sizeof c);
+    } else if (len == sizeof(CK_SIGN_ADDITIONAL_CONTEXT) && !generic) {
+        CK_SIGN_ADDITIONAL_CONTEXT s;
+        memcpy(&s, p, sizeof s);
+        c.hedgeVariant = s.hedgeVariant;
+        c.pContext = s.pContext;
+        c.ulContextLen = s.ulContextLen;
+    } else {
+        return CKR_MECHANISM_PARAM_INVALID;
+    }
+    if (!param_bytes_ok(c.pContext, c.ulContextLen) || c.ulContextLen > 255)
+        return CKR_MECHANISM_PARAM_INVALID; /* FIPS 204: a context string is at most 255 bytes */
+    mp_put_map(e, generic ? 3 : 2);
+    mp_put_str(e, "hedge");
+    mp_put_uint(e, c.hedgeVariant);
+    mp_put_str(e, "context");
+    mp_put_bin(e, c.pContext, c.ulContextLen);
+    if (generic) {
+        mp_put_str(e, "hash");
+        mp_put_uint(e, c.hash);
+    }
+    return CKR_OK;
+}
+
+/* CKM_HKDF_DERIVE / CKM_HKDF_DATA: CK_HKDF_PARAMS as {"extract", "expand", "prf", "salt_type", "salt",
+ * "salt_key", "info"} (salt nil unless CKF_HKDF_SALT_DATA, salt_key nil unless CKF_HKDF_SALT_KEY). */
+static CK_RV put_hkdf(mp_enc *e, const unsigned char *p, CK_ULONG len)
+{
+    if (!p || len != sizeof(CK_HKDF_PARAMS))
+        return CKR_MECHANISM_PARAM_INVALID;
+    CK_HKDF_PARAMS h;
+    memcpy(&h, p, sizeof h);
+    if (!param_bytes_ok(h.pInfo, h.ulInfoLen) ||
+        (h.ulSaltType == CKF_HKDF_SALT_DATA && !param_bytes_ok(h.pSalt, h.ulSaltLen)))
+        return CKR_MECHANISM_PARAM_INVALID;
+    mp_put_map(e, 7);
+    mp_put_str(e, "extract");
+    mp_put_bool(e, h.bExtract != CK_FALSE);
+    mp_put_str(e, "expand");
+    mp_put_bool(e, h.bExpand != CK_FALSE);
+    mp_put_str(e, "prf");
+    mp_put_uint(e, h.prfHashMechanism);
+    mp_put_str(e, "salt_type");
+    mp_put_uint(e, h.ulSaltType);
+    mp_put_str(e, "salt");
+    if (h.ulSaltType == CKF_HKDF_SALT_DATA)
+        mp_put_bin(e, h.pSalt, h.ulSaltLen);
+    else
+        mp_put_nil(e);
+    mp_put_str(e, "salt_key");
+    if (h.ulSaltType == CKF_HKDF_SALT_KEY)
+        mp_put_uint(e, h.hSaltKey);
+    else
+        mp_put_nil(e);
+    mp_put_str(e, "info");
+    mp_put_bin(e, h.pInfo, h.ulInfoLen);
+    return CKR_OK;
+}
+
 CK_RV put_mechanism(mp_enc *e, const CK_MECHANISM *m)
 {
     if (!m)
@@ -223,6 +297,13 @@ CK_RV put_mechanism(mp_enc *e, const CK_MECHANISM *m)
         mp_put_bin(e, d.pContextData, d.ulContextDataLen);
         return CKR_OK;
     }
+
+    if (m->mechanism == CKM_ML_DSA || m->mechanism == CKM_HASH_ML_DSA ||
+        (m->mechanism >= CKM_HASH_ML_DSA_SHA224 && m->mechanism <= CKM_HASH_ML_DSA_SHAKE256))
+        return put_sign_context(e, m->mechanism, p, len);
+
+    if (m->mechanism == CKM_HKDF_DERIVE || m->mechanism == CKM_HKDF_DATA)
+        return put_hkdf(e, p, len);
 
     if (one_of(m->mechanism, MAC_GENERAL, COUNT(MAC_GENERAL))) {
         CK_ULONG mac_len; /* CK_MAC_GENERAL_PARAMS is a CK_ULONG */
