@@ -27,7 +27,7 @@ from strongroom.errors import CKR
 from strongroom.pki import approvals
 from strongroom.pki.certs import cert_to_pem, issue_node_certificate, load_certificate, load_private_key
 
-from .approvers import PASSWORD, Approver, approver, first_admin, openssl, register, token_file
+from .approvers import PASSWORD, Approver, approver, first_admin, new_key, openssl, register, token_file
 from .conftest import STRONGROOM, LocalCluster, Pkcs11Module, pkcs11_target
 
 MANAGE, USE = CKA.STRONGROOM_MANAGE_KEY_QUORUM, CKA.STRONGROOM_USE_KEY_QUORUM
@@ -341,6 +341,119 @@ def test_tokens_are_listed_fetched_and_deleted_and_everything_is_audited(
             "quorum.refused", "quorum.set_value", "quorum.register"} <= events
 
 
+def approved_by(admin: Approver, approvers: list[Approver], service: str, operation: str,
+                arguments: dict[str, Any], call: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run ``call`` with a token of ``service`` bound to it, signed by as many of ``approvers`` as needed."""
+    required = admin.client.quorum_values()[service]
+    token = token_file(admin.client.quorum_generate(service, operation, arguments))
+    for person in approvers[:required]:
+        person.approve(admin.client, token)
+    return admin.client.approved(token.approval_data, call, *args, **kwargs)
+
+
+def test_change_quorum_of_others_timeouts_and_no_quorum_left_unreachable(
+        admins: tuple[LocalCluster, list[Approver]], key_team: tuple[LocalCluster, list[Approver]]) -> None:
+    """The user service covers an admin's change of another user's approval key; each service has its own token
+    timeout; deleting a user or removing a key never leaves a quorum that no one can meet."""
+    cluster, (admin, officer2, officer3) = admins
+    _c, (alice, bob, _carol) = key_team
+    client = admin.client
+    set_value(admin, "user", 2, [admin, officer2, officer3])
+    assert refused(alice.client.quorum_register, None, None, None, deregister=True,
+                   username="bob").code == CKR.ACTION_PROHIBITED  # a crypto user changes only its own key
+    approved_by(admin, [officer2, officer3], "user", "user.create", {"username": "dora", "role": "crypto-user"},
+                AsyncClient.user_create, "dora", "crypto-user", PASSWORD)
+
+    # dora's key signs the admin's registration token; the admin registers it: a change-quorum of another user.
+    dora_key = new_key("p384")
+    entry = token_file(client.quorum_generate("registration")).tokens[0]
+    assert entry.approval_data is not None
+    signature, public = approvals.sign_token(dora_key, entry.unsigned), approvals.public_pem(dora_key.public_key())
+    error = refused(client.quorum_register, public, entry.approval_data, signature, username="dora")
+    assert error.code == CKR.FUNCTION_REJECTED and "quorum approval required" in error.message
+    # Approved for another key: refused (the token binds the key).
+    other = approvals.public_pem(new_key("p384").public_key())
+    token = token_file(client.quorum_generate("user", "quorum.register", {"username": "dora", "public_key": other}))
+    officer2.approve(client, token)
+    officer3.approve(client, token)
+    assert "not this request" in refused(client.approved, token.approval_data, AsyncClient.quorum_register, public,
+                                         entry.approval_data, signature, username="dora").message
+    result = approved_by(admin, [officer2, officer3], "user", "quorum.register",
+                         {"username": "dora", "public_key": public}, AsyncClient.quorum_register, public,
+                         entry.approval_data, signature, username="dora")
+    assert result["username"] == "dora" and result["algorithm"] == "EC-P-384"
+    assert {u["username"]: u for u in client.quorum_users()}["dora"]["quorum"] == [{"strategy": "token-sign",
+                                                                                    "status": "enabled"}]
+
+    # Token timeouts per service (the quorum service approves the change).
+    approved_by(admin, [officer2, officer3], "quorum", "quorum.set_timeout", {"service": "user", "seconds": 120},
+                AsyncClient.quorum_set_timeout, "user", 120)
+    assert client.quorum_values()["timeouts"]["user"] == 120
+    assert client.quorum_values()["timeouts"]["cluster"] == 600
+    short = client.quorum_generate("user", "user.delete", {"username": "dora"})
+    assert 60 < short["token-timeout-seconds"] <= 120
+    assert refused(client.quorum_generate, "user", "user.delete", {"username": "dora"},
+                   timeout=300).code == CKR.ARGUMENTS_BAD
+    client.quorum_delete(short["token_id"])
+
+    # An admin service at 3 with 3 admin keys: no admin key may go, and no admin with one may be deleted.
+    set_value(admin, "cluster", 3, [admin, officer2, officer3])
+    error = refused(client.quorum_register, None, None, None, deregister=True)
+    assert error.code == CKR.ACTION_PROHIBITED and "could never be met" in error.message
+    error = refused(approved_by, admin, [officer2, officer3], "user", "user.delete", {"username": "officer3"},
+                    AsyncClient.user_delete, "officer3")
+    assert error.code == CKR.ACTION_PROHIBITED and "could never be met" in error.message
+    set_value(admin, "cluster", 1, [admin, officer2, officer3])
+    # A key whose use value is 2 with two users holding keys (alice's, shared with bob): bob stays.
+    error = refused(bob.client.quorum_register, None, None, None, deregister=True)
+    assert error.code == CKR.ACTION_PROHIBITED and "could never be approved again" in error.message
+    error = refused(approved_by, admin, [officer2, officer3], "user", "user.delete", {"username": "bob"},
+                    AsyncClient.user_delete, "bob")
+    assert error.code == CKR.ACTION_PROHIBITED and "could never be approved again" in error.message
+    assert "bob" in [u["username"] for u in client.user_list()]
+    # An admin removes dora's key (no key depends on it) under the user quorum.
+    result = approved_by(admin, [officer2, officer3], "user", "quorum.register",
+                         {"username": "dora", "deregister": True}, AsyncClient.quorum_register, None, None, None,
+                         deregister=True, username="dora")
+    assert result == {"username": "dora"}
+    registered = [r for r in audit_events(cluster) if r["event"] == "quorum.register" and r["outcome"] == "intent"
+                  and r["details"].get("username") == "dora"]
+    assert [r["actor"] for r in registered] == [admin.name, admin.name]
+
+
+def wait_for_audit(cluster: LocalCluster, event: str, token_id: str, timeout: float = 120) -> dict[str, Any]:
+    """The first record of ``event`` naming ``token_id`` (the sweep runs every 10 s; generous for a loaded host)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for record in audit_events(cluster):
+            if record["event"] == event and record["details"].get("token") == token_id:
+                return record
+        assert time.monotonic() < deadline, f"no {event} of token {token_id[:16]} in the audit log"
+        time.sleep(0.5)
+
+
+def test_a_token_that_expires_unused_is_audited_by_the_sweep(admins: tuple[LocalCluster, list[Approver]]) -> None:
+    """Nobody lists or uses it: the cluster's sweep still records its expiry (once), and it shows as expired."""
+    cluster, (admin, officer2, _officer3) = admins
+    reply = admin.client.quorum_generate("user", "user.delete", {"username": "never_asked_again"}, timeout=1)
+    token = token_file(reply)
+    officer2.approve(admin.client, token)
+    record = wait_for_audit(cluster, "quorum.token.expire", reply["token_id"])
+    assert record["details"]["approvers"] == ["officer2"] and record["details"]["requester"] == admin.name
+    assert record["details"]["arguments"] == {"username": "never_asked_again"}
+    deadline = time.monotonic() + 60
+    while not (outcomes := [r for r in audit_events(cluster) if r["event"] == "quorum.token.expire"
+                            and r["details"].get("intent") == record["seq"]]):
+        assert time.monotonic() < deadline, "the expiry's outcome was never written"
+        time.sleep(0.2)
+    assert [r["outcome"] for r in outcomes] == ["ok"]  # the mark was written: one expiry in the chain
+    assert [r for r in audit_events(cluster) if r["event"] == "quorum.token.expire"
+            and r["details"].get("token") == reply["token_id"]] == [record]
+    listed = {t["token_id"]: t for t in admin.client.quorum_tokens()}
+    assert listed[reply["token_id"]]["state"] == "expired"
+    assert "expired" in refused(officer2.approve, admin.client, token).message
+
+
 def test_at_most_1024_tokens_and_expired_ones_are_purged_and_audited(cluster: LocalCluster) -> None:
     """CloudHSM's limit, per cluster: when 1,024 tokens are kept, an expired one makes room (audited
     quorum.token.expire); when none has expired, a new token is refused."""
@@ -353,7 +466,8 @@ def test_at_most_1024_tokens_and_expired_ones_are_purged_and_audited(cluster: Lo
     time.sleep(21)  # it expires
     client.quorum_generate("registration")
     assert first["token_id"] not in {t["token_id"] for t in client.quorum_tokens()}
-    expired = [r for r in audit_events(cluster) if r["event"] == "quorum.token.expire"]
+    # Audited once: by the sweep when it expired (an intent and its outcome), or by the purge if it came first.
+    expired = [r for r in audit_events(cluster) if r["event"] == "quorum.token.expire" and "token" in r["details"]]
     assert [r["details"]["token"] for r in expired] == [first["token_id"]]
 
 

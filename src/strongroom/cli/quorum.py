@@ -30,7 +30,7 @@ SERVICES = ("registration", "user", "quorum", "cluster", "key-management", "key-
 #: CloudHSM CLI's command names (and Strongroom's) for the node operations a token may approve.
 OPERATIONS = {
     "user create": "user.create", "user delete": "user.delete", "user change-password": "user.change_password",
-    "user change-mfa": "quorum.mfa_register",
+    "user change-mfa": "quorum.mfa_register", "user change-quorum": "quorum.register",
     "quorum set-quorum-value": "quorum.set_value", "quorum set-timeout": "quorum.set_timeout",
     "hsm enroll": "hsm.enroll", "hsm zeroize": "hsm.zeroize", "cluster set-policy": "cluster.set_policy",
     "key delete": "object.destroy", "key share": "object.share", "key unshare": "object.unshare",
@@ -207,13 +207,14 @@ def cmd_register(args: argparse.Namespace, ctx: Context) -> None:
     entry = files.signed_entries(token_file, args.signed_token)[0]
     if entry.approval_data is None:
         raise CliError(f"{args.signed_token} lacks approval_data: use the file quorum token-sign generate wrote")
-    result = client.quorum_register(files.public_key_pem(args.public_key), entry.approval_data, entry.signed)
+    result = client.quorum_register(files.public_key_pem(args.public_key), entry.approval_data, entry.signed,
+                                    username=args.username)
     emit(result, as_json=args.json, text=f"registered the {result.get('algorithm')} approval key of "
                                          f"{result.get('username')}")
 
 
 def cmd_deregister(args: argparse.Namespace, ctx: Context) -> None:
-    result = ctx.logged_in(args).quorum_register(None, None, None, deregister=True)
+    result = ctx.logged_in(args).quorum_register(None, None, None, deregister=True, username=args.username)
     emit(result, as_json=args.json, text=f"{result.get('username')} no longer approves quorum tokens")
 
 
@@ -372,8 +373,10 @@ def register_user(user: Any, add: AddCommand) -> None:
             "Ed25519) with a signed registration token")
     p.add_argument("--public-key", required=True, help="PEM file")
     p.add_argument("--signed-token", required=True, help="the registration token file, signed")
+    p.add_argument("--username", help="admins: another user's key (that user signed the token; user service quorum)")
     _signing_options(p)
-    add(token_sign, "deregister", cmd_deregister, "stop approving quorum tokens")
+    p = add(token_sign, "deregister", cmd_deregister, "stop approving quorum tokens")
+    p.add_argument("--username", help="admins: remove another user's key (user service quorum)")
 
     mfa = user.add_parser("change-mfa", help="multi-factor authentication").add_subparsers(
         dest="change_mfa_command", required=True, metavar="STRATEGY")

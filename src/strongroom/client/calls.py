@@ -357,10 +357,11 @@ class AsyncClient:
         return await self.call("quorum.set_timeout", service=service, seconds=seconds)
 
     async def quorum_register(self, public_key: str | None, registration: bytes | None, signature: bytes | None, *,
-                              deregister: bool = False) -> dict[str, Any]:
-        """Register (or deregister) the caller's approval key with a signed registration token."""
+                              deregister: bool = False, username: str | None = None) -> dict[str, Any]:
+        """Register (or deregister) the caller's approval key with a signed registration token; an admin gives
+        ``username`` for another user's (under the user service's quorum)."""
         return await self.call("quorum.register", public_key=public_key, registration=registration,
-                               signature=signature, deregister=deregister or None)
+                               signature=signature, deregister=deregister or None, username=username)
 
     async def mfa_register(self, username: str, public_key: str | None = None, registration: bytes | None = None,
                            signature: bytes | None = None, *, change_quorum: bool = False,

@@ -109,6 +109,8 @@ USER_OPS = QuorumRule(USER)
 USER_OF_OTHERS = QuorumRule(USER, of_others="username")
 #: quorum.mfa_register: approvers approve the user and the key, not the registration token's proof.
 MFA_OF_OTHERS = QuorumRule(USER, of_others="username", unbound=("registration", "signature"))
+#: quorum.register of another user (an admin registers or removes someone's approval key): the same.
+QUORUM_KEY_OF_OTHERS = QuorumRule(USER, of_others="username", unbound=("registration", "signature"))
 QUORUM_OPS = QuorumRule(QUORUM)
 CLUSTER_OPS = QuorumRule(CLUSTER)
 CLUSTER_LOGGED_IN = QuorumRule(CLUSTER, logged_in_only=True)
@@ -215,8 +217,8 @@ async def _request(call: Call, name: str, rule: QuorumRule, args: Any) -> _Reque
     if rule.service in ADMIN_SERVICES:
         if rule.of_others is not None:
             target = getattr(args, rule.of_others)
-            if isinstance(target, str) and target.lower() == login.username:
-                return None
+            if target is None or (isinstance(target, str) and target.lower() == login.username):
+                return None  # one's own account (no username: the caller's)
         if login.role is not Role.ADMIN:
             return None  # the handler refuses a crypto user anyway
         required = (await quorum_store(call).settings()).value(rule.service)
@@ -530,3 +532,39 @@ async def check_login_factor(call: Call, user: User, factor: list[Any] | None) -
     raise HsmError(f"the signed MFA file holds no unused challenge of node {node}: challenges are single-use "
                    "and expire after a few minutes; ask for a fresh one", CKR.FUNCTION_REJECTED)
 
+
+
+# --- approvers who leave ------------------------------------------------------------------------------
+
+
+async def check_departure(call: Call, user: User) -> None:
+    """Refuse to delete ``user`` or remove its approval key when that leaves a quorum no one can meet: an admin
+    service whose value the remaining admins with keys cannot reach, or a key whose remaining users with keys
+    cannot reach its values (a quorum that could be met before; the cluster or the key would be locked)."""
+    store = quorum_store(call)
+    departing = await store.registered(user.name, user.uid)
+    if departing is None or not departing.quorum:
+        return
+    accounts = {u.name: u for u in await call.services.keyring.require_users().list()}
+    with_keys = {k.username for k in await store.all_registered()
+                 if k.quorum and k.username in accounts and accounts[k.username].uid == k.uid}
+    if user.role is Role.ADMIN:
+        admins = sum(1 for name in with_keys if accounts[name].role is Role.ADMIN)
+        settings = await store.settings()
+        for service in ADMIN_SERVICES:
+            value = settings.value(service)
+            if admins - 1 < value <= admins:
+                raise HsmError(f"the {service} service needs {value} admin approvals and {admins} admins have an "
+                               f"approval key: without {user.name}'s it could never be met (lower the value "
+                               "first: quorum token-sign set-quorum-value)", CKR.ACTION_PROHIBITED)
+        return
+    objects = call.services.keyring.require_objects()
+    await objects.sync()
+    for obj in objects.tokens.by_handle.values():
+        needed = max(int(obj.attributes.get(MANAGE, 0) or 0), int(obj.attributes.get(USE, 0) or 0))
+        if needed <= 1 or (user.name != obj.owner and user.name not in obj.shared):
+            continue
+        able = sum(1 for name in (obj.owner, *obj.shared) if name in with_keys)
+        if able - 1 < needed <= able:
+            raise HsmError(f"key {obj.handle} needs {needed} approvals and {able} of its users have an approval "
+                           f"key: without {user.name}'s it could never be approved again", CKR.ACTION_PROHIBITED)

@@ -30,7 +30,7 @@ from strongroom.node.channel import SupervisorLink
 from strongroom.node.worker import build_worker
 from strongroom.pki.reload import reload_on_sighup
 from strongroom.seal import startup_refusal
-from strongroom.services import telemetry
+from strongroom.services import quorum, telemetry
 from strongroom.services.config import NodeConfig
 from strongroom.services.health import SelfTestReport
 from strongroom.services.registry import HEARTBEAT_SECONDS
@@ -113,6 +113,8 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: SelfTestRepor
         tasks.append(asyncio.create_task(services.registration.heartbeat()))
         # ...and writes the failed logins the node counted while the store had no quorum (auth/offline.py).
         tasks.append(asyncio.create_task(services.sessions.reconcile_lockouts()))
+        # ...and audits the quorum tokens that expire (docs/quorum.md).
+        tasks.append(asyncio.create_task(quorum.run_sweep(services.keyring, services.audit)))
         if config.backup.dir is not None:
             tasks.append(asyncio.create_task(services.backups.run_scheduler()))
     loop = asyncio.get_running_loop()

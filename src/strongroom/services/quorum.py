@@ -22,13 +22,15 @@ cluster is recognized as such. The rules (who may ask, who may approve, how many
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 from cryptography.exceptions import InvalidSignature
@@ -37,7 +39,10 @@ from strongroom.barrier import Barrier, Change, Entry, Remove, Write
 from strongroom.errors import CKR, ArgumentsBad, HsmError
 from strongroom.pki import approvals as pki
 from strongroom.pki.approvals import ApprovalKeyError, PublicKey
-from strongroom.store.base import MAX_COMMIT_OPERATIONS, ConflictError
+from strongroom.services.auditor import Auditor
+from strongroom.store.base import MAX_COMMIT_OPERATIONS, ConflictError, StoreError
+
+log = logging.getLogger(__name__)
 
 PREFIX = "quorum/"
 SETTINGS_KEY = "quorum/settings"
@@ -267,6 +272,8 @@ class Approval:
 
 PENDING = "pending"
 USED = "used"
+#: Marked by the sweep when its deadline passed unused (so the expiry is audited once, by one node).
+EXPIRED = "expired"
 
 
 @dataclass
@@ -295,6 +302,8 @@ class Token:
         return f"{TOKENS_PREFIX}{self.claims.subject}/{self.hex}"
 
     def expired(self, now: float) -> bool:
+        if self.state == EXPIRED:  # a node whose clock is behind still sees it expired
+            return True
         if self.usable_until is not None:
             return now >= self.usable_until
         return now >= self.claims.expires
@@ -304,6 +313,12 @@ class Token:
 
     def approver_names(self) -> list[str]:
         return [a.username for a in self.approvals]
+
+    def audit_details(self) -> dict[str, Any]:
+        """What the audit records of a token's end (expired, purged, deleted) say about it."""
+        c = self.claims
+        return {"token": self.hex, "service": c.service, "operation": c.operation, "arguments": c.arguments,
+                "requester": c.requester, "state": self.state, "approvers": self.approver_names()}
 
     def to_record(self) -> dict[str, Any]:
         return {"approval_data": self.approval_data, "approvals": [a.to_record() for a in self.approvals],
@@ -329,7 +344,7 @@ class Token:
 
     def public(self, now: float, required: int | None = None) -> dict[str, Any]:
         c = self.claims
-        state = self.state if self.state == USED else ("expired" if self.expired(now) else PENDING)
+        state = self.state if self.state == USED else (EXPIRED if self.expired(now) else PENDING)
         if state == PENDING and required is not None and len(self.approvals) >= required:
             state = "approved"
         row: dict[str, Any] = {
@@ -520,21 +535,27 @@ class QuorumStore:
 
     async def purge(self, *, force: bool = False) -> list[Token]:
         """Remove tokens that expired (or were used) more than KEEP_AFTER_EXPIRY ago, or, with ``force`` (the
-        cluster is full), every expired or used one. Returns what went."""
-        now = self.clock()
-        doomed = []
-        for token in await self.tokens():
-            done = token.state == USED or token.expired(now)
-            if done and (force or now - token.deadline() > KEEP_AFTER_EXPIRY):
-                doomed.append(token)
+        cluster is full), every expired or used one. Returns what went. A token changed meanwhile (the sweep
+        marked it expired, a request spent it) is read again and removed then."""
         removed: list[Token] = []
-        for start in range(0, len(doomed), MAX_COMMIT_OPERATIONS):
-            batch = [t for t in doomed[start:start + MAX_COMMIT_OPERATIONS] if t.entry is not None]
-            try:
-                await self._barrier.commit([Remove(t.key, t.entry) for t in batch if t.entry is not None])
-            except ConflictError:
-                continue  # one of them changed meanwhile: the next purge takes them
-            removed += batch
+        for _ in range(_RETRIES):
+            now = self.clock()
+            doomed = []
+            for token in await self.tokens():
+                done = token.state == USED or token.expired(now)
+                if done and token.entry is not None and (force or now - token.deadline() > KEEP_AFTER_EXPIRY):
+                    doomed.append(token)
+            conflicted = False
+            for start in range(0, len(doomed), MAX_COMMIT_OPERATIONS):
+                batch = doomed[start:start + MAX_COMMIT_OPERATIONS]
+                try:
+                    await self._barrier.commit([Remove(t.key, t.entry) for t in batch if t.entry is not None])
+                except ConflictError:
+                    conflicted = True
+                    continue
+                removed += batch
+            if not conflicted:
+                break
         return removed
 
     # --- MFA challenges ------------------------------------------------------------------------
@@ -543,7 +564,7 @@ class QuorumStore:
         now = self.clock()
         listing = await self._barrier.store.list_prefix(MFA_PREFIX)
         if len(listing.records) >= MAX_MFA_CHALLENGES:
-            await self._purge_challenges(now)
+            await self.purge_challenges(now)
             if await self._barrier.count_prefix(MFA_PREFIX) >= MAX_MFA_CHALLENGES:
                 raise HsmError("too many MFA logins are waiting for their signature; try again in a few minutes",
                                CKR.DEVICE_MEMORY)
@@ -575,7 +596,9 @@ class QuorumStore:
             return challenge
         return None
 
-    async def _purge_challenges(self, now: float) -> None:
+    async def purge_challenges(self, now: float | None = None) -> None:
+        """Remove the MFA challenges that expired unused."""
+        now = self.clock() if now is None else now
         entries, _ = await self._barrier.list_prefix(MFA_PREFIX)
         stale = [e for e in entries if float(e.value.get("expires", 0)) <= now]
         for start in range(0, len(stale), MAX_COMMIT_OPERATIONS):
@@ -615,3 +638,55 @@ def clamp_uses(window: int, uses: int) -> tuple[int, int]:
     if not 0 <= window <= MAX_TIMEOUT:
         raise ArgumentsBad(f"a key-usage window is 0 to {MAX_TIMEOUT} seconds")
     return window, uses
+
+
+# --- the sweep ----------------------------------------------------------------------------------------
+
+#: How often worker 0 of each node looks for tokens that expired (their expiry is audited within this).
+SWEEP_SECONDS = 10.0
+
+
+class _Keys(Protocol):
+    """What the sweep needs of the keyring (the barrier and cluster id once the node holds the key)."""
+
+    barrier: Barrier | None
+    cluster_id: str | None
+
+
+async def sweep(store: QuorumStore, audit: Auditor) -> tuple[list[Token], list[Token]]:
+    """Mark each token whose deadline passed unused as expired and audit it (``quorum.token.expire``): the
+    mark is a conditional write, so with every node sweeping one node records each expiry. Then remove the
+    tokens kept long enough after their end (``quorum.token.purge``) and stale MFA challenges. Returns
+    (expired, purged)."""
+    now = store.clock()
+    expired: list[Token] = []
+    for token in await store.tokens():
+        if token.state != PENDING or not token.expired(now):
+            continue
+        token.state = EXPIRED
+        details = token.audit_details()
+        intent = await audit.intent("quorum.token.expire", actor=None, details=details)
+        error: BaseException | None = None
+        try:
+            await store.write(token)
+            expired.append(token)
+        except (ConflictError, StoreError, HsmError) as exc:  # another node marked it, or it was used meanwhile
+            error = exc
+        await audit.settle(intent, error)
+    purged = await store.purge()
+    for token in purged:
+        await audit.record("quorum.token.purge", actor=None, details=token.audit_details())
+    await store.purge_challenges()
+    return expired, purged
+
+
+async def run_sweep(keys: _Keys, audit: Auditor, seconds: float = SWEEP_SECONDS) -> None:
+    """Sweep for as long as the worker runs (nothing while the node holds no cluster key)."""
+    while True:
+        await asyncio.sleep(seconds)
+        if keys.barrier is None or keys.cluster_id is None:
+            continue
+        try:
+            await sweep(QuorumStore(keys.barrier, keys.cluster_id), audit)
+        except (StoreError, HsmError, ConflictError) as exc:  # the next sweep tries again
+            log.info("quorum sweep: %s", exc)

@@ -21,10 +21,12 @@ from strongroom.dispatch.call import Call
 from strongroom.dispatch.quorum import (
     MANAGE,
     MFA_OF_OTHERS,
+    QUORUM_KEY_OF_OTHERS,
     QUORUM_OPS,
     UNBOUND,
     USE,
     bound_arguments,
+    check_departure,
     may_approve,
     quorum_store,
     valid_approvals,
@@ -44,6 +46,7 @@ from strongroom.services.quorum import (
     MAX_TIMEOUT,
     MAX_VALUE,
     MIN_TIMEOUT,
+    PENDING,
     REGISTRATION,
     SERVICES,
     TOKEN_SERVICES,
@@ -73,10 +76,11 @@ def _short(token: Token) -> str:
 
 
 async def _audit_purged(call: Call, purged: list[Token]) -> None:
+    """Audit tokens removed to make room or after their keeping time: an expiry the sweep had not recorded yet
+    (``quorum.token.expire``), else the removal of a used or expired token (``quorum.token.purge``)."""
     for token in purged:
-        await call.services.audit.record("quorum.token.expire", actor=call.actor, details={
-            "token": token.hex, "service": token.claims.service, "operation": token.claims.operation,
-            "requester": token.claims.requester, "state": token.state})
+        event = "quorum.token.expire" if token.state == PENDING else "quorum.token.purge"
+        await call.services.audit.record(event, actor=call.actor, details=dict(token.audit_details(), purged=True))
 
 
 async def _key(call: Call, handle: int, access: Access) -> StoredObject:
@@ -511,34 +515,45 @@ class RegisterArgs:
     registration: bytes | None = None
     signature: bytes | None = None
     deregister: bool = False
+    #: Another user's key (admins, under the user service's quorum); None: the caller's own.
+    username: str | None = None
 
 
-@operation("quorum.register", args=RegisterArgs, roles=ANY_ROLE)
+@operation("quorum.register", args=RegisterArgs, roles=ANY_ROLE, quorum=QUORUM_KEY_OF_OTHERS)
 async def register(call: Call, args: RegisterArgs) -> dict[str, Any]:
-    """``user change-quorum token-sign register``: the caller registers its own approval key (RSA-2048+,
-    ECDSA P-256/P-384, Ed25519), proving it holds the private key by signing a registration token."""
+    """``user change-quorum token-sign register``: a user registers its approval key (RSA-2048+, ECDSA
+    P-256/P-384, Ed25519), proving it holds the private key by signing a registration token. An admin may
+    register (the user signed the admin's registration token) or remove another user's key: that is a
+    change-quorum of another user, under the user service's quorum. A removal never leaves a quorum no one
+    can meet (:func:`check_departure`)."""
     login = call.login
+    name = login.username if args.username is None else normalize_username(args.username)
+    if name != login.username and login.role is not Role.ADMIN:
+        raise ActionProhibited("a crypto user changes only its own approval key")
+    target = await call.services.keyring.require_users().require(name)
     store = quorum_store(call)
-    current = await store.registered(login.username, login.user_id)
-    details: dict[str, Any] = {"username": login.username, "deregister": args.deregister}
+    current = await store.registered(target.name, target.uid)
+    yours = "your" if name == login.username else f"{name}'s"
+    details: dict[str, Any] = {"username": name, "deregister": args.deregister}
     async with audited(call, "quorum.register", details):
         if args.deregister:
-            saved = await store.save_key(login.username, login.user_id or "", None, quorum=False,
+            await check_departure(call, target)
+            saved = await store.save_key(target.name, target.uid, None, quorum=False,
                                          witness=witness(call, "quorum.register", details))
-            return {"username": login.username, **({} if saved is None else saved.status())}
+            return {"username": name, **({} if saved is None else saved.status())}
         if args.registration is None or args.signature is None or args.public_key is None:
             raise ArgumentsBad("give public_key, the registration token and its signature")
         token, public = await _registration(call, store, args.registration, args.signature, args.public_key, None)
         if current is not None and current.mfa and current.fingerprint != approvals.fingerprint(public):
-            raise ActionProhibited("your MFA key is another key and one key serves both (as in CloudHSM): change "
-                                   "both with user change-mfa token-sign --change-quorum")
+            raise ActionProhibited(f"{yours} MFA key is another key and one key serves both (as in CloudHSM): "
+                                   "change both with user change-mfa token-sign --change-quorum")
         details.update(token=token.hex, fingerprint=approvals.fingerprint(public),
                        algorithm=approvals.describe_key(public))
         await _spend_registration(store, token)
-        saved = await store.save_key(login.username, login.user_id or "", public, quorum=True,
+        saved = await store.save_key(target.name, target.uid, public, quorum=True,
                                      witness=witness(call, "quorum.register", details))
     assert saved is not None
-    return {"username": login.username, **saved.status()}
+    return {"username": name, **saved.status()}
 
 
 @dataclass

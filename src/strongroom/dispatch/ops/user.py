@@ -52,6 +52,9 @@ async def delete(call: Call, args: DeleteArgs) -> dict[str, Any]:
         await objects.sync()
         if objects.owned_count(name):
             raise ActionProhibited(f"user {name!r} owns {objects.owned_count(name)} key(s); delete them first")
+        departing = await services.keyring.require_users().get(name)
+        if departing is not None:
+            await q.check_departure(call, departing)  # never leaves a quorum no one can meet
         user = await services.keyring.require_users().delete(
             name, acting_user=call.actor, witness=witness(call, "user.delete", details), also=objects.unshare_changes
         )
