@@ -28,6 +28,8 @@ log = logging.getLogger("strongroom.agent")
 
 #: CKR_UNWRAPPING_KEY_HANDLE_INVALID (0xF0) is missing from strongroom.errors.CKR.
 UNWRAPPING_KEY_HANDLE_INVALID = 0xF0
+#: CKR_OPERATION_CANCEL_FAILED (PKCS#11 3.0) is missing too.
+OPERATION_CANCEL_FAILED = 0x202
 
 
 class AgentError(Exception):
@@ -183,6 +185,30 @@ ALLOWED: dict[str, frozenset[int]] = {
     "C_SignEncryptUpdate": SESSION | _OUTPUT | _set(CKR.DATA_LEN_RANGE, CKR.USER_NOT_LOGGED_IN),
     "C_DecryptVerifyUpdate": SESSION | _OUTPUT | _set(CKR.DATA_LEN_RANGE, CKR.ENCRYPTED_DATA_INVALID,
                                                       CKR.ENCRYPTED_DATA_LEN_RANGE),
+    # PKCS#11 3.0 and 3.2 (functions/v3.py, functions/message.py).
+    "C_LoginUser": SESSION | _set(
+        CKR.OPERATION_NOT_INITIALIZED, CKR.PIN_INCORRECT, CKR.PIN_LOCKED, CKR.PIN_EXPIRED,
+        CKR.SESSION_READ_ONLY_EXISTS, CKR.USER_ALREADY_LOGGED_IN, CKR.USER_ANOTHER_ALREADY_LOGGED_IN,
+        CKR.USER_PIN_NOT_INITIALIZED, CKR.USER_TOO_MANY_TYPES, CKR.USER_TYPE_INVALID, CKR.FUNCTION_CANCELED),
+    "C_SessionCancel": SESSION | _set(OPERATION_CANCEL_FAILED),
+    "C_MessageEncryptInit": SESSION | _INIT_WITH_KEY,
+    "C_MessageDecryptInit": SESSION | _INIT_WITH_KEY,
+    "C_EncryptMessage": SESSION | _OUTPUT | _set(CKR.DATA_LEN_RANGE, CKR.MECHANISM_PARAM_INVALID),
+    "C_DecryptMessage": SESSION | _OUTPUT | _set(CKR.ENCRYPTED_DATA_INVALID, CKR.ENCRYPTED_DATA_LEN_RANGE,
+                                                 CKR.MECHANISM_PARAM_INVALID, CKR.USER_NOT_LOGGED_IN),
+    "C_EncryptMessageBegin": SESSION | _OUTPUT | _set(CKR.MECHANISM_PARAM_INVALID),
+    "C_DecryptMessageBegin": SESSION | _OUTPUT | _set(CKR.MECHANISM_PARAM_INVALID, CKR.USER_NOT_LOGGED_IN),
+    "C_EncryptMessageNext": SESSION | _OUTPUT | _set(CKR.DATA_LEN_RANGE, CKR.MECHANISM_PARAM_INVALID),
+    "C_DecryptMessageNext": SESSION | _OUTPUT | _set(CKR.ENCRYPTED_DATA_INVALID, CKR.ENCRYPTED_DATA_LEN_RANGE,
+                                                     CKR.MECHANISM_PARAM_INVALID, CKR.USER_NOT_LOGGED_IN),
+    "C_MessageEncryptFinal": SESSION | _set(CKR.OPERATION_NOT_INITIALIZED),
+    "C_MessageDecryptFinal": SESSION | _set(CKR.OPERATION_NOT_INITIALIZED),
+    "C_EncapsulateKey": SESSION | _MAKE_OBJECT | _set(
+        CKR.BUFFER_TOO_SMALL, CKR.KEY_HANDLE_INVALID, CKR.KEY_SIZE_RANGE, CKR.KEY_TYPE_INCONSISTENT,
+        CKR.KEY_FUNCTION_NOT_PERMITTED),
+    "C_DecapsulateKey": SESSION | _MAKE_OBJECT | _set(
+        CKR.ENCRYPTED_DATA_INVALID, CKR.ENCRYPTED_DATA_LEN_RANGE, CKR.KEY_HANDLE_INVALID, CKR.KEY_SIZE_RANGE,
+        CKR.KEY_TYPE_INCONSISTENT, CKR.KEY_FUNCTION_NOT_PERMITTED),
 }
 
 #: The module's own requests (X_*: ending an operation, output bounds, reopening an application): never an
@@ -240,6 +266,19 @@ _TRANSLATE: dict[tuple[str | None, int], int] = {
     ("C_DeriveKey", CKR.PUBLIC_KEY_INVALID): CKR.MECHANISM_PARAM_INVALID,
     ("C_DeriveKey", CKR.KEY_FUNCTION_NOT_PERMITTED): CKR.KEY_TYPE_INCONSISTENT,
     **{(f, CKR.OBJECT_HANDLE_INVALID): CKR.KEY_HANDLE_INVALID for f in _KEY_INIT},
+    # PKCS#11 3.x: C_LoginUser answers as C_Login; the message and KEM functions name their key as the inits do.
+    ("C_LoginUser", CKR.CRYPTOKI_NOT_INITIALIZED): CKR.USER_PIN_NOT_INITIALIZED,
+    ("C_LoginUser", CKR.PIN_LEN_RANGE): CKR.PIN_INCORRECT,
+    ("C_LoginUser", CKR.PIN_INVALID): CKR.PIN_INCORRECT,
+    ("C_LoginUser", CKR.ARGUMENTS_BAD): CKR.PIN_INCORRECT,
+    **{(f, CKR.OBJECT_HANDLE_INVALID): CKR.KEY_HANDLE_INVALID
+       for f in ("C_MessageEncryptInit", "C_MessageDecryptInit", "C_EncapsulateKey", "C_DecapsulateKey")},
+    **{(f, CKR.ACTION_PROHIBITED): CKR.KEY_FUNCTION_NOT_PERMITTED
+       for f in ("C_MessageEncryptInit", "C_MessageDecryptInit", "C_EncapsulateKey", "C_DecapsulateKey")},
+    **{(f, CKR.DATA_LEN_RANGE): CKR.ENCRYPTED_DATA_LEN_RANGE for f in ("C_DecryptMessage", "C_DecryptMessageNext")},
+    **{(f, CKR.DATA_INVALID): CKR.ENCRYPTED_DATA_INVALID for f in ("C_DecryptMessage", "C_DecryptMessageNext")},
+    ("C_DecapsulateKey", CKR.DATA_LEN_RANGE): CKR.ENCRYPTED_DATA_LEN_RANGE,
+    ("C_DecapsulateKey", CKR.DATA_INVALID): CKR.ENCRYPTED_DATA_INVALID,
     **{(f, CKR.DATA_LEN_RANGE): CKR.ENCRYPTED_DATA_LEN_RANGE for f in _DECRYPT},
     **{(f, CKR.DATA_INVALID): CKR.ENCRYPTED_DATA_INVALID for f in _DECRYPT},
     **{(f, CKR.KEY_SIZE_RANGE): CKR.ATTRIBUTE_VALUE_INVALID for f in _MAKERS},

@@ -197,6 +197,8 @@ class Session:
     find: FindCursor | None = None
     #: A computed C_WrapKey output kept across a size query.
     pending_wrap: Pending | None = None
+    #: Message-based operations (PKCS#11 3.0 §5.x: C_MessageEncryptInit ...), by kind: see functions/message.py.
+    messages: dict[str, Any] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
