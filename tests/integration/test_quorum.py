@@ -636,3 +636,65 @@ def test_key_list_verbose_shows_the_key_quorum_values(cluster: LocalCluster, tmp
     assert listed[0]["key-info"]["key-quorum-values"] == {"manage-key-quorum-value": 2, "use-key-quorum-value": 2}
     assert alice.client.get_attributes(listed[0]["handle"], [CKA.KEY_TYPE])[CKA.KEY_TYPE] == CKK.AES
     assert listed[0]["attributes"]["class"] in ("secret-key", CKO.SECRET_KEY.name)
+
+
+#: openssl commands for each kind of approval key: how it is made, and the pkeyutl options that sign a token.
+OPENSSL_KEYS = {
+    "RSA-3072": (("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072"),
+                 ("-pkeyopt", "digest:sha256", "-pkeyopt", "rsa_padding_mode:pss")),
+    "EC-P-384": (("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"), ("-pkeyopt", "digest:sha256")),
+    "Ed25519": (("genpkey", "-algorithm", "ed25519"), ("-rawin",)),
+}
+
+
+def test_openssl_keys_of_every_type_register_and_approve_through_the_cli(cluster: LocalCluster,
+                                                                        tmp_path: Path) -> None:
+    """Beyond CloudHSM's RSA-2048: RSA-3072 signing with PSS, ECDSA P-384 and Ed25519 keys made by openssl
+    genpkey, registered with the CloudHSM flow (registration token signed by openssl pkeyutl), then the three
+    approve a user-service token the same way and the request runs with --approval FILE."""
+    work = tmp_path
+    admin_pin = cluster.admin_pin
+    people = {cluster.summary["admin_user"]: admin_pin}
+    for name in ("ossl2", "ossl3"):
+        assert _cli(cluster, work, "user", "create", "--username", name, "--role", "admin", "--password", PASSWORD,
+                    pin=admin_pin)["error_code"] == 0
+        people[name] = f"{name}:{PASSWORD}"
+    kinds = dict(zip(people, OPENSSL_KEYS, strict=True))
+
+    def sign(name: str, token: bytes) -> str:
+        (work / f"{name}.bin").write_bytes(token)
+        openssl("pkeyutl", "-sign", "-inkey", f"{name}.key", *OPENSSL_KEYS[kinds[name]][1], "-in", f"{name}.bin",
+                "-out", f"{name}.sig", cwd=work)
+        return base64.b64encode((work / f"{name}.sig").read_bytes()).decode()
+
+    for name, pin in people.items():
+        openssl(*OPENSSL_KEYS[kinds[name]][0], "-out", f"{name}.key", cwd=work)
+        openssl("pkey", "-in", f"{name}.key", "-pubout", "-out", f"{name}.pub", cwd=work)
+        assert _cli(cluster, work, "quorum", "token-sign", "generate", "--service", "registration", "--token",
+                    f"{name}.token", pin=pin)["error_code"] == 0
+        tokenfile = json.loads((work / f"{name}.token").read_text())
+        tokenfile["tokens"][0]["signed"] = sign(name, base64.b64decode(tokenfile["tokens"][0]["unsigned"]))
+        (work / f"{name}.token").write_text(json.dumps(tokenfile, indent=2))
+        reply = _cli(cluster, work, "user", "change-quorum", "token-sign", "register", "--public-key", f"{name}.pub",
+                     "--signed-token", f"{name}.token", pin=pin)
+        assert reply["error_code"] == 0 and reply["data"]["algorithm"] == kinds[name], reply
+    algorithms = {row["username"]: row["algorithm"] for row in cluster.admin().quorum_users()}
+    assert algorithms == kinds
+
+    assert _cli(cluster, work, "quorum", "token-sign", "set-quorum-value", "--service", "user", "--value", "3",
+                pin=admin_pin)["error_code"] == 0
+    assert _cli(cluster, work, "quorum", "token-sign", "generate", "--service", "user", "--token", "create.token",
+                "--operation", "user create", "--argument", "username=ossl_user", "--argument", "role=crypto-user",
+                pin=admin_pin)["error_code"] == 0
+    token = json.loads((work / "create.token").read_text())
+    for name in list(people)[:2]:
+        token["signatures"].append({"username": name, "signature": sign(name, base64.b64decode(token["token"]))})
+    (work / "create.token").write_text(json.dumps(token, indent=2))
+    args = ("user", "create", "--username", "ossl_user", "--role", "crypto-user", "--password", PASSWORD,
+            "--approval", "create.token")
+    refusal = _cli(cluster, work, *args, pin=admin_pin)
+    assert refusal["error_code"] == CKR.FUNCTION_REJECTED and "has 2" in refusal["error"], refusal
+    token["signatures"].append({"username": "ossl3", "signature": sign("ossl3", base64.b64decode(token["token"]))})
+    (work / "create.token").write_text(json.dumps(token, indent=2))
+    created = _cli(cluster, work, *args, pin=admin_pin)
+    assert created["error_code"] == 0 and created["data"]["username"] == "ossl_user", created
