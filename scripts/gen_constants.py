@@ -42,8 +42,8 @@ def parse(header: str) -> dict[str, dict[str, int]]:
     return groups
 
 
-#: PKCS#11 3.2 identifiers that p11-kit 0.24's v2.40 header lacks and the node already uses (ML-KEM,
-#: ML-DSA), written from the OASIS PKCS#11 3.2 specification's tables. Parameter sets (CKP_ML_DSA_44 = 1,
+#: PKCS#11 3.0/3.2 identifiers that p11-kit 0.24's v2.40 header lacks and the node uses (ML-KEM, ML-DSA,
+#: SHA-3, HKDF), written from the OASIS PKCS#11 3.2 specification's tables. Parameter sets (CKP_ML_DSA_44 = 1,
 #: CKP_ML_KEM_512 = 1 ...) share values across families and are kept with their mechanisms
 #: (strongroom.mechanisms.mldsa / mlkem). Once the project's own 3.x header exists, read it here instead.
 ADDITIONS_3_2 = {
@@ -51,6 +51,17 @@ ADDITIONS_3_2 = {
     "CKM_ML_KEM_KEY_PAIR_GEN": 0x0F, "CKM_ML_KEM": 0x17, "CKM_ML_DSA_KEY_PAIR_GEN": 0x1C, "CKM_ML_DSA": 0x1D,
     "CKA_PARAMETER_SET": 0x61D, "CKA_ENCAPSULATE": 0x633, "CKA_DECAPSULATE": 0x634, "CKA_SEED": 0x637,
     "CKF_ENCAPSULATE": 0x10000000, "CKF_DECAPSULATE": 0x20000000,
+    # PKCS#11 3.0 (kept in 3.2): SHA-3 digests, HMACs, their key types and key generation; HKDF.
+    "CKM_SHA3_256": 0x2B0, "CKM_SHA3_256_HMAC": 0x2B1,
+    "CKM_SHA3_256_HMAC_GENERAL": 0x2B2, "CKM_SHA3_256_KEY_GEN": 0x2B3,
+    "CKM_SHA3_224": 0x2B5, "CKM_SHA3_224_HMAC": 0x2B6,
+    "CKM_SHA3_224_HMAC_GENERAL": 0x2B7, "CKM_SHA3_224_KEY_GEN": 0x2B8,
+    "CKM_SHA3_384": 0x2C0, "CKM_SHA3_384_HMAC": 0x2C1,
+    "CKM_SHA3_384_HMAC_GENERAL": 0x2C2, "CKM_SHA3_384_KEY_GEN": 0x2C3,
+    "CKM_SHA3_512": 0x2D0, "CKM_SHA3_512_HMAC": 0x2D1,
+    "CKM_SHA3_512_HMAC_GENERAL": 0x2D2, "CKM_SHA3_512_KEY_GEN": 0x2D3,
+    "CKK_SHA3_224_HMAC": 0x36, "CKK_SHA3_256_HMAC": 0x37, "CKK_SHA3_384_HMAC": 0x38, "CKK_SHA3_512_HMAC": 0x39,
+    "CKM_HKDF_DERIVE": 0x402A, "CKM_HKDF_DATA": 0x402B, "CKM_HKDF_KEY_GEN": 0x402C, "CKK_HKDF": 0x42,
 }
 
 
@@ -78,8 +89,8 @@ def render(groups: dict[str, dict[str, int]]) -> str:
     lines = [
         '"""PKCS#11 constants (v2.40 + the 3.0 additions p11-kit knows), generated from p11-kit\'s header.',
         "",
-        "The PKCS#11 3.2 additions the node uses (ML-KEM, ML-DSA) come from the script's ADDITIONS_3_2, and",
-        "Strongroom's vendor-defined attributes from its VENDOR.",
+        "The PKCS#11 3.x additions the node uses (ML-KEM, ML-DSA, SHA-3, HKDF) come from the script's ADDITIONS_3_2,",
+        "and Strongroom's vendor-defined attributes from its VENDOR.",
         "",
         "Do not edit: run scripts/gen_constants.py. Names drop the prefix (``CKA.LABEL`` is ``CKA_LABEL``);",
         "names that start with a digit keep a leading underscore. Aliases share a value; IntEnum keeps",

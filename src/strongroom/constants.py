@@ -1,7 +1,7 @@
 """PKCS#11 constants (v2.40 + the 3.0 additions p11-kit knows), generated from p11-kit's header.
 
-The PKCS#11 3.2 additions the node uses (ML-KEM, ML-DSA) come from the script's ADDITIONS_3_2, and
-Strongroom's vendor-defined attributes from its VENDOR.
+The PKCS#11 3.x additions the node uses (ML-KEM, ML-DSA, SHA-3, HKDF) come from the script's ADDITIONS_3_2,
+and Strongroom's vendor-defined attributes from its VENDOR.
 
 Do not edit: run scripts/gen_constants.py. Names drop the prefix (``CKA.LABEL`` is ``CKA_LABEL``);
 names that start with a digit keep a leading underscore. Aliases share a value; IntEnum keeps
@@ -467,6 +467,25 @@ class CKM(enum.IntEnum):
     ML_KEM = 0x17
     ML_DSA_KEY_PAIR_GEN = 0x1c
     ML_DSA = 0x1d
+    SHA3_256 = 0x2b0
+    SHA3_256_HMAC = 0x2b1
+    SHA3_256_HMAC_GENERAL = 0x2b2
+    SHA3_256_KEY_GEN = 0x2b3
+    SHA3_224 = 0x2b5
+    SHA3_224_HMAC = 0x2b6
+    SHA3_224_HMAC_GENERAL = 0x2b7
+    SHA3_224_KEY_GEN = 0x2b8
+    SHA3_384 = 0x2c0
+    SHA3_384_HMAC = 0x2c1
+    SHA3_384_HMAC_GENERAL = 0x2c2
+    SHA3_384_KEY_GEN = 0x2c3
+    SHA3_512 = 0x2d0
+    SHA3_512_HMAC = 0x2d1
+    SHA3_512_HMAC_GENERAL = 0x2d2
+    SHA3_512_KEY_GEN = 0x2d3
+    HKDF_DERIVE = 0x402a
+    HKDF_DATA = 0x402b
+    HKDF_KEY_GEN = 0x402c
     ECDSA_KEY_PAIR_GEN = 0x1040
 
 
@@ -516,6 +535,11 @@ class CKK(enum.IntEnum):
     VENDOR_DEFINED = 0x80000000
     ML_KEM = 0x49
     ML_DSA = 0x4a
+    SHA3_224_HMAC = 0x36
+    SHA3_256_HMAC = 0x37
+    SHA3_384_HMAC = 0x38
+    SHA3_512_HMAC = 0x39
+    HKDF = 0x42
     ECDSA = 0x3
 
 

@@ -3,4 +3,4 @@
 Importing this package registers every mechanism.
 """
 
-from strongroom.mechanisms import aes, des, digest, ec, eddsa, generic, hmac, mldsa, mlkem, rsa  # noqa: F401
+from strongroom.mechanisms import aes, des, digest, ec, eddsa, generic, hkdf, hmac, mldsa, mlkem, rsa  # noqa: F401

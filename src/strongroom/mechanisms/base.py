@@ -20,8 +20,11 @@ RSA_PKCS_PSS (+hash) ``{"hash": CKM, "mgf": CKG, "salt_len": int}``
 RSA_PKCS_OAEP        ``{"hash": CKM, "mgf": CKG, "source": CKZ|0, "source_data": bytes}``
 ECDH1_DERIVE         ``{"kdf": CKD, "shared_data": bytes, "public_data": bytes}``
 EDDSA                ``None`` (pure) or ``{"ph_flag": bool, "context_data": bytes}`` (CK_EDDSA_PARAMS)
-ML_DSA               ``None`` or ``{"hedge_variant": CKH, "context": bytes, "external_mu": bool}``
+ML_DSA               ``None`` or ``{"hedge": CKH, "context": bytes, "external_mu": bool}``
+                     (CK_SIGN_ADDITIONAL_CONTEXT; external_mu is Strongroom's)
 ML_KEM               ``None``
+HKDF_DERIVE/_DATA    ``{"extract": bool, "expand": bool, "prf": CKM, "salt_type": CKF_HKDF_SALT_*,
+                     "salt": bytes|None, "salt_key": handle|None, "info": bytes}`` (CK_HKDF_PARAMS)
 *_HMAC_GENERAL       ``{"mac_len": int}`` (bytes), CMAC_GENERAL likewise
 others               ``None``
 ===================  =====================================================================
@@ -241,6 +244,19 @@ class Mechanism:
     legacy_only: bool = False
     #: The smallest key size under that policy, when it is below ``min_key_size`` (RSA 1024, P-192).
     legacy_min_key_size: int | None = None
+
+    #: C_DeriveKey makes a data object (CKO_DATA with the output as CKA_VALUE) instead of a secret key
+    #: (CKM_HKDF_DATA).
+    derives_data: bool = False
+
+    def key_handles(self, params: Any) -> tuple[int, ...]:
+        """Other key objects the parsed ``params`` name (HKDF's salt key): the object layer checks each
+        like the base key and hands them to :meth:`with_keys` before the operation."""
+        return ()
+
+    def with_keys(self, params: Any, keys: list[Key]) -> Any:
+        """``params`` with the keys :meth:`key_handles` named, in that order."""
+        return params
 
     def default_derive_length(self, base_key: Key, params: Any) -> int | None:
         """The length (bytes) :meth:`derive` makes when the template names none (ECDH without a KDF: the

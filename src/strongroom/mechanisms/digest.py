@@ -1,7 +1,8 @@
-"""Message digests: CKM_SHA_1, CKM_SHA224, CKM_SHA256, CKM_SHA384, CKM_SHA512.
+"""Message digests: CKM_SHA_1, CKM_SHA224, CKM_SHA256, CKM_SHA384, CKM_SHA512 and (PKCS#11 3.0)
+CKM_SHA3_224, CKM_SHA3_256, CKM_SHA3_384, CKM_SHA3_512, all from pyca/cryptography's ``hashes``.
 
-SHA-3 is absent on purpose: the p11-kit header our constants come from has no
-CKM_SHA3_* values, so there is nothing to register it under.
+The SHA-3 values are not in p11-kit's v2.40 header; scripts/gen_constants.py adds them from the
+PKCS#11 3.0 tables.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 
 from strongroom.constants import CKM
 from strongroom.mechanisms.base import Capability, DigestOperation, Mechanism, Stream, register
-from strongroom.mechanisms.hashes import HASHES
+from strongroom.mechanisms.hashes import ALL_HASHES
 
 
 class _Digest(DigestOperation):
@@ -32,7 +33,7 @@ class DigestMechanism(Mechanism):
 
     def __init__(self, ckm: CKM) -> None:
         self.ckm = ckm
-        self._algorithm = HASHES[ckm]
+        self._algorithm = ALL_HASHES[ckm]
         self.digest_size: int = self._algorithm().digest_size
 
     def digest(self, params: Any) -> DigestOperation:
@@ -41,7 +42,8 @@ class DigestMechanism(Mechanism):
 
 
 DIGESTS: dict[CKM, DigestMechanism] = {
-    ckm: DigestMechanism(ckm) for ckm in (CKM.SHA_1, CKM.SHA224, CKM.SHA256, CKM.SHA384, CKM.SHA512)
+    ckm: DigestMechanism(ckm) for ckm in (CKM.SHA_1, CKM.SHA224, CKM.SHA256, CKM.SHA384, CKM.SHA512,
+                                          CKM.SHA3_224, CKM.SHA3_256, CKM.SHA3_384, CKM.SHA3_512)
 }
 for _mechanism in DIGESTS.values():
     register(_mechanism)

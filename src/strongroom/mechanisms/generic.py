@@ -1,4 +1,6 @@
-"""Generic secret keys: CKM_GENERIC_SECRET_KEY_GEN, the key source for HMAC.
+"""Generic secret keys: CKM_GENERIC_SECRET_KEY_GEN, the key source for HMAC and HKDF, and the typed
+secret keys of PKCS#11 3.0 made the same way: CKM_SHA3_*_KEY_GEN (CKK_SHA3_*_HMAC keys, usable by
+that one HMAC) and CKM_HKDF_KEY_GEN (CKK_HKDF keys, usable by CKM_HKDF_DERIVE / CKM_HKDF_DATA).
 
 The bytes come straight from the OS CSPRNG (``os.urandom``), the same source
 pyca/cryptography uses for its own key generation; there is nothing to derive.
@@ -25,27 +27,30 @@ def secret_key_attributes(value: bytes) -> dict[int, Any]:
 
 
 class GenericSecretKeyGen(Mechanism):
-    ckm = CKM.GENERIC_SECRET_KEY_GEN
     capabilities = Capability.GENERATE
-    key_types = frozenset({CKK.GENERIC_SECRET})
     min_key_size = MIN_SECRET_LEN
     max_key_size = MAX_SECRET_LEN
+
+    def __init__(self, ckm: CKM = CKM.GENERIC_SECRET_KEY_GEN, key_type: CKK = CKK.GENERIC_SECRET) -> None:
+        self.ckm = ckm
+        self.key_type = key_type
+        self.key_types = frozenset({key_type})
 
     def generate_key(self, params: Any, template: dict[int, Any]) -> GeneratedSecret:
         self.parse_params(params)
         length = _value_len(template)
-        # The mechanism only makes CKK_GENERIC_SECRET; a template asking it for another
+        # The mechanism makes one key type; a template asking it for another
         # type contradicts the mechanism rather than selecting a different key.
-        key_type = template.get(CKA.KEY_TYPE, CKK.GENERIC_SECRET)
-        if isinstance(key_type, bool) or key_type != CKK.GENERIC_SECRET:
-            raise TemplateInconsistent(f"{self.ckm.name} makes CKK_GENERIC_SECRET keys only")
+        key_type = template.get(CKA.KEY_TYPE, self.key_type)
+        if isinstance(key_type, bool) or key_type != self.key_type:
+            raise TemplateInconsistent(f"{self.ckm.name} makes CKK_{self.key_type.name} keys only")
         value = os.urandom(length)
-        return GeneratedSecret(value, CKK.GENERIC_SECRET, secret_key_attributes(value))
+        return GeneratedSecret(value, self.key_type, secret_key_attributes(value))
 
 
 def _value_len(template: dict[int, Any]) -> int:
     if CKA.VALUE_LEN not in template:
-        raise TemplateIncomplete("CKA_VALUE_LEN is required to generate a generic secret key")
+        raise TemplateIncomplete("CKA_VALUE_LEN is required to generate a generic (HMAC, HKDF) secret key")
     length = template[CKA.VALUE_LEN]
     if not isinstance(length, int) or isinstance(length, bool):
         raise AttributeValueInvalid(f"CKA_VALUE_LEN must be an integer, not {type(length).__name__}")
@@ -54,4 +59,15 @@ def _value_len(template: dict[int, Any]) -> int:
     return length
 
 
+#: (mechanism, the key type it makes) of the typed secret keys.
+TYPED_KEY_GEN = (
+    (CKM.SHA3_224_KEY_GEN, CKK.SHA3_224_HMAC),
+    (CKM.SHA3_256_KEY_GEN, CKK.SHA3_256_HMAC),
+    (CKM.SHA3_384_KEY_GEN, CKK.SHA3_384_HMAC),
+    (CKM.SHA3_512_KEY_GEN, CKK.SHA3_512_HMAC),
+    (CKM.HKDF_KEY_GEN, CKK.HKDF),
+)
+
 register(GenericSecretKeyGen())
+for _ckm, _key_type in TYPED_KEY_GEN:
+    register(GenericSecretKeyGen(_ckm, _key_type))

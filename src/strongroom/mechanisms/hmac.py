@@ -1,7 +1,9 @@
-"""HMAC over SHA-1 and SHA-2: CKM_SHA*_HMAC (full-length MAC) and CKM_SHA*_HMAC_GENERAL.
+"""HMAC over SHA-1, SHA-2 and SHA-3: CKM_SHA*_HMAC / CKM_SHA3_*_HMAC (full-length MAC) and the
+*_HMAC_GENERAL variants.
 
-A generic secret key works with every hash; a key typed for one HMAC (CKK_SHA256_HMAC …)
-only with that hash, which is the point of having typed HMAC keys. The _GENERAL variants
+A generic secret key works with every hash; a key typed for one HMAC (CKK_SHA256_HMAC,
+CKK_SHA3_256_HMAC …, made by CKM_SHA3_256_KEY_GEN … or imported) only with that hash, which is
+the point of having typed HMAC keys. The _GENERAL variants
 take ``{"mac_len": n}`` and produce the leftmost n bytes of the MAC (RFC 2104 §5).
 """
 
@@ -33,7 +35,7 @@ from strongroom.mechanisms.base import (
     register,
 )
 from strongroom.mechanisms.generic import MAX_SECRET_LEN, MIN_SECRET_LEN
-from strongroom.mechanisms.hashes import HASHES
+from strongroom.mechanisms.hashes import ALL_HASHES
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ class HmacMechanism(Mechanism):
 
     def __init__(self, ckm: CKM, hash_ckm: CKM, hmac_key_type: CKK, *, general: bool) -> None:
         self.ckm = ckm
-        self._algorithm = HASHES[hash_ckm]
+        self._algorithm = ALL_HASHES[hash_ckm]
         self._accepted = (CKK.GENERIC_SECRET, hmac_key_type)
         self.key_types = frozenset(self._accepted)
         self.general = general
@@ -147,6 +149,10 @@ _FAMILY = (
     (CKM.SHA256, CKM.SHA256_HMAC, CKM.SHA256_HMAC_GENERAL, CKK.SHA256_HMAC),
     (CKM.SHA384, CKM.SHA384_HMAC, CKM.SHA384_HMAC_GENERAL, CKK.SHA384_HMAC),
     (CKM.SHA512, CKM.SHA512_HMAC, CKM.SHA512_HMAC_GENERAL, CKK.SHA512_HMAC),
+    (CKM.SHA3_224, CKM.SHA3_224_HMAC, CKM.SHA3_224_HMAC_GENERAL, CKK.SHA3_224_HMAC),
+    (CKM.SHA3_256, CKM.SHA3_256_HMAC, CKM.SHA3_256_HMAC_GENERAL, CKK.SHA3_256_HMAC),
+    (CKM.SHA3_384, CKM.SHA3_384_HMAC, CKM.SHA3_384_HMAC_GENERAL, CKK.SHA3_384_HMAC),
+    (CKM.SHA3_512, CKM.SHA3_512_HMAC, CKM.SHA3_512_HMAC_GENERAL, CKK.SHA3_512_HMAC),
 )
 
 HMACS: dict[CKM, HmacMechanism] = {}

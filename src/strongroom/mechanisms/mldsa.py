@@ -15,16 +15,19 @@ agree when both name it).
 CKM_ML_DSA parameters travel as ``None`` or a map (CK_SIGN_ADDITIONAL_CONTEXT plus one extension):
 
 * ``context``: bytes, 0 to 255 (FIPS 204's context string ctx);
-* ``hedge_variant``: CKH_HEDGE_PREFERRED (0, the default) or CKH_HEDGE_REQUIRED (1). The library signs
-  hedged only, so CKH_DETERMINISTIC_REQUIRED (2) is CKR_MECHANISM_PARAM_INVALID;
+* ``hedge``: CK_HEDGE_TYPE, CKH_HEDGE_PREFERRED (0, the default) or CKH_HEDGE_REQUIRED (1). pyca/cryptography
+  51 signs hedged only (``sign``/``sign_mu`` draw fresh randomness; no call takes rnd or a deterministic
+  flag), so CKH_DETERMINISTIC_REQUIRED (2) is CKR_MECHANISM_PARAM_INVALID;
 * ``external_mu`` (Strongroom's, not in PKCS#11 3.2): the data is the 64-byte message
   representative μ of FIPS 204 §6.2 instead of the message (what AWS KMS calls EXTERNAL_MU). The
   signature is the one the message itself would get; μ already binds the context, so none may be given.
 
 Signing and verification run in one part or several: the parts go through the library's μ
 hasher (``MLDSAMuHasher``, keyed by the public key and the context) and μ is signed, which
-gives the same signature as signing the whole message. HashML-DSA (CKM_HASH_ML_DSA_*) is not
-offered by the library and is not registered. Signatures are 2420 / 3309 / 4627 bytes.
+gives the same signature as signing the whole message. HashML-DSA (CKM_HASH_ML_DSA and
+CKM_HASH_ML_DSA_<hash>, FIPS 204 §5.4) is not offered by the library (no pre-hash sign or verify, and its
+μ hasher only builds the pure variant's 0x00 domain byte), so it is not registered (CKR_MECHANISM_INVALID):
+building its message representative by hand would be home-made cryptography. Signatures are 2420 / 3309 / 4627 bytes.
 """
 
 from __future__ import annotations
@@ -201,8 +204,8 @@ class MlDsaParams:
     external_mu: bool = False
 
 
-_FIELDS = ("context", "hedge_variant", "external_mu")
-_EXPECTED = ('{"context": bytes (0..255), "hedge_variant": CKH_HEDGE_PREFERRED|CKH_HEDGE_REQUIRED, '
+_FIELDS = ("context", "hedge", "external_mu")
+_EXPECTED = ('{"context": bytes (0..255), "hedge": CKH_HEDGE_PREFERRED|CKH_HEDGE_REQUIRED, '
              '"external_mu": bool}')
 
 
@@ -220,10 +223,10 @@ def parse_params(params: Any) -> MlDsaParams:
     context = b"" if raw_context is None else as_bytes(raw_context)
     if context is None or len(context) > CONTEXT_MAX:
         raise MechanismParamInvalid(f"CKM_ML_DSA: the context is a byte string of at most {CONTEXT_MAX} bytes")
-    hedge = params.get("hedge_variant", CKH_HEDGE_PREFERRED)
+    hedge = params.get("hedge", CKH_HEDGE_PREFERRED)
     if not isinstance(hedge, int) or isinstance(hedge, bool) or hedge not in (
             CKH_HEDGE_PREFERRED, CKH_HEDGE_REQUIRED, CKH_DETERMINISTIC_REQUIRED):
-        raise MechanismParamInvalid(f"CKM_ML_DSA: hedge_variant {hedge!r} is not a CK_HEDGE_TYPE")
+        raise MechanismParamInvalid(f"CKM_ML_DSA: hedge {hedge!r} is not a CK_HEDGE_TYPE")
     if hedge == CKH_DETERMINISTIC_REQUIRED:
         raise MechanismParamInvalid("CKM_ML_DSA: deterministic signing (CKH_DETERMINISTIC_REQUIRED) is not "
                                     "available; this node signs hedged (randomized) only")

@@ -34,8 +34,12 @@ from strongroom.objects.keys import (
 )
 from strongroom.objects.model import StoredObject
 
-#: Secret key lengths in bytes, by key type.
-SECRET_LENGTHS = {CKK.AES: (16, 24, 32), CKK.GENERIC_SECRET: tuple(range(1, 513))}
+#: Secret key lengths in bytes, by key type: AES, and the keys of HMAC and HKDF (generic secrets, the typed
+#: HMAC keys of PKCS#11 v2.40 and 3.0, CKK_HKDF), 1 to 512 bytes.
+_ANY_LENGTH = tuple(range(1, 513))
+SECRET_LENGTHS = {CKK.AES: (16, 24, 32)} | {key_type: _ANY_LENGTH for key_type in (
+    CKK.GENERIC_SECRET, CKK.SHA_1_HMAC, CKK.SHA224_HMAC, CKK.SHA256_HMAC, CKK.SHA384_HMAC, CKK.SHA512_HMAC,
+    CKK.SHA3_224_HMAC, CKK.SHA3_256_HMAC, CKK.SHA3_384_HMAC, CKK.SHA3_512_HMAC, CKK.HKDF)}
 #: ... and those of the legacy-algorithms policy (two- and three-key Triple-DES; parity bits included).
 LEGACY_SECRET_LENGTHS = {CKK.DES2: (16,), CKK.DES3: (24,)}
 
@@ -97,7 +101,8 @@ def derived_type(template: dict[int, Any], legacy: bool = False) -> CKK:
     key_type = template.get(CKA.KEY_TYPE)
     lengths = secret_lengths(legacy)
     if key_type not in lengths:
-        raise TemplateIncomplete("derive needs CKA_KEY_TYPE: CKK_AES or CKK_GENERIC_SECRET")
+        raise TemplateIncomplete("derive needs CKA_KEY_TYPE: CKK_AES, CKK_GENERIC_SECRET, an HMAC key type or "
+                                "CKK_HKDF")
     return CKK(key_type)
 
 
@@ -126,6 +131,28 @@ def derived_secret(maker: Maker, template: dict[int, Any], key_type: CKK, value:
     attributes[CKA.ALWAYS_SENSITIVE] = base.flag(CKA.ALWAYS_SENSITIVE) and attributes[CKA.SENSITIVE]
     attributes[CKA.NEVER_EXTRACTABLE] = base.flag(CKA.NEVER_EXTRACTABLE) and not attributes[CKA.EXTRACTABLE]
     return maker.new(attributes, value)
+
+
+#: The largest data object C_DeriveKey makes (CKM_HKDF_DATA: RFC 5869 allows 255 × HashLen, 16,320 bytes).
+MAX_DERIVED_DATA = 255 * 64
+
+
+def derived_data_length(template: dict[int, Any], natural: int | None) -> tuple[int, dict[int, Any]]:
+    """CKM_HKDF_DATA: the length the template asks for (CKA_VALUE_LEN, else the mechanism's natural one) and
+    the template without it (a data object has no CKA_VALUE_LEN)."""
+    rest = {k: v for k, v in template.items() if k != CKA.VALUE_LEN}
+    length = template.get(CKA.VALUE_LEN, natural)
+    if length is None:
+        raise TemplateIncomplete("derive needs CKA_VALUE_LEN")
+    if not isinstance(length, int) or not 1 <= length <= MAX_DERIVED_DATA:
+        raise KeySizeRange(f"a derived data object is 1 to {MAX_DERIVED_DATA} bytes, not {length}")
+    return length, rest
+
+
+def derived_data(maker: Maker, template: dict[int, Any], value: bytes) -> StoredObject:
+    """A data object whose CKA_VALUE a derivation made (readable, as any data object's)."""
+    attributes = templates.build(Op.DERIVE, CKO.DATA, template, {CKA.VALUE: value})
+    return maker.new(attributes)
 
 
 def check_unwrap_template(template: dict[int, Any]) -> None:

@@ -24,6 +24,11 @@ _UNABLE: dict[int, tuple[int, ...]] = {
     CKK.GENERIC_SECRET: _CIPHER_USES,
     CKK.ML_DSA: (*_CIPHER_USES, CKA.DERIVE),
     CKK.ML_KEM: (*_CIPHER_USES, CKA.SIGN, CKA.VERIFY, CKA.DERIVE),
+    # Typed HMAC keys (PKCS#11 v2.40, 3.0) only MAC; CKK_HKDF keys (3.0) only derive.
+    **{key_type: _CIPHER_USES for key_type in (CKK.SHA_1_HMAC, CKK.SHA224_HMAC, CKK.SHA256_HMAC, CKK.SHA384_HMAC,
+                                               CKK.SHA512_HMAC, CKK.SHA3_224_HMAC, CKK.SHA3_256_HMAC,
+                                               CKK.SHA3_384_HMAC, CKK.SHA3_512_HMAC)},
+    CKK.HKDF: (*_CIPHER_USES, CKA.SIGN, CKA.VERIFY),
 }
 
 #: Attributes that describe what an object is; a caller may repeat them but not contradict them.

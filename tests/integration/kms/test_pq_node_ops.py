@@ -81,12 +81,12 @@ def test_ml_dsa_objects_and_signatures(alice: Client, parameter_set: int, public
         refused(CKR.ATTRIBUTE_SENSITIVE, alice.get_attributes, private, [secret_part])
     signature = alice.sign(private, CKM.ML_DSA, b"message")
     outside.verify(signature, b"message")
-    context = {"context": b"app-v1", "hedge_variant": 1}
+    context = {"context": b"app-v1", "hedge": 1}
     with_context = alice.sign(private, CKM.ML_DSA, b"message", context)
     outside.verify(with_context, b"message", b"app-v1")
     alice.verify(public, CKM.ML_DSA, b"message", with_context, context)
     refused(CKR.SIGNATURE_INVALID, alice.verify, public, CKM.ML_DSA, b"message", with_context)
-    refused(CKR.MECHANISM_PARAM_INVALID, alice.sign, private, CKM.ML_DSA, b"m", {"hedge_variant": 2})
+    refused(CKR.MECHANISM_PARAM_INVALID, alice.sign, private, CKM.ML_DSA, b"m", {"hedge": 2})
     # In parts: the node hashes the parts into the message representative; the signature is the message's.
     session = alice.open_session()
     try:

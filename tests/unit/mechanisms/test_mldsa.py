@@ -152,7 +152,7 @@ def test_signatures_verify_outside_the_node(chosen: mech_mldsa.ParameterSet) -> 
 
 def test_context_binds_the_signature() -> None:
     private_key, public_key, private = generate(mech_mldsa.CKP_ML_DSA_44)
-    context = {"context": b"strongroom", "hedge_variant": mech_mldsa.CKH_HEDGE_REQUIRED}
+    context = {"context": b"strongroom", "hedge": mech_mldsa.CKH_HEDGE_REQUIRED}
     signature = sign(private_key, b"msg", context)
     private.public_key().verify(signature, b"msg", b"strongroom")
     verify(public_key, b"msg", signature, context)
@@ -231,9 +231,12 @@ def test_signature_refusals() -> None:
 
 
 @pytest.mark.parametrize("params", [
-    {"hedge_variant": mech_mldsa.CKH_DETERMINISTIC_REQUIRED},  # the library signs hedged only
-    {"hedge_variant": 3}, {"hedge_variant": True}, {"context": b"x" * 256}, {"context": "text"},
-    {"external_mu": True, "context": b"ctx"}, {"external_mu": 1}, {"hedge": 0}, b"\0", 1,
+    {"hedge": mech_mldsa.CKH_DETERMINISTIC_REQUIRED},  # the library signs hedged only
+    {"hedge": 3}, {"hedge": True}, {"context": b"x" * 256}, {"context": "text"},
+    {"external_mu": True, "context": b"ctx"}, {"external_mu": 1}, b"\0", 1,
+    # the agreed wire form (notes/prompts2/pkcs11-3-params.md) names the field "hedge"; "hash" belongs to
+    # CKM_HASH_ML_DSA, which is not offered
+    {"hedge_variant": 0}, {"hash": int(CKM.SHA256)},
 ])
 def test_parameter_refusals(params: Any) -> None:
     private_key, public_key, _ = generate(mech_mldsa.CKP_ML_DSA_44)

@@ -1,6 +1,7 @@
 """``key.*``: key management (PKCS#11 chapter "Key management functions").
 
-C_GenerateKey, C_GenerateKeyPair, C_WrapKey, C_UnwrapKey and C_DeriveKey. Every key
+C_GenerateKey, C_GenerateKeyPair, C_WrapKey, C_UnwrapKey and C_DeriveKey (a secret key, or with
+CKM_HKDF_DATA a data object). Every key
 made here is built by :mod:`strongroom.objects.builder`, owned by the crypto user who made it
 and audited; key material never
 leaves except wrapped, only from extractable keys, and only by their owner (a user a key
@@ -25,12 +26,13 @@ from strongroom.dispatch.auditing import audited, witness
 from strongroom.dispatch.call import Call
 from strongroom.dispatch.ops.object import actor_of, check_maker, is_public, object_for, p11_session_of, policies
 from strongroom.dispatch.table import operation
-from strongroom.errors import CKR, KeyHandleInvalid, ObjectHandleInvalid
+from strongroom.errors import CKR, HsmError, KeyHandleInvalid, ObjectHandleInvalid
 from strongroom.mechanisms.base import Key, Mechanism, legacy_algorithms, lookup
 from strongroom.objects import builder
-from strongroom.objects.access import Action
+from strongroom.objects.access import Action, Actor
 from strongroom.objects.attributes import coerce_template
 from strongroom.objects.model import StoredObject
+from strongroom.objects.repository import ObjectRepository
 from strongroom.objects.usage import check_use, check_wrappable, merge_unwrap_template, refuse_without_context
 
 CRYPTO_USER = (Role.CRYPTO_USER.value,)
@@ -39,15 +41,32 @@ USER_OR_PUBLIC = (Role.CRYPTO_USER.value, Role.PUBLIC.value)
 
 
 async def usable_key(call: Call, handle: int, purpose: str, mechanism: int) -> tuple[StoredObject, Key]:
+    """The key ``handle`` if the caller may use it so, from the worker's cache: no store query.
+
+    The cache holds whatever the caller itself wrote (its revision token). A refusal is
+    checked again after the strict catch-up (a store query): a key created, shared or
+    changed a moment ago by someone else through another worker or node is used at once,
+    as before; a change that takes a right away reaches the cache with the store's watch.
+    """
     objects = call.services.keyring.require_objects()
-    await objects.sync()  # sharing may have changed through another worker a moment ago
+    await objects.caught_up(call.request.revision)
     actor = await actor_of(call)
+    try:
+        obj = await _checked(objects, actor, handle, purpose, mechanism)
+    except HsmError:
+        await objects.sync()
+        obj = await _checked(objects, actor, handle, purpose, mechanism)
+    return obj, call.services.keyring.keys.key(obj)
+
+
+async def _checked(objects: ObjectRepository, actor: Actor, handle: int, purpose: str,
+                   mechanism: int) -> StoredObject:
     try:
         obj = await objects.get(handle)
     except ObjectHandleInvalid:
         raise KeyHandleInvalid(f"no key with handle {handle}") from None
     check_use(obj, actor, purpose, mechanism)
-    return obj, call.services.keyring.keys.key(obj)
+    return obj
 
 
 async def legacy(call: Call) -> bool:
@@ -204,17 +223,29 @@ async def derive(call: Call, args: DeriveArgs) -> dict[str, Any]:
     allowed = await legacy(call)
     with legacy_algorithms(allowed):
         mechanism, params = _mechanism(args.mechanism, args.params)
-    template = _template(args.template, CKO.SECRET_KEY)
+    # CKM_HKDF_DATA makes a data object; every other derivation a secret key.
+    template = _template(args.template, CKO.DATA if mechanism.derives_data else CKO.SECRET_KEY)
     details: dict[str, Any] = {"mechanism": mechanism.ckm.name, "base_key": args.base_key}
     async with audited(call, "key.derive", details):
         base, base_key = await usable_key(call, args.base_key, "derive", args.mechanism)
         refuse_without_context(base, "derive")
-        with legacy_algorithms(allowed):
-            builder.derived_type(template, allowed)  # before any work: the template names a type we make
-            natural = None if CKA.VALUE_LEN in template else mechanism.default_derive_length(base_key, params)
-            key_type, length = builder.derived_length(template, natural, allowed)
+        # Keys the parameters name (HKDF's salt key) pass the same checks as the base key.
+        extra = [(await usable_key(call, handle, "derive", args.mechanism))[1]
+                 for handle in mechanism.key_handles(params)]
+        if extra:
+            params = mechanism.with_keys(params, extra)
+        if mechanism.derives_data:
+            natural = mechanism.default_derive_length(base_key, params)
+            length, template = builder.derived_data_length(template, natural)
             value = mechanism.derive(base_key, params, length)
-        obj = builder.derived_secret(_maker(call), template, key_type, value, base)
+            obj = builder.derived_data(_maker(call), template, value)
+        else:
+            with legacy_algorithms(allowed):
+                builder.derived_type(template, allowed)  # before any work: the template names a type we make
+                natural = None if CKA.VALUE_LEN in template else mechanism.default_derive_length(base_key, params)
+                key_type, length = builder.derived_length(template, natural, allowed)
+                value = mechanism.derive(base_key, params, length)
+            obj = builder.derived_secret(_maker(call), template, key_type, value, base)
         obj.p11_session = p11_session_of(call, args.session, template)
         check_maker(call, [obj])
         details.update(label=obj.label(), token=obj.token)
