@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from strongroom.auth.public import GATE
-from strongroom.auth.users import WRONG_CREDENTIALS, Role
+from strongroom.auth.users import WRONG_CREDENTIALS, Role, User
 from strongroom.dispatch.call import Call
-from strongroom.dispatch.quorum import check_login_factor
+from strongroom.dispatch.quorum import check_login_factor, quorum_store
 from strongroom.dispatch.table import operation
 from strongroom.errors import CKR, ActionProhibited, HsmError, OperationNotInitialized, PinIncorrect
 from strongroom.objects.access import PUBLIC_NAME
 from strongroom.services import policy
+from strongroom.store.base import OutcomeUnknownError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,36 @@ class LoginArgs:
     keep: bool = False
     #: The second factor of a user with MFA: [{token, signature}] over a challenge of quorum.mfa_challenge.
     mfa: list[Any] | None = None
+
+
+class _MfaAccounts:
+    """The accounts with an MFA key as this worker last read them (name -> uid), read again at every login the
+    store answers. While the store cannot be read (etcd without quorum, issue 14 item 4; the password is then
+    checked against the record last seen, auth/offline.py) a user not among them logs in without a second
+    factor, and one among them is refused (its challenge lives in the store). A worker that has not read them
+    since it started refuses every login until the store answers: a login never skips a second factor it
+    cannot rule out. An MFA key registered since this worker's last login (on the majority side, while only
+    this node is cut off) takes effect here when the store answers again, as a password change does."""
+
+    known: dict[str, str] | None = None
+
+
+async def _second_factor(call: Call, user: User, factor: list[Any] | None) -> bool:
+    """:func:`check_login_factor`, and what to do when the store cannot say whether the user has MFA."""
+    try:
+        checked = await check_login_factor(call, user, factor)
+    except (UnavailableError, OutcomeUnknownError) as down:
+        known = _MfaAccounts.known
+        if known is not None and known.get(user.name) != user.uid and not factor:
+            return False
+        raise HsmError(f"the store cannot be read ({down}): whether {user.name!r} logs in with a second factor "
+                       "is not known on this node; try again once the store answers", CKR.DEVICE_ERROR) from None
+    try:
+        keys = await quorum_store(call).all_registered()
+    except (UnavailableError, OutcomeUnknownError):
+        return checked  # the store went away meanwhile: the accounts last read stay
+    _MfaAccounts.known = {k.username: k.uid for k in keys if k.mfa}
+    return checked
 
 
 def _source(call: Call) -> str:
@@ -71,7 +102,7 @@ async def login(call: Call, args: LoginArgs) -> dict[str, Any]:
             raise PinIncorrect(WRONG_CREDENTIALS)
         if wait > 0 and user.role is Role.ADMIN:
             raise _paused(call, wait)
-        mfa = await check_login_factor(call, user, args.mfa)
+        mfa = await _second_factor(call, user, args.mfa)
         session = services.sessions.logins.open(user.name, user.role, call.connection_id, user.uid, keep=args.keep)
     except HsmError as exc:
         details: dict[str, Any] = {"peer": call.peer_name}
