@@ -300,6 +300,13 @@ SHA_512_VECTOR = DigestVector(
     ),
 )
 
+# FIPS 202 SHA3-256 example "abc" (NIST "Examples with Intermediate Values", SHA3-256_Msg24; PKCS#11 3.0
+# CKM_SHA3_256).
+SHA3_256_VECTOR = DigestVector(
+    message=b"abc",
+    digest=_h("3a985da74fe225b2045c172d6bd390bd855f086e3e9d525b46bfe24511431532"),
+)
+
 
 @dataclass(frozen=True)
 class MacVector:
@@ -325,6 +332,14 @@ HMAC_SHA_512_VECTOR = MacVector(
         "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea250554"
         "9758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737"
     ),
+)
+
+# NIST "Examples with Intermediate Values", HMAC_SHA3-256 with a 32-byte key (keylen < blocklen): key
+# 00 01 … 1f, message "Sample message for keylen<blocklen" (PKCS#11 3.0 CKM_SHA3_256_HMAC).
+HMAC_SHA3_256_VECTOR = MacVector(
+    key=bytes(range(32)),
+    message=b"Sample message for keylen<blocklen",
+    mac=_h("4fe8e202c4f058e8dddc23d8c34e467343e23555e24fc2f025d598f558f67205"),
 )
 
 # NIST SP 800-38B Appendix D.1 (AES-128) Example 2, Mlen = 128 (identical to
@@ -785,6 +800,12 @@ def _kat_sha_512() -> None:
     _expect("SHA-512", "digest", _digest(hashes.SHA512(), v.message), v.digest)
 
 
+@known_answer_test("sha3-256")
+def _kat_sha3_256() -> None:
+    v = SHA3_256_VECTOR
+    _expect("SHA3-256", "digest", _digest(hashes.SHA3_256(), v.message), v.digest)
+
+
 @known_answer_test("hmac-sha-256")
 def _kat_hmac_sha_256() -> None:
     v = HMAC_SHA_256_VECTOR
@@ -799,6 +820,14 @@ def _kat_hmac_sha_512() -> None:
     mac = HMAC(v.key, hashes.SHA512())
     mac.update(v.message)
     _expect("HMAC-SHA-512", "tag", mac.finalize(), v.mac)
+
+
+@known_answer_test("hmac-sha3-256")
+def _kat_hmac_sha3_256() -> None:
+    v = HMAC_SHA3_256_VECTOR
+    mac = HMAC(v.key, hashes.SHA3_256())
+    mac.update(v.message)
+    _expect("HMAC-SHA3-256", "tag", mac.finalize(), v.mac)
 
 
 @known_answer_test("hkdf-sha-256")
