@@ -305,3 +305,39 @@ def test_an_ecdsa_mfa_key_signed_by_openssl_logs_in(cluster: LocalCluster, tmp_p
                 "t.sig", cwd=tmp_path)
         answers.append({"token": entry.unsigned, "signature": (tmp_path / "t.sig").read_bytes()})
     assert client.login("gina", PASSWORD, mfa=answers)["username"] == "gina"
+
+
+def test_one_challenge_per_node_and_one_login_per_signed_file(tmp_path: Path) -> None:
+    """Two nodes: the challenge file holds a token of each; the node a login reaches checks its own, and the
+    signed file then logs in nowhere else (one signed file, one login)."""
+    from strongroom.client import ClientProfile
+
+    cluster = LocalCluster(tmp_path / "two", workers=1, up_args=("--nodes", "2"))
+    cluster.up()
+    try:
+        profile = ClientProfile.load(cluster.dir)
+        assert len(profile.nodes) == 2
+        node1, node2 = (Client(profile, node, timeout=30) for node in profile.nodes)
+        admin = cluster.admin()
+        admin.user_create("hana", "crypto-user", PASSWORD)
+        hana = cluster.client()
+        hana.login("hana", PASSWORD)
+        key = new_key("ed25519")
+        enable_mfa(hana, "hana", key)
+        challenge = node1.mfa_challenge("hana", PASSWORD)["file"]
+        assert sorted(t["node"] for t in challenge["tokens"]) == ["node1", "node2"]
+        answer = signed(challenge, key)
+        # Only node2's token, signed: node2 logs in with it; node1's alone would not log in on node2.
+        node2_only = [a for a, t in zip(answer, challenge["tokens"], strict=True) if t["node"] == "node2"]
+        node1_only = [a for a, t in zip(answer, challenge["tokens"], strict=True) if t["node"] == "node1"]
+        assert "no unused challenge of node node2" in refused(node2.login, "hana", PASSWORD, mfa=node1_only).message
+        assert node2.login("hana", PASSWORD, mfa=node2_only)["username"] == "hana"
+        # The same signed file on node1: spent with its sibling.
+        assert "no unused challenge" in refused(node1.login, "hana", PASSWORD, mfa=answer).message
+        # A fresh file, signed whole: the node reached (node1) logs in.
+        assert node1.login("hana", PASSWORD, mfa=signed(node1.mfa_challenge("hana", PASSWORD)["file"],
+                                                          key))["username"] == "hana"
+        node1.close()
+        node2.close()
+    finally:
+        cluster.down()

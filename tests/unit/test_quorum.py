@@ -316,10 +316,29 @@ def test_mfa_challenges_are_per_node_and_single_use(tmp_path: Path) -> None:
         assert len({c.digest for c in challenges}) == 2
         data = json.loads(challenges[0].approval_data)
         assert data["cluster"] == "cluster-1" and data["node"] == "node1" and data["uid"] == "uid-a"
+        assert await store.challenge(challenges[1].digest) is not None
         taken = await store.take_challenge(challenges[0].digest)
         assert taken is not None and taken.uid == "uid-a"
         assert await store.take_challenge(challenges[0].digest) is None
-        assert await store.challenge(challenges[1].digest) is not None
+        # One signed file is one login: taking node1's challenge spent node2's too (issue 16: it was left
+        # usable, so a signed file logged in once per node).
+        assert await store.challenge(challenges[1].digest) is None
+        assert await store.take_challenge(challenges[1].digest) is None
+
+    with_store(tmp_path, body)
+
+
+def test_a_file_whose_sibling_was_taken_is_spent(tmp_path: Path) -> None:
+    """Two logins racing with one signed file on two nodes: the one that finds a sibling gone gets nothing."""
+    from strongroom.barrier import Remove
+
+    async def body(store: QuorumStore, _clock: Clock) -> None:
+        first, second, third = await store.new_challenges("bob", "uid-b", ["node1", "node2", "node3"])
+        entry = await store._barrier.get(second.key)
+        assert entry is not None
+        await store._barrier.commit([Remove(entry.key, entry)])  # as if node2's login took only its own
+        assert await store.take_challenge(first.digest) is None
+        assert await store.challenge(first.digest) is None and await store.challenge(third.digest) is None
 
     with_store(tmp_path, body)
 

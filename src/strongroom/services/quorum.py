@@ -371,6 +371,8 @@ class MfaChallenge:
     node: str
     expires: float
     entry: Entry | None = None
+    #: The other nodes' challenges of the same file (hex digests): one signed file is one login, on any node.
+    siblings: tuple[str, ...] = ()
 
     @property
     def digest(self) -> bytes:
@@ -382,13 +384,13 @@ class MfaChallenge:
 
     def to_record(self) -> dict[str, Any]:
         return {"approval_data": self.approval_data, "username": self.username, "uid": self.uid, "node": self.node,
-                "expires": self.expires}
+                "expires": self.expires, "siblings": list(self.siblings)}
 
     @classmethod
     def from_entry(cls, entry: Entry) -> MfaChallenge:
         v = entry.value
         return cls(bytes(v["approval_data"]), str(v["username"]), str(v["uid"]), str(v["node"]),
-                   float(v["expires"]), entry)
+                   float(v["expires"]), entry, tuple(str(d) for d in v.get("siblings") or ()))
 
 
 # --- the store -------------------------------------------------------------------------------------
@@ -560,7 +562,8 @@ class QuorumStore:
 
     # --- MFA challenges ------------------------------------------------------------------------
     async def new_challenges(self, username: str, uid: str, nodes: Iterable[str]) -> list[MfaChallenge]:
-        """One fresh challenge per node, valid MFA_SECONDS, each usable once on its node."""
+        """One fresh challenge per node, valid MFA_SECONDS; the node a login reaches checks its own, and taking it
+        spends the whole file (:meth:`take_challenge`)."""
         now = self.clock()
         listing = await self._barrier.store.list_prefix(MFA_PREFIX)
         if len(listing.records) >= MAX_MFA_CHALLENGES:
@@ -573,6 +576,9 @@ class QuorumStore:
             data = _canonical_json({"kind": MFA_KIND, "cluster": self.cluster_id, "node": node, "username": username,
                                     "uid": uid, "created": round(now, 3), "nonce": secrets.token_hex(16)})
             challenges.append(MfaChallenge(data, username, uid, node, now + MFA_SECONDS))
+        digests = [c.digest.hex() for c in challenges]
+        for challenge in challenges:
+            challenge.siblings = tuple(d for d in digests if d != challenge.digest.hex())
         for start in range(0, len(challenges), MAX_COMMIT_OPERATIONS):
             batch = challenges[start:start + MAX_COMMIT_OPERATIONS]
             await self._barrier.commit([Write(c.key, c.to_record(), None) for c in batch])
@@ -583,17 +589,28 @@ class QuorumStore:
         return None if entry is None else MfaChallenge.from_entry(entry)
 
     async def take_challenge(self, digest: bytes) -> MfaChallenge | None:
-        """Remove and return the challenge ``digest`` (single use), or None if there is none."""
+        """Remove and return the challenge ``digest`` with its siblings, in one commit (one signed file logs in
+        once, whichever node it reaches). None if there is none, or if a sibling was taken already (the file
+        was used on another node: it is removed too)."""
         for _ in range(_RETRIES):
             entry = await self._barrier.get(MFA_PREFIX + digest.hex())
             if entry is None:
                 return None
             challenge = MfaChallenge.from_entry(entry)
+            removes = [Remove(entry.key, entry)]
+            spent = False
+            for sibling in challenge.siblings:
+                other = await self._barrier.get(MFA_PREFIX + sibling)
+                if other is None:
+                    spent = True
+                else:
+                    removes.append(Remove(other.key, other))
             try:
-                await self._barrier.commit([Remove(entry.key, entry)])
+                for start in range(0, len(removes), MAX_COMMIT_OPERATIONS):
+                    await self._barrier.commit(removes[start:start + MAX_COMMIT_OPERATIONS])
             except ConflictError:
                 continue
-            return challenge
+            return None if spent else challenge
         return None
 
     async def purge_challenges(self, now: float | None = None) -> None:
