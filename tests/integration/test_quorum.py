@@ -150,6 +150,14 @@ def test_cluster_service_guards_enrollment_and_policies(admins: tuple[LocalClust
     admin.approve(client, token)
     officer2.approve(client, token)
     client.call("cluster.set_policy", name="legacy_algorithms", value="off")
+
+    # An admin's zeroize of a node: refused with M-1 approvals (not run with M here: it would end the node).
+    zeroize = client.quorum_generate("cluster", "hsm.zeroize", {"node_id": "node1"})
+    officer2.approve(client, token_file(zeroize))
+    error = refused(client.call, "hsm.zeroize", node_id="node1")
+    assert error.code == CKR.FUNCTION_REJECTED and "quorum not met" in error.message and "has 1" in error.message
+    assert client.cluster_status()["state"] == "active"
+    client.quorum_delete(zeroize["token_id"])
     set_value(admin, "cluster", 1, [admin, officer2, officer3])
 
 
