@@ -604,8 +604,30 @@ EXPORT CK_RV C_UnwrapKeyAuthenticated(CK_SESSION_HANDLE hSession, CK_MECHANISM_P
 
 /* ---- the 3.x function lists --------------------------------------------------------------------------------- */
 
-#define SR_LIST_2_40                                                                                         \
-    C_Initialize, C_Finalize, C_GetInfo, C_GetFunctionList, C_GetSlotList, C_GetSlotInfo, C_GetTokenInfo,     \
+/* C_GetInfo through a 3.x list: the spec wants CK_INFO's cryptokiVersion to match the list's version, while the
+ * v2.40 list (C_GetFunctionList's) keeps answering 2.40. */
+static CK_RV get_info_as(CK_INFO_PTR pInfo, CK_BYTE major, CK_BYTE minor)
+{
+    CK_RV rv = C_GetInfo(pInfo);
+    if (rv == CKR_OK) {
+        pInfo->cryptokiVersion.major = major;
+        pInfo->cryptokiVersion.minor = minor;
+    }
+    return rv;
+}
+
+static CK_RV get_info_3_0(CK_INFO_PTR pInfo)
+{
+    return get_info_as(pInfo, 3, 0);
+}
+
+static CK_RV get_info_3_2(CK_INFO_PTR pInfo)
+{
+    return get_info_as(pInfo, 3, 2);
+}
+
+#define SR_LIST_2_40(get_info)                                                                               \
+    C_Initialize, C_Finalize, get_info, C_GetFunctionList, C_GetSlotList, C_GetSlotInfo, C_GetTokenInfo,     \
         C_GetMechanismList, C_GetMechanismInfo, C_InitToken, C_InitPIN, C_SetPIN, C_OpenSession, C_CloseSession, \
         C_CloseAllSessions, C_GetSessionInfo, C_GetOperationState, C_SetOperationState, C_Login, C_Logout,    \
         C_CreateObject, C_CopyObject, C_DestroyObject, C_GetObjectSize, C_GetAttributeValue,                  \
@@ -624,11 +646,11 @@ EXPORT CK_RV C_UnwrapKeyAuthenticated(CK_SESSION_HANDLE hSession, CK_MECHANISM_P
         C_MessageSignInit, C_SignMessage, C_SignMessageBegin, C_SignMessageNext, C_MessageSignFinal,          \
         C_MessageVerifyInit, C_VerifyMessage, C_VerifyMessageBegin, C_VerifyMessageNext, C_MessageVerifyFinal
 
-static CK_FUNCTION_LIST_3_0 list_3_0 = {{3, 0}, SR_LIST_2_40, SR_LIST_3_0};
+static CK_FUNCTION_LIST_3_0 list_3_0 = {{3, 0}, SR_LIST_2_40(get_info_3_0), SR_LIST_3_0};
 
 static CK_FUNCTION_LIST_3_2 list_3_2 = {
     {3, 2},
-    SR_LIST_2_40,
+    SR_LIST_2_40(get_info_3_2),
     SR_LIST_3_0,
     C_EncapsulateKey,
     C_DecapsulateKey,

@@ -106,7 +106,7 @@ static int scenario_interfaces(void)
     CK_FUNCTION_LIST_3_0 *l30 = i30->pFunctionList;
     CK_FUNCTION_LIST_3_2 *l32 = i32->pFunctionList;
     check(all_set(l30, sizeof *l30) && all_set(l32, sizeof *l32), "every function of the 3.0 and 3.2 lists is set", 0);
-    check(l30->C_Initialize == F2->C_Initialize && l32->C_Sign == F2->C_Sign &&
+    check(l30->C_Initialize == F2->C_Initialize && l32->C_Sign == F2->C_Sign && l32->C_GetInfo != F2->C_GetInfo &&
               l30->C_LoginUser == l32->C_LoginUser && l30->C_MessageVerifyFinal == l32->C_MessageVerifyFinal &&
               l32->C_GetInterface == (void *)get_iface && l32->C_UnwrapKeyAuthenticated != NULL,
           "the lists share their functions", 0);
@@ -347,6 +347,11 @@ static void unsupported(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key)
 static int scenario_v3(void)
 {
     EXPECT(L->C_Initialize(NULL), CKR_OK, "C_Initialize through the 3.2 list");
+    CK_INFO info;
+    EXPECT(L->C_GetInfo(&info), CKR_OK, "C_GetInfo through the 3.2 list");
+    check(info.cryptokiVersion.major == 3 && info.cryptokiVersion.minor == 2, "it says Cryptoki 3.2", 0);
+    EXPECT(F2->C_GetInfo(&info), CKR_OK, "C_GetInfo through the 2.40 list");
+    check(info.cryptokiVersion.major == 2 && info.cryptokiVersion.minor == 40, "it says Cryptoki 2.40", 0);
     CK_SLOT_ID slots[4];
     CK_ULONG n = 4;
     EXPECT(L->C_GetSlotList(CK_TRUE, slots, &n), CKR_OK, "slots");
