@@ -53,6 +53,19 @@ KEY_TYPE_NAMES: dict[str, CKK] = {
     "ec-edwards": CKK.EC_EDWARDS,
     "aes": CKK.AES,
     "generic-secret": CKK.GENERIC_SECRET,
+    "ml-dsa": CKK.ML_DSA,
+    "ml-kem": CKK.ML_KEM,
+    "hkdf": CKK.HKDF,
+    "sha3-224-hmac": CKK.SHA3_224_HMAC,
+    "sha3-256-hmac": CKK.SHA3_256_HMAC,
+    "sha3-384-hmac": CKK.SHA3_384_HMAC,
+    "sha3-512-hmac": CKK.SHA3_512_HMAC,
+}
+#: CKA_PARAMETER_SET values (PKCS#11 3.2: CKP_ML_DSA_44/65/87 = 1/2/3, CKP_ML_KEM_512/768/1024 = 1/2/3) by the
+#: number the CLI takes, per key type.
+PARAMETER_SETS: dict[CKK, dict[str, int]] = {
+    CKK.ML_DSA: {"44": 1, "65": 2, "87": 3},
+    CKK.ML_KEM: {"768": 2, "1024": 3},  # ML-KEM-512: not in pyca/cryptography 51, so not in the cluster
 }
 _CLASS_BY_VALUE = {int(v): k for k, v in CLASS_NAMES.items()}
 _KEY_TYPE_BY_VALUE = {int(v): k for k, v in KEY_TYPE_NAMES.items()}
@@ -100,6 +113,8 @@ ATTRIBUTES: dict[str, Attribute] = {
         Attribute("wrap", CKA.WRAP, "bool"),
         Attribute("unwrap", CKA.UNWRAP, "bool"),
         Attribute("derive", CKA.DERIVE, "bool"),
+        Attribute("encapsulate", CKA.ENCAPSULATE, "bool"),
+        Attribute("decapsulate", CKA.DECAPSULATE, "bool"),
         Attribute("sensitive", CKA.SENSITIVE, "bool"),
         Attribute("extractable", CKA.EXTRACTABLE, "bool"),
         Attribute("trusted", CKA.TRUSTED, "bool"),
@@ -122,6 +137,8 @@ READABLE: list[tuple[str, CKA]] = [
     ("wrap", CKA.WRAP),
     ("unwrap", CKA.UNWRAP),
     ("derive", CKA.DERIVE),
+    ("encapsulate", CKA.ENCAPSULATE),
+    ("decapsulate", CKA.DECAPSULATE),
     ("sensitive", CKA.SENSITIVE),
     ("always-sensitive", CKA.ALWAYS_SENSITIVE),
     ("extractable", CKA.EXTRACTABLE),
@@ -135,6 +152,8 @@ READABLE: list[tuple[str, CKA]] = [
     ("modulus", CKA.MODULUS),
     ("curve", CKA.EC_PARAMS),
     ("ec-point", CKA.EC_POINT),
+    ("parameter-set", CKA.PARAMETER_SET),
+    ("key-gen-mechanism", CKA.KEY_GEN_MECHANISM),
     # Strongroom's vendor attributes: shown under key-info as CloudHSM's key-quorum-values.
     ("manage-key-quorum-value", CKA.STRONGROOM_MANAGE_KEY_QUORUM),
     ("use-key-quorum-value", CKA.STRONGROOM_USE_KEY_QUORUM),
@@ -347,6 +366,39 @@ def _key_size_bits(attrs: dict[str, Any]) -> int | None:
             "ed448": 448}.get(curve or "")
 
 
+#: CKA_KEY_GEN_MECHANISM when the key was not generated in the cluster (CK_UNAVAILABLE_INFORMATION).
+_UNAVAILABLE = 0xFFFFFFFFFFFFFFFF
+
+
+def _mechanism_name(value: int) -> str:
+    try:
+        return CKM(value).name.lower().replace("_", "-")
+    except ValueError:
+        return hex(value)
+
+
+def _describe_origin(attrs: dict[str, Any], key_type: str | None) -> None:
+    """Names in place of numbers (the parameter set, the generating mechanism), and the key's origin as the
+    cluster recorded it when the key was made: generated inside (CKA_LOCAL, CKA_KEY_GEN_MECHANISM) and never
+    out of it in clear (CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE), or made from outside material."""
+    parameter_set = attrs.get("parameter-set")
+    if isinstance(parameter_set, int) and key_type in ("ml-dsa", "ml-kem"):
+        names = {v: f"{key_type.upper()}-{k}" for k, v in PARAMETER_SETS[KEY_TYPE_NAMES[key_type]].items()}
+        attrs["parameter-set"] = names.get(parameter_set, parameter_set)
+    mechanism_value = attrs.pop("key-gen-mechanism", None)
+    generated = isinstance(mechanism_value, int) and mechanism_value != _UNAVAILABLE
+    if "local" not in attrs:
+        return
+    if attrs["local"] and generated:
+        assert isinstance(mechanism_value, int)
+        origin: dict[str, Any] = {"generated-in-cluster": True, "mechanism": _mechanism_name(mechanism_value)}
+    else:
+        origin = {"generated-in-cluster": False}
+    if "always-sensitive" in attrs:
+        origin["never-revealed"] = bool(attrs["always-sensitive"] and attrs.get("never-extractable"))
+    attrs["origin"] = origin
+
+
 def key_entry(client: Client, view: dict[str, Any], verbose: bool) -> dict[str, Any]:
     """One key as CloudHSM CLI shows it: key-reference, key-info (owners, sharing), attributes."""
     attributes: dict[str, Any] = {
@@ -359,6 +411,7 @@ def key_entry(client: Client, view: dict[str, Any], verbose: bool) -> dict[str, 
     if verbose:
         extra = read_attributes(client, view["handle"], READABLE)
         quorum_values = {name: extra.pop(name) for name in QUORUM_VALUES if name in extra}
+        _describe_origin(extra, attributes["key-type"])
         attributes.update(extra)
         size = _key_size_bits(extra)
         if size is not None:
@@ -427,6 +480,8 @@ def _entries_text(entries: list[dict[str, Any]], verbose: bool) -> str:
 def _text_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_text_value(v)}" for k, v in value.items())
     return str(value)
 
 
@@ -447,7 +502,7 @@ class Mech:
     ckm: CKM
     uses: frozenset[str]
     multipart: bool = False
-    #: pss | oaep | gcm | cbc | ctr: how --hash/--iv/--aad become mechanism parameters.
+    #: pss | oaep | gcm | cbc | ctr | ml-dsa: how --hash/--iv/--aad/--context become mechanism parameters.
     params: str | None = None
     #: The hash a *-with-hash mechanism is bound to (PSS params must name it).
     bound_hash: str | None = None
@@ -463,6 +518,7 @@ def _mechanisms() -> dict[str, Mech]:
         Mech("rsa-oaep", CKM.RSA_PKCS_OAEP, cipher | wraps, params="oaep"),
         Mech("ecdsa", CKM.ECDSA, sign),
         Mech("eddsa", CKM.EDDSA, sign),
+        Mech("ml-dsa", CKM.ML_DSA, sign, multipart=True, params="ml-dsa"),
         Mech("cmac", CKM.AES_CMAC, sign, multipart=True),
         Mech("aes-ecb", CKM.AES_ECB, cipher, multipart=True),
         Mech("aes-cbc", CKM.AES_CBC, cipher, multipart=True, params="cbc"),
@@ -482,6 +538,8 @@ def _mechanisms() -> dict[str, Mech]:
             Mech(f"ecdsa-{h}", CKM[f"ECDSA_{upper}"], sign, multipart=True),
             Mech(f"{h}-hmac", hmac_ckm, sign, multipart=True),
         ]
+    for bits in ("224", "256", "384", "512"):
+        table_.append(Mech(f"sha3-{bits}-hmac", CKM[f"SHA3_{bits}_HMAC"], sign, multipart=True))
     return {m.name: m for m in table_}
 
 
@@ -494,6 +552,7 @@ MECHANISM_ALIASES = {
     "aes-zero-pad": "aes-key-wrap-pad",
     "rsa-pss": "rsa-pkcs-pss",
     "rsa-pkcs-oaep": "rsa-oaep",
+    "mldsa": "ml-dsa",
 }
 
 
@@ -526,6 +585,17 @@ def mechanism_params(client: Client, mech: Mech, use: str, args: argparse.Namesp
         raise CliError(f"--aad applies to aes-gcm only, not {mech.name}")
     if mech.params not in ("pss", "oaep") and hash_name is not None:
         raise CliError(f"--hash applies to rsa-pkcs-pss and rsa-oaep, not {mech.name}")
+    context = getattr(args, "context", None)
+    if mech.params != "ml-dsa" and context is not None:
+        raise CliError(f"--context applies to ml-dsa only, not {mech.name}")
+    if mech.params == "ml-dsa":
+        # CK_SIGN_ADDITIONAL_CONTEXT: FIPS 204's context string (0-255 bytes); signing is hedged.
+        if context is None:
+            return None, None
+        value = _hex(context, "--context")
+        if len(value) > 255:
+            raise CliError(f"--context is at most 255 bytes, not {len(value)}")
+        return {"context": value}, None
     if mech.params == "pss":
         name = hash_name or mech.bound_hash or "sha256"
         if mech.bound_hash and name != mech.bound_hash:
@@ -642,6 +712,10 @@ def cmd_key_generate_pair(args: argparse.Namespace, ctx: Context) -> None:
         public[CKA.MODULUS_BITS] = args.modulus_size_bits
         exponent = args.public_exponent
         public[CKA.PUBLIC_EXPONENT] = exponent.to_bytes(max(1, (exponent.bit_length() + 7) // 8), "big")
+    elif kind in ("ml-dsa", "ml-kem"):
+        key_type = KEY_TYPE_NAMES[kind]
+        ckm = CKM.ML_DSA_KEY_PAIR_GEN if kind == "ml-dsa" else CKM.ML_KEM_KEY_PAIR_GEN
+        public[CKA.PARAMETER_SET] = PARAMETER_SETS[key_type][args.parameter_set]
     elif kind == "ec":
         from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -736,6 +810,8 @@ UNWRAP_TARGETS: dict[str, tuple[CKO, CKK]] = {
     "rsa-private": (CKO.PRIVATE_KEY, CKK.RSA),
     "ec-private": (CKO.PRIVATE_KEY, CKK.EC),
     "ed25519-private": (CKO.PRIVATE_KEY, CKK.EC_EDWARDS),
+    "ml-dsa-private": (CKO.PRIVATE_KEY, CKK.ML_DSA),
+    "ml-kem-private": (CKO.PRIVATE_KEY, CKK.ML_KEM),
 }
 
 
@@ -786,11 +862,13 @@ def cmd_key_unwrap(args: argparse.Namespace, ctx: Context) -> None:
 @_safe
 def cmd_key_import_public(args: argparse.Namespace, ctx: Context) -> None:
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, mlkem, rsa
 
     from strongroom.encoding import ec as ec_mech
     from strongroom.encoding import eddsa as eddsa_mech
     from strongroom.encoding import rsa as rsa_mech
+    from strongroom.mechanisms import mldsa as mldsa_mech
+    from strongroom.mechanisms import mlkem as mlkem_mech
 
     pem = _read(args.pem, "PEM file")
     try:
@@ -806,8 +884,13 @@ def cmd_key_import_public(args: argparse.Namespace, ctx: Context) -> None:
         key_type, values = CKK.EC, ec_mech.key_attributes(public)
     elif isinstance(public, ed25519.Ed25519PublicKey):
         key_type, values = CKK.EC_EDWARDS, eddsa_mech.key_attributes(public)
+    elif isinstance(public, mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey):
+        key_type, values = CKK.ML_DSA, mldsa_mech.key_attributes(public)
+    elif isinstance(public, mlkem.MLKEM768PublicKey | mlkem.MLKEM1024PublicKey):
+        key_type, values = CKK.ML_KEM, mlkem_mech.key_attributes(public)
     else:
-        raise CliError(f"{args.pem}: only RSA, EC and Ed25519 public keys can be imported")
+        raise CliError(f"{args.pem}: only RSA, EC, Ed25519, ML-DSA and ML-KEM public keys can be imported")
+    values.pop(CKA.PUBLIC_KEY_INFO, None)  # maintained by the token from the key's values
     template = _base_template(args, args.label)
     template.update({CKA.CLASS: int(CKO.PUBLIC_KEY), CKA.KEY_TYPE: int(key_type)})
     template.update(values)
@@ -830,7 +913,8 @@ def cmd_key_export_public(args: argparse.Namespace, ctx: Context) -> None:
     if view["class"] != CKO.PUBLIC_KEY.name:
         raise CliError(f"{_ref(view['handle'])} is a {_class_name(view['class'])}; export-public needs a public key")
     key_type = CKK[view["key_type"]]
-    wanted = [CKA.MODULUS, CKA.PUBLIC_EXPONENT] if key_type is CKK.RSA else [CKA.EC_PARAMS, CKA.EC_POINT]
+    wanted = {CKK.RSA: [CKA.MODULUS, CKA.PUBLIC_EXPONENT], CKK.ML_DSA: [CKA.PARAMETER_SET, CKA.VALUE],
+              CKK.ML_KEM: [CKA.PARAMETER_SET, CKA.VALUE]}.get(key_type, [CKA.EC_PARAMS, CKA.EC_POINT])
     attrs = client.get_attributes(view["handle"], wanted)
     public = public_key_from_attributes(key_type, attrs)
     pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -919,6 +1003,52 @@ def _crypto(kind: str) -> Handler:
     return handler
 
 
+# --- key encapsulation (PKCS#11 3.2 C_EncapsulateKey / C_DecapsulateKey) ------------------------------
+
+KEM_MECHANISMS = {"ml-kem": CKM.ML_KEM}
+
+
+def _shared_secret_template(args: argparse.Namespace) -> dict[int, Any]:
+    template = _base_template(args, args.label, quorum=False)
+    template[CKA.CLASS] = int(CKO.SECRET_KEY)
+    template[CKA.KEY_TYPE] = int(KEY_TYPE_NAMES[args.key_type])
+    if args.key_length_bytes is not None:
+        template[CKA.VALUE_LEN] = args.key_length_bytes
+    template.update(parse_attributes(args.attributes))
+    return template
+
+
+@_safe
+def cmd_crypto_encapsulate(args: argparse.Namespace, ctx: Context) -> None:
+    """A fresh shared secret under a public ML-KEM key: its ciphertext to a file, the secret as a new key."""
+    template = _shared_secret_template(args)
+    client = ctx.logged_in(args)
+    view = one_key(client, parse_filter(args.filter), "public key", (CKO.PUBLIC_KEY,))
+    session = _p11_session(client) if args.session else None
+    ciphertext, handle = client.encapsulate_key(KEM_MECHANISMS[args.mechanism], view["handle"], template,
+                                                session=session)
+    _write(args.ciphertext_path, ciphertext)
+    entry = new_key_entry(client, handle)
+    emit({"key": entry, "ciphertext_path": args.ciphertext_path, "bytes": len(ciphertext)}, as_json=args.json,
+         text=f"encapsulated with {_ref(view['handle'])}: {len(ciphertext)}-byte ciphertext written to "
+              f"{args.ciphertext_path}; the shared secret is {_entry_line(entry)}")
+
+
+@_safe
+def cmd_crypto_decapsulate(args: argparse.Namespace, ctx: Context) -> None:
+    """The shared secret a ciphertext holds for a private ML-KEM key, as a new key."""
+    ciphertext = _read(args.ciphertext_path, "ciphertext")
+    template = _shared_secret_template(args)
+    client = ctx.logged_in(args)
+    view = one_key(client, parse_filter(args.filter), "private key", (CKO.PRIVATE_KEY,))
+    session = _p11_session(client) if args.session else None
+    handle = client.decapsulate_key(KEM_MECHANISMS[args.mechanism], view["handle"], ciphertext, template,
+                                    session=session)
+    entry = new_key_entry(client, handle)
+    emit({"key": entry}, as_json=args.json,
+         text=f"decapsulated with {_ref(view['handle'])}: the shared secret is {_entry_line(entry)}")
+
+
 # --- parser ---------------------------------------------------------------------------------------
 
 FILTER_HELP = "attr.NAME=VALUE ... or key-reference=0x... (names: " + ", ".join(ATTRIBUTES) + ")"
@@ -958,11 +1088,13 @@ def register(sub: Any, add: AddCommand) -> None:
     key = sub.add_parser("key", help="generate, find, share, wrap and delete keys").add_subparsers(
         dest="key_command", required=True, metavar="KEY_COMMAND")
 
-    pair = key.add_parser("generate-asymmetric-pair", help="generate an RSA, EC or Ed25519 key pair").add_subparsers(
+    pair = key.add_parser("generate-asymmetric-pair",
+                          help="generate an RSA, EC, Ed25519, ML-DSA or ML-KEM key pair").add_subparsers(
         dest="pair_type", required=True, metavar="TYPE")
     pair_help = ("NAME=VALUE ...; public.NAME=V / private.NAME=V for one key, unprefixed for each key that has "
                  "the attribute (names: " + ", ".join(ATTRIBUTES) + ")")
-    for kind, text in (("rsa", "an RSA key pair"), ("ec", "an EC key pair"), ("ed25519", "an Ed25519 key pair")):
+    for kind, text in (("rsa", "an RSA key pair"), ("ec", "an EC key pair"), ("ed25519", "an Ed25519 key pair"),
+                       ("ml-dsa", "an ML-DSA (FIPS 204) key pair"), ("ml-kem", "an ML-KEM (FIPS 203) key pair")):
         p = add(pair, kind, cmd_key_generate_pair, f"generate {text} (token keys unless --session)")
         p.add_argument("--label", help="label of both keys")
         p.add_argument("--public-label", help="label of the public key (default --label)")
@@ -974,6 +1106,12 @@ def register(sub: Any, add: AddCommand) -> None:
         elif kind == "ec":
             p.add_argument("--curve", required=True,
                            choices=["secp256r1", "prime256v1", "secp384r1", "secp521r1", "secp256k1", "ed25519"])
+        elif kind == "ml-dsa":
+            p.add_argument("--parameter-set", choices=list(PARAMETER_SETS[CKK.ML_DSA]), default="65",
+                           help="ML-DSA-44, -65 or -87 (default 65)")
+        elif kind == "ml-kem":
+            p.add_argument("--parameter-set", choices=list(PARAMETER_SETS[CKK.ML_KEM]), default="768",
+                           help="ML-KEM-768 or -1024 (default 768; ML-KEM-512 is not offered)")
         p.set_defaults(pair_type=kind)
 
     sym = key.add_parser("generate-symmetric", help="generate an AES or generic secret key").add_subparsers(
@@ -1032,7 +1170,8 @@ def register(sub: Any, add: AddCommand) -> None:
     _filter_arg(p, "--filter")
     p.add_argument("--path", help="PEM file to write (default: print it)")
 
-    crypto = sub.add_parser("crypto", help="sign, verify, encrypt and decrypt (crypto users)").add_subparsers(
+    crypto = sub.add_parser("crypto", help="sign, verify, encrypt, decrypt, encapsulate and decapsulate "
+                                           "(crypto users)").add_subparsers(
         dest="crypto_command", required=True, metavar="CRYPTO_COMMAND")
     for kind in ("sign", "verify", "encrypt", "decrypt"):
         p = add(crypto, kind, _crypto(kind), f"{kind} a file with a key in the HSM")
@@ -1048,3 +1187,24 @@ def register(sub: Any, add: AddCommand) -> None:
         else:
             p.add_argument("--output-path", required=True, help="output file")
         _cipher_options(p, ciphers=kind in ("encrypt", "decrypt"))
+        if kind in ("sign", "verify"):
+            p.add_argument("--context", help="ml-dsa context string (FIPS 204 ctx), hex, at most 255 bytes")
+
+    for kind, handler, text in (
+            ("encapsulate", cmd_crypto_encapsulate,
+             "make a shared secret under a public ML-KEM key: the ciphertext to a file, the secret as a new key"),
+            ("decapsulate", cmd_crypto_decapsulate,
+             "recover the shared secret of a ciphertext with a private ML-KEM key, as a new key")):
+        p = add(crypto, kind, handler, text)
+        _filter_arg(p, "--filter", "--key-filter")
+        p.add_argument("--mechanism", default="ml-kem", choices=list(KEM_MECHANISMS), help="default ml-kem")
+        p.add_argument("--ciphertext-path", required=True,
+                       help="file for the ciphertext" if kind == "encapsulate" else "file with the ciphertext")
+        p.add_argument("--label", required=True, help="label of the new secret key")
+        p.add_argument("--key-type", choices=["aes", "generic-secret", "hkdf"], default="aes",
+                       help="type of the new secret key (default aes)")
+        p.add_argument("--key-length-bytes", type=int,
+                       help="leading bytes of the 32-byte secret to keep (default all 32)")
+        p.add_argument("--session", action="store_true", help="a session key (gone at logout) instead of a token key")
+        p.add_argument("--id", help="CKA_ID, hex")
+        p.add_argument("--attributes", nargs="+", metavar="NAME=VALUE", help=ATTRIBUTES_HELP)

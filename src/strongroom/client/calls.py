@@ -274,6 +274,20 @@ class AsyncClient:
         return int((await self.call("key.derive", mechanism=int(mechanism), base_key=base_key,
                                     template=pairs(template), params=params, session=session))["handle"])
 
+    async def encapsulate_key(self, mechanism: int, public_key: int, template: Template, params: Any = None,
+                              session: int | None = None) -> tuple[bytes, int]:
+        """C_EncapsulateKey: (the ciphertext, the handle of the secret key holding the shared secret)."""
+        reply = await self.call("key.encapsulate", mechanism=int(mechanism), public_key=public_key,
+                                template=pairs(template), params=params, session=session)
+        return self._field("key.encapsulate", reply, "ciphertext", bytes), int(reply["handle"])
+
+    async def decapsulate_key(self, mechanism: int, private_key: int, ciphertext: bytes, template: Template,
+                              params: Any = None, session: int | None = None) -> int:
+        """C_DecapsulateKey: the handle of the secret key holding the shared secret ``ciphertext`` carries."""
+        return int((await self.call("key.decapsulate", mechanism=int(mechanism), private_key=private_key,
+                                    ciphertext=ciphertext, template=pairs(template), params=params,
+                                    session=session))["handle"])
+
     async def mechanisms(self) -> list[dict[str, Any]]:
         return self._field("mechanism.list", await self.call("mechanism.list"), "mechanisms", list)
 

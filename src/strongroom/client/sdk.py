@@ -201,6 +201,8 @@ class Client:
     wrap_key = _blocking(AsyncClient.wrap_key)
     unwrap_key = _blocking(AsyncClient.unwrap_key)
     derive_key = _blocking(AsyncClient.derive_key)
+    encapsulate_key = _blocking(AsyncClient.encapsulate_key)
+    decapsulate_key = _blocking(AsyncClient.decapsulate_key)
     mechanisms = _blocking(AsyncClient.mechanisms)
 
     # crypto
