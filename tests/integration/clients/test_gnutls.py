@@ -158,13 +158,58 @@ def test_p11tool_lists_objects_after_login(hsm: Hsm) -> None:
     assert len(private_blocks) == 2 and all("CKA_NEVER_EXTRACTABLE" in b and "CKA_SENSITIVE" in b
                                             for b in private_blocks), listing
 
-    # Without a login no private key is visible; with a wrong PIN the login fails.
+    # Without a login the public objects only (PKCS#11 §6.7): the public keys, never a private one; with a
+    # wrong PIN the login fails.
     anonymous = run(["p11tool", "--provider", hsm.module, "--list-all", f"pkcs11:token={hsm.token}"],
                     env=hsm.env(), check=False)
     assert "type=private" not in anonymous.stdout, anonymous.stdout
+    for kind, key_id in (("rsa", "%31"), ("ec", "%32")):
+        assert f"id={key_id};object=gnutls-{kind};type=public" in anonymous.stdout, anonymous.stdout
     wrong = run(["p11tool", "--provider", hsm.module, "--login", "--list-all", f"pkcs11:token={hsm.token}"],
                 env=hsm.env("no_such_user:wrong-password"), check=False)
     assert wrong.returncode != 0 and "type=private" not in wrong.stdout, wrong.stdout + wrong.stderr
+
+
+def test_public_key_and_certificate_without_login(hsm: Hsm, tmp_path: Path) -> None:
+    """p11tool without --login: export a public key object; a certificate written by the user (after a login) is
+    listed and exported by anyone; certtool issues a certificate for the cluster's public key read without a
+    login. (p11tool's --export-pubkey, the public key *of a private key*, asks for the login itself.)"""
+    exported = tmp_path / "public.pem"
+    run(["p11tool", "--provider", hsm.module, "--export", hsm.uri("gnutls-ec", "public"),
+         "--outfile", str(exported)], env=hsm.env())
+    with_login = tmp_path / "public-login.pem"
+    run(["p11tool", "--provider", hsm.module, "--login", "--export-pubkey", hsm.uri("gnutls-ec", "public"),
+         "--outfile", str(with_login)], env=hsm.env(hsm.pin))
+    assert public_der(exported.read_bytes()) == public_der(with_login.read_bytes())
+
+    # a CA outside; a certificate for the cluster key's public half, made without touching the token's login
+    run(["certtool", "--generate-privkey", "--key-type", "ecdsa", "--outfile", str(tmp_path / "ca.key")],
+        env=hsm.env())
+    ca_template = tmp_path / "ca.cfg"
+    ca_template.write_text('cn = "outside CA"\nca\ncert_signing_key\nexpiration_days = 2\n')
+    run(["certtool", "--generate-self-signed", "--load-privkey", str(tmp_path / "ca.key"), "--template",
+         str(ca_template), "--outfile", str(tmp_path / "ca.pem")], env=hsm.env())
+    leaf_template = tmp_path / "leaf.cfg"
+    leaf_template.write_text('cn = "leaf in Strongroom"\nserial = 21\nexpiration_days = 2\nsigning_key\n')
+    leaf = tmp_path / "leaf.pem"
+    run(["certtool", "--provider", hsm.module, "--generate-certificate", "--load-pubkey",
+         hsm.uri("gnutls-ec", "public"), "--load-ca-privkey", str(tmp_path / "ca.key"), "--load-ca-certificate",
+         str(tmp_path / "ca.pem"), "--template", str(leaf_template), "--outfile", str(leaf)], env=hsm.env())
+    certificate = x509.load_pem_x509_certificate(leaf.read_bytes())
+    assert certificate.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo) == \
+        public_der(exported.read_bytes())
+
+    # the user stores the certificate beside its key (a public object), anybody finds and exports it
+    run(["p11tool", "--provider", hsm.module, "--login", "--write", "--load-certificate", str(leaf),
+         "--label", "gnutls-leaf", "--id", "32", f"pkcs11:token={hsm.token}"], env=hsm.env(hsm.pin))
+    certs = run(["p11tool", "--provider", hsm.module, "--list-all-certs", f"pkcs11:token={hsm.token}"],
+                env=hsm.env()).stdout
+    assert "object=gnutls-leaf;type=cert" in certs, certs
+    back = tmp_path / "back.pem"
+    run(["p11tool", "--provider", hsm.module, "--export", f"pkcs11:token={hsm.token};object=gnutls-leaf;type=cert",
+         "--outfile", str(back)], env=hsm.env())
+    assert x509.load_pem_x509_certificate(back.read_bytes()) == certificate
 
 
 # --- certtool --------------------------------------------------------------------------------------------------

@@ -2,11 +2,14 @@
 
 `java/StrongroomJce.java` is compiled once per session with `javac` and run with `java` against the
 module of a real `strongroom up` cluster: SunPKCS11 configured with `name = Strongroom`,
-`library = <module>`, `slot = 0` (no attribute overrides), the PKCS11 key store opened with the PIN
-`user:password` (and refused with a wrong one), RSA-2048 / EC P-256 / AES-256 generated through the
-provider, SHA256withRSA, SHA256withECDSA and RSASSA-PSS signatures, AES/GCM/NoPadding (where the JDK
-tries the two CK_GCM_PARAMS layouts) and AES/CBC/PKCS5Padding. The program prints one line per check;
-every line must be OK, and the signatures are verified again here with pyca/cryptography.
+`library = <module>`, `slot = 0` and the two attribute lines ECDH needs (ECDH_ATTRIBUTES), the PKCS11
+key store opened with the PIN `user:password` (and refused with a wrong one), RSA-2048 / EC P-256 /
+AES-256 generated through the provider, SHA256withRSA, SHA256withECDSA and RSASSA-PSS signatures,
+AES/GCM/NoPadding (where the JDK tries the two CK_GCM_PARAMS layouts), AES/CBC/PKCS5Padding, ECDH
+(the shared secret read back from a derived key), HMAC and AES with keys the application holds in
+clear (imported with C_CreateObject). The program prints one line per check; every line must be OK,
+and the signatures are verified again here with pyca/cryptography. Without a PIN (issue 13 item 1)
+the program verifies, encrypts with a public key, digests and draws random numbers.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ TOKEN_AES = "jce-token-aes"
 EXPECTED_CHECKS = {
     "provider", "keystore-wrong-pin", "keystore-login", "keystore-aliases", "token-aes-gcm",
     "keygen-rsa-2048", "keygen-ec-p256", "keygen-aes-256", "sign-SHA256withRSA", "sign-SHA256withECDSA",
-    "sign-RSASSA-PSS", "aes-gcm", "aes-cbc-pkcs5", "logout",
+    "sign-RSASSA-PSS", "aes-gcm", "aes-cbc-pkcs5", "ecdh", "hmac-imported", "aes-imported", "logout",
 }
+PUBLIC_CHECKS = {"provider", "public-verify", "public-encrypt", "public-digest", "public-random"}
 
 
 def _tool(name: str) -> str:
@@ -75,8 +79,23 @@ def _run_java(classes: Path, config: Path, socket_path: str, *args: str) -> subp
                           capture_output=True, text=True, env=env, timeout=JAVA_TIMEOUT)
 
 
+#: The two attribute lines an application doing ECDH adds to its SunPKCS11 configuration, here as with
+#: SoftHSMv2: the JDK generates an EC key pair with its class, key type and curve only, and PKCS#11's
+#: default CKA_DERIVE is false; its key agreement derives a generic secret with its class and key type only
+#: and reads CKA_VALUE, which a derived key reveals when CKA_SENSITIVE=false and CKA_EXTRACTABLE=true
+#: (Strongroom's defaults for a derived key are sensitive and not extractable, as SoftHSMv2's not extractable).
+ECDH_ATTRIBUTES = """attributes(generate, CKO_PRIVATE_KEY, CKK_EC) = {
+  CKA_DERIVE = true
+}
+attributes(generate, CKO_SECRET_KEY, CKK_GENERIC_SECRET) = {
+  CKA_SENSITIVE = false
+  CKA_EXTRACTABLE = true
+}
+"""
+
+
 def _sunpkcs11_config(path: Path, module: Path) -> Path:
-    path.write_text(f"name = Strongroom\nlibrary = {module}\nslot = 0\n")
+    path.write_text(f"name = Strongroom\nlibrary = {module}\nslot = 0\n{ECDH_ATTRIBUTES}")
     return path
 
 
@@ -127,6 +146,18 @@ def test_jce_through_sunpkcs11(pkcs11: Pkcs11Target, jce_classes: Path, jce_user
     # The key store listed the user's token key by its label.
     alias_line = next(line for line in result.stdout.splitlines() if line.startswith("OK keystore-aliases"))
     assert TOKEN_AES in alias_line.split(" ", 2)[2].split(","), alias_line
+
+
+def test_jce_without_login(pkcs11: Pkcs11Target, jce_classes: Path, tmp_path: Path) -> None:
+    """Issue 13 item 1: SunPKCS11 with nobody logged in verifies (a public key it imports as a public session
+    object), encrypts with a public key, digests and draws random numbers."""
+    config = _sunpkcs11_config(tmp_path / "strongroom-pkcs11.cfg", pkcs11.module)
+    result = _run_java(jce_classes, config, pkcs11.socket, "-")
+    report = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    checks, _data, other = _parse(result.stdout)
+    assert not other, report
+    assert checks == dict.fromkeys(PUBLIC_CHECKS, "OK"), report
+    assert "END failures=0" in result.stdout and result.returncode == 0, report
 
 
 def test_jce_without_agent_fails_cleanly(jce_classes: Path, pkcs11_module: Pkcs11Module, tmp_path: Path) -> None:

@@ -8,6 +8,12 @@
 * nginx 1.22 (`ssl_certificate_key engine:pkcs11:pkcs11:…`, `worker_processes 2`): curl fetches pages over
   TLS 1.2 and TLS 1.3, verifying the server certificate against a test CA, until both workers have served
   (each worker forked from the master that loaded the key, so each re-initializes the module: fork safety).
+* nginx without an `env STRONGROOM_AGENT_SOCKET` line (issue 13 item 10): its workers' environment is cleared,
+  and their C_Initialize uses the socket the master used; and with no variable at all, a module whose system
+  configuration file (built in: SYSTEM_CONF) names the socket.
+* nginx serving TLS across an agent restart (issue 14 item 3): the agent is stopped and started again under
+  it; the workers' module reopens the application (sessions, login) and nginx goes on serving, unrestarted.
+* Public keys through the engine without `pin-value` (issue 13 item 1): the URI of a public key needs no login.
 
 How the engine is configured (what nginx 1.22 + OpenSSL 3 + libp11 0.4 need): an OPENSSL_CONF file loads the
 engine (`dynamic_path`, `MODULE_PATH` = the Strongroom module). nginx does not initialize an engine itself before
@@ -38,7 +44,7 @@ from cryptography.x509 import load_pem_x509_certificate
 
 from strongroom.local.processes import process_group_members
 
-from ..conftest import Pkcs11Target
+from ..conftest import PKCS11_DIR, Pkcs11Target
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 PASSWORD = "pass-word-1"
@@ -222,6 +228,28 @@ def test_ca_key_in_cluster_issues_leaf(hsm: Hsm, kind: str, tmp_path: Path) -> N
     assert refused.returncode != 0
 
 
+def test_engine_public_key_without_pin(hsm: Hsm, tmp_path: Path) -> None:
+    """OpenSSL + libp11 with a public-key URI that carries no PIN: the engine reads it without C_Login."""
+    label = "ossl-public"
+    hsm.keypair("ec", label, "a9")
+    conf = engine_conf(tmp_path / "openssl.cnf", hsm.module, init=False)
+    with_pin = tmp_path / "with-pin.pem"
+    public_pem_via_engine(hsm, conf, label, with_pin)
+    no_pin = tmp_path / "no-pin.pem"
+    uri = f"pkcs11:token={hsm.token};object={label};type=public"
+    run(["openssl", "pkey", "-engine", "pkcs11", "-inform", "engine", "-pubin", "-in", uri, "-pubout", "-out",
+         str(no_pin)], env=hsm.engine_env(conf))
+    assert no_pin.read_bytes() == with_pin.read_bytes()
+    # and it verifies a signature the cluster made, through the engine, still without a PIN
+    message, signature = tmp_path / "m", tmp_path / "sig"
+    message.write_bytes(b"verified without a login\n")
+    run(["openssl", "dgst", "-sha256", "-engine", "pkcs11", "-keyform", "engine", "-sign", hsm.uri(label),
+         "-out", str(signature), str(message)], env=hsm.engine_env(conf))
+    verified = run(["openssl", "dgst", "-sha256", "-engine", "pkcs11", "-keyform", "engine", "-verify", uri,
+                    "-signature", str(signature), str(message)], env=hsm.engine_env(conf))
+    assert "Verified OK" in verified.stdout
+
+
 # --- 2. nginx --------------------------------------------------------------------------------------------------
 
 
@@ -231,7 +259,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def nginx_conf(prefix: Path, port: int, cert: Path, key_uri: str) -> Path:
+def nginx_conf(prefix: Path, port: int, cert: Path, key_uri: str, env_line: bool = True) -> Path:
     user = ""
     if os.geteuid() == 0:
         # A root master would run its workers as `nobody`, who may not open the agent socket (0660, owner root).
@@ -244,7 +272,7 @@ master_process on;
 {user}worker_processes 2;
 pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log info;
-env STRONGROOM_AGENT_SOCKET;
+{"env STRONGROOM_AGENT_SOCKET;" if env_line else "# no env line: the workers get a cleared environment"}
 events {{ worker_connections 64; }}
 http {{
     access_log {prefix}/logs/access.log;
@@ -329,6 +357,40 @@ def fetch(hsm: Hsm, ca: Path, port: int, version: str, verify: bool = True) -> s
     return run(args, env=hsm.clean_env(), check=False)
 
 
+def server_certificate(hsm: Hsm, label: str, tmp_path: Path) -> tuple[Path, Path]:
+    """A test CA (plain OpenSSL) certifies the cluster key's public half, from a CSR the cluster key signed:
+    (CA certificate, server certificate)."""
+    cli_conf = engine_conf(tmp_path / "openssl-cli.cnf", hsm.module, init=False)
+    ca_key, ca = tmp_path / "ca.key", tmp_path / "ca.pem"
+    run(["openssl", "req", "-new", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(ca_key), "-subj", "/CN=nginx test CA", "-days", "2",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-out", str(ca)], env=hsm.clean_env())
+    csr, cert = tmp_path / "server.csr", tmp_path / "server.pem"
+    run(["openssl", "req", "-new", "-engine", "pkcs11", "-keyform", "engine", "-key", hsm.uri(label),
+         "-subj", "/CN=localhost", "-out", str(csr)], env=hsm.engine_env(cli_conf))
+    extensions = tmp_path / "server.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-set_serial", "77",
+         "-days", "1", "-sha256", "-extfile", str(extensions), "-out", str(cert)], env=hsm.clean_env())
+    return ca, cert
+
+
+def serve_until_both_workers(hsm: Hsm, ca: Path, port: int, prefix: Path, workers: set[int],
+                             version: str = "1.3") -> None:
+    """Fetch pages until each worker has done a handshake (signed with the cluster key)."""
+    served: set[int] = set()
+    for _ in range(64):
+        result = fetch(hsm, ca, port, version)
+        assert result.returncode == 0, f"curl TLS {version}: {result.stderr}\n{nginx_logs(prefix)}"
+        assert "hello from a key in the cluster" in result.stdout
+        match = re.search(r"^X-Worker: (\d+)", result.stdout, re.M | re.I)
+        assert match, result.stdout
+        served.add(int(match.group(1)))
+        if served >= workers:
+            break
+    assert served == workers, f"TLS {version}: served by {served}, workers {workers}\n{nginx_logs(prefix)}"
+
+
 @pytest.mark.skipif(not Path(NGINX).is_file(), reason="needs nginx (apt-get install nginx)")
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 @pytest.mark.parametrize("kind", ["rsa", "ec"])
@@ -385,3 +447,99 @@ def test_nginx_serves_https_with_cluster_key(hsm: Hsm, kind: str, tmp_path: Path
         assert not re.search(r"\[(crit|alert|emerg)\]|exited on signal", error_log), error_log
 
     assert process_group_members(master.pid) == set(), "nginx left processes behind"
+
+
+# --- 3. nginx without configuration for the module, and across an agent restart ------------------------------
+
+
+def _nginx(hsm: Hsm, tmp_path: Path, label: str, key_id: str, *, module: str, env: dict[str, str],
+           env_line: bool) -> tuple[Path, Path, int, Path, dict[str, str]]:
+    hsm.keypair("ec", label, key_id)
+    ca, cert = server_certificate(hsm, label, tmp_path)
+    prefix = tmp_path / "nginx"
+    prefix.mkdir()
+    port = free_port()
+    conf = nginx_conf(prefix, port, cert, hsm.uri(label), env_line=env_line)
+    nginx_env = dict(env, OPENSSL_CONF=str(engine_conf(tmp_path / "openssl-nginx.cnf", module, init=True)))
+    return ca, prefix, port, conf, nginx_env
+
+
+@pytest.mark.skipif(not Path(NGINX).is_file(), reason="needs nginx (apt-get install nginx)")
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_nginx_without_env_line_uses_the_masters_socket(hsm: Hsm, tmp_path: Path) -> None:
+    """No `env STRONGROOM_AGENT_SOCKET` in nginx.conf: the master has the variable, its workers (environment
+    cleared) reuse the socket the master's C_Initialize used."""
+    ca, prefix, port, conf, env = _nginx(hsm, tmp_path, "nginx-noenv", "c3", module=hsm.module,
+                                         env=hsm.module_env(), env_line=False)
+    assert "env STRONGROOM_AGENT_SOCKET" not in conf.read_text()
+    with running_nginx(prefix, conf, env, port) as master:
+        workers = process_group_members(master.pid) - {master.pid}
+        assert len(workers) == 2
+        serve_until_both_workers(hsm, ca, port, prefix, workers)
+        error_log = (prefix / "logs" / "error.log").read_text()
+        assert not re.search(r"\[(crit|alert|emerg)\]|exited on signal", error_log), error_log
+
+
+@pytest.fixture(scope="module")
+def module_with_system_conf(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A build of the module whose system configuration file (SYSTEM_CONF, /etc/strongroom/pkcs11.conf in the
+    real build) is a file of this test's: (module, configuration file)."""
+    directory = tmp_path_factory.mktemp("module-conf")
+    conf = directory / "pkcs11.conf"
+    result = subprocess.run(["make", "-C", str(PKCS11_DIR), f"BUILD={directory / 'build'}",
+                             f"SYSTEM_CONF={conf}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return directory / "build" / "libstrongroom-pkcs11.so", conf
+
+
+@pytest.mark.skipif(not Path(NGINX).is_file(), reason="needs nginx (apt-get install nginx)")
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_nginx_with_the_system_configuration_file(hsm: Hsm, tmp_path: Path,
+                                                  module_with_system_conf: tuple[Path, Path]) -> None:
+    """No STRONGROOM_AGENT_SOCKET anywhere (not for nginx, not in nginx.conf): the module's system configuration
+    file names the agent's socket."""
+    module, conf_file = module_with_system_conf
+    conf_file.write_text(f"# Strongroom PKCS#11 module\nsocket = {hsm.target.socket}\n")
+    env = hsm.clean_env()
+    assert "STRONGROOM_AGENT_SOCKET" not in env
+    ca, prefix, port, conf, nginx_env = _nginx(hsm, tmp_path, "nginx-sysconf", "c4", module=str(module), env=env,
+                                               env_line=False)
+    with running_nginx(prefix, conf, nginx_env, port) as master:
+        workers = process_group_members(master.pid) - {master.pid}
+        assert len(workers) == 2
+        serve_until_both_workers(hsm, ca, port, prefix, workers)
+
+
+@pytest.mark.skipif(not Path(NGINX).is_file(), reason="needs nginx (apt-get install nginx)")
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_nginx_keeps_serving_across_an_agent_restart(hsm: Hsm, tmp_path: Path) -> None:
+    """Issue 14 item 3: the agent is stopped and started again (only the agent: local.agent) while nginx serves
+    TLS with a key in the cluster. nginx is not restarted, nothing re-initializes: the workers' module reopens
+    its application in the new agent (sessions, login from the PIN it keeps) and the next handshakes sign. A
+    request made while the agent is down waits for it (the module's reconnect_wait) rather than failing."""
+    from strongroom.local.agent import agent_status, start_agent, stop_agent
+
+    ca, prefix, port, conf, env = _nginx(hsm, tmp_path, "nginx-restart", "c5", module=hsm.module,
+                                         env=hsm.module_env(), env_line=True)
+    directory = hsm.target.cluster.dir
+    with running_nginx(prefix, conf, env, port) as master:
+        workers = process_group_members(master.pid) - {master.pid}
+        serve_until_both_workers(hsm, ca, port, prefix, workers)
+        old_agent = agent_status(directory)["pid"]
+        for round_number in range(2):
+            stop_agent(directory)
+            # a request while the agent is down: it waits for the agent, which comes back meanwhile
+            pending = subprocess.Popen(["curl", "--noproxy", "*", "-sS", "--max-time", "60", "--cacert", str(ca),
+                                        f"https://127.0.0.1:{port}/"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, env=hsm.clean_env())
+            time.sleep(1.0)
+            start_agent(directory)
+            out, err = pending.communicate(timeout=90)
+            assert pending.returncode == 0 and "hello from a key in the cluster" in out, \
+                f"round {round_number}: {err}\n{nginx_logs(prefix)}"
+            serve_until_both_workers(hsm, ca, port, prefix, workers)  # every worker signs again
+        assert agent_status(directory)["pid"] != old_agent
+        # the same workers served throughout: none died, none was replaced, nginx was never restarted
+        assert process_group_members(master.pid) - {master.pid} == workers
+        error_log = (prefix / "logs" / "error.log").read_text()
+        assert not re.search(r"\[(crit|alert|emerg)\]|exited on signal", error_log), error_log

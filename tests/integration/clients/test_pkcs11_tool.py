@@ -212,14 +212,94 @@ def test_key_generation(tool: Tool, keys: Keys) -> None:
     listing = tool.run("--list-objects")
     for label in ("tool-rsa", "tool-ec", "tool-aes"):
         assert f"label:      {label}" in listing
-    # without a login the private objects are not visible
-    assert "tool-aes" not in tool.run("--list-objects", login=False)
+    # Without a login (PKCS#11 v2.40 §6.7) the public objects only: the public keys, and the AES key, which
+    # pkcs11-tool makes with CKA_PRIVATE false unless told --private; never a private key.
+    public = tool.run("--list-objects", login=False)
+    assert "Private Key Object" not in public, public
+    assert re.search(r"Public Key Object; RSA 2048 bits.*?label:\s+tool-rsa", public, re.S), public
+    assert re.search(r"Public Key Object; EC\s+EC_POINT 256 bits.*?label:\s+tool-ec", public, re.S), public
     # key material never comes out in clear
     assert "CKR_ATTRIBUTE_SENSITIVE" in tool.fails("--read-object", "--type", "secrkey", "--id", keys.aes)
     public = tool.public_key(keys.rsa)
     assert isinstance(public, rsa.RSAPublicKey) and public.key_size == 2048
     ec_public = tool.public_key(keys.ec)
     assert isinstance(ec_public, ec.EllipticCurvePublicKey) and ec_public.curve.name == "secp256r1"
+
+
+# --- without a login: public objects, public-key operations, digests, random (issue 13 item 1) ------------
+
+
+def test_public_key_and_verify_without_login(tool: Tool, keys: Keys) -> None:
+    """pkcs11-tool --read-object / --verify without --login, as PKCS#11 §6.7 lets a public session."""
+    with_login = tool.public_key(keys.ec)
+    out = tool.file("pub-nologin.der")
+    tool.run("--read-object", "--type", "pubkey", "--id", keys.ec, "-o", out, login=False)
+    assert load_der_public_key(Path(out).read_bytes()) == with_login
+    signature = tool.sign(keys.ec, "ECDSA-SHA256", MESSAGE, "--signature-format", "openssl")
+    verdict = tool.run("--verify", "-m", "ECDSA-SHA256", "--id", keys.ec, "-i", tool.file("nl.in", MESSAGE),
+                       "--signature-file", tool.file("nl.sig", signature), "--signature-format", "openssl",
+                       login=False)
+    assert "Signature is valid" in verdict, verdict
+    rsa_sig = tool.sign(keys.rsa, "SHA256-RSA-PKCS", MESSAGE)
+    verdict = tool.run("--verify", "-m", "SHA256-RSA-PKCS", "--id", keys.rsa, "-i", tool.file("nl2.in", MESSAGE),
+                       "--signature-file", tool.file("nl2.sig", rsa_sig), login=False)
+    assert "Signature is valid" in verdict, verdict
+    # a private key is not there for a public session
+    output = tool.run("--sign", "-m", "SHA256-RSA-PKCS", "--id", keys.rsa, "-i", tool.file("nl3.in", MESSAGE),
+                      "-o", tool.file("nl3.sig"), login=False, check=False)
+    assert "Signature" not in output or "error" in output.lower(), output
+
+
+def test_digest_and_random_without_login(tool: Tool) -> None:
+    digest = tool.file("hash.out")
+    tool.run("--hash", "-m", "SHA256", "-i", tool.file("hash.in", MESSAGE), "-o", digest, login=False)
+    assert Path(digest).read_bytes() == _sha256(MESSAGE)
+    random_out = tool.file("random.out")
+    tool.run("--generate-random", "64", "-o", random_out, login=False)
+    assert len(Path(random_out).read_bytes()) == 64
+
+
+def test_certificate_written_then_read_without_login(tool: Tool, keys: Keys) -> None:
+    """A certificate is a public object: written by a logged-in user, read and listed by anyone."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import NameOID
+
+    signer = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tool public certificate")])
+    import datetime
+
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(signer.public_key())
+            .serial_number(4711).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(signer, hashes.SHA256()))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    tool.run("--write-object", tool.file("cert.der", der), "--type", "cert", "--id", "f1", "--label", "tool-cert")
+    listing = tool.run("--list-objects", "--type", "cert", login=False)
+    assert "label:      tool-cert" in listing, listing
+    out = tool.file("cert-back.der")
+    tool.run("--read-object", "--type", "cert", "--id", "f1", "-o", out, login=False)
+    assert Path(out).read_bytes() == der
+
+
+# --- keys imported in clear (issue 13 item 7) ----------------------------------------------------------
+
+
+def test_secret_key_written_in_clear_is_usable_and_readable(tool: Tool) -> None:
+    """C_CreateObject of a secret key (pkcs11-tool --write-object --type secrkey): its value works like the one
+    outside; made with CKA_SENSITIVE false (pkcs11-tool's default) and CKA_EXTRACTABLE true, CKA_VALUE reads
+    back (pkcs11-tool --read-object); made --sensitive, never."""
+    value, iv, data = os.urandom(32), os.urandom(16), os.urandom(50)
+    tool.run("--write-object", tool.file("aes.key", value), "--type", "secrkey", "--key-type", "AES:32",
+             "--id", "f2", "--label", "tool-imported", "--usage-decrypt", "--extractable")
+    assert tool.cipher("encrypt", "f2", "AES-CBC-PAD", data, "--iv", iv.hex()) == _cbc(value, iv, data)
+    back = tool.file("aes.back")
+    tool.run("--read-object", "--type", "secrkey", "--id", "f2", "-o", back)
+    assert Path(back).read_bytes() == value
+    tool.run("--write-object", tool.file("aes2.key", os.urandom(16)), "--type", "secrkey", "--key-type", "AES:16",
+             "--id", "f3", "--label", "tool-imported-sensitive", "--extractable", "--sensitive")
+    assert "CKR_ATTRIBUTE_SENSITIVE" in tool.fails("--read-object", "--type", "secrkey", "--id", "f3", "-o",
+                                                   tool.file("never.back"))
 
 
 # --- signatures, verified outside ------------------------------------------------------------

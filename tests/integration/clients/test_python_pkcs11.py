@@ -378,10 +378,14 @@ def test_sensitive_values_never_read(runner: Runner, token_rsa: rsa.RSAPublicKey
             emit(**{name: error_name(lambda a=getattr(Attribute, name): priv[a])
                     for name in ("PRIVATE_EXPONENT", "PRIME_1", "PRIME_2", "EXPONENT_1", "EXPONENT_2", "COEFFICIENT")})
             emit(modulus=priv[Attribute.MODULUS])
-            # even a key made extractable and not sensitive does not show its value: it leaves only wrapped
+            # a key made extractable and not sensitive shows its value (PKCS#11 §4.10), as its maker asked
             loose = known_aes(s, "LOOSE", {Attribute.EXTRACTABLE: True, Attribute.SENSITIVE: False})
-            emit(loose_value=error_name(lambda: loose[Attribute.VALUE]), loose_sensitive=loose[Attribute.SENSITIVE])
-    """, LOOSE=token_rsa.encrypt(os.urandom(16), OAEP_SHA256))
+            emit(loose_value=loose[Attribute.VALUE], loose_sensitive=loose[Attribute.SENSITIVE])
+            # ... a sensitive one never, even extractable
+            tight = known_aes(s, "TIGHT", {Attribute.EXTRACTABLE: True})
+            emit(tight_value=error_name(lambda: tight[Attribute.VALUE]))
+    """, LOOSE=token_rsa.encrypt(loose_value := os.urandom(16), OAEP_SHA256),
+         TIGHT=token_rsa.encrypt(os.urandom(16), OAEP_SHA256))
     assert out["aes_value"] == "AttributeSensitive"
     assert out["aes_flags"] == [True, True, False, True, True]
     assert out["value_len"] == 32
@@ -389,7 +393,8 @@ def test_sensitive_values_never_read(runner: Runner, token_rsa: rsa.RSAPublicKey
     for name in ("PRIVATE_EXPONENT", "PRIME_1", "PRIME_2", "EXPONENT_1", "EXPONENT_2", "COEFFICIENT"):
         assert out[name] == "AttributeSensitive", (name, out)
     assert int(out["modulus"], 16) == token_rsa.public_numbers().n
-    assert out["loose_value"] == "AttributeSensitive" and out["loose_sensitive"] is False
+    assert out["loose_value"] == loose_value.hex() and out["loose_sensitive"] is False
+    assert out["tight_value"] == "AttributeSensitive"
 
 
 @needs_python_pkcs11

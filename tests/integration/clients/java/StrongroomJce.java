@@ -1,6 +1,7 @@
 // Java 17 JCE against Strongroom through the JDK's own SunPKCS11 provider (no Strongroom code).
 //
 //   java StrongroomJce CONFIG PIN WRONG_PIN [TOKEN_AES_LABEL]
+//   java StrongroomJce CONFIG -                 (nobody logs in: what a public session does)
 //
 // CONFIG is a SunPKCS11 configuration naming the Strongroom PKCS#11 module; PIN is user:password;
 // WRONG_PIN must be refused; TOKEN_AES_LABEL names a token AES key of that user that the key store
@@ -34,10 +35,13 @@ import java.util.Collections;
 import java.util.List;
 import javax.crypto.AEADBadTagException;
 import javax.crypto.Cipher;
+import javax.crypto.KeyAgreement;
 import javax.crypto.KeyGenerator;
+import javax.crypto.Mac;
 import javax.crypto.SecretKey;
 import javax.crypto.spec.GCMParameterSpec;
 import javax.crypto.spec.IvParameterSpec;
+import javax.crypto.spec.SecretKeySpec;
 
 public final class StrongroomJce {
 
@@ -96,8 +100,12 @@ public final class StrongroomJce {
     private static SecretKey aes;
 
     public static void main(String[] args) throws Exception {
+        if (args.length == 2 && args[1].equals("-")) {
+            publicSession(args[0]);
+            return;
+        }
         if (args.length < 3) {
-            System.err.println("usage: StrongroomJce CONFIG PIN WRONG_PIN [TOKEN_AES_LABEL]");
+            System.err.println("usage: StrongroomJce CONFIG PIN WRONG_PIN [TOKEN_AES_LABEL] | CONFIG -");
             System.exit(100);
         }
         final String configPath = args[0];
@@ -309,6 +317,54 @@ public final class StrongroomJce {
             return "sizes " + sizes.toString().trim() + " multipart";
         });
 
+        check("ecdh", () -> {
+            // SunPKCS11's key agreement derives a generic secret with a template of its class and key type only
+            // (no CKA_VALUE_LEN) and reads its CKA_VALUE: the shared secret, equal to the software one. The
+            // configuration's attribute lines give the EC key CKA_DERIVE and the secret CKA_SENSITIVE=false,
+            // CKA_EXTRACTABLE=true (PKCS#11's defaults refuse both, here as with SoftHSMv2).
+            KeyPairGenerator soft = KeyPairGenerator.getInstance("EC", "SunEC");
+            soft.initialize(new ECGenParameterSpec("secp256r1"));
+            KeyPair peer = soft.generateKeyPair();
+            KeyAgreement agreement = KeyAgreement.getInstance("ECDH", provider);
+            agreement.init(ec.getPrivate());
+            agreement.doPhase(peer.getPublic(), true);
+            byte[] secret = agreement.generateSecret();
+            KeyAgreement outside = KeyAgreement.getInstance("ECDH", "SunEC");
+            outside.init(peer.getPrivate());
+            outside.doPhase(ec.getPublic(), true);
+            require(Arrays.equals(secret, outside.generateSecret()), "the shared secrets differ");
+            // ... and as a key object (generateSecret("TlsPremasterSecret"), the one algorithm JDK 17's
+            // SunPKCS11 derives into an object) whose CKA_VALUE the provider reads back: the same secret.
+            agreement.init(ec.getPrivate());
+            agreement.doPhase(peer.getPublic(), true);
+            SecretKey derived = agreement.generateSecret("TlsPremasterSecret");
+            require(Arrays.equals(derived.getEncoded(), secret), "the derived key object holds another secret");
+            return "len=" + secret.length;
+        });
+
+        check("hmac-imported", () -> {
+            // A key the application has in clear: SunPKCS11 imports it (C_CreateObject of a secret key).
+            SecretKeySpec key = new SecretKeySpec(random(32), "HmacSHA256");
+            Mac mac = Mac.getInstance("HmacSHA256", provider);
+            mac.init(key);
+            byte[] tag = mac.doFinal(message);
+            Mac soft = Mac.getInstance("HmacSHA256", "SunJCE");
+            soft.init(key);
+            require(Arrays.equals(tag, soft.doFinal(message)), "HMAC differs from SunJCE's");
+            return "";
+        });
+
+        check("aes-imported", () -> {
+            SecretKeySpec key = new SecretKeySpec(random(16), "AES");
+            byte[] iv = random(16);
+            Cipher enc = Cipher.getInstance("AES/CBC/PKCS5Padding", provider);
+            enc.init(Cipher.ENCRYPT_MODE, key, new IvParameterSpec(iv));
+            Cipher soft = Cipher.getInstance("AES/CBC/PKCS5Padding", "SunJCE");
+            soft.init(Cipher.ENCRYPT_MODE, key, new IvParameterSpec(iv));
+            require(Arrays.equals(enc.doFinal(message), soft.doFinal(message)), "AES-CBC differs from SunJCE's");
+            return "";
+        });
+
         check("logout", () -> {
             // Logging out through the provider's login API: the keystore then needs the PIN again.
             if (provider instanceof java.security.AuthProvider) {
@@ -317,6 +373,60 @@ public final class StrongroomJce {
             return "";
         });
 
+        System.out.println("END failures=" + failures);
+        System.exit(failures);
+    }
+
+    /** Nobody logs in (PKCS#11 §6.7): the provider verifies with a public key it imports as a public session
+     *  object, encrypts with a public RSA key, digests and draws random bytes. */
+    private static void publicSession(String configPath) throws Exception {
+        byte[] message = "verified by a session that is not logged in".getBytes(StandardCharsets.UTF_8);
+        check("provider", () -> {
+            provider = Security.getProvider("SunPKCS11").configure(configPath);
+            Security.addProvider(provider);
+            return provider.getName();
+        });
+        check("public-verify", () -> {
+            KeyPairGenerator soft = KeyPairGenerator.getInstance("EC", "SunEC");
+            soft.initialize(new ECGenParameterSpec("secp256r1"));
+            KeyPair pair = soft.generateKeyPair();
+            Signature signer = Signature.getInstance("SHA256withECDSA", "SunEC");
+            signer.initSign(pair.getPrivate());
+            signer.update(message);
+            byte[] sig = signer.sign();
+            Signature verifier = Signature.getInstance("SHA256withECDSA", provider);
+            verifier.initVerify(pair.getPublic());
+            verifier.update(message);
+            require(verifier.verify(sig), "the provider rejects a good signature");
+            verifier.initVerify(pair.getPublic());
+            verifier.update(concat(message, new byte[] {1}));
+            require(!verifier.verify(sig), "the provider accepts a signature of other data");
+            return "";
+        });
+        check("public-encrypt", () -> {
+            KeyPairGenerator soft = KeyPairGenerator.getInstance("RSA", "SunRsaSign");
+            soft.initialize(2048);
+            KeyPair pair = soft.generateKeyPair();
+            Cipher enc = Cipher.getInstance("RSA/ECB/PKCS1Padding", provider);
+            enc.init(Cipher.ENCRYPT_MODE, pair.getPublic());
+            byte[] sealed = enc.doFinal(message);
+            Cipher dec = Cipher.getInstance("RSA/ECB/PKCS1Padding", "SunJCE");
+            dec.init(Cipher.DECRYPT_MODE, pair.getPrivate());
+            require(Arrays.equals(dec.doFinal(sealed), message), "the software key does not open it");
+            return "";
+        });
+        check("public-digest", () -> {
+            byte[] digest = java.security.MessageDigest.getInstance("SHA-256", provider).digest(message);
+            require(Arrays.equals(digest, java.security.MessageDigest.getInstance("SHA-256", "SUN").digest(message)),
+                    "the digest differs");
+            return "";
+        });
+        check("public-random", () -> {
+            SecureRandom random = SecureRandom.getInstance("PKCS11", provider);
+            byte[] bytes = new byte[32];
+            random.nextBytes(bytes);
+            return "";
+        });
         System.out.println("END failures=" + failures);
         System.exit(failures);
     }
