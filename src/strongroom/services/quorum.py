@@ -707,3 +707,5 @@ async def run_sweep(keys: _Keys, audit: Auditor, seconds: float = SWEEP_SECONDS)
             await sweep(QuorumStore(keys.barrier, keys.cluster_id), audit)
         except (StoreError, HsmError, ConflictError) as exc:  # the next sweep tries again
             log.info("quorum sweep: %s", exc)
+        except Exception:  # a record the sweep cannot read must not end the sweep for good
+            log.exception("quorum sweep failed; trying again in %.0f s", seconds)
