@@ -10,6 +10,8 @@ process (the module is loaded once per process); the results are checked here wi
   CKH_DETERMINISTIC_REQUIRED refused (the library signs hedged only).
 * ML-KEM-768/1024: a secret encapsulated outside to the token's public key is decapsulated in the token into
   the same secret; a secret encapsulated in the token decapsulates in the token into an equal key.
+* HKDF (PyKCS11 with a CK_HKDF_PARAMS the module reads field by field): extract+expand and extract-only keys
+  equal to pyca's.
 """
 
 from __future__ import annotations
@@ -178,3 +180,71 @@ def test_ml_kem_secrets_are_equal_on_both_sides(target: Pkcs11Target) -> None:
         assert bytes.fromhex(out[f"aes{n}"]) == b"secret message"
         assert out[f"aes_sensitive{n}"] == "AttributeSensitive"
         assert out[f"wrong_length{n}"] in ("EncryptedDataLenRange", "EncryptedDataInvalid"), out[f"wrong_length{n}"]
+
+
+PYKCS11_PREAMBLE = """
+import ctypes, json, os, struct
+import PyKCS11
+from PyKCS11 import *
+
+lib = PyKCS11Lib()
+lib.load(os.environ["STRONGROOM_PKCS11_MODULE"])
+OUT = {}
+KEEP = []
+
+def emit(**values):
+    for name, value in values.items():
+        OUT[name] = bytes(value).hex() if isinstance(value, (bytes, bytearray, tuple, list)) else value
+
+def buffer(data):
+    b = ctypes.create_string_buffer(data, len(data))
+    KEEP.append(b)
+    return ctypes.addressof(b) if data else 0
+
+def hkdf_params(extract, expand, prf, salt_type, salt=b"", salt_key=0, info=b""):
+    '''CK_HKDF_PARAMS {bExtract, bExpand, prfHashMechanism, ulSaltType, pSalt, ulSaltLen, hSaltKey, pInfo,
+    ulInfoLen} on LP64 (PyKCS11 passes bytes as they are).'''
+    return struct.pack("=BB6xQQQQQQQ", extract, expand, prf, salt_type, buffer(salt), len(salt), salt_key,
+                       buffer(info), len(info))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_hkdf_derive_through_the_module_matches_pyca(target: Pkcs11Target) -> None:
+    """CK_HKDF_PARAMS read by the module (put_mechanism) and derived in the cluster, checked against pyca's HKDF."""
+    from cryptography.hazmat.primitives import hashes, hmac
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    pin = target.crypto_user("pq_hkdf", "password1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
+    env.update(STRONGROOM_AGENT_SOCKET=target.socket, STRONGROOM_PKCS11_MODULE=str(target.module), USER_PIN=pin)
+    script = PYKCS11_PREAMBLE + textwrap.dedent("""
+    slot = lib.getSlotList(tokenPresent=True)[0]
+    s = lib.openSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION)
+    s.login(os.environ["USER_PIN"])
+    secret = [(CKA_CLASS, CKO_SECRET_KEY), (CKA_KEY_TYPE, CKK_GENERIC_SECRET), (CKA_TOKEN, False),
+              (CKA_SENSITIVE, False), (CKA_EXTRACTABLE, True), (CKA_DERIVE, True)]
+    base = s.generateKey(secret + [(CKA_VALUE_LEN, 32)], Mechanism(CKM_GENERIC_SECRET_KEY_GEN))
+    emit(base=s.getAttributeValue(base, [CKA_VALUE])[0])
+    both = s.deriveKey(base, secret + [(CKA_VALUE_LEN, 42)],
+                       Mechanism(CKM_HKDF_DERIVE, hkdf_params(1, 1, CKM_SHA256, CKF_HKDF_SALT_DATA, b"salty",
+                                                              info=b"strongroom hkdf")))
+    prk = s.deriveKey(base, secret + [(CKA_VALUE_LEN, 32)],
+                      Mechanism(CKM_HKDF_DERIVE, hkdf_params(1, 0, CKM_SHA256, CKF_HKDF_SALT_NULL)))
+    emit(both=s.getAttributeValue(both, [CKA_VALUE])[0], prk=s.getAttributeValue(prk, [CKA_VALUE])[0])
+    try:
+        s.deriveKey(base, secret, Mechanism(CKM_HKDF_DERIVE, b"short"))
+        emit(short=None)
+    except PyKCS11Error as exc:
+        emit(short=exc.value)
+    """) + "\nprint(json.dumps(OUT))\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=170)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    base = bytes.fromhex(out["base"])
+    expected = HKDF(hashes.SHA256(), 42, b"salty", b"strongroom hkdf").derive(base)
+    assert bytes.fromhex(out["both"]) == expected
+    prk = hmac.HMAC(bytes(32), hashes.SHA256())
+    prk.update(base)
+    assert bytes.fromhex(out["prk"]) == prk.finalize()  # extract only, no salt: HashLen zero bytes (RFC 5869)
+    assert out["short"] == 0x71  # CKR_MECHANISM_PARAM_INVALID, from the module: not a CK_HKDF_PARAMS
