@@ -357,6 +357,60 @@ def test_find_objects_with_a_cursor(shared_cluster: LocalCluster, shared_agent: 
         CKR.ATTRIBUTE_VALUE_INVALID
 
 
+def test_dual_function_updates(shared_cluster: LocalCluster, shared_agent: AgentProcess) -> None:
+    """C_DigestEncryptUpdate, C_DecryptDigestUpdate, C_SignEncryptUpdate and C_DecryptVerifyUpdate (PKCS#11
+    v2.40 §5.13, issue 13 item 9): each gives what its two operations give run apart; a size query processes
+    nothing; without both operations active it is CKR_OPERATION_NOT_INITIALIZED."""
+    import hashlib
+
+    app, session = logged_in(shared_agent, add_user(shared_cluster, "agent_dual"))
+    key = aes_key(app, session, b"dual", {CKA.SIGN: True, CKA.VERIFY: True, CKA.ENCRYPT: True,
+                                          CKA.DECRYPT: True})
+    iv = b"\x05" * 16
+    parts = [b"a" * 32, b"b" * 48]
+    data = b"".join(parts)
+    app.ok("C_EncryptInit", session, [CKM.AES_CBC, iv], key)
+    expected_ct = app.ok("C_Encrypt", session, data, 256)[1]
+    app.ok("C_SignInit", session, [CKM.AES_CMAC, None], key)
+    expected_mac = app.ok("C_Sign", session, data, 64)[1]
+    digest = hashlib.sha256(data).digest()
+
+    def final(name: str) -> bytes:
+        return app.ok(name, session, 64)[1] or b""
+
+    app.ok("C_DigestInit", session, [CKM.SHA256, None])
+    app.ok("C_EncryptInit", session, [CKM.AES_CBC, iv], key)
+    assert app.ok("C_DigestEncryptUpdate", session, parts[0], -1) == [32 + 16, None]  # a size query: a bound
+    ciphertext = b"".join(app.ok("C_DigestEncryptUpdate", session, part, 256)[1] for part in parts)
+    assert ciphertext + final("C_EncryptFinal") == expected_ct
+    assert app.ok("C_DigestFinal", session, 32)[1] == digest
+
+    app.ok("C_DecryptInit", session, [CKM.AES_CBC, iv], key)
+    app.ok("C_DigestInit", session, [CKM.SHA256, None])
+    plain = b"".join(app.ok("C_DecryptDigestUpdate", session, part, 256)[1]
+                     for part in (expected_ct[:32], expected_ct[32:]))
+    assert plain + final("C_DecryptFinal") == data
+    assert app.ok("C_DigestFinal", session, 32)[1] == digest
+
+    app.ok("C_SignInit", session, [CKM.AES_CMAC, None], key)
+    app.ok("C_EncryptInit", session, [CKM.AES_CBC, iv], key)
+    ciphertext = b"".join(app.ok("C_SignEncryptUpdate", session, part, 256)[1] for part in parts)
+    assert ciphertext + final("C_EncryptFinal") == expected_ct
+    assert final("C_SignFinal") == expected_mac
+
+    app.ok("C_DecryptInit", session, [CKM.AES_CBC, iv], key)
+    app.ok("C_VerifyInit", session, [CKM.AES_CMAC, None], key)
+    plain = b"".join(app.ok("C_DecryptVerifyUpdate", session, part, 256)[1]
+                     for part in (expected_ct[:48], expected_ct[48:]))
+    assert plain + final("C_DecryptFinal") == data
+    assert app.ok("C_VerifyFinal", session, expected_mac) == []
+
+    # the pair must be active: an encryption alone is not a digest-and-encrypt
+    app.ok("C_EncryptInit", session, [CKM.AES_CBC, iv], key)
+    assert app.call("C_DigestEncryptUpdate", session, parts[0], 256)[0] == CKR.OPERATION_NOT_INITIALIZED
+    assert app.call("C_DecryptVerifyUpdate", session, parts[0], 256)[0] == CKR.OPERATION_NOT_INITIALIZED
+
+
 def test_attributes_sensitive_and_buffers(shared_cluster: LocalCluster, shared_agent: AgentProcess) -> None:
     app, session = logged_in(shared_agent, add_user(shared_cluster, "agent_attrs"))
     key = aes_key(app, session, b"attrs", {CKA.ALLOWED_MECHANISMS: [CKM.AES_GCM, CKM.AES_CBC_PAD]})

@@ -618,6 +618,9 @@ def test_return_codes_and_pin_flags(target: Pkcs11Target) -> None:
     assert out["seed_closed"] == "CKR_SESSION_HANDLE_INVALID"
     assert out["null_pin"] == "CKR_ARGUMENTS_BAD"
     assert out["no_colon"] == "CKR_PIN_INCORRECT"
+    # Item 10: a failed C_Login explains itself on stderr, without a debug switch.
+    assert "C_Login(CKU_USER) without a PIN: give the PIN, username:password" in runner.stderr, runner.stderr
+    assert "the PIN is not in username:password form" in runner.stderr, runner.stderr
     assert out["flags0"] == []
     assert out["wrong"] == ["CKR_PIN_INCORRECT"] * 5
     assert out["flags1"] == ["low"] and out["flags3"] == ["low"]

@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -113,6 +113,8 @@ class Runner:
     token_label: str
     user: str
     password: str
+    #: What the last script wrote on stderr (the module's explanations of failed C_Initialize/C_Login).
+    stderr: str = field(default="", compare=False)
 
     @property
     def pin(self) -> str:
@@ -125,6 +127,7 @@ class Runner:
         env.update({f"IN_{name}": value.hex() for name, value in inputs.items()})
         script = preamble + textwrap.dedent(body) + POSTAMBLE
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=110)
+        self.stderr = result.stderr
         assert result.returncode == 0, f"script failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         lines = result.stdout.strip().splitlines()
         assert lines, result.stderr
