@@ -29,7 +29,8 @@ from strongroom import __version__
 
 from .conftest import LocalCluster
 
-pytestmark = pytest.mark.slow
+#: The first test also builds the wheel and installs it with its dependencies (about 40 s here).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
