@@ -4,6 +4,7 @@
  * (C_MessageEncryptInit ... C_MessageDecryptFinal), C_EncapsulateKey / C_DecapsulateKey, and
  * CKR_FUNCTION_NOT_SUPPORTED for the rest of 3.x. As in p11.c: marshalling only, the agent decides.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -63,16 +64,20 @@ static CK_UTF8CHAR interface_name[] = "PKCS 11";
  * default (PKCS#11 3.2 §5.4). No CKF_INTERFACE_FORK_SAFE: a forked child calls C_Initialize again. */
 static CK_INTERFACE interfaces[3];
 
+static pthread_once_t interfaces_once = PTHREAD_ONCE_INIT;
+
+static void fill_interfaces(void)
+{
+    CK_FUNCTION_LIST_PTR v2 = NULL;
+    C_GetFunctionList(&v2);
+    interfaces[0] = (CK_INTERFACE){interface_name, &list_3_2, 0};
+    interfaces[1] = (CK_INTERFACE){interface_name, &list_3_0, 0};
+    interfaces[2] = (CK_INTERFACE){interface_name, v2, 0};
+}
+
 static CK_ULONG interface_count(void)
 {
-    if (!interfaces[0].pFunctionList) {
-        CK_FUNCTION_LIST_PTR v2 = NULL;
-        C_GetFunctionList(&v2);
-        /* Idempotent writes of the same values: racing first calls are harmless. */
-        interfaces[2] = (CK_INTERFACE){interface_name, v2, 0};
-        interfaces[1] = (CK_INTERFACE){interface_name, &list_3_0, 0};
-        interfaces[0] = (CK_INTERFACE){interface_name, &list_3_2, 0};
-    }
+    pthread_once(&interfaces_once, fill_interfaces); /* works before C_Initialize, from any thread */
     return 3;
 }
 
@@ -222,7 +227,7 @@ static int bin_or_nil(const mp_doc *d, uint32_t node, CK_ULONG n, const uint8_t 
  * finish_output, then the IV the token chose and the tag written into the message's parameters. Everything
  * is checked before anything is written. */
 static CK_RV finish_message(rpc_t *r, CK_RV arv, CK_BYTE_PTR out, CK_ULONG_PTR out_len, const CK_GCM_MESSAGE_PARAMS *g,
-                            int iv_out, int tag_out)
+                            int iv_out, int tag_out, int tag_due)
 {
     if (arv != CKR_OK && arv != CKR_BUFFER_TOO_SMALL) {
         rpc_end(r, 0);
@@ -246,7 +251,7 @@ static CK_RV finish_message(rpc_t *r, CK_RV arv, CK_BYTE_PTR out, CK_ULONG_PTR o
         rpc_end(r, 0);
         return arv;
     }
-    if (mp_get_bin(d, data, &p, &n) || n != needed || n > *out_len || (iv_out && !iv))
+    if (mp_get_bin(d, data, &p, &n) || n != needed || n > *out_len || (iv_out && !iv) || (tag_due && !tag))
         return rpc_end(r, 1);
     if (n)
         memcpy(out, p, n);
@@ -289,7 +294,7 @@ static CK_RV message_one(const char *fn, int encrypt, CK_SESSION_HANDLE s, CK_VO
     ARG(put_bytes(&r.enc, in, in_len, encrypt ? CKR_DATA_LEN_RANGE : CKR_ENCRYPTED_DATA_LEN_RANGE));
     put_cap(&r.enc, out, out_len);
     CALL();
-    return finish_message(&r, arv, out, out_len, &g, encrypt, encrypt);
+    return finish_message(&r, arv, out, out_len, &g, encrypt, encrypt, encrypt);
 }
 
 /* C_EncryptMessageBegin / C_DecryptMessageBegin: the message's parameters and associated data; an encryption
@@ -331,7 +336,7 @@ static CK_RV message_next(const char *fn, int encrypt, CK_SESSION_HANDLE s, CK_V
     put_cap(&r.enc, out, out_len);
     mp_put_uint(&r.enc, flags);
     CALL();
-    return finish_message(&r, arv, out, out_len, &g, 0, encrypt);
+    return finish_message(&r, arv, out, out_len, &g, 0, encrypt, encrypt && (flags & CKF_END_OF_MESSAGE));
 }
 
 EXPORT CK_RV C_MessageEncryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
