@@ -96,6 +96,40 @@ def test_a_key_made_through_one_node_is_usable_through_the_others_at_once(three:
     three.logged_in(2, "fresh_user")
 
 
+def test_a_clients_own_writes_are_seen_by_every_node_it_uses_next(three: ThreeNodes) -> None:
+    """Read-your-writes across nodes without a store query per call (issue 15): the nodes use keys
+    from their watch-fed caches, and a client's revision token (the revision its writes made,
+    returned with each reply) makes the next node it asks catch up first. The changes tested are
+    the ones a stale cache would get wrong in the client's favour: a destroyed key, an unshared one."""
+    admin = three.node_client(0)
+    admin.login("admin", three.summary["admin_password"])
+    admin.user_create("ryw_other", "crypto-user", "password1")
+    owner = three.logged_in(0, "zoned")
+    clock = owner.connection.aio.clock
+    other_via_2 = three.logged_in(1, "ryw_other")
+    owner_via_3 = three.logged_in(2, "zoned")
+    # One application whose connections go to different nodes (as the agent's do): one token.
+    other_via_2.connection.aio.clock = clock
+    owner_via_3.connection.aio.clock = clock
+    before = clock.revision
+    for round_ in range(10):
+        _public, private = owner.generate_key_pair(CKM.EC_KEY_PAIR_GEN, {CKA.TOKEN: True, CKA.EC_PARAMS: P256},
+                                                   {CKA.TOKEN: True, CKA.LABEL: b"ryw"})
+        assert clock.revision > before, "a write's reply carries the revision it made"
+        before = clock.revision
+        owner.share(private, "ryw_other")
+        other_via_2.sign(private, CKM.ECDSA_SHA256, b"shared")
+        owner.unshare(private, "ryw_other")
+        with pytest.raises(ClientError) as refused:
+            other_via_2.sign(private, CKM.ECDSA_SHA256, b"no longer shared")
+        assert refused.value.code in (CKR.KEY_HANDLE_INVALID, CKR.OBJECT_HANDLE_INVALID), round_
+        owner_via_3.sign(private, CKM.ECDSA_SHA256, b"still mine")
+        owner.destroy_object(private)
+        with pytest.raises(ClientError) as gone:
+            owner_via_3.sign(private, CKM.ECDSA_SHA256, b"destroyed")
+        assert gone.value.code == CKR.KEY_HANDLE_INVALID, round_
+
+
 def test_a_record_altered_in_etcd_is_refused_by_every_node(three: ThreeNodes) -> None:
     owner = three.logged_in(0, "zoned")
     key = owner.generate_key(CKM.AES_KEY_GEN, {CKA.TOKEN: True, CKA.VALUE_LEN: 32, CKA.LABEL: b"victim"})

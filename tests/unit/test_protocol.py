@@ -386,10 +386,34 @@ def test_bad_sessions_are_refused_with_the_request_id(session):
 @pytest.mark.parametrize(
     "message",
     [None, 1, "x", {}, [], [PROTOCOL_VERSION], [PROTOCOL_VERSION, 1, "x", None],
-     [PROTOCOL_VERSION, 1, "x", None, {}, 0]],
+     [PROTOCOL_VERSION, 1, "x", None, {}, 0, 0]],
 )
 def test_messages_that_are_not_five_element_arrays_are_refused(message):
+    # (six elements are a request with its read-your-writes revision: below)
     assert refused(message).request_id is None
+
+
+def test_a_sixth_element_is_the_clients_revision():
+    assert decode_request(pack([PROTOCOL_VERSION, 1, "x", None, {}])).revision == 0
+    assert decode_request(pack([PROTOCOL_VERSION, 1, "x", None, {}, 0])).revision == 0
+    assert decode_request(pack([PROTOCOL_VERSION, 1, "x", None, {}, 12345])).revision == 12345
+    assert decode_request(payload_of(encode_request(3, "x", None, {}, 77))).revision == 77
+    # No token, no sixth element: what older nodes and the agent's module detection expect.
+    assert len(msgpack.unpackb(payload_of(encode_request(3, "x", None, {})))) == 5
+
+
+@pytest.mark.parametrize("revision", [-1, True, 1.0, "5", None, b"\x05", [5], 1 << 63])
+def test_bad_revisions_are_refused_with_the_request_id(revision):
+    assert refused([PROTOCOL_VERSION, 9, "x", None, {}, revision]).request_id == 9
+
+
+def test_a_reply_carries_the_revision_its_writes_made():
+    assert decode_reply(payload_of(encode_reply(4, 0, {"a": 1}, 99))).revision == 99
+    reply = decode_reply(payload_of(encode_reply(4, 0, {"a": 1})))
+    assert (reply.request_id, reply.body, reply.revision) == (4, {"a": 1}, 0)
+    assert len(msgpack.unpackb(payload_of(encode_reply(4, 0, {})))) == 4
+    with pytest.raises(ProtocolError):
+        decode_reply(pack([PROTOCOL_VERSION, 4, 0, {}, -3]))
 
 
 @pytest.mark.parametrize(
@@ -418,3 +442,12 @@ def test_ext_types_do_not_crash_the_decoder():
     with pytest.raises(ProtocolError) as info:
         decode_request(pack([PROTOCOL_VERSION, 3, "x", msgpack.ExtType(5, b"abc"), {}]))
     assert info.value.request_id == 3
+
+
+def test_an_oversized_request_with_a_revision_still_names_its_request_id():
+    big = encode_request(41, "crypto.encrypt", None, {"data": b"z" * 100}, 7)
+    (skipped,) = FrameDecoder(max_frame=16, skip_limit=1 << 20).feed(big)
+    assert skipped.request_id() == 41
+    big = encode_request(42, "crypto.encrypt", None, {"data": b"z" * 100})
+    (skipped,) = FrameDecoder(max_frame=16, skip_limit=1 << 20).feed(big)
+    assert skipped.request_id() == 42

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from strongroom.agent.config import AgentConfig
-from strongroom.client.connection import AsyncConnection, ClientError
+from strongroom.client.connection import AsyncConnection, ClientError, RevisionClock
 from strongroom.client.profile import NodeAddress
 from strongroom.errors import CKR
 from strongroom.hardening import wipe
@@ -79,8 +79,11 @@ TOPOLOGY_INTERVAL = 5.0
 
 
 class NodeLink:
-    def __init__(self, node: NodeAddress, context: ssl.SSLContext, config: AgentConfig) -> None:
+    def __init__(self, node: NodeAddress, context: ssl.SSLContext, config: AgentConfig,
+                 clock: RevisionClock | None = None) -> None:
         self.node = node
+        #: The pool's read-your-writes token, shared by every link (see the protocol's ``revision``).
+        self.clock = clock if clock is not None else RevisionClock()
         self._context = context
         self._timeouts = config.timeouts
         self.conn: AsyncConnection | None = None
@@ -122,7 +125,7 @@ class NodeLink:
             try:
                 conn = await AsyncConnection.open(
                     self.node.host, self.node.port, self._context, server_hostname=self.node.host,
-                    timeout=self._timeouts.connect,
+                    timeout=self._timeouts.connect, clock=self.clock,
                 )
             except (OSError, ssl.SSLError, TimeoutError, ClientError) as exc:
                 if self.last_error is None or self.epoch and self.healthy:
@@ -316,7 +319,9 @@ class NodePool:
         self.config = config
         context = client_context(config.cert, config.key, config.ca)
         self._context = context
-        self.links = [NodeLink(node, context, config) for node in config.nodes]
+        #: What the applications of this agent wrote, they read, whichever node serves them.
+        self.clock = RevisionClock()
+        self.links = [NodeLink(node, context, config, self.clock) for node in config.nodes]
         self._by_name = {link.name: link for link in self.links}
         self._health_task: asyncio.Task[None] | None = None
 
@@ -483,7 +488,7 @@ class NodePool:
         for node_id, entry in listed.items():
             if node_id not in self._by_name:
                 node = NodeAddress.parse(node_id, str(entry["address"]), str(entry.get("zone", "a")))
-                link = NodeLink(node, self._context, self.config)
+                link = NodeLink(node, self._context, self.config, self.clock)
                 self.links.append(link)
                 self._by_name[node_id] = link
                 log.info("learned about node %s at %s", node_id, node.address)

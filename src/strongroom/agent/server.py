@@ -73,14 +73,14 @@ class ClientConnection(Connection):
 
 
 def is_node_protocol(payload: bytes) -> bool:
-    """The SDK speaks the node protocol: a 5-element array (the module's messages have 4)."""
+    """The SDK speaks the node protocol: a 5-element array, 6 with a revision (the module's messages have 4)."""
     unpacker = msgpack.Unpacker(raw=False)
     unpacker.feed(payload[:16])
     try:
         length: int = unpacker.read_array_header()  # an int, or it raises
     except Exception:  # noqa: BLE001 - not an array: let the module path report it
         return False
-    return length == 5
+    return length in (5, 6)
 
 
 def decode_request(payload: bytes) -> tuple[int, str, list[Any]]:

@@ -55,8 +55,21 @@ class ClientError(HsmError):
         self.raw_code = code
 
 
+class RevisionClock:
+    """The highest store revision a client's own writes made, as the nodes' replies said (see the
+    protocol's ``revision``). Connections to several nodes share one, so that what a client wrote
+    through one node is what it reads through any other."""
+
+    __slots__ = ("revision",)
+
+    def __init__(self) -> None:
+        self.revision = 0
+
+
 class AsyncConnection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_frame: int) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_frame: int,
+                 clock: RevisionClock | None = None) -> None:
+        self.clock = clock if clock is not None else RevisionClock()
         self._reader = reader
         self._writer = writer
         self._ids = itertools.count(1)
@@ -77,6 +90,7 @@ class AsyncConnection:
         server_hostname: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         max_frame: int = 4 * DEFAULT_MAX_FRAME,
+        clock: RevisionClock | None = None,
     ) -> AsyncConnection:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(
@@ -87,7 +101,7 @@ class AsyncConnection:
         except PkiError as exc:
             writer.close()
             raise ClientError(CKR.DEVICE_ERROR, f"{host}:{port}: {exc}") from None
-        return cls(reader, writer, max_frame)
+        return cls(reader, writer, max_frame, clock)
 
     @classmethod
     async def open_unix(cls, path: str, *, timeout: float = DEFAULT_TIMEOUT,
@@ -104,7 +118,7 @@ class AsyncConnection:
         request_id = next(self._ids)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        self._writer.write(encode_request(request_id, op, session, args))
+        self._writer.write(encode_request(request_id, op, session, args, self.clock.revision))
         return future
 
     def send_raw(self, data: bytes) -> None:
@@ -153,6 +167,8 @@ class AsyncConnection:
                     if isinstance(payload, OversizedFrame):  # not with this decoder (no skip limit): it raises
                         raise ProtocolError(f"reply of {payload.size} bytes is above the limit")
                     reply = decode_reply(payload)
+                    if reply.revision > self.clock.revision:
+                        self.clock.revision = reply.revision
                     future = self._pending.pop(reply.request_id, None)
                     if future is not None and not future.done():
                         future.set_result(reply)

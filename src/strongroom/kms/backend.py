@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from strongroom.client.calls import AsyncClient, Login
-from strongroom.client.connection import AsyncConnection, ClientError
+from strongroom.client.connection import AsyncConnection, ClientError, RevisionClock
 from strongroom.client.profile import ClientProfile, NodeAddress, ProfileError
 from strongroom.constants import CKA, CKK, CKM, CKO
 from strongroom.errors import CKR
@@ -108,6 +108,8 @@ class Backend:
                 self._profile = ClientProfile.load(config.path(config.cluster.profile))
             except ProfileError as exc:
                 raise ConfigError(f"cluster.profile: {exc}") from None
+        #: One read-your-writes token for every connection (a key record written on one is read on another).
+        self._clock = RevisionClock()
         self._links = [_Link(self, i) for i in range(config.cluster.connections)]
         self._next = itertools.cycle(range(len(self._links)))
         self._node_cursor = 0
@@ -137,7 +139,7 @@ class Backend:
             node = nodes[(start + offset) % len(nodes)]
             try:
                 connection = await AsyncConnection.open(node.host, node.port, self._context,
-                                                        timeout=min(self._timeout, 10.0))
+                                                        timeout=min(self._timeout, 10.0), clock=self._clock)
             except (OSError, ssl.SSLError, TimeoutError) as exc:
                 errors.append(f"{node.node_id}: {exc}")
                 continue

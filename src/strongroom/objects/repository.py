@@ -4,7 +4,9 @@ Each worker keeps every token object it may need decrypted in memory, indexed by
 handle, class, label and CKA_ID, and follows the store's watch to stay current. A
 search first catches the cache up to the store's current revision, so an object
 created through any worker or node is found as soon as its creator was answered
-(read-your-writes); a lookup by handle that misses the cache reads the store.
+(read-your-writes); a lookup by handle that misses the cache reads the store. Using a key
+costs no store query: the cache catches up only to the client's own writes (its revision
+token, :meth:`ObjectRepository.caught_up`).
 """
 
 from __future__ import annotations
@@ -130,6 +132,29 @@ class ObjectRepository:
                 await asyncio.shield(check)
                 return
             await asyncio.shield(check)  # started before we arrived: it may not cover us
+
+    async def caught_up(self, revision: int, timeout: float = 5.0) -> None:
+        """Make the cache hold every change up to ``revision`` (a client's read-your-writes token).
+
+        The cache follows the store's watch, so on the hot path this costs nothing: no store
+        query. Only when the client wrote something this worker's watch has not delivered yet
+        (through another worker or node, a moment ago) does it wait for the watch; a cache that
+        does not follow the store (the watch failed), or does not get there in time, catches up
+        the strict way (:meth:`sync`).
+        """
+        if self._following and revision <= self._revision:
+            return
+        if self._following:
+            self._store.poll_now()
+            try:
+                async with asyncio.timeout(timeout):
+                    async with self._advanced:
+                        await self._advanced.wait_for(lambda: self._revision >= revision or not self._following)
+                if self._following:
+                    return
+            except TimeoutError:
+                log.warning("object cache lagging behind a client's revision %d; catching up", revision)
+        await self.sync()
 
     def _check_done(self, _task: asyncio.Future[None]) -> None:
         self._check = None

@@ -34,7 +34,16 @@ from strongroom.audit.log import INTENT
 from strongroom.audit.outcomes import marker_key, scan_open
 from strongroom.barrier import Barrier, Change, Remove, Unchanged, Write
 from strongroom.errors import DeviceError, HsmError
-from strongroom.store.base import Check, ConflictError, Delete, Put, StoreError, UnavailableError, validate_commit
+from strongroom.store.base import (
+    Check,
+    ConflictError,
+    Delete,
+    Put,
+    StoreError,
+    UnavailableError,
+    note_write,
+    validate_commit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +127,7 @@ class WitnessedBarrier(Barrier):
                                                        **summary}))
         try:
             # One past the operation limit at most: etcd's own limit (128) leaves room for the marker.
-            revision = await self.store._apply([*operations, marker])
+            revision = note_write(await self.store._apply([*operations, marker]))
         except (ConflictError, UnavailableError):
             raise  # nothing was written
         except BaseException:

@@ -17,6 +17,7 @@ event loop.
 from __future__ import annotations
 
 import abc
+import contextvars
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -102,6 +103,39 @@ class WatchEvent:
 MAX_COMMIT_OPERATIONS = 64
 
 
+class WriteTrace:
+    """The highest revision the writes of one request made (read-your-writes tokens, see :func:`trace_writes`)."""
+
+    __slots__ = ("revision",)
+
+    def __init__(self) -> None:
+        self.revision = 0
+
+
+_trace: contextvars.ContextVar[WriteTrace | None] = contextvars.ContextVar("strongroom_write_trace", default=None)
+
+
+def trace_writes() -> WriteTrace:
+    """Record, from now on in this task (and the tasks it starts), the revision of every store write.
+
+    The node's listener starts one per request and hands the revision to the client with the
+    reply: the client sends it back with its next requests, to any node, and a node whose
+    cache is behind it waits for its watch to get there first (read-your-writes without a
+    store query per call: :meth:`strongroom.objects.repository.ObjectRepository.caught_up`).
+    """
+    trace = WriteTrace()
+    _trace.set(trace)
+    return trace
+
+
+def note_write(revision: int) -> int:
+    """Record ``revision`` as written by the current request (for writes that bypass :meth:`Store.commit`)."""
+    trace = _trace.get()
+    if trace is not None and revision > trace.revision:
+        trace.revision = revision
+    return revision
+
+
 class Store(abc.ABC):
     """A strongly consistent key/value store with revisions."""
 
@@ -112,13 +146,13 @@ class Store(abc.ABC):
         """Write ``key``; returns the new store revision. Raises :class:`ConflictError`."""
         operation = Put(key, bytes(value), expect)
         validate_operation(operation)
-        return await self._apply([operation])
+        return note_write(await self._apply([operation]))
 
     async def delete(self, key: str, expect: int | None = None) -> int:
         """Delete ``key``; returns the new store revision (the current one if nothing was deleted)."""
         operation = Delete(key, expect)
         validate_operation(operation)
-        return await self._apply([operation])
+        return note_write(await self._apply([operation]))
 
     async def commit(self, operations: Sequence[Operation]) -> int:
         """Apply all operations atomically, or none; returns the new revision.
@@ -129,7 +163,7 @@ class Store(abc.ABC):
         """
         operations = list(operations)
         validate_commit(operations)
-        return await self._apply(operations)
+        return note_write(await self._apply(operations))
 
     @abc.abstractmethod
     async def _apply(self, operations: list[Operation]) -> int:
@@ -153,6 +187,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def revision(self) -> int:
         """The current store revision (0 for an empty, never-written store)."""
+
+    def poll_now(self) -> None:
+        """A watcher of this process is known to be behind: look for changes now (a polling backend).
+
+        A store that pushes its changes (etcd) has nothing to do.
+        """
+        return None
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -238,6 +238,11 @@ class SqliteStore(Store):
     async def revision(self) -> int:
         return await self._call(self._revision)
 
+    def poll_now(self) -> None:
+        """Wake every watch poll now: another process (worker) wrote a revision a client holds."""
+        for wake in self._watchers:
+            wake.set()
+
     async def compact(self, revision: int) -> None:
         """Forget watch history at or below ``revision`` (etcd's Compact); keeps every key.
 

@@ -7,14 +7,20 @@ back in any order (they are matched by request id).
 
 Messages are msgpack arrays, versioned by their first element::
 
-    request:  [PROTOCOL_VERSION, request_id, op, session, args]
-    reply:    [PROTOCOL_VERSION, request_id, code, body]
+    request:  [PROTOCOL_VERSION, request_id, op, session, args]           or ... args, revision]
+    reply:    [PROTOCOL_VERSION, request_id, code, body]                  or ... body, revision]
 
 ``request_id`` is an unsigned 64-bit integer chosen by the client; ``op`` a string
 naming an operation of the dispatch table; ``session`` ``None`` or the bytes token
 that ``session.login`` returned; ``args`` a map of string keys. ``code`` is a
 PKCS#11 return code (0 = CKR_OK); ``body`` is the result when ``code`` is 0 and
 a human-readable message string otherwise.
+
+``revision`` (optional, an unsigned integer) is the read-your-writes token: a node's
+reply carries the store revision its writes for that request made, the client keeps
+the highest it saw and sends it with its next requests (to any node), and a node
+whose object cache is behind it catches up before it uses a key. Without it a node
+serves keys from its cache as its store watch keeps it.
 
 Arrays rather than maps keep the per-call overhead small: for ECDSA and AES the
 framing and parsing is most of the cost of a call.
@@ -37,6 +43,7 @@ DEFAULT_MAX_FRAME = 2 << 20
 MAX_REQUEST_ID = (1 << 64) - 1
 MAX_OP_LENGTH = 64
 MAX_SESSION_TOKEN = 64
+MAX_REVISION = (1 << 63) - 1
 
 
 class ProtocolError(Exception):
@@ -63,6 +70,8 @@ class Request:
     op: str
     session: bytes | None
     args: dict[str, Any]
+    #: The client's read-your-writes token (0: none).
+    revision: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +79,8 @@ class Reply:
     request_id: int
     code: int
     body: Any
+    #: The store revision the request's writes made (0: it wrote nothing).
+    revision: int = 0
 
     @property
     def ok(self) -> bool:
@@ -88,7 +99,7 @@ class OversizedFrame:
         unpacker = msgpack.Unpacker(raw=False)
         unpacker.feed(self.head)
         try:
-            if unpacker.read_array_header() != 5:
+            if unpacker.read_array_header() not in (5, 6):  # 6: with the client's revision
                 return 0
             unpacker.unpack()  # version
             request_id = unpacker.unpack()
@@ -215,15 +226,19 @@ def _unpack(payload: bytes) -> Any:
         raise ProtocolError(f"undecodable message: {exc.__class__.__name__}") from None
 
 
-def encode_request(request_id: int, op: str, session: bytes | None, args: dict[str, Any]) -> bytes:
-    return frame(msgpack.packb([PROTOCOL_VERSION, request_id, op, session, args], use_bin_type=True))
+def encode_request(request_id: int, op: str, session: bytes | None, args: dict[str, Any], revision: int = 0) -> bytes:
+    message = [PROTOCOL_VERSION, request_id, op, session, args]
+    if revision:
+        message.append(revision)
+    return frame(msgpack.packb(message, use_bin_type=True))
 
 
 def decode_request(payload: bytes) -> Request:
     message = _unpack(payload)
-    if not isinstance(message, list) or len(message) != 5:
-        raise ProtocolError("a request is an array of 5 elements")
-    version, request_id, op, session, args = message
+    if not isinstance(message, list) or len(message) not in (5, 6):
+        raise ProtocolError("a request is an array of 5 elements (6 with a revision)")
+    version, request_id, op, session, args = message[:5]
+    revision = message[5] if len(message) == 6 else 0
     if not isinstance(request_id, int) or isinstance(request_id, bool) or not 0 <= request_id <= MAX_REQUEST_ID:
         raise ProtocolError("request id must be an unsigned 64-bit integer")
     if type(version) is not int or version != PROTOCOL_VERSION:
@@ -237,18 +252,26 @@ def decode_request(payload: bytes) -> Request:
         raise ProtocolError("session must be null or a token of bytes", request_id=request_id)
     if not isinstance(args, dict) or not all(isinstance(key, str) for key in args):
         raise ProtocolError("arguments must be a map with string keys", request_id=request_id)
-    return Request(request_id, op, session, args)
+    if type(revision) is not int or not 0 <= revision <= MAX_REVISION:
+        raise ProtocolError("the revision must be an unsigned 63-bit integer", request_id=request_id)
+    return Request(request_id, op, session, args, revision)
 
 
-def encode_reply(request_id: int, code: int, body: Any) -> bytes:
-    return frame(msgpack.packb([PROTOCOL_VERSION, request_id, int(code), body], use_bin_type=True))
+def encode_reply(request_id: int, code: int, body: Any, revision: int = 0) -> bytes:
+    message = [PROTOCOL_VERSION, request_id, int(code), body]
+    if revision:
+        message.append(revision)
+    return frame(msgpack.packb(message, use_bin_type=True))
 
 
 def decode_reply(payload: bytes) -> Reply:
     message = _unpack(payload)
-    if not isinstance(message, list) or len(message) != 4 or message[0] != PROTOCOL_VERSION:
-        raise ProtocolError("a reply is an array of 4 elements of protocol version 1")
-    _, request_id, code, body = message
+    if not isinstance(message, list) or len(message) not in (4, 5) or message[0] != PROTOCOL_VERSION:
+        raise ProtocolError("a reply is an array of 4 elements (5 with a revision) of protocol version 1")
+    _, request_id, code, body = message[:4]
+    revision = message[4] if len(message) == 5 else 0
     if not isinstance(request_id, int) or not isinstance(code, int):
         raise ProtocolError("reply id and code must be integers")
-    return Reply(request_id, code, body)
+    if type(revision) is not int or not 0 <= revision <= MAX_REVISION:
+        raise ProtocolError("the reply's revision must be an unsigned 63-bit integer")
+    return Reply(request_id, code, body, revision)

@@ -34,6 +34,7 @@ from typing import Any
 from cryptography import x509
 
 from strongroom.errors import CKR
+from strongroom.store.base import trace_writes
 from strongroom.transport.protocol import (
     FrameDecoder,
     FrameTooLarge,
@@ -316,14 +317,15 @@ class _Connection:
 
     async def _serve_request(self, request: Request) -> None:
         try:
+            written = trace_writes()  # this task's: the revision the request's writes made goes with the reply
             code, body = await self._listener._handle(request, self.connection_id, self.identity)
-            await self._send(request.request_id, code, body)
+            await self._send(request.request_id, code, body, written.revision)
         finally:
             self._in_flight.release()
 
-    async def _send(self, request_id: int, code: int, body: Any) -> None:
+    async def _send(self, request_id: int, code: int, body: Any, revision: int = 0) -> None:
         try:
-            payload = encode_reply(request_id, code, body)
+            payload = encode_reply(request_id, code, body, revision)
         except (TypeError, ValueError, OverflowError):
             log.exception("reply to request %d is not encodable", request_id)
             payload = encode_reply(request_id, CKR.GENERAL_ERROR, "internal error: reply not encodable")
