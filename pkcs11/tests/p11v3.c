@@ -11,6 +11,8 @@
  *               (generated random and counter IVs written back, tags, size queries, a message in parts,
  *               tampered tag / associated data refused, the result decrypted by v2.40 C_Decrypt too),
  *               C_SessionCancel, the 3.x functions the module does not offer
+ *   hostile     (the test's hostile peer) malformed replies to the message and KEM functions: CKR_DEVICE_ERROR and
+ *               nothing written into the caller's buffers
  *
  * One line per check ("ok" or "FAIL"); the exit status is the number of failures (capped at 100).
  */
@@ -368,6 +370,76 @@ static int scenario_v3(void)
     return g_fail;
 }
 
+/* ---- against a hostile peer (the test's, not an agent): malformed replies to the 3.x functions ----------------
+ * The session handle names the case the peer answers with; every case is CKR_DEVICE_ERROR and leaves the caller's
+ * buffers (output, length, IV, tag, key handle) as they were. */
+
+#define SENTINEL 0xEE
+
+static int untouched(const CK_BYTE *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != SENTINEL)
+            return 0;
+    return 1;
+}
+
+static void hostile_message(const char *what, int encrypt, int whole, CK_ULONG k, int size_query, CK_FLAGS flags)
+{
+    CK_BYTE iv[12], tag[16], out[64], in[5] = {1, 2, 3, 4, 5};
+    memset(iv, SENTINEL, sizeof iv);
+    memset(tag, SENTINEL, sizeof tag);
+    memset(out, SENTINEL, sizeof out);
+    CK_GCM_MESSAGE_PARAMS p = {iv, 12, 0, CKG_GENERATE_RANDOM, tag, 128};
+    CK_ULONG len = sizeof out;
+    CK_RV rv;
+    if (whole && encrypt)
+        rv = L->C_EncryptMessage(k, &p, sizeof p, NULL, 0, in, 5, size_query ? NULL : out, &len);
+    else if (whole)
+        rv = L->C_DecryptMessage(k, &p, sizeof p, NULL, 0, in, 5, size_query ? NULL : out, &len);
+    else if (encrypt)
+        rv = L->C_EncryptMessageNext(k, &p, sizeof p, in, 5, size_query ? NULL : out, &len, flags);
+    else
+        rv = L->C_DecryptMessageNext(k, &p, sizeof p, in, 5, size_query ? NULL : out, &len, flags);
+    char line[160];
+    snprintf(line, sizeof line, "%s case %lu: CKR_DEVICE_ERROR, nothing written", what, (unsigned long)k);
+    check(rv == CKR_DEVICE_ERROR && len == sizeof out && untouched(out, sizeof out) && untouched(iv, sizeof iv) &&
+              untouched(tag, sizeof tag),
+          line, rv);
+}
+
+static int scenario_hostile(void)
+{
+    EXPECT(L->C_Initialize(NULL), CKR_OK, "C_Initialize (the hostile peer answers the hello)");
+    for (CK_ULONG k = 1; k <= 10; k++)
+        hostile_message("C_EncryptMessage", 1, 1, k, 0, 0);
+    hostile_message("C_EncryptMessage size query", 1, 1, 11, 1, 0);
+    for (CK_ULONG k = 1; k <= 2; k++)
+        hostile_message("C_DecryptMessage", 0, 1, k, 0, 0);
+    hostile_message("C_EncryptMessageNext (last part)", 1, 0, 1, 0, CKF_END_OF_MESSAGE);
+    hostile_message("C_DecryptMessageNext", 0, 0, 1, 0, 0);
+    for (CK_ULONG k = 1; k <= 4; k++) {
+        CK_BYTE iv[12], tag[16];
+        memset(iv, SENTINEL, sizeof iv);
+        memset(tag, SENTINEL, sizeof tag);
+        CK_GCM_MESSAGE_PARAMS p = {iv, 12, 0, CKG_GENERATE_RANDOM, tag, 128};
+        CK_RV rv = L->C_EncryptMessageBegin(k, &p, sizeof p, NULL, 0);
+        check(rv == CKR_DEVICE_ERROR && untouched(iv, sizeof iv), "C_EncryptMessageBegin: nothing written", rv);
+    }
+    CK_MECHANISM kem = {CKM_ML_KEM, NULL, 0};
+    for (CK_ULONG k = 1; k <= 4; k++) {
+        CK_BYTE ct[64];
+        memset(ct, SENTINEL, sizeof ct);
+        CK_ULONG len = sizeof ct;
+        CK_OBJECT_HANDLE key = 77;
+        CK_RV rv = L->C_EncapsulateKey(k, &kem, 5, NULL, 0, k == 3 ? NULL : ct, &len, &key);
+        check(rv == CKR_DEVICE_ERROR && len == sizeof ct && key == 77 && untouched(ct, sizeof ct),
+              "C_EncapsulateKey: nothing written", rv);
+    }
+    EXPECT(L->C_Finalize(NULL), CKR_OK, "C_Finalize");
+    return g_fail;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 4) {
@@ -392,7 +464,7 @@ int main(int argc, char **argv)
     const char *scenario = argv[3];
     if (!strcmp(scenario, "interfaces")) {
         failures = scenario_interfaces();
-    } else if (!strcmp(scenario, "v3")) {
+    } else if (!strcmp(scenario, "v3") || !strcmp(scenario, "hostile")) {
         CK_VERSION v = {3, 2};
         CK_INTERFACE_PTR it = NULL;
         if (get_iface((CK_UTF8CHAR_PTR) "PKCS 11", &v, &it, 0) != CKR_OK || !it) {
@@ -400,7 +472,7 @@ int main(int argc, char **argv)
             return 2;
         }
         L = it->pFunctionList;
-        failures = scenario_v3();
+        failures = !strcmp(scenario, "v3") ? scenario_v3() : scenario_hostile();
     } else {
         fprintf(stderr, "unknown scenario %s\n", scenario);
         return 2;

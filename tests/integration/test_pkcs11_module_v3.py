@@ -6,6 +6,8 @@ driven by pkcs11/tests/p11v3.c:
 * ``v3`` (the real agent of a `strongroom up` cluster): C_LoginUser, message-based AES-GCM (generated IVs and
   tags written back, a message in parts, tampering refused, the same ciphertext through v2.40 C_Decrypt),
   C_SessionCancel, the 3.x functions not offered.
+* ``hostile`` (a peer that answers every 3.x call with a malformed reply): CKR_DEVICE_ERROR, nothing written into
+  the caller's buffers.
 """
 
 from __future__ import annotations
@@ -13,12 +15,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
+import threading
+from typing import Any
 
+import msgpack
 import pytest
 
 from .conftest import PKCS11_DIR, Pkcs11Module, Pkcs11Target
 
+CKR_BUFFER_TOO_SMALL = 0x150
 SANITIZER_ENV = {
     "ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1:abort_on_error=0:detect_stack_use_after_return=1",
     "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
@@ -72,3 +80,92 @@ def test_plain_build_exports_the_3x_functions(pkcs11_module: Pkcs11Module) -> No
                  "C_DecryptMessageNext", "C_EncapsulateKey", "C_DecapsulateKey", "C_UnwrapKeyAuthenticated"):
         assert name in symbols, name
     assert len(symbols) == 68 + 24 + 12  # v2.40, the 3.0 additions, the 3.2 additions
+
+
+# --- a hostile peer: malformed replies to the 3.x functions ------------------------------------------------
+
+
+IV, TAG = b"i" * 12, b"t" * 16
+
+
+def _hostile_reply(rid: int, fn: str, args: list[Any]) -> bytes:
+    """The reply the case (the session handle, args[0]) asks for: each one malformed."""
+    k = args[0]
+    pack = msgpack.packb
+    if fn in ("C_Initialize", "C_Finalize"):
+        return pack([1, rid, 0, [True] if fn == "C_Initialize" else []])
+    cases: dict[str, dict[int, tuple[int, list[Any]]]] = {
+        "C_EncryptMessage": {
+            1: (0, [5, b"abcde", b"i" * 11, TAG]),   # IV of another length
+            2: (0, [5, b"abcde", IV, b"t" * 15]),    # tag of another length
+            3: (0, [5, b"abcde", None, TAG]),        # a whole message without its IV
+            4: (0, [5, b"abcde", IV, None]),         # ... without its tag
+            5: (0, [6, b"abcde", IV, TAG]),          # needed_len is not the data's
+            6: (0, [100, b"x" * 100, IV, TAG]),      # more than the buffer holds
+            7: (0, [5, b"abcde"]),                   # two outputs
+            8: (0, [5, None, IV, TAG]),              # no data although a buffer was given
+            9: (CKR_BUFFER_TOO_SMALL, [5, None, None, None]),  # too small although it fits
+            10: (0, [5, b"abcde", "i" * 12, TAG]),   # str where bin is due
+            11: (0, [5, b"abcde", None, None]),      # data in reply to a size query
+        },
+        "C_DecryptMessage": {1: (0, [5, b"abcde", IV, TAG]), 2: (0, [9, b"abc"])},
+        "C_EncryptMessageNext": {1: (0, [5, b"abcde", None, None])},  # the last part without the tag
+        "C_DecryptMessageNext": {1: (0, [5, b"abcde", None])},
+        "C_EncryptMessageBegin": {1: (0, []), 2: (0, [b"i" * 11]), 3: (0, [None]), 4: (0, [IV, IV])},
+        "C_EncapsulateKey": {
+            1: (0, [5, b"abcde", None]),             # a ciphertext but no key
+            2: (0, [5, b"abcde", "7"]),              # a key that is not an integer
+            3: (0, [5, None, 7]),                    # a key in reply to a size query
+            4: (0, [500, b"x" * 500, 7]),            # more than the buffer holds
+        },
+    }
+    rv, outputs = cases[fn][k]
+    return pack([1, rid, rv, outputs])
+
+
+def _serve_hostile(server: socket.socket, answered: list[str]) -> None:
+    def read(conn: socket.socket, n: int) -> bytes | None:
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            while (head := read(conn, 4)) is not None:
+                body = read(conn, struct.unpack(">I", head)[0])
+                if body is None:
+                    return
+                _, rid, fn, args = msgpack.unpackb(body, raw=False)
+                reply = _hostile_reply(rid, fn, args)
+                answered.append(f"{fn} {args[0] if args else ''}")
+                conn.sendall(struct.pack(">I", len(reply)) + reply)
+
+    while True:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def test_malformed_replies_to_3x_functions_write_nothing(driver: str) -> None:
+    path = f"/tmp/sr-p11v3-{os.getpid()}.sock"
+    if os.path.exists(path):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(16)
+    answered: list[str] = []
+    threading.Thread(target=_serve_hostile, args=(server, answered), daemon=True).start()
+    try:
+        output = run(driver, "hostile", socket_path=path)
+    finally:
+        server.close()
+        os.unlink(path)
+    assert output.count("CKR_DEVICE_ERROR, nothing written") == 15
+    # Each case was answered as planned (a peer that failed would close the connection: also a DEVICE_ERROR).
+    assert len([a for a in answered if not a.startswith(("C_Initialize", "C_Finalize"))]) == 23, answered
