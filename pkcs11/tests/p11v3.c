@@ -362,6 +362,11 @@ static int scenario_v3(void)
     CK_SESSION_HANDLE s = 0;
     EXPECT(L->C_OpenSession(slots[0], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK, "session");
     login_user(s);
+    CK_MECHANISM_INFO mi;
+    EXPECT(L->C_GetMechanismInfo(slots[0], CKM_AES_GCM, &mi), CKR_OK, "CKM_AES_GCM's mechanism info");
+    check((mi.flags & (CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT | CKF_MULTI_MESSAGE)) ==
+              (CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT | CKF_MULTI_MESSAGE) && (mi.flags & CKF_ENCRYPT),
+          "it offers the message-based functions", mi.flags);
     CK_OBJECT_HANDLE key = aes_key(s);
     messages(s, key);
     cancel(s, key);

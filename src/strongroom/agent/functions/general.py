@@ -12,6 +12,7 @@ from typing import Any
 
 from strongroom import __version__
 from strongroom.agent.attrcodec import Layout
+from strongroom.agent.functions.message import MESSAGE_FLAGS
 from strongroom.agent.functions.registry import BOOL, BYTES, ULONG, Context, function
 from strongroom.agent.returns import AgentError
 from strongroom.agent.state import MAX_SESSIONS_PER_APP, App
@@ -173,4 +174,6 @@ async def get_mechanism_info(ctx: Context, slot: int, mechanism: int) -> list[An
     flags = int(info["flags"])
     if mechanism in EC_MECHANISMS:
         flags |= EC_FLAGS  # prime-field named curves, uncompressed points
+    if mechanism == CKM.AES_GCM:
+        flags |= MESSAGE_FLAGS  # the agent runs the message-based functions (functions/message.py)
     return [int(info["min_key_size"]), int(info["max_key_size"]), flags]

@@ -36,6 +36,8 @@ from strongroom.errors import CKR
 # CK_GENERATOR_FUNCTION (PKCS#11 3.0 §2.13).
 CKG_NO_GENERATE, CKG_GENERATE, CKG_GENERATE_COUNTER, CKG_GENERATE_RANDOM, CKG_GENERATE_COUNTER_XOR = 0, 1, 2, 3, 4
 CKF_END_OF_MESSAGE = 0x1
+#: CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT | CKF_MULTI_MESSAGE: what C_GetMechanismInfo adds for CKM_AES_GCM.
+MESSAGE_FLAGS = 0x2 | 0x4 | 0x20
 #: What one message part may carry (as the v2.40 updates: the node takes 1 MiB per request).
 MAX_PART = 1 << 20
 GCM_IV_MIN, GCM_IV_MAX = 1, 256
