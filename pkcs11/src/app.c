@@ -10,7 +10,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "rpc.h"
+#include "explain.h"
 
 /* As many sessions as the agent gives one application. */
 #define MAX_SESSIONS 1024

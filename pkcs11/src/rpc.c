@@ -96,7 +96,6 @@ struct config {
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t g_init_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t g_connect_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_mutex_t g_explain_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_cond = PTHREAD_COND_INITIALIZER;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
@@ -111,7 +110,6 @@ static int g_outage;       /* a connection broke and none has been made since */
 static struct config g_cfg;
 static int g_have_cfg;     /* g_cfg holds a socket path a C_Initialize used (a forked child reuses it) */
 static atomic_int g_debug;
-static char g_last_explained[512];
 
 static int64_t now_ms(void);
 
@@ -125,24 +123,6 @@ void dbg(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
-}
-
-void explain(const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    pthread_mutex_lock(&g_explain_lock);
-    int repeat = strcmp(msg, g_last_explained) == 0;
-    if (!repeat)
-        snprintf(g_last_explained, sizeof g_last_explained, "%s", msg);
-    pthread_mutex_unlock(&g_explain_lock);
-    if (repeat)
-        return;
-    fprintf(stderr, "strongroom-pkcs11[%ld]: %s\n", (long)getpid(), msg);
-    syslog(LOG_USER | LOG_WARNING, "strongroom-pkcs11: %s", msg);
 }
 
 static CK_RV fail_code(rpc_kind k)
@@ -173,7 +153,7 @@ static void atfork_child(void)
      * check keeps it unused) until the child calls C_Initialize. */
     pthread_mutex_init(&g_init_lock, NULL);
     pthread_mutex_init(&g_connect_lock, NULL);
-    pthread_mutex_init(&g_explain_lock, NULL);
+    explain_atfork_child();
     pthread_cond_init(&g_cond, NULL);
     pthread_mutex_unlock(&g_lock);
 }

@@ -67,8 +67,7 @@ CK_RV lib_finalize(CK_VOID_PTR reserved);
 /* Debug log to stderr when STRONGROOM_PKCS11_DEBUG is set. */
 void dbg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Explain a failure to whoever runs the application, without a debug switch: one line on stderr and
- * in syslog, each distinct message once in a row (an application retrying in a loop does not flood). */
-void explain(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* explain(): a failure told to whoever runs the application (explain.h). */
+#include "explain.h"
 
 #endif
