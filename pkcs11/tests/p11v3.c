@@ -299,6 +299,52 @@ static void messages(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key)
     check(len == plen && !memcmp(pt, plain, plen), "v2.40 GCM agrees with the message functions", len);
 }
 
+/* Messages and parts larger than one node request (1 MiB): the agent sends them in pieces. */
+static void big_messages(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key)
+{
+    const CK_ULONG n = (5u << 20) / 2; /* 2.5 MiB */
+    CK_BYTE *plain = malloc(n), *ct = malloc(n), *back = malloc(n);
+    if (!plain || !ct || !back) {
+        check(0, "memory for the big messages", 0);
+        free(plain), free(ct), free(back);
+        return;
+    }
+    for (CK_ULONG i = 0; i < n; i++)
+        plain[i] = (CK_BYTE)(i * 7 + (i >> 12));
+    CK_MECHANISM mech = {CKM_AES_GCM, NULL, 0};
+    CK_BYTE iv[12] = {0}, tag[16] = {0};
+    CK_GCM_MESSAGE_PARAMS p = {iv, 12, 0, CKG_GENERATE_RANDOM, tag, 128};
+    CK_ULONG len = n;
+    EXPECT(L->C_MessageEncryptInit(s, &mech, key), CKR_OK, "C_MessageEncryptInit (big)");
+    EXPECT(L->C_EncryptMessage(s, &p, sizeof p, (CK_BYTE_PTR) "aad", 3, plain, n, ct, &len), CKR_OK,
+           "C_EncryptMessage of 2.5 MiB");
+    check(len == n && !all_zero(tag, 16), "all of it, and a tag", len);
+    CK_BYTE iv2[12] = {0}, tag2[16] = {0};
+    CK_GCM_MESSAGE_PARAMS p2 = {iv2, 12, 0, CKG_GENERATE_RANDOM, tag2, 128};
+    EXPECT(L->C_EncryptMessageBegin(s, &p2, sizeof p2, NULL, 0), CKR_OK, "C_EncryptMessageBegin (big)");
+    CK_ULONG a = (3u << 20) / 2, got = n;
+    EXPECT(L->C_EncryptMessageNext(s, &p2, sizeof p2, plain, a, back, &got, 0), CKR_OK, "a 1.5 MiB part");
+    CK_ULONG rest = n - got;
+    EXPECT(L->C_EncryptMessageNext(s, &p2, sizeof p2, plain + a, n - a, back + got, &rest, CKF_END_OF_MESSAGE),
+           CKR_OK, "a 1 MiB last part");
+    check(got == a && rest == n - a, "every byte of the parts came out", got + rest);
+    EXPECT(L->C_MessageEncryptFinal(s), CKR_OK, "C_MessageEncryptFinal (big)");
+
+    EXPECT(L->C_MessageDecryptInit(s, &mech, key), CKR_OK, "C_MessageDecryptInit (big)");
+    CK_GCM_MESSAGE_PARAMS d = {iv, 12, 0, CKG_NO_GENERATE, tag, 128};
+    memset(back, 0, n);
+    len = n;
+    EXPECT(L->C_DecryptMessage(s, &d, sizeof d, (CK_BYTE_PTR) "aad", 3, ct, n, back, &len), CKR_OK,
+           "C_DecryptMessage of 2.5 MiB");
+    check(len == n && !memcmp(back, plain, n), "the 2.5 MiB come back", len);
+    ct[n / 2] ^= 0x80;
+    len = n;
+    EXPECT(L->C_DecryptMessage(s, &d, sizeof d, (CK_BYTE_PTR) "aad", 3, ct, n, back, &len),
+           CKR_ENCRYPTED_DATA_INVALID, "one flipped bit in 2.5 MiB refused");
+    EXPECT(L->C_MessageDecryptFinal(s), CKR_OK, "C_MessageDecryptFinal (big)");
+    free(plain), free(ct), free(back);
+}
+
 static void cancel(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key)
 {
     CK_BYTE iv[16] = {0};
@@ -369,6 +415,7 @@ static int scenario_v3(void)
           "it offers the message-based functions", mi.flags);
     CK_OBJECT_HANDLE key = aes_key(s);
     messages(s, key);
+    big_messages(s, key);
     cancel(s, key);
     unsupported(s, key);
     EXPECT(L->C_Finalize(NULL), CKR_OK, "C_Finalize");

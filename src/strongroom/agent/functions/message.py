@@ -38,7 +38,7 @@ CKG_NO_GENERATE, CKG_GENERATE, CKG_GENERATE_COUNTER, CKG_GENERATE_RANDOM, CKG_GE
 CKF_END_OF_MESSAGE = 0x1
 #: CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT | CKF_MULTI_MESSAGE: what C_GetMechanismInfo adds for CKM_AES_GCM.
 MESSAGE_FLAGS = 0x2 | 0x4 | 0x20
-#: What one message part may carry (as the v2.40 updates: the node takes 1 MiB per request).
+#: What one node request carries at most (mechanisms.base.MAX_DATA): longer messages and parts go in pieces.
 MAX_PART = 1 << 20
 GCM_IV_MIN, GCM_IV_MAX = 1, 256
 
@@ -186,18 +186,46 @@ async def _whole(ctx: Context, handle: int, kind: str, params: MessageParams, aa
         return Result(CKR.BUFFER_TOO_SMALL, [len(data), None, *blank])
     if encrypt:
         iv = next_iv(context, params)
-        args = {"key": context.key, "mechanism": context.mechanism, "data": data,
-                "params": _node_params(iv, aad, params)}
-        out = bytes((await stateless(ctx, "crypto.encrypt", args, handles=(context.key,)))["data"])
+        out = await _one_message(ctx, session, context, _node_params(iv, aad, params), data)
         if len(out) != len(data) + params.tag_len:
             raise AgentError(CKR.GENERAL_ERROR, "the node's AES-GCM output is not ciphertext and tag")
         return [len(data), out[:len(data)], iv, out[len(data):]]
     if params.tag is None:
         raise _bad("decryption needs the tag")
-    args = {"key": context.key, "mechanism": context.mechanism, "data": data + params.tag,
-            "params": _node_params(params.iv, aad, params)}
-    out = bytes((await stateless(ctx, "crypto.decrypt", args, handles=(context.key,)))["data"])
+    out = await _one_message(ctx, session, context, _node_params(params.iv, aad, params), data + params.tag)
     return [len(out), out]
+
+
+async def _one_message(ctx: Context, session: Session, context: MessageContext, node_params: dict[str, Any],
+                       data: bytes) -> bytes:
+    """One whole message: a stateless request, or (more than one node request takes) the same operation in parts
+    on the session's node p11session. Encryption answers ciphertext||tag, decryption the plaintext."""
+    kind = context.kind
+    if len(data) <= MAX_PART:
+        args = {"key": context.key, "mechanism": context.mechanism, "data": data, "params": node_params}
+        return bytes((await stateless(ctx, f"crypto.{kind}", args, handles=(context.key,)))["data"])
+    if kind in session.operations:
+        raise AgentError(CKR.OPERATION_ACTIVE, f"a {kind} operation (C_{kind.capitalize()}Init) is active")
+    op = Operation(kind, context.mechanism, node_params, context.key, None)
+    async with session.lock:
+        try:
+            await _node_init(ctx, session, op)
+            out = b""
+            for piece in _pieces(data):
+                body = await _node_step(ctx, session, op, f"crypto.{kind}_update", {"data": piece})
+                op.parts += 1
+                out += bytes(body.get("data", b"")) if isinstance(body, dict) else b""
+            final = await _node_step(ctx, session, op, f"crypto.{kind}_final", {})
+            op.binding = None
+            return out + bytes(final["data"])
+        except BaseException:
+            await _abort(ctx, session, op)
+            raise
+
+
+def _pieces(data: bytes) -> list[bytes]:
+    """What one node request may carry (the node takes at most MAX_PART per call)."""
+    return [data[i:i + MAX_PART] for i in range(0, len(data), MAX_PART)] or [b""]
 
 
 @function("C_MessageEncryptInit", ULONG, MECHANISM, ULONG)
@@ -257,9 +285,6 @@ async def _next(ctx: Context, handle: int, kind: str, params: MessageParams, dat
     part = context.part
     if part is None:
         raise AgentError(CKR.OPERATION_NOT_INITIALIZED, f"call C_{kind.capitalize()}MessageBegin first")
-    if len(data) > MAX_PART:
-        raise AgentError(CKR.DATA_LEN_RANGE if kind == "encrypt" else CKR.ENCRYPTED_DATA_LEN_RANGE,
-                         f"a message part is at most {MAX_PART} bytes")
     last = bool(flags & CKF_END_OF_MESSAGE)
     encrypt = kind == "encrypt"
     # GCM encryption outputs each part as it comes; decryption holds everything back until the tag checked.
@@ -273,11 +298,12 @@ async def _next(ctx: Context, handle: int, kind: str, params: MessageParams, dat
         raise _bad("the last part of a decryption needs the tag")
     async with session.lock:
         try:
-            body = await _node_step(ctx, session, part.op, f"crypto.{kind}_update",
-                                    {"data": data if encrypt or not last else data + (params.tag or b"")})
-            part.op.parts += 1
+            output = b""
+            for piece in _pieces(data if encrypt or not last else data + (params.tag or b"")):
+                body = await _node_step(ctx, session, part.op, f"crypto.{kind}_update", {"data": piece})
+                part.op.parts += 1
+                output += bytes(body.get("data", b"")) if isinstance(body, dict) else b""
             part.taken += len(data)
-            output = bytes(body.get("data", b"")) if isinstance(body, dict) else b""
             tag = None
             if last:
                 final = await _node_step(ctx, session, part.op, f"crypto.{kind}_final", {})
