@@ -413,6 +413,7 @@ def test_change_quorum_of_others_timeouts_and_no_quorum_left_unreachable(
     assert error.code == CKR.ACTION_PROHIBITED and "could never be met" in error.message
     set_value(admin, "cluster", 1, [admin, officer2, officer3])
     # A key whose use value is 2 with two users holding keys (alice's, shared with bob): bob stays.
+    alice.client.share(aes_key(alice.client, "needs-bob", use=2), "bob")
     error = refused(bob.client.quorum_register, None, None, None, deregister=True)
     assert error.code == CKR.ACTION_PROHIBITED and "could never be approved again" in error.message
     error = refused(approved_by, admin, [officer2, officer3], "user", "user.delete", {"username": "bob"},
@@ -717,3 +718,30 @@ def test_openssl_keys_of_every_type_register_and_approve_through_the_cli(cluster
     (work / "create.token").write_text(json.dumps(token, indent=2))
     created = _cli(cluster, work, *args, pin=admin_pin)
     assert created["error_code"] == 0 and created["data"]["username"] == "ossl_user", created
+
+
+def test_cloudhsm_timeouts_generated_and_approved(cluster: LocalCluster, tmp_path: Path) -> None:
+    """``quorum token-sign list-timeouts`` / ``set-timeout --generated N --approved N`` as CloudHSM's CLI has them:
+    a token has `generated` seconds to collect its approvals, then `approved` seconds to be used."""
+    admin = first_admin(cluster)
+    admin2 = approver(cluster, "to_admin2", "admin", "ed25519", admin=admin.client)
+    pin = cluster.admin_pin
+    assert _cli(cluster, tmp_path, "quorum", "token-sign", "list-timeouts", pin=pin)["data"] == {
+        "generated": 600, "approved": 600}
+    assert _cli(cluster, tmp_path, "quorum", "token-sign", "set-timeout", "--generated", "900", "--approved", "60",
+                pin=pin)["error_code"] == 0
+    assert _cli(cluster, tmp_path, "quorum", "token-sign", "list-timeouts", pin=pin)["data"] == {
+        "generated": 900, "approved": 60}
+    assert _cli(cluster, tmp_path, "quorum", "token-sign", "set-timeout", "--approved", "5",
+                pin=pin)["error_code"] == CKR.ARGUMENTS_BAD
+
+    admin.client.quorum_set_value("user", 2)
+    reply = admin.client.quorum_generate("user", "user.create", {"username": "timed", "role": "crypto-user"})
+    assert 600 < reply["token-timeout-seconds"] <= 900  # time to collect the approvals
+    token = token_file(reply)
+    half = admin.approve(admin.client, token)
+    assert half["state"] == "pending" and half["token-timeout-seconds"] > 600
+    complete = admin2.approve(admin.client, token)
+    assert complete["state"] == "approved" and complete["token-timeout-seconds"] <= 60  # now: time to use it
+    created = admin.client.approved(token.approval_data, AsyncClient.user_create, "timed", "crypto-user", PASSWORD)
+    assert created["username"] == "timed"

@@ -190,8 +190,28 @@ def cmd_set_value(args: argparse.Namespace, ctx: Context) -> None:
 
 
 def cmd_set_timeout(args: argparse.Namespace, ctx: Context) -> None:
-    result = ctx.logged_in(args).quorum_set_timeout(args.service, args.seconds)
-    emit(result, as_json=args.json, text=f"tokens of {args.service} wait {args.seconds} s for their approvals")
+    if (args.service is None) != (args.seconds is None):
+        raise CliError("give --service and --seconds together (or CloudHSM's --generated / --approved)")
+    if args.service is None and args.generated is None and args.approved is None:
+        raise CliError("give --service S --seconds N, --generated N or --approved N")
+    result = ctx.logged_in(args).quorum_set_timeout(args.service, args.seconds, generated=args.generated,
+                                                    approved=args.approved)
+    emit(result, as_json=args.json, text="\n".join(
+        [f"{service}: {seconds} s to collect approvals" for service, seconds in result["timeouts"].items()]
+        + [f"approved tokens: usable {result['approved']} s"]))
+
+
+def timeouts(values: dict[str, Any]) -> dict[str, Any]:
+    """CloudHSM's ``list-timeouts`` shape: ``generated`` (one number when every service has the same, else per
+    service) and ``approved``."""
+    per_service = dict(values.get("timeouts") or {})
+    distinct = set(per_service.values())
+    return {"generated": distinct.pop() if len(distinct) == 1 else per_service, "approved": values.get("approved")}
+
+
+def cmd_list_timeouts(args: argparse.Namespace, ctx: Context) -> None:
+    result = timeouts(ctx.connect(args).quorum_values())
+    emit(result, as_json=args.json, text=f"generated: {result['generated']}\napproved: {result['approved']}")
 
 
 # --- user change-quorum / change-mfa ------------------------------------------------------------------
@@ -358,9 +378,13 @@ def register(sub: Any, add: AddCommand) -> None:
     p = add(token_sign, "set-quorum-value", cmd_set_value, "set an admin service's quorum value (admins)")
     p.add_argument("--service", required=True, choices=["user", "quorum", "cluster"])
     p.add_argument("--value", required=True, type=int, help="1 (no quorum) to 8")
-    p = add(token_sign, "set-timeout", cmd_set_timeout, "how long tokens of a service wait for approvals (admins)")
-    p.add_argument("--service", required=True, choices=SERVICES)
-    p.add_argument("--seconds", required=True, type=int)
+    p = add(token_sign, "set-timeout", cmd_set_timeout, "how long tokens wait for approvals, and how long an approved "
+            "token stays usable (admins)")
+    p.add_argument("--service", choices=SERVICES, help="one service's tokens (with --seconds)")
+    p.add_argument("--seconds", type=int)
+    p.add_argument("--generated", type=int, help="CloudHSM's: every service's time to collect approvals")
+    p.add_argument("--approved", type=int, help="CloudHSM's: how long an approved token may be used")
+    add(token_sign, "list-timeouts", cmd_list_timeouts, "the token timeouts, as CloudHSM shows them (no login)")
 
 
 def register_user(user: Any, add: AddCommand) -> None:

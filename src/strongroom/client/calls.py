@@ -367,8 +367,12 @@ class AsyncClient:
     async def quorum_set_value(self, service: str, value: int) -> dict[str, Any]:
         return await self.call("quorum.set_value", service=service, value=value)
 
-    async def quorum_set_timeout(self, service: str, seconds: int) -> dict[str, Any]:
-        return await self.call("quorum.set_timeout", service=service, seconds=seconds)
+    async def quorum_set_timeout(self, service: str | None = None, seconds: int | None = None, *,
+                                 generated: int | None = None, approved: int | None = None) -> dict[str, Any]:
+        """One service's time to collect approvals, or CloudHSM's ``generated`` (every service) and ``approved``
+        (the time to use a token once approved)."""
+        return await self.call("quorum.set_timeout", service=service, seconds=seconds, generated=generated,
+                               approved=approved)
 
     async def quorum_register(self, public_key: str | None, registration: bytes | None, signature: bytes | None, *,
                               deregister: bool = False, username: str | None = None) -> dict[str, Any]:

@@ -156,6 +156,9 @@ class Settings:
     values: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ADMIN_SERVICES, 1))
     #: Seconds a token has to collect its approvals, per service (token services).
     timeouts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_SERVICES, DEFAULT_TIMEOUT))
+    #: Seconds an approved token (admin and key-management services) stays usable once its approvals are
+    #: complete (CloudHSM's ``set-timeout --approved``); key-usage tokens have their own window.
+    approved: int = DEFAULT_TIMEOUT
     entry: Entry | None = None
 
     def value(self, service: str) -> int:
@@ -165,7 +168,7 @@ class Settings:
         return int(self.timeouts.get(service, DEFAULT_TIMEOUT))
 
     def to_record(self) -> dict[str, Any]:
-        return {"values": dict(self.values), "timeouts": dict(self.timeouts)}
+        return {"values": dict(self.values), "timeouts": dict(self.timeouts), "approved": self.approved}
 
 
 # --- registered keys -------------------------------------------------------------------------------
@@ -411,6 +414,7 @@ class QuorumStore:
         if entry is not None:
             settings.values.update({str(k): int(v) for k, v in (entry.value.get("values") or {}).items()})
             settings.timeouts.update({str(k): int(v) for k, v in (entry.value.get("timeouts") or {}).items()})
+            settings.approved = int(entry.value.get("approved") or DEFAULT_TIMEOUT)
             settings.entry = entry
         return settings
 

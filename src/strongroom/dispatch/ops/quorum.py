@@ -281,9 +281,14 @@ async def token_approve(call: Call, args: ApproveArgs) -> dict[str, Any]:
             if len(others) >= MAX_APPROVALS:
                 raise HsmError(f"token {_short(token)} already holds {MAX_APPROVALS} approvals", CKR.DEVICE_MEMORY)
             token.approvals = [*others, Approval(user.name, user.uid, args.signature, scheme, now)]
-            if (token.claims.service == KEY_USAGE and token.usable_until is None
-                    and len(token.approvals) >= required and token.claims.window):
-                token.usable_until = now + token.claims.window
+            if token.usable_until is None and len(token.approvals) >= required:
+                # Complete: usable for the key-usage window, or (CloudHSM's approved timeout) the cluster's
+                # time for an approved token to be used, whatever was left of the time to collect approvals.
+                if token.claims.service == KEY_USAGE:
+                    if token.claims.window:
+                        token.usable_until = now + token.claims.window
+                else:
+                    token.usable_until = now + (await store.settings()).approved
             details["scheme"] = scheme
             try:
                 await store.write(token, witness(call, "quorum.token.approve", details))
@@ -403,7 +408,7 @@ async def values(call: Call, _args: None) -> dict[str, Any]:
     """CloudHSM's ``list-quorum-values`` (no login, as there), with the token timeouts."""
     settings = await quorum_store(call).settings()
     return {**{s: settings.value(s) for s in ADMIN_SERVICES},
-            "timeouts": {s: settings.timeout(s) for s in (*SERVICES, REGISTRATION)}}
+            "timeouts": {s: settings.timeout(s) for s in (*SERVICES, REGISTRATION)}, "approved": settings.approved}
 
 
 async def _admin_approvers(call: Call) -> int:
@@ -450,26 +455,46 @@ async def set_value(call: Call, args: SetValueArgs) -> dict[str, Any]:
 
 @dataclass
 class SetTimeoutArgs:
-    service: str
-    seconds: int
+    #: One service's time to collect approvals ...
+    service: str | None = None
+    seconds: int | None = None
+    #: ... or CloudHSM's: every service's time to collect approvals, and the time to use an approved token.
+    generated: int | None = None
+    approved: int | None = None
+
+
+def _seconds(value: int | None, what: str) -> None:
+    if value is not None and not MIN_TIMEOUT <= value <= MAX_TIMEOUT:
+        raise ArgumentsBad(f"{what} is {MIN_TIMEOUT} to {MAX_TIMEOUT} seconds")
 
 
 @operation("quorum.set_timeout", args=SetTimeoutArgs, roles=ADMIN, quorum=QUORUM_OPS)
 async def set_timeout(call: Call, args: SetTimeoutArgs) -> dict[str, Any]:
-    """How long a token of ``service`` may wait for its approvals (CloudHSM: 600 s, fixed per HSM)."""
-    if args.service not in TOKEN_SERVICES:
+    """How long a token may wait for its approvals (per service, or ``generated``: every service) and how long an
+    approved token stays usable (``approved``), as CloudHSM's ``quorum token-sign set-timeout``."""
+    if (args.service is None) != (args.seconds is None):
+        raise ArgumentsBad("give service and seconds together")
+    if args.service is None and args.generated is None and args.approved is None:
+        raise ArgumentsBad("give service and seconds, generated, or approved")
+    if args.service is not None and args.service not in TOKEN_SERVICES:
         raise ArgumentsBad(f"service is one of {', '.join(TOKEN_SERVICES)}")
-    if not MIN_TIMEOUT <= args.seconds <= MAX_TIMEOUT:
-        raise ArgumentsBad(f"a token timeout is {MIN_TIMEOUT} to {MAX_TIMEOUT} seconds")
-    details: dict[str, Any] = {"service": args.service, "seconds": args.seconds}
+    _seconds(args.seconds, "a token timeout")
+    _seconds(args.generated, "generated")
+    _seconds(args.approved, "approved")
+    details: dict[str, Any] = {k: v for k, v in dataclasses.asdict(args).items() if v is not None}
     async with audited(call, "quorum.set_timeout", details):
 
         def change(settings: Any) -> None:
-            details["previous"] = settings.timeout(args.service)
-            settings.timeouts[args.service] = args.seconds
+            details["previous"] = {"timeouts": dict(settings.timeouts), "approved": settings.approved}
+            if args.generated is not None:
+                settings.timeouts.update(dict.fromkeys(TOKEN_SERVICES, args.generated))
+            if args.service is not None and args.seconds is not None:
+                settings.timeouts[args.service] = args.seconds
+            if args.approved is not None:
+                settings.approved = args.approved
 
-        await quorum_store(call).change_settings(change, witness(call, "quorum.set_timeout", details))
-    return {"service": args.service, "seconds": args.seconds}
+        settings = await quorum_store(call).change_settings(change, witness(call, "quorum.set_timeout", details))
+    return {"timeouts": {s: settings.timeout(s) for s in TOKEN_SERVICES}, "approved": settings.approved}
 
 
 # --- registration ----------------------------------------------------------------------------------
