@@ -11,6 +11,8 @@
  *               (generated random and counter IVs written back, tags, size queries, a message in parts,
  *               tampered tag / associated data refused, the result decrypted by v2.40 C_Decrypt too),
  *               C_SessionCancel, the 3.x functions the module does not offer
+ *   timing      (agent) microseconds per 1 KiB AES-GCM message (3.x and v2.40 ways) and per ML-KEM-768
+ *               encapsulation / decapsulation made from C (P11V3_ROUNDS, default 200); nothing asserted on time
  *   hostile     (the test's hostile peer) malformed replies to the message and KEM functions: CKR_DEVICE_ERROR and
  *               nothing written into the caller's buffers
  *
@@ -21,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <p11-kit/pkcs11.h>
 
@@ -492,6 +495,93 @@ static int scenario_hostile(void)
     return g_fail;
 }
 
+/* ---- timing (numbers for the report; nothing is asserted on time) ----------------------------------------- */
+
+static double now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+static int scenario_timing(void)
+{
+    const char *env = getenv("P11V3_ROUNDS");
+    int rounds = env && atoi(env) > 0 ? atoi(env) : 200;
+    EXPECT(L->C_Initialize(NULL), CKR_OK, "C_Initialize");
+    CK_SLOT_ID slot = 0;
+    CK_ULONG n = 1;
+    EXPECT(L->C_GetSlotList(CK_TRUE, &slot, &n), CKR_OK, "slot");
+    CK_SESSION_HANDLE s = 0;
+    EXPECT(L->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK, "session");
+    EXPECT(L->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)g_pin, (CK_ULONG)strlen(g_pin)), CKR_OK, "login");
+    CK_OBJECT_HANDLE key = aes_key(s);
+    CK_BYTE data[1024], out[1100], iv[12] = {0}, tag[16];
+    memset(data, 0x5a, sizeof data);
+    CK_MECHANISM mech = {CKM_AES_GCM, NULL, 0};
+    EXPECT(L->C_MessageEncryptInit(s, &mech, key), CKR_OK, "C_MessageEncryptInit");
+    CK_GCM_MESSAGE_PARAMS p = {iv, 12, 0, CKG_GENERATE_RANDOM, tag, 128};
+    int bad = 0;
+    double t0 = now_us();
+    for (int i = 0; i < rounds; i++) {
+        CK_ULONG len = sizeof out;
+        bad += L->C_EncryptMessage(s, &p, sizeof p, NULL, 0, data, sizeof data, out, &len) != CKR_OK;
+    }
+    double message_us = (now_us() - t0) / rounds;
+    check(!bad, "C_EncryptMessage rounds", (CK_RV)bad);
+    EXPECT(L->C_MessageEncryptFinal(s), CKR_OK, "C_MessageEncryptFinal");
+
+    CK_GCM_PARAMS g = {iv, 12, 96, NULL, 0, 128};
+    CK_MECHANISM m240 = {CKM_AES_GCM, &g, sizeof g};
+    bad = 0;
+    t0 = now_us();
+    for (int i = 0; i < rounds; i++) {
+        CK_ULONG len = sizeof out;
+        iv[0] = (CK_BYTE)i, iv[1] = (CK_BYTE)(i >> 8); /* a new IV per message, as the application must */
+        bad += L->C_EncryptInit(s, &m240, key) != CKR_OK;
+        bad += L->C_Encrypt(s, data, sizeof data, out, &len) != CKR_OK;
+    }
+    double v240_us = (now_us() - t0) / rounds;
+    check(!bad, "C_EncryptInit + C_Encrypt rounds", (CK_RV)bad);
+
+    CK_ULONG ps = 2; /* CKP_ML_KEM_768 */
+    CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+    CK_ATTRIBUTE pub_t[] = {{CKA_TOKEN, &no, sizeof no}, {CKA_PARAMETER_SET, &ps, sizeof ps},
+                            {CKA_ENCAPSULATE, &yes, sizeof yes}};
+    CK_ATTRIBUTE priv_t[] = {{CKA_TOKEN, &no, sizeof no}, {CKA_DECAPSULATE, &yes, sizeof yes}};
+    CK_MECHANISM gen = {CKM_ML_KEM_KEY_PAIR_GEN, NULL, 0}, kem = {CKM_ML_KEM, NULL, 0};
+    CK_OBJECT_HANDLE pub = 0, priv = 0;
+    EXPECT(L->C_GenerateKeyPair(s, &gen, pub_t, 3, priv_t, 2, &pub, &priv), CKR_OK, "an ML-KEM-768 pair (C)");
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_ULONG klen = 32;
+    CK_ATTRIBUTE secret_t[] = {{CKA_CLASS, &cls, sizeof cls}, {CKA_KEY_TYPE, &kt, sizeof kt},
+                               {CKA_TOKEN, &no, sizeof no}, {CKA_VALUE_LEN, &klen, sizeof klen}};
+    int kem_rounds = rounds / 4 > 0 ? rounds / 4 : 1;
+    CK_BYTE ct[1088];
+    bad = 0;
+    double enc_us = 0, dec_us = 0;
+    for (int i = 0; i < kem_rounds; i++) {
+        CK_ULONG ct_len = 0;
+        CK_OBJECT_HANDLE k1 = 0, k2 = 0;
+        double a = now_us();
+        bad += L->C_EncapsulateKey(s, &kem, pub, secret_t, 4, NULL, &ct_len, &k1) != CKR_OK || ct_len != 1088;
+        bad += L->C_EncapsulateKey(s, &kem, pub, secret_t, 4, ct, &ct_len, &k1) != CKR_OK;
+        double b = now_us();
+        bad += L->C_DecapsulateKey(s, &kem, priv, secret_t, 4, ct, ct_len, &k2) != CKR_OK;
+        dec_us += now_us() - b;
+        enc_us += b - a;
+        bad += L->C_DestroyObject(s, k1) != CKR_OK;
+        bad += L->C_DestroyObject(s, k2) != CKR_OK;
+    }
+    check(!bad, "C_EncapsulateKey (size query, then the call) and C_DecapsulateKey rounds (C)", (CK_RV)bad);
+    printf("timing: 1 KiB AES-GCM: C_EncryptMessage %.0f us, C_EncryptInit+C_Encrypt %.0f us; ML-KEM-768: "
+           "C_EncapsulateKey (size query + call) %.0f us, C_DecapsulateKey %.0f us (%d / %d rounds)\n",
+           message_us, v240_us, enc_us / kem_rounds, dec_us / kem_rounds, rounds, kem_rounds);
+    EXPECT(L->C_Finalize(NULL), CKR_OK, "C_Finalize");
+    return g_fail;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 4) {
@@ -516,7 +606,7 @@ int main(int argc, char **argv)
     const char *scenario = argv[3];
     if (!strcmp(scenario, "interfaces")) {
         failures = scenario_interfaces();
-    } else if (!strcmp(scenario, "v3") || !strcmp(scenario, "hostile")) {
+    } else if (!strcmp(scenario, "v3") || !strcmp(scenario, "hostile") || !strcmp(scenario, "timing")) {
         CK_VERSION v = {3, 2};
         CK_INTERFACE_PTR it = NULL;
         if (get_iface((CK_UTF8CHAR_PTR) "PKCS 11", &v, &it, 0) != CKR_OK || !it) {
@@ -524,7 +614,8 @@ int main(int argc, char **argv)
             return 2;
         }
         L = it->pFunctionList;
-        failures = !strcmp(scenario, "v3") ? scenario_v3() : scenario_hostile();
+        failures = !strcmp(scenario, "v3") ? scenario_v3() : !strcmp(scenario, "hostile") ? scenario_hostile()
+                                                                                          : scenario_timing();
     } else {
         fprintf(stderr, "unknown scenario %s\n", scenario);
         return 2;

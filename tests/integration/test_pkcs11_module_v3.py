@@ -43,9 +43,15 @@ def driver() -> str:
     return str(PKCS11_DIR / "build" / "asan" / "p11v3")
 
 
-def run(driver: str, scenario: str, *, socket_path: str | None = None, pin: str = "-") -> str:
+def run_env(driver: str, scenario: str, socket_path: str | None, pin: str, extra: dict[str, str]) -> str:
+    return run(driver, scenario, socket_path=socket_path, pin=pin, extra=extra)
+
+
+def run(driver: str, scenario: str, *, socket_path: str | None = None, pin: str = "-",
+        extra: dict[str, str] | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRONGROOM_", "ASAN_", "UBSAN_", "LSAN_"))}
     env.update(SANITIZER_ENV)
+    env.update(extra or {})
     if socket_path is not None:
         env["STRONGROOM_AGENT_SOCKET"] = socket_path
     module = str(PKCS11_DIR / "build" / "asan" / "libstrongroom-pkcs11.so")
@@ -169,3 +175,12 @@ def test_malformed_replies_to_3x_functions_write_nothing(driver: str) -> None:
     assert output.count("CKR_DEVICE_ERROR, nothing written") == 15
     # Each case was answered as planned (a peer that failed would close the connection: also a DEVICE_ERROR).
     assert len([a for a in answered if not a.startswith(("C_Initialize", "C_Finalize"))]) == 23, answered
+
+
+@pytest.mark.timeout(300)
+def test_kem_from_c_and_the_timing_scenario(driver: str, pkcs11: Pkcs11Target) -> None:
+    """ML-KEM pairs, encapsulation (size query first) and decapsulation made from C, and the numbers the timing
+    scenario prints (for the closing note; nothing here depends on them)."""
+    pin = pkcs11.crypto_user("p11v3_timing", "password1")
+    output = run_env(driver, "timing", pkcs11.socket, pin, {"P11V3_ROUNDS": "20"})
+    assert "timing: 1 KiB AES-GCM: C_EncryptMessage" in output
