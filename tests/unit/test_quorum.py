@@ -373,3 +373,46 @@ def test_verify_with_gives_the_pkcs11_codes() -> None:
     with pytest.raises(HsmError) as info:
         quorum.load_key("garbage")
     assert info.value.code == CKR.PUBLIC_KEY_INVALID
+
+
+def test_the_sweep_marks_each_expired_token_once_audits_it_and_purges_it_later(tmp_path: Path) -> None:
+    """The sweep over a real store and audit log: a token past its deadline is marked expired (audited as an
+    intent and its ok outcome), a second sweep finds nothing, a live one is left alone, and an hour later the
+    expired one is removed (quorum.token.purge)."""
+    from strongroom.audit import AuditLog
+    from strongroom.services.auditor import Auditor, WitnessedBarrier
+
+    async def main() -> None:
+        store = await SqliteStore.open(tmp_path / "store.db")
+        AuditLog.create(tmp_path / "audit.log")
+        auditor = Auditor(AuditLog(tmp_path / "audit.log", node_id="node1", boot=1))
+        clock = Clock()
+        tokens = QuorumStore(WitnessedBarrier(store, CLUSTER_KEY), "cluster-1", clock=clock)
+        try:
+            live, _ = await tokens.create(_claims(tokens, 1, timeout=600))
+            doomed, _ = await tokens.create(_claims(tokens, 2, timeout=60))
+            assert await quorum.sweep(tokens, auditor) == ([], [])
+            clock.now += 61
+            expired, purged = await quorum.sweep(tokens, auditor)
+            assert [t.hex for t in expired] == [doomed.hex] and purged == []
+            assert await quorum.sweep(tokens, auditor) == ([], [])  # marked: never audited twice
+            found = await tokens.find(doomed.digest)
+            assert found is not None and found.state == quorum.EXPIRED
+            assert found.public(clock.now)["state"] == "expired"
+            survivor = await tokens.find(live.digest)
+            assert survivor is not None and survivor.state == quorum.PENDING
+            clock.now += quorum.KEEP_AFTER_EXPIRY + 1
+            _expired, purged = await quorum.sweep(tokens, auditor)
+            assert [t.hex for t in purged] == [doomed.hex] and await tokens.find(doomed.digest) is None
+        finally:
+            await store.close()
+        records = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines() if line.strip()]
+        expiry = [r for r in records if r["event"] == "quorum.token.expire"]
+        # doomed's at the second sweep; live's at the last (an hour on, it expired too).
+        assert [r["outcome"] for r in expiry] == ["intent", "ok", "intent", "ok"]
+        assert [r["details"].get("token") for r in expiry[::2]] == [doomed.hex, live.hex]
+        assert expiry[0]["details"]["arguments"] == {"username": "u2"}
+        assert expiry[1]["details"]["intent"] == expiry[0]["seq"]
+        assert [r["details"]["token"] for r in records if r["event"] == "quorum.token.purge"] == [doomed.hex]
+
+    asyncio.run(main())
