@@ -8,7 +8,8 @@ C_EncapsulateKey and C_DecapsulateKey.
   the node; a flag naming nothing active is no error.
 * ``C_EncapsulateKey`` makes a secret-key object from the caller's template out of a fresh shared secret
   (the node's ``key.encapsulate``) and answers its ciphertext. A size query (or a buffer too small) is
-  answered from the public key's parameter set without encapsulating anything, so no key is made for it.
+  answered from the public key's parameter set without encapsulating anything, so no key is made for it; a
+  buffer that holds any ML-KEM ciphertext goes straight to the node.
   ``C_DecapsulateKey`` is the node's ``key.decapsulate``.
 """
 
@@ -35,6 +36,7 @@ _MESSAGE_FLAGS = {CKF_MESSAGE_ENCRYPT: "encrypt", CKF_MESSAGE_DECRYPT: "decrypt"
 
 #: ML-KEM ciphertext lengths by CKA_PARAMETER_SET (CKP_ML_KEM_512/768/1024; FIPS 203 Table 3).
 ML_KEM_CIPHERTEXT = {1: 768, 2: 1088, 3: 1568}
+MAX_CIPHERTEXT = max(ML_KEM_CIPHERTEXT.values())
 
 
 @function("C_LoginUser", ULONG, ULONG, BYTES, BYTES)
@@ -83,11 +85,13 @@ async def encapsulate_key(ctx: Context, handle: int, mechanism: tuple[int, Any],
     token = template_flag(typed, CKA.TOKEN)
     _read_only(session, token)
     no_token_objects_in_public(app, token)
-    length = await _ciphertext_length(ctx, public_key)
-    if cap < 0:
-        return [length, None, None]
-    if cap < length:
-        return Result(CKR.BUFFER_TOO_SMALL, [length, None, None])
+    length = MAX_CIPHERTEXT
+    if cap < MAX_CIPHERTEXT:  # a buffer that holds any ciphertext needs no look-up first
+        length = await _ciphertext_length(ctx, public_key)
+        if cap < 0:
+            return [length, None, None]
+        if cap < length:
+            return Result(CKR.BUFFER_TOO_SMALL, [length, None, None])
     ckm, params = mechanism
     args = {"mechanism": ckm, "public_key": public_key, "template": typed, "params": params}
     body = await _make(ctx, session, "key.encapsulate", args, token, (public_key,))
