@@ -80,11 +80,12 @@ def test_a_killed_worker_is_started_again_logged_audited_and_shown(cluster: Loca
     supervisor = int((cluster.node_dir / "node.pid").read_text())
     os.kill(supervisor, 0)
     # Said in the node's log and its audit log...
-    log_text = (cluster.node_dir / "node.log").read_text()
-    assert f"worker {victim}" in log_text and "killed by SIGKILL" in log_text
-    (exit_record,) = records(cluster, "node.worker_exit")
+    # (The new worker can be seen before the supervisor's records and log lines are written: waited for.)
+    until("the exit logged", lambda: f"worker {victim}" in (text := (cluster.node_dir / "node.log").read_text())
+          and "killed by SIGKILL" in text, 30)
+    (exit_record,) = until("the exit audited", lambda: records(cluster, "node.worker_exit"), 30)
     assert exit_record["details"]["pid"] == victim and exit_record["details"]["exit"] == "killed by SIGKILL"
-    assert records(cluster, "node.worker_restart")
+    until("the restart audited", lambda: records(cluster, "node.worker_restart"), 30)
     # ...and shown by status, through the node and through `strongroom status`.
     shown = until("status to show the restart",
                   lambda: [w for w in node_status_workers(cluster) if w["restarts"] == 1], 10)

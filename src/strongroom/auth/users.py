@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import re
 import secrets
 import time
@@ -128,6 +129,67 @@ def new_uid() -> str:
     return secrets.token_hex(16)
 
 
+#: An attempt whose verdict never came (see :class:`Attempt`) stops counting after this long, whichever node made it.
+ABANDONED_AFTER_SECONDS = 300.0
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+_BOOT = _boot_id()
+
+
+def _sibling_alive(pid: int) -> bool:
+    """Is ``pid`` a live process with this process's parent (another worker of this node, or this one)?"""
+    if pid == os.getpid():
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return len(fields) > 1 and fields[1] == str(os.getppid())
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A login attempt counted before its password was checked, named in the user's record until its verdict.
+
+    An attempt is counted first so that parallel guesses get no more answers than the limit allows; a worker
+    killed between the count and the verdict (kill -9 mid-login, issue 14) left that count behind as if it
+    were a failure, and a few such kills locked an account whose every password was right. An attempt whose
+    worker is gone (a worker of the same node, whose death the next login there sees) or whose verdict has
+    not come for :data:`ABANDONED_AFTER_SECONDS` is taken off the counter at the next attempt: it was no
+    failure. A wrong password removes its attempt from the record and leaves the count (a failure)."""
+
+    id: str
+    boot: str
+    ppid: int
+    pid: int
+    at: float
+
+    @classmethod
+    def new(cls, now: float) -> Attempt:
+        return cls(secrets.token_hex(8), _BOOT, os.getppid(), os.getpid(), now)
+
+    def abandoned(self, now: float) -> bool:
+        if now - self.at > ABANDONED_AFTER_SECONDS:
+            return True
+        return self.boot == _BOOT and self.ppid == os.getppid() and not _sibling_alive(self.pid)
+
+    def to_record(self) -> list[Any]:
+        return [self.id, self.boot, self.ppid, self.pid, self.at]
+
+    @classmethod
+    def from_record(cls, value: Any) -> Attempt:
+        return cls(str(value[0]), str(value[1]), int(value[2]), int(value[3]), float(value[4]))
+
+
 @dataclass(frozen=True)
 class User:
     name: str
@@ -138,17 +200,33 @@ class User:
     entry: Entry | None = None
     #: This account (see the module docstring); records written before it existed get a stable stand-in.
     uid: str = ""
+    #: Attempts counted in ``failed_logins`` whose verdict has not come (:class:`Attempt`).
+    pending: tuple[Attempt, ...] = ()
+
+    @property
+    def failures(self) -> int:
+        """Failed logins in a row, without the attempts still being checked."""
+        return self.failed_logins - len(self.pending)
 
     @property
     def locked(self) -> bool:
-        return self.failed_logins >= MAX_FAILED_LOGINS
+        return self.failures >= MAX_FAILED_LOGINS
+
+    def still_pending(self, now: float) -> tuple[Attempt, ...]:
+        return tuple(a for a in self.pending if not a.abandoned(now))
+
+    def counted(self, now: float) -> int:
+        """``failed_logins`` without the attempts abandoned by now."""
+        return self.failed_logins - (len(self.pending) - len(self.still_pending(now)))
 
     @property
     def activated(self) -> bool:
         return self.password is not None
 
-    def with_counter(self, failed_logins: int, password: PasswordHash | None = None) -> User:
-        return User(self.name, self.role, password or self.password, failed_logins, self.created, uid=self.uid)
+    def with_counter(self, failed_logins: int, password: PasswordHash | None = None,
+                     pending: tuple[Attempt, ...] = ()) -> User:
+        return User(self.name, self.role, password or self.password, failed_logins, self.created, uid=self.uid,
+                    pending=pending)
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -158,6 +236,7 @@ class User:
             "failed_logins": self.failed_logins,
             "created": self.created,
             "uid": self.uid,
+            **({"pending": [a.to_record() for a in self.pending]} if self.pending else {}),
         }
 
     @classmethod
@@ -173,6 +252,7 @@ class User:
             created=created,
             entry=entry,
             uid=str(value.get("uid") or f"legacy-{created!r}"),
+            pending=tuple(Attempt.from_record(a) for a in value.get("pending") or ()),
         )
 
     def public(self) -> dict[str, Any]:
@@ -181,7 +261,7 @@ class User:
             "role": self.role.value,
             "locked": self.locked,
             "activated": self.activated,
-            "failed_logins": self.failed_logins,
+            "failed_logins": self.failures,
         }
 
 
@@ -318,7 +398,7 @@ class UserDirectory:
             user = await self.get(name)
         except _STORE_DOWN as down:
             return await self._authenticate_offline(name, password, down)
-        if user is None or user.password is None or user.failed_logins >= MAX_FAILED_LOGINS + LOCKED_CHECKS:
+        if user is None or user.password is None or user.counted(time.time()) >= MAX_FAILED_LOGINS + LOCKED_CHECKS:
             # Nothing to check against (or nothing more to tell): the same Argon2id work, the same answer.
             await asyncio.to_thread(burn_time, password)
             raise PinIncorrect(WRONG_CREDENTIALS)
@@ -327,24 +407,28 @@ class UserDirectory:
         # unknown one does (the Argon2id time), not that plus a store write.
         check = asyncio.ensure_future(asyncio.to_thread(verify_password, password, user.password))
         try:
-            counted = await self._count_attempt(name)
+            attempt = await self._count_attempt(name)
         except _STORE_DOWN as down:
             await check
             return await self._authenticate_offline(name, password, down)
         finally:
             right = await check
-        if counted is None:  # the last check of a locked account went to another attempt meanwhile
+        if attempt is None:  # the last check of a locked account went to another attempt meanwhile
             raise PinIncorrect(WRONG_CREDENTIALS)
+        counted, mine = attempt
         if counted.password is None:  # the name went to a user not yet given a password in between
+            await self._settle(name, mine)
             raise PinIncorrect(WRONG_CREDENTIALS)
         if counted.password != user.password:  # an admin set a new password in between
             right = await asyncio.to_thread(verify_password, password, counted.password)
         if not right:
-            node_metrics.count_lockout(counted.failed_logins == MAX_FAILED_LOGINS)
+            await self._settle(name, mine)
+            node_metrics.count_lockout(counted.failures + 1 == MAX_FAILED_LOGINS)
             raise PinIncorrect(WRONG_CREDENTIALS)
-        # Locked before this attempt, as read before it was counted: the counts of other attempts in flight
-        # (parallel logins with the right password: a restarted agent's) are not failures.
-        if user.failed_logins >= MAX_FAILED_LOGINS:
+        # Locked before this attempt: the counts of other attempts in flight (parallel logins with the right
+        # password: a restarted agent's) are not failures, and attempts whose worker died were none.
+        if counted.failures >= MAX_FAILED_LOGINS:
+            await self._settle(name, mine)
             raise PinLocked(
                 f"user {name!r} is locked after {MAX_FAILED_LOGINS} failed logins; an admin must reset its password"
             )
@@ -389,7 +473,7 @@ class UserDirectory:
                 user = await self.get(name)
                 if user is None or user.uid != uid or user.entry is None:
                     break  # deleted (or another account of that name) meanwhile: nothing to count against
-                counted = user.with_counter(user.failed_logins + failures)
+                counted = user.with_counter(user.failed_logins + failures, pending=user.pending)
                 try:
                     await self._barrier.commit([Write(user.entry.key, counted.to_record(), user.entry)])
                 except ConflictError:
@@ -401,22 +485,45 @@ class UserDirectory:
             await self._offline.settled(name, uid, failures)
         return written
 
-    async def _count_attempt(self, name: str) -> User | None:
-        """Add one to the counter; the user as counted, or None once a locked account has no check left."""
+    async def _count_attempt(self, name: str) -> tuple[User, Attempt] | None:
+        """Add one to the counter, naming the attempt (and take off attempts abandoned by dead workers); the
+        user as counted and the attempt, or None once a locked account has no check left."""
         for _ in range(_CONFLICT_RETRIES):
             user = await self.get(name)
             if user is None or user.password is None:
                 return None
-            if user.failed_logins >= MAX_FAILED_LOGINS + LOCKED_CHECKS:
+            now = time.time()
+            live, failed = user.still_pending(now), user.counted(now)
+            if failed >= MAX_FAILED_LOGINS + LOCKED_CHECKS:
                 return None
             assert user.entry is not None
-            counted = user.with_counter(user.failed_logins + 1)
+            mine = Attempt.new(now)
+            counted = user.with_counter(failed + 1, pending=(*live, mine))
             try:
                 await self._barrier.commit([Write(user.entry.key, counted.to_record(), user.entry)])
-                return counted
+                return counted, mine
             except ConflictError:
                 continue
         raise HsmError("the user record keeps changing; try again", CKR.FUNCTION_FAILED)
+
+    async def _settle(self, name: str, attempt: Attempt) -> None:
+        """A checked attempt that was no success: it stays counted, and no longer pending. If this cannot be
+        written, the attempt stops counting after ABANDONED_AFTER_SECONDS (see :class:`Attempt`)."""
+        try:
+            for _ in range(_CONFLICT_RETRIES):
+                user = await self.get(name)
+                if user is None or user.entry is None or attempt not in user.pending:
+                    return  # reset by a right password meanwhile, or the account is gone
+                left = tuple(a for a in user.pending if a != attempt)
+                try:
+                    await self._barrier.commit(
+                        [Write(user.entry.key, user.with_counter(user.failed_logins, pending=left).to_record(),
+                               user.entry)])
+                    return
+                except ConflictError:
+                    continue
+        except _STORE_DOWN:
+            log.warning("a failed login of %s could not be settled in its record (the store is unavailable)", name)
 
     async def _reset_counter(self, name: str) -> None:
         for _ in range(_CONFLICT_RETRIES):
