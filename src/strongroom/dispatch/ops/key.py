@@ -229,10 +229,11 @@ async def derive(call: Call, args: DeriveArgs) -> dict[str, Any]:
     async with audited(call, "key.derive", details):
         base, base_key = await usable_key(call, args.base_key, "derive", args.mechanism)
         refuse_without_context(base, "derive")
-        # Keys the parameters name (HKDF's salt key) pass the same checks as the base key.
-        extra = [(await usable_key(call, handle, "derive", args.mechanism))[1]
-                 for handle in mechanism.key_handles(params)]
-        if extra:
+        # Keys the parameters name (HKDF's salt key) pass the same checks as the base key, and are audited.
+        handles = mechanism.key_handles(params)
+        if handles:
+            details["parameter_keys"] = list(handles)
+            extra = [(await usable_key(call, handle, "derive", args.mechanism))[1] for handle in handles]
             params = mechanism.with_keys(params, extra)
         if mechanism.derives_data:
             natural = mechanism.default_derive_length(base_key, params)
