@@ -710,6 +710,11 @@ def main() -> int:
     if os.geteuid() != 0:
         log("the soak makes network namespaces and mounts a tmpfs: run it as root")
         return 2
+
+    def stopped(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # through run()'s finally: processes, namespaces and mounts go
+
+    signal.signal(signal.SIGTERM, stopped)
     return run(args)
 
 
