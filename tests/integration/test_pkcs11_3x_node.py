@@ -254,3 +254,30 @@ def test_cli_ml_dsa_and_ml_kem(hsm: LocalCluster, tmp_path: Path) -> None:
     assert imported["attributes"]["parameter-set"] == "ML-DSA-44"
     ok("crypto", "verify", "--filter", "attr.label=cli-mldsa-imported", "--mechanism", "ml-dsa", "--data-path",
        str(message), "--signature-path", str(signature), "--context", "0a0b")
+
+
+def test_ml_kem_keys_wrap_and_unwrap_and_decapsulate_alike(hsm: LocalCluster) -> None:
+    alice = login(hsm, "p3alice")
+    public, private = alice.generate_key_pair(
+        CKM.ML_KEM_KEY_PAIR_GEN, {CKA.TOKEN: True, CKA.PARAMETER_SET: 3, CKA.LABEL: b"wrapped ml-kem"},
+        {CKA.TOKEN: True, CKA.LABEL: b"wrapped ml-kem", CKA.EXTRACTABLE: True})
+    kek, kek_value = secret(alice, CKM.AES_KEY_GEN, 32, {CKA.WRAP: True, CKA.UNWRAP: True})
+    wrapped = alice.wrap_key(CKM.AES_KEY_WRAP_PAD, kek, private)
+    outside = serialization.load_der_private_key(aes_key_unwrap_with_padding(kek_value, wrapped), None)
+    assert isinstance(outside, mlkem.MLKEM1024PrivateKey)
+    back = alice.unwrap_key(CKM.AES_KEY_WRAP_PAD, kek, wrapped, {CKA.CLASS: CKO.PRIVATE_KEY, CKA.KEY_TYPE: CKK.ML_KEM,
+                                                                CKA.TOKEN: True})
+    assert alice.get_attributes(back, [CKA.PARAMETER_SET, CKA.DECAPSULATE]) == {CKA.PARAMETER_SET: 3,
+                                                                               CKA.DECAPSULATE: True}
+    template = {CKA.CLASS: CKO.SECRET_KEY, CKA.KEY_TYPE: CKK.GENERIC_SECRET, **OPEN}
+    ciphertext, sent = alice.encapsulate_key(CKM.ML_KEM, public, template)
+    received = [alice.decapsulate_key(CKM.ML_KEM, key, ciphertext, template) for key in (private, back)]
+    values = {alice.get_attribute(handle, CKA.VALUE) for handle in (sent, *received)}
+    assert values == {outside.decapsulate(ciphertext)}  # one secret: the original, the unwrapped copy, outside
+
+    # A public key imported from its value (C_CreateObject) encapsulates too (CKA_ENCAPSULATE true by default).
+    imported = alice.create_object({CKA.CLASS: CKO.PUBLIC_KEY, CKA.KEY_TYPE: CKK.ML_KEM, CKA.TOKEN: True,
+                                    CKA.PARAMETER_SET: 3, CKA.VALUE: outside.public_key().public_bytes_raw()})
+    assert alice.get_attribute(imported, CKA.ENCAPSULATE) is True
+    ciphertext, sent = alice.encapsulate_key(CKM.ML_KEM, imported, template)
+    assert alice.get_attribute(sent, CKA.VALUE) == outside.decapsulate(ciphertext)

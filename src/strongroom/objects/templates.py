@@ -31,6 +31,12 @@ _UNABLE: dict[int, tuple[int, ...]] = {
     CKK.HKDF: (*_CIPHER_USES, CKA.SIGN, CKA.VERIFY),
 }
 
+#: The usage a key type exists for, per class, where the attribute has no default of its own: true unless the
+#: template says false, however the key was made (generated, unwrapped, imported), as key generation sets it.
+_ABLE: dict[int, dict[CKO, tuple[int, ...]]] = {
+    CKK.ML_KEM: {CKO.PUBLIC_KEY: (CKA.ENCAPSULATE,), CKO.PRIVATE_KEY: (CKA.DECAPSULATE,)},
+}
+
 #: Attributes that describe what an object is; a caller may repeat them but not contradict them.
 IDENTITY = (CKA.CLASS, CKA.KEY_TYPE)
 
@@ -128,6 +134,8 @@ def build(
         for cka in unable:
             if cka in attributes and cka not in supplied and cka not in computed:
                 attributes[cka] = False
+        for cka in _ABLE.get(attributes[CKA.KEY_TYPE], {}).get(object_class, ()):
+            attributes.setdefault(cka, True)
         local = op is Op.GENERATE
         attributes[CKA.LOCAL] = local
         if key_gen_mechanism is not None:
