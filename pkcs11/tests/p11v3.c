@@ -10,7 +10,8 @@
  *   v3          (agent, PIN username:password) through the 3.2 list: C_LoginUser, message-based AES-GCM
  *               (generated random and counter IVs written back, tags, size queries, a message in parts,
  *               tampered tag / associated data refused, the result decrypted by v2.40 C_Decrypt too),
- *               C_SessionCancel, the 3.x functions the module does not offer
+ *               C_SessionCancel, a forked child (not initialized until its own C_Initialize, then its own login),
+ *               the 3.x functions the module does not offer
  *   timing      (agent) microseconds per 1 KiB AES-GCM message (3.x and v2.40 ways) and per ML-KEM-768
  *               encapsulation / decapsulation made from C (P11V3_ROUNDS, default 200); nothing asserted on time
  *   hostile     (the test's hostile peer) malformed replies to the message and KEM functions: CKR_DEVICE_ERROR and
@@ -23,7 +24,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <p11-kit/pkcs11.h>
 
@@ -395,6 +398,45 @@ static void unsupported(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key)
            "C_EncapsulateKey without a length");
 }
 
+/* A forked child: every 3.x call is CKR_CRYPTOKI_NOT_INITIALIZED until the child's own C_Initialize (through the 3.2
+ * list), then it logs in with C_LoginUser on a session of its own and encrypts a message with the parent's key
+ * handle (a session object of the parent's application is not the child's: it makes its own key). */
+static void forked_child(CK_SESSION_HANDLE parent_session, CK_SLOT_ID slot)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        g_fail = 0;
+        CK_BYTE iv[12] = {0}, tag[16], out[32];
+        CK_GCM_MESSAGE_PARAMS p = {iv, 12, 0, CKG_GENERATE_RANDOM, tag, 128};
+        CK_ULONG len = sizeof out;
+        EXPECT(L->C_EncryptMessage(parent_session, &p, sizeof p, NULL, 0, (CK_BYTE_PTR) "x", 1, out, &len),
+               CKR_CRYPTOKI_NOT_INITIALIZED, "child: C_EncryptMessage before its C_Initialize");
+        EXPECT(L->C_LoginUser(parent_session, CKU_USER, (CK_UTF8CHAR_PTR) "p", 1, (CK_UTF8CHAR_PTR) "u", 1),
+               CKR_CRYPTOKI_NOT_INITIALIZED, "child: C_LoginUser before its C_Initialize");
+        EXPECT(L->C_Initialize(NULL), CKR_OK, "child: C_Initialize");
+        CK_SESSION_HANDLE s = 0;
+        EXPECT(L->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK, "child: session");
+        const char *colon = strchr(g_pin, ':');
+        CK_ULONG ulen = colon ? (CK_ULONG)(colon - g_pin) : 0;
+        EXPECT(L->C_LoginUser(s, CKU_USER, (CK_UTF8CHAR_PTR)(colon ? colon + 1 : ""),
+                              colon ? (CK_ULONG)strlen(colon + 1) : 0, (CK_UTF8CHAR_PTR)g_pin, ulen),
+               CKR_OK, "child: C_LoginUser");
+        CK_OBJECT_HANDLE key = aes_key(s);
+        CK_MECHANISM mech = {CKM_AES_GCM, NULL, 0};
+        EXPECT(L->C_MessageEncryptInit(s, &mech, key), CKR_OK, "child: C_MessageEncryptInit");
+        len = sizeof out;
+        EXPECT(L->C_EncryptMessage(s, &p, sizeof p, NULL, 0, (CK_BYTE_PTR) "x", 1, out, &len), CKR_OK,
+               "child: C_EncryptMessage");
+        EXPECT(L->C_Finalize(NULL), CKR_OK, "child: C_Finalize");
+        fflush(stdout);
+        _exit(g_fail > 100 ? 100 : g_fail);
+    }
+    int status = 0;
+    check(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "the forked child's checks", (CK_RV)status);
+}
+
 static int scenario_v3(void)
 {
     EXPECT(L->C_Initialize(NULL), CKR_OK, "C_Initialize through the 3.2 list");
@@ -419,6 +461,7 @@ static int scenario_v3(void)
     CK_OBJECT_HANDLE key = aes_key(s);
     messages(s, key);
     big_messages(s, key);
+    forked_child(s, slots[0]);
     cancel(s, key);
     unsupported(s, key);
     EXPECT(L->C_Finalize(NULL), CKR_OK, "C_Finalize");

@@ -5,7 +5,7 @@ driven by pkcs11/tests/p11v3.c:
   C_GetInterfaceList / C_GetInterface give "PKCS 11" 3.2 (the default), 3.0 and 2.40, before C_Initialize.
 * ``v3`` (the real agent of a `strongroom up` cluster): C_LoginUser, message-based AES-GCM (generated IVs and
   tags written back, a message in parts, tampering refused, the same ciphertext through v2.40 C_Decrypt),
-  C_SessionCancel, the 3.x functions not offered.
+  C_SessionCancel, a forked child (not initialized until its own C_Initialize), the 3.x functions not offered.
 * ``hostile`` (a peer that answers every 3.x call with a malformed reply): CKR_DEVICE_ERROR, nothing written into
   the caller's buffers.
 """
@@ -76,6 +76,7 @@ def test_login_user_message_aead_and_cancel_against_the_agent(driver: str, pkcs1
     output = run(driver, "v3", socket_path=pkcs11.socket, pin=pin)
     assert "ok the IV and the tag are written back" in output
     assert "ok v2.40 GCM agrees with the message functions" in output
+    assert "ok child: C_EncryptMessage before its C_Initialize" in output and "ok child: C_EncryptMessage (" in output
 
 
 def test_plain_build_exports_the_3x_functions(pkcs11_module: Pkcs11Module) -> None:
