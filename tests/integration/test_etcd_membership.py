@@ -25,7 +25,8 @@ from strongroom.services.config import NodeConfig
 
 from .conftest import LocalCluster, group_members
 
-pytestmark = pytest.mark.slow
+#: A test may start etcd members and nodes, or wait out a frozen node's timeouts.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 class TwoNodes(LocalCluster):
@@ -76,6 +77,7 @@ def test_status_through_the_agent_never_shows_a_dead_node_as_healthy(two: TwoNod
     """The registry's health is a heartbeat (up to 30 s old): a node killed a moment ago still looks
     healthy there. Asked through the agent, the answer carries what the agent sees of each node."""
     socket = two.summary["agent_socket"]
+    assert _healthy_through_agent(socket) == ["healthy", "healthy"]  # the agent is connected to both
     with Client.from_agent(socket, timeout=30) as through_agent:
         before = {n["id"]: n for n in through_agent.cluster_status()["nodes"]}
     assert before["node2"]["health"] == "healthy", before
@@ -102,6 +104,41 @@ def test_status_through_the_agent_never_shows_a_dead_node_as_healthy(two: TwoNod
     two.up()
 
 
+def test_status_through_the_agent_never_shows_a_frozen_node_as_healthy(two: TwoNodes) -> None:
+    """A node that stops answering without closing its connections (its host cut off, a frozen process): the
+    registry and the agent's last health check both still say healthy. The answer through the agent asks it."""
+    socket = two.summary["agent_socket"]
+    assert _healthy_through_agent(socket) == ["healthy", "healthy"]  # the agent is connected to both
+    with Client.from_agent(socket, timeout=30) as through_agent:
+        first = through_agent.cluster_status()
+        assert [n["health"] for n in first["nodes"]] == ["healthy", "healthy"], first["nodes"]
+        # The client's requests stay on the node that answered; the other one is frozen.
+        frozen = "node1" if first["answered_by"] == "node2" else "node2"
+        pgid = os.getpgid(int((two.dir / "nodes" / frozen / "node.pid").read_text()))
+        os.killpg(pgid, signal.SIGSTOP)
+        try:
+            now = through_agent.cluster_status()
+            entry = next(n for n in now["nodes"] if n["id"] == frozen)
+            assert entry["health"] == "unreachable" and entry["agent"].startswith("unreachable"), entry
+            registry = next(n for n in two.node(now["answered_by"]).cluster_status()["nodes"] if n["id"] == frozen)
+            print(f"\nfrozen {frozen} through the agent: {entry['agent']}; the registry: {registry['health']}")
+        finally:
+            os.killpg(pgid, signal.SIGCONT)
+    # Thawed, it is healthy again through the agent (the agent reconnects if its check dropped it).
+    assert _healthy_through_agent(socket) == ["healthy", "healthy"]
+
+
+def _healthy_through_agent(socket: str, within: float = 60) -> list[str]:
+    """The nodes' health through the agent, once all are healthy (or as last seen after ``within`` s)."""
+    deadline = time.monotonic() + within
+    while True:
+        with Client.from_agent(socket, timeout=30) as through_agent:
+            healths = [n["health"] for n in through_agent.cluster_status()["nodes"]]
+        if all(h == "healthy" for h in healths) or time.monotonic() > deadline:
+            return healths
+        time.sleep(0.5)
+
+
 def test_operator_commands_given_dir_use_any_node_that_answers(two: TwoNodes) -> None:
     """client.json lists node1 first; with node1 down, --dir commands go to node2."""
     two.kill_node("node1")
@@ -117,6 +154,24 @@ def test_operator_commands_given_dir_use_any_node_that_answers(two: TwoNodes) ->
         assert "ops" in [u["username"] for u in out["data"]["users"]]
     finally:
         two.up()
+
+
+def test_operator_commands_given_dir_pass_over_a_node_that_accepts_but_never_answers(two: TwoNodes) -> None:
+    """A frozen node (a stopped process, a host thrashing) still accepts TCP connections: the kernel completes
+    them into the listen backlog. A command must try the next node instead of waiting its whole timeout on it."""
+    pgid = os.getpgid(int((two.dir / "nodes" / "node1" / "node.pid").read_text()))
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        rc, out = two.cli("cluster", "status")
+        assert rc == 0, out
+        assert out["data"]["answered_by"] == "node2"
+        rc, out = two.cli("user", "list", pin=two.admin_pin)
+        assert rc == 0, out
+        assert "ops" in [u["username"] for u in out["data"]["users"]]
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
+    rc, out = two.cli("cluster", "status")
+    assert rc == 0 and out["data"]["answered_by"] == "node1", out
 
 
 def test_hsm_add_in_a_new_zone_adds_its_etcd_member_and_remove_removes_it(two: TwoNodes) -> None:

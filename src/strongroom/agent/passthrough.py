@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import Any
 
-from strongroom.agent.nodes import NodeLink, NodeUnavailable
+from strongroom.agent.nodes import NodeLink, NodeTimeout, NodeUnavailable
 from strongroom.errors import CKR
 from strongroom.transport.protocol import ProtocolError, decode_request, encode_reply
 
@@ -65,19 +65,51 @@ ALLOWED = frozenset({
 })
 
 
-def with_agent_view(links: list[NodeLink], status: dict[str, Any]) -> dict[str, Any]:
-    """``cluster.status`` as this host sees it: the registry's health is a heartbeat up to 30 s old, so a node
-    that this agent cannot reach (or that does not serve) is never shown ``healthy``."""
+#: How long ``cluster.status`` through the agent waits for each other node's own answer.
+STATUS_PROBE_SECONDS = 2.0
+
+
+async def _ask(link: NodeLink) -> tuple[str | None, str | None]:
+    """(why the node is unreachable, None) or (None, the state it answers ``node.status`` with) right now."""
+    try:
+        reply = await link.request("node.status", {}, None, timeout=STATUS_PROBE_SECONDS)
+    except NodeTimeout:
+        return f"no answer within {STATUS_PROBE_SECONDS:.0f} s", None
+    except NodeUnavailable as exc:
+        return str(exc), None
+    if not reply.ok:
+        return None, "unhealthy"
+    state = reply.body.get("state") if isinstance(reply.body, dict) else None
+    return None, str(state or "unhealthy")
+
+
+async def with_agent_view(links: list[NodeLink], status: dict[str, Any], answered: NodeLink) -> dict[str, Any]:
+    """``cluster.status`` as this host sees it now. The registry's health is a heartbeat up to 30 s old, and the
+    agent's own health check runs every few seconds; so each node other than the one that just answered is
+    asked at once (STATUS_PROBE_SECONDS at most), and a node that this agent cannot reach, that does not answer
+    (a host cut off, a frozen process) or that does not serve is never shown ``healthy``. A node the agent does
+    not know yet (learned from the registry within seconds) is ``unknown`` rather than taken on trust."""
     by_name = {link.name: link for link in links}
+    linked = [(entry, by_name.get(str(entry.get("id")))) for entry in status.get("nodes") or []
+              if isinstance(entry, dict)]
+    asked = [link for _entry, link in linked if link is not None and link is not answered and link.connected]
+    seen = dict(zip(asked, await asyncio.gather(*(_ask(link) for link in asked)), strict=True))
     nodes = []
-    for entry in status.get("nodes") or []:
-        link = by_name.get(str(entry.get("id"))) if isinstance(entry, dict) else None
-        if link is not None:
-            entry = dict(entry, agent="connected" if link.connected else f"unreachable: {link.last_error}")
+    for entry, link in linked:
+        if link is None:
+            entry = dict(entry, agent="not known to this agent yet")
+            if entry.get("health") == "healthy":
+                entry["health"] = "unknown"
+        else:
+            unreachable, state = seen.get(link, (None, "active"))
             if not link.connected:
-                entry["health"] = "unreachable"
-            elif not link.healthy and entry.get("health") == "healthy":
-                entry["health"] = str(link.status.get("state") or "unhealthy")
+                unreachable = link.last_error or "connection lost"
+            if unreachable is not None:
+                entry = dict(entry, agent=f"unreachable: {unreachable}", health="unreachable")
+            else:
+                entry = dict(entry, agent="connected")
+                if state != "active" and entry.get("health") == "healthy":
+                    entry["health"] = state
         nodes.append(entry)
     return dict(status, nodes=nodes)
 
@@ -166,7 +198,7 @@ class Passthrough:
                     return
                 body = reply.body
                 if request.op == "cluster.status" and reply.ok and isinstance(body, dict):
-                    body = with_agent_view(self._pool.links, body)
+                    body = await with_agent_view(self._pool.links, body, link)
                 self._note_login(request.op, request.args, request.session, reply.ok, body, link)
                 await self._reply(request.request_id, reply.code, body)
                 return

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,7 +15,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: How long a node of client.json gets to accept a connection before the next one is tried.
+#: How long a node of client.json gets to answer (TLS handshake and node.status) before the next one is tried.
 PROBE_SECONDS = 5.0
 
 
@@ -42,16 +41,27 @@ def admin_pin() -> tuple[str, str] | None:
 
 
 def reachable_node(profile: ClientProfile) -> NodeAddress:
-    """The first node of the profile that accepts a TCP connection, in the profile's order: operator
-    tooling keeps working while a node, or its whole host, is down."""
+    """The first node of the profile, in its order, that answers ``node.status`` within PROBE_SECONDS and can
+    serve (neither sealed nor in error); else the first that answered at all. Operator tooling keeps working
+    while a node or its whole host is down, and also past a node that accepts connections but never answers
+    (a stopped process: the kernel still completes the TCP handshake) or one that is sealed."""
+    from strongroom.client import Client, ClientError
+
     failures = []
+    answered: NodeAddress | None = None
     for node in profile.nodes:
         try:
-            with socket.create_connection((node.host, node.port), timeout=PROBE_SECONDS):
-                return node
-        except OSError as exc:
-            failures.append(f"{node.node_id} at {node.address}: {exc.strerror or exc}")
-    raise CliError("no node of the cluster accepts connections (" + "; ".join(failures) + ")")
+            with Client(profile, node, timeout=PROBE_SECONDS) as probe:
+                state = probe.node_status().get("state")
+        except (ClientError, OSError) as exc:
+            failures.append(f"{node.node_id} at {node.address}: {getattr(exc, 'message', None) or exc}")
+            continue
+        if state not in ("sealed", "error"):
+            return node
+        answered = answered or node
+    if answered is not None:
+        return answered
+    raise CliError("no node of the cluster answers (" + "; ".join(failures) + ")")
 
 
 def node_client(args: argparse.Namespace, *, operator: bool = True) -> Any:
