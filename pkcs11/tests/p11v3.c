@@ -12,6 +12,8 @@
  *               tampered tag / associated data refused, the result decrypted by v2.40 C_Decrypt too),
  *               C_SessionCancel, a forked child (not initialized until its own C_Initialize, then its own login),
  *               the 3.x functions the module does not offer
+ *   restart     (agent) logs in with C_LoginUser, prints RESTART-AGENT, waits for a line on stdin (the test restarts
+ *               the agent): the session is still logged in and makes a key
  *   timing      (agent) microseconds per 1 KiB AES-GCM message (3.x and v2.40 ways) and per ML-KEM-768
  *               encapsulation / decapsulation made from C (P11V3_ROUNDS, default 200); nothing asserted on time
  *   hostile     (the test's hostile peer) malformed replies to the message and KEM functions: CKR_DEVICE_ERROR and
@@ -538,6 +540,35 @@ static int scenario_hostile(void)
     return g_fail;
 }
 
+/* ---- restart: a login made with C_LoginUser survives an agent restart ------------------------------------- */
+
+static int scenario_restart(void)
+{
+    EXPECT(L->C_Initialize(NULL), CKR_OK, "C_Initialize");
+    CK_SLOT_ID slot = 0;
+    CK_ULONG n = 1;
+    EXPECT(L->C_GetSlotList(CK_TRUE, &slot, &n), CKR_OK, "slot");
+    CK_SESSION_HANDLE s = 0;
+    EXPECT(L->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK, "session");
+    const char *colon = strchr(g_pin, ':');
+    CK_ULONG ulen = colon ? (CK_ULONG)(colon - g_pin) : 0;
+    EXPECT(L->C_LoginUser(s, CKU_USER, (CK_UTF8CHAR_PTR)(colon ? colon + 1 : ""), colon ? (CK_ULONG)strlen(colon + 1) : 0,
+                          (CK_UTF8CHAR_PTR)g_pin, ulen),
+           CKR_OK, "C_LoginUser");
+    printf("RESTART-AGENT\n");
+    fflush(stdout);
+    char line[16];
+    if (!fgets(line, sizeof line, stdin))
+        check(0, "the test's go-ahead", 0);
+    CK_SESSION_INFO info;
+    EXPECT(L->C_GetSessionInfo(s, &info), CKR_OK, "the session after the agent restarted");
+    check(info.state == CKS_RW_USER_FUNCTIONS, "still logged in (the module kept username:password)", info.state);
+    CK_OBJECT_HANDLE key = aes_key(s);
+    check(key != 0, "a key made under the reopened login", key);
+    EXPECT(L->C_Finalize(NULL), CKR_OK, "C_Finalize");
+    return g_fail;
+}
+
 /* ---- timing (numbers for the report; nothing is asserted on time) ----------------------------------------- */
 
 static double now_us(void)
@@ -649,7 +680,8 @@ int main(int argc, char **argv)
     const char *scenario = argv[3];
     if (!strcmp(scenario, "interfaces")) {
         failures = scenario_interfaces();
-    } else if (!strcmp(scenario, "v3") || !strcmp(scenario, "hostile") || !strcmp(scenario, "timing")) {
+    } else if (!strcmp(scenario, "v3") || !strcmp(scenario, "hostile") || !strcmp(scenario, "timing") ||
+               !strcmp(scenario, "restart")) {
         CK_VERSION v = {3, 2};
         CK_INTERFACE_PTR it = NULL;
         if (get_iface((CK_UTF8CHAR_PTR) "PKCS 11", &v, &it, 0) != CKR_OK || !it) {
@@ -657,8 +689,10 @@ int main(int argc, char **argv)
             return 2;
         }
         L = it->pFunctionList;
-        failures = !strcmp(scenario, "v3") ? scenario_v3() : !strcmp(scenario, "hostile") ? scenario_hostile()
-                                                                                          : scenario_timing();
+        failures = !strcmp(scenario, "v3")        ? scenario_v3()
+                   : !strcmp(scenario, "hostile") ? scenario_hostile()
+                   : !strcmp(scenario, "restart") ? scenario_restart()
+                                                  : scenario_timing();
     } else {
         fprintf(stderr, "unknown scenario %s\n", scenario);
         return 2;

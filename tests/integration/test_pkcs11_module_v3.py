@@ -185,3 +185,30 @@ def test_kem_from_c_and_the_timing_scenario(driver: str, pkcs11: Pkcs11Target) -
     pin = pkcs11.crypto_user("p11v3_timing", "password1")
     output = run_env(driver, "timing", pkcs11.socket, pin, {"P11V3_ROUNDS": "20"})
     assert "timing: 1 KiB AES-GCM: C_EncryptMessage" in output
+
+
+@pytest.mark.timeout(300)
+def test_a_login_user_login_survives_an_agent_restart(driver: str, pkcs11: Pkcs11Target) -> None:
+    """C_LoginUser's user name and password are kept as C_Login's PIN would be (username:password, in locked
+    memory): after an agent restart the module reopens the application logged in."""
+    from strongroom.local.agent import start_agent, stop_agent
+
+    pin = pkcs11.crypto_user("p11v3_restart", "password1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRONGROOM_", "ASAN_", "UBSAN_", "LSAN_"))}
+    env.update(SANITIZER_ENV, STRONGROOM_AGENT_SOCKET=pkcs11.socket)
+    module = str(PKCS11_DIR / "build" / "asan" / "libstrongroom-pkcs11.so")
+    proc = subprocess.Popen([driver, module, pin, "restart"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None and proc.stdin is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("RESTART-AGENT"):
+            stop_agent(pkcs11.cluster.dir)
+            proc.stdin.write("go\n")  # the calls start while the agent is down: they wait for it
+            proc.stdin.flush()
+            start_agent(pkcs11.cluster.dir)
+    assert proc.wait(timeout=240) == 0, "".join(lines)
+    output = "".join(lines)
+    assert "restart: 0 failure(s)" in output and "ok still logged in" in output, output
+    assert "Sanitizer" not in output and "runtime error" not in output, output
