@@ -745,3 +745,35 @@ def test_cloudhsm_timeouts_generated_and_approved(cluster: LocalCluster, tmp_pat
     assert complete["state"] == "approved" and complete["token-timeout-seconds"] <= 60  # now: time to use it
     created = admin.client.approved(token.approval_data, AsyncClient.user_create, "timed", "crypto-user", PASSWORD)
     assert created["username"] == "timed"
+
+
+def test_an_admin_zeroizes_a_node_with_m_cluster_approvals(tmp_path: Path) -> None:
+    """The cluster service's zeroize, done: two nodes, value 2; refused on node2 with one approval, done with two
+    (approved from node1: a token is the cluster's), and node1 keeps serving."""
+    from strongroom.client import Client, ClientProfile
+
+    cluster = LocalCluster(tmp_path / "zeroize", workers=1, up_args=("--nodes", "2"))
+    cluster.up()
+    try:
+        admin = first_admin(cluster, "ed25519")
+        admin2 = approver(cluster, "z_admin2", "admin", "p256", admin=admin.client)
+        admin.client.quorum_set_value("cluster", 2)
+        profile = ClientProfile.load(cluster.dir)
+        node2 = Client(profile, profile.nodes[1], timeout=30)
+        try:
+            node2.login(admin.name, cluster.summary["admin_password"])
+            assert node2.call("session.info")["username"] == admin.name
+            token = token_file(node2.quorum_generate("cluster", "hsm.zeroize", {"node_id": "node2"}))
+            admin.approve(node2, token)
+            error = refused(node2.zeroize, "node2")
+            assert error.code == CKR.FUNCTION_REJECTED and "quorum not met" in error.message
+            admin2.approve(admin.client, token)
+            assert token.approval_data is not None
+            done = node2.approved(token.approval_data, AsyncClient.zeroize, "node2")
+            assert done["zeroized"] is True
+        finally:
+            node2.close()
+        assert "node2" not in {n["id"] for n in admin.client.cluster_status()["nodes"]}
+        assert admin.client.user_create("z_after", "crypto-user", PASSWORD)["username"] == "z_after"
+    finally:
+        cluster.down()
