@@ -4,9 +4,9 @@ Two faces, one set of checks (the key's owner or a user it is shared with, its u
 CKA_ENCAPSULATE, CKA_DECAPSULATE, CKA_DERIVE — CKA_ALLOWED_MECHANISMS, CKA_ALWAYS_AUTHENTICATE):
 
 * ``key.encapsulate`` / ``key.decapsulate``: C_EncapsulateKey / C_DecapsulateKey. The shared
-  secret becomes a secret key object made from the caller's template (``CKA_KEY_TYPE`` CKK_AES or
-  CKK_GENERIC_SECRET; ``CKA_VALUE_LEN`` at most the secret's length, default all of it: the key is
-  the secret's leading bytes), owned by the caller and audited like C_DeriveKey; its
+  secret becomes a secret key object made from the caller's template (``CKA_KEY_TYPE`` CKK_AES,
+  CKK_GENERIC_SECRET, a typed HMAC key or CKK_HKDF; ``CKA_VALUE_LEN`` at most the secret's length,
+  default all of it: the key is the secret's leading bytes), owned by the caller and audited like C_DeriveKey; its
   CKA_ALWAYS_SENSITIVE / CKA_NEVER_EXTRACTABLE follow the KEM key as a derived key's follow its
   base. ``key.encapsulate`` answers ``{"ciphertext", "handle"}``, ``key.decapsulate``
   ``{"handle"}``.
@@ -60,7 +60,8 @@ def _secret_template(raw: list[Any]) -> dict[int, Any]:
     template = coerce_template(raw)
     builder.class_must_be(template, CKO.SECRET_KEY)
     if template.get(CKA.KEY_TYPE) not in SECRET_LENGTHS:
-        raise TemplateIncomplete("the shared secret's key needs CKA_KEY_TYPE: CKK_AES or CKK_GENERIC_SECRET")
+        raise TemplateIncomplete("the shared secret's key needs CKA_KEY_TYPE: CKK_AES, CKK_GENERIC_SECRET, an HMAC key "
+                                 "type or CKK_HKDF")
     return template
 
 
