@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -531,6 +532,57 @@ def test_concurrent_connections_of_one_application(shared_cluster: LocalCluster,
     with ThreadPoolExecutor(8) as pool:
         sessions = list(pool.map(worker, range(1, 9)))
     assert len(set(sessions)) == 8
+
+
+def requests_per_worker(cluster: LocalCluster, workers: set[int]) -> dict[int, int]:
+    """node.status's request counter of every worker, through fresh connections (each one lands
+    on a worker the kernel chooses) until every worker has answered."""
+    from strongroom.client import Client
+
+    seen: dict[int, int] = {}
+    for _ in range(200):
+        with Client.from_dir(cluster.dir, timeout=30) as client:
+            status = client.node_status()
+        seen[int(status["pid"])] = int(status["requests"])
+        if set(seen) >= workers:
+            return seen
+    raise AssertionError(f"only workers {sorted(seen)} of {sorted(workers)} answered")
+
+
+def test_one_agent_uses_every_worker_of_the_node(shared_cluster: LocalCluster,
+                                                 shared_agent: AgentProcess) -> None:
+    """The node runs 2 worker processes: the agent keeps a link on each, and the stateless
+    single-part calls of one application with several threads are served by both."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    supervisor = int((shared_cluster.node_dir / "node.pid").read_text())
+    workers = shared_cluster.node_pids() - {supervisor}
+    assert len(workers) == shared_cluster.workers == 2
+    connected = re.findall(r"\(link (\S+), connection \d+, worker (\d+)\)", shared_agent.log.read_text())
+    latest = {key: int(pid) for key, pid in connected}  # the current connection of every link
+    assert set(latest.values()) == workers, latest
+
+    app, session = logged_in(shared_agent, add_user(shared_cluster, "agent_workers"))
+    private_key = app.ok("C_GenerateKeyPair", session, [CKM.EC_KEY_PAIR_GEN, None],
+                         app.template({CKA.TOKEN: True, CKA.EC_PARAMS: bytes.fromhex("06082a8648ce3d030107")}),
+                         app.template({CKA.TOKEN: True, CKA.SIGN: True}))[1]
+    sign(app, session, private_key, b"\x01" * 32, CKM.ECDSA)  # the node checks the init shape once
+    before = requests_per_worker(shared_cluster, workers)
+    rounds = 40
+
+    def signer(index: int) -> None:
+        own = app.ok("C_OpenSession", 0, 0x6, conn=index)[0]
+        for _ in range(rounds):
+            app.ok("C_SignInit", own, [CKM.ECDSA, None], private_key, conn=index)
+            assert len(app.ok("C_Sign", own, b"\x02" * 32, 64, conn=index)[1]) == 64
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(signer, range(1, 9)))
+    after = requests_per_worker(shared_cluster, workers)
+    served = {pid: after[pid] - before[pid] for pid in workers}
+    # 320 one-request signatures (plus a login per worker, health checks and these probes); each
+    # worker took a real share, not just health checks.
+    assert sum(served.values()) >= 8 * rounds and min(served.values()) >= 8 * rounds // 10, served
 
 
 def test_ec_keys(shared_cluster: LocalCluster, shared_agent: AgentProcess) -> None:

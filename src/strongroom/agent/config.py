@@ -7,6 +7,7 @@
     cluster_name = "strongroom"             # the token label
     slot_id = 0                             # stable slot id of the cluster's one slot
     log_level = "info"
+    links_per_node = 2                      # connections to each node (one per node worker is best)
 
     [tls]                                   # the client identity towards the nodes (mTLS)
     ca = "ca/ca.crt"
@@ -45,6 +46,7 @@ from strongroom.metrics.settings import MetricsSettings, MetricsSettingsError
 #: sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_LINKS_PER_NODE = 64
 
 
 class ConfigError(Exception):
@@ -74,6 +76,10 @@ class AgentConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     #: ``[metrics] listen``: the agent's /metrics listener (strongroom.metrics).
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    #: Connections the agent keeps to each node. A node's worker processes share nothing but the
+    #: store, and a connection is served by the one worker that accepted it: to use all of a
+    #: node's cores, this should be at least its number of workers (``workers`` in node.toml).
+    links_per_node: int = 2
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -84,6 +90,8 @@ class AgentConfig:
             raise ConfigError("slot_id must be an unsigned 32-bit number")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        if not 1 <= self.links_per_node <= MAX_LINKS_PER_NODE:
+            raise ConfigError(f"links_per_node must be between 1 and {MAX_LINKS_PER_NODE}")
         for name in ("connect", "request", "reconnect_wait", "health_interval"):
             if getattr(self.timeouts, name) <= 0:
                 raise ConfigError(f"timeouts.{name} must be positive")
@@ -103,6 +111,7 @@ class AgentConfig:
                 "cluster_name": self.cluster_name,
                 "slot_id": self.slot_id,
                 "log_level": self.log_level,
+                "links_per_node": self.links_per_node,
                 **({"socket_group": self.socket_group} if self.socket_group else {}),
             },
             "tls": {"ca": str(self.ca), "cert": str(self.cert), "key": str(self.key)},
@@ -150,6 +159,7 @@ class AgentConfig:
                 cluster_name=str(agent.get("cluster_name", "strongroom")),
                 slot_id=int(agent.get("slot_id", 0)),
                 log_level=str(agent.get("log_level", "info")).lower(),
+                links_per_node=int(agent.get("links_per_node", 2)),
                 socket_group=None if agent.get("socket_group") is None else str(agent["socket_group"]),
                 ca=resolve(tls["ca"]),
                 cert=resolve(tls["cert"]),
@@ -164,3 +174,4 @@ class AgentConfig:
             raise ConfigError(f"{path}: {exc}") from None
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: bad value: {exc}") from None
+

@@ -47,7 +47,7 @@ async def serve(config: AgentConfig, ready: asyncio.Event | None = None) -> int:
     await pool.start()
     agent_metrics.start(config, agent)
     reload_on_sighup(pool._context, config.cert, config.key)  # strongroom cert rotate: new connections, new cert
-    reachable = [link.name for link in pool.links if link.connected]
+    reachable = [link.key for link in pool.links if link.connected]
     log.info("Strongroom %s agent ready: slot %d, token %r, nodes reachable: %s", __version__, config.slot_id,
              config.cluster_name, ", ".join(reachable) or "none yet")
     from strongroom.sdnotify import notify_ready  # systemd Type=notify: the socket answers

@@ -8,6 +8,18 @@ gone when the epoch changes). :class:`NodePool` keeps the links, checks their he
 with ``node.status``, reconnects with exponential backoff, and picks the least loaded
 link (fewest requests in flight) for a call.
 
+A node runs several worker processes and a connection is served by the one that
+accepted it, so the pool keeps ``links_per_node`` links to every node (a
+:class:`NodeGroup`) and places them on different workers: a new connection asks
+``node.status`` which worker (pid) it reached and, if a sibling link already uses that
+worker, is opened again (the kernel hands each new connection to some worker; a few
+attempts find another one — see :data:`PLACEMENT_ATTEMPTS`). Every link logs in on its
+own (a login lives in one worker). Calls that name node-side state stay on the link
+that holds it (``stateful``/``pinned``); the others go to the least loaded link, where
+a link the application has no login on yet counts as :data:`LOGIN_COST` requests more,
+so that an application logs in on a second worker only when it keeps more than one
+busy.
+
 :class:`Logins` holds one application's credentials (memory only) and its login on
 each link, made lazily the first time a link is used. :meth:`NodePool.call` is the
 single place where node replies meet re-authentication:
@@ -76,14 +88,44 @@ class StateLost(Exception):
 
 #: How often the agent asks the cluster which nodes it has.
 TOPOLOGY_INTERVAL = 5.0
+#: Connections a link opens at most, each time it connects, to reach a worker no sibling link
+#: uses yet. The kernel's choice is random but not even (measured with two workers: about 65/35),
+#: so sixteen attempts all miss with p ≈ 0.1%. A node with fewer workers than links pays this
+#: once per set of worker pids (see NodeGroup.exhausted).
+PLACEMENT_ATTEMPTS = 16
+#: What a link without a login of the calling application costs in the least-loaded choice,
+#: in requests in flight (a login is an Argon2id verification on the node).
+LOGIN_COST = 2
+
+
+class NodeGroup:
+    """The links to one node, and the lock under which a new connection of one of them is placed."""
+
+    def __init__(self) -> None:
+        self.links: list[NodeLink] = []
+        self.placing = asyncio.Lock()
+        #: Sets of workers in use beside which a placement found no other worker: the node has no
+        #: more (while those processes live), so the next placement beside them does not search.
+        self.exhausted: set[frozenset[int]] = set()
+
+    def workers_in_use(self, besides: NodeLink) -> set[int]:
+        # A link's worker is set under the placement lock, before its connection is published,
+        # and cleared when the connection is dropped or closed.
+        return {link.worker for link in self.links if link is not besides and link.worker is not None}
 
 
 class NodeLink:
-    def __init__(self, node: NodeAddress, context: ssl.SSLContext, config: AgentConfig,
-                 clock: RevisionClock | None = None) -> None:
+    def __init__(self, node: NodeAddress, context: ssl.SSLContext, config: AgentConfig, slot: int = 0,
+                 group: NodeGroup | None = None, clock: RevisionClock | None = None) -> None:
         self.node = node
         #: The pool's read-your-writes token, shared by every link (see the protocol's ``revision``).
         self.clock = clock if clock is not None else RevisionClock()
+        self.slot = slot
+        self.group = group if group is not None else NodeGroup()
+        if self not in self.group.links:
+            self.group.links.append(self)
+        #: pid of the node worker serving the current connection (from node.status), if known.
+        self.worker: int | None = None
         self._context = context
         self._timeouts = config.timeouts
         self.conn: AsyncConnection | None = None
@@ -101,11 +143,17 @@ class NodeLink:
         self.next_health = 0.0
 
     def __repr__(self) -> str:
-        return f"<NodeLink {self.node.node_id} {self.node.address} epoch={self.epoch}>"
+        return f"<NodeLink {self.key} {self.node.address} epoch={self.epoch} worker={self.worker}>"
 
     @property
     def name(self) -> str:
+        """The node's id (several links may share it)."""
         return self.node.node_id
+
+    @property
+    def key(self) -> str:
+        """This link among all the pool's: ``node1``, ``node1#2``, …"""
+        return self.node.node_id if self.slot == 0 else f"{self.node.node_id}#{self.slot + 1}"
 
     @property
     def connected(self) -> bool:
@@ -123,27 +171,81 @@ class NodeLink:
                 return False
             self._last_attempt = now
             try:
-                conn = await AsyncConnection.open(
-                    self.node.host, self.node.port, self._context, server_hostname=self.node.host,
-                    timeout=self._timeouts.connect, clock=self.clock,
-                )
+                conn = await self._open()
             except (OSError, ssl.SSLError, TimeoutError, ClientError) as exc:
                 if self.last_error is None or self.epoch and self.healthy:
                     log.warning("node %s (%s) unreachable: %s", self.name, self.node.address, exc)
                 self.last_error = str(exc) or exc.__class__.__name__
                 self.healthy = False
                 return False
+            conn, worker = await self._place(conn)
             old, self.conn = self.conn, conn
+            self.worker = worker
             self.epoch += 1
             self.mechanisms = None  # perhaps a node restarted with other software: ask it again
             self.healthy = True  # until the health check says otherwise
             self.last_error = None
             self.backoff = BACKOFF_START
             self.next_retry = 0.0
-            log.info("connected to node %s at %s (connection %d)", self.name, self.node.address, self.epoch)
+            log.info("connected to node %s at %s (link %s, connection %d, worker %s)", self.name,
+                     self.node.address, self.key, self.epoch, worker)
         if old is not None:
             _in_background(_quiet_close(old))
         return True
+
+    async def _open(self) -> AsyncConnection:
+        return await AsyncConnection.open(
+            self.node.host, self.node.port, self._context, server_hostname=self.node.host,
+            timeout=self._timeouts.connect, clock=self.clock,
+        )
+
+    async def _worker_of(self, conn: AsyncConnection) -> int | None:
+        """The pid of the node worker serving ``conn`` (None if the node does not say)."""
+        try:
+            reply = await asyncio.wait_for(conn.send("node.status", {}, None), self._timeouts.connect)
+        except (ClientError, TimeoutError, OSError):
+            return None
+        if not reply.ok or not isinstance(reply.body, dict):
+            return None
+        pid = reply.body.get("pid")
+        return pid if isinstance(pid, int) else None
+
+    async def _place(self, conn: AsyncConnection) -> tuple[AsyncConnection, int | None]:
+        """A connection on a worker no sibling link uses, if a few attempts find one; else ``conn``.
+
+        Which worker accepts a connection is the kernel's choice (one shared listening socket),
+        so a connection that landed on a sibling's worker is closed and opened again. Placement
+        of one node's links is serialized, so siblings connecting together see each other.
+        """
+        if len(self.group.links) < 2:
+            return conn, None
+        async with self.group.placing:
+            conn, self.worker = await self._search(conn)
+            return conn, self.worker
+
+    async def _search(self, conn: AsyncConnection) -> tuple[AsyncConnection, int | None]:
+        """Open ``conn`` again until it reaches a worker no sibling uses (bounded)."""
+        taken = frozenset(self.group.workers_in_use(self))
+        attempts = 1 if taken in self.group.exhausted else PLACEMENT_ATTEMPTS
+        for attempt in range(1, attempts + 1):
+            worker = await self._worker_of(conn)
+            if conn.closed is not None:
+                break
+            if worker is None or worker not in taken:
+                return conn, worker
+            if attempt == attempts:
+                if taken not in self.group.exhausted:
+                    self.group.exhausted.add(taken)
+                    log.info("link %s shares worker %s with another link (the node seems to have "
+                             "fewer workers than links_per_node)", self.key, worker)
+                return conn, worker
+            try:
+                fresh = await self._open()
+            except (OSError, ssl.SSLError, TimeoutError, ClientError):
+                return conn, worker
+            _in_background(_quiet_close(conn))
+            conn = fresh
+        return conn, None
 
     async def request(self, op: str, args: dict[str, Any], token: bytes | None,
                       timeout: float | None = None) -> Reply:
@@ -174,14 +276,16 @@ class NodeLink:
     def drop(self, why: str) -> None:
         """Forget a connection that failed its health check (the next call reconnects)."""
         conn, self.conn = self.conn, None
+        self.worker = None
         self.healthy = False
         self.last_error = why
         if conn is not None:
-            log.warning("dropping connection to node %s: %s", self.name, why)
+            log.warning("dropping connection to node %s (link %s): %s", self.name, self.key, why)
             _in_background(_quiet_close(conn))
 
     async def close(self) -> None:
         conn, self.conn = self.conn, None
+        self.worker = None
         if conn is not None:
             await _quiet_close(conn)
 
@@ -249,14 +353,14 @@ class Logins:
         self.closed: str | None = None
 
     def _state(self, link: NodeLink) -> LoginState:
-        state = self._states.get(link.name)
+        state = self._states.get(link.key)
         if state is None:
-            state = self._states[link.name] = LoginState()
+            state = self._states[link.key] = LoginState()
         return state
 
     def current(self, link: NodeLink) -> tuple[bytes, int] | None:
         """The live login on ``link``'s current connection, if any."""
-        state = self._states.get(link.name)
+        state = self._states.get(link.key)
         if state is None or state.token is None or state.epoch != link.epoch:
             return None
         return state.token, state.serial
@@ -267,7 +371,7 @@ class Logins:
         return state.serial
 
     def forget(self, link: NodeLink, token: bytes) -> None:
-        state = self._states.get(link.name)
+        state = self._states.get(link.key)
         if state is not None and state.token == token:
             state.token = None
 
@@ -295,16 +399,19 @@ class Logins:
                 raise NodeError(reply.code, reply.body)
             if link.epoch != epoch:
                 raise NodeUnavailable(f"node {link.name}: the connection changed during login")
-            log.info("logged in %s (%s) on node %s", self.identity.username, self.identity.role, link.name)
+            log.info("logged in %s (%s) on node %s (link %s, worker %s)", self.identity.username,
+                     self.identity.role, link.name, link.key, link.worker)
             return reply.body["session"], self.adopt(link, reply.body["session"], epoch)
 
     def live(self) -> Iterable[tuple[str, bytes]]:
-        for name, state in self._states.items():
+        """(link key, token) of every login held."""
+        for key, state in self._states.items():
             if state.token is not None:
-                yield name, state.token
+                yield key, state.token
 
     def clear(self) -> list[tuple[str, bytes, int]]:
-        held = [(name, s.token, s.epoch) for name, s in self._states.items() if s.token is not None]
+        """Forget every login; returns (link key, token, epoch) of those held."""
+        held = [(key, s.token, s.epoch) for key, s in self._states.items() if s.token is not None]
         self._states.clear()
         self.closed = "logged out"
         self.identity.forget_password()
@@ -321,12 +428,28 @@ class NodePool:
         self._context = context
         #: What the applications of this agent wrote, they read, whichever node serves them.
         self.clock = RevisionClock()
-        self.links = [NodeLink(node, context, config, self.clock) for node in config.nodes]
-        self._by_name = {link.name: link for link in self.links}
+        self.links: list[NodeLink] = []
+        self._by_key: dict[str, NodeLink] = {}
+        self._groups: dict[str, NodeGroup] = {}
+        for node in config.nodes:
+            self._add_node(node)
         self._health_task: asyncio.Task[None] | None = None
 
-    def link(self, name: str) -> NodeLink | None:
-        return self._by_name.get(name)
+    def _add_node(self, node: NodeAddress) -> list[NodeLink]:
+        group = self._groups[node.node_id] = NodeGroup()
+        for slot in range(self.config.links_per_node):
+            link = NodeLink(node, self._context, self.config, slot, group, self.clock)
+            self.links.append(link)
+            self._by_key[link.key] = link
+        return group.links
+
+    def link(self, key: str) -> NodeLink | None:
+        """The link named ``key`` (:attr:`NodeLink.key`)."""
+        return self._by_key.get(key)
+
+    def node_links(self, node_id: str) -> list[NodeLink]:
+        group = self._groups.get(node_id)
+        return [] if group is None else list(group.links)
 
     async def start(self) -> None:
         await asyncio.gather(*(link.connect(force=True) for link in self.links))
@@ -343,31 +466,52 @@ class NodePool:
 
     # --- choosing a link ----------------------------------------------------------------
 
-    def _best(self, exclude: Iterable[NodeLink] = ()) -> NodeLink | None:
-        excluded = set(map(id, exclude))
-        live = [link for link in self.links if link.connected and id(link) not in excluded]
+    @staticmethod
+    def _usable(link: NodeLink, stale: dict[int, int]) -> bool:
+        return link.connected and stale.get(id(link), -1) != link.epoch
+
+    def _best(self, stale: dict[int, int], logins: Logins | None = None) -> NodeLink | None:
+        """The healthy link with the fewest requests in flight (plus :data:`LOGIN_COST` where
+        ``logins`` has no login yet); ties go round in turn. ``stale``: id(link) -> an epoch
+        (connection) of that link not to use."""
+        live = [link for link in self.links if self._usable(link, stale)]
         healthy = [link for link in live if link.healthy] or live
         if not healthy:
             return None
-        return min(healthy, key=lambda link: link.in_flight)
+        if len(healthy) == 1:
+            return healthy[0]
 
-    async def acquire(self, preferred: NodeLink | None = None, exclude: Iterable[NodeLink] = ()) -> NodeLink:
-        """A connected link: ``preferred`` if it is up, else the least loaded; waits for one to come back."""
-        exclude = list(exclude)
+        def cost(link: NodeLink) -> int:
+            if logins is not None and logins.closed is None and logins.current(link) is None:
+                return link.in_flight + LOGIN_COST
+            return link.in_flight
+
+        # Ties stay on the first link: one thread keeps one worker warm (alternating between workers cost
+        # one-thread runs 30%: bench/README.md); under load the least loaded link spreads the calls.
+        return min(healthy, key=cost)
+
+    async def acquire(self, preferred: NodeLink | None = None, exclude: Iterable[NodeLink] = (),
+                      logins: Logins | None = None) -> NodeLink:
+        """A connected link: ``preferred`` if it is up, else the least loaded (counting a missing
+        login of ``logins``); waits for one to come back.
+
+        ``exclude``: links whose *current* connections must not be used (they failed, or share
+        a node with one that failed); once such a link has reconnected it is usable again.
+        """
+        stale = {id(link): link.epoch for link in exclude}
         deadline = time.monotonic() + self.config.timeouts.reconnect_wait
         while True:
-            if preferred is not None and preferred not in exclude and preferred.connected:
+            if preferred is not None and self._usable(preferred, stale):
                 return preferred
-            best = self._best(exclude)
+            best = self._best(stale, logins)
             if best is not None:
                 return best
-            candidates = [link for link in self.links if link not in exclude] or self.links
-            results = await asyncio.gather(*(link.connect() for link in candidates))
-            if any(results):
-                exclude = []  # a reconnected link is a new connection: usable again
-                continue
+            candidates = [link for link in self.links if not self._usable(link, stale)]
+            await asyncio.gather(*(link.connect() for link in candidates))
+            if any(self._usable(link, stale) for link in self.links):
+                continue  # a new connection
             if time.monotonic() >= deadline:
-                reasons = "; ".join(f"{link.name}: {link.last_error}" for link in self.links)
+                reasons = "; ".join(f"{link.key}: {link.last_error}" for link in self.links)
                 raise NodeUnavailable(f"no node of the cluster is reachable ({reasons})")
             await asyncio.sleep(MIN_CONNECT_INTERVAL)
 
@@ -405,7 +549,7 @@ class NodePool:
                         raise StateLost(f"node {use.name} is not reachable")
                     use = await self.acquire(use)
             else:
-                use = await self.acquire(link, exclude=tried)
+                use = await self.acquire(link, exclude=tried, logins=logins)
             token: bytes | None = None
             serial = 0
             if logins is not None and stateful:
@@ -420,7 +564,10 @@ class NodePool:
                 sent = True
                 reply = await use.request(op, args, token)
             except NodeUnavailable:
-                tried.append(use)
+                # The other connections to that node are suspect too (a node that died takes them
+                # all; they may not have noticed yet): the retry goes to another node or to a new
+                # connection.
+                tried.extend(use.group.links)
                 if stateful:
                     raise StateLost(f"the connection to node {use.name} was lost") from None
                 if (idempotent or not sent) and attempts < 2:
@@ -438,8 +585,9 @@ class NodePool:
                     if stateful:
                         raise StateLost(f"node {use.name} forgot the login")
                     if attempts < 2:
-                        log.info("%s: node %s forgot the login of %s; logging in again", op, use.name,
-                                 logins.identity.username)
+                        log.info("%s: node %s (link %s) forgot the login of %s; logging in again", op,
+                                 use.name, use.key, logins.identity.username)
+                        link = use  # there: other links' logins may have idled out as well
                         continue
                 elif stateful and reply.code == CKR.SESSION_HANDLE_INVALID:
                     raise StateLost(f"node {use.name} no longer knows the PKCS#11 session")
@@ -486,18 +634,18 @@ class NodePool:
         if not listed:
             return
         for node_id, entry in listed.items():
-            if node_id not in self._by_name:
+            if node_id not in self._groups:
                 node = NodeAddress.parse(node_id, str(entry["address"]), str(entry.get("zone", "a")))
-                link = NodeLink(node, self._context, self.config, self.clock)
-                self.links.append(link)
-                self._by_name[node_id] = link
                 log.info("learned about node %s at %s", node_id, node.address)
-                await link.connect(force=True)
-        for link in [link for link in self.links if link.name not in listed]:
-            log.info("node %s left the cluster; closing its connection", link.name)
-            self.links.remove(link)
-            del self._by_name[link.name]
-            await link.close()
+                added = self._add_node(node)
+                await asyncio.gather(*(link.connect(force=True) for link in added))
+        for node_id in [node_id for node_id in self._groups if node_id not in listed]:
+            log.info("node %s left the cluster; closing its connections", node_id)
+            group = self._groups.pop(node_id)
+            for link in group.links:
+                self.links.remove(link)
+                del self._by_key[link.key]
+            await asyncio.gather(*(link.close() for link in group.links))
 
     async def _check(self, link: NodeLink, now: float) -> None:
         if not link.connected:
@@ -525,6 +673,8 @@ class NodePool:
         status = reply.body if isinstance(reply.body, dict) else {}
         was = link.healthy
         link.status = status
+        if isinstance(status.get("pid"), int):
+            link.worker = status["pid"]
         link.healthy = status.get("state") == "active"
         if was and not link.healthy:
             log.warning("node %s is not serving: state %s %s", link.name, status.get("state"),

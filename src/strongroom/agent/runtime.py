@@ -58,7 +58,7 @@ class Agent:
         if logins is None:
             return
         held = logins.clear()
-        await asyncio.gather(*(self._node_logout(name, token, epoch) for name, token, epoch in held))
+        await asyncio.gather(*(self._node_logout(key, token, epoch) for key, token, epoch in held))
 
     async def leave_public(self, app: App) -> None:
         """A login replaces the application's anonymous node logins: what they held (public session objects,
@@ -73,8 +73,8 @@ class Agent:
         held = public.clear()
         await asyncio.gather(*(self._node_logout(name, token, epoch) for name, token, epoch in held))
 
-    async def _node_logout(self, name: str, token: bytes | None, epoch: int) -> None:
-        link = self.pool.link(name)
+    async def _node_logout(self, key: str, token: bytes | None, epoch: int) -> None:
+        link = self.pool.link(key)
         if token is None or link is None or not link.connected or link.epoch != epoch:
             return
         try:

@@ -6,10 +6,12 @@ application. A :class:`Session` is a PKCS#11 session; the agent opens its node-s
 counterpart (a ``p11session`` on one node connection, a :class:`Binding`) only when
 the session first needs node state: a multi-part operation or a session object.
 
-All node-side state of an application lives on one link, its ``home``: every
-binding, and so every session object, is on that link, so that session objects are
-visible to all the application's sessions as PKCS#11 requires. Stateless calls of an
-application without session objects go to the least loaded link.
+All node-side state of an application lives on one link, its ``home`` (one connection,
+so one worker process of one node): every binding, and so every session object, is on
+that link, so that session objects are visible to all the application's sessions as
+PKCS#11 requires. Stateless calls of an application (single-part crypto sent as one
+request, token-object reads and writes) that name none of its session objects go to
+the least loaded link, which may be another worker of the same node.
 
 An application that is not logged in is a *public* one (PKCS#11 v2.40 §6.7): its calls reach
 the nodes through anonymous logins (:class:`PublicLogins`, ``session.open_public``), which see
@@ -241,7 +243,7 @@ class App:
     #: Session objects this application made (node handle -> the agent session holding it).
     #: They all live on ``home``.
     session_objects: dict[int, int] = field(default_factory=dict)
-    #: (link, connection, login) the session objects above were made under.
+    #: (link key, connection, login) the session objects above were made under.
     node_generation: tuple[str, int, int] | None = None
     login_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     finalized: bool = False

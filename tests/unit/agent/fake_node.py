@@ -38,6 +38,11 @@ class FakeNode:
         #: An old node that wanted a login for mechanism.list (the agent then reports what it knew).
         self.mechanisms_need_login = False
         self.writers: list[asyncio.StreamWriter] = []
+        #: The worker (pid) each new connection lands on, in order; then ``worker``.
+        self.placement: list[int] = []
+        self.worker = 1
+        self.served: list[tuple[str, int]] = []  # (op, worker) of every request
+        self.connections = 0
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, ssl=self.context)
@@ -55,6 +60,8 @@ class FakeNode:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.append(writer)
+        self.connections += 1
+        worker = self.placement.pop(0) if self.placement else self.worker
         decoder = FrameDecoder()
         mine: set[bytes] = set()  # logins of this connection (a worker's memory)
         try:
@@ -62,18 +69,20 @@ class FakeNode:
                 for payload in decoder.feed(data):
                     request = decode_request(payload)
                     self.calls.append(request.op)
+                    self.served.append((request.op, worker))
                     if request.op in self.drop_on:
                         self.drop_on.discard(request.op)
                         writer.close()
                         return
-                    code, body = self._answer(request.op, request.session, request.args, mine)
+                    code, body = self._answer(request.op, request.session, request.args, mine, worker)
                     writer.write(encode_reply(request.request_id, code, body))
         except (ConnectionError, OSError):
             pass
 
-    def _answer(self, op: str, token: bytes | None, args: dict[str, Any], mine: set[bytes]) -> tuple[int, Any]:
+    def _answer(self, op: str, token: bytes | None, args: dict[str, Any], mine: set[bytes],
+                worker: int = 1) -> tuple[int, Any]:
         if op == "node.status":
-            return 0, {"state": "active"}
+            return 0, {"state": "active", "pid": worker}
         if op == "mechanism.list" and not self.mechanisms_need_login:
             return 0, {"mechanisms": MECHANISMS}
         if op == "session.login":
@@ -97,10 +106,11 @@ class FakeNode:
         return 0, {"op": op}
 
 
-def pool_for(certs: dict[str, Path], *ports: int) -> NodePool:
+def pool_for(certs: dict[str, Path], *ports: int, links: int = 1) -> NodePool:
     config = AgentConfig(
         socket=certs["ca"].parent / "a.sock", ca=certs["ca"], cert=certs["client_crt"], key=certs["client_key"],
         nodes=tuple(NodeAddress(f"node{i + 1}", "127.0.0.1", port) for i, port in enumerate(ports)),
+        links_per_node=links,
         timeouts=Timeouts(connect=2, request=5, reconnect_wait=0.5, health_interval=60),
     )
     return NodePool(config)

@@ -1,15 +1,18 @@
 """The agent's node layer against a scripted fake node: lazy logins, re-login after the node forgot
 one, retries after a connection lost mid-call (idempotent calls only), state loss, no lockout
-hammering with refused credentials, choosing the least loaded connection."""
+hammering with refused credentials, choosing the least loaded connection, several links per
+node placed on different worker processes."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from strongroom.agent.nodes import NodeError, NodePool, NodeUnavailable, StateLost
+from strongroom.agent.nodes import LOGIN_COST, PLACEMENT_ATTEMPTS, NodeError, NodePool, NodeUnavailable, StateLost
 from strongroom.errors import CKR
 from tests.unit.agent.fake_node import FakeNode, identity, pool_for, run
 
@@ -128,3 +131,125 @@ def test_logging_out_wipes_the_held_password() -> None:
     assert bytes(held) == b"secret-pw"
     logins.clear()
     assert held == bytearray(len(b"secret-pw")) and not logins.identity.password  # zeroed in place, then dropped
+def run_links(scenario: Callable[[FakeNode, NodePool], Any], certs: dict[str, Path], placement: list[int],
+              links: int = 2) -> None:
+    async def main() -> None:
+        node = FakeNode(certs)
+        node.placement = list(placement)
+        await node.start()
+        pool = pool_for(certs, node.port, links=links)
+        await pool.start()
+        try:
+            await scenario(node, pool)
+        finally:
+            await pool.close()
+            await node.stop()
+
+    asyncio.run(main())
+
+
+def test_links_of_a_node_are_placed_on_different_workers(certs: dict[str, Path]) -> None:
+    async def scenario(node: FakeNode, pool: NodePool) -> None:
+        first, second = pool.links
+        assert (first.key, second.key) == ("node1", "node1#2") and first.name == second.name == "node1"
+        # The second link landed twice on the first one's worker and was opened again each time.
+        assert {first.worker, second.worker} == {7, 8} and node.connections == 4
+        assert first.epoch == second.epoch == 1
+        assert pool.link("node1#2") is second and pool.node_links("node1") == [first, second]
+
+        # A reconnection is placed again, away from the sibling's worker.
+        node.placement = [first.worker, first.worker, second.worker]  # type: ignore[list-item]
+        old = second.worker
+        second.drop("test")
+        assert await second.connect(force=True)
+        assert second.worker == old and second.epoch == 2 and first.worker != old
+
+    run_links(scenario, certs, placement=[7, 7, 7, 8])
+
+
+def test_more_links_than_workers_share_after_a_few_attempts(certs: dict[str, Path]) -> None:
+    async def scenario(node: FakeNode, pool: NodePool) -> None:
+        assert [link.worker for link in pool.links] == [1, 1]
+        assert node.connections == 1 + PLACEMENT_ATTEMPTS  # bounded, then it shares the worker
+        second = pool.links[1]
+        second.drop("test")
+        assert await second.connect(force=True)
+        assert node.connections == 2 + PLACEMENT_ATTEMPTS  # no search again beside the same workers
+        body, _link, _serial = await pool.call("x.read", {}, logins=identity(), idempotent=True)
+        assert body == {"op": "x.read"}
+
+    run_links(scenario, certs, placement=[])
+
+
+def test_each_link_logs_in_on_its_own_and_logout_ends_every_login(certs: dict[str, Path]) -> None:
+    async def scenario(node: FakeNode, pool: NodePool) -> None:
+        first, second = pool.links
+        logins = identity()
+        await pool.call("x.read", {}, logins=logins, link=first, pinned=True)
+        await pool.call("x.read", {}, logins=logins, link=second, pinned=True)
+        assert node.logins == 2
+        assert {key for key, _token in logins.live()} == {"node1", "node1#2"}
+        assert logins.current(first) != logins.current(second)
+        # The node forgot the second link's login only (its worker restarted its sessions).
+        token = logins.current(second)
+        assert token is not None
+        node.tokens.discard(token[0])
+        await pool.call("x.write", {}, logins=logins, link=second, pinned=True)
+        assert node.logins == 3 and logins.current(first) == (await logins.token(first))
+
+    run_links(scenario, certs, placement=[1, 2])
+
+
+def test_least_loaded_counts_a_missing_login_and_ties_stay(certs: dict[str, Path]) -> None:
+    async def scenario(node: FakeNode, pool: NodePool) -> None:
+        first, second = pool.links
+        logins = identity()
+        await pool.call("x.read", {}, logins=logins, link=first, pinned=True)
+        # The application is logged in on the first link only: a link without its login costs
+        # LOGIN_COST requests more, so it stays on the first while that is not busy…
+        assert all([await pool.acquire(logins=logins) is first for _ in range(4)])
+        first.in_flight = LOGIN_COST
+        assert all([await pool.acquire(logins=logins) is first for _ in range(4)])  # a tie stays
+        first.in_flight = LOGIN_COST + 1
+        assert await pool.acquire(logins=logins) is second  # busy enough to log in elsewhere
+        first.in_flight = 0
+        # Without a login to weigh (no application), the least loaded; a tie stays on the first.
+        assert all([await pool.acquire() is first for _ in range(4)])
+        first.in_flight = 1
+        assert await pool.acquire() is second
+
+    run_links(scenario, certs, placement=[1, 2])
+
+
+def test_a_retry_after_a_lost_connection_uses_a_new_connection(certs: dict[str, Path]) -> None:
+    """A node that dies takes all its connections, and the siblings may not have noticed yet:
+    the retry of an idempotent call waits for a new connection rather than trying a sibling's."""
+    async def scenario(node: FakeNode, pool: NodePool) -> None:
+        logins = identity()
+        first, second = pool.links
+        _body, link, serial = await pool.call("p11session.open", {}, logins=logins, link=first, pinned=True)
+        node.drop_on.add("x.read")
+        body, used, _serial = await pool.call("x.read", {}, logins=logins, link=first, idempotent=True)
+        assert body == {"op": "x.read"} and used is first and first.epoch == 2
+        assert second.epoch == 1 and node.calls.count("x.read") == 2
+        with pytest.raises(StateLost):  # state on the lost connection stays lost
+            await pool.call("x.step", {}, logins=logins, link=link, stateful=True, serial=serial)
+
+    run_links(scenario, certs, placement=[1, 2])
+
+
+def test_after_a_forgotten_login_the_retry_stays_on_that_link(certs: dict[str, Path]) -> None:
+    """Every login of the application idled out: the call logs in again where it was refused and
+    is retried there, not on a sibling whose login is just as stale."""
+    async def scenario(node: FakeNode, pool: NodePool) -> None:
+        first, second = pool.links
+        logins = identity()
+        for link in (first, second):
+            await pool.call("x.read", {}, logins=logins, link=link, pinned=True)
+        for _ in range(3):
+            node.forget_logins()
+            body, _link, _serial = await pool.call("x.write", {}, logins=logins)
+            assert body == {"op": "x.write"}
+            assert node.calls[-4:] == ["x.write", "session.info", "session.login", "x.write"]
+
+    run_links(scenario, certs, placement=[1, 2])

@@ -43,6 +43,7 @@ def config(tmp_path: Path) -> AgentConfig:
 def test_config_round_trip(tmp_path: Path) -> None:
     original = config(tmp_path)
     original.slot_id = 7
+    original.links_per_node = 3
     original.timeouts = Timeouts(connect=1.5, request=30, reconnect_wait=2, health_interval=1)
     path = tmp_path / "agent.toml"
     original.write(path)
@@ -58,8 +59,9 @@ def test_config_relative_paths_and_errors(tmp_path: Path) -> None:
     assert loaded.socket == tmp_path / "run" / "a.sock"
     assert loaded.ca == tmp_path / "ca.crt"
     assert loaded.nodes == (NodeAddress("n1", "10.0.0.1", 2223, "a"),)
-    assert loaded.slot_id == 0 and loaded.cluster_name == "strongroom"
-    for bad in ("", "[agent]\nsocket = 1\n", path.read_text().replace("10.0.0.1:2223", "nope"),
+    assert loaded.slot_id == 0 and loaded.cluster_name == "strongroom" and loaded.links_per_node == 2
+    for bad in ("", "[agent]\nsocket = 1\n", path.read_text().replace('"run/a.sock"', '"a.sock"\nlinks_per_node = 0'),
+                path.read_text().replace("10.0.0.1:2223", "nope"),
                 path.read_text() + "[timeouts]\nbogus = 1\n", path.read_text() + "[timeouts]\nconnect = -1\n"):
         path.write_text(bad)
         with pytest.raises(ConfigError):

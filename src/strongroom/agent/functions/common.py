@@ -75,7 +75,7 @@ async def ensure_binding(ctx: Context, session: Session) -> Binding:
     home = await ctx.agent.pool.acquire(app.home)
     body, link, serial = await ctx.agent.pool.call("p11session.open", {}, logins=logins, link=home,
                                                    pinned=True, idempotent=True)
-    generation = (link.name, link.epoch, serial)
+    generation = (link.key, link.epoch, serial)
     if app.node_generation != generation:
         # A new connection or a new login: whatever session objects the old one held are gone.
         app.session_objects.clear()
