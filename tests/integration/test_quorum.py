@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from strongroom.client import ClientError
-from strongroom.client.calls import AsyncClient
+from strongroom.client.calls import AsyncClient, pairs
 from strongroom.constants import CKA, CKK, CKM, CKO
 from strongroom.errors import CKR
 from strongroom.pki import approvals
@@ -221,6 +221,54 @@ def test_unshare_never_leaves_a_key_impossible_to_approve(key_team: tuple[LocalC
     alice.client.share(handle, "bob")
     error = refused(alice.client.unshare, handle, "bob")
     assert error.code == CKR.ACTION_PROHIBITED and "impossible to approve" in error.message
+
+
+def test_key_management_covers_wrap_unwrap_and_set_attribute(key_team: tuple[LocalCluster, list[Approver]]) -> None:
+    """The rest of the key-management service: wrapping a key whose manage value is 2 (CKR_KEY_NOT_WRAPPABLE
+    without approvals), unwrapping with such a key, changing its attributes: refused with one approval, done with
+    two, each token bound to its arguments."""
+    _cluster, (alice, bob, _carol) = key_team
+    client = alice.client
+    kek = int(client.generate_key(CKM.AES_KEY_GEN, {CKA.TOKEN: True, CKA.LABEL: b"q-kek", CKA.VALUE_LEN: 32,
+                                                     CKA.WRAP: True, CKA.UNWRAP: True, MANAGE: 2}))
+    guarded = aes_key(client, "q-guarded", manage=2)
+    for handle in (kek, guarded):
+        client.share(handle, "bob")  # bob is named an approver (the key has fewer users than its value)
+    plain_kek = int(client.generate_key(CKM.AES_KEY_GEN, {CKA.TOKEN: True, CKA.VALUE_LEN: 32, CKA.WRAP: True}))
+
+    # Wrap the guarded key (its manage value counts, not the wrapping key's).
+    assert refused(client.wrap_key, CKM.AES_KEY_WRAP, plain_kek, guarded).code == CKR.KEY_NOT_WRAPPABLE
+    token = token_file(client.quorum_generate("key-management", "key.wrap", {
+        "mechanism": int(CKM.AES_KEY_WRAP), "wrapping_key": plain_kek}, key=guarded))
+    bob.approve(client, token)
+    assert "quorum not met" in refused(client.wrap_key, CKM.AES_KEY_WRAP, plain_kek, guarded).message
+    alice.approve(client, token)
+    wrapped = client.wrap_key(CKM.AES_KEY_WRAP, plain_kek, guarded)
+    assert len(wrapped) == 40
+
+    # Unwrap with the guarded KEK: the token binds the wrapped bytes and the template.
+    blob = client.wrap_key(CKM.AES_KEY_WRAP, kek, aes_key(client, "q-payload"))  # wrapping with kek is not guarded
+    template = {CKA.CLASS: CKO.SECRET_KEY, CKA.KEY_TYPE: CKK.AES, CKA.TOKEN: True, CKA.LABEL: b"q-unwrapped"}
+    assert refused(client.unwrap_key, CKM.AES_KEY_WRAP, kek, blob, template).code == CKR.ACTION_PROHIBITED
+    token = token_file(client.quorum_generate("key-management", "key.unwrap", {
+        "mechanism": int(CKM.AES_KEY_WRAP), "wrapped": blob, "template": pairs(template)}, key=kek))
+    bob.approve(client, token)
+    alice.approve(client, token)
+    other = {**template, CKA.LABEL: b"q-other-label"}
+    assert "not this request" in refused(client.approved, token.approval_data, AsyncClient.unwrap_key,
+                                         CKM.AES_KEY_WRAP, kek, blob, other).message
+    unwrapped = client.approved(token.approval_data, AsyncClient.unwrap_key, CKM.AES_KEY_WRAP, kek, blob, template)
+    assert client.get_attribute(unwrapped, CKA.LABEL) == b"q-unwrapped"
+
+    # Set an attribute of the guarded key.
+    assert refused(client.set_attributes, guarded, {CKA.LABEL: b"renamed"}).code == CKR.ACTION_PROHIBITED
+    token = token_file(client.quorum_generate("key-management", "object.set_attributes", {
+        "template": pairs({CKA.LABEL: b"renamed"})}, key=guarded))
+    alice.approve(client, token)
+    assert "quorum not met" in refused(client.set_attributes, guarded, {CKA.LABEL: b"renamed"}).message
+    bob.approve(client, token)
+    client.set_attributes(guarded, {CKA.LABEL: b"renamed"})
+    assert client.get_attribute(guarded, CKA.LABEL) == b"renamed"
 
 
 def test_key_usage_is_a_window_of_approved_uses(key_team: tuple[LocalCluster, list[Approver]]) -> None:
