@@ -281,3 +281,19 @@ def test_ml_kem_keys_wrap_and_unwrap_and_decapsulate_alike(hsm: LocalCluster) ->
     assert alice.get_attribute(imported, CKA.ENCAPSULATE) is True
     ciphertext, sent = alice.encapsulate_key(CKM.ML_KEM, imported, template)
     assert alice.get_attribute(sent, CKA.VALUE) == outside.decapsulate(ciphertext)
+
+
+def test_kem_keys_through_the_agent(hsm: LocalCluster) -> None:
+    """An SDK/CLI client on an application host reaches the node through the agent's socket: C_EncapsulateKey's
+    and C_DecapsulateKey's node operations are on its allow-list like the other key-management calls."""
+    client = Client.from_agent(hsm.summary["agent_socket"], timeout=30)
+    try:
+        client.login("p3alice", PASSWORD)
+        public, private = client.generate_key_pair(CKM.ML_KEM_KEY_PAIR_GEN, {CKA.TOKEN: True, CKA.PARAMETER_SET: 2},
+                                                   {CKA.TOKEN: True})
+        template = {CKA.CLASS: CKO.SECRET_KEY, CKA.KEY_TYPE: CKK.GENERIC_SECRET, **OPEN}
+        ciphertext, sent = client.encapsulate_key(CKM.ML_KEM, public, template)
+        received = client.decapsulate_key(CKM.ML_KEM, private, ciphertext, template)
+        assert client.get_attribute(sent, CKA.VALUE) == client.get_attribute(received, CKA.VALUE)
+    finally:
+        client.close()

@@ -42,7 +42,7 @@ ALLOWED = frozenset({
     "p11session.open", "p11session.close",
     "object.create", "object.find", "object.list", "object.get_attributes", "object.set_attributes",
     "object.destroy", "object.copy", "object.share", "object.unshare",
-    "key.generate", "key.generate_pair", "key.wrap", "key.unwrap", "key.derive",
+    "key.generate", "key.generate_pair", "key.wrap", "key.unwrap", "key.derive", "key.encapsulate", "key.decapsulate",
     "crypto.encrypt", "crypto.decrypt", "crypto.sign", "crypto.verify", "crypto.digest", "crypto.cancel",
     "crypto.encrypt_init", "crypto.encrypt_single", "crypto.encrypt_update", "crypto.encrypt_final",
     "crypto.decrypt_init", "crypto.decrypt_single", "crypto.decrypt_update", "crypto.decrypt_final",
