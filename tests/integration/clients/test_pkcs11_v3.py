@@ -248,3 +248,17 @@ def test_hkdf_derive_through_the_module_matches_pyca(target: Pkcs11Target) -> No
     prk.update(base)
     assert bytes.fromhex(out["prk"]) == prk.finalize()  # extract only, no salt: HashLen zero bytes (RFC 5869)
     assert out["short"] == 0x71  # CKR_MECHANISM_PARAM_INVALID, from the module: not a CK_HKDF_PARAMS
+
+
+def test_pkcs11_tool_takes_the_default_3_2_interface(target: Pkcs11Target) -> None:
+    """OpenSC's pkcs11-tool asks C_GetInterface for the default interface: it gets 3.2 (C_GetInfo through that
+    list says so) and works through it (its own suite, test_pkcs11_tool.py, then runs on the 3.2 list)."""
+    pin = target.crypto_user("pq_tool", "password1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
+    env.update(STRONGROOM_AGENT_SOCKET=target.socket)
+    base = ["pkcs11-tool", "--module", str(target.module)]
+    info = subprocess.run([*base, "-I"], capture_output=True, text=True, env=env, timeout=60)
+    assert info.returncode == 0 and "Cryptoki version 3.2" in info.stdout, info.stdout + info.stderr
+    keys = subprocess.run([*base, "-l", "-p", pin, "--keygen", "--key-type", "AES:32", "--label", "tool-aes"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert keys.returncode == 0 and "tool-aes" in keys.stdout, keys.stdout + keys.stderr
