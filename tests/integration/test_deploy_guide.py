@@ -148,7 +148,10 @@ def test_deploy_guide_word_for_word(tmp_path: Path) -> None:
                 timings[f"line {block.line} on {name}"] = time.monotonic() - t0
 
         # --- what the units promise, on the running processes ----------------------------------
-        for host_name, unit in [(h, "strongroom-node.service") for h in ("hsm-a", "hsm-b", "hsm-c")] + [
+        # The guide ends with hsm-c taken out: its services are stopped, the others run on.
+        stopped = hosts["hsm-c"].run("systemctl is-active strongroom-node etcd || true", what="(test) hsm-c stopped")
+        assert stopped.split() == ["inactive", "inactive"], stopped
+        for host_name, unit in [(h, "strongroom-node.service") for h in ("hsm-a", "hsm-b")] + [
                 ("app-1", "strongroom-agent.service"), ("app-1", "strongroom-kms.service")]:
             facts = _process_facts(hosts[host_name], unit)
             where = f"{unit} on {host_name}: {facts}"
