@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from strongroom.errors import CKR, HsmError
 from strongroom.pki.certs import PkiError
+from strongroom.transport.batch import WriteBatch
 from strongroom.transport.protocol import (
     DEFAULT_MAX_FRAME,
     FrameDecoder,
@@ -78,6 +79,8 @@ class AsyncConnection:
         self.closed: str | None = None
         self.unattributed: list[Reply] = []
         self._drain_lock = asyncio.Lock()
+        #: Requests of one loop turn leave together (the agent's threads' calls to one node: transport/batch.py).
+        self._batch = WriteBatch(writer.transport, asyncio.get_running_loop())
         self._read_task = asyncio.create_task(self._read_loop())
 
     @classmethod
@@ -118,17 +121,18 @@ class AsyncConnection:
         request_id = next(self._ids)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        self._writer.write(encode_request(request_id, op, session, args, self.clock.revision))
+        self._batch.write(encode_request(request_id, op, session, args, self.clock.revision))
         return future
 
     def send_raw(self, data: bytes) -> None:
-        self._writer.write(data)
+        self._batch.write(data)
 
     async def drained(self) -> None:
         """Wait while more than :data:`WRITE_HIGH_WATER` bytes of requests wait to be sent: a peer that stops
         reading (a node at its in-flight limit) then slows the senders instead of growing the buffer."""
-        if self._writer.transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
+        if self._batch.buffered <= WRITE_HIGH_WATER:
             return
+        self._batch.flush()
         async with self._drain_lock:
             try:
                 await self._writer.drain()
@@ -197,6 +201,7 @@ class AsyncConnection:
             await self._read_task
         except asyncio.CancelledError:
             pass
+        self._batch.flush()
         self._writer.close()
         try:
             await self._writer.wait_closed()

@@ -35,6 +35,7 @@ from cryptography import x509
 
 from strongroom.errors import CKR
 from strongroom.store.base import trace_writes
+from strongroom.transport.batch import WriteBatch
 from strongroom.transport.protocol import (
     FrameDecoder,
     FrameTooLarge,
@@ -278,6 +279,7 @@ class _Connection:
         self.identity = peer
         self.peer = peer.name if isinstance(peer, ConnectionPeer) else peer
         self._writer = writer
+        self._batch = WriteBatch(writer.transport, asyncio.get_running_loop())
         self._in_flight = asyncio.Semaphore(listener._max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._drain_lock = asyncio.Lock()
@@ -331,8 +333,9 @@ class _Connection:
             payload = encode_reply(request_id, CKR.GENERAL_ERROR, "internal error: reply not encodable")
         if self._writer.is_closing():
             return
-        self._writer.write(payload)
-        if self._writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+        self._batch.write(payload)  # replies of one loop turn leave in one TLS record (transport/batch.py)
+        if self._batch.buffered > WRITE_HIGH_WATER:
+            self._batch.flush()
             async with self._drain_lock:
                 try:
                     await self._writer.drain()
@@ -343,6 +346,7 @@ class _Connection:
         # Requests still running complete (their effects are committed) but nobody hears the reply.
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._batch.flush()
         self._writer.close()
         try:
             await self._writer.wait_closed()
