@@ -22,6 +22,7 @@ from strongroom.hardening import harden_process
 from strongroom.metrics import agent as agent_metrics
 from strongroom.pki import PkiError
 from strongroom.pki.reload import reload_on_sighup
+from strongroom.transport import loop as event_loop
 
 log = logging.getLogger("strongroom.agent")
 
@@ -81,4 +82,4 @@ def run(config_path: Path) -> int:
     )
     # The agent holds its applications' PINs (for transparent re-login): no core dumps, no ptrace.
     log.info("hardening: %s", harden_process())
-    return asyncio.run(serve(config))
+    return event_loop.run(serve(config))

@@ -34,6 +34,7 @@ from strongroom.services import quorum, telemetry
 from strongroom.services.config import NodeConfig
 from strongroom.services.health import SelfTestReport
 from strongroom.services.registry import HEARTBEAT_SECONDS
+from strongroom.transport import loop as event_loop
 from strongroom.transport.server import NodeListener
 from strongroom.transport.tls import server_context
 
@@ -136,7 +137,7 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: SelfTestRepor
 def _run_worker(config: NodeConfig, sock: socket.socket, report: SelfTestReport, boot: int,
                 error: str | None, channel: socket.socket, initial: tuple[str, bytearray] | None,
                 index: int = 0) -> None:
-    asyncio.run(_worker(config, sock, report, boot, error, channel, initial, index))
+    event_loop.run(_worker(config, sock, report, boot, error, channel, initial, index))
 
 
 def _prepare_for_many_connections() -> str:
