@@ -14,13 +14,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Largest request frame (header excluded). */
-#define MP_MAX_FRAME (4u << 20)
+/* Largest request frame (header excluded): a single part of MP_MAX_BYTES and the rest of the request. */
+#define MP_MAX_FRAME (9u << 20)
 /* Largest reply frame: a multi-part AES-GCM decryption hands over all its plaintext in its final
  * (the node holds up to 16 MiB until the tag verifies; a node's reply to the agent is at most 8 MiB). */
 #define MP_MAX_REPLY (12u << 20)
-/* Largest single byte string the module sends (single-part data; updates of any size go in parts). */
-#define MP_MAX_BYTES (3u << 20)
+/* Largest single byte string the module sends (single-part data; updates of any size go in parts).
+ * 8 MiB: a node's reply to the agent is at most 8 MiB, so an AES-GCM decryption in one part can hand
+ * back no more; test suites encrypt 4 MiB in one C_Encrypt (python-pkcs11's). */
+#define MP_MAX_BYTES (8u << 20)
 /* The largest part of an update the module sends at once (what a node takes in one request). */
 #define MP_PART (1u << 20)
 /* Deepest nesting accepted in a reply (replies need 5 at most). */

@@ -15,8 +15,8 @@
  *              C_Initialize, C_Initialize arguments, unsupported functions
  *   templates  nested (array) attributes: CKA_WRAP_TEMPLATE, CKA_ALLOWED_MECHANISMS
  *   endop      every failed call ends its operation, wherever the failure is found (module, agent), but
- *              CKR_BUFFER_TOO_SMALL and a size query; ten threads, one with a 4 MiB single part
- *   bigdata    9 MiB in one update (digest, encrypt, decrypt); a 2.5 MiB single part
+ *              CKR_BUFFER_TOO_SMALL and a size query; ten threads, one with a 9 MiB single part
+ *   bigdata    9 MiB in one update (digest, encrypt, decrypt); a 7.5 MiB single part
  *   restart    prints RESTART-AGENT and waits for a line on stdin (the test restarts the agent):
  *              the same sessions, login and key work afterwards without C_Initialize
  *   conffile   the agent found through the configuration file alone (STRONGROOM_PKCS11_CONF)
@@ -750,7 +750,7 @@ static void scenario_badargs(void)
     EXPECT(F->C_WrapKey(s, &keygen, key, key, buf, NULL), CKR_ARGUMENTS_BAD);
     EXPECT(F->C_UnwrapKey(s, &keygen, key, buf, 16, kt, 1, NULL), CKR_ARGUMENTS_BAD);
     EXPECT(F->C_GenerateKeyPair(s, &keygen, kt, 1, kt, 1, &key, NULL), CKR_ARGUMENTS_BAD);
-    size_t big_len = (3u << 20) + 1; /* above the largest single part the module sends */
+    size_t big_len = (8u << 20) + 1; /* above the largest single part the module sends */
     unsigned char *big = calloc(1, big_len);
     CK_ULONG out_len = 16;
     EXPECT(F->C_Encrypt(s, big, (CK_ULONG)big_len, buf, &out_len), CKR_DATA_LEN_RANGE);
@@ -1008,7 +1008,7 @@ static void *encrypt_thread(void *arg)
 {
     struct bigone *b = arg;
     CK_SESSION_HANDLE s;
-    size_t n = b->big ? (4u << 20) : 1000;
+    size_t n = b->big ? (9u << 20) : 1000;
     unsigned char *in = calloc(1, n), *out = calloc(1, n + 32);
     CK_ULONG len = (CK_ULONG)n + 32;
     if ((b->rv = open_session(b->slot, &s)) == CKR_OK && (b->rv = cbc_init(s, b->key, 0)) == CKR_OK) {
@@ -1058,7 +1058,7 @@ static void scenario_endop(void)
     EXPECT(F->C_DigestUpdate(s, NULL, 4), CKR_ARGUMENTS_BAD);
     EXPECT(digest_init(s), CKR_OK);
     /* refused by the module: a single part larger than it sends */
-    size_t big_len = (3u << 20) + 1;
+    size_t big_len = (8u << 20) + 1;
     unsigned char *big = calloc(1, big_len), *bigout = calloc(1, big_len + 32);
     len = (CK_ULONG)big_len + 32;
     EXPECT(F->C_Digest(s, big, (CK_ULONG)big_len, bigout, &len), CKR_DATA_LEN_RANGE);
@@ -1080,9 +1080,9 @@ static void scenario_endop(void)
     len = sizeof out;
     EXPECT(F->C_Digest(s, buf, 16, out, &len), CKR_OK);
 
-    /* ten threads encrypting on their own sessions, one with 4 MiB in one part: only that one fails */
+    /* ten threads encrypting on their own sessions, one with 9 MiB in one part: only that one fails */
     len = sizeof out;
-    EXPECT(F->C_EncryptFinal(s, out, &len), CKR_OK); /* the encryption begun after the 3 MiB refusal */
+    EXPECT(F->C_EncryptFinal(s, out, &len), CKR_OK); /* the encryption begun after the 8 MiB refusal */
     pthread_t t[10];
     struct bigone b[10];
     for (int i = 0; i < 10; i++) {
@@ -1095,7 +1095,7 @@ static void scenario_endop(void)
         if (i != 3 && b[i].rv == CKR_OK)
             others++;
     }
-    CHECK(b[3].rv == CKR_DATA_LEN_RANGE, "the 4 MiB single part: %s", rvname(b[3].rv));
+    CHECK(b[3].rv == CKR_DATA_LEN_RANGE, "the 9 MiB single part: %s", rvname(b[3].rv));
     CHECK(others == 9, "the nine others encrypted and began again: %d", others);
     free(big);
     free(bigout);
@@ -1104,7 +1104,7 @@ static void scenario_endop(void)
     EXPECT(F->C_Finalize(NULL), CKR_OK);
 }
 
-/* ---- bigdata: multi-part data of any size; single parts up to 3 MiB ---------------------------------- */
+/* ---- bigdata: multi-part data of any size; single parts up to 8 MiB ---------------------------------- */
 
 static void scenario_bigdata(void)
 {
@@ -1151,14 +1151,14 @@ static void scenario_bigdata(void)
     EXPECT(F->C_DecryptFinal(s, back + blen, &btail), CKR_OK);
     CHECK(blen + btail == n && memcmp(back, plain, n) == 0, "9 MiB round trip in one update each way");
 
-    /* a single part of 2.5 MiB (the agent runs it on the node in parts) */
-    size_t m = (5u << 19);
+    /* a single part of 7.5 MiB, near the largest (the agent runs it on the node in parts) */
+    size_t m = (15u << 19);
     CK_ULONG sl = (CK_ULONG)m + 64, sb = (CK_ULONG)m + 64;
     REQUIRE_OK(cbc_init(s, key, 0));
     EXPECT(F->C_Encrypt(s, plain, (CK_ULONG)m, ct, &sl), CKR_OK);
     REQUIRE_OK(cbc_init(s, key, 1));
     EXPECT(F->C_Decrypt(s, ct, sl, back, &sb), CKR_OK);
-    CHECK(sb == m && memcmp(back, plain, m) == 0, "2.5 MiB single-part round trip");
+    CHECK(sb == m && memcmp(back, plain, m) == 0, "7.5 MiB single-part round trip");
     free(plain);
     free(ct);
     free(back);

@@ -618,7 +618,7 @@ def test_protocol_errors_do_not_hurt_the_agent(shared_agent: AgentProcess) -> No
     assert raw.call("C_CloseSession", 77777) == (CKR.SESSION_HANDLE_INVALID, [])
     import msgpack
 
-    big = msgpack.packb([1, 42, "C_Sign", [1, b"x" * (5 << 20), -1]], use_bin_type=True)
+    big = msgpack.packb([1, 42, "C_Sign", [1, b"x" * (10 << 20), -1]], use_bin_type=True)  # above 9 MiB
     raw.send_raw(HEADER.pack(len(big)) + big)
     assert raw.read_reply() == (42, CKR.DATA_LEN_RANGE, [])  # answered, then closed
     with pytest.raises(ConnectionError):

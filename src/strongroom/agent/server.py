@@ -9,7 +9,7 @@ Framing is the node protocol's (4-byte big-endian length + msgpack, reusing
 A connection whose first message is the node protocol's 5-element request is an SDK or CLI
 client: its requests are relayed to a node (:mod:`strongroom.agent.passthrough`).
 
-A frame above 4 MiB is answered with CKR_DATA_LEN_RANGE and the connection closed; a
+A frame above 9 MiB is answered with CKR_DATA_LEN_RANGE and the connection closed; a
 message that cannot be decoded closes the connection; a well-formed message with bad
 fields is answered with CKR_ARGUMENTS_BAD. The socket is created with mode 0660: the
 agent's user and group may use it. A connection that joins an application (its
@@ -41,7 +41,7 @@ from strongroom.transport.protocol import FrameDecoder, FrameTooLarge, Oversized
 log = logging.getLogger("strongroom.agent")
 
 PROTOCOL_VERSION = 1
-MAX_FRAME = 4 << 20
+MAX_FRAME = 9 << 20  # a single part of 8 MiB (functions.registry.MAX_BYTES) and the rest
 #: Frames above MAX_FRAME but below this are read past to learn their request id before closing.
 SKIP_LIMIT = 16 << 20
 MAX_REQUEST_ID = (1 << 32) - 1

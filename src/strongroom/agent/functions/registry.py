@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("strongroom.agent")
 
 MAX_ULONG = (1 << 64) - 1
-MAX_BYTES = 4 << 20
+MAX_BYTES = 8 << 20  # a single part (the module sends no more: pkcs11/src/mp.h MP_MAX_BYTES)
 MAX_RESUMED_SESSIONS = 1024
 #: Functions whose failure the module explains on the application's stderr: the reply to a refusal
 #: carries the reason as its one output (a str, at most this long).
