@@ -75,10 +75,16 @@ def test_added_node_receives_the_key_and_serves(cluster: LocalCluster) -> None:
     # the cluster key's bytes appear nowhere in the store's files.
     after = store_records(cluster)
     # (and the admin who enrolled node2 logged in: their user record notes it)
-    moving = {"cluster/epoch", "audit/heads/node1", "audit/heads/node2", "users/admin"}
-    assert {k: v for k, v in after.items() if k in before and k not in moving} == {
-        k: v for k, v in before.items() if k not in moving}
-    assert set(after) - set(before) <= {"nodes/node2", "enrolled/node2"} | moving
+    # (node1's registry record is rewritten by its heartbeat every 10 s, and audit intents come and go as
+    # requests settle: on a loaded machine the join spans both)
+    moving = {"cluster/epoch", "audit/heads/node1", "audit/heads/node2", "users/admin", "nodes/node1"}
+
+    def kept(key: str) -> bool:
+        return key not in moving and not key.startswith("audit/intents/")
+
+    assert {k: v for k, v in after.items() if k in before and kept(k)} == {
+        k: v for k, v in before.items() if kept(k)}
+    assert {k for k in set(after) - set(before) if kept(k)} <= {"nodes/node2", "enrolled/node2"}
     assert "enrolled/node2" in after
     node1_dir, node2_dir = cluster.dir / "nodes" / "node1", cluster.dir / "nodes" / "node2"
     identity1, key1 = unseal_cluster_key(node1_dir)
