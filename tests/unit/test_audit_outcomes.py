@@ -37,7 +37,8 @@ class FaultyStore(Store):
 
     def __init__(self, inner: SqliteStore) -> None:
         self.inner = inner
-        #: Each armed fault: "refuse" (nothing written) or "lost" (written, then the answer is lost).
+        #: Each armed fault: "refuse" (nothing written), "lost" (written, then the answer is lost) or "timeout"
+        #: (not written, the answer lost).
         self.faults: list[str] = []
 
     async def get(self, key: str) -> Record | None:
@@ -48,6 +49,8 @@ class FaultyStore(Store):
             fault = self.faults.pop(0)
             if fault == "refuse":
                 raise UnavailableError("test: the store refused the write; nothing was written")
+            if fault == "timeout":
+                raise OutcomeUnknownError("test: the write timed out (and was not applied)")
             await self.inner.commit(operations)
             raise OutcomeUnknownError("test: the write timed out; it may or may not have been applied")
         return await self.inner.commit(operations)
@@ -157,8 +160,10 @@ def test_a_refused_commit_is_not_audited_as_ok(tmp_path: Path) -> None:
 
 def test_a_commit_whose_answer_was_lost_is_audited_as_what_happened(tmp_path: Path) -> None:
     async def scenario(node: Node) -> None:
-        node.store.faults.append("lost")
+        # Lost, and every try sent again lost too (the worker resends a lost commit for a few seconds).
+        node.store.faults += ["lost"] + ["timeout"] * 100
         code, _ = await node.generate(b"lost")
+        node.store.faults.clear()
         assert code == CKR.DEVICE_ERROR  # the caller was told it failed...
         stored = await node.objects()
         assert len(stored) == 1  # ...but the key exists: the log must say ok, and name it

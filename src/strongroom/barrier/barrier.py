@@ -168,8 +168,7 @@ class Barrier:
         expect = 0 if write.previous is None else write.previous.revision
         return Put(write.key, self.seal(write.key, version, plaintext), expect)
 
-    async def commit(self, changes: Sequence[Change]) -> int:
-        """Apply every change atomically, each conditional on what was read (optimistic locking)."""
+    def _operations(self, changes: Sequence[Change]) -> list[Put | Delete | Check]:
         operations: list[Put | Delete | Check] = []
         for change in changes:
             if isinstance(change, Write):
@@ -179,4 +178,38 @@ class Barrier:
             else:
                 expect = 0 if change.previous is None else change.previous.revision
                 operations.append(Check(change.key, expect))
-        return await self._store.commit(operations)
+        return operations
+
+    @staticmethod
+    def _fill_written(changes: Sequence[Change], operations: Sequence[Put | Delete | Check], revision: int,
+                      written: dict[str, Entry] | None) -> None:
+        """What a read of each key ``changes`` wrote would return now (the commit made ``revision``): no read needed.
+
+        A write is then known by its store metadata (version, revisions) the same as if it had been read back,
+        so the next conditional write on it compares the right revision."""
+        if written is None:
+            return
+        for change, operation in zip(changes, operations, strict=True):
+            if not isinstance(change, Write) or not isinstance(operation, Put):
+                continue
+            previous = change.previous
+            record = Record(
+                key=change.key,
+                value=operation.value,
+                version=1 if previous is None else previous.record.version + 1,
+                create_revision=revision if previous is None else previous.record.create_revision,
+                mod_revision=revision,
+            )
+            # The value as a read would decode it (msgpack turns tuples into lists, for one).
+            value = msgpack.unpackb(msgpack.packb(change.value, use_bin_type=True), raw=False)
+            written[change.key] = Entry(change.key, value, record)
+
+    async def commit(self, changes: Sequence[Change], written: dict[str, Entry] | None = None) -> int:
+        """Apply every change atomically, each conditional on what was read (optimistic locking).
+
+        With ``written``, the entry each :class:`Write` now has is put there by key (as :meth:`get` would
+        return it), so a caller keeps what it wrote without reading it back."""
+        operations = self._operations(changes)
+        revision = await self._store.commit(operations)
+        self._fill_written(changes, operations, revision, written)
+        return revision

@@ -271,37 +271,51 @@ class ObjectRepository:
 
     # --- writing -----------------------------------------------------------------------------
     async def add(self, objects: list[StoredObject], witness: Witness) -> list[StoredObject]:
-        """Store new objects (a key pair together, atomically). Handles are assigned here."""
+        """Store new objects (a key pair together, atomically). Handles are assigned here.
+
+        One store write and no read: the object limit is checked against the watch-fed cache (a
+        quota against runaway creation, not an exact count: creations through other nodes in flight
+        land anyway), and the new records' entries come from the commit itself.
+        """
         tokens = [o for o in objects if o.token]
         if tokens:
-            await self.sync()
+            if not self._following:
+                await self.sync()  # the cache does not follow the store: count what it holds now
             if len(self.tokens) + len(tokens) > self.max_objects:
                 raise ObjectLimit(f"the cluster already holds the maximum of {self.max_objects} objects")
         for obj in objects:
             if obj.token:
-                obj.handle = secrets.randbelow(TOKEN_HANDLE_LIMIT - 1) + 1
+                obj.handle = self._new_token_handle()
             else:
                 obj.handle = SESSION_HANDLE_BASE + secrets.randbelow(SESSION_HANDLE_BASE - 1) + 1
                 while obj.handle in self.sessions.by_handle:
                     obj.handle = SESSION_HANDLE_BASE + secrets.randbelow(SESSION_HANDLE_BASE - 1) + 1
         await witness()
         if tokens:
+            written: dict[str, Entry] = {}
             for _ in range(5):
                 try:
-                    await self._barrier.commit([Write(key_of(o.handle), o.to_record()) for o in tokens])
+                    await self._barrier.commit([Write(key_of(o.handle), o.to_record()) for o in tokens], written)
                     break
                 except ConflictError:  # a random handle collided: draw again
                     for obj in tokens:
-                        obj.handle = secrets.randbelow(TOKEN_HANDLE_LIMIT - 1) + 1
+                        obj.handle = self._new_token_handle()
             else:
                 raise HsmError("could not allocate object handles", CKR.FUNCTION_FAILED)
             for obj in tokens:
-                obj.entry = await self._barrier.get(key_of(obj.handle))
+                obj.entry = written[key_of(obj.handle)]
                 self.tokens.put(obj)
         for obj in objects:
             if not obj.token:
                 self.sessions.put(obj)
         return objects
+
+    def _new_token_handle(self) -> int:
+        """A random token handle no object in the cache has (the commit's must-not-exist compare decides)."""
+        handle = secrets.randbelow(TOKEN_HANDLE_LIMIT - 1) + 1
+        while handle in self.tokens.by_handle:
+            handle = secrets.randbelow(TOKEN_HANDLE_LIMIT - 1) + 1
+        return handle
 
     async def replace(self, obj: StoredObject, updated: StoredObject, witness: Witness) -> StoredObject:
         """Write ``updated`` over ``obj`` if nobody changed ``obj`` since it was read."""
@@ -312,12 +326,13 @@ class ObjectRepository:
         previous = obj.entry
         if previous is None:
             raise ObjectHandleInvalid(f"object {obj.handle} has no stored record")
+        written: dict[str, Entry] = {}
         try:
-            await self._barrier.commit([Write(key_of(obj.handle), updated.to_record(), previous)])
+            await self._barrier.commit([Write(key_of(obj.handle), updated.to_record(), previous)], written)
         except ConflictError:
             raise HsmError("the object was changed concurrently; read it again and retry",
                            CKR.FUNCTION_FAILED) from None
-        updated.entry = await self._barrier.get(key_of(obj.handle))
+        updated.entry = written[key_of(obj.handle)]
         self.tokens.put(updated)
         return updated
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import json
 import logging
 import os
@@ -32,13 +33,14 @@ from typing import Any
 from strongroom.audit import AuditLog, AuditWriteError
 from strongroom.audit.log import INTENT
 from strongroom.audit.outcomes import marker_key, scan_open
-from strongroom.barrier import Barrier, Change, Remove, Unchanged, Write
+from strongroom.barrier import Barrier, Change, Remove, Write
+from strongroom.barrier.barrier import Entry
 from strongroom.errors import DeviceError, HsmError
 from strongroom.store.base import (
-    Check,
     ConflictError,
     Delete,
-    Put,
+    Operation,
+    OutcomeUnknownError,
     StoreError,
     UnavailableError,
     note_write,
@@ -50,11 +52,19 @@ log = logging.getLogger(__name__)
 #: The marker's states: the commit landed with it, or a fence was written first (it never will).
 DONE = "done"
 FENCED = "fenced"
+#: How long a witnessed commit whose answer was lost is sent again (an etcd election after its leader died).
+RETRY_LOST_SECONDS = 3.0
+RETRY_LOST_PAUSE = 0.2
 #: How often the background task retries what is pending and looks for a dead worker's intents.
 RETRY_SECONDS = 2.0
 ORPHAN_SCAN_SECONDS = 10.0
 #: Markers removed per store commit once their outcome is on disk.
 MARKER_BATCH = 64
+#: Markers with their outcome on disk that a witnessed commit removes along with its own change (at most).
+PIGGYBACK_MARKERS = 16
+#: How long a "done" marker may wait for a witnessed commit to take it before the background task removes it
+#: (in batches): under load the next key's commit removes it, idle the background does, in one write.
+DONE_MARKER_WAIT = 2.0
 #: A fence stays this long: a request that took it for absent could still be on its way (a TCP
 #: retransmission across a healed partition) and must find it there. A "done" marker may go at once.
 FENCE_KEEP_SECONDS = 3600.0
@@ -78,6 +88,8 @@ class Intent:
     uncertain: bool = False
     #: What the marker's commit changed: created / updated / removed store keys.
     changes: dict[str, list[str]] = field(default_factory=dict)
+    #: The auditor that announced it (its commit removes that auditor's settled markers too).
+    auditor: Auditor | None = field(default=None, repr=False)
 
     @property
     def marker(self) -> str:
@@ -106,35 +118,70 @@ def _summary(changes: Sequence[Change]) -> dict[str, list[str]]:
 
 
 class WitnessedBarrier(Barrier):
-    """The barrier whose commits carry the marker of the intent the committing task announced."""
+    """The barrier whose commits carry the marker of the intent the committing task announced.
 
-    async def commit(self, changes: Sequence[Change]) -> int:
+    Such a commit also removes markers whose outcome is already on disk (:meth:`Auditor.removable_markers`): a
+    created key then costs the store one write, not one for the key and one more for its marker's removal.
+    """
+
+    async def commit(self, changes: Sequence[Change], written: dict[str, Entry] | None = None) -> int:
         intent = pending_intent()
         if intent is None:
-            return await super().commit(changes)
-        # The same operations Barrier.commit makes, plus the marker (must not exist yet).
-        operations: list[Put | Delete | Check] = []
-        for change in changes:
-            if isinstance(change, Write):
-                operations.append(self._encrypted(change))
-            elif isinstance(change, Remove):
-                operations.append(Delete(change.key, change.previous.revision))
-            elif isinstance(change, Unchanged):
-                operations.append(Check(change.key, 0 if change.previous is None else change.previous.revision))
+            return await super().commit(changes, written)
+        operations = self._operations(changes)
         validate_commit(operations)
         summary = _summary(changes)
         marker = self._encrypted(Write(intent.marker, {"state": DONE, "event": intent.event, "time": time.time(),
                                                        **summary}))
+        auditor = intent.auditor
+        # Unconditional deletes of other keys: they cannot make the commit fail, and one done twice is a no-op.
+        old_markers = [] if auditor is None else auditor.removable_markers(PIGGYBACK_MARKERS)
         try:
-            # One past the operation limit at most: etcd's own limit (128) leaves room for the marker.
-            revision = note_write(await self.store._apply([*operations, marker]))
+            # The marker and the removals stay within etcd's own limit (128) above MAX_COMMIT_OPERATIONS.
+            revision = note_write(await self._apply_witnessed([*operations, marker, *(Delete(k) for k in old_markers)],
+                                                              intent.marker))
         except (ConflictError, UnavailableError):
             raise  # nothing was written
         except BaseException:
             intent.uncertain = True
             raise
         intent.committed, intent.uncertain, intent.changes = True, False, summary
+        if auditor is not None:
+            auditor.markers_removed(old_markers)
+        self._fill_written(changes, operations, revision, written)
         return revision
+
+    async def _apply_witnessed(self, operations: list[Operation], marker: str) -> int:
+        """Apply ``operations`` (which create ``marker``); a try whose answer was lost is sent again.
+
+        Every try carries the marker with a must-not-exist compare, so at most one of them lands: sending the
+        same operations again after a timeout (etcd's leader died a moment ago and the election is not over)
+        cannot apply the change twice. A try refused after one whose answer was lost is settled by the
+        marker: there, the lost try landed; absent, it may still land (an older proposal in flight), so the
+        outcome stays unknown (the auditor fences it).
+        """
+        deadline: float | None = None
+        while True:
+            try:
+                return await self.store._apply(operations)
+            except OutcomeUnknownError:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + RETRY_LOST_SECONDS
+                elif now >= deadline:
+                    raise
+                log.info("a witnessed commit's answer was lost; sending it again (at most one lands)")
+                await asyncio.sleep(RETRY_LOST_PAUSE)
+            except (ConflictError, UnavailableError) as exc:
+                if deadline is None:
+                    raise  # nothing was written
+                try:
+                    record = await self.store.get(marker)
+                except StoreError as read_failure:
+                    raise OutcomeUnknownError(f"a try of this change was lost and then {exc}") from read_failure
+                if record is None:
+                    raise OutcomeUnknownError(f"a try of this change was lost and then {exc}") from exc
+                return record.mod_revision
 
 
 def outcome_of(exc: BaseException) -> str:
@@ -157,8 +204,10 @@ class Auditor:
         self._unsettled: list[Intent] = []
         #: Outcomes that could not be written yet: (intent, outcome, details).
         self._unwritten: list[tuple[Intent, str, dict[str, Any]]] = []
-        #: Markers whose outcome is on disk, and from when they may go: removed from the store in batches.
+        #: Fenced markers whose outcome is on disk, and from when they may go: removed from the store in batches.
         self._markers: list[tuple[float, str]] = []
+        #: "Done" markers whose outcome is on disk (may go at once), in order, with when the background removes them.
+        self._done: dict[str, float] = {}
         self._wake = asyncio.Event()
 
     @property
@@ -185,7 +234,7 @@ class Auditor:
         """Announce a change (fails the change if it cannot be written); the task's next commit carries
         its marker."""
         seq = await self._append(event, actor, INTENT, details)
-        intent = Intent(event, actor, seq, self._log.boot, self._log.node_id, asyncio.current_task())
+        intent = Intent(event, actor, seq, self._log.boot, self._log.node_id, asyncio.current_task(), auditor=self)
         _PENDING.set(intent)
         return intent
 
@@ -251,10 +300,19 @@ class Auditor:
             return
         self._forget_marker(intent, details)
 
+    def removable_markers(self, limit: int) -> list[str]:
+        """Up to ``limit`` "done" markers whose outcome is on disk, oldest first (for a commit to remove)."""
+        return list(itertools.islice(self._done, limit))
+
+    def markers_removed(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._done.pop(key, None)
+
     def _forget_marker(self, intent: Intent, details: dict[str, Any]) -> None:
         if intent.committed:
-            self._markers.append((0.0, intent.marker))
-            self._wake.set()
+            self._done[intent.marker] = time.monotonic() + DONE_MARKER_WAIT
+            if len(self._done) >= MARKER_BATCH:
+                self._wake.set()
         elif "settled" in details:
             self._markers.append((time.monotonic() + FENCE_KEEP_SECONDS, intent.marker))
 
@@ -305,6 +363,7 @@ class Auditor:
         barrier = self.barrier()
         now = time.monotonic()
         due = [key for when, key in self._markers if when <= now]
+        due += [key for key, when in self._done.items() if when <= now or len(self._done) >= MARKER_BATCH]
         if not due or barrier is None:
             return
         removed: set[str] = set()
@@ -317,6 +376,7 @@ class Auditor:
                 break
             removed.update(batch)
         self._markers = [(when, key) for when, key in self._markers if key not in removed]
+        self.markers_removed(list(removed))
 
     async def sweep(self, open_intents: set[tuple[int, int]]) -> None:
         """Remove this node's markers older than :data:`FENCE_KEEP_SECONDS` whose intent is settled (a worker
@@ -341,7 +401,8 @@ class Auditor:
     @property
     def pending(self) -> dict[str, int]:
         """What is waiting (for node.status)."""
-        return {"unsettled": len(self._unsettled), "unwritten": len(self._unwritten), "markers": len(self._markers)}
+        return {"unsettled": len(self._unsettled), "unwritten": len(self._unwritten),
+                "markers": len(self._markers) + len(self._done)}
 
 
 class _OrphanScanner:
