@@ -86,31 +86,48 @@ async def _ask(link: NodeLink) -> tuple[str | None, str | None]:
 async def with_agent_view(links: list[NodeLink], status: dict[str, Any], answered: NodeLink) -> dict[str, Any]:
     """``cluster.status`` as this host sees it now. The registry's health is a heartbeat up to 30 s old, and the
     agent's own health check runs every few seconds; so each node other than the one that just answered is
-    asked at once (STATUS_PROBE_SECONDS at most), and a node that this agent cannot reach, that does not answer
-    (a host cut off, a frozen process) or that does not serve is never shown ``healthy``. A node the agent does
-    not know yet (learned from the registry within seconds) is ``unknown`` rather than taken on trust."""
-    by_name = {link.name: link for link in links}
-    linked = [(entry, by_name.get(str(entry.get("id")))) for entry in status.get("nodes") or []
-              if isinstance(entry, dict)]
-    asked = [link for _entry, link in linked if link is not None and link is not answered and link.connected]
-    seen = dict(zip(asked, await asyncio.gather(*(_ask(link) for link in asked)), strict=True))
+    asked at once (on one of its links, STATUS_PROBE_SECONDS at most), and a node that this agent cannot reach,
+    that does not answer (a host cut off, a frozen process) or that does not serve is never shown ``healthy``.
+    A node the agent does not know yet (learned from the registry within seconds) is ``unknown`` rather than
+    taken on trust."""
+    by_node: dict[str, list[NodeLink]] = {}
+    for link in links:  # links_per_node links share a node's id
+        by_node.setdefault(link.name, []).append(link)
+    entries: list[dict[str, Any]] = [entry for entry in status.get("nodes") or [] if isinstance(entry, dict)]
+    to_ask: dict[str, NodeLink] = {}
+    for entry in entries:
+        node_id = str(entry.get("id"))
+        connected = [link for link in by_node.get(node_id, []) if link.connected]
+        if connected and node_id != answered.name:
+            to_ask[node_id] = connected[0]
+    answers = await asyncio.gather(*(_ask(link) for link in to_ask.values()))
+    seen = dict(zip(to_ask, answers, strict=True))
     nodes = []
-    for entry, link in linked:
-        if link is None:
+    for entry in entries:
+        node_id = str(entry.get("id"))
+        node_links = by_node.get(node_id, [])
+        if not node_links:
             entry = dict(entry, agent="not known to this agent yet")
             if entry.get("health") == "healthy":
                 entry["health"] = "unknown"
+            nodes.append(entry)
+            continue
+        unreachable: str | None
+        state: str | None
+        if node_id == answered.name:
+            unreachable, state = None, "active"  # it answered this very request
+        elif node_id in seen:
+            unreachable, state = seen[node_id]
         else:
-            unreachable, state = seen.get(link, (None, "active"))
-            if not link.connected:
-                unreachable = link.last_error or "connection lost"
-            if unreachable is not None:
-                entry = dict(entry, agent=f"unreachable: {unreachable}", health="unreachable")
-            else:
-                entry = dict(entry, agent="connected")
-                if state != "active" and entry.get("health") == "healthy":
-                    entry["health"] = state
-        nodes.append(entry)
+            unreachable, state = node_links[0].last_error or "connection lost", None
+        shown: dict[str, Any] = dict(entry)
+        if unreachable is not None:
+            shown.update(agent=f"unreachable: {unreachable}", health="unreachable")
+        else:
+            shown["agent"] = "connected"
+            if state != "active" and shown.get("health") == "healthy":
+                shown["health"] = state or "unhealthy"
+        nodes.append(shown)
     return dict(status, nodes=nodes)
 
 
