@@ -476,6 +476,9 @@ class Window:
     errors_by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
     #: One message of each (kind, code): what the clients were told.
     messages: dict[str, str] = field(default_factory=dict)
+    #: Errors that name the store as their cause, by kind (a timeout or a dropped connection on a starved
+    #: machine is not one): without quorum only creations may have them.
+    store_refusals: Counter[str] = field(default_factory=Counter)
     operations: int = 0
     recovery: float | None = None
     half_written: int = 0
@@ -487,6 +490,7 @@ class Window:
     def row(self) -> dict[str, Any]:
         return {"fault": self.fault, "operations": self.operations, "client_errors": dict(self.errors),
                 "client_errors_by_kind": self.errors_by_kind, "client_error_messages": self.messages,
+                "store_refusals_by_kind": dict(self.store_refusals),
                 "recovery_seconds": None if self.recovery is None else round(self.recovery, 2),
                 "half_written": self.half_written, "audit_without_outcome": self.unsettled,
                 "audit_false_outcome": self.false_outcomes, "audit_verify": self.verify, "notes": self.notes}
@@ -644,6 +648,8 @@ def run(args: argparse.Namespace) -> int:
                 if not sample.ok:
                     kind = sample.thread.split("-")[0]
                     window.messages.setdefault(f"{kind} {sample.code}", sample.message)
+                    if sample.message.startswith(("the store ", "store error")):
+                        window.store_refusals[kind] += 1
             windows.append(window)
             log(f"  {json.dumps(window.row())}")
         load.close()

@@ -41,6 +41,7 @@ def test_the_three_minute_soak_run_passes(tmp_path: Path) -> None:
         assert row["recovery_seconds"] is not None, row
         if row["fault"].startswith("etcd quorum lost"):
             # Issue 14 item 4: without a store majority, logged-in applications go on signing and
-            # encrypting with the cached keys, and new logins work; only creations fail.
-            assert set(row["client_errors_by_kind"]) <= {"create"}, row
+            # encrypting with the cached keys, and new logins work; only creations are refused for want
+            # of the store. (A call that timed out on a starved machine is not counted here: no timing.)
+            assert set(row["store_refusals_by_kind"]) <= {"create"}, row
     assert summary["verify_exit"] == 0
