@@ -178,6 +178,9 @@ METRICS = ("etcd_disk_wal_fsync_duration_seconds_sum", "etcd_disk_wal_fsync_dura
            "etcd_disk_backend_commit_duration_seconds_sum", "etcd_disk_backend_commit_duration_seconds_count",
            "etcd_server_proposals_committed_total", "etcd_mvcc_txn_total", "etcd_mvcc_put_total",
            "etcd_mvcc_range_total", "etcd_server_read_indexes_failed_total")
+#: The client requests each member received, by gRPC method of the KV service (the JSON gateway calls them):
+#: etcd_mvcc_range_total also counts the ranges a txn's compares make on every member, these do not.
+KV_REQUESTS = {"Range": "rq_range", "Txn": "rq_txn", "Put": "rq_put", "DeleteRange": "rq_delete"}
 
 
 def etcd_metrics(endpoints: list[str]) -> list[dict[str, float]]:
@@ -190,14 +193,52 @@ def etcd_metrics(endpoints: list[str]) -> list[dict[str, float]]:
                     name, _, value = line.partition(" ")
                     if name in METRICS:
                         values[name] = float(value)
+                    elif name.startswith("grpc_server_handled_total{") and 'grpc_service="etcdserverpb.KV"' in name:
+                        method = name.partition('grpc_method="')[2].partition('"')[0]
+                        if method in KV_REQUESTS:
+                            key = KV_REQUESTS[method]
+                            values[key] = values.get(key, 0.0) + float(value)  # summed over the status codes
         except OSError:
             pass
         out.append(values)
     return out
 
 
-def etcd_delta(before: list[dict[str, float]], after: list[dict[str, float]], ops: int) -> dict[str, float]:
-    """Per created key: committed proposals, txns, reads served; mean WAL fsync and backend commit."""
+def _counter_rates(before: list[dict[str, float]], after: list[dict[str, float]]) -> dict[str, float]:
+    """Committed proposals (largest member), txns and puts (largest member) and reads (sum over members)."""
+    def d(name: str, i: int) -> float:
+        return after[i].get(name, 0.0) - before[i].get(name, 0.0)
+
+    n = len(before)
+    return {
+        # every member applies every committed proposal: take the largest count, not the sum
+        "proposals": max(d("etcd_server_proposals_committed_total", i) for i in range(n)),
+        "txn": max(d("etcd_mvcc_txn_total", i) for i in range(n)),
+        "put": max(d("etcd_mvcc_put_total", i) for i in range(n)),
+        # a range is served by the member that received it: sum over members
+        "range": sum(d("etcd_mvcc_range_total", i) for i in range(n)),
+        # client requests: each went to one member, sum over members
+        **{key: sum(d(key, i) for i in range(n)) for key in KV_REQUESTS.values()},
+    }
+
+
+def etcd_idle(endpoints: list[str], seconds: float) -> dict[str, float]:
+    """What the idle cluster asks of etcd per second (heartbeats, freshness checks, the backup scheduler...):
+    subtracted from each measurement, so that the per-key figures count only what creating keys costs."""
+    before = etcd_metrics(endpoints)
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    after = etcd_metrics(endpoints)
+    wall = time.monotonic() - t0
+    if not before or not all(before):
+        return {}
+    return {name: value / wall for name, value in _counter_rates(before, after).items()}
+
+
+def etcd_delta(before: list[dict[str, float]], after: list[dict[str, float]], ops: int, seconds: float = 0.0,
+               idle: dict[str, float] | None = None) -> dict[str, float]:
+    """Per created key: committed proposals, txns, reads served; mean WAL fsync and backend commit. With ``idle``
+    (per-second rates of the idle cluster), also the same counts net of the idle traffic over ``seconds``."""
     def d(name: str, i: int) -> float:
         return after[i].get(name, 0.0) - before[i].get(name, 0.0)
 
@@ -208,17 +249,21 @@ def etcd_delta(before: list[dict[str, float]], after: list[dict[str, float]], op
     fsync_s = sum(d("etcd_disk_wal_fsync_duration_seconds_sum", i) for i in range(n))
     commit_n = sum(d("etcd_disk_backend_commit_duration_seconds_count", i) for i in range(n))
     commit_s = sum(d("etcd_disk_backend_commit_duration_seconds_sum", i) for i in range(n))
-    return {
-        # every member applies every committed proposal: take the largest count, not the sum
-        "proposals_per_op": max(d("etcd_server_proposals_committed_total", i) for i in range(n)) / ops,
-        "txn_per_op": max(d("etcd_mvcc_txn_total", i) for i in range(n)) / ops,
-        "put_per_op": max(d("etcd_mvcc_put_total", i) for i in range(n)) / ops,
-        # a range is served by the member that received it: sum over members
-        "range_per_op": sum(d("etcd_mvcc_range_total", i) for i in range(n)) / ops,
+    counts = _counter_rates(before, after)
+    out = {
+        "proposals_per_op": counts["proposals"] / ops,
+        "txn_per_op": counts["txn"] / ops,
+        "put_per_op": counts["put"] / ops,
+        "range_per_op": counts["range"] / ops,
+        **{f"{key}_per_op": counts[key] / ops for key in KV_REQUESTS.values()},
         "wal_fsync_ms": 1000.0 * fsync_s / fsync_n if fsync_n else 0.0,
         "wal_fsyncs_per_op_per_member": fsync_n / n / ops,
         "backend_commit_ms": 1000.0 * commit_s / commit_n if commit_n else 0.0,
     }
+    if idle:
+        for name in ("proposals", "txn", "put", "range", *KV_REQUESTS.values()):
+            out[f"{name}_per_op_net"] = max(0.0, counts[name] - idle.get(name, 0.0) * seconds) / ops
+    return out
 
 
 def etcd_put_probe(endpoint: str, count: int) -> dict[str, float]:
@@ -272,6 +317,8 @@ class Cluster:
         self.name, self.dir, self.nodes, self.workers, self.env = name, directory, nodes, workers, env
         self.summary: dict[str, Any] | None = None
         self.clients: list[Client] = []
+        #: etcd requests per second of the idle cluster (3 nodes), measured once after start.
+        self.etcd_idle: dict[str, float] = {}
 
     def up(self) -> None:
         cmd = [str(PYTHON), "-m", "strongroom", "up", "--dir", str(self.dir), "--workers", str(self.workers)]
@@ -329,13 +376,16 @@ def measure_latency(cluster: Cluster, kind: str, count: int) -> dict[str, Any]:
     endpoints = etcd_endpoints(cluster.dir)
     meter = cluster.meter()
     m0, c0 = etcd_metrics(endpoints), meter.snapshot()
+    t_start = time.monotonic()
     lat = []
     for i in range(count):
         t0 = time.perf_counter()
         maker(client, b"lat-%d" % i)
         lat.append(time.perf_counter() - t0)
     c1, m1 = meter.snapshot(), etcd_metrics(endpoints)
-    return {**percentiles(lat), "cpu": CpuMeter.delta(c0, c1), "etcd": etcd_delta(m0, m1, count)}
+    wall = time.monotonic() - t_start
+    return {**percentiles(lat), "cpu": CpuMeter.delta(c0, c1),
+            "etcd": etcd_delta(m0, m1, count, wall, cluster.etcd_idle)}
 
 
 def measure_create_throughput(cluster: Cluster, kind: str, threads: int, seconds: float) -> dict[str, Any]:
@@ -379,7 +429,7 @@ def measure_create_throughput(cluster: Cluster, kind: str, threads: int, seconds
     total = sum(counts)
     return {"ops_per_s": total / wall, "ops": total, "threads": threads, "seconds": wall,
             **percentiles([x for li in lat for x in li]), "cpu": CpuMeter.delta(c0, c1),
-            "etcd": etcd_delta(m0, m1, total)}
+            "etcd": etcd_delta(m0, m1, total, wall, cluster.etcd_idle)}
 
 
 def measure_sign(cluster: Cluster, n_clients: int, window: int, seconds: float) -> dict[str, Any]:
@@ -444,6 +494,8 @@ def bench_cluster(cluster: Cluster, args: argparse.Namespace, sign_clients: list
     if endpoints:
         log(f"{cluster.name}: raw etcd write probe")
         out["etcd_put"] = etcd_put_probe(endpoints[0], args.keys)
+        log(f"{cluster.name}: what the idle cluster asks of etcd ({args.idle:g} s)")
+        cluster.etcd_idle = out["etcd_idle"] = etcd_idle(endpoints, args.idle)
     log(f"{cluster.name}: AES-256 key latency ({args.keys} keys through node1)")
     out["aes_latency"] = measure_latency(cluster, "aes", args.keys)
     log(f"{cluster.name}: EC P-256 key-pair latency ({args.pairs} pairs through node1)")
@@ -506,9 +558,11 @@ def main_table(one: dict[str, Any], three: dict[str, Any], args: argparse.Namesp
     return table(["measurement", "1 node", "3 nodes", "3 / 1"], rows)
 
 
-def cpu_table(one: dict[str, Any], three: dict[str, Any]) -> str:
+def cpu_table(one: dict[str, Any] | None, three: dict[str, Any] | None) -> str:
     rows = []
     for label, res in (("1 node", one), ("3 nodes", three)):
+        if res is None:
+            continue
         items = [("AES create, 1 thread", res["aes_latency"], res["aes_latency"]["n"]),
                  ("EC create, 1 thread", res["ec_latency"], res["ec_latency"]["n"]),
                  ("AES create, 8 threads", res["aes_throughput"], res["aes_throughput"]["ops"]),
@@ -536,17 +590,24 @@ def etcd_table(three: dict[str, Any]) -> str:
     probe = three.get("etcd_put")
     if probe:
         rows.append(["raw etcd put 1 KiB, sequential (no node)", f"{probe['p50_ms']:.2f}", f"{probe['p99_ms']:.2f}",
-                     "1", "", "", "", ""])
+                     "1", "", "", "", "", "", ""])
     for name, key in (("AES create, 1 thread", "aes_latency"), ("EC create, 1 thread", "ec_latency"),
                       ("AES create, 8 threads", "aes_throughput"), ("EC create, 8 threads", "ec_throughput")):
         r = three[key]
         e = r.get("etcd", {})
         if not e:
             continue
-        rows.append([name, f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{e['proposals_per_op']:.2f}",
-                     f"{e['txn_per_op'] + e['put_per_op']:.2f}", f"{e['range_per_op']:.2f}", f"{e['wal_fsync_ms']:.2f}",
-                     f"{e['backend_commit_ms']:.2f}"])
-    return table(["3-node measurement", "p50 ms", "p99 ms", "etcd proposals/op", "writes (put/txn)/op", "reads/op",
+        requests = (f"{e['rq_range_per_op']:.2f} / "
+                    f"{e['rq_txn_per_op'] + e['rq_put_per_op'] + e['rq_delete_per_op']:.2f}"
+                    if "rq_range_per_op" in e else "")
+        net = (f"{e['rq_range_per_op_net']:.2f} / "
+               f"{e['rq_txn_per_op_net'] + e['rq_put_per_op_net'] + e['rq_delete_per_op_net']:.2f}"
+               if "rq_range_per_op_net" in e else "")
+        rows.append([name, f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{e['proposals_per_op']:.2f}", requests, net,
+                     f"{e['txn_per_op'] + e['put_per_op']:.2f}", f"{e['range_per_op']:.2f}",
+                     f"{e['wal_fsync_ms']:.2f}", f"{e['backend_commit_ms']:.2f}"])
+    return table(["3-node measurement", "p50 ms", "p99 ms", "etcd proposals/op", "requests/op: reads / writes",
+                  "requests/op net of idle: reads / writes", "mvcc put+txn/op", "mvcc ranges/op (incl. txn compares)",
                   "WAL fsync ms (mean)", "backend commit ms (mean)"], rows)
 
 
@@ -557,6 +618,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=8, help="threads of the creation throughput (default 8)")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each timed measurement (default 5)")
     ap.add_argument("--window", type=int, default=64, help="sign requests in flight per client (default 64)")
+    ap.add_argument("--idle", type=float, default=3.0,
+                    help="seconds of idle 3-node cluster measured for the etcd baseline (default 3)")
+    ap.add_argument("--only", choices=["one", "three"], help="run only the 1-node or only the 3-node cluster")
     ap.add_argument("--json", metavar="FILE", type=Path, help="also write every number as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
@@ -570,6 +634,8 @@ def main() -> int:
         log(f"temporary directory {tmp}")
         # One cluster at a time: on a small machine the idle one would still take CPU.
         for cluster, key, sign_clients in ((clusters[0], "one", [1, 3]), (clusters[1], "three", [3, 1])):
+            if args.only not in (None, key):
+                continue
             try:
                 data[key] = bench_cluster(cluster, args, sign_clients)
             finally:
@@ -584,7 +650,7 @@ def main() -> int:
     data["total_seconds"] = round(time.monotonic() - t_begin, 1)
 
     m = data["machine"]
-    one, three = data["one"], data["three"]
+    one, three = data.get("one"), data.get("three")
     print()
     print(f"Date: {m['date']}  Machine: nproc {m['nproc']}, CPU \"{m['cpu']}\", kernel {m['kernel']}, "
           f"load average at start {' '.join(m['loadavg_at_start'])}")
@@ -596,8 +662,18 @@ def main() -> int:
               f"load generator on them: signing cannot scale with nodes here, and the 3-node numbers measure "
               f"the cost of the cluster (consensus, more processes on the same cores), not its capacity.")
     print()
-    print(main_table(one, three, args))
-    print()
+    if one is not None and three is not None:
+        print(main_table(one, three, args))
+        print()
+    else:
+        for label, res in (("1 node", one), ("3 nodes", three)):
+            if res is not None:
+                print(f"{label}: AES create p50 {res['aes_latency']['p50_ms']:.2f} ms, "
+                      f"EC pair create p50 {res['ec_latency']['p50_ms']:.2f} ms; {args.threads} threads: "
+                      f"{res['aes_throughput']['ops_per_s']:,.1f} AES keys/s, "
+                      f"{res['ec_throughput']['ops_per_s']:,.1f} EC pairs/s; sign "
+                      + ", ".join(f"{n} client(s) {r['ops_per_s']:,.0f}/s" for n, r in sorted(res["sign"].items())))
+        print()
     print("CPU during each measurement (% of one core; machine = all cores, 'other' = the rest of the machine) "
           "and CPU time per operation:")
     print()
@@ -606,7 +682,13 @@ def main() -> int:
     print("3-node cluster, etcd per created key (from the members' /metrics; proposals and txns counted once, "
           "reads summed over members):")
     print()
-    print(etcd_table(three))
+    if three is not None:
+        print(etcd_table(three))
+        idle = three.get("etcd_idle") or {}
+        print(f"\nThe idle 3-node cluster asked etcd, per second: {idle.get('proposals', 0):.1f} proposals, "
+              f"{idle.get('rq_range', 0):.1f} read and "
+              f"{idle.get('rq_txn', 0) + idle.get('rq_put', 0) + idle.get('rq_delete', 0):.1f} write requests "
+              f"(subtracted in the 'net of idle' column).")
     print()
     if args.json:
         args.json.write_text(json.dumps(data, indent=2, default=str))
