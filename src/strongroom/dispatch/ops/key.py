@@ -169,7 +169,15 @@ async def wrap(call: Call, args: WrapArgs) -> dict[str, Any]:
     async with audited(call, "key.wrap", details):
         wrapping, wrapping_key = await usable_key(call, args.wrapping_key, "wrap", args.mechanism)
         target = await object_for(call, args.key, Action.EXPORT)
-        check_wrappable(target, wrapping, await actor_of(call))
+        try:
+            check_wrappable(target, wrapping, await actor_of(call))
+        except HsmError:
+            # The cache is current for the caller's own writes only: CKA_TRUSTED is set by an admin, maybe a
+            # moment ago through another worker. Look again after the strict catch-up (as usable_key does).
+            await call.services.keyring.require_objects().sync()
+            wrapping, wrapping_key = await usable_key(call, args.wrapping_key, "wrap", args.mechanism)
+            target = await object_for(call, args.key, Action.EXPORT)
+            check_wrappable(target, wrapping, await actor_of(call))
         with legacy_algorithms(await legacy(call)):
             wrapped = mechanism.wrap(wrapping_key, params, target.material or b"")
         await call.services.audit.record("key.wrap", actor=call.actor, details=details)
