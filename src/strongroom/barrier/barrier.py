@@ -61,6 +61,12 @@ class Entry:
     def revision(self) -> int:
         return self.record.mod_revision
 
+    def stripped(self) -> Entry:
+        """This entry without its value and ciphertext: what a conditional write on its key compares (key,
+        version, revisions). A cache that keeps the value decoded elsewhere keeps this (half the memory)."""
+        r = self.record
+        return Entry(self.key, {}, Record(r.key, b"", r.version, r.create_revision, r.mod_revision))
+
 
 @dataclass(frozen=True, slots=True)
 class Write:

@@ -38,7 +38,8 @@ class StoredObject:
     created: float = field(default_factory=time.time)
     #: PKCS#11 session that holds a session object (None for token objects).
     p11_session: int | None = None
-    entry: Entry | None = None  # the store record it was read from (for compare-and-swap)
+    #: The store record it was read from, without its value (:meth:`Entry.stripped`: for compare-and-swap).
+    entry: Entry | None = None
 
     @property
     def object_class(self) -> CKO:
@@ -92,7 +93,7 @@ class StoredObject:
             owner_id=value.get("owner_id"),
             share_ids=dict(value.get("share_ids") or {}),
             created=float(value.get("created", 0.0)),
-            entry=entry,
+            entry=entry.stripped(),  # the decoded value lives in the fields above: not kept twice per object
         )
 
     def public_view(self) -> dict[str, Any]:

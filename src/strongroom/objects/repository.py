@@ -303,7 +303,7 @@ class ObjectRepository:
             else:
                 raise HsmError("could not allocate object handles", CKR.FUNCTION_FAILED)
             for obj in tokens:
-                obj.entry = written[key_of(obj.handle)]
+                obj.entry = written[key_of(obj.handle)].stripped()
                 self.tokens.put(obj)
         for obj in objects:
             if not obj.token:
@@ -332,7 +332,7 @@ class ObjectRepository:
         except ConflictError:
             raise HsmError("the object was changed concurrently; read it again and retry",
                            CKR.FUNCTION_FAILED) from None
-        updated.entry = written[key_of(obj.handle)]
+        updated.entry = written[key_of(obj.handle)].stripped()
         self.tokens.put(updated)
         return updated
 
