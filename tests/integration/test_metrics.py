@@ -169,7 +169,8 @@ def test_agent_counts_pkcs11_calls_and_relayed_requests(cluster: LocalCluster, p
     assert grew("strongroom_agent_calls_total", function="C_Login", outcome="CKR_PIN_INCORRECT") == 1
     assert grew("strongroom_agent_call_duration_seconds_count", function="C_OpenSession") >= 2
     assert grew("strongroom_agent_relayed_requests_total") >= 1
-    assert value(after, "strongroom_agent_nodes", state="connected") == 1
+    assert value(after, "strongroom_agent_nodes", state="connected") == 1  # one node, whatever links_per_node
+    assert (value(after, "strongroom_agent_node_links", state="connected") or 0) >= 1
     assert value(after, "strongroom_certificate_expiring", certificate="agent") == 0
     assert value(after, "strongroom_build_info", component="agent") == 1
 

@@ -24,9 +24,16 @@ class AppView(Protocol):
     def sessions(self) -> Mapping[int, object]: ...
 
 
+class NodeView(Protocol):
+    @property
+    def node_id(self) -> str: ...
+
+
 class LinkView(Protocol):
     @property
     def connected(self) -> bool: ...
+    @property
+    def node(self) -> NodeView: ...
 
 
 class PoolView(Protocol):
@@ -71,12 +78,22 @@ def _state(agent: AgentView) -> Iterable[Metric]:
     sessions = GaugeMetricFamily("strongroom_agent_sessions", "PKCS#11 sessions open through the agent.")
     sessions.add_metric([], sum(len(app.sessions) for app in list(agent.apps.values())))
     links = list(agent.pool.links)
+    # The agent keeps several links per node (links_per_node): a node counts as connected while
+    # any of its links is, so the gauge counts nodes whatever that setting is.
+    by_node: dict[str, bool] = {}
+    for link in links:
+        by_node[link.node.node_id] = by_node.get(link.node.node_id, False) or link.connected
     nodes = GaugeMetricFamily("strongroom_agent_nodes", "Nodes the agent knows, by connection state.",
                               labels=["state"])
-    connected = sum(1 for link in links if link.connected)
+    connected = sum(1 for up in by_node.values() if up)
     nodes.add_metric(["connected"], connected)
-    nodes.add_metric(["disconnected"], len(links) - connected)
-    return [apps, sessions, nodes]
+    nodes.add_metric(["disconnected"], len(by_node) - connected)
+    link_gauge = GaugeMetricFamily("strongroom_agent_node_links", "The agent's connections to nodes, by state.",
+                                   labels=["state"])
+    linked = sum(1 for link in links if link.connected)
+    link_gauge.add_metric(["connected"], linked)
+    link_gauge.add_metric(["disconnected"], len(links) - linked)
+    return [apps, sessions, nodes, link_gauge]
 
 
 async def _serve(config: AgentSettings, agent: AgentView) -> None:
