@@ -15,37 +15,7 @@
 #include "mp.h"
 #include "pkcs11_3x.h"
 #include "rpc.h"
-
-#define EXPORT __attribute__((visibility("default")))
-
-#define BEGIN(fn, nargs, kind)                                                                     \
-    rpc_t r;                                                                                       \
-    CK_RV rv = rpc_begin(&r, fn, nargs, kind);                                                     \
-    if (rv != CKR_OK)                                                                              \
-        return rv;
-
-#define REQUIRE(cond, code)                                                                        \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            rpc_abort(&r);                                                                         \
-            return (code);                                                                         \
-        }                                                                                          \
-    } while (0)
-
-#define ARG(expr)                                                                                  \
-    do {                                                                                           \
-        CK_RV arg_rv_ = (expr);                                                                    \
-        if (arg_rv_ != CKR_OK) {                                                                   \
-            rpc_abort(&r);                                                                         \
-            return arg_rv_;                                                                        \
-        }                                                                                          \
-    } while (0)
-
-#define CALL()                                                                                     \
-    CK_RV arv;                                                                                     \
-    rv = rpc_call(&r, &arv);                                                                       \
-    if (rv != CKR_OK)                                                                              \
-        return rv;
+#include "forward.h"
 
 static CK_RV not_supported(void)
 {

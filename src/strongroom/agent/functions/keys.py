@@ -43,20 +43,34 @@ async def _make(ctx: Context, session: Session, op: str, args: dict[str, Any], t
         return await with_session_object(ctx, session, op, args)
 
 
-@function("C_GenerateKey", ULONG, MECHANISM, TEMPLATE)
-async def generate_key(ctx: Context, handle: int, mechanism: tuple[int, Any], template: list[Any]) -> list[Any]:
-    session = ctx.session(handle)
-    app = ctx.app
+def new_key_template(ctx: Context, session: Session, template: list[Any]) -> tuple[list[list[Any]], bool]:
+    """The new key's template for the node, and whether it makes a token object (which needs a
+    read/write session and a login)."""
     typed = decode_template(template, ctx.layout)
     token = template_flag(typed, CKA.TOKEN)
     _read_only(session, token)
-    no_token_objects_in_public(app, token)
-    ckm, params = mechanism
-    body = await _make(ctx, session, "key.generate", {"mechanism": ckm, "template": typed, "params": params},
-                       token, ())
+    no_token_objects_in_public(ctx.app, token)
+    return typed, token
+
+
+async def make_key(ctx: Context, session: Session, op: str, args: dict[str, Any], token: bool,
+                   handles: tuple[int, ...]) -> tuple[int, dict[str, Any]]:
+    """Make one key through ``op`` (its template in ``args``); a session object is noted as the
+    calling session's. Returns its handle and the node's answer."""
+    body = await _make(ctx, session, op, args, token, handles)
     key = int(body["handle"])
     if not token:
-        app.session_objects[key] = session.handle
+        ctx.app.session_objects[key] = session.handle
+    return key, body
+
+
+@function("C_GenerateKey", ULONG, MECHANISM, TEMPLATE)
+async def generate_key(ctx: Context, handle: int, mechanism: tuple[int, Any], template: list[Any]) -> list[Any]:
+    session = ctx.session(handle)
+    typed, token = new_key_template(ctx, session, template)
+    ckm, params = mechanism
+    key, _ = await make_key(ctx, session, "key.generate", {"mechanism": ckm, "template": typed, "params": params},
+                            token, ())
     return [key]
 
 
@@ -119,18 +133,11 @@ async def _usable_key(ctx: Context, handle: int) -> bool:
 async def unwrap_key(ctx: Context, handle: int, mechanism: tuple[int, Any], unwrapping_key: int, wrapped: bytes,
                      template: list[Any]) -> list[Any]:
     session = ctx.session(handle)
-    app = ctx.app
-    typed = decode_template(template, ctx.layout)
-    token = template_flag(typed, CKA.TOKEN)
-    _read_only(session, token)
-    no_token_objects_in_public(app, token)
+    typed, token = new_key_template(ctx, session, template)
     ckm, params = mechanism
     args = {"mechanism": ckm, "unwrapping_key": unwrapping_key, "wrapped": wrapped, "template": typed,
             "params": params}
-    body = await _make(ctx, session, "key.unwrap", args, token, (unwrapping_key,))
-    key = int(body["handle"])
-    if not token:
-        app.session_objects[key] = session.handle
+    key, _ = await make_key(ctx, session, "key.unwrap", args, token, (unwrapping_key,))
     return [key]
 
 
@@ -138,15 +145,8 @@ async def unwrap_key(ctx: Context, handle: int, mechanism: tuple[int, Any], unwr
 async def derive_key(ctx: Context, handle: int, mechanism: tuple[int, Any], base_key: int,
                      template: list[Any]) -> list[Any]:
     session = ctx.session(handle)
-    app = ctx.app
-    typed = decode_template(template, ctx.layout)
-    token = template_flag(typed, CKA.TOKEN)
-    _read_only(session, token)
-    no_token_objects_in_public(app, token)
+    typed, token = new_key_template(ctx, session, template)
     ckm, params = mechanism
     args = {"mechanism": ckm, "base_key": base_key, "template": typed, "params": params}
-    body = await _make(ctx, session, "key.derive", args, token, (base_key,))
-    key = int(body["handle"])
-    if not token:
-        app.session_objects[key] = session.handle
+    key, _ = await make_key(ctx, session, "key.derive", args, token, (base_key,))
     return [key]

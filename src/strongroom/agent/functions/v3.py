@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from strongroom.agent.attrcodec import decode_template, template_flag
 from strongroom.agent.functions import message
-from strongroom.agent.functions.common import no_token_objects_in_public, stateless
+from strongroom.agent.functions.common import stateless
 from strongroom.agent.functions.crypto import _abort
-from strongroom.agent.functions.keys import _make, _read_only
+from strongroom.agent.functions.keys import make_key, new_key_template
 from strongroom.agent.functions.registry import BYTES, CAP, MECHANISM, TEMPLATE, ULONG, Context, Result, function
 from strongroom.agent.functions.session import login
 from strongroom.agent.returns import AgentError
@@ -80,11 +79,7 @@ async def _ciphertext_length(ctx: Context, public_key: int) -> int:
 async def encapsulate_key(ctx: Context, handle: int, mechanism: tuple[int, Any], public_key: int,
                           template: list[Any], cap: int) -> Result | list[Any]:
     session = ctx.session(handle)
-    app = ctx.app
-    typed = decode_template(template, ctx.layout)
-    token = template_flag(typed, CKA.TOKEN)
-    _read_only(session, token)
-    no_token_objects_in_public(app, token)
+    typed, token = new_key_template(ctx, session, template)
     length = MAX_CIPHERTEXT
     if cap < MAX_CIPHERTEXT:  # a buffer that holds any ciphertext needs no look-up first
         length = await _ciphertext_length(ctx, public_key)
@@ -94,10 +89,8 @@ async def encapsulate_key(ctx: Context, handle: int, mechanism: tuple[int, Any],
             return Result(CKR.BUFFER_TOO_SMALL, [length, None, None])
     ckm, params = mechanism
     args = {"mechanism": ckm, "public_key": public_key, "template": typed, "params": params}
-    body = await _make(ctx, session, "key.encapsulate", args, token, (public_key,))
-    key, ciphertext = int(body["handle"]), bytes(body["ciphertext"])
-    if not token:
-        app.session_objects[key] = session.handle
+    key, body = await make_key(ctx, session, "key.encapsulate", args, token, (public_key,))
+    ciphertext = bytes(body["ciphertext"])
     if len(ciphertext) > cap:  # the parameter set said otherwise: the key exists, say so rather than lose it
         raise AgentError(CKR.GENERAL_ERROR, f"the ciphertext is {len(ciphertext)} bytes, not {length}")
     return [len(ciphertext), ciphertext, key]
@@ -107,16 +100,9 @@ async def encapsulate_key(ctx: Context, handle: int, mechanism: tuple[int, Any],
 async def decapsulate_key(ctx: Context, handle: int, mechanism: tuple[int, Any], private_key: int,
                           template: list[Any], ciphertext: bytes) -> list[Any]:
     session = ctx.session(handle)
-    app = ctx.app
-    typed = decode_template(template, ctx.layout)
-    token = template_flag(typed, CKA.TOKEN)
-    _read_only(session, token)
-    no_token_objects_in_public(app, token)
+    typed, token = new_key_template(ctx, session, template)
     ckm, params = mechanism
     args = {"mechanism": ckm, "private_key": private_key, "ciphertext": ciphertext, "template": typed,
             "params": params}
-    body = await _make(ctx, session, "key.decapsulate", args, token, (private_key,))
-    key = int(body["handle"])
-    if not token:
-        app.session_objects[key] = session.handle
+    key, _ = await make_key(ctx, session, "key.decapsulate", args, token, (private_key,))
     return [key]
