@@ -12,7 +12,14 @@ from typing import Any
 
 from strongroom.client import Client, ClientError, ClientProfile, NodeAddress
 from strongroom.local.layout import Layout, LocalClusterError
-from strongroom.local.processes import Background, NotReady, processes_running, stop_processes
+from strongroom.local.processes import (
+    Background,
+    LaunchError,
+    NotReady,
+    alive,
+    processes_running,
+    stop_processes,
+)
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
@@ -55,8 +62,22 @@ def wait_ready(layout: Layout, node: NodeAddress, pid: int, timeout: float = STA
 
 def start_and_check(layout: Layout, node: NodeAddress) -> dict[str, Any]:
     """Start the node unless it runs, wait until it answers; ``{id, zone, address, pid, state, seal}``."""
-    pid = start_node(layout, node.node_id)
-    status = wait_ready(layout, node, pid)
+    process = node_process(layout, node.node_id)
+    running = process.pid()
+    pid = running if running is not None else process.spawn()
+    try:
+        status = wait_ready(layout, node, pid)
+    except LaunchError:
+        if running is None or alive(running):
+            raise
+        # The node that ran when we looked was on its way out (a zeroize stops the node right after
+        # its answer; a `down` from elsewhere): start it anew rather than report its exit, once the
+        # workers it leaves (which hold its port until they notice) are gone too.
+        leftovers = processes_running(process.marks)
+        if leftovers:
+            stop_processes(leftovers, STOP_TIMEOUT)
+        pid = process.spawn()
+        status = wait_ready(layout, node, pid)
     if status["state"] == "error":
         raise LocalClusterError(f"node {node.node_id} is in the error state: {status['error']}")
     return {"id": node.node_id, "zone": node.zone, "address": node.address, "pid": pid, "state": status["state"],
