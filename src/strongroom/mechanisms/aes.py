@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import keywrap, padding
-from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+from cryptography.hazmat.primitives import keywrap
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
 
 from strongroom.constants import CKA, CKK, CKM, CKO
@@ -59,6 +59,7 @@ from strongroom.mechanisms.base import (
     check_part,
     register,
 )
+from strongroom.mechanisms.blockmodes import BlockOp, PadDecryptOp, PadEncryptOp
 
 BLOCK = 16
 KEY_SIZES = (16, 24, 32)
@@ -146,64 +147,6 @@ class AesKeyGen(_AesMechanism):
 
 
 # -- cipher operations --------------------------------------------------------------------
-
-
-class _BlockOp(CipherOperation):
-    """ECB/CBC without padding: cryptography buffers partial blocks between updates."""
-
-    def __init__(self, ctx: CipherContext, length_error: type[HsmError], what: str) -> None:
-        self._ctx = ctx
-        self._length_error = length_error
-        self._what = what
-        self._total = 0
-
-    def update(self, data: bytes) -> bytes:
-        check_part(data)
-        self._total += len(data)
-        return self._ctx.update(data)
-
-    def final(self) -> bytes:
-        if self._total % BLOCK:
-            raise self._length_error(f"{self._what} must be a multiple of {BLOCK} bytes, got {self._total}")
-        return self._ctx.finalize()
-
-
-class _PadEncryptOp(CipherOperation):
-    def __init__(self, ctx: CipherContext) -> None:
-        self._ctx = ctx
-        self._padder = padding.PKCS7(BLOCK * 8).padder()
-
-    def update(self, data: bytes) -> bytes:
-        check_part(data)
-        return self._ctx.update(self._padder.update(data))
-
-    def final(self) -> bytes:
-        return self._ctx.update(self._padder.finalize()) + self._ctx.finalize()
-
-
-class _PadDecryptOp(CipherOperation):
-    """The unpadder keeps the last full block back until final, where the padding is checked."""
-
-    def __init__(self, ctx: CipherContext) -> None:
-        self._ctx = ctx
-        self._unpadder = padding.PKCS7(BLOCK * 8).unpadder()
-        self._total = 0
-
-    def update(self, data: bytes) -> bytes:
-        check_part(data)
-        self._total += len(data)
-        return self._unpadder.update(self._ctx.update(data))
-
-    def final(self) -> bytes:
-        if self._total == 0 or self._total % BLOCK:
-            raise EncryptedDataLenRange(
-                f"CBC_PAD ciphertext must be a non-zero multiple of {BLOCK} bytes, got {self._total}"
-            )
-        rest = self._unpadder.update(self._ctx.finalize())
-        try:
-            return rest + self._unpadder.finalize()
-        except ValueError:
-            raise EncryptedDataInvalid("bad PKCS#7 padding") from None
 
 
 class _CtrOp(CipherOperation):
@@ -310,10 +253,10 @@ class AesEcb(_AesMechanism):
         return Cipher(algorithms.AES(_aes_key(key)), modes.ECB())
 
     def encrypt(self, key: Key, params: Any) -> CipherOperation:
-        return _BlockOp(self._cipher(key, params).encryptor(), DataLenRange, "ECB plaintext")
+        return BlockOp(self._cipher(key, params).encryptor(), BLOCK, DataLenRange, "ECB plaintext")
 
     def decrypt(self, key: Key, params: Any) -> CipherOperation:
-        return _BlockOp(self._cipher(key, params).decryptor(), EncryptedDataLenRange, "ECB ciphertext")
+        return BlockOp(self._cipher(key, params).decryptor(), BLOCK, EncryptedDataLenRange, "ECB ciphertext")
 
 
 class _AesCbcBase(_AesMechanism):
@@ -334,10 +277,10 @@ class AesCbc(_AesCbcBase):
     ckm = CKM.AES_CBC
 
     def encrypt(self, key: Key, params: Any) -> CipherOperation:
-        return _BlockOp(self._cipher(key, params).encryptor(), DataLenRange, "CBC plaintext")
+        return BlockOp(self._cipher(key, params).encryptor(), BLOCK, DataLenRange, "CBC plaintext")
 
     def decrypt(self, key: Key, params: Any) -> CipherOperation:
-        return _BlockOp(self._cipher(key, params).decryptor(), EncryptedDataLenRange, "CBC ciphertext")
+        return BlockOp(self._cipher(key, params).decryptor(), BLOCK, EncryptedDataLenRange, "CBC ciphertext")
 
 
 class AesCbcPad(_AesCbcBase):
@@ -347,10 +290,10 @@ class AesCbcPad(_AesCbcBase):
     capabilities = Capability.ENCRYPT | Capability.DECRYPT | Capability.WRAP | Capability.UNWRAP
 
     def encrypt(self, key: Key, params: Any) -> CipherOperation:
-        return _PadEncryptOp(self._cipher(key, params).encryptor())
+        return PadEncryptOp(self._cipher(key, params).encryptor(), BLOCK)
 
     def decrypt(self, key: Key, params: Any) -> CipherOperation:
-        return _PadDecryptOp(self._cipher(key, params).decryptor())
+        return PadDecryptOp(self._cipher(key, params).decryptor(), BLOCK)
 
     def wrap(self, wrapping_key: Key, params: Any, key_bytes: bytes) -> bytes:
         _aes_key(wrapping_key, _Role.WRAPPING)

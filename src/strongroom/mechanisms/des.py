@@ -17,15 +17,12 @@ import os
 from typing import Any
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives import padding
-from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 from strongroom.constants import CKK, CKM, CKO
 from strongroom.errors import (
     DataLenRange,
-    EncryptedDataInvalid,
     EncryptedDataLenRange,
-    HsmError,
     KeySizeRange,
     KeyTypeInconsistent,
     MechanismParamInvalid,
@@ -36,9 +33,9 @@ from strongroom.mechanisms.base import (
     GeneratedSecret,
     Key,
     Mechanism,
-    check_part,
     register,
 )
+from strongroom.mechanisms.blockmodes import BlockOp, PadDecryptOp, PadEncryptOp
 
 BLOCK = 8
 KEY_LENGTHS = {CKK.DES2: 16, CKK.DES3: 24}
@@ -83,58 +80,6 @@ class _DesKeyGen(_DesMechanism):
         return GeneratedSecret(with_odd_parity(os.urandom(KEY_LENGTHS[self._key_type])), self._key_type)
 
 
-class _BlockOp(CipherOperation):
-    def __init__(self, ctx: CipherContext, length_error: type[HsmError], what: str) -> None:
-        self._ctx = ctx
-        self._length_error = length_error
-        self._what = what
-        self._total = 0
-
-    def update(self, data: bytes) -> bytes:
-        check_part(data)
-        self._total += len(data)
-        return self._ctx.update(data)
-
-    def final(self) -> bytes:
-        if self._total % BLOCK:
-            raise self._length_error(f"{self._what} must be a multiple of {BLOCK} bytes, got {self._total}")
-        return self._ctx.finalize()
-
-
-class _PadEncryptOp(CipherOperation):
-    def __init__(self, ctx: CipherContext) -> None:
-        self._ctx = ctx
-        self._padder = padding.PKCS7(BLOCK * 8).padder()
-
-    def update(self, data: bytes) -> bytes:
-        check_part(data)
-        return self._ctx.update(self._padder.update(data))
-
-    def final(self) -> bytes:
-        return self._ctx.update(self._padder.finalize()) + self._ctx.finalize()
-
-
-class _PadDecryptOp(CipherOperation):
-    def __init__(self, ctx: CipherContext) -> None:
-        self._ctx = ctx
-        self._unpadder = padding.PKCS7(BLOCK * 8).unpadder()
-        self._total = 0
-
-    def update(self, data: bytes) -> bytes:
-        check_part(data)
-        self._total += len(data)
-        return self._unpadder.update(self._ctx.update(data))
-
-    def final(self) -> bytes:
-        if self._total == 0 or self._total % BLOCK:
-            raise EncryptedDataLenRange(f"CBC_PAD ciphertext must be a non-zero multiple of {BLOCK} bytes")
-        rest = self._unpadder.update(self._ctx.finalize())
-        try:
-            return rest + self._unpadder.finalize()
-        except ValueError:
-            raise EncryptedDataInvalid("bad PKCS#7 padding") from None
-
-
 class Des3Ecb(_DesMechanism):
     ckm = CKM.DES3_ECB
     capabilities = Capability.ENCRYPT | Capability.DECRYPT
@@ -145,10 +90,10 @@ class Des3Ecb(_DesMechanism):
         return Cipher(TripleDES(_des_key(key)), modes.ECB())
 
     def encrypt(self, key: Key, params: Any) -> CipherOperation:
-        return _BlockOp(self._cipher(key, params).encryptor(), DataLenRange, "DES3_ECB plaintext")
+        return BlockOp(self._cipher(key, params).encryptor(), BLOCK, DataLenRange, "DES3_ECB plaintext")
 
     def decrypt(self, key: Key, params: Any) -> CipherOperation:
-        return _BlockOp(self._cipher(key, params).decryptor(), EncryptedDataLenRange, "DES3_ECB ciphertext")
+        return BlockOp(self._cipher(key, params).decryptor(), BLOCK, EncryptedDataLenRange, "DES3_ECB ciphertext")
 
 
 class _Des3CbcBase(_DesMechanism):
@@ -169,20 +114,20 @@ class Des3Cbc(_Des3CbcBase):
     ckm = CKM.DES3_CBC
 
     def encrypt(self, key: Key, params: Any) -> CipherOperation:
-        return _BlockOp(self._cipher(key, params).encryptor(), DataLenRange, "DES3_CBC plaintext")
+        return BlockOp(self._cipher(key, params).encryptor(), BLOCK, DataLenRange, "DES3_CBC plaintext")
 
     def decrypt(self, key: Key, params: Any) -> CipherOperation:
-        return _BlockOp(self._cipher(key, params).decryptor(), EncryptedDataLenRange, "DES3_CBC ciphertext")
+        return BlockOp(self._cipher(key, params).decryptor(), BLOCK, EncryptedDataLenRange, "DES3_CBC ciphertext")
 
 
 class Des3CbcPad(_Des3CbcBase):
     ckm = CKM.DES3_CBC_PAD
 
     def encrypt(self, key: Key, params: Any) -> CipherOperation:
-        return _PadEncryptOp(self._cipher(key, params).encryptor())
+        return PadEncryptOp(self._cipher(key, params).encryptor(), BLOCK)
 
     def decrypt(self, key: Key, params: Any) -> CipherOperation:
-        return _PadDecryptOp(self._cipher(key, params).decryptor())
+        return PadDecryptOp(self._cipher(key, params).decryptor(), BLOCK)
 
 
 DES2_KEY_GEN = register(_DesKeyGen(CKM.DES2_KEY_GEN, CKK.DES2))
