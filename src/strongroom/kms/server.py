@@ -133,6 +133,12 @@ def ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
         if not config.kms.insecure_http:
             raise ConfigError("no kms.tls_cert / kms.tls_key, and kms.insecure_http is not set")
         return None
+    return https_context(cert, key, ConfigError)
+
+
+def https_context(cert: Path, key: Path, error: type[Exception]) -> ssl.SSLContext:
+    """The TLS context of an HTTP front door (this gateway, the Vault KV service): TLS 1.2+ with
+    forward-secret AEAD suites only. Files that cannot be used raise ``error`` (the caller's ConfigError)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(TLS12_CIPHERS)
@@ -140,7 +146,7 @@ def ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(str(cert), str(key))
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot use the TLS certificate {cert} and key {key}: {exc}") from None
+        raise error(f"cannot use the TLS certificate {cert} and key {key}: {exc}") from None
     return context
 
 

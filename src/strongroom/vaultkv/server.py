@@ -27,7 +27,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from strongroom.hardening import harden_process
 from strongroom.kms.auth_limits import FailureLimiter
 from strongroom.kms.backend import Backend, ClusterError
-from strongroom.kms.server import TLS12_CIPHERS
+from strongroom.kms.server import https_context
 from strongroom.vaultkv.api import Request, VaultApi, errors
 from strongroom.vaultkv.config import ConfigError, VaultKvConfig
 
@@ -115,15 +115,7 @@ def ssl_context(config: VaultKvConfig) -> ssl.SSLContext | None:
         if not config.vault_kv.insecure_http:
             raise ConfigError("no vault_kv.tls_cert / vault_kv.tls_key, and vault_kv.insecure_http is not set")
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_ciphers(TLS12_CIPHERS)
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    try:
-        context.load_cert_chain(str(cert), str(key))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot use the TLS certificate {cert} and key {key}: {exc}") from None
-    return context
+    return https_context(cert, key, ConfigError)
 
 
 async def run(config: VaultKvConfig, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
