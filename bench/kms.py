@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""The KMS gateway through boto3: requests/s of Encrypt (1 KiB), Decrypt and GenerateDataKey
-(AES_256) with 1 and 8 client threads, against two references measured in the same run.
+"""The KMS gateway: requests/s of Encrypt (1 KiB), Decrypt and GenerateDataKey (AES_256) from two load
+generators, each against the gateway and against an echo server, with the CPU each process spends.
 
 Run through ``bench/kms`` (which sets up the venv first). One run:
 
@@ -8,30 +8,34 @@ Run through ``bench/kms`` (which sets up the venv first). One run:
    ``strongroom.local.gateway.start_gateway(TMP, admin=…)`` (the gateway process, HTTPS with a
    certificate of the cluster's CA — ``--insecure-http``: plain HTTP —, talking to the node over
    mTLS with its own pipelined connections); one symmetric KMS key;
-2. **gateway**: each thread has its own boto3 client (own botocore session, own HTTP
-   connection pool), makes 3 warm-up calls, waits at a barrier, then calls the operation in a
-   loop for ``--seconds`` (default 5). Every request is a full KMS request: botocore serializes
-   and SigV4-signs it, the gateway checks the signature with the day's signing key (issued by
-   the node once, ``kms.sigv4.signing_key``, then cached), reads the key's record (from the
-   cluster at most once a second), and runs AES-GCM in the node (GenerateDataKey also draws
-   the data key from the node's CSPRNG);
-3. **echo** (the client's ceiling): the same boto3 loop against a local aiohttp server in its
-   own process (the gateway's HTTP stack, HTTPS with the gateway's certificate when the gateway
-   serves HTTPS) that answers every request at once with a canned KMS-shaped response,
-   verifying nothing. The difference between the two is what the gateway
-   and the cluster add; the echo rate is what this client (Python threads, one GIL) can
-   drive at most;
-4. **in-process AES-GCM** (the crypto alone): ``cryptography``'s AESGCM encrypting 1 KiB (for
-   Decrypt: decrypting it) in the same threads, no network, no KMS semantics;
-5. a table: ops/s, p50/p99 of one call, gateway/echo and gateway/AES-GCM, and the CPU used
-   meanwhile by the gateway, the node (all its processes) and the client process.
+2. **async generator** (the load generator that is not the ceiling): ``--processes`` client
+   processes (default 2), each an asyncio loop with aiohttp and ``--concurrency`` requests in
+   flight (default 8). Every request is signed anew with botocore's ``SigV4Auth`` (the signer
+   boto3 uses; a fresh X-Amz-Date and signature, which the gateway verifies) over a body
+   serialized once per run, and its answer is read whole and checked for HTTP 200. The
+   processes warm up, say they are ready, then start together on one line from this process;
+3. **boto3** (what users run; ``--threads``, default 8; ``--threads`` alone skips it): each
+   thread has its own boto3 client (own botocore session, own HTTP connection pool), makes 3
+   warm-up calls, waits at a barrier, then calls the operation in a loop. One Python process:
+   its GIL is the ceiling of these rows;
+4. each generator is run against the gateway and then against the **echo** server: a local
+   aiohttp server in its own process (the gateway's HTTP stack and event loop, HTTPS with the
+   gateway's certificate when the gateway serves HTTPS) that answers every request at once with
+   a canned KMS-shaped response, verifying nothing. gateway/echo of one generator is the share
+   of its ceiling the gateway and the cluster leave;
+5. **in-process AES-GCM** with the boto3 rows' threads (the crypto alone, no network);
+6. tables: ops/s, p50/p99 of one call, gateway/echo, and the CPU used meanwhile by the gateway,
+   the node (all its processes) and the client process(es), in % of a core and per request.
 
-Nothing is asserted about speed; it measures and prints.
+Every gateway row counts the requests that failed; nothing is asserted about speed.
+``--profile DIR`` runs ``py-spy record`` on the gateway and the node's processes during the
+async generator's gateway rows and prints where their time goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
 import json
 import os
@@ -63,7 +67,7 @@ OPS = ("Encrypt", "Decrypt", "GenerateDataKey")
 PAYLOAD = os.urandom(1024)
 
 ECHO_SERVER = r'''
-import base64, json, os, ssl, sys
+import asyncio, base64, json, os, ssl, sys
 from aiohttp import web
 blob = base64.b64encode(os.urandom(1024 + 50)).decode()
 arn = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-0000-0000-000000000000"
@@ -86,7 +90,17 @@ if len(sys.argv) > 2:  # the gateway's certificate and key: the same TLS as the 
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.minimum_version = ssl.TLSVersion.TLSv1_2
     tls.load_cert_chain(sys.argv[2], sys.argv[3])
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, ssl_context=tls)
+async def serve():
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", int(sys.argv[1]), ssl_context=tls).start()
+    await asyncio.Event().wait()
+try:  # the event loop the gateway runs on
+    from strongroom.kms.server import loop_factory
+except ImportError:
+    loop_factory = None
+with asyncio.Runner(loop_factory=loop_factory() if loop_factory else None) as r:
+    r.run(serve())
 '''
 
 
@@ -232,11 +246,116 @@ def local_op(op: str) -> Callable[[], Callable[[], Any]]:
     return make
 
 
+def run_async(processes: int, concurrency: int, seconds: float, spec: dict[str, Any],
+              pids: dict[str, list[int]]) -> dict[str, Any]:
+    """``processes`` bench/kms_async.py processes, started together once each has warmed up."""
+    spec = {**spec, "concurrency": concurrency, "seconds": seconds}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    workers = [subprocess.Popen([str(PYTHON), str(HERE / "kms_async.py"), json.dumps(spec)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env=env) for _ in range(processes)]
+    try:
+        for w in workers:
+            assert w.stdout is not None
+            if w.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"a load generator process did not start (exit {w.wait(30)})")
+        pids = {**pids, "client": [w.pid for w in workers]}
+        cpu_before = {name: sum(proc_cpu(p) for p in group) for name, group in pids.items()}
+        client_before = [proc_cpu(w.pid) for w in workers]
+        start = time.perf_counter()
+        for w in workers:
+            assert w.stdin is not None
+            w.stdin.write("go\n")
+            w.stdin.flush()
+        answers = []
+        for w in workers:
+            assert w.stdout is not None
+            line = w.stdout.readline()
+            if not line:
+                raise RuntimeError(f"a load generator process failed (exit {w.wait(30)})")
+            answers.append(json.loads(line))
+        wall = time.perf_counter() - start
+        # Read before the processes exit (an exited child's /proc entry is gone once reaped).
+        cpu_after = {name: sum(proc_cpu(p) for p in group) for name, group in pids.items()}
+        client_after = [proc_cpu(w.pid) for w in workers]
+    finally:
+        for w in workers:
+            if w.stdin is not None:
+                w.stdin.close()
+            try:
+                w.wait(30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
+    samples = [x for a in answers for x in a["latencies_ms"]]
+    failures = sum(a["failures"] for a in answers)
+    return {"ops": len(samples), "wall": wall, "ops_per_s": len(samples) / wall, "failures": failures,
+            "first_failure": next((a["first_failure"] for a in answers if a["first_failure"]), ""),
+            "p50_ms": statistics.median(samples), "p99_ms": percentile(samples, 99),
+            "cpu_pct": {k: 100 * (cpu_after[k] - cpu_before[k]) / wall for k in pids},
+            "client_process_pct": [100 * (b - a) / wall for a, b in zip(client_before, client_after, strict=True)]}
+
+
+def pyspy_start(outdir: Path, watch: dict[str, int], rate: int) -> list[tuple[str, subprocess.Popen[bytes], Path]]:
+    outdir.mkdir(parents=True, exist_ok=True)
+    started = []
+    for name, pid in watch.items():
+        out = outdir / f"{name}.raw.txt"
+        cmd = [str(PYTHON.parent / "py-spy"), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+               "--output", str(out), "--nonblocking"]
+        started.append((name, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out))
+    time.sleep(1.0)  # let py-spy attach before the load starts
+    return started
+
+
+def pyspy_stop(started: list[tuple[str, subprocess.Popen[bytes], Path]], top: int = 25) -> str:
+    """Self share per function over every sample of each process (bench/run.py's summary, shorter)."""
+    import signal
+    from collections import Counter
+
+    for _name, proc, _out in started:
+        proc.send_signal(signal.SIGINT)
+    lines = []
+    for name, proc, out in started:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if not out.exists():
+            continue
+        own: Counter[str] = Counter()
+        total = 0
+        for line in out.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack:
+                continue
+            total += int(count)
+            own[stack.split(";")[-1]] += int(count)
+        lines.append(f"\n{name}: {total} samples, self share of the top functions ({out})")
+        lines += [f"  {100 * n / total:5.1f}%  {frame}" for frame, n in own.most_common(top)]
+    return "\n".join(lines)
+
+
+def cpu_row(label: str, r: dict[str, Any]) -> str:
+    cpu, rate = r["cpu_pct"], r["ops_per_s"]
+    per = {k: (10 * v / rate if rate else 0.0) for k, v in cpu.items()}
+    return (f"| {label} | {cpu['gateway']:.0f} | {cpu['node']:.0f} | {cpu['client']:.0f} | {per['gateway']:.3f} | "
+            f"{per['node']:.3f} | {per['gateway'] + per['node']:.3f} | {per['client']:.3f} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--processes", type=int, default=2,
+                        help="async load generator processes (default 2; 0: none)")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per async process")
+    parser.add_argument("--threads", type=int, nargs="*", default=[8],
+                        help="boto3 thread counts (default 8; the option alone: no boto3 rows)")
+    parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="py-spy record the gateway and node processes during the async gateway rows")
+    parser.add_argument("--profile-rate", type=int, default=200)
     parser.add_argument("--insecure-http", action="store_true",
                         help="the gateway (and the echo server) in plain HTTP instead of HTTPS")
     args = parser.parse_args()
@@ -244,10 +363,12 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="kms-bench-"))
     root = tmp / "cluster"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRONGROOM_", "AWS_"))}
+    env.update({k: v for k, v in os.environ.items() if k == "STRONGROOM_EVENT_LOOP"})
     started = time.monotonic()
     echo = None
     up = False
     results: list[dict[str, Any]] = []
+    profiles: list[str] = []
     try:
         log(f"strongroom up --dir {root}")
         p = subprocess.run([str(PYTHON), "-m", "strongroom", "up", "--dir", str(root)], capture_output=True,
@@ -267,7 +388,7 @@ def main() -> int:
         port = free_port()
         tls = [] if args.insecure_http else [str(root / "kms" / "tls.crt"), str(root / "kms" / "tls.key")]
         echo = subprocess.Popen([str(PYTHON), "-c", ECHO_SERVER, str(port), *tls], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                stderr=subprocess.DEVNULL, env={**env, "PYTHONPATH": str(ROOT / "src")})
         echo_endpoint = f"{'http' if args.insecure_http else 'https'}://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
         while True:
@@ -278,14 +399,30 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the echo server did not start") from None
                 time.sleep(0.05)
-        echo_pids = {"echo server": [echo.pid], "client": [os.getpid()]}
-        for op in OPS:
+        echo_pids = {"gateway": [echo.pid], "node": [], "client": [os.getpid()]}
+        spec = {"key_id": key_id, "plaintext": PAYLOAD.hex(), "blob_b64": base64.b64encode(blob).decode(),
+                "access_key_id": info["kms_access_key_id"], "secret_access_key": info["kms_secret_access_key"],
+                "region": info["kms_region"], "ca_bundle": info.get("kms_ca_bundle")}
+        watch = {"gateway": int(info["kms_pid"]), **{f"node-{i}": pid for i, pid in enumerate(node_pids)}}
+        for op in args.ops:
+            if args.processes:
+                row: dict[str, Any] = {"op": op, "generator": f"async {args.processes}x{args.concurrency}"}
+                log(f"{op}, async {args.processes} x {args.concurrency}: gateway")
+                spy = pyspy_start(args.profile / op, watch, args.profile_rate) if args.profile else None
+                row["gateway"] = run_async(args.processes, args.concurrency, args.seconds,
+                                           {**spec, "op": op, "endpoint": info["kms_endpoint"]}, pids)
+                if spy is not None:
+                    profiles.append(f"\n### {op}\n" + pyspy_stop(spy))
+                log(f"{op}, async {args.processes} x {args.concurrency}: echo")
+                row["echo"] = run_async(args.processes, args.concurrency, args.seconds,
+                                        {**spec, "op": op, "endpoint": echo_endpoint}, echo_pids)
+                results.append(row)
             for threads in args.threads:
-                row: dict[str, Any] = {"op": op, "threads": threads}
-                log(f"{op}, {threads} thread(s): gateway")
+                row = {"op": op, "generator": f"boto3 {threads} thread(s)"}
+                log(f"{op}, boto3 {threads} thread(s): gateway")
                 row["gateway"] = run_threads(threads, args.seconds,
                                              boto_op(op, info["kms_endpoint"], info, key_id, blob), pids)
-                log(f"{op}, {threads} thread(s): echo")
+                log(f"{op}, boto3 {threads} thread(s): echo")
                 row["echo"] = run_threads(threads, args.seconds,
                                           boto_op(op, echo_endpoint, info, key_id, blob), echo_pids)
                 log(f"{op}, {threads} thread(s): in-process AES-GCM")
@@ -302,31 +439,40 @@ def main() -> int:
     elapsed = time.monotonic() - started
     m = info_machine
     scheme = "plain HTTP" if args.insecure_http else "HTTPS"
+    loop = env.get("STRONGROOM_EVENT_LOOP", "default")
     print(f"\n{m['date']}, commit {m['commit']}; {m['nproc']} x {m['cpu']}, Linux {m['kernel']}, "
-          f"Python {m['python']}, boto3 {m['boto3']} / botocore {m['botocore']}; {scheme}; {args.seconds:g} s per "
-          f"measurement; the run took {elapsed:.0f} s\n")
-    print("| operation | threads | gateway ops/s | p50 ms | p99 ms | echo ops/s | gateway/echo | "
-          "AES-GCM in-process ops/s | gateway/AES-GCM |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in results:
-        g, e, a = r["gateway"], r["echo"], r["aesgcm"]
-        print(f"| {r['op']} | {r['threads']} | {g['ops_per_s']:,.0f} | {g['p50_ms']:.2f} | {g['p99_ms']:.2f} | "
-              f"{e['ops_per_s']:,.0f} | {g['ops_per_s'] / e['ops_per_s']:.2f} | {a['ops_per_s']:,.0f} | "
-              f"{g['ops_per_s'] / a['ops_per_s']:.4f} |")
-    print("\nCPU during the gateway measurements (% of one core) and per request (ms):\n")
-    print("| operation | threads | gateway % | node % | client % | gateway ms/req | node ms/req | client ms/req |"
-          " echo: server % | echo: client % |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          f"Python {m['python']}, boto3 {m['boto3']} / botocore {m['botocore']}; {scheme}; event loop: {loop}; "
+          f"{args.seconds:g} s per measurement; load average {os.getloadavg()[0]:.1f}; the run took {elapsed:.0f} s\n")
+    print("| operation | generator | gateway ops/s | p50 ms | p99 ms | failed | echo ops/s | **gateway/echo** | "
+          "client % of a core per process (gateway; echo) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in results:
         g, e = r["gateway"], r["echo"]
-        cpu, rate = g["cpu_pct"], g["ops_per_s"]
-        print(f"| {r['op']} | {r['threads']} | {cpu['gateway']:.0f} | {cpu['node']:.0f} | {cpu['client']:.0f} | "
-              f"{10 * cpu['gateway'] / rate:.2f} | {10 * cpu['node'] / rate:.2f} | {10 * cpu['client'] / rate:.2f} | "
-              f"{e['cpu_pct']['echo server']:.0f} | {e['cpu_pct']['client']:.0f} |")
+        per_process = "; ".join(" ".join(f"{x:.0f}" for x in x_["client_process_pct"]) if "client_process_pct" in x_
+                                else f"{x_['cpu_pct']['client']:.0f}" for x_ in (g, e))
+        print(f"| {r['op']} | {r['generator']} | {g['ops_per_s']:,.0f} | {g['p50_ms']:.2f} | {g['p99_ms']:.2f} | "
+              f"{g.get('failures', 0)} | {e['ops_per_s']:,.0f} | **{g['ops_per_s'] / e['ops_per_s']:.2f}** | "
+              f"{per_process} |")
+    print("\nCPU (% of one core, and ms per request; 'gateway' is the echo server in the echo rows):\n")
+    print("| operation, generator, target | gateway % | node % | client % | gateway ms/req | node ms/req | "
+          "**gateway + node ms/req** | client ms/req |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in results:
+        print(cpu_row(f"{r['op']}, {r['generator']}, gateway", r["gateway"]))
+        print(cpu_row(f"{r['op']}, {r['generator']}, echo", r["echo"]))
+    aes = [r for r in results if "aesgcm" in r]
+    if aes:
+        print("\nIn-process AES-GCM (the boto3 rows' threads): " + ", ".join(
+            f"{r['op']} {r['aesgcm']['ops_per_s']:,.0f}/s" for r in aes))
+    for text in profiles:
+        print(text)
+    failed = sum(r["gateway"].get("failures", 0) + r["echo"].get("failures", 0) for r in results)
+    if failed:
+        first = next(x["first_failure"] for r in results for x in (r["gateway"], r["echo"]) if x.get("first_failure"))
+        print(f"\n{failed} requests failed; the first: {first}")
     if args.json:
         args.json.write_text(json.dumps({"machine": m, "seconds": args.seconds, "results": results}, indent=2))
-    return 0
-
+    return 1 if failed else 0
 
 if __name__ == "__main__":
     sys.exit(main())
