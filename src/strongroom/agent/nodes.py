@@ -262,7 +262,9 @@ class NodeLink:
             except ClientError as exc:
                 raise NodeUnavailable(f"node {self.name}: {exc.message}") from None
             try:
-                reply = await asyncio.wait_for(future, timeout or self._timeouts.request)
+                # asyncio.timeout, not wait_for: wait_for adds a waiter future and callbacks to every request.
+                async with asyncio.timeout(timeout or self._timeouts.request):
+                    reply = await future
             except TimeoutError:
                 raise NodeTimeout(f"node {self.name} did not answer {op} within "
                                   f"{timeout or self._timeouts.request:.0f} s") from None

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from strongroom.metrics import labels, names, registry, server
@@ -57,14 +58,31 @@ class AgentSettings(Protocol):
     def metrics(self) -> MetricsSettings: ...
 
 
+#: Label children by the call's own values (``labels()`` costs a lock and a validation on every call, about as
+#: much as the rest of counting). An application chooses the function name, so the cache stops growing at
+#: CACHE_LIMIT (then ``labels()`` each time).
+_counted: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+CACHE_LIMIT = 1024
+
+
+def _children(function: str, rv: int) -> tuple[Counter, Histogram]:
+    children = _counted.get((function, rv))
+    if children is None:
+        metrics = names.agent()
+        name = _FUNCTIONS(function)
+        children = metrics.agent_calls.labels(name, labels.outcome(rv)), metrics.agent_call_seconds.labels(name)
+        if len(_counted) < CACHE_LIMIT:
+            _counted[(function, rv)] = children
+    return children
+
+
 async def timed_call(function: str, call: Awaitable[tuple[int, list[Any]]]) -> tuple[int, list[Any]]:
     """Serve one PKCS#11 call, counting it by function and return value and timing it."""
     start = time.perf_counter()
     rv, outputs = await call
-    metrics = names.agent()
-    name = _FUNCTIONS(function)
-    metrics.agent_calls.labels(name, labels.outcome(rv)).inc()
-    metrics.agent_call_seconds.labels(name).observe(time.perf_counter() - start)
+    counter, histogram = _children(function, rv)
+    counter.inc()
+    histogram.observe(time.perf_counter() - start)
     return rv, outputs
 
 
