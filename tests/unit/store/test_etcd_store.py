@@ -281,6 +281,24 @@ def test_closing_the_store_ends_a_running_watch(cluster1: EtcdCluster) -> None:
 # ---------------------------------------------------------------------------
 
 
+def test_watch_messages_larger_than_a_line_buffer_arrive_whole(cluster1: EtcdCluster) -> None:
+    """A revision's watch message comes in many reads: one of ~1.3 MiB (a 1 MiB record in base64 and JSON),
+    then small ones, each delivered once and whole (aiohttp's own readline refuses lines over 128 KiB)."""
+    big = bytes(range(256)) * 4096
+
+    async def scenario() -> None:
+        async with opened(cluster1.endpoints) as store:
+            first = await store.put("big/1", big)
+            await store.put("big/2", b"small")
+            await store.commit([Put("big/3", big[:300_000]), Put("big/4", b"x")])
+            events = await first_events(store.watch("big/", first), 4)
+            assert [(e.record.key, e.record.value) for e in events] == [
+                ("big/1", big), ("big/2", b"small"), ("big/3", big[:300_000]), ("big/4", b"x")
+            ]
+
+    asyncio.run(scenario())
+
+
 def test_a_refusing_endpoint_is_skipped(cluster1: EtcdCluster) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
 
@@ -462,6 +480,23 @@ def test_other_etcd_errors_are_store_errors() -> None:
             await store.get("k")
 
     run_against(answer_with(403, grpc_error(7, "etcdserver: permission denied")), scenario)
+
+
+def test_an_answer_over_the_size_limit_is_refused_not_buffered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member answering more than MAX_ANSWER_BYTES: the read fails as that member's failure, a write's
+    outcome is unknown (its answer never arrived whole); nothing is kept of the answer."""
+    import strongroom.store.etcd as etcd_module
+
+    monkeypatch.setattr(etcd_module, "MAX_ANSWER_BYTES", 4096)
+    padding = {"header": {"revision": "7"}, "kvs": [{"key": b64(b"/strongroom/k"), "value": b64(b"v" * 8192)}]}
+
+    async def scenario(store: EtcdStore, gateway: FakeGateway) -> None:
+        with pytest.raises(UnavailableError, match="4096"):
+            await store.get("k")
+        with pytest.raises(OutcomeUnknownError, match="4096"):
+            await store.put("k", b"v")
+
+    run_against(answer_with(200, padding), scenario)
 
 
 def test_a_failed_txn_names_the_first_conflicting_operation() -> None:
