@@ -95,11 +95,12 @@ async def serve():
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", int(sys.argv[1]), ssl_context=tls).start()
     await asyncio.Event().wait()
-try:  # the event loop the gateway runs on
-    from strongroom.kms.server import loop_factory
-except ImportError:
+try:  # the event loop the gateway runs on (STRONGROOM_EVENT_LOOP=asyncio: asyncio's, as the gateway's)
+    from strongroom.kms.server import event_loop
+    loop_factory = event_loop.loop_factory()
+except ImportError:  # a gateway before it ran on strongroom.transport.loop: asyncio's
     loop_factory = None
-with asyncio.Runner(loop_factory=loop_factory() if loop_factory else None) as r:
+with asyncio.Runner(loop_factory=loop_factory) as r:
     r.run(serve())
 '''
 
@@ -108,12 +109,13 @@ def log(msg: str) -> None:
     print(f"[kms-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def proc_cpu(pid: int) -> float:
+def proc_cpu(pid: int, system_only: bool = False) -> float:
+    """CPU seconds of ``pid``: user + system, or (``system_only``) the kernel's share alone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return (int(fields[12]) if system_only else int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def descendants(pid: int) -> list[int]:
@@ -260,6 +262,7 @@ def run_async(processes: int, concurrency: int, seconds: float, spec: dict[str, 
                 raise RuntimeError(f"a load generator process did not start (exit {w.wait(30)})")
         pids = {**pids, "client": [w.pid for w in workers]}
         cpu_before = {name: sum(proc_cpu(p) for p in group) for name, group in pids.items()}
+        sys_before = {name: sum(proc_cpu(p, True) for p in group) for name, group in pids.items()}
         client_before = [proc_cpu(w.pid) for w in workers]
         start = time.perf_counter()
         for w in workers:
@@ -276,6 +279,7 @@ def run_async(processes: int, concurrency: int, seconds: float, spec: dict[str, 
         wall = time.perf_counter() - start
         # Read before the processes exit (an exited child's /proc entry is gone once reaped).
         cpu_after = {name: sum(proc_cpu(p) for p in group) for name, group in pids.items()}
+        sys_after = {name: sum(proc_cpu(p, True) for p in group) for name, group in pids.items()}
         client_after = [proc_cpu(w.pid) for w in workers]
     finally:
         for w in workers:
@@ -292,6 +296,7 @@ def run_async(processes: int, concurrency: int, seconds: float, spec: dict[str, 
             "first_failure": next((a["first_failure"] for a in answers if a["first_failure"]), ""),
             "p50_ms": statistics.median(samples), "p99_ms": percentile(samples, 99),
             "cpu_pct": {k: 100 * (cpu_after[k] - cpu_before[k]) / wall for k in pids},
+            "system_pct": {k: 100 * (sys_after[k] - sys_before[k]) / wall for k in pids},
             "client_process_pct": [100 * (b - a) / wall for a, b in zip(client_before, client_after, strict=True)]}
 
 
@@ -339,8 +344,11 @@ def pyspy_stop(started: list[tuple[str, subprocess.Popen[bytes], Path]], top: in
 def cpu_row(label: str, r: dict[str, Any]) -> str:
     cpu, rate = r["cpu_pct"], r["ops_per_s"]
     per = {k: (10 * v / rate if rate else 0.0) for k, v in cpu.items()}
+    system = r.get("system_pct", {})
+    kernel = "/".join(f"{100 * system[k] / cpu[k]:.0f}" if cpu[k] else "-" for k in ("gateway", "node")) \
+        if system else ""
     return (f"| {label} | {cpu['gateway']:.0f} | {cpu['node']:.0f} | {cpu['client']:.0f} | {per['gateway']:.3f} | "
-            f"{per['node']:.3f} | {per['gateway'] + per['node']:.3f} | {per['client']:.3f} |")
+            f"{per['node']:.3f} | {per['gateway'] + per['node']:.3f} | {per['client']:.3f} | {kernel} |")
 
 
 def main() -> int:
@@ -363,7 +371,10 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="kms-bench-"))
     root = tmp / "cluster"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRONGROOM_", "AWS_"))}
-    env.update({k: v for k, v in os.environ.items() if k == "STRONGROOM_EVENT_LOOP"})
+    # STRONGROOM_EVENT_LOOP reaches the gateway (started with this process's environment) and the echo
+    # server, not the node: an A/B of the gateway's event loop.
+    echo_env = {**env, "PYTHONPATH": str(ROOT / "src"),
+                **{k: v for k, v in os.environ.items() if k == "STRONGROOM_EVENT_LOOP"}}
     started = time.monotonic()
     echo = None
     up = False
@@ -388,7 +399,7 @@ def main() -> int:
         port = free_port()
         tls = [] if args.insecure_http else [str(root / "kms" / "tls.crt"), str(root / "kms" / "tls.key")]
         echo = subprocess.Popen([str(PYTHON), "-c", ECHO_SERVER, str(port), *tls], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env={**env, "PYTHONPATH": str(ROOT / "src")})
+                                stderr=subprocess.DEVNULL, env=echo_env)
         echo_endpoint = f"{'http' if args.insecure_http else 'https'}://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
         while True:
@@ -439,9 +450,9 @@ def main() -> int:
     elapsed = time.monotonic() - started
     m = info_machine
     scheme = "plain HTTP" if args.insecure_http else "HTTPS"
-    loop = env.get("STRONGROOM_EVENT_LOOP", "default")
+    loop = os.environ.get("STRONGROOM_EVENT_LOOP", "default")
     print(f"\n{m['date']}, commit {m['commit']}; {m['nproc']} x {m['cpu']}, Linux {m['kernel']}, "
-          f"Python {m['python']}, boto3 {m['boto3']} / botocore {m['botocore']}; {scheme}; event loop: {loop}; "
+          f"Python {m['python']}, boto3 {m['boto3']} / botocore {m['botocore']}; {scheme}; gateway event loop: {loop}; "
           f"{args.seconds:g} s per measurement; load average {os.getloadavg()[0]:.1f}; the run took {elapsed:.0f} s\n")
     print("| operation | generator | gateway ops/s | p50 ms | p99 ms | failed | echo ops/s | **gateway/echo** | "
           "client % of a core per process (gateway; echo) |")
@@ -455,8 +466,8 @@ def main() -> int:
               f"{per_process} |")
     print("\nCPU (% of one core, and ms per request; 'gateway' is the echo server in the echo rows):\n")
     print("| operation, generator, target | gateway % | node % | client % | gateway ms/req | node ms/req | "
-          "**gateway + node ms/req** | client ms/req |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "**gateway + node ms/req** | client ms/req | kernel share % gateway/node |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         print(cpu_row(f"{r['op']}, {r['generator']}, gateway", r["gateway"]))
         print(cpu_row(f"{r['op']}, {r['generator']}, echo", r["echo"]))

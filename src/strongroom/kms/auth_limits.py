@@ -31,6 +31,7 @@ that source start again from a full bucket — the overall bucket still holds).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import time
@@ -43,8 +44,12 @@ DEFAULT_MAX_ENTRIES = 10_000
 THROTTLED_MESSAGE = "Rate exceeded"
 
 
+@functools.lru_cache(maxsize=4096)
 def source_of(address: str | None) -> str:
-    """The rate-limited unit of a peer address: an IPv4 address, an IPv6 /64, or the text as given."""
+    """The rate-limited unit of a peer address: an IPv4 address, an IPv6 /64, or the text as given.
+
+    Cached (a bounded LRU of peer addresses): parsing an address costs more than the rest of a
+    request's rate-limit bookkeeping, and a client sends many requests from one address."""
     if not address:
         return "unknown"
     try:

@@ -184,7 +184,9 @@ class Backend:
         for attempt in range(attempts):
             connection, session = await link.ready()
             try:
-                reply = await asyncio.wait_for(connection.send(op, args, session), self._timeout)
+                # A timeout scope, not wait_for: on Python 3.11 wait_for runs the call in a task of its own.
+                async with asyncio.timeout(self._timeout):
+                    reply = await connection.send(op, args, session)
             except ClientError as exc:  # the connection was already closed
                 await link.reset(connection)
                 if attempt + 1 < attempts and op in IDEMPOTENT:

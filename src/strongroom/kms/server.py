@@ -37,6 +37,7 @@ from strongroom.kms.errors import SerializationError
 from strongroom.kms.gateway import Gateway
 from strongroom.kms.sigv4 import Headers
 from strongroom.metrics import kms as kms_metrics
+from strongroom.transport import loop as event_loop
 
 log = logging.getLogger("strongroom.kms")
 CONTENT_TYPE = "application/x-amz-json-1.1"
@@ -219,7 +220,7 @@ def serve(config_path: Path, *, insecure_http: bool = False) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _log_hardening(hardening)
     try:
-        asyncio.run(run(config))
+        event_loop.run(run(config))  # uvloop, as the node and the agent (bench/README.md, KMS)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

@@ -32,6 +32,7 @@ them) means the operation cannot be swapped after signing; the body is bound by 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import posixpath
@@ -130,7 +131,9 @@ def parse_authorization(header: str, has_date: bool = True) -> Authorization:
     return Authorization(access_key_id, date, region, service, terminator, signed, fields["Signature"])
 
 
+@functools.lru_cache(maxsize=256)
 def _canonical_uri(raw_path: str) -> str:
+    # Cached: every KMS request is a POST to "/"; the LRU bounds what odd paths can hold.
     path = unquote(raw_path) or "/"
     normalized = posixpath.normpath(path)
     if path.endswith("/") and normalized != "/":
@@ -141,6 +144,8 @@ def _canonical_uri(raw_path: str) -> str:
 
 
 def _canonical_query(raw_query: str) -> str:
+    if not raw_query:  # KMS requests carry none
+        return ""
     pairs = []
     for part in raw_query.split("&"):
         if not part:
@@ -166,6 +171,14 @@ def string_to_sign(amz_date: str, scope: str, canonical: str) -> str:
     return "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
 
 
+@functools.lru_cache(maxsize=64)
+def _amz_moment(amz_date: str) -> dt.datetime:
+    """X-Amz-Date as a UTC datetime; ValueError when it is not one. Cached: concurrent requests sign
+    within the same seconds, and strptime costs more than the rest of the checks (a date that does
+    not parse raises, and is not cached)."""
+    return dt.datetime.strptime(amz_date, AMZ_DATE_FORMAT).replace(tzinfo=dt.UTC)
+
+
 def _fmt(moment: dt.datetime) -> str:
     return moment.strftime(AMZ_DATE_FORMAT)
 
@@ -180,7 +193,7 @@ def prepare(method: str, raw_path: str, raw_query: str, headers: Headers, body: 
     auth = parse_authorization(header, has_date=amz_date is not None)
     assert amz_date is not None
     try:
-        moment = dt.datetime.strptime(amz_date, AMZ_DATE_FORMAT).replace(tzinfo=dt.UTC)
+        moment = _amz_moment(amz_date)
     except ValueError:
         raise IncompleteSignature(f"Date must be in ISO-8601 'basic format'. Got '{amz_date}'. "
                                   "See http://en.wikipedia.org/wiki/ISO_8601") from None
