@@ -40,6 +40,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -447,6 +448,7 @@ def main() -> int:
         if up:
             subprocess.run([str(PYTHON), "-m", "strongroom", "down", "--dir", str(root)], capture_output=True,
                            env=env, timeout=180)
+            shutil.rmtree(tmp, ignore_errors=True)  # the cluster's store, logs and keys of this run
     elapsed = time.monotonic() - started
     m = info_machine
     scheme = "plain HTTP" if args.insecure_http else "HTTPS"

@@ -9,6 +9,8 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Counter, Histogram
+
 from strongroom.metrics import labels, names, registry, server
 from strongroom.metrics.settings import MetricsSettings
 
@@ -18,16 +20,34 @@ TARGET_PREFIX = "TrentService."
 _tasks: set[asyncio.Task[None]] = set()
 
 
+#: Label children by the request's own values, as the agent's (``labels()`` takes a lock and validates on every
+#: call). A client chooses its X-Amz-Target, so the cache stops growing at CACHE_LIMIT (then ``labels()`` each time).
+_counted: dict[tuple[str, bool, str | None], tuple[Counter, Histogram]] = {}
+CACHE_LIMIT = 1024
+
+
+def _children(target: str, ok: bool, code: str | None) -> tuple[Counter, Histogram]:
+    """``code``: the AWS error code of a failed request (None when its answer names none)."""
+    children = _counted.get((target, ok, code))
+    if children is None:
+        metrics = names.kms()
+        operation = _OPERATIONS(target.removeprefix(TARGET_PREFIX))
+        outcome = "ok" if ok else _CODES(code)
+        children = metrics.kms_requests.labels(operation, outcome), metrics.kms_request_seconds.labels(operation)
+        if len(_counted) < CACHE_LIMIT:
+            _counted[(target, ok, code)] = children
+    return children
+
+
 async def timed(target: str | None, handled: Awaitable[tuple[int, dict[str, Any]]]) -> tuple[int, dict[str, Any]]:
     """Serve one request (``handled``: the gateway's answer to come), counting it by the operation its
     X-Amz-Target names and by outcome (``ok`` or the AWS error code)."""
     start = time.perf_counter()
     status, body = await handled
-    operation = _OPERATIONS((target or "").removeprefix(TARGET_PREFIX) if target else "")
-    outcome = "ok" if status == 200 else _CODES(body.get("__type") if isinstance(body, dict) else None)
-    metrics = names.kms()
-    metrics.kms_requests.labels(operation, outcome).inc()
-    metrics.kms_request_seconds.labels(operation).observe(time.perf_counter() - start)
+    code = body.get("__type") if status != 200 and isinstance(body, dict) else None
+    counter, histogram = _children(target or "", status == 200, code if isinstance(code, str) else None)
+    counter.inc()
+    histogram.observe(time.perf_counter() - start)
     return status, body
 
 
