@@ -130,6 +130,7 @@ async def _worker(config: NodeConfig, sock: socket.socket, report: SelfTestRepor
         await worker.freshness.publish_audit_head()  # clean shutdown: the head as it is now
     await services.keyring.stop_background()
     await listener.close()
+    node_metrics.flush_requests()  # what the last half second counted
     await link.close()
     await store.close()
 
