@@ -111,27 +111,44 @@ MAX_ITEMS = 1024
 
 
 def _matches(value: Any, hint: Any) -> bool:
+    try:
+        check = _checker(hint)
+    except TypeError:  # an unhashable hint: nothing to cache it under
+        check = _make_checker(hint)
+    return check(value)
+
+
+@functools.cache
+def _checker(hint: Any) -> Callable[[Any], bool]:
+    # Reading a hint (get_origin, get_args, the comparisons) cost more than the check itself; once per hint.
+    return _make_checker(hint)
+
+
+def _make_checker(hint: Any) -> Callable[[Any], bool]:
     origin = typing.get_origin(hint)
     if hint is Any:
-        return True
+        return lambda value: True
     if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, option) for option in typing.get_args(hint))
+        options = tuple(_make_checker(option) for option in typing.get_args(hint))
+        return lambda value: any(check(value) for check in options)
     if hint is type(None):
-        return value is None
+        return lambda value: value is None
     if hint is bool:
-        return isinstance(value, bool)
+        return lambda value: isinstance(value, bool)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return lambda value: isinstance(value, int) and not isinstance(value, bool)
     if hint is str:
-        return isinstance(value, str) and len(value) <= MAX_STRING
+        return lambda value: isinstance(value, str) and len(value) <= MAX_STRING
     if hint is bytes:
-        return isinstance(value, bytes) and len(value) <= MAX_BYTES
+        return lambda value: isinstance(value, bytes) and len(value) <= MAX_BYTES
     if origin is list:
         (item,) = typing.get_args(hint) or (Any,)
-        return isinstance(value, list) and len(value) <= MAX_ITEMS and all(_matches(v, item) for v in value)
+        check_item = _make_checker(item)
+        return lambda value: (isinstance(value, list) and len(value) <= MAX_ITEMS
+                              and all(check_item(v) for v in value))
     if origin is dict or hint is dict:
-        return isinstance(value, dict) and len(value) <= MAX_ITEMS
-    return isinstance(value, hint)
+        return lambda value: isinstance(value, dict) and len(value) <= MAX_ITEMS
+    return lambda value: isinstance(value, hint)
 
 
 @functools.cache
