@@ -257,17 +257,22 @@ class ObjectRepository:
         self.tokens.put(current)
         return current
 
-    async def search(self, template: dict[int, Any], visible: Callable[[StoredObject], bool]) -> list[int]:
+    async def search(self, template: dict[int, Any], visible: Callable[[StoredObject], bool],
+                     first: Callable[[StoredObject], bool] | None = None) -> list[int]:
+        """The handles of the visible objects that match ``template``, in handle order; with ``first``, the
+        objects it picks come before the others, each group oldest first."""
         from strongroom.objects.templates import matches
 
         await self.sync()
         token_flag = template.get(CKA.TOKEN)
-        found: list[int] = []
+        found: list[StoredObject] = []
         for index, is_token in ((self.tokens, True), (self.sessions, False)):
             if token_flag is not None and token_flag != is_token:
                 continue
-            found += [o.handle for o in index.candidates(template) if visible(o) and matches(o, template)]
-        return sorted(found)
+            found += [o for o in index.candidates(template) if visible(o) and matches(o, template)]
+        if first is None:
+            return sorted(o.handle for o in found)
+        return [o.handle for o in sorted(found, key=lambda o: (not first(o), o.created, o.handle))]
 
     # --- writing -----------------------------------------------------------------------------
     async def add(self, objects: list[StoredObject], witness: Witness) -> list[StoredObject]:

@@ -40,7 +40,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap, aes_key_wrap_with_padding
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from ..conftest import Pkcs11Target
+from strongroom.client import Client
+from strongroom.constants import CKA, CKM
+
+from ..conftest import LocalCluster, Pkcs11Module, Pkcs11Target, pkcs11_target
 
 PKCS11_TOOL = shutil.which("pkcs11-tool")
 
@@ -512,6 +515,86 @@ def test_builtin_test_suite(tool: Tool, keys: Keys) -> None:
     assert re.search(key_line + r"\s+RSA-PKCS: OK\n\s+RSA-PKCS-OAEP: .*\nOK\n", decryption), output
     assert "all 4 digest functions seem to work" in output
 
+
+
+def _rsa_pair(client: Client, key_id: bytes, label: str) -> tuple[int, int]:
+    """An RSA-2048 pair for encryption and signatures, made through the SDK (which, unlike pkcs11-tool, tells
+    the handles); without an ID when ``key_id`` is empty, as the CLI makes pairs (CloudHSM: id empty)."""
+    public: dict[int, object] = {CKA.TOKEN: True, CKA.LABEL: label.encode(), CKA.MODULUS_BITS: 2048,
+                                 CKA.ENCRYPT: True, CKA.VERIFY: True}
+    private: dict[int, object] = {CKA.TOKEN: True, CKA.LABEL: label.encode(), CKA.DECRYPT: True, CKA.SIGN: True}
+    if key_id:
+        public[CKA.ID] = private[CKA.ID] = key_id
+    return client.generate_key_pair(CKM.RSA_PKCS_KEY_PAIR_GEN, public, private)
+
+
+def _decrypted_with_every_rsa_mechanism(output: str, label: str) -> bool:
+    """pkcs11-tool --test's decryption section went through RSA-PKCS and both OAEP runs (the second with a label)."""
+    decryption = output[output.index("Decryption (currently only for RSA)"):]
+    return re.search(rf"testing key \d+ \({re.escape(label)}\)\n\s+RSA-PKCS: OK\n"
+                     r"\s+RSA-PKCS-OAEP: .*\nOK\n\s+RSA-PKCS-OAEP: .*\nOK\n", decryption) is not None
+
+
+def test_builtin_test_suite_beside_other_users_keys_with_the_same_id(tool: Tool, keys: Keys,
+                                                                      pkcs11: Pkcs11Target) -> None:
+    """A shared cluster: other users' RSA public keys carry the ID of this user's pair, and a logged-in user
+    sees them (public objects, PKCS#11 v2.40 §6.7). pkcs11-tool --test finds the public key of a private key as
+    the *first* one C_FindObjects gives for its CKA_ID, encrypts to it with OpenSSL and asks C_Decrypt with the
+    private key. Handles are random, and C_FindObjects gave them in handle order: in most clusters another
+    user's key came first and C_Decrypt answered CKR_ENCRYPTED_DATA_INVALID (CI: the RSA-OAEP-with-label step,
+    2 of ~6 runs). The caller's own objects come first (then other users' public ones), as in CloudHSM (a
+    crypto user sees only its own and shared keys) and SoftHSMv2 (one user per token)."""
+    key_id = bytes.fromhex("e7")
+    neighbours = [pkcs11.cluster.crypto_user(f"tool_neighbour_{i}", "neighbour-password") for i in range(3)]
+    lowest = min(_rsa_pair(n, key_id, f"neighbour-{i}")[0] for i, n in enumerate(neighbours))
+    own = pkcs11.cluster.client()
+    own.login(*tool.pin.split(":", 1))
+    # The CI condition made certain: in handle order a neighbour's public key comes before the user's own.
+    for _ in range(40):
+        public, private = _rsa_pair(own, key_id, "tool-rsa-shared-id")
+        if public > lowest:
+            break
+        own.destroy_object(private)
+        own.destroy_object(public)
+    else:
+        pytest.fail("40 key pairs all got a handle below the neighbours' lowest")
+    try:
+        output = tool.run("--test")
+        assert "No errors" in output, output
+        assert _decrypted_with_every_rsa_mechanism(output, "tool-rsa-shared-id"), output
+        listing = tool.run("--list-objects", "--type", "pubkey", "--id", key_id.hex())
+        assert listing.index("tool-rsa-shared-id") < min(listing.index(f"neighbour-{i}") for i in range(3)), listing
+    finally:
+        own.destroy_object(private)
+        own.destroy_object(public)
+
+
+def test_builtin_test_suite_with_a_key_pair_without_id(pkcs11_module: Pkcs11Module, cluster: LocalCluster,
+                                                       tmp_path: Path) -> None:
+    """The README's flow on a cluster of its own: the user's first RSA pair made without an ID (the CLI's
+    `key generate-asymmetric-pair`, like CloudHSM's), then one with --id 01. For a private key with an empty
+    CKA_ID pkcs11-tool searches public keys by class alone and takes the first; in handle order that was the
+    --id 01 pair's key in some clusters (the README's CI failure, same step). The caller's objects come oldest
+    first, so its first public key is its first pair's. (With an older RSA public key than an ID-less pair,
+    pkcs11-tool still pairs them wrongly, as it does on SoftHSMv2: it pairs keys by CKA_ID.)"""
+    target = pkcs11_target(cluster, pkcs11_module)
+    pin = target.crypto_user("readme_alice", "correct horse")
+    alice = cluster.client()
+    alice.login("readme_alice", "correct horse")
+    for _ in range(40):
+        without_id = _rsa_pair(alice, b"", "reports")
+        web = _rsa_pair(alice, b"\x01", "web")
+        if web[0] < without_id[0]:  # the CI condition: in handle order, the newer pair's public key first
+            break
+        for handle in (*web, *without_id):
+            alice.destroy_object(handle)
+    else:
+        pytest.fail("40 tries, and the second pair's public key never got the lower handle")
+    tool = Tool(str(target.module), target.socket, target.token_label, pin, tmp_path)
+    output = tool.run("--test")
+    assert "No errors" in output, output
+    for label in ("reports", "web"):
+        assert _decrypted_with_every_rsa_mechanism(output, label), output
 
 def test_builtin_ec_test(tool: Tool) -> None:
     output = tool.run("--session-rw", "--test-ec", "--id", "e1", "--label", "tool-test-ec", "--key-type",

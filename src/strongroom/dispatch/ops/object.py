@@ -12,7 +12,7 @@ and makes session objects only, never private ones (:func:`new_object`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -225,9 +225,16 @@ class FindArgs:
 
 @operation("object.find", args=FindArgs, roles=ANY_OR_PUBLIC)
 async def find(call: Call, args: FindArgs) -> dict[str, Any]:
+    """The caller's own objects (and those shared with it) come first, then other users' public objects, each
+    group oldest first. Applications take the first match: pkcs11-tool pairs a private key with the first
+    public key of its CKA_ID (of any ID when it has none), and another user's public key under the same ID
+    must not come first (in CloudHSM a crypto user sees only its own and shared keys; SoftHSMv2 has one
+    user per token). Handles are random: in handle order the first match changed from cluster to cluster."""
     template = coerce_template(args.template)
     actor = await actor_of(call)
-    handles = await call.services.keyring.require_objects().search(template, lambda obj: may(obj, actor, Access.SEE))
+    own = replace(actor, sees_public=False)
+    handles = await call.services.keyring.require_objects().search(
+        template, lambda obj: may(obj, actor, Access.SEE), first=lambda obj: may(obj, own, Access.SEE))
     return {"handles": handles[: max(0, args.limit)]}
 
 
