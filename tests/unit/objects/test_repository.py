@@ -110,6 +110,23 @@ def test_indexed_search(tmp_path: Path, template: dict[int, Any], expected: set[
     run(tmp_path, body)
 
 
+def test_search_puts_what_first_picks_before_the_rest_each_group_oldest_first(tmp_path: Path) -> None:
+    """object.find passes ``first`` = the caller's own and shared objects: another user's public key under the
+    same CKA_ID never comes before the caller's own (pkcs11-tool pairs keys by the first match), and the order
+    does not follow the random handles."""
+    async def body(repo: ObjectRepository, _barrier: Barrier) -> None:
+        made = {name: _obj(CKO.PUBLIC_KEY, name.encode(), b"\x01", owner=owner).with_changes(created=created)
+                for name, owner, created in (("stranger-old", STRANGER, 1.0), ("own-new", OWNER, 3.0),
+                                             ("stranger-new", STRANGER, 4.0), ("own-old", OWNER, 2.0))}
+        await repo.add(list(made.values()), _no_witness)
+        order = [made[name].handle for name in ("own-old", "own-new", "stranger-old", "stranger-new")]
+        template = {CKA.ID: b"\x01", CKA.CLASS: CKO.PUBLIC_KEY}
+        assert await repo.search(template, _everyone, first=_seen_by(Actor(OWNER.name, OWNER.user_id, False,
+                                                                           sees_public=False))) == order
+        assert await repo.search(template, _everyone) == sorted(order)  # without ``first``: handle order
+
+    run(tmp_path, body)
+
 def test_search_shows_each_caller_only_what_it_may_see(tmp_path: Path) -> None:
     async def body(repo: ObjectRepository, _barrier: Barrier) -> None:
         handles = await _populate(repo)
