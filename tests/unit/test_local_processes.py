@@ -142,3 +142,30 @@ def test_an_agent_that_cannot_start_says_why(tmp_path: Path) -> None:
         start_agent(directory)
     assert "cannot load the client certificate" in str(failure.value)
     assert os.path.exists(Layout(directory).agent_log)
+
+
+def test_a_process_gets_the_environment_it_is_given_on_top_of_ours(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STRONGROOM_TEST_INHERITED", "kept")
+    script = "import os; print(os.environ.get('GOMAXPROCS'), os.environ.get('STRONGROOM_TEST_INHERITED'), flush=True)"
+    process = Background("the printer", (sys.executable, "-c", script, "strongroom-test-mark"), tmp_path / "p.pid",
+                         tmp_path / "p.log", marks=("strongroom-test-mark",), env=(("GOMAXPROCS", "1"),))
+    pid = process.spawn()
+    deadline = time.monotonic() + 30
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert (tmp_path / "p.log").read_text().split() == ["1", "kept"]
+
+
+def test_local_etcd_members_share_the_host_s_cores_unless_the_operator_says_otherwise(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every member of a local cluster runs on this host: each gets its share of the cores (at least one)."""
+    from strongroom.local import etcd
+
+    monkeypatch.delenv("GOMAXPROCS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert etcd.member_env(3) == (("GOMAXPROCS", "1"),)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert etcd.member_env(3) == (("GOMAXPROCS", "2"),)
+    monkeypatch.setenv("GOMAXPROCS", "4")
+    assert etcd.member_env(3) == ()

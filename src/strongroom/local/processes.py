@@ -143,6 +143,8 @@ class Background:
     marks: tuple[str, ...]
     #: Stop its whole process group (a node: its supervisor and the workers it forked).
     group: bool = False
+    #: Environment variables set for it on top of this process's own.
+    env: tuple[tuple[str, str], ...] = ()
 
     def pid(self) -> int | None:
         """The pid in the pid file, if that process runs and is this one."""
@@ -163,6 +165,7 @@ class Background:
                 # Its own session and process group: a terminal's ^C does not reach it, and stopping a
                 # node's group reaches every worker it forked.
                 start_new_session=True, close_fds=True,
+                env={**os.environ, **dict(self.env)} if self.env else None,
             )
         self.pid_file.write_text(f"{process.pid}\n")
         return process.pid
