@@ -379,6 +379,9 @@ class Logins:
 
     async def token(self, link: NodeLink) -> tuple[bytes, int]:
         """The login on ``link``, logging in now if its connection has none yet."""
+        live = self.current(link)
+        if live is not None:
+            return live  # the common case, without taking the lock
         state = self._state(link)
         async with state.lock:
             live = self.current(link)
@@ -500,7 +503,7 @@ class NodePool:
         ``exclude``: links whose *current* connections must not be used (they failed, or share
         a node with one that failed); once such a link has reconnected it is usable again.
         """
-        stale = {id(link): link.epoch for link in exclude}
+        stale = {id(link): link.epoch for link in exclude} if exclude else {}
         deadline = time.monotonic() + self.config.timeouts.reconnect_wait
         while True:
             if preferred is not None and self._usable(preferred, stale):
