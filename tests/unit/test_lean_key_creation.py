@@ -209,3 +209,41 @@ def test_a_commit_whose_answer_was_lost_is_sent_again_and_lands_once(tmp_path: P
         assert {key for act in acts for key in act.created} == stored
 
     run_counting(tmp_path, scenario)
+
+
+def test_a_worker_does_not_decode_its_own_writes_again_from_the_watch(tmp_path: Path) -> None:
+    """The watch reports this worker's own commits too: their cache entries came from the commit, so the
+    follower skips them (a key's mod revision names one write); a write by anyone else is decoded as before."""
+
+    async def scenario(node: CountingNode) -> None:
+        objects = node.worker.services.keyring.require_objects()
+        barrier = objects._barrier
+        decoded: list[str] = []
+        original = barrier.decode
+
+        def counting_decode(record: Record) -> Any:
+            if record.key.startswith("objects/"):
+                decoded.append(record.key)
+            return original(record)
+
+        barrier.decode = counting_decode  # type: ignore[method-assign]  # counts what the follower decodes
+
+        async def caught_up() -> None:
+            current = await node.store.inner.revision()
+            async with asyncio.timeout(30):
+                while objects._revision < current:
+                    await asyncio.sleep(0.02)
+
+        handles = [(await node.counted("key.generate", _aes(b"own%d" % i)))[1]["handle"] for i in range(3)]
+        await caught_up()
+        assert decoded == []
+        key = f"objects/{handles[0]:08x}"
+        entry = await barrier.get(key)  # what another worker or node writing this object would have read
+        assert entry is not None
+        decoded.clear()
+        revision = await barrier.commit([Write(key, entry.value, entry)])  # not through the cache
+        await caught_up()
+        assert decoded == [key]
+        assert (await objects.get(handles[0])).revision == revision
+
+    run_counting(tmp_path, scenario)

@@ -187,6 +187,11 @@ class ObjectRepository:
         if deleted:
             self.tokens.remove(handle)
             return
+        cached = self.tokens.by_handle.get(handle)
+        if cached is not None and cached.entry is not None and cached.revision == record.mod_revision:
+            # This worker's own write: its entry came from the commit (a key's mod revision names one write), so
+            # decrypting and parsing the record again would rebuild the same object.
+            return
         try:
             self.tokens.put(StoredObject.from_entry(self._barrier.decode(record)))
         except RecordTampered as exc:
