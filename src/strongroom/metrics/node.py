@@ -10,7 +10,10 @@ handler, ``strongroom.services.telemetry.sample`` in each worker, ``start_superv
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -56,14 +59,59 @@ P = TypeVar("P")
 Handler = Callable[[R, int, P], Awaitable[tuple[int, Any]]]
 
 
+#: Memory file systems for the workers' counter files. prometheus_client writes them through mmap and
+#: grows them as sparse files: on a full disk, writing into a page the file system cannot back kills the
+#: worker with SIGBUS (tests/integration/test_faults.py, the full-disk test). A node's disk fills; memory
+#: rarely does, and when it does the node has bigger problems.
+MEMORY_FILE_SYSTEMS = (Path("/dev/shm"),)
+_PREFIX = "strongroom-metrics-"
+#: In the node's directory: where this run's counter files are (so the next start removes them).
+POINTER = "metrics.dir"
+
+
 def metrics_dir(node_dir: Path) -> Path:
+    """The counter files' directory when no memory file system is usable."""
     return node_dir / "metrics"
 
 
+def _memory_dir(node_dir: Path) -> Path | None:
+    """A new private directory on a memory file system (random name: those places are world-writable)."""
+    for base in MEMORY_FILE_SYSTEMS:
+        if not (base.is_dir() and os.access(base, os.W_OK | os.X_OK)):
+            continue
+        try:
+            path = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=base))
+        except OSError:
+            continue
+        (node_dir / POINTER).write_text(f"{path}\n")
+        return path
+    return None
+
+
+def release(node_dir: Path) -> None:
+    """Remove the counter files of the run named in the node's directory (at a stop, or at the next start
+    after a crash). Only a real directory of ours, with our prefix, directly in a memory file system."""
+    pointer = node_dir / POINTER
+    try:
+        path = Path(pointer.read_text().strip())
+    except OSError:
+        return
+    try:
+        ours = (path.parent in MEMORY_FILE_SYSTEMS and path.name.startswith(_PREFIX) and not path.is_symlink()
+                and path.is_dir() and path.stat().st_uid == os.getuid())
+    except OSError:
+        ours = False
+    if ours:
+        shutil.rmtree(path, ignore_errors=True)
+    pointer.unlink(missing_ok=True)
+
+
 def prepare(config: NodeSettings) -> None:
-    """First thing in a node process: count in DIR/metrics, shared with the workers it will fork."""
+    """First thing in a node process: the directory the workers it will fork count in (a memory file
+    system if there is one, else DIR/metrics)."""
     if config.metrics.listen is not None:
-        registry.use_multiprocess(metrics_dir(config.node_dir))
+        release(config.node_dir)  # a previous run that did not stop cleanly
+        registry.use_multiprocess(_memory_dir(config.node_dir) or metrics_dir(config.node_dir))
 
 
 #: Label children by the request's own values: ``labels()`` costs a lock and a validation on every request.

@@ -33,8 +33,16 @@ def use_multiprocess(directory: Path) -> None:
     Called by a node before it forks its workers and before anything is counted."""
     if names.made():
         raise RuntimeError("metrics were made before the switch to multiprocess mode")
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(mode=0o700, parents=True)
+    if directory.is_dir() and not directory.is_symlink():
+        # Emptied, not replaced: the directory may be a fresh private one in a world-writable place
+        # (metrics/node.py), whose name nobody else could take in between.
+        for child in directory.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+    else:
+        directory.mkdir(mode=0o700, parents=True)
     os.environ[MULTIPROC_ENV] = str(directory)
     values.ValueClass = _multiprocess_value()
 

@@ -211,4 +211,7 @@ def serve(config_path: Path) -> int:
     from strongroom.sdnotify import notify_ready  # systemd Type=notify: it listens
 
     notify_ready(f"node {config.node_id} listening on {config.address}")
-    return supervisor.run(config, sock, boot, run_worker)
+    try:
+        return supervisor.run(config, sock, boot, run_worker)
+    finally:
+        node_metrics.release(config.node_dir)
