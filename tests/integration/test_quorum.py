@@ -298,6 +298,31 @@ def test_key_usage_is_a_window_of_approved_uses(key_team: tuple[LocalCluster, li
     assert refused(bob.client.encrypt, handle, CKM.AES_CBC_PAD, b"data", iv).code == CKR.FUNCTION_REJECTED
 
 
+def test_a_key_under_usage_quorum_is_no_hkdf_salt_key(key_team: tuple[LocalCluster, list[Approver]]) -> None:
+    """HKDF's salt key is used as much as its base key (CKM_HKDF_DATA hands out HMAC(salt key, ...) readable):
+    a key whose use needs approvals cannot serve as one, else it would be used without them."""
+    _cluster, (alice, _bob, _carol) = key_team
+    client = alice.client
+
+    def derivable(label: str, use: int = 0) -> int:
+        template = {CKA.TOKEN: True, CKA.LABEL: label.encode(), CKA.VALUE_LEN: 32, CKA.DERIVE: True}
+        if use:
+            template[USE] = use
+        return int(client.generate_key(CKM.GENERIC_SECRET_KEY_GEN, template))
+
+    base, guarded = derivable("hkdf-base"), derivable("hkdf-guarded-salt", use=2)
+    params = {"extract": True, "expand": True, "prf": int(CKM.SHA256), "salt_type": 4, "salt": None,
+              "salt_key": guarded, "info": b"attack"}
+    data = {CKA.TOKEN: True, CKA.VALUE_LEN: 32}
+    as_base = refused(client.derive_key, CKM.HKDF_DATA, guarded, data, dict(params, salt_key=base))
+    assert as_base.code == CKR.FUNCTION_REJECTED  # as the base key, its quorum holds
+    as_salt = refused(client.derive_key, CKM.HKDF_DATA, base, data, params)
+    assert as_salt.code == CKR.KEY_FUNCTION_NOT_PERMITTED and "salt key" in as_salt.message, as_salt.message
+    # A salt key without quorum values still works.
+    plain = derivable("hkdf-plain-salt")
+    client.derive_key(CKM.HKDF_DATA, base, data, dict(params, salt_key=plain))
+
+
 # --- the attacks ----------------------------------------------------------------------------------------
 
 

@@ -241,7 +241,15 @@ async def derive(call: Call, args: DeriveArgs) -> dict[str, Any]:
         handles = mechanism.key_handles(params)
         if handles:
             details["parameter_keys"] = list(handles)
-            extra = [(await usable_key(call, handle, "derive", args.mechanism))[1] for handle in handles]
+            extra = []
+            for handle in handles:
+                obj, key = await usable_key(call, handle, "derive", args.mechanism)
+                if int(obj.attributes.get(q.USE, 0) or 0) > 1:
+                    # Its value shapes the output as much as the base key's (CKM_HKDF_DATA hands that output out):
+                    # a use the key's approvers would not have approved. One approval names one key.
+                    raise HsmError(f"key {handle} needs approvals for each use (key-usage quorum): it cannot be "
+                                   f"{mechanism.ckm.name}'s salt key", CKR.KEY_FUNCTION_NOT_PERMITTED)
+                extra.append(key)
             params = mechanism.with_keys(params, extra)
         if mechanism.derives_data:
             natural = mechanism.default_derive_length(base_key, params)
