@@ -690,9 +690,32 @@ def main() -> int:
               f"{idle.get('rq_txn', 0) + idle.get('rq_put', 0) + idle.get('rq_delete', 0):.1f} write requests "
               f"(subtracted in the 'net of idle' column).")
     print()
+    for label, res in (("1 node", one), ("3 nodes", three)):
+        if res is not None:
+            print(capacity_line(label, res, m["nproc"] or 1, args.threads))
+    print()
     if args.json:
         args.json.write_text(json.dumps(data, indent=2, default=str))
     return 0
+
+
+def capacity_line(label: str, res: dict[str, Any], cores: int, threads: int) -> str:
+    """What the measured CPU per key allows on this machine's cores when nothing else runs on them.
+
+    The throughput rows follow the neighbours' load (other sessions on a shared machine); the CPU
+    the cluster and the load generator spend per created key moves much less, so the rate it allows
+    on idle cores is the figure to compare between runs.
+    """
+    parts = []
+    for name, key in (("AES key", "aes_throughput"), ("EC pair", "ec_throughput")):
+        r = res[key]
+        cpu = r["cpu"]
+        spent = sum(cpu.get(group, 0.0) for group in ("node1", "other nodes", "etcd", "loadgen"))  # % of a core
+        per_op_ms = spent / 100.0 / r["ops_per_s"] * 1000.0 if r["ops_per_s"] else 0.0
+        ceiling = cores * 1000.0 / per_op_ms if per_op_ms else 0.0
+        parts.append(f"{per_op_ms:.2f} ms per {name} -> at most {ceiling:,.0f}/s on {cores} idle cores "
+                     f"(measured {r['ops_per_s']:,.1f}/s beside {cpu.get('other', 0.0):.0f}% of other CPU)")
+    return f"{label}, {threads} threads: CPU of the cluster + load generator " + "; ".join(parts)
 
 
 if __name__ == "__main__":
