@@ -59,6 +59,9 @@ class _Link:
         self.lock = asyncio.Lock()
 
     async def ready(self) -> tuple[AsyncConnection, bytes]:
+        connection, session = self.connection, self.session
+        if connection is not None and connection.closed is None and session is not None:
+            return connection, session  # the usual case, without taking the lock (nothing to await in between)
         async with self.lock:
             if self.connection is None or self.connection.closed is not None:
                 await self._drop()

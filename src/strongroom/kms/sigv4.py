@@ -155,13 +155,21 @@ def _canonical_query(raw_query: str) -> str:
     return "&".join(f"{k}={v}" for k, v in sorted(pairs))
 
 
+def _trimmed(value: str) -> str:
+    """SigV4's header value: trimmed, each run of whitespace one space. Without a run of spaces or any other
+    whitespace (str.isprintable is false for every whitespace character but the ASCII space) nothing changes:
+    the regular expression is skipped."""
+    value = value.strip()
+    return _SPACES.sub(" ", value) if "  " in value or not value.isprintable() else value
+
+
 def canonical_request(method: str, raw_path: str, raw_query: str, headers: Headers,
                       signed_headers: Iterable[str], payload_hash: str) -> str:
     signed = list(signed_headers)
     lines = [method.upper(), _canonical_uri(raw_path), _canonical_query(raw_query)]
     canonical_headers = ""
     for name in signed:
-        values = [_SPACES.sub(" ", v.strip()) for v in headers.getall(name)]
+        values = [_trimmed(v) for v in headers.getall(name)]
         canonical_headers += f"{name}:{','.join(values)}\n"
     lines += [canonical_headers, ";".join(signed), payload_hash]
     return "\n".join(lines)
@@ -208,15 +216,14 @@ def prepare(method: str, raw_path: str, raw_query: str, headers: Headers, body: 
         raise InvalidSignature(
             "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "
             f"'{auth.date}' != '{amz_date[:8]}', from '{amz_date}'.")
-    current = (now or (lambda: dt.datetime.now(dt.UTC)))()
+    current = now() if now is not None else dt.datetime.now(dt.UTC)
     skew = dt.timedelta(seconds=max_skew)
-    minutes = f"{max_skew / 60:g} min."
     if moment < current - skew:
         raise InvalidSignature(f"Signature expired: {amz_date} is now earlier than {_fmt(current - skew)} "
-                               f"({_fmt(current)} - {minutes})")
+                               f"({_fmt(current)} - {max_skew / 60:g} min.)")
     if moment > current + skew:
         raise InvalidSignature(f"Signature not yet current: {amz_date} is still later than {_fmt(current + skew)} "
-                               f"({_fmt(current)} + {minutes})")
+                               f"({_fmt(current)} + {max_skew / 60:g} min.)")
     signed = set(auth.signed_headers)
     if "host" not in signed:
         raise InvalidSignature("'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")
