@@ -60,6 +60,8 @@ log = logging.getLogger("strongroom.agent.nodes")
 MIN_CONNECT_INTERVAL = 0.2
 BACKOFF_START = 0.25
 BACKOFF_MAX = 10.0
+#: The least a health check (node.status) waits for its answer before the connection is suspect.
+HEALTH_TIMEOUT = 5.0
 LOGIN_CODES = (int(CKR.SESSION_HANDLE_INVALID), int(CKR.USER_NOT_LOGGED_IN))
 
 
@@ -664,9 +666,19 @@ class NodePool:
         if now < link.next_health:
             return
         link.next_health = now + self.config.timeouts.health_interval
+        asked = time.monotonic()
         try:
-            reply = await link.request("node.status", {}, None, timeout=max(self.config.timeouts.connect, 5.0))
+            reply = await link.request("node.status", {}, None,
+                                       timeout=max(self.config.timeouts.connect, HEALTH_TIMEOUT))
         except NodeTimeout as exc:
+            conn = link.conn
+            if conn is not None and conn.last_reply > asked:
+                # Slow, not stuck: other requests on this connection were answered meanwhile (a node short of
+                # CPU). Dropping it would fail every request in flight and add a handshake and a login to the
+                # node's load; the next check asks again.
+                log.warning("node %s (link %s) answers, but node.status took longer than %.0f s; keeping the "
+                            "connection", link.name, link.key, max(self.config.timeouts.connect, HEALTH_TIMEOUT))
+                return
             link.drop(str(exc))
             return
         except NodeUnavailable:

@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import ssl
 import threading
+import time
 import weakref
 from collections.abc import Coroutine
 from concurrent.futures import Future
@@ -78,6 +79,8 @@ class AsyncConnection:
         self._decoder = FrameDecoder(max_frame)
         self.closed: str | None = None
         self.unattributed: list[Reply] = []
+        #: time.monotonic() when a reply last arrived: a connection that answers is slow, not stuck.
+        self.last_reply = 0.0
         self._drain_lock = asyncio.Lock()
         #: Requests of one loop turn leave together (the agent's threads' calls to one node: transport/batch.py).
         self._batch = WriteBatch(writer.transport, asyncio.get_running_loop())
@@ -167,6 +170,7 @@ class AsyncConnection:
                 data = await self._reader.read(READ_CHUNK)
                 if not data:
                     break
+                self.last_reply = time.monotonic()
                 for payload in self._decoder.feed(data):
                     if isinstance(payload, OversizedFrame):  # not with this decoder (no skip limit): it raises
                         raise ProtocolError(f"reply of {payload.size} bytes is above the limit")

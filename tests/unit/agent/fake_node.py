@@ -42,6 +42,8 @@ class FakeNode:
         self.placement: list[int] = []
         self.worker = 1
         self.served: list[tuple[str, int]] = []  # (op, worker) of every request
+        #: op -> seconds its answers are held back (a node short of CPU); "*": every op.
+        self.delays: dict[str, float] = {}
         self.connections = 0
 
     async def start(self) -> None:
@@ -75,7 +77,12 @@ class FakeNode:
                         writer.close()
                         return
                     code, body = self._answer(request.op, request.session, request.args, mine, worker)
-                    writer.write(encode_reply(request.request_id, code, body))
+                    answer = encode_reply(request.request_id, code, body)
+                    delay = self.delays.get(request.op, self.delays.get("*"))
+                    if delay:
+                        asyncio.get_running_loop().call_later(delay, _late, writer, answer)
+                    else:
+                        writer.write(answer)
         except (ConnectionError, OSError):
             pass
 
@@ -104,6 +111,11 @@ class FakeNode:
         if op == "mechanism.list":
             return 0, {"mechanisms": MECHANISMS}
         return 0, {"op": op}
+
+
+def _late(writer: asyncio.StreamWriter, answer: bytes) -> None:
+    if not writer.is_closing():
+        writer.write(answer)
 
 
 def pool_for(certs: dict[str, Path], *ports: int, links: int = 1) -> NodePool:

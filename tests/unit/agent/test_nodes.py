@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from strongroom.agent import nodes
 from strongroom.agent.nodes import LOGIN_COST, PLACEMENT_ATTEMPTS, NodeError, NodePool, NodeUnavailable, StateLost
 from strongroom.errors import CKR
 from tests.unit.agent.fake_node import FakeNode, identity, pool_for, run
@@ -253,3 +254,33 @@ def test_after_a_forgotten_login_the_retry_stays_on_that_link(certs: dict[str, P
             assert node.calls[-4:] == ["x.write", "session.info", "session.login", "x.write"]
 
     run_links(scenario, certs, placement=[1, 2])
+
+
+def test_a_slow_health_check_keeps_a_connection_that_answers(certs: dict[str, Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """node.status late while other requests are answered (a node short of CPU): the connection stays, with the
+    requests in flight on it. No answer at all: it is dropped (the next call reconnects)."""
+    monkeypatch.setattr(nodes, "HEALTH_TIMEOUT", 0.3)  # the check then waits the fake pool's connect timeout, 2 s
+
+    async def scenario(node: FakeNode, pool: NodePool) -> None:
+        logins = identity()
+        await pool.call("x.read", {}, logins=logins, idempotent=True)
+        (link,) = pool.links
+        conn = link.conn
+        node.delays["node.status"] = 2.5
+
+        async def busy() -> None:
+            for _ in range(30):
+                await pool.call("x.read", {}, logins=logins, idempotent=True)
+                await asyncio.sleep(0.1)
+
+        link.next_health = 0.0
+        await asyncio.gather(pool._check(link, 0.0), busy())
+        assert link.conn is conn and link.connected  # kept: it answered the other requests
+
+        node.delays["*"] = 3.0  # now nothing is answered in time
+        link.next_health = 0.0
+        await pool._check(link, 0.0)
+        assert link.conn is not conn and "did not answer node.status" in (link.last_error or "")
+
+    run(scenario, certs)
