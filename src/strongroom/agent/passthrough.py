@@ -27,7 +27,7 @@ IDEMPOTENT = frozenset({
     "node.status", "node.metrics", "cluster.status", "mechanism.list", "session.info", "user.list",
     "object.find", "object.list", "object.get_attributes", "crypto.sign", "crypto.verify",
     "crypto.encrypt", "crypto.decrypt", "crypto.digest", "random.generate",
-    "kms.sigv4.verify", "kms.sigv4.signing_key", "kms.record.get", "kms.record.list",
+    "kms.sigv4.verify", "kms.sigv4.signing_key", "kms.record.get", "kms.record.list", "kms.data_key.generate",
 })
 
 #: What an SDK/CLI client on this host may ask of a node through the agent: the customer's users'
@@ -52,9 +52,9 @@ ALLOWED = frozenset({
     "random.generate",
     "kms.access_key.create", "kms.access_key.list", "kms.access_key.delete",
     # The KMS gateway through this host's agent (kms.toml: [cluster] agent_socket), logged in as its service
-    # user: SigV4 checks, key records, and the cryptography of KEM and key-agreement keys.
+    # user: SigV4 checks, key records, data keys, and the cryptography of KEM and key-agreement keys.
     "kms.sigv4.verify", "kms.sigv4.signing_key", "kms.record.get", "kms.record.list", "kms.record.commit",
-    "crypto.encapsulate", "crypto.decapsulate", "crypto.derive_secret",
+    "kms.data_key.generate", "crypto.encapsulate", "crypto.decapsulate", "crypto.derive_secret",
     # The Vault KV endpoint: admins' tokens, the service user's requests (each checks its token in the node).
     "vaultkv.token.create", "vaultkv.token.list", "vaultkv.token.revoke",
     "vaultkv.mount.read", "vaultkv.key.list", "vaultkv.key.read", "vaultkv.key.write",
