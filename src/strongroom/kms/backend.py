@@ -32,6 +32,8 @@ IDEMPOTENT = frozenset({"crypto.encrypt", "crypto.decrypt", "random.generate", "
                         "kms.sigv4.signing_key", "kms.record.get", "kms.record.list", "object.find", "session.info"})
 #: Asymmetric and HMAC operations change nothing either.
 IDEMPOTENT = IDEMPOTENT | frozenset({"crypto.sign", "crypto.verify", "object.get_attributes"})
+#: A data key whose answer was lost was never seen: another one is drawn.
+IDEMPOTENT = IDEMPOTENT | frozenset({"kms.data_key.generate"})
 _RELOGIN = frozenset({CKR.SESSION_HANDLE_INVALID, CKR.USER_NOT_LOGGED_IN, CKR.SESSION_CLOSED})
 _CONNECTION_LOST = frozenset({CKR.DEVICE_REMOVED})
 #: The node takes a requester address of at most this many characters (kms.sigv4.* ``source``).
@@ -117,6 +119,8 @@ class Backend:
         self._next = itertools.cycle(range(len(self._links)))
         self._node_cursor = 0
         self._login_failure: str | None = None
+        #: Whether to ask kms.data_key.generate (False once the cluster said it does not offer it).
+        self._data_key_op = True
         #: The cluster's calls (the SDK's), sent through :meth:`call`'s links.
         self.cluster = AsyncClient(self._send, refused=ClusterError)
 
@@ -240,6 +244,29 @@ class Backend:
     async def gcm_encrypt(self, handle: int, iv: bytes, aad: bytes, plaintext: bytes) -> bytes:
         result = await self.cluster.encrypt(handle, CKM.AES_GCM, plaintext, {"iv": iv, "aad": aad, "tag_bits": 128})
         return result["data"]
+
+    async def gcm_data_key(self, handle: int, length: int, iv: bytes, aad: bytes) -> tuple[bytes, bytes] | None:
+        """(data key, its AES-GCM ciphertext and tag) from the cluster in one round trip
+        (``kms.data_key.generate``); None when the cluster, or the agent between, does not offer that
+        operation (an older version): the caller then asks random.generate and gcm_encrypt, and this
+        backend does not ask again until it is restarted."""
+        if not self._data_key_op:
+            return None
+        try:
+            result = await self.cluster.call("kms.data_key.generate", key=handle, length=length,
+                                             params={"iv": iv, "aad": aad, "tag_bits": 128})
+        except ClusterError as exc:
+            if exc.code in (CKR.FUNCTION_NOT_SUPPORTED, CKR.ACTION_PROHIBITED) and not exc.unreachable:
+                log.info("the cluster does not offer kms.data_key.generate (%s): data keys take two requests",
+                         exc.message)
+                self._data_key_op = False
+                return None
+            raise
+        plaintext, sealed = result.get("plaintext"), result.get("data")
+        if not isinstance(plaintext, bytes) or len(plaintext) != length or not isinstance(sealed, bytes) \
+                or len(sealed) != length + 16:
+            raise ClusterError(CKR.DEVICE_ERROR, "kms.data_key.generate: the reply is not a data key and its seal")
+        return plaintext, sealed
 
     async def gcm_decrypt(self, handle: int, iv: bytes, aad: bytes, data: bytes) -> bytes:
         return await self.cluster.decrypt(handle, CKM.AES_GCM, data, {"iv": iv, "aad": aad, "tag_bits": 128})

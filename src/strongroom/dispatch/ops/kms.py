@@ -23,6 +23,9 @@ it cannot do with those operations lives here:
   within one day of the node's clock; the secret never leaves the node; a leaked signing key
   signs for that access key, scope and day only. Issuance is audited once per access key and
   day (a small marker record, ``kms/signing-keys-issued/<id>``, remembers the dates audited).
+* **Data keys** (``kms.data_key.generate``, crypto users): GenerateDataKey's random bytes and their
+  AES-GCM seal in one round trip (``random.generate`` then ``crypto.encrypt``, with crypto.encrypt's
+  own handler and checks), so a data key costs the gateway and the node one request, not two.
 * **KMS metadata records** (``kms.record.get/list/commit``, crypto users): a small
   compare-and-swap key/value store confined to ``kms/data/<username>/``, values msgpack maps
   of at most :data:`MAX_VALUE_BYTES`, commits of up to :data:`MAX_CHANGES` changes applied
@@ -58,6 +61,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import secrets
 import string
@@ -70,10 +74,14 @@ import msgpack
 
 from strongroom.auth.users import Role, normalize_username
 from strongroom.barrier import Barrier, Change, Remove, Write
+from strongroom.constants import CKM
+from strongroom.dispatch import quorum as q
 from strongroom.dispatch.auditing import audit_refusal, audited, witness
 from strongroom.dispatch.call import Call, Services
+from strongroom.dispatch.ops.crypto import OneShotArgs
+from strongroom.dispatch.ops.crypto import encrypt as crypto_encrypt
 from strongroom.dispatch.table import operation
-from strongroom.errors import CKR, ArgumentsBad, HsmError, SignatureInvalid
+from strongroom.errors import CKR, ArgumentsBad, DataLenRange, HsmError, SignatureInvalid
 from strongroom.store.base import ConflictError
 
 log = logging.getLogger("strongroom.dispatch.kms")
@@ -583,3 +591,30 @@ async def record_commit(call: Call, args: RecordCommitArgs) -> dict[str, Any]:
     except ConflictError as exc:
         return {"ok": False, "conflict": exc.key[len(namespace):]}
     return {"ok": True, "revision": revision}
+
+
+# --- data keys --------------------------------------------------------------------------------------
+
+#: GenerateDataKey's NumberOfBytes is 1 to 1024.
+MAX_DATA_KEY_BYTES = 1024
+
+
+@dataclass
+class DataKeyArgs:
+    key: int
+    length: int
+    params: Any = None
+
+
+@operation("kms.data_key.generate", args=DataKeyArgs, roles=CRYPTO_USER, quorum=q.uses("encrypt"))
+async def data_key_generate(call: Call, args: DataKeyArgs) -> dict[str, Any]:
+    """GenerateDataKey's two calls in one round trip: ``length`` bytes from the node's CSPRNG (as
+    ``random.generate``) sealed by ``crypto.encrypt`` with CKM_AES_GCM under ``key`` and ``params``
+    (iv, aad, tag_bits) — the same handler, so the same checks: the key is one this user may use, for
+    encryption, with AES-GCM among its allowed mechanisms, and a key under quorum spends one approved
+    use of ``encrypt`` (``q.uses``). Answers ``{data, plaintext}``: the sealed bytes and the data key."""
+    if not 1 <= args.length <= MAX_DATA_KEY_BYTES:
+        raise DataLenRange(f"a data key has 1 to {MAX_DATA_KEY_BYTES} bytes")
+    plaintext = os.urandom(args.length)
+    sealed = await crypto_encrypt(call, OneShotArgs(args.key, int(CKM.AES_GCM), plaintext, args.params))
+    return {"data": sealed["data"], "plaintext": plaintext}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,14 +144,11 @@ async def key_backend(ctx: Context, key: KmsKey) -> Any:
     return await ctx.keystores.backend_for(key)
 
 
-async def seal(ctx: Context, key: KmsKey, plaintext: bytes, context: dict[str, str]) -> tuple[bytes, Material]:
-    """A ciphertext blob of ``plaintext`` under the key's current material (GCM runs in the cluster)."""
-    material = key.current
-    iv = ciphertext.new_iv()
-    header = ciphertext.header(key.key_id, material.version, iv)
+@contextlib.contextmanager
+def _sealing(ctx: Context, key: KmsKey) -> Iterator[None]:
+    """The cluster's refusals of a seal under ``key`` as AWS answers them."""
     try:
-        body = await (await key_backend(ctx, key)).gcm_encrypt(material.handle, iv, ciphertext.aad(header, context),
-                                                               plaintext)
+        yield
     except InvalidState:  # the key's custom key store is not connected or lost its cluster
         raise InvalidState(f"{ctx.where.key_arn(key.key_id)} is unavailable.") from None
     except ClusterError as exc:
@@ -157,7 +156,35 @@ async def seal(ctx: Context, key: KmsKey, plaintext: bytes, context: dict[str, s
             raise KeyUnavailable(f"The key material of {ctx.where.key_arn(key.key_id)} is missing from the "
                                  "cluster.") from None
         raise
+
+
+async def seal(ctx: Context, key: KmsKey, plaintext: bytes, context: dict[str, str]) -> tuple[bytes, Material]:
+    """A ciphertext blob of ``plaintext`` under the key's current material (GCM runs in the cluster)."""
+    material = key.current
+    iv = ciphertext.new_iv()
+    header = ciphertext.header(key.key_id, material.version, iv)
+    with _sealing(ctx, key):
+        body = await (await key_backend(ctx, key)).gcm_encrypt(material.handle, iv, ciphertext.aad(header, context),
+                                                               plaintext)
     return header + body, material
+
+
+async def seal_new_data_key(ctx: Context, key: KmsKey, length: int, context: dict[str, str]
+                            ) -> tuple[bytes, Material, bytes]:
+    """(blob, material, data key): ``length`` bytes from the cluster's CSPRNG sealed under the key's current
+    material, in one round trip where the key's cluster offers ``kms.data_key.generate``, else two."""
+    material = key.current
+    iv = ciphertext.new_iv()
+    header = ciphertext.header(key.key_id, material.version, iv)
+    with _sealing(ctx, key):
+        made = await (await key_backend(ctx, key)).gcm_data_key(material.handle, length, iv,
+                                                                ciphertext.aad(header, context))
+    if made is None:
+        data = await ctx.backend.cluster.generate_random(length)
+        blob, material = await seal(ctx, key, data, context)
+        return blob, material, data
+    data, body = made
+    return header + body, material, data
 
 
 @dataclass

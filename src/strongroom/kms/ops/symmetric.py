@@ -29,6 +29,7 @@ from strongroom.kms.ops.common import (
     require_usable,
     resolve_key,
     seal,
+    seal_new_data_key,
 )
 
 ALGORITHM = "SYMMETRIC_DEFAULT"
@@ -165,8 +166,7 @@ async def _data_key(ctx: Context, operation: str) -> tuple[dict[str, Any], bytes
     require_symmetric_encryption(ctx, key, operation, None)
     if is_dry_run:
         refuse_dry_run()
-    data = await ctx.backend.cluster.generate_random(length)
-    blob, material = await seal(ctx, key, data, context)
+    blob, material, data = await seal_new_data_key(ctx, key, length, context)
     return {"CiphertextBlob": b64(blob), "KeyId": ctx.where.key_arn(key.key_id),
             "KeyMaterialId": material.material_id}, data
 
