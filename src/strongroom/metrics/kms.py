@@ -24,6 +24,8 @@ _tasks: set[asyncio.Task[None]] = set()
 #: call). A client chooses its X-Amz-Target, so the cache stops growing at CACHE_LIMIT (then ``labels()`` each time).
 _counted: dict[tuple[str, bool, str | None], tuple[Counter, Histogram]] = {}
 CACHE_LIMIT = 1024
+#: Longer X-Amz-Target values (no operation's is) are not kept: the cache holds at most ~100 KiB of them.
+TARGET_CACHED_MAX = 96
 
 
 def _children(target: str, ok: bool, code: str | None) -> tuple[Counter, Histogram]:
@@ -34,7 +36,7 @@ def _children(target: str, ok: bool, code: str | None) -> tuple[Counter, Histogr
         operation = _OPERATIONS(target.removeprefix(TARGET_PREFIX))
         outcome = "ok" if ok else _CODES(code)
         children = metrics.kms_requests.labels(operation, outcome), metrics.kms_request_seconds.labels(operation)
-        if len(_counted) < CACHE_LIMIT:
+        if len(_counted) < CACHE_LIMIT and len(target) <= TARGET_CACHED_MAX:
             _counted[(target, ok, code)] = children
     return children
 
