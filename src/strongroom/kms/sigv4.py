@@ -131,9 +131,9 @@ def parse_authorization(header: str, has_date: bool = True) -> Authorization:
     return Authorization(access_key_id, date, region, service, terminator, signed, fields["Signature"])
 
 
-@functools.lru_cache(maxsize=256)
 def _canonical_uri(raw_path: str) -> str:
-    # Cached: every KMS request is a POST to "/"; the LRU bounds what odd paths can hold.
+    if raw_path == "/":  # every KMS request: no unquoting and normalizing to do
+        return "/"
     path = unquote(raw_path) or "/"
     normalized = posixpath.normpath(path)
     if path.endswith("/") and normalized != "/":
