@@ -118,6 +118,8 @@ def test_request_counting_keeps_its_caches_bounded() -> None:
     node.observe_request(Request("crypto.sign", {"mechanism": 0x1041}), 0, 0.001)
     assert sample("strongroom_requests_total", op="crypto.sign", outcome="ok") == before + 2
     assert sample("strongroom_request_duration_seconds_count", op="crypto.sign", mechanism="CKM_ECDSA") >= 2
+    node.observe_request(Request("kms.data_key.generate"), 0, 0.001)  # three parts: still its own name
+    assert sample("strongroom_requests_total", op="kms.data_key.generate", outcome="ok") == 1
     for index in range(node.CACHE_LIMIT + 100):  # a peer sending ever new operation names and mechanisms
         node.observe_request(Request(f"x.op{index}", {"mechanism": 0x7FFF0000 + index}), 0xA0, 0.001)
     assert len(node._counted) <= node.CACHE_LIMIT and len(node._timed) <= node.CACHE_LIMIT

@@ -25,7 +25,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from strongroom.metrics import labels, names, registry, server
 from strongroom.metrics.settings import MetricsSettings
 
-_OPS = labels.BoundedLabel(re.compile(r"[a-z0-9_]{1,24}\.[a-z0-9_]{1,40}"))
+#: An operation name: a group and a name, or a group, a part and a name (kms.data_key.generate).
+_OPS = labels.BoundedLabel(re.compile(r"[a-z0-9_]{1,24}(\.[a-z0-9_]{1,40}){1,2}"))
 #: The supervisor's listener task (kept referenced: the loop holds tasks weakly).
 _tasks: set[asyncio.Task[None]] = set()
 
