@@ -98,7 +98,12 @@ def test_node_counts_requests_logins_lockouts_keys_store_audit(cluster: LocalClu
             cluster.client().login("lockme", "wrong-password")
 
     def settled(samples: Samples) -> bool:
-        return (value(samples, "strongroom_keys", **{"class": "secret_key"}) or 0) >= 1
+        # Gauges are sampled every few seconds; request counts reach the shared files within half a second.
+        return ((value(samples, "strongroom_keys", **{"class": "secret_key"}) or 0) >= 1
+                and (value(samples, "strongroom_requests_total", op="session.login",
+                           outcome="CKR_PIN_INCORRECT") or 0) >= 5
+                and (value(samples, "strongroom_requests_total", op="crypto.encrypt", outcome="ok") or 0) >= 3
+                and (value(samples, "strongroom_requests_total", op="key.generate", outcome="ok") or 0) >= 1)
 
     after = eventually(url, settled)
     assert value(after, "strongroom_keys", **{"class": "secret_key"}) == 1
