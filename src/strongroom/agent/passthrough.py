@@ -208,7 +208,9 @@ class Passthrough:
                     reply = await link.request(request.op, request.args, request.session)
                 except NodeUnavailable as exc:
                     if self._link is not None:
-                        failed.append(self._link)
+                        # Every link to that node is suspect (a node that died takes them all, and the others
+                        # may not have noticed yet): the retry goes to another node, as NodePool.call's does.
+                        failed.extend(self._link.group.links)
                     if attempt + 1 < attempts:
                         continue
                     await self._reply(request.request_id, CKR.DEVICE_REMOVED, str(exc))

@@ -44,6 +44,9 @@ class FakeNode:
         self.served: list[tuple[str, int]] = []  # (op, worker) of every request
         #: op -> seconds its answers are held back (a node short of CPU); "*": every op.
         self.delays: dict[str, float] = {}
+        #: A node that died: every connection closes at its next request (each on its own, as the agent
+        #: learns of each only when it uses it).
+        self.dead = False
         self.connections = 0
 
     async def start(self) -> None:
@@ -72,7 +75,7 @@ class FakeNode:
                     request = decode_request(payload)
                     self.calls.append(request.op)
                     self.served.append((request.op, worker))
-                    if request.op in self.drop_on:
+                    if request.op in self.drop_on or self.dead:
                         self.drop_on.discard(request.op)
                         writer.close()
                         return

@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from strongroom.agent import nodes
+from strongroom.agent.passthrough import Passthrough
 from strongroom.agent.nodes import LOGIN_COST, PLACEMENT_ATTEMPTS, NodeError, NodePool, NodeUnavailable, StateLost
 from strongroom.errors import CKR
+from strongroom.transport.protocol import FrameDecoder, decode_reply, encode_request
 from tests.unit.agent.fake_node import FakeNode, identity, pool_for, run
 
 
@@ -284,3 +286,58 @@ def test_a_slow_health_check_keeps_a_connection_that_answers(certs: dict[str, Pa
         assert link.conn is not conn and "did not answer node.status" in (link.last_error or "")
 
     run(scenario, certs)
+
+
+class _ClientSocket:
+    """What Passthrough writes its replies to: the SDK client's end, decoded."""
+
+    def __init__(self) -> None:
+        self.replies: list[tuple[int, int, Any]] = []
+        self.transport = self
+
+    def write(self, data: bytes) -> None:
+        for payload in FrameDecoder().feed(data):
+            reply = decode_reply(payload)
+            self.replies.append((reply.request_id, reply.code, reply.body))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    async def drain(self) -> None:
+        return None
+
+
+def test_sdk_requests_through_the_agent_leave_every_link_of_a_dead_node(certs: dict[str, Path]) -> None:
+    """A node killed: the retry of an idempotent SDK request goes to another node, not to the dead node's other
+    link, which has not noticed yet (links_per_node = 2; test_hsm_join failed on it one run in four)."""
+
+    async def main() -> None:
+        first, second = FakeNode(certs), FakeNode(certs)
+        await first.start()
+        await second.start()
+        pool = pool_for(certs, first.port, second.port, links=2)
+        await pool.start()
+        try:
+            await asyncio.gather(*(link.connect() for link in pool.links))
+            assert all(link.connected for link in pool.links)
+            client = _ClientSocket()
+            relay = Passthrough(pool, client)  # type: ignore[arg-type]
+            request = FrameDecoder().feed(encode_request(7, "node.status", None, {}))[0]
+            await relay.submit(request)
+            await relay.close()
+            assert client.replies == [(7, 0, {"state": "active", "pid": 1})]
+            first.dead = True
+            relay = Passthrough(pool, client)  # type: ignore[arg-type]
+            await relay.submit(request)
+            await relay.close()
+            assert client.replies[-1][1] == 0, client.replies[-1]  # answered by the other node
+            assert second.calls.count("node.status") >= 1
+        finally:
+            await pool.close()
+            await first.stop()
+            await second.stop()
+
+    asyncio.run(main())
