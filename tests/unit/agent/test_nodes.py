@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from strongroom.agent import nodes
-from strongroom.agent.passthrough import Passthrough
 from strongroom.agent.nodes import LOGIN_COST, PLACEMENT_ATTEMPTS, NodeError, NodePool, NodeUnavailable, StateLost
+from strongroom.agent.passthrough import Passthrough
 from strongroom.errors import CKR
 from strongroom.transport.protocol import FrameDecoder, decode_reply, encode_request
 from tests.unit.agent.fake_node import FakeNode, identity, pool_for, run
