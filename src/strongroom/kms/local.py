@@ -31,13 +31,13 @@ import ipaddress
 import json
 import os
 import secrets
-import socket
 from pathlib import Path
 from typing import Any
 
 from strongroom import pki
 from strongroom.kms.config import ClusterSettings, ConfigError, DeletionSettings, GatewayConfig, ServerSettings
 from strongroom.metrics.settings import MetricsSettings
+from strongroom.ports import free_port
 from strongroom.seal import write_private_file
 
 CONFIG_FILE = "kms.toml"
@@ -64,12 +64,6 @@ TLS_RENEW_DAYS = 30
 
 class GatewayStartError(Exception):
     pass
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 #: ``user:password`` of an admin, when the caller passes none (the CLI's convention).
@@ -231,7 +225,7 @@ def write_config(root: Path, *, port: int | None = None, region: str | None = No
             raise GatewayStartError(str(exc)) from None
     else:
         config = GatewayConfig(
-            kms=ServerSettings(host=HOST, port=_free_port()),
+            kms=ServerSettings(host=HOST, port=free_port(HOST)),
             cluster=ClusterSettings(profile="client.json", username=SERVICE_USER, password_file=PASSWORD_FILE,
                                     key_store_user=KEY_STORE_USER),
             deletion=DeletionSettings(),
@@ -240,7 +234,7 @@ def write_config(root: Path, *, port: int | None = None, region: str | None = No
     # Custom key stores never log in as the gateway's own user (a directory set up before this rule).
     config.cluster.key_store_user = users_of(root, config.cluster.username)[2]
     if config.metrics.listen is None:  # every local gateway serves /metrics (up's metrics_urls)
-        config.metrics = MetricsSettings(f"{HOST}:{_free_port()}")
+        config.metrics = MetricsSettings(f"{HOST}:{free_port(HOST)}")
     if port is not None:
         config.kms.port = port
     if region is not None:

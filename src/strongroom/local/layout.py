@@ -22,9 +22,10 @@ Created on the first ``up``, reused afterwards::
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from pathlib import Path
+
+from strongroom.ports import free_port as free_port  # the launchers pick their ports through the layout
 
 #: Everything of a local cluster listens on loopback.
 HOST = "127.0.0.1"
@@ -32,13 +33,6 @@ HOST = "127.0.0.1"
 
 class LocalClusterError(Exception):
     """A local-cluster action refused or failed; the message says what to do (the CLI prints it)."""
-
-
-def free_port() -> int:
-    """A TCP port on HOST that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,12 @@ import datetime as dt
 import ipaddress
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 from strongroom import pki
 from strongroom.kms.config import ClusterSettings
+from strongroom.ports import free_port
 from strongroom.seal import write_private_file
 from strongroom.vaultkv.config import SERVICE_USER, ConfigError, ServiceSettings, VaultKvConfig
 
@@ -51,12 +51,6 @@ PIN_VARIABLE = "STRONGROOM_PIN"
 
 class VaultKvStartError(Exception):
     """Set-up or start refused or failed; the message says what to do."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _admin(root: Path, admin: tuple[str, str] | None) -> tuple[str, str]:
@@ -174,7 +168,7 @@ def write_config(root: Path, *, port: int | None = None, insecure_http: bool | N
         if path.exists():
             config = VaultKvConfig.load(path, validate=False)
         else:
-            config = VaultKvConfig(vault_kv=ServiceSettings(host=HOST, port=free_port()),
+            config = VaultKvConfig(vault_kv=ServiceSettings(host=HOST, port=free_port(HOST)),
                                    cluster=ClusterSettings(profile="client.json", username=SERVICE_USER,
                                                            password_file=PASSWORD_FILE),
                                    base=root)

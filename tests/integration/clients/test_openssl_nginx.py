@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import load_pem_x509_certificate
 
 from strongroom.local.processes import process_group_members
+from strongroom.ports import free_port
 
 from ..conftest import PKCS11_DIR, Pkcs11Target
 
@@ -251,12 +252,6 @@ def test_engine_public_key_without_pin(hsm: Hsm, tmp_path: Path) -> None:
 
 
 # --- 2. nginx --------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def nginx_conf(prefix: Path, port: int, cert: Path, key_uri: str, env_line: bool = True) -> Path:
