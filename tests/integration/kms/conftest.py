@@ -25,8 +25,9 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from strongroom.kms.config import GatewayConfig
-from strongroom.kms.local import _free_port, setup, write_config
+from strongroom.kms.local import setup, write_config
 from strongroom.local.gateway import start_gateway, stop_gateway
+from strongroom.ports import free_port
 from tests.integration.conftest import LocalCluster
 
 REGION = "us-east-1"
@@ -129,7 +130,7 @@ def second_gateway(kms: KmsEnv, name: str, configure: Callable[[GatewayConfig], 
     ``configure`` changes it, run with ``strongroom kms serve --config DIR/<name>.toml [extra_args]``."""
     root = kms.cluster.dir
     config = GatewayConfig.load(root / "kms.toml")
-    config.kms.port = _free_port()
+    config.kms.port = free_port()
     if configure is not None:
         configure(config)
     config.write(root / f"{name}.toml")

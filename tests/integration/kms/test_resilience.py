@@ -12,8 +12,8 @@ from botocore.exceptions import ClientError
 
 from strongroom import pki
 from strongroom.kms.config import GatewayConfig
-from strongroom.kms.local import _free_port
 from strongroom.local.gateway import gateway_status, start_gateway, stop_gateway
+from strongroom.ports import free_port
 from tests.integration.kms.conftest import KmsEnv, stop_nodes_and_agent
 
 pytestmark = pytest.mark.slow
@@ -73,7 +73,7 @@ def test_https_with_a_certificate_from_another_ca(kms: KmsEnv, tmp_path: Any) ->
     pki.write_cert(tmp_path / "tls.crt", cert)
     pki.write_private_key(tmp_path / "tls.key", key)
     config = GatewayConfig.load(kms.cluster.dir / "kms.toml")
-    config.kms.port = _free_port()
+    config.kms.port = free_port()
     config.kms.tls_cert, config.kms.tls_key = str(tmp_path / "tls.crt"), str(tmp_path / "tls.key")
     config.write(kms.cluster.dir / "kms-tls.toml")
     process = subprocess.Popen([sys.executable, "-m", "strongroom", "kms", "serve", "--config",
@@ -103,7 +103,7 @@ def test_https_with_a_certificate_from_another_ca(kms: KmsEnv, tmp_path: Any) ->
 
 def test_a_wrong_service_password_stops_the_start(kms: KmsEnv, tmp_path: Any) -> None:
     config = GatewayConfig.load(kms.cluster.dir / "kms.toml")
-    config.kms.port = _free_port()
+    config.kms.port = free_port()
     (tmp_path / "wrong.password").write_text("not-the-password\n")
     (tmp_path / "wrong.password").chmod(0o600)
     config.cluster.password_file = str(tmp_path / "wrong.password")

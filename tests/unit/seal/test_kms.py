@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from strongroom.kms.config import GatewayConfig
-from strongroom.kms.local import _free_port
+from strongroom.ports import free_port
 from strongroom.seal import (
     SEAL_FILE,
     SealedIdentity,
@@ -243,7 +243,7 @@ def https(second: KmsCluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
     cert, key = _server_cert(ca_key, ca, directory)
     root = second.cluster.dir
     config = GatewayConfig.load(root / "kms.toml")
-    config.kms.port = _free_port()
+    config.kms.port = free_port()
     config.kms.tls_cert, config.kms.tls_key = str(cert), str(key)
     if hasattr(config.kms, "insecure_http"):
         config.kms.insecure_http = False
